@@ -1,0 +1,230 @@
+"""`percolert`: the admin command line. Each subcommand maps onto one module's function."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import logging
+import sys
+from collections.abc import Awaitable, Callable, Sequence
+from pathlib import Path
+from typing import TypeVar
+
+import msgspec
+import uvicorn
+from elasticsearch import AsyncElasticsearch
+from tqdm import tqdm
+
+from percolert import assets, catalog, es, indices
+from percolert.app import create_app
+from percolert.devnode import DevNode, DevNodeError
+from percolert.settings import Settings, SettingsError, from_environment
+
+T = TypeVar("T")
+
+
+class CliError(Exception):
+    """Ends the command with a one-line message and exit code 1."""
+
+
+def _run_with_client(settings: Settings, work: Callable[[AsyncElasticsearch], Awaitable[T]]) -> T:
+    async def main() -> T:
+        client = es.create_client(settings, max_retries=3)
+        try:
+            await es.check_connection(client, settings.elasticsearch_url)
+            return await work(client)
+        finally:
+            await client.close()
+
+    try:
+        return asyncio.run(main())
+    except es.ElasticsearchProblem as problem:
+        raise CliError(str(problem)) from None
+
+
+def _dev_node(settings: Settings, args: argparse.Namespace) -> DevNode:
+    return DevNode(settings.state_dir, heap=getattr(args, "heap", "512m"))
+
+
+def cmd_devnode(settings: Settings, args: argparse.Namespace) -> int:
+    node = _dev_node(settings, args)
+    try:
+        if args.action == "start":
+            print("starting the dev node (the first start downloads Elasticsearch with Maven)...")
+            state, started = node.start(args.port)
+            verb = "started" if started else "already running"
+            print(f"dev node {verb}: {state.url} (pid {state.pid}, log {state.log})")
+        elif args.action == "stop":
+            stopped = node.stop()
+            print(f"dev node stopped (pid {stopped.pid})" if stopped else "dev node not running")
+        else:
+            status = node.status()
+            if status is None:
+                print("dev node: not running")
+                return 3
+            print(f"dev node: running at {status.url} (pid {status.pid}, log {status.log})")
+    except DevNodeError as error:
+        raise CliError(str(error)) from None
+    return 0
+
+
+def cmd_setup(settings: Settings, args: argparse.Namespace) -> int:
+    async def work(client: AsyncElasticsearch) -> list[str]:
+        return await indices.setup(client, settings, recreate=args.recreate)
+
+    for line in _run_with_client(settings, work):
+        print(line)
+    return 0
+
+
+def _ingest(settings: Settings, path: Path, *, chunk_size: int = 500) -> catalog.IngestReport:
+    if not path.is_file():
+        raise CliError(f"no such file: {path}")
+    alias = indices.alias_for(settings, "products")
+    with tqdm(
+        total=path.stat().st_size,
+        unit="B",
+        unit_scale=True,
+        desc=f"ingest {path.name}",
+        file=sys.stderr,
+        disable=None,
+    ) as bar:
+
+        def report_error(error: catalog.LineError) -> None:
+            tqdm.write(f"{path}:{error.line}: {error.reason}", file=sys.stderr)
+
+        def advance(consumed: int) -> None:
+            bar.update(consumed)
+
+        async def work(client: AsyncElasticsearch) -> catalog.IngestReport:
+            if not await client.indices.exists_alias(name=alias):
+                raise CliError(f"index {alias} does not exist: run `percolert setup` first")
+            return await catalog.ingest(
+                client,
+                alias,
+                path,
+                chunk_size=chunk_size,
+                on_progress=advance,
+                on_error=report_error,
+            )
+
+        report = _run_with_client(settings, work)
+    rate = report.loaded / report.seconds if report.seconds else 0.0
+    print(
+        f"loaded {report.loaded}, failed {report.failed} in {report.seconds:.1f} s "
+        f"({rate:.0f} products/s) into {alias}"
+    )
+    return report
+
+
+def cmd_ingest(settings: Settings, args: argparse.Namespace) -> int:
+    report = _ingest(settings, Path(args.file), chunk_size=args.chunk_size)
+    return 1 if report.failed else 0
+
+
+def _serve(settings: Settings) -> None:
+    print(f"Percolert at http://{settings.host}:{settings.port}  (Ctrl-C stops)")
+    uvicorn.run(
+        create_app(settings),
+        host=settings.host,
+        port=settings.port,
+        log_level="info",
+        lifespan="on",
+    )
+
+
+def cmd_serve(settings: Settings, args: argparse.Namespace) -> int:
+    _serve(_with_address(settings, args))
+    return 0
+
+
+def cmd_up(settings: Settings, args: argparse.Namespace) -> int:
+    """The demo in one command: node, indices, sample catalog, server; Ctrl-C undoes the node."""
+    node = _dev_node(settings, args)
+    print("starting the dev node (the first start downloads Elasticsearch with Maven)...")
+    try:
+        state, started = node.start(args.node_port)
+    except DevNodeError as error:
+        raise CliError(str(error)) from None
+    print(f"dev node {'started' if started else 'already running'}: {state.url}")
+    settings = _with_address(settings, args, elasticsearch_url=state.url)
+    try:
+        for line in _run_with_client(settings, lambda client: indices.setup(client, settings)):
+            print(line)
+        root = assets.source_root()
+        sample = (
+            Path(args.catalog) if args.catalog else (root or Path(".")) / "data/products.ndjson"
+        )
+        _ingest(settings, sample)
+        _serve(settings)
+    finally:
+        if started:
+            print("stopping the dev node this command started...")
+            node.stop()
+    return 0
+
+
+def _with_address(settings: Settings, args: argparse.Namespace, **changes: str) -> Settings:
+    host = args.host or settings.host
+    port = settings.port if args.port is None else args.port
+    return msgspec.structs.replace(settings, host=host, port=port, **changes)
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="percolert",
+        description="Per-user search alerts: admin commands. Configuration comes from the "
+        "environment (see the README).",
+    )
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    devnode = commands.add_parser("devnode", help="a local Elasticsearch 7.17 node for development")
+    devnode.add_argument("action", choices=["start", "stop", "status"])
+    devnode.add_argument("--port", type=int, default=9200, help="HTTP port (default 9200)")
+    devnode.add_argument("--heap", default="512m", help="JVM heap (default 512m)")
+    devnode.set_defaults(handler=cmd_devnode)
+
+    setup = commands.add_parser("setup", help="create or migrate the indices from mappings/")
+    setup.add_argument("--recreate", action="store_true", help="delete and recreate (loses data)")
+    setup.set_defaults(handler=cmd_setup)
+
+    ingest = commands.add_parser("ingest", help="bulk-load products from an NDJSON file")
+    ingest.add_argument("file", help="one JSON product per line")
+    ingest.add_argument("--chunk-size", type=int, default=500, help="documents per bulk request")
+    ingest.set_defaults(handler=cmd_ingest)
+
+    for name, handler, text in [
+        ("serve", cmd_serve, "run the web server"),
+        ("up", cmd_up, "demo: start the dev node, set up, load the sample catalog, serve"),
+    ]:
+        sub = commands.add_parser(name, help=text)
+        sub.add_argument("--host", default=None, help="listen address (default 127.0.0.1)")
+        sub.add_argument("--port", type=int, default=None, help="listen port (default 8000)")
+        sub.set_defaults(handler=handler)
+        if name == "up":
+            sub.add_argument("--node-port", type=int, default=9200, help="dev node HTTP port")
+            sub.add_argument("--heap", default="512m", help="dev node JVM heap")
+            sub.add_argument("--catalog", default=None, help="NDJSON to load (default: sample)")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
+    # The transport logs every request, and a traceback per retry; Percolert reports
+    # Elasticsearch failures itself, in one line that says what to check.
+    logging.getLogger("elastic_transport").setLevel(logging.ERROR)
+    try:
+        settings = from_environment()
+        return int(args.handler(settings, args))
+    except (CliError, SettingsError) as error:
+        print(f"percolert: error: {error}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    with contextlib.suppress(KeyboardInterrupt):
+        sys.exit(main())

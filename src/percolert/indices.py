@@ -1,0 +1,123 @@
+"""Index lifecycle: versioned indices from `mappings/*.json`, reached through stable aliases.
+
+`products` lives in index `<prefix>-products-v<N>` behind alias `<prefix>-products`, where N is
+the mapping's `_meta.percolert_version`. Raising N and running `setup` creates the next index,
+copies the documents over with `_reindex`, and moves the alias in one atomic step; the old
+index is kept for the operator to delete once satisfied.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import elasticsearch
+from elasticsearch import AsyncElasticsearch
+
+from percolert import assets
+from percolert.settings import Settings
+
+INDEX_NAMES = ("products", "watches")
+
+
+class IndexDefinition:
+    """One mapping file: its settings/mappings body and the version it declares."""
+
+    def __init__(self, name: str, body: dict[str, Any]) -> None:
+        self.name = name
+        self.body = body
+        try:
+            self.version = int(body["mappings"]["_meta"]["percolert_version"])
+        except (KeyError, TypeError, ValueError):
+            raise ValueError(
+                f"mappings/{name}.json needs an integer mappings._meta.percolert_version"
+            ) from None
+
+    @classmethod
+    def load(cls, name: str, directory: Path | None = None) -> IndexDefinition:
+        path = (directory or assets.asset_dir("mappings")) / f"{name}.json"
+        return cls(name, json.loads(path.read_text()))
+
+
+def alias_for(settings: Settings, name: str) -> str:
+    return f"{settings.index_prefix}-{name}"
+
+
+def index_for(settings: Settings, definition: IndexDefinition) -> str:
+    return f"{alias_for(settings, definition.name)}-v{definition.version}"
+
+
+async def indices_behind(client: AsyncElasticsearch, alias: str) -> list[str]:
+    try:
+        found = await client.indices.get_alias(name=alias)
+    except elasticsearch.NotFoundError:
+        return []
+    return sorted(found.keys())
+
+
+async def _versions_of(client: AsyncElasticsearch, alias: str) -> list[str]:
+    found = await client.indices.get(index=f"{alias}-v*", allow_no_indices=True)
+    return sorted(found.keys())
+
+
+async def ensure_index(
+    client: AsyncElasticsearch,
+    settings: Settings,
+    definition: IndexDefinition,
+    *,
+    recreate: bool = False,
+) -> str:
+    """Make the alias point at the current version of the index; returns what it did."""
+    alias = alias_for(settings, definition.name)
+    target = index_for(settings, definition)
+    if recreate:
+        # Concrete names only: clusters refuse wildcard deletes by default.
+        for index in await _versions_of(client, alias):
+            await client.indices.delete(index=index)
+    current = await indices_behind(client, alias)
+    if current == [target]:
+        return f"{alias} -> {target}: up to date"
+    if not await client.indices.exists(index=target):
+        await client.indices.create(
+            index=target,
+            settings=definition.body.get("settings", {}),
+            mappings=definition.body["mappings"],
+            wait_for_active_shards="1",
+        )
+    if not current:
+        await client.indices.put_alias(index=target, name=alias)
+        return f"{alias} -> {target}: created"
+    for old in current:
+        await client.reindex(
+            source={"index": old}, dest={"index": target}, wait_for_completion=True, refresh=True
+        )
+    actions: list[dict[str, Any]] = [{"remove": {"index": old, "alias": alias}} for old in current]
+    actions.append({"add": {"index": target, "alias": alias}})
+    await client.indices.update_aliases(actions=actions)
+    return f"{alias} -> {target}: migrated from {', '.join(current)} (old index kept)"
+
+
+async def setup(
+    client: AsyncElasticsearch,
+    settings: Settings,
+    *,
+    recreate: bool = False,
+    mappings_dir: Path | None = None,
+) -> list[str]:
+    """Create or migrate every index; idempotent. Returns one line per index."""
+    return [
+        await ensure_index(
+            client, settings, IndexDefinition.load(name, mappings_dir), recreate=recreate
+        )
+        for name in INDEX_NAMES
+    ]
+
+
+async def missing_aliases(client: AsyncElasticsearch, settings: Settings) -> list[str]:
+    """Aliases that `setup` has not created yet (used by readiness)."""
+    return [
+        alias_for(settings, name)
+        for name in INDEX_NAMES
+        if not await client.indices.exists_alias(name=alias_for(settings, name))
+    ]

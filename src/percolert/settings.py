@@ -1,0 +1,105 @@
+"""Configuration: read once from the environment into one frozen struct, then passed around."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from pathlib import Path
+
+import msgspec
+
+from percolert import devnode
+
+DEFAULT_ELASTICSEARCH_URL = "http://127.0.0.1:9200"
+
+
+class SettingsError(ValueError):
+    """An environment variable holds a value Percolert cannot use."""
+
+
+class Settings(msgspec.Struct, frozen=True, kw_only=True):
+    # Where Elasticsearch is and how to authenticate to it.
+    elasticsearch_url: str = DEFAULT_ELASTICSEARCH_URL
+    elasticsearch_api_key: str | None = None
+    elasticsearch_username: str | None = None
+    elasticsearch_password: str | None = None
+    elasticsearch_ca_certs: str | None = None
+    elasticsearch_verify_certs: bool = True
+    # Seconds one Elasticsearch request may take before the caller gets a 503.
+    elasticsearch_timeout: float = 5.0
+    # Index and alias names start with this, so several deployments (or test runs) can share
+    # a cluster without touching each other's data.
+    index_prefix: str = "percolert"
+    # Dev node pid/port/log files and other local state; git-ignored.
+    state_dir: Path = Path(".percolert")
+    # Where `percolert serve` listens.
+    host: str = "127.0.0.1"
+    port: int = 8000
+
+
+def _optional(environ: Mapping[str, str], name: str) -> str | None:
+    value = environ.get(name, "").strip()
+    return value or None
+
+
+def _number(environ: Mapping[str, str], name: str, default: float, *, minimum: float) -> float:
+    raw = _optional(environ, name)
+    if raw is None:
+        return default
+    try:
+        value = float(raw)
+    except ValueError:
+        raise SettingsError(f"{name} must be a number, got {raw!r}") from None
+    if value < minimum:
+        raise SettingsError(f"{name} must be at least {minimum}, got {raw!r}")
+    return value
+
+
+def _flag(environ: Mapping[str, str], name: str, default: bool) -> bool:
+    raw = _optional(environ, name)
+    if raw is None:
+        return default
+    if raw.lower() in {"1", "true", "yes", "on"}:
+        return True
+    if raw.lower() in {"0", "false", "no", "off"}:
+        return False
+    raise SettingsError(f"{name} must be true or false, got {raw!r}")
+
+
+def from_environment(environ: Mapping[str, str] | None = None) -> Settings:
+    """Build settings from environment variables (see the README's configuration table).
+
+    Without ELASTICSEARCH_URL, the dev node recorded in the state directory is used when one
+    is running, otherwise http://127.0.0.1:9200.
+    """
+    env = os.environ if environ is None else environ
+    state_dir = Path(_optional(env, "PERCOLERT_STATE_DIR") or ".percolert")
+    url = _optional(env, "ELASTICSEARCH_URL")
+    if url is None:
+        url = devnode.recorded_url(state_dir) or DEFAULT_ELASTICSEARCH_URL
+    if not url.startswith(("http://", "https://")):
+        raise SettingsError(f"ELASTICSEARCH_URL must start with http:// or https://, got {url!r}")
+    prefix = _optional(env, "PERCOLERT_INDEX_PREFIX") or "percolert"
+    if not prefix.replace("-", "").replace("_", "").isalnum() or prefix != prefix.lower():
+        raise SettingsError(
+            f"PERCOLERT_INDEX_PREFIX must be lowercase letters, digits, '-' or '_', got {prefix!r}"
+        )
+    username = _optional(env, "ELASTICSEARCH_USERNAME")
+    password = _optional(env, "ELASTICSEARCH_PASSWORD")
+    if (username is None) != (password is None):
+        raise SettingsError(
+            "set both ELASTICSEARCH_USERNAME and ELASTICSEARCH_PASSWORD, or neither"
+        )
+    return Settings(
+        elasticsearch_url=url.rstrip("/"),
+        elasticsearch_api_key=_optional(env, "ELASTICSEARCH_API_KEY"),
+        elasticsearch_username=username,
+        elasticsearch_password=password,
+        elasticsearch_ca_certs=_optional(env, "ELASTICSEARCH_CA_CERTS"),
+        elasticsearch_verify_certs=_flag(env, "ELASTICSEARCH_VERIFY_CERTS", True),
+        elasticsearch_timeout=_number(env, "ELASTICSEARCH_TIMEOUT", 5.0, minimum=0.1),
+        index_prefix=prefix,
+        state_dir=state_dir,
+        host=_optional(env, "PERCOLERT_HOST") or "127.0.0.1",
+        port=int(_number(env, "PERCOLERT_PORT", 8000, minimum=0)),
+    )

@@ -1,0 +1,100 @@
+"""Shared fixtures: one real Elasticsearch node per test session (the dev node, on a free port
+with a temporary data directory) unless ELASTICSEARCH_URL points at one, and an index prefix
+of its own for every test session so runs never touch each other's data."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import msgspec
+import pytest
+from elasticsearch import AsyncElasticsearch
+
+from percolert import es, indices
+from percolert.catalog import ingest
+from percolert.devnode import DevNode
+from percolert.settings import Settings
+from tests.servers import free_port, run_server
+
+ROOT = Path(__file__).resolve().parent.parent
+SAMPLE_CATALOG = ROOT / "data" / "products.ndjson"
+
+
+@pytest.fixture(scope="session")
+def elasticsearch_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    url = os.environ.get("ELASTICSEARCH_URL")
+    if url:
+        yield url.rstrip("/")
+        return
+    node = DevNode(tmp_path_factory.mktemp("esnode-state"))
+    state, _ = node.start(free_port())
+    try:
+        yield state.url
+    finally:
+        node.stop()
+
+
+def make_settings(url: str, **changes: object) -> Settings:
+    settings = Settings(
+        elasticsearch_url=url,
+        index_prefix=f"pt-{uuid.uuid4().hex[:10]}",
+        elasticsearch_timeout=5.0,
+    )
+    return msgspec.structs.replace(settings, **changes)
+
+
+async def _delete_indices(settings: Settings) -> None:
+    client = es.create_client(settings)
+    try:
+        found = await client.indices.get(index=f"{settings.index_prefix}-*", allow_no_indices=True)
+        for index in found:
+            await client.indices.delete(index=index)
+    finally:
+        await client.close()
+
+
+@pytest.fixture
+def fresh_settings(elasticsearch_url: str) -> Iterator[Settings]:
+    """Settings with an index prefix no other test uses; its indices are deleted afterwards."""
+    settings = make_settings(elasticsearch_url)
+    yield settings
+    asyncio.run(_delete_indices(settings))
+
+
+@pytest.fixture(scope="session")
+def catalog_settings(elasticsearch_url: str) -> Iterator[Settings]:
+    """Indices set up and the sample catalog loaded once for the session's read-only tests."""
+    settings = make_settings(elasticsearch_url)
+
+    async def prepare() -> None:
+        client = es.create_client(settings)
+        try:
+            await indices.setup(client, settings)
+            report = await ingest(client, indices.alias_for(settings, "products"), SAMPLE_CATALOG)
+            assert report.failed == 0, report.errors
+        finally:
+            await client.close()
+
+    asyncio.run(prepare())
+    yield settings
+    asyncio.run(_delete_indices(settings))
+
+
+@pytest.fixture(scope="session")
+def server(catalog_settings: Settings) -> Iterator[str]:
+    """A real Percolert server over the sample catalog; yields its base URL."""
+    with run_server(catalog_settings) as url:
+        yield url
+
+
+@pytest.fixture
+def anyio_backend() -> str:
+    return "asyncio"
+
+
+def client_for(settings: Settings) -> AsyncElasticsearch:
+    return es.create_client(settings)

@@ -1,0 +1,165 @@
+"""`percolert ingest`: the sample catalog, re-ingest, and a file with bad lines — from the
+library and from the command line, against the real node."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from percolert import es, indices
+from percolert.catalog import ingest
+from percolert.settings import Settings
+from tests.conftest import SAMPLE_CATALOG
+
+pytestmark = pytest.mark.anyio
+
+GOOD = {
+    "sku": "T-1",
+    "product_name": "Kindle Test Edition",
+    "description": "an e-reader",
+    "price": 99.5,
+    "category": "e-readers",
+    "brand": "Amazon",
+    "in_stock": True,
+}
+
+
+def line(**changes: object) -> str:
+    return json.dumps({**GOOD, **changes})
+
+
+BAD_FILE_LINES = [
+    line(sku="T-1"),  # 1 good
+    '{"sku": "T-2", "product_name": ',  # 2 truncated JSON
+    line(sku="T-3", price=-5),  # 3 negative price
+    "",  # 4 blank: skipped, not an error
+    line(sku="T-5", colour="red"),  # 5 unknown field
+    json.dumps({k: v for k, v in GOOD.items() if k != "category"} | {"sku": "T-6"}),  # 6 missing
+    line(sku="T-7", price="cheap"),  # 7 wrong type
+    line(sku="T-8"),  # 8 good
+    line(sku="bad sku with spaces"),  # 9 bad id
+    line(sku="T-10", product_name='Kindle <b>Bold</b> & "quoted"'),  # 10 good, odd text
+]
+
+
+def sample_line_count() -> int:
+    return sum(1 for raw in SAMPLE_CATALOG.read_text().splitlines() if raw.strip())
+
+
+async def test_sample_catalog_loads_completely_and_reingest_updates(
+    fresh_settings: Settings,
+) -> None:
+    client = es.create_client(fresh_settings)
+    alias = indices.alias_for(fresh_settings, "products")
+    try:
+        await indices.setup(client, fresh_settings)
+        first = await ingest(client, alias, SAMPLE_CATALOG, chunk_size=64)
+        expected = sample_line_count()
+        assert (first.loaded, first.failed) == (expected, 0)
+        assert (await client.count(index=alias))["count"] == expected
+        second = await ingest(client, alias, SAMPLE_CATALOG)
+        assert second.loaded == expected
+        assert (await client.count(index=alias))["count"] == expected  # updated, not duplicated
+    finally:
+        await client.close()
+
+
+def test_sample_catalog_is_realistic() -> None:
+    products = [json.loads(raw) for raw in SAMPLE_CATALOG.read_text().splitlines() if raw]
+    assert len(products) >= 200
+    assert len({product["category"] for product in products}) >= 8
+    assert len({product["sku"] for product in products}) == len(products)
+    names = " ".join(product["product_name"] for product in products).lower()
+    for classic in ("kindle", "iphone", "headphones", "macbook", "charger"):
+        assert classic in names
+
+
+async def test_bad_lines_are_reported_by_number_and_good_lines_load(
+    fresh_settings: Settings, tmp_path: Path
+) -> None:
+    path = tmp_path / "mixed.ndjson"
+    path.write_text("\n".join(BAD_FILE_LINES) + "\n")
+    client = es.create_client(fresh_settings)
+    alias = indices.alias_for(fresh_settings, "products")
+    seen_progress: list[int] = []
+    try:
+        await indices.setup(client, fresh_settings)
+        report = await ingest(client, alias, path, on_progress=seen_progress.append)
+        assert report.loaded == 3
+        assert [error.line for error in report.errors] == [2, 3, 5, 6, 7, 9]
+        reasons = {error.line: error.reason for error in report.errors}
+        assert "not valid JSON" in reasons[2]
+        assert "$.price" in reasons[3]
+        assert "colour" in reasons[5]
+        assert "category" in reasons[6]
+        assert "$.price" in reasons[7]
+        assert "$.sku" in reasons[9]
+        assert sum(seen_progress) == path.stat().st_size
+        stored = await client.get(index=alias, id="T-10")
+        assert stored["_source"]["product_name"] == 'Kindle <b>Bold</b> & "quoted"'
+        assert (await client.count(index=alias))["count"] == 3
+    finally:
+        await client.close()
+
+
+def run_cli(settings: Settings, *args: str) -> subprocess.CompletedProcess[str]:
+    env = {
+        **os.environ,
+        "ELASTICSEARCH_URL": settings.elasticsearch_url,
+        "PERCOLERT_INDEX_PREFIX": settings.index_prefix,
+    }
+    return subprocess.run(
+        [sys.executable, "-m", "percolert.cli", *args],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=120,
+        check=False,
+    )
+
+
+def test_cli_setup_and_ingest(fresh_settings: Settings, tmp_path: Path) -> None:
+    before_setup = run_cli(fresh_settings, "ingest", str(SAMPLE_CATALOG))
+    assert before_setup.returncode == 1
+    assert "run `percolert setup` first" in before_setup.stderr
+
+    setup = run_cli(fresh_settings, "setup")
+    assert setup.returncode == 0, setup.stderr
+    assert "created" in setup.stdout
+    assert "up to date" in run_cli(fresh_settings, "setup").stdout
+
+    good = run_cli(fresh_settings, "ingest", str(SAMPLE_CATALOG))
+    assert good.returncode == 0, good.stderr
+    assert f"loaded {sample_line_count()}, failed 0" in good.stdout
+
+    path = tmp_path / "mixed.ndjson"
+    path.write_text("\n".join(BAD_FILE_LINES) + "\n")
+    mixed = run_cli(fresh_settings, "ingest", str(path))
+    assert mixed.returncode == 1
+    assert "loaded 3, failed 6" in mixed.stdout
+    for number in (2, 3, 5, 6, 7, 9):
+        assert f"{path}:{number}: " in mixed.stderr
+    assert f"{path}:1:" not in mixed.stderr
+
+    missing = run_cli(fresh_settings, "ingest", str(tmp_path / "nope.ndjson"))
+    assert missing.returncode == 1
+    assert "no such file" in missing.stderr
+
+
+def test_cli_reports_an_unreachable_cluster_in_one_line(fresh_settings: Settings) -> None:
+    from tests.servers import free_port
+
+    down = Settings(elasticsearch_url=f"http://127.0.0.1:{free_port()}", index_prefix="x")
+    result = run_cli(down, "setup")
+    assert result.returncode == 1
+    assert (
+        result.stderr.strip()
+        .splitlines()[-1]
+        .startswith("percolert: error: cannot reach Elasticsearch at")
+    )
+    assert "Traceback" not in result.stderr

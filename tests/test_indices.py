@@ -1,0 +1,89 @@
+"""`percolert setup`: versioned indices behind aliases, idempotent, migratable, recreatable."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+
+from percolert import es, indices
+from percolert.catalog import ingest
+from percolert.settings import Settings
+from tests.conftest import ROOT, SAMPLE_CATALOG
+
+pytestmark = pytest.mark.anyio
+
+
+async def test_setup_creates_aliased_indices_and_is_idempotent(fresh_settings: Settings) -> None:
+    client = es.create_client(fresh_settings)
+    prefix = fresh_settings.index_prefix
+    try:
+        first = await indices.setup(client, fresh_settings)
+        assert first == [
+            f"{prefix}-products -> {prefix}-products-v1: created",
+            f"{prefix}-watches -> {prefix}-watches-v1: created",
+        ]
+        second = await indices.setup(client, fresh_settings)
+        assert all(line.endswith("up to date") for line in second)
+        assert await indices.indices_behind(client, f"{prefix}-products") == [
+            f"{prefix}-products-v1"
+        ]
+        assert await indices.missing_aliases(client, fresh_settings) == []
+        mapping = await client.indices.get_mapping(index=f"{prefix}-watches")
+        properties = next(iter(mapping.values()))["mappings"]["properties"]
+        assert properties["query"]["type"] == "percolator"
+    finally:
+        await client.close()
+
+
+async def test_a_new_mapping_version_migrates_documents_and_moves_the_alias(
+    fresh_settings: Settings, tmp_path: Path
+) -> None:
+    mappings = tmp_path / "mappings"
+    shutil.copytree(ROOT / "mappings", mappings)
+    client = es.create_client(fresh_settings)
+    prefix = fresh_settings.index_prefix
+    alias = f"{prefix}-products"
+    try:
+        await indices.setup(client, fresh_settings, mappings_dir=mappings)
+        report = await ingest(client, alias, SAMPLE_CATALOG)
+
+        definition = json.loads((mappings / "products.json").read_text())
+        definition["mappings"]["_meta"]["percolert_version"] = 2
+        definition["mappings"]["properties"]["rating"] = {"type": "float"}
+        (mappings / "products.json").write_text(json.dumps(definition))
+
+        lines = await indices.setup(client, fresh_settings, mappings_dir=mappings)
+        assert lines[0] == (f"{alias} -> {alias}-v2: migrated from {alias}-v1 (old index kept)")
+        assert await indices.indices_behind(client, alias) == [f"{alias}-v2"]
+        assert (await client.count(index=alias))["count"] == report.loaded
+        new_mapping = await client.indices.get_mapping(index=alias)
+        assert "rating" in new_mapping[f"{alias}-v2"]["mappings"]["properties"]
+        assert await client.indices.exists(index=f"{alias}-v1")
+        again = await indices.setup(client, fresh_settings, mappings_dir=mappings)
+        assert again[0].endswith("up to date")
+    finally:
+        await client.close()
+
+
+async def test_recreate_starts_over(fresh_settings: Settings) -> None:
+    client = es.create_client(fresh_settings)
+    alias = f"{fresh_settings.index_prefix}-products"
+    try:
+        await indices.setup(client, fresh_settings)
+        await ingest(client, alias, SAMPLE_CATALOG)
+        assert (await client.count(index=alias))["count"] > 0
+        lines = await indices.setup(client, fresh_settings, recreate=True)
+        assert lines[0].endswith("created")
+        assert (await client.count(index=alias))["count"] == 0
+    finally:
+        await client.close()
+
+
+def test_every_mapping_declares_its_version() -> None:
+    for name in indices.INDEX_NAMES:
+        assert indices.IndexDefinition.load(name).version >= 1
+    with pytest.raises(ValueError, match="percolert_version"):
+        indices.IndexDefinition("broken", {"mappings": {"properties": {}}})
