@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import tempfile
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -43,6 +44,8 @@ def make_settings(url: str, **changes: object) -> Settings:
         elasticsearch_url=url,
         index_prefix=f"pt-{uuid.uuid4().hex[:10]}",
         elasticsearch_timeout=5.0,
+        # Its own state directory, so the generated session secret stays out of the repo.
+        state_dir=Path(tempfile.mkdtemp(prefix="percolert-test-state-")),
     )
     return msgspec.structs.replace(settings, **changes)
 

@@ -1,6 +1,8 @@
-"""Wire formats: every HTTP body (and later every WebSocket message) is a msgspec Struct."""
+"""Wire formats: every HTTP body and every WebSocket message is a msgspec Struct."""
 
 from __future__ import annotations
+
+from typing import Annotated
 
 import msgspec
 
@@ -41,3 +43,93 @@ class Health(msgspec.Struct, frozen=True):
 class Readiness(msgspec.Struct, frozen=True):
     status: str
     elasticsearch: str
+
+
+# --- watches -----------------------------------------------------------------------------
+
+Terms = Annotated[str, msgspec.Meta(min_length=1, max_length=100)]
+Category = Annotated[str, msgspec.Meta(min_length=1, max_length=50)]
+MaxPrice = Annotated[float, msgspec.Meta(gt=0, le=10_000_000)]
+
+
+class WatchSpec(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
+    """What a shopper sends to watch for: words, never query DSL."""
+
+    terms: Terms
+    phrase: bool = False
+    category: Category | None = None
+    max_price: MaxPrice | None = None
+
+
+class Watch(msgspec.Struct, frozen=True, kw_only=True):
+    id: str
+    terms: str
+    phrase: bool = False
+    category: str | None = None
+    max_price: float | None = None
+    is_default: bool = False
+    created_at: str = ""
+
+
+class WatchList(msgspec.Struct, frozen=True):
+    watches: list[Watch]
+
+
+class Categories(msgspec.Struct, frozen=True):
+    categories: list[str]
+
+
+# --- WebSocket messages (server to client): one tagged union on "type" -------------------
+
+
+class ServerMessage(msgspec.Struct, frozen=True, tag_field="type"):
+    pass
+
+
+class Hello(ServerMessage, tag="hello", frozen=True):
+    """First message on every socket."""
+
+    coalesce_seconds: float
+    watches: list[Watch]
+
+
+class AlertWatch(msgspec.Struct, frozen=True):
+    id: str
+    terms: str
+
+
+class Alert(ServerMessage, tag="alert", frozen=True):
+    """A watch matched someone else's search. Carries the search text, never the searcher.
+
+    `count` is how many matching searches this alert stands for: 1 for the first, more for a
+    follow-up that folds the repeats seen within the coalescing window.
+    """
+
+    id: str
+    watch: AlertWatch
+    query: str
+    count: int
+    at: str
+
+
+class WatchesChanged(ServerMessage, tag="watches_changed", frozen=True):
+    watches: list[Watch]
+
+
+class Pong(ServerMessage, tag="pong", frozen=True):
+    pass
+
+
+# --- WebSocket messages (client to server) ------------------------------------------------
+
+
+class ClientMessage(msgspec.Struct, frozen=True, tag_field="type", forbid_unknown_fields=True):
+    pass
+
+
+class Ping(ClientMessage, tag="ping", frozen=True):
+    pass
+
+
+# Everything a client may send, decoded by one Decoder and dispatched with `match`.
+ClientMessages = Ping

@@ -35,6 +35,22 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     # Where `percolert serve` listens.
     host: str = "127.0.0.1"
     port: int = 8000
+    # Signs session cookies. Unset: a random one is generated once per state directory.
+    secret: str | None = None
+    # Origins, besides the server's own, whose pages may open the WebSocket.
+    allowed_origins: tuple[str, ...] = ()
+    # Mark the session cookie Secure (set when served over https, e.g. behind a proxy).
+    secure_cookies: bool = False
+    max_watches_per_user: int = 50
+    # Repeated matches of one watch for one recipient within this many seconds are folded
+    # into one follow-up alert.
+    coalesce_seconds: float = 2.0
+    # Search events percolated in one request at most; batches form only under load.
+    percolate_batch_size: int = 64
+    # Concurrent percolate requests, so one slow request does not hold up the next batch.
+    percolate_concurrency: int = 2
+    # Alerts waiting for one socket; a socket that falls this far behind is closed (1013).
+    socket_queue_size: int = 256
 
 
 def _optional(environ: Mapping[str, str], name: str) -> str | None:
@@ -64,6 +80,18 @@ def _flag(environ: Mapping[str, str], name: str, default: bool) -> bool:
     if raw.lower() in {"0", "false", "no", "off"}:
         return False
     raise SettingsError(f"{name} must be true or false, got {raw!r}")
+
+
+def _origins(environ: Mapping[str, str], name: str) -> tuple[str, ...]:
+    origins = []
+    for raw in (_optional(environ, name) or "").split(","):
+        origin = raw.strip().rstrip("/")
+        if not origin:
+            continue
+        if not origin.startswith(("http://", "https://")) or origin.count("/") != 2:
+            raise SettingsError(f"{name} takes origins like https://shop.example.com, got {raw!r}")
+        origins.append(origin)
+    return tuple(origins)
 
 
 def from_environment(environ: Mapping[str, str] | None = None) -> Settings:
@@ -102,4 +130,12 @@ def from_environment(environ: Mapping[str, str] | None = None) -> Settings:
         state_dir=state_dir,
         host=_optional(env, "PERCOLERT_HOST") or "127.0.0.1",
         port=int(_number(env, "PERCOLERT_PORT", 8000, minimum=0)),
+        secret=_optional(env, "PERCOLERT_SECRET"),
+        allowed_origins=_origins(env, "PERCOLERT_ALLOWED_ORIGINS"),
+        secure_cookies=_flag(env, "PERCOLERT_SECURE_COOKIES", False),
+        max_watches_per_user=int(_number(env, "PERCOLERT_MAX_WATCHES_PER_USER", 50, minimum=1)),
+        coalesce_seconds=_number(env, "PERCOLERT_COALESCE_SECONDS", 2.0, minimum=0),
+        percolate_batch_size=int(_number(env, "PERCOLERT_PERCOLATE_BATCH_SIZE", 64, minimum=1)),
+        percolate_concurrency=int(_number(env, "PERCOLERT_PERCOLATE_CONCURRENCY", 2, minimum=1)),
+        socket_queue_size=int(_number(env, "PERCOLERT_SOCKET_QUEUE_SIZE", 256, minimum=1)),
     )

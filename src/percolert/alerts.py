@@ -1,0 +1,179 @@
+"""From matches to alerts: who receives what, and coalescing of repeats.
+
+Recipients of a match are the watch's owner — or, for a default watch, every connected
+user — never the searcher. Per (recipient, watch) the first match goes out at once; further
+matches within the window are folded into one follow-up alert carrying their count (and the
+latest search text), sent when the window ends. A flood therefore costs each recipient at
+most one alert per window and watch. Each alert is encoded once and the same text goes to
+every recipient socket.
+"""
+
+from __future__ import annotations
+
+import time
+import uuid
+from collections import Counter
+from collections.abc import Callable
+from datetime import UTC, datetime
+
+import anyio
+import msgspec
+
+from percolert.hub import Hub
+from percolert.messages import Alert, AlertWatch
+from percolert.percolator import Match, SearchEvent
+
+
+class _Window:
+    """Matches of one watch since its last alert, until `until`."""
+
+    __slots__ = ("delivered_directly", "not_alerted", "pending", "until")
+
+    def __init__(self, until: float) -> None:
+        self.until = until
+        self.pending: list[SearchEvent] = []
+        # Default watches only: users who have had no alert of this watch in this window
+        # (they were the searcher), and how many pending events each got one-by-one.
+        self.not_alerted: set[str] = set()
+        self.delivered_directly: Counter[str] = Counter()
+
+
+def _timestamp(epoch: float) -> str:
+    return datetime.fromtimestamp(epoch, UTC).isoformat(timespec="milliseconds")
+
+
+class AlertDispatcher:
+    def __init__(
+        self,
+        hub: Hub,
+        *,
+        window_seconds: float,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self._hub = hub
+        self._window = window_seconds
+        self._clock = clock
+        self._encoder = msgspec.json.Encoder()
+        # Keyed by (watch id, owner); owner None is a default watch's shared window.
+        self._windows: dict[tuple[str, str | None], _Window] = {}
+        self._terms: dict[str, str] = {}
+        self.alerts = 0
+        self.coalesced = 0
+
+    def _encode(self, match_id: str, terms: str, query: str, count: int, at: float) -> str:
+        self.alerts += 1
+        alert = Alert(
+            id=uuid.uuid4().hex,
+            watch=AlertWatch(id=match_id, terms=terms),
+            query=query,
+            count=count,
+            at=_timestamp(at),
+        )
+        return self._encoder.encode(alert).decode()
+
+    async def on_matches(self, event: SearchEvent, matches: list[Match]) -> None:
+        self.dispatch(event, matches)
+
+    def dispatch(self, event: SearchEvent, matches: list[Match]) -> None:
+        now = self._clock()
+        for match in matches:
+            if match.owner == event.searcher:
+                continue  # never about one's own search
+            key = (match.watch_id, match.owner)
+            window = self._windows.get(key)
+            if window is not None and now >= window.until:
+                self._flush(key, window, now)
+                window = self._windows.get(key)
+            if match.owner is None:
+                self._dispatch_default(key, window, event, match, now)
+            else:
+                self._dispatch_owned(key, window, event, match, match.owner, now)
+
+    def _dispatch_owned(
+        self,
+        key: tuple[str, str | None],
+        window: _Window | None,
+        event: SearchEvent,
+        match: Match,
+        owner: str,
+        now: float,
+    ) -> None:
+        if window is None:
+            payload = self._encode(match.watch_id, match.terms, event.text, 1, event.at)
+            self._hub.send_to_user(owner, payload)
+            if self._window > 0:
+                self._windows[key] = _Window(now + self._window)
+                self._terms[match.watch_id] = match.terms
+            return
+        window.pending.append(event)
+        self.coalesced += 1
+
+    def _dispatch_default(
+        self,
+        key: tuple[str, str | None],
+        window: _Window | None,
+        event: SearchEvent,
+        match: Match,
+        now: float,
+    ) -> None:
+        if window is None:
+            payload = self._encode(match.watch_id, match.terms, event.text, 1, event.at)
+            self._hub.send_to_all(payload, exclude=(event.searcher,))
+            if self._window > 0:
+                window = _Window(now + self._window)
+                window.not_alerted.add(event.searcher)
+                self._windows[key] = window
+                self._terms[match.watch_id] = match.terms
+            return
+        window.pending.append(event)
+        self.coalesced += 1
+        # Someone who was the searcher so far has had nothing yet: this one is their first.
+        firsts = [user for user in window.not_alerted if user != event.searcher]
+        if firsts:
+            payload = self._encode(match.watch_id, match.terms, event.text, 1, event.at)
+            for user in firsts:
+                window.not_alerted.discard(user)
+                window.delivered_directly[user] += 1
+                self._hub.send_to_user(user, payload)
+
+    def _flush(self, key: tuple[str, str | None], window: _Window, now: float) -> None:
+        """End a window: send the follow-up for what it folded, and start the next one."""
+        watch_id, owner = key
+        if not window.pending:
+            del self._windows[key]
+            self._terms.pop(watch_id, None)
+            return
+        terms = self._terms.get(watch_id, "")
+        latest = window.pending[-1]
+        if owner is not None:
+            payload = self._encode(watch_id, terms, latest.text, len(window.pending), latest.at)
+            self._hub.send_to_user(owner, payload)
+            self._windows[key] = _Window(now + self._window)
+            return
+        by_searcher = Counter(event.searcher for event in window.pending)
+        special = set(by_searcher) | set(window.delivered_directly) | window.not_alerted
+        payload = self._encode(watch_id, terms, latest.text, len(window.pending), latest.at)
+        self._hub.send_to_all(payload, exclude=special)
+        next_window = _Window(now + self._window)
+        for user in special:
+            count = len(window.pending) - by_searcher[user] - window.delivered_directly[user]
+            if count <= 0:
+                if user in window.not_alerted or by_searcher[user] == len(window.pending):
+                    next_window.not_alerted.add(user)
+                continue
+            last = next(event for event in reversed(window.pending) if event.searcher != user)
+            self._hub.send_to_user(user, self._encode(watch_id, terms, last.text, count, last.at))
+        self._windows[key] = next_window
+
+    def flush_due(self) -> None:
+        now = self._clock()
+        for key, window in list(self._windows.items()):
+            if now >= window.until:
+                self._flush(key, window, now)
+
+    async def run(self) -> None:
+        """Send follow-ups as windows end, until cancelled."""
+        tick = min(0.05, self._window / 4) if self._window > 0 else 0.05
+        while True:
+            await anyio.sleep(tick)
+            self.flush_due()

@@ -1,0 +1,181 @@
+"""Search events in, matching watches out: events are percolated in batches, off the
+request path.
+
+A search hands its event to `submit`, which never waits. Workers take whatever events are
+queued (up to the batch size) and percolate them in one request, with one document per
+event, matched back through `_percolator_document_slot`. At low load a batch is one event
+and goes out at once; under load batches grow by themselves while a request is in flight.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import anyio
+import msgspec
+from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
+from elastic_transport import TransportError
+from elasticsearch import ApiError as ElasticsearchApiError
+from elasticsearch import AsyncElasticsearch
+
+from percolert.text import TextNormalizer
+
+logger = logging.getLogger("percolert.percolator")
+
+# More matching watches than this for one batch are not delivered (logged); a search that
+# matches so many individual watches is far outside what alerts are for.
+_MAX_MATCHES = 10_000
+
+
+class SearchEvent(msgspec.Struct, frozen=True, kw_only=True):
+    """What percolation needs to know about one search: never more than what it found."""
+
+    text: str
+    searcher: str
+    categories: tuple[str, ...] = ()
+    min_price: float | None = None
+    at: float = 0.0  # time.time() of the search
+
+
+class Match(msgspec.Struct, frozen=True, kw_only=True):
+    watch_id: str
+    terms: str
+    owner: str | None  # None: a default watch, for everyone
+
+
+OnMatches = Callable[[SearchEvent, list[Match]], Awaitable[None]]
+
+
+class _Spec(msgspec.Struct):
+    terms: str
+
+
+class _Source(msgspec.Struct):
+    spec: _Spec
+    owner: str | None = None
+
+
+class _Fields(msgspec.Struct):
+    slots: list[int] = msgspec.field(name="_percolator_document_slot", default_factory=list)
+
+
+class _Hit(msgspec.Struct):
+    id: str = msgspec.field(name="_id")
+    source: _Source = msgspec.field(name="_source")
+    fields: _Fields = msgspec.field(default_factory=_Fields)
+
+
+class Percolator:
+    def __init__(
+        self,
+        client: AsyncElasticsearch,
+        alias: str,
+        normalizer: TextNormalizer,
+        on_matches: OnMatches,
+        *,
+        batch_size: int = 64,
+        concurrency: int = 2,
+        queue_size: int = 10_000,
+    ) -> None:
+        self._client = client
+        self._alias = alias
+        self._normalizer = normalizer
+        self._on_matches = on_matches
+        self._batch_size = batch_size
+        self._concurrency = concurrency
+        send: MemoryObjectSendStream[SearchEvent]
+        receive: MemoryObjectReceiveStream[SearchEvent]
+        send, receive = anyio.create_memory_object_stream(queue_size)
+        self._send = send
+        self._receive = receive
+        self.dropped = 0
+        self.batches = 0
+        self.percolate_seconds = 0.0
+
+    def submit(self, event: SearchEvent) -> bool:
+        """Queue an event without waiting; False (and counted) when the queue is full."""
+        try:
+            self._send.send_nowait(event)
+        except (anyio.ClosedResourceError, anyio.BrokenResourceError):
+            return False  # shutting down
+        except anyio.WouldBlock:
+            self.dropped += 1
+            logger.warning("percolation queue full: dropped a search event")
+            return False
+        return True
+
+    def document(self, event: SearchEvent) -> dict[str, Any]:
+        """The percolated document: fields the watch queries in `watches.py` reference."""
+        document: dict[str, Any] = {
+            "search_text": " ".join(self._normalizer.tokens(event.text)),
+            "categories": list(event.categories),
+        }
+        if event.min_price is not None and math.isfinite(event.min_price):
+            document["min_price"] = event.min_price
+        return document
+
+    async def run(self) -> None:
+        """Percolate until cancelled, with `concurrency` requests in flight at most."""
+        async with self._send, self._receive, anyio.create_task_group() as workers:
+            for _ in range(self._concurrency):
+                workers.start_soon(self._work)
+
+    async def _work(self) -> None:
+        async for first in self._receive:
+            batch = [first]
+            while len(batch) < self._batch_size:
+                try:
+                    batch.append(self._receive.receive_nowait())
+                except anyio.WouldBlock:
+                    break
+            await self._percolate(batch)
+
+    async def percolate(self, events: list[SearchEvent]) -> list[list[Match]]:
+        """Matches for each event, in order (one request for all of them)."""
+        started = time.perf_counter()
+        response = await self._client.search(
+            index=self._alias,
+            query={
+                "constant_score": {
+                    "filter": {
+                        "percolate": {
+                            "field": "query",
+                            "documents": [self.document(event) for event in events],
+                        }
+                    }
+                }
+            },
+            size=_MAX_MATCHES,
+            source_includes=["owner", "spec.terms"],
+            track_total_hits=False,
+        )
+        self.batches += 1
+        self.percolate_seconds += time.perf_counter() - started
+        hits = msgspec.convert(response.body["hits"]["hits"], list[_Hit])
+        if len(hits) >= _MAX_MATCHES:
+            logger.warning("a batch matched %d watches or more; the rest are dropped", len(hits))
+        matches: list[list[Match]] = [[] for _ in events]
+        for hit in hits:
+            match = Match(watch_id=hit.id, terms=hit.source.spec.terms, owner=hit.source.owner)
+            # A single-document percolation may omit the slot field: it is then slot 0.
+            for slot in hit.fields.slots or [0]:
+                matches[slot].append(match)
+        return matches
+
+    async def _percolate(self, batch: list[SearchEvent]) -> None:
+        try:
+            results = await self.percolate(batch)
+        except (TransportError, ElasticsearchApiError) as error:
+            # Alerts for these searches are lost; searches themselves were already answered.
+            logger.warning("percolation of %d search events failed: %s", len(batch), error)
+            return
+        for event, matches in zip(batch, results, strict=True):
+            if matches:
+                try:
+                    await self._on_matches(event, matches)
+                except Exception:
+                    logger.exception("delivering matches failed")

@@ -1,0 +1,220 @@
+"""Watches: a shopper's spec becomes a stored percolator query; create, list, remove, seed.
+
+A watch's query is a conjunction of `term` filters on the app-normalised search text (or one
+`match_phrase` for exact phrases), plus optional category and price filters on what the
+search found. No scoring, no fuzzy or wildcard clauses: the percolator can then pre-select
+candidate watches by their terms alone.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Iterable
+from datetime import UTC, datetime
+from typing import Any
+
+import anyio
+import elasticsearch
+import msgspec
+from elasticsearch import AsyncElasticsearch
+
+from percolert.errors import ApiError
+from percolert.messages import Watch, WatchSpec
+from percolert.text import TextNormalizer
+
+_SOURCE = ["owner", "is_default", "spec", "created_at"]
+_MAX_DEFAULTS = 1000
+
+
+class _StoredSpec(msgspec.Struct):
+    terms: str
+    phrase: bool = False
+    category: str | None = None
+    max_price: float | None = None
+
+
+class _StoredWatch(msgspec.Struct):
+    spec: _StoredSpec
+    owner: str | None = None
+    is_default: bool = False
+    created_at: str = ""
+
+
+def clean_spec(spec: WatchSpec) -> WatchSpec:
+    """Whitespace trimmed, category lower-cased: two specs that mean the same are equal."""
+    category = spec.category.strip().lower() if spec.category else None
+    return WatchSpec(
+        terms=" ".join(spec.terms.split()),
+        phrase=spec.phrase,
+        category=category or None,
+        max_price=spec.max_price,
+    )
+
+
+def build_query(
+    tokens: list[str], *, phrase: bool, category: str | None, max_price: float | None
+) -> dict[str, Any]:
+    """The percolator query for a watch, in filter context."""
+    filters: list[dict[str, Any]]
+    if phrase and len(tokens) > 1:
+        filters = [{"match_phrase": {"search_text": " ".join(tokens)}}]
+    else:
+        filters = [{"term": {"search_text": token}} for token in dict.fromkeys(tokens)]
+    if category is not None:
+        filters.append({"term": {"categories": category}})
+    if max_price is not None:
+        filters.append({"range": {"min_price": {"lte": max_price}}})
+    return {"bool": {"filter": filters}}
+
+
+def watch_id(owner: str | None, tokens: list[str], spec: WatchSpec) -> str:
+    """Deterministic: the same watch twice is the same document, so duplicates collide and
+    seeding the same default again changes nothing."""
+    signature = msgspec.json.encode([owner, tokens, spec.phrase, spec.category, spec.max_price])
+    digest = hashlib.sha256(signature).hexdigest()
+    return f"default-{digest[:16]}" if owner is None else f"w-{digest[:20]}"
+
+
+def _to_watch(document_id: str, stored: _StoredWatch) -> Watch:
+    return Watch(
+        id=document_id,
+        terms=stored.spec.terms,
+        phrase=stored.spec.phrase,
+        category=stored.spec.category,
+        max_price=stored.spec.max_price,
+        is_default=stored.is_default,
+        created_at=stored.created_at,
+    )
+
+
+class SeedReport(msgspec.Struct):
+    added: int = 0
+    unchanged: int = 0
+    removed: int = 0
+
+
+class WatchStore:
+    """Watches in the percolator index; every change is refreshed before it returns, so the
+    very next search sees it."""
+
+    def __init__(
+        self,
+        client: AsyncElasticsearch,
+        alias: str,
+        normalizer: TextNormalizer,
+        *,
+        max_per_user: int,
+    ) -> None:
+        self._client = client
+        self._alias = alias
+        self._normalizer = normalizer
+        self._max_per_user = max_per_user
+        # Count-then-insert must not interleave for one user, or concurrent adds pass the
+        # limit together. Locks are dropped when nobody holds them.
+        self._locks: dict[str, anyio.Lock] = {}
+
+    def _prepare(self, owner: str | None, spec: WatchSpec) -> tuple[str, dict[str, Any]]:
+        spec = clean_spec(spec)
+        tokens = self._normalizer.watch_tokens(spec.terms, phrase=spec.phrase)
+        if not tokens:
+            raise ApiError(400, "invalid_watch", "terms must contain at least one word")
+        document = {
+            "query": build_query(
+                tokens, phrase=spec.phrase, category=spec.category, max_price=spec.max_price
+            ),
+            "owner": owner,
+            "is_default": owner is None,
+            "spec": msgspec.to_builtins(spec),
+            "created_at": datetime.now(UTC).isoformat(timespec="milliseconds"),
+        }
+        return watch_id(owner, tokens, spec), document
+
+    async def add(self, owner: str | None, spec: WatchSpec) -> Watch:
+        """Store a watch (owner None: a default watch). 409 for a duplicate or over the limit."""
+        document_id, document = self._prepare(owner, spec)
+        if owner is None:
+            await self._client.index(
+                index=self._alias, id=document_id, document=document, refresh=True
+            )
+        else:
+            lock = self._locks.setdefault(owner, anyio.Lock())
+            try:
+                async with lock:
+                    await self._add_for_user(owner, document_id, document)
+            finally:
+                if not lock.locked() and lock.statistics().tasks_waiting == 0:
+                    self._locks.pop(owner, None)
+        return _to_watch(document_id, msgspec.convert(document, _StoredWatch))
+
+    async def _add_for_user(self, owner: str, document_id: str, document: dict[str, Any]) -> None:
+        counted = await self._client.count(index=self._alias, query={"term": {"owner": owner}})
+        if counted["count"] >= self._max_per_user:
+            raise ApiError(
+                409,
+                "too_many_watches",
+                f"you already have {self._max_per_user} watches, the most allowed; "
+                "remove one first",
+            )
+        try:
+            await self._client.create(
+                index=self._alias, id=document_id, document=document, refresh=True
+            )
+        except elasticsearch.ConflictError:
+            raise ApiError(409, "duplicate_watch", "you already watch exactly this") from None
+
+    async def remove(self, owner: str | None, watch_id: str) -> bool:
+        """Delete a watch if `owner` owns it (None: a default watch); False if not found."""
+        try:
+            found = await self._client.get(index=self._alias, id=watch_id, source_includes=_SOURCE)
+        except elasticsearch.NotFoundError:
+            return False
+        stored = msgspec.convert(found["_source"], _StoredWatch)
+        if stored.owner != owner or stored.is_default != (owner is None):
+            return False
+        try:
+            await self._client.delete(index=self._alias, id=watch_id, refresh=True)
+        except elasticsearch.NotFoundError:
+            return False
+        return True
+
+    async def _find(self, query: dict[str, Any], size: int) -> list[Watch]:
+        response = await self._client.search(
+            index=self._alias,
+            query={"bool": {"filter": [query]}},
+            size=size,
+            source_includes=_SOURCE,
+            sort=[{"created_at": "desc"}],
+        )
+        return [
+            _to_watch(hit["_id"], msgspec.convert(hit["_source"], _StoredWatch))
+            for hit in response["hits"]["hits"]
+        ]
+
+    async def owned_by(self, owner: str) -> list[Watch]:
+        return await self._find({"term": {"owner": owner}}, self._max_per_user)
+
+    async def defaults(self) -> list[Watch]:
+        return await self._find({"term": {"is_default": True}}, _MAX_DEFAULTS)
+
+    async def visible_to(self, owner: str) -> list[Watch]:
+        """The user's own watches, newest first, then the default watches."""
+        return [*await self.owned_by(owner), *await self.defaults()]
+
+    async def seed_defaults(self, specs: Iterable[WatchSpec]) -> SeedReport:
+        """Make the default watches exactly `specs`: add new ones, drop ones no longer listed."""
+        report = SeedReport()
+        existing = {watch.id for watch in await self.defaults()}
+        wanted: set[str] = set()
+        for spec in specs:
+            document_id, document = self._prepare(None, spec)
+            wanted.add(document_id)
+            if document_id in existing:
+                report.unchanged += 1
+                continue
+            await self._client.index(index=self._alias, id=document_id, document=document)
+            report.added += 1
+        for stale in existing - wanted:
+            await self._client.delete(index=self._alias, id=stale)
+            report.removed += 1
+        await self._client.indices.refresh(index=self._alias)
+        return report

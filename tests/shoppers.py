@@ -1,0 +1,111 @@
+"""Test clients that behave like browsers: an HTTP client keeping the session cookie, and
+real WebSocket connections authenticated by that cookie."""
+
+from __future__ import annotations
+
+import json
+import time
+from typing import Any
+
+import anyio
+import httpx
+from websockets.asyncio.client import ClientConnection, connect
+
+from percolert.sessions import COOKIE_NAME
+
+
+class Socket:
+    def __init__(self, connection: ClientConnection) -> None:
+        self.connection = connection
+        self.hello: dict[str, Any] = {}
+
+    async def receive(self, timeout: float = 5.0) -> dict[str, Any] | None:
+        """The next message, or None if nothing arrives within `timeout` seconds."""
+        with anyio.move_on_after(timeout):
+            raw = await self.connection.recv()
+            message: dict[str, Any] = json.loads(raw)
+            return message
+        return None
+
+    async def next_alert(self, timeout: float = 5.0) -> dict[str, Any] | None:
+        """The next alert, skipping other messages (watches_changed, pong)."""
+        deadline = time.monotonic() + timeout
+        while (left := deadline - time.monotonic()) > 0:
+            message = await self.receive(left)
+            if message is None:
+                return None
+            if message["type"] == "alert":
+                return message
+        return None
+
+    async def raw_messages(self, seconds: float) -> list[str | bytes]:
+        """Everything that arrives during `seconds`, undecoded."""
+        received: list[str | bytes] = []
+        with anyio.move_on_after(seconds):
+            while True:
+                received.append(await self.connection.recv())
+        return received
+
+    async def alerts_during(self, seconds: float) -> list[dict[str, Any]]:
+        messages = [json.loads(raw) for raw in await self.raw_messages(seconds)]
+        return [message for message in messages if message["type"] == "alert"]
+
+    async def close(self) -> None:
+        await self.connection.close()
+
+
+class Shopper:
+    """One browser: its own cookie jar, hence its own user."""
+
+    def __init__(self, base_url: str) -> None:
+        self.base_url = base_url
+        self.http = httpx.AsyncClient(base_url=base_url, timeout=15)
+        self.sockets: list[Socket] = []
+
+    async def __aenter__(self) -> Shopper:
+        response = await self.http.get("/healthz")  # any request issues the session cookie
+        response.raise_for_status()
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        for socket in self.sockets:
+            await socket.close()
+        await self.http.aclose()
+
+    @property
+    def cookie(self) -> str:
+        value = self.http.cookies.get(COOKIE_NAME)
+        assert value, "no session cookie"
+        return value
+
+    async def search(self, text: str, **params: Any) -> httpx.Response:
+        response = await self.http.get("/api/search", params={"q": text, **params})
+        assert response.status_code == 200, response.text
+        return response
+
+    async def watch(self, terms: str, **spec: Any) -> dict[str, Any]:
+        response = await self.http.post("/api/watches", json={"terms": terms, **spec})
+        assert response.status_code == 201, response.text
+        watch: dict[str, Any] = response.json()
+        return watch
+
+    async def unwatch(self, watch_id: str) -> None:
+        response = await self.http.delete(f"/api/watches/{watch_id}")
+        assert response.status_code == 204, response.text
+
+    async def connect(self, *, origin: str | None = None, cookie: str | None = None) -> Socket:
+        """Open the alert socket as the page would; the hello message is read off."""
+        ws_url = self.base_url.replace("http://", "ws://") + "/ws"
+        connection = await connect(
+            ws_url,
+            origin=origin or self.base_url,  # type: ignore[arg-type]
+            additional_headers={"Cookie": f"{COOKIE_NAME}={cookie or self.cookie}"},
+            open_timeout=10,
+        )
+        socket = Socket(connection)
+        self.sockets.append(socket)
+        hello = await socket.receive()
+        assert hello is not None
+        assert hello["type"] == "hello"
+        socket.hello = hello
+        return socket

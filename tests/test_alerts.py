@@ -1,0 +1,250 @@
+"""The heart of Percolert, end to end: real server, real node, real WebSocket clients,
+asserting who receives what and who does not."""
+
+from __future__ import annotations
+
+import json
+import statistics
+import time
+from collections.abc import Iterator
+
+import anyio
+import msgspec
+import pytest
+from websockets.exceptions import InvalidStatus
+
+from percolert import es, indices
+from percolert.messages import WatchSpec
+from percolert.settings import Settings
+from percolert.text import TextNormalizer
+from percolert.watches import WatchStore
+from tests.servers import run_server
+from tests.shoppers import Shopper
+
+pytestmark = pytest.mark.anyio
+
+WINDOW = 1.0  # coalescing window of this module's server, seconds
+QUIET = 1.5  # how long "receives nothing" is watched for (longer than delivery ever takes)
+
+
+@pytest.fixture(scope="module")
+def alert_settings(catalog_settings: Settings) -> Settings:
+    return msgspec.structs.replace(
+        catalog_settings, coalesce_seconds=WINDOW, max_watches_per_user=5
+    )
+
+
+@pytest.fixture(scope="module")
+def server(alert_settings: Settings) -> Iterator[str]:
+    with run_server(alert_settings) as url:
+        yield url
+
+
+async def test_only_the_watcher_is_alerted_about_someone_elses_search(server: str) -> None:
+    async with Shopper(server) as a, Shopper(server) as b, Shopper(server) as c:
+        watch = await a.watch("kindle")
+        a_socket, b_socket, c_socket = await a.connect(), await b.connect(), await c.connect()
+        await b.search("Kindle Paperwhite")
+
+        alert = await a_socket.next_alert()
+        assert alert is not None
+        assert alert["watch"] == {"id": watch["id"], "terms": "kindle"}
+        assert alert["query"] == "Kindle Paperwhite"
+        assert alert["count"] == 1
+        assert await a_socket.alerts_during(QUIET) == []  # exactly one
+        assert await b_socket.alerts_during(0.1) == []
+        assert await c_socket.alerts_during(0.1) == []
+        await a.unwatch(watch["id"])
+
+
+async def test_every_open_tab_of_the_watcher_gets_it(server: str) -> None:
+    async with Shopper(server) as a, Shopper(server) as b:
+        watch = await a.watch("macbook air")
+        tabs = [await a.connect(), await a.connect(), await a.connect()]
+        await b.search("MacBook Air 13")
+        alerts = [await tab.next_alert() for tab in tabs]
+        assert all(alert is not None for alert in alerts)
+        assert len({alert["id"] for alert in alerts if alert}) == 1  # the same alert everywhere
+        await a.unwatch(watch["id"])
+
+
+async def test_own_searches_never_alert(server: str) -> None:
+    async with Shopper(server) as a:
+        watch = await a.watch("paperwhite")
+        socket = await a.connect()
+        await a.search("kindle paperwhite")
+        assert await socket.alerts_during(QUIET) == []
+        await a.unwatch(watch["id"])
+
+
+async def test_a_default_watch_reaches_everyone_but_the_searcher(
+    server: str, alert_settings: Settings
+) -> None:
+    client = es.create_client(alert_settings)
+    store = WatchStore(
+        client, indices.alias_for(alert_settings, "watches"), TextNormalizer(), max_per_user=5
+    )
+    default = await store.add(None, WatchSpec(terms="playstation"))
+    try:
+        async with Shopper(server) as a, Shopper(server) as b, Shopper(server) as c:
+            sockets = {"a": await a.connect(), "b": await b.connect(), "c": await c.connect()}
+            assert any(
+                w["id"] == default.id and w["is_default"] for w in sockets["a"].hello["watches"]
+            )
+            await b.search("PlayStation 5 Pro")
+            for name in ("a", "c"):
+                alert = await sockets[name].next_alert()
+                assert alert is not None, name
+                assert alert["watch"]["id"] == default.id
+            assert await sockets["b"].alerts_during(QUIET) == []
+    finally:
+        await store.remove(None, default.id)
+        await client.close()
+
+
+async def test_no_alert_after_the_watch_is_deleted(server: str) -> None:
+    async with Shopper(server) as a, Shopper(server) as b:
+        watch = await a.watch("galaxy")
+        socket = await a.connect()
+        await a.unwatch(watch["id"])
+        changed = await socket.receive()
+        assert changed is not None
+        assert changed["type"] == "watches_changed"
+        await b.search("galaxy s25")
+        assert await socket.alerts_during(QUIET) == []
+
+
+async def test_repeats_within_the_window_coalesce_into_one_alert_with_a_count(
+    server: str,
+) -> None:
+    async with Shopper(server) as a, Shopper(server) as b, Shopper(server) as c:
+        watch = await a.watch("headphones")
+        socket = await a.connect()
+        await b.search("sony headphones")
+        first = await socket.next_alert()
+        assert first is not None
+        assert first["count"] == 1
+        assert first["query"] == "sony headphones"
+        for text in ("bose headphones", "headphones", "jbl headphones", "beats headphones"):
+            await (b if text != "headphones" else c).search(text)
+        follow_up = await socket.next_alert(timeout=WINDOW + 2)
+        assert follow_up is not None
+        assert follow_up["count"] == 4
+        assert follow_up["query"] == "beats headphones"  # the latest of the folded searches
+        assert await socket.alerts_during(WINDOW + 0.5) == []  # nothing more: the flood is over
+        await a.unwatch(watch["id"])
+
+
+async def test_the_alert_names_the_search_never_the_searcher(server: str) -> None:
+    async with Shopper(server) as a, Shopper(server) as b:
+        watch = await a.watch("iphone")
+        socket = await a.connect()
+        b_socket = await b.connect()
+        b_user_hint = b.cookie.split(".")[0]  # the user id is the signed part of the cookie
+        await b.search("iphone 16 pro")
+        raw = await socket.raw_messages(QUIET)
+        alerts = [json.loads(message) for message in raw]
+        assert [alert["type"] for alert in alerts] == ["alert"]
+        assert set(alerts[0]) == {"type", "id", "watch", "query", "count", "at"}
+        for message in raw:
+            text = message if isinstance(message, str) else message.decode()
+            assert b_user_hint not in text
+            assert b.cookie not in text
+        await b_socket.close()
+        await a.unwatch(watch["id"])
+
+
+async def test_forged_and_foreign_handshakes_are_refused(server: str) -> None:
+    async with Shopper(server) as a:
+        signature_flipped = a.cookie[:-2] + ("A" if a.cookie[-2] != "A" else "B") + a.cookie[-1]
+        for cookie in ("someone-else", signature_flipped, "x." + a.cookie.split(".", 1)[1]):
+            with pytest.raises(InvalidStatus) as refused:
+                await a.connect(cookie=cookie)
+            assert refused.value.response.status_code == 403
+        with pytest.raises(InvalidStatus) as foreign:
+            await a.connect(origin="https://evil.example")
+        assert foreign.value.response.status_code == 403
+        assert (await a.connect()).hello["type"] == "hello"  # the genuine one still works
+
+
+async def test_allowed_origins_may_connect(alert_settings: Settings) -> None:
+    settings = msgspec.structs.replace(
+        alert_settings, allowed_origins=("https://shop.example.com",)
+    )
+    with run_server(settings) as url:
+        async with Shopper(url) as a:
+            socket = await a.connect(origin="https://shop.example.com")
+            assert socket.hello["type"] == "hello"
+
+
+async def test_matching_ignores_case_plurals_and_punctuation(server: str) -> None:
+    async with Shopper(server) as a, Shopper(server) as b:
+        watch = await a.watch("Charger, USB-C!")
+        socket = await a.connect()
+        await b.search("usb c CHARGERS")
+        alert = await socket.next_alert()
+        assert alert is not None
+        assert alert["watch"]["id"] == watch["id"]
+        await a.unwatch(watch["id"])
+
+
+async def test_all_terms_must_occur(server: str) -> None:
+    async with Shopper(server) as a, Shopper(server) as b:
+        watch = await a.watch("sony headphones")
+        socket = await a.connect()
+        await b.search("sony tv")
+        await b.search("bose headphones")
+        assert await socket.alerts_during(QUIET) == []
+        await b.search("headphones by sony")
+        assert await socket.next_alert() is not None
+        await a.unwatch(watch["id"])
+
+
+async def test_category_and_price_apply_to_what_the_search_found(server: str) -> None:
+    async with Shopper(server) as a, Shopper(server) as b:
+        cheap = await a.watch("headphones", category="audio", max_price=150)
+        too_cheap = await a.watch("headphones", category="audio", max_price=20)
+        wrong_category = await a.watch("headphones", category="laptops")
+        socket = await a.connect()
+        # The search finds audio products, the cheapest well under $150 but over $20.
+        found = (await b.search("noise cancelling headphones", size=20)).json()["results"]
+        assert min(hit["price"] for hit in found) < 150
+        alerts = await socket.alerts_during(QUIET)
+        assert [alert["watch"]["id"] for alert in alerts] == [cheap["id"]]
+        for watch in (cheap, too_cheap, wrong_category):
+            await a.unwatch(watch["id"])
+
+
+async def test_phrase_watches_need_the_words_together(server: str) -> None:
+    async with Shopper(server) as a, Shopper(server) as b:
+        watch = await a.watch("noise cancelling", phrase=True)
+        socket = await a.connect()
+        await b.search("cancelling the noise")
+        assert await socket.alerts_during(QUIET) == []
+        await b.search("Noise-Cancelling earbuds")
+        assert await socket.next_alert() is not None
+        await a.unwatch(watch["id"])
+
+
+async def test_search_latency_does_not_grow_with_connected_sockets(server: str) -> None:
+    """B's search answers as fast with hundreds of sockets alerted as with one."""
+
+    async def median_search_ms(b: Shopper) -> float:
+        timings = []
+        for _ in range(30):
+            started = time.perf_counter()
+            await b.search("kindle oasis")
+            timings.append((time.perf_counter() - started) * 1000)
+            await anyio.sleep(0.01)
+        return statistics.median(timings)
+
+    async with Shopper(server) as a, Shopper(server) as b:
+        watch = await a.watch("oasis")
+        await a.connect()
+        one = await median_search_ms(b)
+        for _ in range(299):
+            await a.connect()
+        many = await median_search_ms(b)
+        print(f"median search: {one:.1f} ms with 1 socket, {many:.1f} ms with 300")
+        assert many < max(3 * one, one + 20)
+        await a.unwatch(watch["id"])
