@@ -50,7 +50,7 @@ def make_settings(url: str, **changes: object) -> Settings:
     return msgspec.structs.replace(settings, **changes)
 
 
-async def _delete_indices(settings: Settings) -> None:
+async def delete_indices(settings: Settings) -> None:
     client = es.create_client(settings)
     try:
         found = await client.indices.get(index=f"{settings.index_prefix}-*", allow_no_indices=True)
@@ -65,7 +65,7 @@ def fresh_settings(elasticsearch_url: str) -> Iterator[Settings]:
     """Settings with an index prefix no other test uses; its indices are deleted afterwards."""
     settings = make_settings(elasticsearch_url)
     yield settings
-    asyncio.run(_delete_indices(settings))
+    asyncio.run(delete_indices(settings))
 
 
 @pytest.fixture(scope="session")
@@ -84,7 +84,7 @@ def catalog_settings(elasticsearch_url: str) -> Iterator[Settings]:
 
     asyncio.run(prepare())
     yield settings
-    asyncio.run(_delete_indices(settings))
+    asyncio.run(delete_indices(settings))
 
 
 @pytest.fixture(scope="session")

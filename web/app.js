@@ -1,51 +1,192 @@
 // Percolert page. Every piece of data is written with textContent, never parsed as HTML.
-const form = document.getElementById("search-form");
-const input = document.getElementById("q");
-const statusLine = document.getElementById("status");
-const results = document.getElementById("results");
-const template = document.getElementById("result-template");
+const $ = (id) => document.getElementById(id);
 const money = new Intl.NumberFormat(undefined, { style: "currency", currency: "USD" });
 
-function showStatus(text, isError = false) {
-  statusLine.textContent = text;
-  statusLine.classList.toggle("error", isError);
+function fromTemplate(id) {
+  return $(id).content.firstElementChild.cloneNode(true);
 }
 
-function render(response) {
-  results.replaceChildren();
+function setStatus(element, text, isError = false) {
+  element.textContent = text;
+  element.classList.toggle("error", isError);
+}
+
+async function api(path, options = {}) {
+  const reply = await fetch(path, { credentials: "same-origin", ...options });
+  if (reply.status === 204) return null;
+  const body = await reply.json().catch(() => ({}));
+  if (!reply.ok) {
+    throw new Error(body.error ? body.error.message : `request failed (${reply.status})`);
+  }
+  return body;
+}
+
+// --- search -------------------------------------------------------------------------------
+
+function renderResults(response) {
+  const list = $("results");
+  list.replaceChildren();
   for (const hit of response.results) {
-    const item = template.content.firstElementChild.cloneNode(true);
+    const item = fromTemplate("result-template");
     item.querySelector(".name").textContent = hit.product_name;
     item.querySelector(".price").textContent = money.format(hit.price);
     item.querySelector(".brand").textContent = hit.brand;
     item.querySelector(".category").textContent = hit.category;
     item.querySelector(".stock").textContent = hit.in_stock ? "in stock" : "out of stock";
     item.querySelector(".description").textContent = hit.description;
-    results.append(item);
+    list.append(item);
   }
   const shown = response.results.length;
-  showStatus(`${response.total} result${response.total === 1 ? "" : "s"}` +
+  setStatus($("status"), `${response.total} result${response.total === 1 ? "" : "s"}` +
     (shown < response.total ? `, top ${shown}` : "") + ` in ${response.took_ms} ms`);
 }
 
 async function search(text) {
-  showStatus("Searching…");
+  setStatus($("status"), "Searching…");
   try {
-    const reply = await fetch(`/api/search?q=${encodeURIComponent(text)}&size=20`);
-    const body = await reply.json();
-    if (!reply.ok) {
-      results.replaceChildren();
-      showStatus(body.error ? body.error.message : `Search failed (${reply.status})`, true);
-      return;
-    }
-    render(body);
+    renderResults(await api(`/api/search?q=${encodeURIComponent(text)}&size=20`));
+    $("watch-terms").value = text;
+    $("watch-this").hidden = false;
+    setStatus($("watch-status"), "");
   } catch (error) {
-    showStatus("Cannot reach the server. Check your connection and try again.", true);
+    $("results").replaceChildren();
+    setStatus($("status"), error.message || "Cannot reach the server.", true);
   }
 }
 
-form.addEventListener("submit", (event) => {
+$("search-form").addEventListener("submit", (event) => {
   event.preventDefault();
-  const text = input.value.trim();
+  const text = $("q").value.trim();
   if (text) search(text);
 });
+
+// --- watches ------------------------------------------------------------------------------
+
+function describeConditions(watch) {
+  const parts = [];
+  if (watch.phrase) parts.push("exact phrase");
+  if (watch.category) parts.push(`in ${watch.category}`);
+  if (watch.max_price !== null && watch.max_price !== undefined) parts.push(`under ${money.format(watch.max_price)}`);
+  return parts.join(" · ");
+}
+
+function renderWatches(watches) {
+  const list = $("watches");
+  list.replaceChildren();
+  for (const watch of watches) {
+    const item = fromTemplate("watch-template");
+    item.querySelector(".terms").textContent = watch.terms;
+    item.querySelector(".conditions").textContent = describeConditions(watch);
+    item.querySelector(".badge").hidden = !watch.is_default;
+    const remove = item.querySelector(".remove");
+    if (watch.is_default) {
+      remove.remove();
+    } else {
+      remove.setAttribute("aria-label", `Remove watch ${watch.terms}`);
+      remove.addEventListener("click", async () => {
+        remove.disabled = true;
+        try {
+          await api(`/api/watches/${encodeURIComponent(watch.id)}`, { method: "DELETE" });
+        } catch (error) {
+          remove.disabled = false;
+          toast("Could not remove the watch", error.message);
+        }
+      });
+    }
+    list.append(item);
+  }
+  $("no-watches").hidden = watches.some((watch) => !watch.is_default);
+}
+
+$("watch-form").addEventListener("submit", async (event) => {
+  event.preventDefault();
+  const spec = { terms: $("watch-terms").value.trim(), phrase: $("watch-phrase").checked };
+  if ($("watch-category").value) spec.category = $("watch-category").value;
+  if ($("watch-max-price").value) spec.max_price = Number($("watch-max-price").value);
+  try {
+    const watch = await api("/api/watches", {
+      method: "POST",
+      headers: { "Content-Type": "application/json" },
+      body: JSON.stringify(spec),
+    });
+    setStatus($("watch-status"), `Watching “${watch.terms}”. You'll be alerted when someone else searches for it.`);
+  } catch (error) {
+    setStatus($("watch-status"), error.message, true);
+  }
+});
+
+async function loadCategories() {
+  try {
+    const { categories } = await api("/api/categories");
+    for (const name of categories) {
+      const option = document.createElement("option");
+      option.value = name;
+      option.textContent = name;
+      $("watch-category").append(option);
+    }
+  } catch {
+    // The category filter is optional; watching still works without the list.
+  }
+}
+
+// --- alerts -------------------------------------------------------------------------------
+
+function toast(title, text) {
+  const element = fromTemplate("toast-template");
+  element.querySelector(".toast-title").textContent = title;
+  element.querySelector(".toast-text").textContent = text;
+  const dismiss = () => element.remove();
+  element.querySelector(".toast-close").addEventListener("click", dismiss);
+  $("toasts").append(element);
+  while ($("toasts").children.length > 4) $("toasts").firstElementChild.remove();
+  setTimeout(dismiss, 8000);
+}
+
+function showAlert(alert) {
+  const more = alert.count > 1 ? ` (${alert.count} searches)` : "";
+  toast(`Someone searched “${alert.query}”${more}`, `matches your watch “${alert.watch.terms}”`);
+  const item = document.createElement("li");
+  const time = new Date(alert.at).toLocaleTimeString();
+  item.textContent = `${time} — “${alert.query}” matched “${alert.watch.terms}”${more}`;
+  $("recent").prepend(item);
+  while ($("recent").children.length > 20) $("recent").lastElementChild.remove();
+}
+
+function setConnection(state, text) {
+  $("connection").dataset.state = state;
+  $("connection-text").textContent = text;
+}
+
+function connect() {
+  let retryDelay = 1000;
+  let pinger = null;
+
+  const open = () => {
+    setConnection("connecting", "Connecting…");
+    const scheme = location.protocol === "https:" ? "wss" : "ws";
+    const socket = new WebSocket(`${scheme}://${location.host}/ws`);
+    socket.addEventListener("open", () => {
+      retryDelay = 1000;
+      setConnection("live", "Live");
+      pinger = setInterval(() => socket.send(JSON.stringify({ type: "ping" })), 25000);
+    });
+    socket.addEventListener("message", (event) => {
+      let message;
+      try { message = JSON.parse(event.data); } catch { return; }
+      if (message.type === "hello" || message.type === "watches_changed") renderWatches(message.watches);
+      else if (message.type === "alert") showAlert(message);
+    });
+    socket.addEventListener("close", () => {
+      clearInterval(pinger);
+      // Back off exponentially with jitter so a restarted server is not stampeded.
+      const delay = Math.min(retryDelay, 30000) * (0.75 + Math.random() * 0.5);
+      retryDelay = Math.min(retryDelay * 2, 30000);
+      setConnection("offline", `Offline — retrying in ${Math.round(delay / 1000)} s`);
+      setTimeout(open, delay);
+    });
+  };
+  open();
+}
+
+loadCategories();
+connect();

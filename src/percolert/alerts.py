@@ -75,19 +75,34 @@ class AlertDispatcher:
         self.dispatch(event, matches)
 
     def dispatch(self, event: SearchEvent, matches: list[Match]) -> None:
+        """Alert the recipients of one search's matches: one alert per person per search.
+
+        A user whose own watches match hears about it through the first of them; a default
+        watch then reaches everyone else (the first matching default, if several do).
+        """
         now = self._clock()
+        covered = {event.searcher}  # never about one's own search
+        defaults: list[Match] = []
         for match in matches:
-            if match.owner == event.searcher:
-                continue  # never about one's own search
-            key = (match.watch_id, match.owner)
-            window = self._windows.get(key)
-            if window is not None and now >= window.until:
-                self._flush(key, window, now)
-                window = self._windows.get(key)
             if match.owner is None:
-                self._dispatch_default(key, window, event, match, now)
-            else:
-                self._dispatch_owned(key, window, event, match, match.owner, now)
+                defaults.append(match)
+            elif match.owner not in covered:
+                covered.add(match.owner)
+                owned: tuple[str, str | None] = (match.watch_id, match.owner)
+                window = self._current(owned, now)
+                self._dispatch_owned(owned, window, event, match, match.owner, now)
+        if defaults:
+            shared: tuple[str, str | None] = (defaults[0].watch_id, None)
+            window = self._current(shared, now)
+            self._dispatch_default(shared, window, event, defaults[0], covered, now)
+
+    def _current(self, key: tuple[str, str | None], now: float) -> _Window | None:
+        """The open window of `key`, after ending it if its time is up."""
+        window = self._windows.get(key)
+        if window is not None and now >= window.until:
+            self._flush(key, window, now)
+            window = self._windows.get(key)
+        return window
 
     def _dispatch_owned(
         self,
@@ -114,11 +129,12 @@ class AlertDispatcher:
         window: _Window | None,
         event: SearchEvent,
         match: Match,
+        covered: set[str],
         now: float,
     ) -> None:
         if window is None:
             payload = self._encode(match.watch_id, match.terms, event.text, 1, event.at)
-            self._hub.send_to_all(payload, exclude=(event.searcher,))
+            self._hub.send_to_all(payload, exclude=covered)
             if self._window > 0:
                 window = _Window(now + self._window)
                 window.not_alerted.add(event.searcher)
@@ -128,7 +144,7 @@ class AlertDispatcher:
         window.pending.append(event)
         self.coalesced += 1
         # Someone who was the searcher so far has had nothing yet: this one is their first.
-        firsts = [user for user in window.not_alerted if user != event.searcher]
+        firsts = [user for user in window.not_alerted if user not in covered]
         if firsts:
             payload = self._encode(match.watch_id, match.terms, event.text, 1, event.at)
             for user in firsts:

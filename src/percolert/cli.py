@@ -19,7 +19,11 @@ from tqdm import tqdm
 from percolert import assets, catalog, es, indices
 from percolert.app import create_app
 from percolert.devnode import DevNode, DevNodeError
+from percolert.errors import ApiError
+from percolert.messages import Watch, WatchSpec
 from percolert.settings import Settings, SettingsError, from_environment
+from percolert.text import TextNormalizer
+from percolert.watches import SeedFileError, SeedReport, WatchStore, parse_seed_file
 
 T = TypeVar("T")
 
@@ -123,6 +127,92 @@ def cmd_ingest(settings: Settings, args: argparse.Namespace) -> int:
     return 1 if report.failed else 0
 
 
+def _watch_store(client: AsyncElasticsearch, settings: Settings) -> WatchStore:
+    return WatchStore(
+        client,
+        indices.alias_for(settings, "watches"),
+        TextNormalizer(),
+        max_per_user=settings.max_watches_per_user,
+    )
+
+
+def _describe_watch(owner: str | None, watch: Watch) -> str:
+    conditions = [f'"{watch.terms}"' + (" (exact phrase)" if watch.phrase else "")]
+    if watch.category:
+        conditions.append(f"category {watch.category}")
+    if watch.max_price is not None:
+        conditions.append(f"under ${watch.max_price:g}")
+    who = "default" if owner is None else f"user {owner}"
+    return f"{watch.id}  {who:<30}  {', '.join(conditions)}"
+
+
+def cmd_watches(settings: Settings, args: argparse.Namespace) -> int:
+    if args.action == "seed":
+        path = Path(args.file)
+        if not path.is_file():
+            raise CliError(f"no such file: {path}")
+        try:
+            specs = parse_seed_file(path.read_bytes())
+        except SeedFileError as error:
+            for line, reason in error.problems:
+                print(f"{path}:{line}: {reason}", file=sys.stderr)
+            raise CliError(f"{path} has errors; nothing was changed") from None
+
+        async def seed(client: AsyncElasticsearch) -> SeedReport:
+            return await _watch_store(client, settings).seed_defaults(specs)
+
+        report = _run_with_client(settings, seed)
+        print(
+            f"default watches: {report.added} added, {report.unchanged} unchanged, "
+            f"{report.removed} removed"
+        )
+    elif args.action == "list":
+
+        async def listing(client: AsyncElasticsearch) -> list[tuple[str | None, Watch]]:
+            store = _watch_store(client, settings)
+            if args.defaults:
+                return [(None, watch) for watch in await store.defaults()]
+            if args.user:
+                return [(args.user, watch) for watch in await store.owned_by(args.user)]
+            return await store.everything()
+
+        listed = _run_with_client(settings, listing)
+        for owner, watch in listed:
+            print(_describe_watch(owner, watch))
+        print(f"{len(listed)} watch{'es' if len(listed) != 1 else ''}", file=sys.stderr)
+    elif args.action == "add":
+        try:
+            spec = msgspec.convert(
+                {
+                    "terms": args.terms,
+                    "phrase": args.phrase,
+                    "category": args.category,
+                    "max_price": args.max_price,
+                },
+                WatchSpec,
+            )
+        except msgspec.ValidationError as error:
+            raise CliError(f"invalid watch: {error}") from None
+
+        async def add(client: AsyncElasticsearch) -> Watch:
+            return await _watch_store(client, settings).add(None, spec)
+
+        try:
+            watch = _run_with_client(settings, add)
+        except ApiError as error:
+            raise CliError(error.message) from None
+        print(f"added {_describe_watch(None, watch)}")
+    else:
+
+        async def remove(client: AsyncElasticsearch) -> bool:
+            return await _watch_store(client, settings).remove_any(args.id)
+
+        if not _run_with_client(settings, remove):
+            raise CliError(f"no watch with id {args.id}")
+        print(f"removed {args.id}")
+    return 0
+
+
 def _serve(settings: Settings) -> None:
     print(f"Percolert at http://{settings.host}:{settings.port}  (Ctrl-C stops)")
     uvicorn.run(
@@ -193,6 +283,24 @@ def _parser() -> argparse.ArgumentParser:
     ingest.add_argument("file", help="one JSON product per line")
     ingest.add_argument("--chunk-size", type=int, default=500, help="documents per bulk request")
     ingest.set_defaults(handler=cmd_ingest)
+
+    watches = commands.add_parser("watches", help="list, add, remove and seed watches")
+    actions = watches.add_subparsers(dest="action", required=True, metavar="ACTION")
+    seed = actions.add_parser("seed", help="make the default watches exactly those in FILE")
+    seed.add_argument("file", help="JSON array of {terms, phrase?, category?, max_price?}")
+    listing = actions.add_parser("list", help="list watches (all, one user's, or defaults)")
+    who = listing.add_mutually_exclusive_group()
+    who.add_argument("--user", help="only this user's watches")
+    who.add_argument("--defaults", action="store_true", help="only default watches")
+    add = actions.add_parser("add", help="add a default watch")
+    add.add_argument("--default", action="store_true", required=True, help="(required)")
+    add.add_argument("terms", help="words that must all occur in a search")
+    add.add_argument("--phrase", action="store_true", help="the words as an exact phrase")
+    add.add_argument("--category", default=None, help="only when the search found this category")
+    add.add_argument("--max-price", type=float, default=None, help="only when it found one under")
+    remove = actions.add_parser("rm", help="remove a watch by id")
+    remove.add_argument("id")
+    watches.set_defaults(handler=cmd_watches)
 
     for name, handler, text in [
         ("serve", cmd_serve, "run the web server"),

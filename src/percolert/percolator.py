@@ -87,17 +87,18 @@ class Percolator:
         self._on_matches = on_matches
         self._batch_size = batch_size
         self._concurrency = concurrency
-        send: MemoryObjectSendStream[SearchEvent]
-        receive: MemoryObjectReceiveStream[SearchEvent]
-        send, receive = anyio.create_memory_object_stream(queue_size)
-        self._send = send
-        self._receive = receive
+        self._queue_size = queue_size
+        # The queue exists while `run` does; events submitted outside it are dropped.
+        self._send: MemoryObjectSendStream[SearchEvent] | None = None
         self.dropped = 0
         self.batches = 0
         self.percolate_seconds = 0.0
 
     def submit(self, event: SearchEvent) -> bool:
         """Queue an event without waiting; False (and counted) when the queue is full."""
+        if self._send is None:
+            self.dropped += 1
+            return False
         try:
             self._send.send_nowait(event)
         except (anyio.ClosedResourceError, anyio.BrokenResourceError):
@@ -120,16 +121,23 @@ class Percolator:
 
     async def run(self) -> None:
         """Percolate until cancelled, with `concurrency` requests in flight at most."""
-        async with self._send, self._receive, anyio.create_task_group() as workers:
-            for _ in range(self._concurrency):
-                workers.start_soon(self._work)
+        send: MemoryObjectSendStream[SearchEvent]
+        receive: MemoryObjectReceiveStream[SearchEvent]
+        send, receive = anyio.create_memory_object_stream(self._queue_size)
+        self._send = send
+        try:
+            async with send, receive, anyio.create_task_group() as workers:
+                for _ in range(self._concurrency):
+                    workers.start_soon(self._work, receive)
+        finally:
+            self._send = None
 
-    async def _work(self) -> None:
-        async for first in self._receive:
+    async def _work(self, receive: MemoryObjectReceiveStream[SearchEvent]) -> None:
+        async for first in receive:
             batch = [first]
             while len(batch) < self._batch_size:
                 try:
-                    batch.append(self._receive.receive_nowait())
+                    batch.append(receive.receive_nowait())
                 except anyio.WouldBlock:
                     break
             await self._percolate(batch)

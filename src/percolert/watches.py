@@ -87,6 +87,44 @@ def _to_watch(document_id: str, stored: _StoredWatch) -> Watch:
     )
 
 
+class SeedFileError(ValueError):
+    """A default-watches file that cannot be used; `problems` are (line, reason) pairs."""
+
+    def __init__(self, problems: list[tuple[int, str]]) -> None:
+        super().__init__("; ".join(f"line {line}: {reason}" for line, reason in problems))
+        self.problems = problems
+
+
+def parse_seed_file(data: bytes) -> list[WatchSpec]:
+    """A JSON array of watch specs. Every bad entry is reported with its line number."""
+
+    def line_at(offset: int) -> int:
+        return data.count(b"\n", 0, offset) + 1
+
+    try:
+        entries = msgspec.json.decode(data, type=list[msgspec.Raw])
+    except msgspec.ValidationError as error:
+        raise SeedFileError([(1, f"expected a JSON array of watches ({error})")]) from None
+    except msgspec.DecodeError as error:
+        message = str(error)
+        position = message.rsplit("byte ", 1)[-1].rstrip(")")
+        line = line_at(int(position)) if position.isdigit() else line_at(len(data.rstrip()))
+        raise SeedFileError([(line, f"not valid JSON: {message}")]) from None
+    specs: list[WatchSpec] = []
+    problems: list[tuple[int, str]] = []
+    cursor = 0
+    for raw in entries:
+        start = data.find(bytes(raw), cursor)
+        cursor = start + len(raw)
+        try:
+            specs.append(msgspec.json.decode(raw, type=WatchSpec))
+        except msgspec.ValidationError as error:
+            problems.append((line_at(start), f"invalid watch: {error}"))
+    if problems:
+        raise SeedFileError(problems)
+    return specs
+
+
 class SeedReport(msgspec.Struct):
     added: int = 0
     unchanged: int = 0
@@ -189,6 +227,29 @@ class WatchStore:
             _to_watch(hit["_id"], msgspec.convert(hit["_source"], _StoredWatch))
             for hit in response["hits"]["hits"]
         ]
+
+    async def remove_any(self, watch_id: str) -> bool:
+        """Admin removal, whoever owns the watch."""
+        try:
+            await self._client.delete(index=self._alias, id=watch_id, refresh=True)
+        except elasticsearch.NotFoundError:
+            return False
+        return True
+
+    async def everything(self, size: int = 10_000) -> list[tuple[str | None, Watch]]:
+        """(owner, watch) for every watch, newest first (the admin listing)."""
+        response = await self._client.search(
+            index=self._alias,
+            query={"match_all": {}},
+            size=size,
+            source_includes=_SOURCE,
+            sort=[{"created_at": "desc"}],
+        )
+        listed = []
+        for hit in response["hits"]["hits"]:
+            stored = msgspec.convert(hit["_source"], _StoredWatch)
+            listed.append((stored.owner, _to_watch(hit["_id"], stored)))
+        return listed
 
     async def owned_by(self, owner: str) -> list[Watch]:
         return await self._find({"term": {"owner": owner}}, self._max_per_user)

@@ -1,0 +1,184 @@
+"""Who gets which alert, and coalescing — the dispatcher and hub on their own, with a
+controlled clock (the end-to-end versions are in test_alerts.py)."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import anyio
+import pytest
+
+from percolert.alerts import AlertDispatcher
+from percolert.hub import Connection, Hub
+from percolert.percolator import Match, SearchEvent
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+class Inbox:
+    """The sockets of a few users; collects what the hub queues for each."""
+
+    def __init__(self, hub: Hub, *users: str) -> None:
+        self.connections = {user: Connection(user, self._never, 100) for user in users}
+        for connection in self.connections.values():
+            hub.add(connection)
+
+    async def _never(self, payload: str) -> None:
+        raise AssertionError("not written in these tests")
+
+    def take(self, user: str) -> list[dict[str, Any]]:
+        received = []
+        pending = self.connections[user]._pending
+        while True:
+            try:
+                received.append(json.loads(pending.receive_nowait()))
+            except anyio.WouldBlock:
+                return received
+
+    def close(self) -> None:
+        for connection in self.connections.values():
+            connection.close()
+
+
+def event(text: str, searcher: str) -> SearchEvent:
+    return SearchEvent(text=text, searcher=searcher, at=1_700_000_000.0)
+
+
+KINDLE_OF_A = Match(watch_id="w-a", terms="kindle", owner="a")
+DEFAULT = Match(watch_id="default-1", terms="iphone", owner=None)
+
+
+@pytest.fixture
+def setup() -> Any:
+    hub = Hub()
+    clock = Clock()
+    inbox = Inbox(hub, "a", "b", "c")
+    yield AlertDispatcher(hub, window_seconds=2.0, clock=clock), inbox, clock
+    inbox.close()
+
+
+def test_first_match_at_once_then_one_follow_up_per_window(setup: Any) -> None:
+    dispatcher, inbox, clock = setup
+    dispatcher.dispatch(event("kindle one", "b"), [KINDLE_OF_A])
+    assert [(m["count"], m["query"]) for m in inbox.take("a")] == [(1, "kindle one")]
+    for number in range(5):
+        clock.now += 0.1
+        dispatcher.dispatch(event(f"kindle {number}", "c"), [KINDLE_OF_A])
+    assert inbox.take("a") == []
+    clock.now += 2.0
+    dispatcher.flush_due()
+    assert [(m["count"], m["query"]) for m in inbox.take("a")] == [(5, "kindle 4")]
+    clock.now += 2.1  # a quiet window closes without another alert
+    dispatcher.flush_due()
+    assert inbox.take("a") == []
+    dispatcher.dispatch(event("kindle again", "b"), [KINDLE_OF_A])
+    assert [m["count"] for m in inbox.take("a")] == [1]  # a new flood starts at once
+    assert inbox.take("b") == []
+    assert inbox.take("c") == []
+
+
+def test_own_searches_are_never_counted(setup: Any) -> None:
+    dispatcher, inbox, clock = setup
+    dispatcher.dispatch(event("kindle", "a"), [KINDLE_OF_A])
+    assert inbox.take("a") == []
+    dispatcher.dispatch(event("kindle", "b"), [KINDLE_OF_A])
+    dispatcher.dispatch(event("kindle", "a"), [KINDLE_OF_A])
+    clock.now += 2.0
+    dispatcher.flush_due()
+    assert [m["count"] for m in inbox.take("a")] == [1]  # b's search only; no follow-up
+
+
+def test_default_watch_excludes_the_searcher_and_they_get_the_next_at_once(setup: Any) -> None:
+    dispatcher, inbox, clock = setup
+    dispatcher.dispatch(event("iphone 16", "a"), [DEFAULT])
+    assert inbox.take("a") == []
+    first_b, first_c = inbox.take("b"), inbox.take("c")
+    assert [m["query"] for m in first_b] == [m["query"] for m in first_c] == ["iphone 16"]
+    assert first_b[0]["id"] == first_c[0]["id"]  # one alert, encoded once, sent to both
+
+    clock.now += 0.5
+    dispatcher.dispatch(event("iphone 15", "b"), [DEFAULT])
+    # a has had nothing in this window, so b's search reaches a at once; c waits.
+    assert [(m["count"], m["query"]) for m in inbox.take("a")] == [(1, "iphone 15")]
+    assert inbox.take("c") == []
+    clock.now += 0.5
+    dispatcher.dispatch(event("iphone pro", "c"), [DEFAULT])
+    clock.now += 1.5
+    dispatcher.flush_due()
+    # Follow-ups count only searches each user has not heard about and did not make.
+    assert [(m["count"], m["query"]) for m in inbox.take("a")] == [(1, "iphone pro")]
+    assert [(m["count"], m["query"]) for m in inbox.take("b")] == [(1, "iphone pro")]
+    assert [(m["count"], m["query"]) for m in inbox.take("c")] == [(1, "iphone 15")]
+
+
+def test_without_a_window_every_match_goes_out(setup: Any) -> None:
+    _, inbox, clock = setup
+    dispatcher = AlertDispatcher(inbox_hub(inbox), window_seconds=0, clock=clock)
+    for _ in range(3):
+        dispatcher.dispatch(event("kindle", "b"), [KINDLE_OF_A])
+    assert [m["count"] for m in inbox.take("a")] == [1, 1, 1]
+
+
+def inbox_hub(inbox: Inbox) -> Hub:
+    hub = Hub()
+    for connection in inbox.connections.values():
+        hub.add(connection)
+    return hub
+
+
+@pytest.mark.anyio
+async def test_a_full_queue_cuts_off_only_that_socket() -> None:
+    hub = Hub()
+    stalled = anyio.Event()
+    written: list[str] = []
+
+    async def never_returns(payload: str) -> None:
+        await stalled.wait()
+
+    async def records(payload: str) -> None:
+        written.append(payload)
+
+    slow = Connection("slow", never_returns, 3)
+    fast = Connection("fast", records, 3)
+    hub.add(slow)
+    hub.add(fast)
+    async with anyio.create_task_group() as tasks:
+        slow_scope = anyio.CancelScope()
+        fast_scope = anyio.CancelScope()
+
+        async def run(connection: Connection, scope: anyio.CancelScope) -> None:
+            with scope:
+                await connection.write_until_cancelled(scope)
+
+        tasks.start_soon(run, slow, slow_scope)
+        tasks.start_soon(run, fast, fast_scope)
+        for number in range(6):
+            hub.send_to_all(f"message {number}")
+            await anyio.sleep(0.01)
+        assert slow.overflowed
+        assert slow_scope.cancel_called
+        assert not fast.overflowed
+        assert written == [f"message {number}" for number in range(6)]
+        fast_scope.cancel()
+    slow.close()
+    fast.close()
+
+
+def test_one_alert_per_person_per_search(setup: Any) -> None:
+    dispatcher, inbox, _ = setup
+    second_of_a = Match(watch_id="w-a2", terms="paperwhite", owner="a")
+    other_default = Match(watch_id="default-2", terms="kindle", owner=None)
+    dispatcher.dispatch(
+        event("kindle paperwhite iphone", "b"), [DEFAULT, KINDLE_OF_A, second_of_a, other_default]
+    )
+    # a hears through their own watch only; c through one default; b searched.
+    assert [m["watch"]["id"] for m in inbox.take("a")] == ["w-a"]
+    assert [m["watch"]["id"] for m in inbox.take("c")] == ["default-1"]
+    assert inbox.take("b") == []

@@ -1,0 +1,100 @@
+"""Percolation against the real percolator index: many search events in one request,
+matched back to the right event, and batching that forms under load."""
+
+from __future__ import annotations
+
+import anyio
+import pytest
+
+from percolert import es, indices
+from percolert.messages import WatchSpec
+from percolert.percolator import Match, Percolator, SearchEvent
+from percolert.settings import Settings
+from percolert.text import TextNormalizer
+from percolert.watches import WatchStore, build_query
+
+pytestmark = pytest.mark.anyio
+
+
+def test_watch_queries_are_plain_term_filters() -> None:
+    query = build_query(["sony", "headphon"], phrase=False, category="audio", max_price=150.0)
+    assert query == {
+        "bool": {
+            "filter": [
+                {"term": {"search_text": "sony"}},
+                {"term": {"search_text": "headphon"}},
+                {"term": {"categories": "audio"}},
+                {"range": {"min_price": {"lte": 150.0}}},
+            ]
+        }
+    }
+    phrase = build_query(["nois", "cancel"], phrase=True, category=None, max_price=None)
+    assert phrase == {"bool": {"filter": [{"match_phrase": {"search_text": "nois cancel"}}]}}
+
+
+async def test_one_request_matches_each_event_to_its_watches(fresh_settings: Settings) -> None:
+    client = es.create_client(fresh_settings)
+    normalizer = TextNormalizer()
+    alias = indices.alias_for(fresh_settings, "watches")
+    try:
+        await indices.setup(client, fresh_settings)
+        store = WatchStore(client, alias, normalizer, max_per_user=50)
+        kindle = await store.add("alice", WatchSpec(terms="kindle"))
+        cheap_audio = await store.add("bob", WatchSpec(terms="headphones", max_price=100))
+        default = await store.add(None, WatchSpec(terms="iphone"))
+
+        async def ignore(event: SearchEvent, matches: list[Match]) -> None:
+            pass
+
+        percolator = Percolator(client, alias, normalizer, ignore)
+        events = [
+            SearchEvent(text="Kindle Paperwhite", searcher="x"),
+            SearchEvent(text="headphones", searcher="x", categories=("audio",), min_price=79.0),
+            SearchEvent(text="headphones", searcher="x", categories=("audio",), min_price=149.0),
+            SearchEvent(text="iPhone and Kindle", searcher="x"),
+            SearchEvent(text="nothing to see", searcher="x"),
+        ]
+        results = await percolator.percolate(events)
+        matched = [sorted(match.watch_id for match in matches) for matches in results]
+        assert matched == [
+            [kindle.id],
+            [cheap_audio.id],
+            [],
+            sorted([kindle.id, default.id]),
+            [],
+        ]
+        owners = {match.watch_id: match.owner for matches in results for match in matches}
+        assert owners == {kindle.id: "alice", cheap_audio.id: "bob", default.id: None}
+        assert percolator.batches == 1
+    finally:
+        await client.close()
+
+
+async def test_batches_form_under_load(fresh_settings: Settings) -> None:
+    client = es.create_client(fresh_settings)
+    normalizer = TextNormalizer()
+    alias = indices.alias_for(fresh_settings, "watches")
+    delivered: list[tuple[str, list[str]]] = []
+    try:
+        await indices.setup(client, fresh_settings)
+        store = WatchStore(client, alias, normalizer, max_per_user=50)
+        watch = await store.add("alice", WatchSpec(terms="kindle"))
+
+        async def collect(event: SearchEvent, matches: list[Match]) -> None:
+            delivered.append((event.text, [match.watch_id for match in matches]))
+
+        percolator = Percolator(client, alias, normalizer, collect, batch_size=64, concurrency=1)
+        async with anyio.create_task_group() as tasks:
+            tasks.start_soon(percolator.run)
+            while not percolator.submit(SearchEvent(text="warm-up", searcher="x")):
+                await anyio.sleep(0.01)  # until run() has opened the queue
+            for number in range(200):
+                assert percolator.submit(SearchEvent(text=f"kindle {number}", searcher="x"))
+            with anyio.fail_after(30):
+                while len(delivered) < 200:
+                    await anyio.sleep(0.01)
+            tasks.cancel_scope.cancel()
+        assert sorted(delivered) == sorted((f"kindle {n}", [watch.id]) for n in range(200))
+        assert percolator.batches <= 200 / 10, percolator.batches  # far fewer requests than events
+    finally:
+        await client.close()
