@@ -44,3 +44,17 @@ def bench_search(session: nox.Session) -> None:
         *session.posargs,
         env={"PYTHONPATH": "."},
     )
+
+
+@nox.session(python=PYTHON)
+def bench_alerts(session: nox.Session) -> None:
+    """Search-to-alert latency: 10k watches, 200 sockets, 20 searches/s (see the script)."""
+    session.install("-e", ".[test]")
+    session.run(
+        "python",
+        "bench/alert_latency.py",
+        "--report",
+        "docs/benchmarks/alerts.json",
+        *session.posargs,
+        env={"PYTHONPATH": "."},
+    )

@@ -10,6 +10,7 @@ from typing import Any
 import anyio
 import httpx
 from websockets.asyncio.client import ClientConnection, connect
+from websockets.typing import Origin
 
 from percolert.sessions import COOKIE_NAME
 
@@ -98,7 +99,7 @@ class Shopper:
         ws_url = self.base_url.replace("http://", "ws://") + "/ws"
         connection = await connect(
             ws_url,
-            origin=origin or self.base_url,  # type: ignore[arg-type]
+            origin=Origin(origin or self.base_url),
             additional_headers={"Cookie": f"{COOKIE_NAME}={cookie or self.cookie}"},
             open_timeout=10,
         )

@@ -17,6 +17,7 @@ import anyio
 import elasticsearch
 import msgspec
 from elasticsearch import AsyncElasticsearch
+from elasticsearch.helpers import async_bulk
 
 from percolert.errors import ApiError
 from percolert.messages import Watch, WatchSpec
@@ -199,6 +200,15 @@ class WatchStore:
             )
         except elasticsearch.ConflictError:
             raise ApiError(409, "duplicate_watch", "you already watch exactly this") from None
+
+    async def add_many(self, watches: Iterable[tuple[str | None, WatchSpec]]) -> int:
+        """Bulk-load watches (admin and benchmark path: no per-user limit). Returns the count."""
+        actions = (
+            {"_index": self._alias, "_id": document_id, "_source": document}
+            for document_id, document in (self._prepare(owner, spec) for owner, spec in watches)
+        )
+        loaded, _ = await async_bulk(self._client, actions, chunk_size=2000, refresh=True)
+        return loaded
 
     async def remove(self, owner: str | None, watch_id: str) -> bool:
         """Delete a watch if `owner` owns it (None: a default watch); False if not found."""
