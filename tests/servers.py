@@ -9,9 +9,8 @@ import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 
-import uvicorn
-
 from percolert.app import create_app
+from percolert.server import build_server
 from percolert.settings import Settings
 
 
@@ -25,10 +24,7 @@ def free_port() -> int:
 def run_server(settings: Settings) -> Iterator[str]:
     """Serve `create_app(settings)` until the block ends; yields the base URL."""
     port = free_port()
-    config = uvicorn.Config(
-        create_app(settings), host="127.0.0.1", port=port, log_level="warning", lifespan="on"
-    )
-    server = uvicorn.Server(config)
+    server = build_server(create_app(settings), "127.0.0.1", port, log_level="warning")
     thread = threading.Thread(target=server.run, name=f"uvicorn-{port}", daemon=True)
     thread.start()
     deadline = time.monotonic() + 20

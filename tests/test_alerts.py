@@ -145,7 +145,7 @@ async def test_the_alert_names_the_search_never_the_searcher(server: str) -> Non
         raw = await socket.raw_messages(QUIET)
         alerts = [json.loads(message) for message in raw]
         assert [alert["type"] for alert in alerts] == ["alert"]
-        assert set(alerts[0]) == {"type", "id", "watch", "query", "count", "at"}
+        assert set(alerts[0]) == {"type", "id", "seq", "watch", "query", "count", "at"}
         for message in raw:
             text = message if isinstance(message, str) else message.decode()
             assert b_user_hint not in text

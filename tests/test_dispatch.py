@@ -9,9 +9,23 @@ from typing import Any
 import anyio
 import pytest
 
+from percolert.alertlog import LoggedAlert
 from percolert.alerts import AlertDispatcher
 from percolert.hub import Connection, Hub
 from percolert.percolator import Match, SearchEvent
+
+
+class Numbering:
+    """Stands in for the alert log: numbers alerts and keeps what would be written."""
+
+    def __init__(self) -> None:
+        self.logged: list[LoggedAlert] = []
+
+    def next_seq(self) -> int:
+        return len(self.logged) + 1
+
+    def append(self, entry: LoggedAlert) -> None:
+        self.logged.append(entry)
 
 
 class Clock:
@@ -60,7 +74,7 @@ def setup() -> Any:
     hub = Hub()
     clock = Clock()
     inbox = Inbox(hub, "a", "b", "c")
-    yield AlertDispatcher(hub, window_seconds=2.0, clock=clock), inbox, clock
+    yield AlertDispatcher(hub, Numbering(), window_seconds=2.0, clock=clock), inbox, clock
     inbox.close()
 
 
@@ -120,7 +134,7 @@ def test_default_watch_excludes_the_searcher_and_they_get_the_next_at_once(setup
 
 def test_without_a_window_every_match_goes_out(setup: Any) -> None:
     _, inbox, clock = setup
-    dispatcher = AlertDispatcher(inbox_hub(inbox), window_seconds=0, clock=clock)
+    dispatcher = AlertDispatcher(inbox_hub(inbox), Numbering(), window_seconds=0, clock=clock)
     for _ in range(3):
         dispatcher.dispatch(event("kindle", "b"), [KINDLE_OF_A])
     assert [m["count"] for m in inbox.take("a")] == [1, 1, 1]
@@ -155,7 +169,7 @@ async def test_a_full_queue_cuts_off_only_that_socket() -> None:
 
         async def run(connection: Connection, scope: anyio.CancelScope) -> None:
             with scope:
-                await connection.write_until_cancelled(scope)
+                await connection.write(scope)
 
         tasks.start_soon(run, slow, slow_scope)
         tasks.start_soon(run, fast, fast_scope)

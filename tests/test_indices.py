@@ -24,6 +24,7 @@ async def test_setup_creates_aliased_indices_and_is_idempotent(fresh_settings: S
         assert first == [
             f"{prefix}-products -> {prefix}-products-v1: created",
             f"{prefix}-watches -> {prefix}-watches-v1: created",
+            f"{prefix}-alerts -> {prefix}-alerts-v1: created",
         ]
         second = await indices.setup(client, fresh_settings)
         assert all(line.endswith("up to date") for line in second)

@@ -13,15 +13,25 @@ from __future__ import annotations
 import time
 import uuid
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from datetime import UTC, datetime
+from typing import Protocol
 
 import anyio
 import msgspec
 
+from percolert.alertlog import LoggedAlert
 from percolert.hub import Hub
 from percolert.messages import Alert, AlertWatch
 from percolert.percolator import Match, SearchEvent
+
+
+class AlertSink(Protocol):
+    """Where sent alerts are recorded (the alert log), and who numbers them."""
+
+    def next_seq(self) -> int: ...
+
+    def append(self, entry: LoggedAlert) -> None: ...
 
 
 class _Window:
@@ -46,11 +56,13 @@ class AlertDispatcher:
     def __init__(
         self,
         hub: Hub,
+        sink: AlertSink,
         *,
         window_seconds: float,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self._hub = hub
+        self._sink = sink
         self._window = window_seconds
         self._clock = clock
         self._encoder = msgspec.json.Encoder()
@@ -60,14 +72,35 @@ class AlertDispatcher:
         self.alerts = 0
         self.coalesced = 0
 
-    def _encode(self, match_id: str, terms: str, query: str, count: int, at: float) -> str:
+    def _encode(
+        self,
+        match_id: str,
+        terms: str,
+        query: str,
+        count: int,
+        at: float,
+        *,
+        recipient: str | None,
+        excluded: Collection[str] = (),
+    ) -> str:
+        """Number, record and encode one alert (sent to `recipient`, or everyone else)."""
         self.alerts += 1
         alert = Alert(
             id=uuid.uuid4().hex,
+            seq=self._sink.next_seq(),
             watch=AlertWatch(id=match_id, terms=terms),
             query=query,
             count=count,
             at=_timestamp(at),
+        )
+        self._sink.append(
+            LoggedAlert(
+                seq=alert.seq,
+                recipient=recipient,
+                excluded=tuple(excluded),
+                at=alert.at,
+                alert=alert,
+            )
         )
         return self._encoder.encode(alert).decode()
 
@@ -114,7 +147,9 @@ class AlertDispatcher:
         now: float,
     ) -> None:
         if window is None:
-            payload = self._encode(match.watch_id, match.terms, event.text, 1, event.at)
+            payload = self._encode(
+                match.watch_id, match.terms, event.text, 1, event.at, recipient=owner
+            )
             self._hub.send_to_user(owner, payload)
             if self._window > 0:
                 self._windows[key] = _Window(now + self._window)
@@ -133,7 +168,15 @@ class AlertDispatcher:
         now: float,
     ) -> None:
         if window is None:
-            payload = self._encode(match.watch_id, match.terms, event.text, 1, event.at)
+            payload = self._encode(
+                match.watch_id,
+                match.terms,
+                event.text,
+                1,
+                event.at,
+                recipient=None,
+                excluded=covered,
+            )
             self._hub.send_to_all(payload, exclude=covered)
             if self._window > 0:
                 window = _Window(now + self._window)
@@ -145,12 +188,13 @@ class AlertDispatcher:
         self.coalesced += 1
         # Someone who was the searcher so far has had nothing yet: this one is their first.
         firsts = [user for user in window.not_alerted if user not in covered]
-        if firsts:
-            payload = self._encode(match.watch_id, match.terms, event.text, 1, event.at)
-            for user in firsts:
-                window.not_alerted.discard(user)
-                window.delivered_directly[user] += 1
-                self._hub.send_to_user(user, payload)
+        for user in firsts:
+            window.not_alerted.discard(user)
+            window.delivered_directly[user] += 1
+            payload = self._encode(
+                match.watch_id, match.terms, event.text, 1, event.at, recipient=user
+            )
+            self._hub.send_to_user(user, payload)
 
     def _flush(self, key: tuple[str, str | None], window: _Window, now: float) -> None:
         """End a window: send the follow-up for what it folded, and start the next one."""
@@ -162,13 +206,23 @@ class AlertDispatcher:
         terms = self._terms.get(watch_id, "")
         latest = window.pending[-1]
         if owner is not None:
-            payload = self._encode(watch_id, terms, latest.text, len(window.pending), latest.at)
+            payload = self._encode(
+                watch_id, terms, latest.text, len(window.pending), latest.at, recipient=owner
+            )
             self._hub.send_to_user(owner, payload)
             self._windows[key] = _Window(now + self._window)
             return
         by_searcher = Counter(event.searcher for event in window.pending)
         special = set(by_searcher) | set(window.delivered_directly) | window.not_alerted
-        payload = self._encode(watch_id, terms, latest.text, len(window.pending), latest.at)
+        payload = self._encode(
+            watch_id,
+            terms,
+            latest.text,
+            len(window.pending),
+            latest.at,
+            recipient=None,
+            excluded=special,
+        )
         self._hub.send_to_all(payload, exclude=special)
         next_window = _Window(now + self._window)
         for user in special:
@@ -178,7 +232,8 @@ class AlertDispatcher:
                     next_window.not_alerted.add(user)
                 continue
             last = next(event for event in reversed(window.pending) if event.searcher != user)
-            self._hub.send_to_user(user, self._encode(watch_id, terms, last.text, count, last.at))
+            payload = self._encode(watch_id, terms, last.text, count, last.at, recipient=user)
+            self._hub.send_to_user(user, payload)
         self._windows[key] = next_window
 
     def flush_due(self) -> None:

@@ -10,7 +10,9 @@ from contextlib import asynccontextmanager
 from typing import Any, TypedDict, cast
 
 import anyio
+import elasticsearch
 import msgspec
+from elastic_transport import TransportError
 from elasticsearch import AsyncElasticsearch
 from starlette.applications import Starlette
 from starlette.middleware import Middleware
@@ -21,10 +23,19 @@ from starlette.staticfiles import StaticFiles
 from starlette.websockets import WebSocket, WebSocketDisconnect
 
 from percolert import assets, es, indices
+from percolert.alertlog import AlertLog
 from percolert.alerts import AlertDispatcher
 from percolert.errors import ApiError, error_response, exception_handlers
-from percolert.hub import SLOW_CLIENT_CLOSE, Connection, Hub
+from percolert.hub import (
+    GOING_AWAY,
+    POLICY_VIOLATION,
+    SLOW_CLIENT,
+    UNSUPPORTED_DATA,
+    Connection,
+    Hub,
+)
 from percolert.messages import (
+    Alert,
     Categories,
     ClientMessages,
     Health,
@@ -40,7 +51,13 @@ from percolert.messages import (
 )
 from percolert.percolator import Percolator, SearchEvent
 from percolert.search import MAX_QUERY_LENGTH, MAX_SIZE, search_products
-from percolert.sessions import SessionMiddleware, SessionSigner, current_user, load_secret
+from percolert.sessions import (
+    SessionMiddleware,
+    SessionSigner,
+    current_user,
+    load_secret,
+    session_started,
+)
 from percolert.settings import Settings
 from percolert.text import TextNormalizer
 from percolert.watches import WatchStore
@@ -48,8 +65,6 @@ from percolert.watches import WatchStore
 logger = logging.getLogger("percolert.app")
 
 _MAX_BODY_BYTES = 4096
-# WebSocket close code for a handshake without a valid session or from a foreign origin.
-POLICY_VIOLATION = 1008
 
 
 class State(TypedDict):
@@ -59,6 +74,7 @@ class State(TypedDict):
     percolator: Percolator
     dispatcher: AlertDispatcher
     watches: WatchStore
+    alert_log: AlertLog
 
 
 def _state(connection: Request | WebSocket) -> State:
@@ -204,6 +220,57 @@ def _origin_allowed(websocket: WebSocket, settings: Settings) -> bool:
     return origin.rstrip("/") in {own, *settings.allowed_origins}
 
 
+def _resume_position(websocket: WebSocket) -> int | None:
+    raw = websocket.query_params.get("after")
+    if raw is None:
+        return None
+    return int(raw) if raw.isdigit() and len(raw) < 20 else None
+
+
+async def _greeting(
+    state: State, websocket: WebSocket, user: str, cut: int
+) -> tuple[Hello, list[Alert]]:
+    """The hello message and the alerts missed since the client's `after` position.
+
+    Elasticsearch being down must not keep a page from connecting: the page then gets no
+    watch list (None) and no history, and live alerts as usual.
+    """
+    after = _resume_position(websocket)
+    try:
+        watches: list[Watch] | None = await state["watches"].visible_to(user)
+        recent = await state["alert_log"].recent(user, session_started(websocket))
+        missed = [] if after is None else await state["alert_log"].missed(user, after, cut)
+    except (TransportError, elasticsearch.ApiError) as error:
+        logger.warning("greeting without history, Elasticsearch failed: %s", error)
+        watches, recent, missed = None, [], []
+    hello = Hello(
+        coalesce_seconds=state["settings"].coalesce_seconds,
+        watches=watches,
+        recent=[entry.alert for entry in recent],
+        last_seq=cut,
+    )
+    return hello, [entry.alert for entry in missed]
+
+
+async def _read_until_closed(websocket: WebSocket, connection: Connection) -> tuple[int, str]:
+    """Answer pings; returns the close code and reason when the client leaves or misbehaves."""
+    decoder = msgspec.json.Decoder(ClientMessages)
+    while True:
+        message = await websocket.receive()
+        if message["type"] == "websocket.disconnect":
+            return 0, ""
+        text = message.get("text")
+        if text is None:
+            return UNSUPPORTED_DATA, "only JSON text messages are accepted"
+        try:
+            decoded = decoder.decode(text)
+        except msgspec.DecodeError:
+            return POLICY_VIOLATION, "malformed message"
+        match decoded:
+            case Ping():
+                connection.offer(_encode_message(Pong()))
+
+
 async def alerts_socket(websocket: WebSocket) -> None:
     state = _state(websocket)
     user = current_user(websocket)
@@ -215,44 +282,57 @@ async def alerts_socket(websocket: WebSocket) -> None:
     await websocket.accept()
     hub = state["hub"]
     connection = Connection(user, websocket.send_text, state["settings"].socket_queue_size)
-    hello = Hello(
-        coalesce_seconds=state["settings"].coalesce_seconds,
-        watches=await state["watches"].visible_to(user),
-    )
-    connection.offer(_encode_message(hello))
+    # Alerts numbered up to `cut` are replayed from the log; later ones arrive live through
+    # the queue, which starts filling now. Nothing is sent twice or skipped.
+    cut = state["alert_log"].last_seq
     hub.add(connection)
-    decoder = msgspec.json.Decoder(ClientMessages)
+    close_code, reason = 0, ""
     try:
+        hello, missed = await _greeting(state, websocket, user, cut)
+        await websocket.send_text(_encode_message(hello))
+        for alert in missed:
+            await websocket.send_text(_encode_message(alert))
+
         async with anyio.create_task_group() as tasks:
-            tasks.start_soon(connection.write_until_cancelled, tasks.cancel_scope)
-            while True:
-                raw = await websocket.receive_text()
-                try:
-                    message = decoder.decode(raw)
-                except msgspec.DecodeError:
-                    break  # hardening of client frames is issue 4's; drop such a client
-                if isinstance(message, Ping):
-                    connection.offer(_encode_message(Pong()))
+
+            async def read() -> None:
+                nonlocal close_code, reason
+                close_code, reason = await _read_until_closed(websocket, connection)
+                tasks.cancel_scope.cancel()
+
+            tasks.start_soon(read)
+            await connection.write(tasks.cancel_scope)
+            tasks.cancel_scope.cancel()
     except WebSocketDisconnect:
         pass
     finally:
         hub.remove(connection)
         connection.close()
-    # Bounded: a client that stopped reading may never take the close frame.
-    with anyio.move_on_after(1), contextlib.suppress(RuntimeError, WebSocketDisconnect, OSError):
-        await websocket.close(code=SLOW_CLIENT_CLOSE if connection.overflowed else 1000)
+    if connection.overflowed:
+        close_code, reason = SLOW_CLIENT, "too slow: reconnect to catch up"
+    elif connection.finished:
+        close_code, reason = GOING_AWAY, "server shutting down"
+    if close_code:
+        # Bounded: a client that stopped reading may never take the close frame.
+        with (
+            anyio.move_on_after(1),
+            contextlib.suppress(RuntimeError, WebSocketDisconnect, OSError),
+        ):
+            await websocket.close(code=close_code, reason=reason)
 
 
 def create_app(settings: Settings) -> Starlette:
     """The ASGI app for one deployment; everything it needs comes from `settings`."""
     signer = SessionSigner(load_secret(settings))
+    # The hub outlives the lifespan's services: the server drains it before shutting down.
+    hub = Hub()
 
     @asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[State]:
         client = es.create_client(settings)
         normalizer = TextNormalizer()
-        hub = Hub()
-        dispatcher = AlertDispatcher(hub, window_seconds=settings.coalesce_seconds)
+        alert_log = AlertLog(client, indices.alias_for(settings, "alerts"))
+        dispatcher = AlertDispatcher(hub, alert_log, window_seconds=settings.coalesce_seconds)
         percolator = Percolator(
             client,
             indices.alias_for(settings, "watches"),
@@ -271,6 +351,7 @@ def create_app(settings: Settings) -> Starlette:
             async with anyio.create_task_group() as background:
                 background.start_soon(percolator.run)
                 background.start_soon(dispatcher.run)
+                background.start_soon(alert_log.run)
                 yield {
                     "client": client,
                     "settings": settings,
@@ -278,6 +359,7 @@ def create_app(settings: Settings) -> Starlette:
                     "percolator": percolator,
                     "dispatcher": dispatcher,
                     "watches": store,
+                    "alert_log": alert_log,
                 }
                 background.cancel_scope.cancel()
         finally:
@@ -300,9 +382,11 @@ def create_app(settings: Settings) -> Starlette:
         WebSocketRoute("/ws", alerts_socket),
         Mount("/static", StaticFiles(directory=web), name="static"),
     ]
-    return Starlette(
+    app = Starlette(
         routes=routes,
         lifespan=lifespan,
         middleware=[Middleware(SessionMiddleware, signer=signer, secure=settings.secure_cookies)],
         exception_handlers=exception_handlers(settings.elasticsearch_url),  # type: ignore[arg-type]
     )
+    app.state.hub = hub
+    return app

@@ -12,7 +12,6 @@ from pathlib import Path
 from typing import TypeVar
 
 import msgspec
-import uvicorn
 from elasticsearch import AsyncElasticsearch
 from tqdm import tqdm
 
@@ -21,6 +20,7 @@ from percolert.app import create_app
 from percolert.devnode import DevNode, DevNodeError
 from percolert.errors import ApiError
 from percolert.messages import Watch, WatchSpec
+from percolert.server import build_server
 from percolert.settings import Settings, SettingsError, from_environment
 from percolert.text import TextNormalizer
 from percolert.watches import SeedFileError, SeedReport, WatchStore, parse_seed_file
@@ -215,13 +215,7 @@ def cmd_watches(settings: Settings, args: argparse.Namespace) -> int:
 
 def _serve(settings: Settings) -> None:
     print(f"Percolert at http://{settings.host}:{settings.port}  (Ctrl-C stops)")
-    uvicorn.run(
-        create_app(settings),
-        host=settings.host,
-        port=settings.port,
-        log_level="info",
-        lifespan="on",
-    )
+    build_server(create_app(settings), settings.host, settings.port).run()
 
 
 def cmd_serve(settings: Settings, args: argparse.Namespace) -> int:

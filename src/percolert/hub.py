@@ -1,33 +1,33 @@
 """The connections on this node: who is connected, and delivery to their sockets.
 
-Delivery never waits on a socket. Each connection has a bounded queue and its own writer
-task; `offer` only enqueues. A connection whose queue is full has stopped keeping up: it is
-cut off (closed with 1013, "try again later") rather than slowing anyone else, and the
-page reconnects. The hub knows nothing of Elasticsearch or watches.
+Delivery never waits on a socket. Each connection has a bounded queue and its own writer;
+`offer` only enqueues. A connection whose queue is full has stopped keeping up: it is cut
+off (closed with 1013, "try again later") rather than slowing anyone else, and the page
+reconnects and recovers what it missed. The hub knows nothing of Elasticsearch or watches.
 """
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Collection
+from collections.abc import Awaitable, Callable, Collection
 
 import anyio
 from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
 
 logger = logging.getLogger("percolert.hub")
 
-# WebSocket close code for a client that fell too far behind (RFC 6455 "Try Again Later").
-SLOW_CLIENT_CLOSE = 1013
+# WebSocket close codes (RFC 6455 §7.4.1 and the IANA registry).
+GOING_AWAY = 1001  # the server is shutting down
+POLICY_VIOLATION = 1008  # no valid session, foreign origin, or a malformed message
+UNSUPPORTED_DATA = 1003  # a binary frame where only JSON text is accepted
+SLOW_CLIENT = 1013  # "try again later": the client fell too far behind
 
 
 class Connection:
     """One open socket of one user. `send_text` is the socket's own send coroutine."""
 
     def __init__(
-        self,
-        user: str,
-        send_text: Callable[[str], object],
-        queue_size: int,
+        self, user: str, send_text: Callable[[str], Awaitable[None]], queue_size: int
     ) -> None:
         self.user = user
         self._send_text = send_text
@@ -35,6 +35,7 @@ class Connection:
         outgoing = anyio.create_memory_object_stream(queue_size)
         self._outgoing, self._pending = outgoing
         self.overflowed = False
+        self.finished = False
         self._cancel_scope: anyio.CancelScope | None = None
 
     def offer(self, payload: str) -> bool:
@@ -53,26 +54,34 @@ class Connection:
             return False
         return True
 
+    def finish(self) -> None:
+        """Take no more messages; the writer sends what is queued and then returns."""
+        self.finished = True
+        self._outgoing.close()
+
     def close(self) -> None:
         """Release the queue; later offers are refused."""
         self._outgoing.close()
         self._pending.close()
 
-    async def write_until_cancelled(self, scope: anyio.CancelScope) -> None:
-        """The writer: sends queued messages in order. `scope` is cancelled on overflow."""
+    async def write(self, scope: anyio.CancelScope) -> None:
+        """Send queued messages in order until `finish` (or `scope` is cancelled on overflow)."""
         self._cancel_scope = scope
         if self.overflowed:
             scope.cancel()
         async for payload in self._pending:
-            await self._send_text(payload)  # type: ignore[misc]
+            await self._send_text(payload)
 
 
 class Hub:
     def __init__(self) -> None:
         self._by_user: dict[str, set[Connection]] = {}
         self.delivered = 0
+        self.closing = False
 
     def add(self, connection: Connection) -> None:
+        if self.closing:
+            connection.finish()
         self._by_user.setdefault(connection.user, set()).add(connection)
 
     def remove(self, connection: Connection) -> None:
@@ -106,3 +115,14 @@ class Hub:
                 sent += connection.offer(payload)
         self.delivered += sent
         return sent
+
+    async def close_all(self, seconds: float) -> None:
+        """Shutdown: every socket sends what it has queued, then closes with 1001; returns
+        when all are closed or after `seconds`."""
+        self.closing = True
+        for connections in tuple(self._by_user.values()):
+            for connection in tuple(connections):
+                connection.finish()
+        with anyio.move_on_after(seconds):
+            while self._by_user:  # noqa: ASYNC110 - sockets leave on their own; poll briefly
+                await anyio.sleep(0.02)

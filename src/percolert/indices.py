@@ -18,7 +18,7 @@ from elasticsearch import AsyncElasticsearch
 from percolert import assets
 from percolert.settings import Settings
 
-INDEX_NAMES = ("products", "watches")
+INDEX_NAMES = ("products", "watches", "alerts")
 
 
 class IndexDefinition:

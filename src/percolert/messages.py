@@ -86,13 +86,6 @@ class ServerMessage(msgspec.Struct, frozen=True, tag_field="type"):
     pass
 
 
-class Hello(ServerMessage, tag="hello", frozen=True):
-    """First message on every socket."""
-
-    coalesce_seconds: float
-    watches: list[Watch]
-
-
 class AlertWatch(msgspec.Struct, frozen=True):
     id: str
     terms: str
@@ -102,14 +95,27 @@ class Alert(ServerMessage, tag="alert", frozen=True):
     """A watch matched someone else's search. Carries the search text, never the searcher.
 
     `count` is how many matching searches this alert stands for: 1 for the first, more for a
-    follow-up that folds the repeats seen within the coalescing window.
+    follow-up that folds the repeats seen within the coalescing window. `seq` is the alert's
+    position in the recipient's stream: a reconnecting client passes the last one it saw.
     """
 
     id: str
+    seq: int
     watch: AlertWatch
     query: str
     count: int
     at: str
+
+
+class Hello(ServerMessage, tag="hello", frozen=True):
+    """First message on every socket. `recent` lists this session's latest alerts (for the
+    page's list after a reload); `watches` is None while Elasticsearch is unreachable. Alerts
+    missed since the client's `after` position follow as ordinary alert messages."""
+
+    coalesce_seconds: float
+    watches: list[Watch] | None
+    recent: list[Alert]
+    last_seq: int
 
 
 class WatchesChanged(ServerMessage, tag="watches_changed", frozen=True):

@@ -9,6 +9,7 @@ from __future__ import annotations
 import logging
 import os
 import secrets
+import time
 from pathlib import Path
 
 from itsdangerous import BadSignature, TimestampSigner
@@ -23,6 +24,7 @@ logger = logging.getLogger("percolert.sessions")
 COOKIE_NAME = "percolert_session"
 _MAX_AGE_SECONDS = 400 * 24 * 3600  # the longest browsers keep a cookie
 _SCOPE_KEY = "percolert.user"
+_STARTED_KEY = "percolert.session_started"
 
 
 def load_secret(settings: Settings) -> str:
@@ -51,17 +53,26 @@ class SessionSigner:
         user = secrets.token_urlsafe(16)
         return user, self._signer.sign(user).decode()
 
-    def verify(self, token: str) -> str | None:
+    def verify(self, token: str) -> tuple[str, float] | None:
+        """The user id and when its session was issued (epoch seconds), if genuine."""
         try:
-            return self._signer.unsign(token, max_age=_MAX_AGE_SECONDS).decode()
+            user, issued = self._signer.unsign(
+                token, max_age=_MAX_AGE_SECONDS, return_timestamp=True
+            )
         except (BadSignature, UnicodeDecodeError):
             return None
+        return user.decode(), issued.timestamp()
 
 
 def current_user(connection: HTTPConnection) -> str | None:
     """The user id the session middleware established for this request or socket."""
     user = connection.scope.get(_SCOPE_KEY)
     return user if isinstance(user, str) else None
+
+
+def session_started(connection: HTTPConnection) -> float:
+    """When the current session was issued (epoch seconds)."""
+    return float(connection.scope.get(_STARTED_KEY, time.time()))
 
 
 class SessionMiddleware:
@@ -77,11 +88,13 @@ class SessionMiddleware:
             await self.app(scope, receive, send)
             return
         token = HTTPConnection(scope).cookies.get(COOKIE_NAME)
-        user = self.signer.verify(token) if token else None
+        verified = self.signer.verify(token) if token else None
+        user, started = verified if verified else (None, time.time())
         new_cookie: str | None = None
         if user is None and scope["type"] == "http":
             user, new_cookie = self.signer.issue()
         scope[_SCOPE_KEY] = user
+        scope[_STARTED_KEY] = started
         if new_cookie is None:
             await self.app(scope, receive, send)
             return
