@@ -21,9 +21,10 @@ def free_port() -> int:
 
 
 @contextmanager
-def run_server(settings: Settings) -> Iterator[str]:
-    """Serve `create_app(settings)` until the block ends; yields the base URL."""
-    port = free_port()
+def run_server(settings: Settings, port: int | None = None) -> Iterator[str]:
+    """Serve `create_app(settings)` until the block ends (then shut down gracefully, as on
+    SIGTERM); yields the base URL."""
+    port = port or free_port()
     server = build_server(create_app(settings), "127.0.0.1", port, log_level="warning")
     thread = threading.Thread(target=server.run, name=f"uvicorn-{port}", daemon=True)
     thread.start()

@@ -94,9 +94,13 @@ class Shopper:
         response = await self.http.delete(f"/api/watches/{watch_id}")
         assert response.status_code == 204, response.text
 
-    async def connect(self, *, origin: str | None = None, cookie: str | None = None) -> Socket:
+    async def connect(
+        self, *, origin: str | None = None, cookie: str | None = None, after: int | None = None
+    ) -> Socket:
         """Open the alert socket as the page would; the hello message is read off."""
         ws_url = self.base_url.replace("http://", "ws://") + "/ws"
+        if after is not None:
+            ws_url += f"?after={after}"
         connection = await connect(
             ws_url,
             origin=Origin(origin or self.base_url),

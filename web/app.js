@@ -142,14 +142,36 @@ function toast(title, text) {
   setTimeout(dismiss, 8000);
 }
 
-function showAlert(alert) {
+// Position of the newest alert this page has shown: sent on reconnect, so the server
+// replays exactly what was missed. Alerts at or below it are never shown twice.
+let lastSeq = null;
+
+function listAlert(alert) {
   const more = alert.count > 1 ? ` (${alert.count} searches)` : "";
-  toast(`Someone searched “${alert.query}”${more}`, `matches your watch “${alert.watch.terms}”`);
   const item = document.createElement("li");
+  item.className = "recent-alert";
   const time = new Date(alert.at).toLocaleTimeString();
   item.textContent = `${time} — “${alert.query}” matched “${alert.watch.terms}”${more}`;
   $("recent").prepend(item);
   while ($("recent").children.length > 20) $("recent").lastElementChild.remove();
+}
+
+function showAlert(alert) {
+  if (lastSeq !== null && alert.seq <= lastSeq) return;
+  lastSeq = alert.seq;
+  const more = alert.count > 1 ? ` (${alert.count} searches)` : "";
+  toast(`Someone searched “${alert.query}”${more}`, `matches your watch “${alert.watch.terms}”`);
+  listAlert(alert);
+}
+
+function greet(hello) {
+  if (hello.watches !== null) renderWatches(hello.watches);
+  if (lastSeq === null) {
+    // A fresh page: list this session's recent alerts without toasting them again.
+    $("recent").replaceChildren();
+    for (const alert of hello.recent) listAlert(alert);
+    lastSeq = hello.last_seq;
+  }
 }
 
 function setConnection(state, text) {
@@ -164,7 +186,8 @@ function connect() {
   const open = () => {
     setConnection("connecting", "Connecting…");
     const scheme = location.protocol === "https:" ? "wss" : "ws";
-    const socket = new WebSocket(`${scheme}://${location.host}/ws`);
+    const resume = lastSeq === null ? "" : `?after=${lastSeq}`;
+    const socket = new WebSocket(`${scheme}://${location.host}/ws${resume}`);
     socket.addEventListener("open", () => {
       retryDelay = 1000;
       setConnection("live", "Live");
@@ -173,7 +196,8 @@ function connect() {
     socket.addEventListener("message", (event) => {
       let message;
       try { message = JSON.parse(event.data); } catch { return; }
-      if (message.type === "hello" || message.type === "watches_changed") renderWatches(message.watches);
+      if (message.type === "hello") greet(message);
+      else if (message.type === "watches_changed") renderWatches(message.watches);
       else if (message.type === "alert") showAlert(message);
     });
     socket.addEventListener("close", () => {

@@ -93,9 +93,12 @@ def _port_is_free(port: int) -> bool:
 
 
 def _answers(url: str) -> bool:
+    """True once the cluster is at least yellow: every primary shard (of indices kept from an
+    earlier run too) is ready to search."""
+    health = f"{url}/_cluster/health?wait_for_status=yellow&timeout=1s"
     try:
         # The URL is always the loopback http:// address this module built.
-        with urllib.request.urlopen(f"{url}/_cluster/health", timeout=2) as response:  # noqa: S310
+        with urllib.request.urlopen(health, timeout=3) as response:  # noqa: S310
             return bool(response.status == 200)
     except (urllib.error.URLError, OSError):
         return False
