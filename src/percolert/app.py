@@ -5,7 +5,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from typing import Any, TypedDict, cast
 
@@ -14,6 +14,7 @@ import elasticsearch
 import msgspec
 from elastic_transport import TransportError
 from elasticsearch import AsyncElasticsearch
+from prometheus_client import CONTENT_TYPE_LATEST
 from starlette.applications import Starlette
 from starlette.middleware import Middleware
 from starlette.requests import Request
@@ -34,6 +35,7 @@ from percolert.hub import (
     Connection,
     Hub,
 )
+from percolert.logs import AccessLogMiddleware, event, user_tag
 from percolert.messages import (
     Alert,
     Categories,
@@ -49,6 +51,8 @@ from percolert.messages import (
     WatchList,
     WatchSpec,
 )
+from percolert.metrics import Metrics
+from percolert.openapi import openapi_document
 from percolert.percolator import Percolator, SearchEvent
 from percolert.search import MAX_QUERY_LENGTH, MAX_SIZE, search_products
 from percolert.sessions import (
@@ -75,6 +79,7 @@ class State(TypedDict):
     dispatcher: AlertDispatcher
     watches: WatchStore
     alert_log: AlertLog
+    metrics: Metrics
 
 
 def _state(connection: Request | WebSocket) -> State:
@@ -120,7 +125,9 @@ async def search(request: Request) -> Response:
     user = _user(request)
     state = _state(request)
     alias = indices.alias_for(state["settings"], "products")
+    started = time.perf_counter()
     found = await search_products(state["client"], alias, text, size)
+    state["metrics"].search_seconds.observe(time.perf_counter() - started)
     # Percolation happens after the answer is composed and never delays it.
     state["percolator"].submit(
         SearchEvent(
@@ -186,6 +193,14 @@ async def categories(request: Request) -> Response:
     )
     buckets = response["aggregations"]["categories"]["buckets"]
     return json_response(Categories(categories=[bucket["key"] for bucket in buckets]))
+
+
+async def metrics(request: Request) -> Response:
+    return Response(_state(request)["metrics"].render(), media_type=CONTENT_TYPE_LATEST)
+
+
+async def openapi(request: Request) -> Response:
+    return json_response(openapi_document())
 
 
 async def healthz(request: Request) -> Response:
@@ -286,6 +301,7 @@ async def alerts_socket(websocket: WebSocket) -> None:
     # the queue, which starts filling now. Nothing is sent twice or skipped.
     cut = state["alert_log"].last_seq
     hub.add(connection)
+    event(logger, "socket_open", user=user_tag(user), sockets=hub.socket_count())
     close_code, reason = 0, ""
     try:
         hello, missed = await _greeting(state, websocket, user, cut)
@@ -312,6 +328,14 @@ async def alerts_socket(websocket: WebSocket) -> None:
         close_code, reason = SLOW_CLIENT, "too slow: reconnect to catch up"
     elif connection.finished:
         close_code, reason = GOING_AWAY, "server shutting down"
+    event(
+        logger,
+        "socket_close",
+        user=user_tag(user),
+        code=close_code or None,
+        reason=reason or None,
+        sockets=hub.socket_count(),
+    )
     if close_code:
         # Bounded: a client that stopped reading may never take the close frame.
         with (
@@ -321,11 +345,33 @@ async def alerts_socket(websocket: WebSocket) -> None:
             await websocket.close(code=close_code, reason=reason)
 
 
+def _observe_percolate(app_metrics: Metrics) -> Callable[[float | None, int], None]:
+    def observe(seconds: float | None, batch_size: int) -> None:
+        if seconds is None:
+            app_metrics.elasticsearch_errors.labels("percolate").inc()
+            return
+        app_metrics.percolate_seconds.observe(seconds)
+        app_metrics.percolate_batch_size.observe(batch_size)
+
+    return observe
+
+
 def create_app(settings: Settings) -> Starlette:
     """The ASGI app for one deployment; everything it needs comes from `settings`."""
     signer = SessionSigner(load_secret(settings))
     # The hub outlives the lifespan's services: the server drains it before shutting down.
     hub = Hub()
+    app_metrics = Metrics()
+    readings: dict[str, Callable[[], float]] = {}
+    app_metrics.read_from(
+        lambda: {
+            "sockets": hub.socket_count(),
+            "users": len(hub.users()),
+            "alerts_sent": hub.delivered,
+            "alerts_dropped_slow_socket": hub.slow_closed,
+            **{name: read() for name, read in readings.items()},
+        }
+    )
 
     @asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[State]:
@@ -340,6 +386,13 @@ def create_app(settings: Settings) -> Starlette:
             dispatcher.on_matches,
             batch_size=settings.percolate_batch_size,
             concurrency=settings.percolate_concurrency,
+            observe=_observe_percolate(app_metrics),
+        )
+        readings.update(
+            alerts_created=lambda: dispatcher.alerts,
+            alerts_coalesced=lambda: dispatcher.coalesced,
+            search_events_dropped=lambda: percolator.dropped,
+            alert_log_write_failures=lambda: alert_log.write_failures,
         )
         store = WatchStore(
             client,
@@ -360,6 +413,7 @@ def create_app(settings: Settings) -> Starlette:
                     "dispatcher": dispatcher,
                     "watches": store,
                     "alert_log": alert_log,
+                    "metrics": app_metrics,
                 }
                 background.cancel_scope.cancel()
         finally:
@@ -377,6 +431,8 @@ def create_app(settings: Settings) -> Starlette:
         Route("/api/watches", add_watch, methods=["POST"]),
         Route("/api/watches/{watch_id}", remove_watch, methods=["DELETE"]),
         Route("/api/categories", categories),
+        Route("/openapi.json", openapi),
+        Route("/metrics", metrics),
         Route("/healthz", healthz),
         Route("/readyz", readyz),
         WebSocketRoute("/ws", alerts_socket),
@@ -385,8 +441,14 @@ def create_app(settings: Settings) -> Starlette:
     app = Starlette(
         routes=routes,
         lifespan=lifespan,
-        middleware=[Middleware(SessionMiddleware, signer=signer, secure=settings.secure_cookies)],
-        exception_handlers=exception_handlers(settings.elasticsearch_url),  # type: ignore[arg-type]
+        middleware=[
+            Middleware(AccessLogMiddleware),
+            Middleware(SessionMiddleware, signer=signer, secure=settings.secure_cookies),
+        ],
+        exception_handlers=exception_handlers(  # type: ignore[arg-type]
+            settings.elasticsearch_url,
+            on_elasticsearch_error=app_metrics.elasticsearch_errors.labels("http").inc,
+        ),
     )
     app.state.hub = hub
     return app

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
-import logging
+import os
 import sys
 from collections.abc import Awaitable, Callable, Sequence
 from pathlib import Path
@@ -15,7 +15,7 @@ import msgspec
 from elasticsearch import AsyncElasticsearch
 from tqdm import tqdm
 
-from percolert import assets, catalog, es, indices
+from percolert import assets, catalog, es, indices, logs
 from percolert.app import create_app
 from percolert.devnode import DevNode, DevNodeError
 from percolert.errors import ApiError
@@ -313,10 +313,7 @@ def _parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
-    # The transport logs every request, and a traceback per retry; Percolert reports
-    # Elasticsearch failures itself, in one line that says what to check.
-    logging.getLogger("elastic_transport").setLevel(logging.ERROR)
+    logs.configure(json=os.environ.get("PERCOLERT_LOG_FORMAT", "json") != "text")
     try:
         settings = from_environment()
         return int(args.handler(settings, args))

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 
 import elasticsearch
 import msgspec
@@ -58,8 +58,9 @@ async def _http_error(request: Request, exc: Exception) -> Response:
     return error_response(exc.status_code, code, str(exc.detail), exc.headers)
 
 
-def _elasticsearch_error(url: str) -> object:
+def _elasticsearch_error(url: str, on_error: Callable[[], None]) -> object:
     async def handle(request: Request, exc: Exception) -> Response:
+        on_error()
         if es.is_unavailable(exc) or isinstance(exc, es.ElasticsearchProblem):
             logger.warning("elasticsearch unavailable: %s", es.describe(exc, url))
             error = unavailable(f"search is unavailable: {es.describe(exc, url)}")
@@ -85,8 +86,10 @@ async def _unexpected(request: Request, exc: Exception) -> Response:
     return error_response(500, "internal", "internal server error")
 
 
-def exception_handlers(elasticsearch_url: str) -> dict[type[Exception] | int, object]:
-    on_elasticsearch = _elasticsearch_error(elasticsearch_url)
+def exception_handlers(
+    elasticsearch_url: str, *, on_elasticsearch_error: Callable[[], None] = lambda: None
+) -> dict[type[Exception] | int, object]:
+    on_elasticsearch = _elasticsearch_error(elasticsearch_url, on_elasticsearch_error)
     return {
         ApiError: _api_error,
         HTTPException: _http_error,

@@ -77,6 +77,7 @@ class Hub:
     def __init__(self) -> None:
         self._by_user: dict[str, set[Connection]] = {}
         self.delivered = 0
+        self.slow_closed = 0
         self.closing = False
 
     def add(self, connection: Connection) -> None:
@@ -85,6 +86,8 @@ class Hub:
         self._by_user.setdefault(connection.user, set()).add(connection)
 
     def remove(self, connection: Connection) -> None:
+        if connection.overflowed:
+            self.slow_closed += 1
         connections = self._by_user.get(connection.user)
         if connections is not None:
             connections.discard(connection)

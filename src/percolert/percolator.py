@@ -80,7 +80,10 @@ class Percolator:
         batch_size: int = 64,
         concurrency: int = 2,
         queue_size: int = 10_000,
+        observe: Callable[[float | None, int], None] | None = None,
     ) -> None:
+        """`observe(seconds, batch_size)` hears of every percolate request (seconds None: it
+        failed)."""
         self._client = client
         self._alias = alias
         self._normalizer = normalizer
@@ -88,6 +91,7 @@ class Percolator:
         self._batch_size = batch_size
         self._concurrency = concurrency
         self._queue_size = queue_size
+        self._observe = observe
         # The queue exists while `run` does; events submitted outside it are dropped.
         self._send: MemoryObjectSendStream[SearchEvent] | None = None
         self.dropped = 0
@@ -162,7 +166,10 @@ class Percolator:
             track_total_hits=False,
         )
         self.batches += 1
-        self.percolate_seconds += time.perf_counter() - started
+        seconds = time.perf_counter() - started
+        self.percolate_seconds += seconds
+        if self._observe is not None:
+            self._observe(seconds, len(events))
         hits = msgspec.convert(response.body["hits"]["hits"], list[_Hit])
         if len(hits) >= _MAX_MATCHES:
             logger.warning("a batch matched %d watches or more; the rest are dropped", len(hits))
@@ -180,6 +187,8 @@ class Percolator:
         except (TransportError, ElasticsearchApiError) as error:
             # Alerts for these searches are lost; searches themselves were already answered.
             logger.warning("percolation of %d search events failed: %s", len(batch), error)
+            if self._observe is not None:
+                self._observe(None, len(batch))
             return
         for event, matches in zip(batch, results, strict=True):
             if matches:

@@ -1,0 +1,75 @@
+"""Prometheus metrics, in a registry of the app's own (no process-global state).
+
+Counters the services keep anyway (sockets, alerts, coalesced, dropped) are read when
+scraped; latencies are observed where they happen.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+
+from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.registry import Collector
+
+_LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0)
+
+
+class _Readings(Collector):
+    """Reads the services' own counters at scrape time."""
+
+    def __init__(self, read: Callable[[], dict[str, float]]) -> None:
+        self._read = read
+
+    def collect(self) -> Iterator[Metric]:
+        values = self._read()
+        yield GaugeMetricFamily(
+            "percolert_connected_sockets", "Open alert sockets", value=values["sockets"]
+        )
+        yield GaugeMetricFamily(
+            "percolert_connected_users", "Users with an open socket", value=values["users"]
+        )
+        for name, help_text in [
+            ("alerts_sent", "Alert messages queued to sockets"),
+            ("alerts_created", "Alerts created (one per recipient, or per default broadcast)"),
+            ("alerts_coalesced", "Matches folded into a follow-up alert"),
+            ("alerts_dropped_slow_socket", "Sockets closed for falling behind (1013)"),
+            ("search_events_dropped", "Searches not percolated because the queue was full"),
+            ("alert_log_write_failures", "Failed writes of the alert log (retried)"),
+        ]:
+            yield CounterMetricFamily(f"percolert_{name}", help_text, value=values.get(name, 0.0))
+
+
+class Metrics:
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry(auto_describe=True)
+        self.search_seconds = Histogram(
+            "percolert_search_seconds",
+            "Catalog search latency, as the app sees it",
+            buckets=_LATENCY_BUCKETS,
+            registry=self.registry,
+        )
+        self.percolate_seconds = Histogram(
+            "percolert_percolate_seconds",
+            "One percolate request (a batch of search events)",
+            buckets=_LATENCY_BUCKETS,
+            registry=self.registry,
+        )
+        self.percolate_batch_size = Histogram(
+            "percolert_percolate_batch_size",
+            "Search events per percolate request",
+            buckets=(1, 2, 4, 8, 16, 32, 64, 128),
+            registry=self.registry,
+        )
+        self.elasticsearch_errors = Counter(
+            "percolert_elasticsearch_errors",
+            "Failed Elasticsearch operations",
+            ["operation"],
+            registry=self.registry,
+        )
+
+    def read_from(self, read: Callable[[], dict[str, float]]) -> None:
+        self.registry.register(_Readings(read))
+
+    def render(self) -> bytes:
+        return generate_latest(self.registry)

@@ -1,0 +1,88 @@
+"""Metrics in Prometheus format, and structured logs without secrets."""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Iterator
+
+import httpx
+import msgspec
+import pytest
+from prometheus_client.parser import text_string_to_metric_families
+
+from percolert.logs import JsonFormatter
+from percolert.settings import Settings
+from tests.servers import run_server
+from tests.shoppers import Shopper
+
+pytestmark = pytest.mark.anyio
+
+
+@pytest.fixture(scope="module")
+def server(catalog_settings: Settings) -> Iterator[str]:
+    with run_server(msgspec.structs.replace(catalog_settings, coalesce_seconds=5.0)) as url:
+        yield url
+
+
+def scrape(server: str) -> dict[str, float]:
+    response = httpx.get(f"{server}/metrics", timeout=10)
+    assert response.status_code == 200
+    assert response.headers["content-type"].startswith("text/plain")
+    values = {}
+    for family in text_string_to_metric_families(response.text):
+        for sample in family.samples:
+            labels = ",".join(f"{k}={v}" for k, v in sorted(sample.labels.items()))
+            values[f"{sample.name}{{{labels}}}" if labels else sample.name] = sample.value
+    return values
+
+
+async def test_metrics_follow_what_happens(server: str) -> None:
+    before = scrape(server)
+    async with Shopper(server) as a, Shopper(server) as b:
+        watch = await a.watch("fitbit")
+        socket_a = await a.connect()
+        await a.connect()
+        during = scrape(server)
+        assert during["percolert_connected_sockets"] == before["percolert_connected_sockets"] + 2
+        await b.search("fitbit charge 6")
+        assert await socket_a.next_alert() is not None
+        await b.search("fitbit inspire")  # within the window: coalesced
+        await socket_a.alerts_during(0.3)
+        after = scrape(server)
+        await a.unwatch(watch["id"])
+    assert after["percolert_search_seconds_count"] == before["percolert_search_seconds_count"] + 2
+    assert after["percolert_alerts_sent_total"] >= before["percolert_alerts_sent_total"] + 2
+    assert (
+        after["percolert_alerts_coalesced_total"] == before["percolert_alerts_coalesced_total"] + 1
+    )
+    assert after["percolert_percolate_seconds_count"] > before["percolert_percolate_seconds_count"]
+    assert "percolert_percolate_batch_size_count" in after
+    assert "percolert_alerts_dropped_slow_socket_total" in after
+
+
+async def test_logs_are_one_json_line_per_event_without_secrets(
+    server: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO)
+    async with Shopper(server) as a:
+        await a.search("kindle")
+        socket = await a.connect()
+        await socket.close()
+        cookie = a.cookie
+    formatter = JsonFormatter()
+    lines = [formatter.format(record) for record in caplog.records]
+    entries = [json.loads(line) for line in lines]
+    requests = [entry for entry in entries if entry["message"] == "request"]
+    search = next(entry for entry in requests if entry["path"] == "/api/search")
+    assert search["status"] == 200
+    assert search["method"] == "GET"
+    assert search["ms"] >= 0
+    assert len(search["user"]) == 10
+    assert "kindle" not in lines[entries.index(search)]  # no query strings
+    opened = [entry for entry in entries if entry["message"] == "socket_open"]
+    assert opened
+    assert opened[0]["user"] == search["user"]
+    for line in lines:
+        assert cookie not in line
+        assert cookie.split(".")[0] not in line  # nor the raw user id
