@@ -92,6 +92,9 @@ class Percolator:
         self._concurrency = concurrency
         self._queue_size = queue_size
         self._observe = observe
+        self._tickets_issued = 0
+        self._next_ticket = 0
+        self._finished: dict[int, tuple[list[SearchEvent], list[list[Match]]]] = {}
         # The queue exists while `run` does; events submitted outside it are dropped.
         self._send: MemoryObjectSendStream[SearchEvent] | None = None
         self.dropped = 0
@@ -144,7 +147,11 @@ class Percolator:
                     batch.append(receive.receive_nowait())
                 except anyio.WouldBlock:
                     break
-            await self._percolate(batch)
+            # Batches are numbered as they are taken, so that results are handed on in search
+            # order even when a later request comes back first.
+            ticket = self._tickets_issued
+            self._tickets_issued += 1
+            await self._percolate(ticket, batch)
 
     async def percolate(self, events: list[SearchEvent]) -> list[list[Match]]:
         """Matches for each event, in order (one request for all of them)."""
@@ -181,7 +188,7 @@ class Percolator:
                 matches[slot].append(match)
         return matches
 
-    async def _percolate(self, batch: list[SearchEvent]) -> None:
+    async def _percolate(self, ticket: int, batch: list[SearchEvent]) -> None:
         try:
             results = await self.percolate(batch)
         except (TransportError, ElasticsearchApiError) as error:
@@ -189,10 +196,14 @@ class Percolator:
             logger.warning("percolation of %d search events failed: %s", len(batch), error)
             if self._observe is not None:
                 self._observe(None, len(batch))
-            return
-        for event, matches in zip(batch, results, strict=True):
-            if matches:
-                try:
-                    await self._on_matches(event, matches)
-                except Exception:
-                    logger.exception("delivering matches failed")
+            results = [[] for _ in batch]
+        self._finished[ticket] = (batch, results)
+        while self._next_ticket in self._finished:
+            done, found = self._finished.pop(self._next_ticket)
+            self._next_ticket += 1
+            for event, matches in zip(done, found, strict=True):
+                if matches:
+                    try:
+                        await self._on_matches(event, matches)
+                    except Exception:
+                        logger.exception("delivering matches failed")
