@@ -59,7 +59,9 @@ class AlertLog:
         self._retention = retention
         self._max_buffered = max_buffered
         self._clock = clock
-        self._last_seq = 0
+        # Positions are time-based, so "now" is above every alert of an earlier run: a client
+        # told this position before the first alert of this run resumes from the right place.
+        self._last_seq = int(clock() * 1_000_000)
         # Appended, not yet visible to search (being written or waiting to be).
         self._buffer: list[LoggedAlert] = []
         self.write_failures = 0
