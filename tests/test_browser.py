@@ -1,0 +1,179 @@
+"""The page in a real browser (Debian's headless Chromium, driven by Playwright): watching,
+alert toasts, hostile text shown as text, recovery after a reload and a network drop.
+Screenshots go to artifacts/screenshots/ (git-ignored)."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import msgspec
+import pytest
+from playwright.sync_api import Browser, BrowserContext, Page, expect, sync_playwright
+
+from percolert.settings import Settings
+from tests.netproxy import DroppableProxy
+from tests.servers import run_server
+
+ROOT = Path(__file__).resolve().parent.parent
+SCREENSHOTS = ROOT / "artifacts" / "screenshots"
+# As the machine's own probe runs it: no sandbox as root, and no background networking,
+# whose connections this closed network refuses.
+CHROMIUM_ARGS = [
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+]
+XSS = '<img src=x onerror="window.__xss = 1"><script>window.__xss = 2</script>kindle'
+
+
+def chromium_path() -> str:
+    path = os.environ.get("PERCOLERT_CHROMIUM") or shutil.which("chromium")
+    if path is None:
+        pytest.fail("browser tests need Chromium: apt-get install chromium (or PERCOLERT_CHROMIUM)")
+    return path
+
+
+@pytest.fixture(scope="module")
+def server(catalog_settings: Settings) -> Iterator[str]:
+    with run_server(msgspec.structs.replace(catalog_settings, coalesce_seconds=0.0)) as url:
+        yield url
+
+
+@pytest.fixture(scope="module")
+def browser() -> Iterator[Browser]:
+    with sync_playwright() as playwright:
+        launched = playwright.chromium.launch(executable_path=chromium_path(), args=CHROMIUM_ARGS)
+        yield launched
+        launched.close()
+
+
+def shopper(browser: Browser, url: str) -> tuple[BrowserContext, Page]:
+    """A browser context is a separate cookie jar: a separate shopper."""
+    context = browser.new_context(viewport={"width": 1200, "height": 850})
+    page = context.new_page()
+    page.goto(url)
+    expect(page.locator("#connection")).to_have_attribute("data-state", "live")
+    return context, page
+
+
+def search(page: Page, text: str) -> None:
+    page.fill("#q", text)
+    page.press("#q", "Enter")
+    expect(page.locator("#status")).to_contain_text("result")
+
+
+def watch(page: Page, text: str) -> None:
+    search(page, text)
+    page.click("#watch-form button[type=submit]")
+    expect(page.locator("#watch-status")).to_contain_text("Watching")
+    expect(page.locator("#watches .terms", has_text=text)).to_be_visible()
+
+
+def screenshot(page: Page, name: str) -> None:
+    SCREENSHOTS.mkdir(parents=True, exist_ok=True)
+    page.screenshot(path=str(SCREENSHOTS / f"{name}.png"), full_page=True)
+
+
+def test_watch_then_someone_elses_search_toasts_only_the_watcher(
+    browser: Browser, server: str
+) -> None:
+    a_context, a = shopper(browser, server)
+    b_context, b = shopper(browser, server)
+    try:
+        watch(a, "paperwhite")
+        started = time.monotonic()
+        search(b, "Kindle Paperwhite Signature")
+        toast = a.locator(".toast", has_text="Kindle Paperwhite Signature")
+        expect(toast).to_be_visible(timeout=1000)
+        assert time.monotonic() - started < 2.0  # search answered + alert shown
+        expect(toast).to_contain_text("paperwhite")
+        screenshot(a, "watcher-toast")
+        assert b.locator(".toast").count() == 0
+        screenshot(b, "searcher-no-toast")
+    finally:
+        a_context.close()
+        b_context.close()
+
+
+def test_hostile_text_is_shown_as_text_and_runs_nothing(browser: Browser, server: str) -> None:
+    a_context, a = shopper(browser, server)
+    b_context, b = shopper(browser, server)
+    try:
+        watch(a, "kindle")
+        a.fill("#watch-terms", '<b onmouseover="window.__xss=3">oasis</b>')
+        a.click("#watch-form button[type=submit]")
+        expect(a.locator("#watches .terms", has_text="<b onmouseover")).to_be_visible()
+        search(b, XSS)
+        toast = a.locator(".toast").first
+        expect(toast).to_be_visible(timeout=1000)
+        expect(toast).to_contain_text('<img src=x onerror="window.__xss = 1">')
+        expect(a.locator("#recent li").first).to_contain_text("<script>")
+        assert a.locator(".toast img, .toast script, #recent img, #watches b").count() == 0
+        for page in (a, b):
+            assert page.evaluate("window.__xss") is None
+        screenshot(a, "hostile-text-as-text")
+    finally:
+        a_context.close()
+        b_context.close()
+
+
+def test_reload_lists_the_recent_alert(browser: Browser, server: str) -> None:
+    a_context, a = shopper(browser, server)
+    b_context, b = shopper(browser, server)
+    try:
+        watch(a, "airpods")
+        search(b, "AirPods Pro 2")
+        expect(a.locator(".toast", has_text="AirPods Pro 2")).to_be_visible(timeout=1000)
+        a.reload()
+        expect(a.locator("#connection")).to_have_attribute("data-state", "live")
+        expect(a.locator("#recent li", has_text="AirPods Pro 2")).to_be_visible()
+        assert a.locator(".toast").count() == 0  # listed, not toasted again
+        screenshot(a, "after-reload")
+    finally:
+        a_context.close()
+        b_context.close()
+
+
+def test_alert_missed_during_a_network_drop_appears_when_it_returns(
+    browser: Browser, server: str
+) -> None:
+    proxy = DroppableProxy(int(server.rsplit(":", 1)[1]))
+    a_context, a = shopper(browser, proxy.url)
+    b_context, b = shopper(browser, server)
+    try:
+        watch(a, "nintendo")
+        proxy.drop()
+        expect(a.locator("#connection")).to_have_attribute("data-state", "offline")
+        search(b, "Nintendo Switch OLED")
+        a.wait_for_timeout(500)
+        assert a.locator(".toast").count() == 0  # nothing can arrive while offline
+        screenshot(a, "network-down")
+        proxy.restore()
+        expect(a.locator("#connection")).to_have_attribute("data-state", "live", timeout=15000)
+        expect(a.locator(".toast", has_text="Nintendo Switch OLED")).to_be_visible(timeout=3000)
+        screenshot(a, "network-back-missed-alert")
+    finally:
+        a_context.close()
+        b_context.close()
+        proxy.close()
+
+
+def test_page_reads_well_on_a_phone(browser: Browser, server: str) -> None:
+    context = browser.new_context(viewport={"width": 390, "height": 844}, is_mobile=True)
+    try:
+        page = context.new_page()
+        page.goto(server)
+        search(page, "headphones")
+        width = page.evaluate("document.documentElement.scrollWidth")
+        assert width <= 390  # no sideways scrolling
+        screenshot(page, "phone")
+    finally:
+        context.close()
