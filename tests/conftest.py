@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import asyncio
 import os
+import subprocess
+import sys
 import tempfile
 import uuid
 from collections.abc import Iterator
@@ -60,6 +62,40 @@ async def delete_indices(settings: Settings) -> None:
         await client.close()
 
 
+def prepare_indices(settings: Settings, *, catalog: Path | None = None) -> None:
+    """Create the indices of `settings` (and load `catalog` into products, if given)."""
+
+    async def prepare() -> None:
+        client = es.create_client(settings)
+        try:
+            await indices.setup(client, settings)
+            if catalog is not None:
+                products = indices.alias_for(settings, "products")
+                report = await ingest(client, products, catalog)
+                assert report.failed == 0, report.errors
+        finally:
+            await client.close()
+
+    asyncio.run(prepare())
+
+
+def run_cli(settings: Settings, *args: str) -> subprocess.CompletedProcess[str]:
+    """`percolert ARGS` in a subprocess, configured for the deployment of `settings`."""
+    env = {
+        **os.environ,
+        "ELASTICSEARCH_URL": settings.elasticsearch_url,
+        "PERCOLERT_INDEX_PREFIX": settings.index_prefix,
+    }
+    return subprocess.run(
+        [sys.executable, "-m", "percolert.cli", *args],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=120,
+        check=False,
+    )
+
+
 @pytest.fixture
 def fresh_settings(elasticsearch_url: str) -> Iterator[Settings]:
     """Settings with an index prefix no other test uses; its indices are deleted afterwards."""
@@ -73,16 +109,7 @@ def catalog_settings(elasticsearch_url: str) -> Iterator[Settings]:
     """Indices set up and the sample catalog loaded once for the session's read-only tests."""
     settings = make_settings(elasticsearch_url)
 
-    async def prepare() -> None:
-        client = es.create_client(settings)
-        try:
-            await indices.setup(client, settings)
-            report = await ingest(client, indices.alias_for(settings, "products"), SAMPLE_CATALOG)
-            assert report.failed == 0, report.errors
-        finally:
-            await client.close()
-
-    asyncio.run(prepare())
+    prepare_indices(settings, catalog=SAMPLE_CATALOG)
     yield settings
     asyncio.run(delete_indices(settings))
 

@@ -4,9 +4,6 @@ library and from the command line, against the real node."""
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -14,7 +11,7 @@ import pytest
 from percolert import es, indices
 from percolert.catalog import ingest
 from percolert.settings import Settings
-from tests.conftest import SAMPLE_CATALOG
+from tests.conftest import SAMPLE_CATALOG, run_cli
 
 pytestmark = pytest.mark.anyio
 
@@ -105,22 +102,6 @@ async def test_bad_lines_are_reported_by_number_and_good_lines_load(
         assert (await client.count(index=alias))["count"] == 3
     finally:
         await client.close()
-
-
-def run_cli(settings: Settings, *args: str) -> subprocess.CompletedProcess[str]:
-    env = {
-        **os.environ,
-        "ELASTICSEARCH_URL": settings.elasticsearch_url,
-        "PERCOLERT_INDEX_PREFIX": settings.index_prefix,
-    }
-    return subprocess.run(
-        [sys.executable, "-m", "percolert.cli", *args],
-        capture_output=True,
-        text=True,
-        env=env,
-        timeout=120,
-        check=False,
-    )
 
 
 def test_cli_setup_and_ingest(fresh_settings: Settings, tmp_path: Path) -> None:

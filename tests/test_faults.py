@@ -3,7 +3,6 @@ restarting, a graceful shutdown, hostile WebSocket frames and a client that stal
 
 from __future__ import annotations
 
-import asyncio
 import socket
 import time
 from collections.abc import Iterator
@@ -13,11 +12,9 @@ import msgspec
 import pytest
 from websockets.exceptions import ConnectionClosed
 
-from percolert import es, indices
-from percolert.catalog import ingest
 from percolert.devnode import DevNode
 from percolert.settings import Settings
-from tests.conftest import SAMPLE_CATALOG, make_settings
+from tests.conftest import SAMPLE_CATALOG, make_settings, prepare_indices
 from tests.servers import free_port, run_server
 from tests.shoppers import Shopper
 
@@ -44,16 +41,7 @@ def own_node(tmp_path_factory: pytest.TempPathFactory) -> Iterator[OwnNode]:
     node = OwnNode(tmp_path_factory.mktemp("faults-node"))
     url = node.start()
     settings = make_settings(url)
-
-    async def prepare() -> None:
-        client = es.create_client(settings)
-        try:
-            await indices.setup(client, settings)
-            await ingest(client, indices.alias_for(settings, "products"), SAMPLE_CATALOG)
-        finally:
-            await client.close()
-
-    asyncio.run(prepare())
+    prepare_indices(settings, catalog=SAMPLE_CATALOG)
     node.settings = settings  # type: ignore[attr-defined]
     try:
         yield node

@@ -4,9 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
-import subprocess
-import sys
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -14,9 +11,8 @@ import anyio
 import httpx
 import pytest
 
-from percolert import es, indices
 from percolert.settings import Settings
-from tests.conftest import delete_indices, make_settings
+from tests.conftest import delete_indices, make_settings, prepare_indices, run_cli
 from tests.servers import run_server
 from tests.shoppers import Shopper
 
@@ -29,15 +25,7 @@ LIMIT = 4
 def watch_settings(elasticsearch_url: str) -> Iterator[Settings]:
     """A deployment of its own (fresh indices), so default-watch seeding sees only its own."""
     settings = make_settings(elasticsearch_url, max_watches_per_user=LIMIT)
-
-    async def prepare() -> None:
-        client = es.create_client(settings)
-        try:
-            await indices.setup(client, settings)
-        finally:
-            await client.close()
-
-    asyncio.run(prepare())
+    prepare_indices(settings)
     yield settings
     asyncio.run(delete_indices(settings))
 
@@ -158,22 +146,6 @@ async def test_every_socket_of_the_user_hears_watches_changed(server: str) -> No
             message = await tab.receive()
             assert message is not None
             assert message["watches"] == []
-
-
-def run_cli(settings: Settings, *args: str) -> subprocess.CompletedProcess[str]:
-    env = {
-        **os.environ,
-        "ELASTICSEARCH_URL": settings.elasticsearch_url,
-        "PERCOLERT_INDEX_PREFIX": settings.index_prefix,
-    }
-    return subprocess.run(
-        [sys.executable, "-m", "percolert.cli", *args],
-        capture_output=True,
-        text=True,
-        env=env,
-        timeout=120,
-        check=False,
-    )
 
 
 async def test_cli_seeds_default_watches_idempotently(
