@@ -236,6 +236,13 @@ class AlertDispatcher:
             self._hub.send_to_user(user, payload)
         self._windows[key] = next_window
 
+    def flush_all(self) -> None:
+        """Send every pending follow-up now (at shutdown)."""
+        now = self._clock()
+        for key, window in list(self._windows.items()):
+            window.until = now
+            self._flush(key, window, now)
+
     def flush_due(self) -> None:
         now = self._clock()
         for key, window in list(self._windows.items()):

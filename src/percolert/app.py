@@ -363,6 +363,8 @@ def create_app(settings: Settings) -> Starlette:
     hub = Hub()
     app_metrics = Metrics()
     readings: dict[str, Callable[[], float]] = {}
+    # The lifespan's services, for the shutdown drain (which runs before the lifespan ends).
+    services: dict[str, Any] = {}
     app_metrics.read_from(
         lambda: {
             "sockets": hub.socket_count(),
@@ -388,6 +390,7 @@ def create_app(settings: Settings) -> Starlette:
             concurrency=settings.percolate_concurrency,
             observe=_observe_percolate(app_metrics),
         )
+        services.update(percolator=percolator, dispatcher=dispatcher)
         readings.update(
             alerts_created=lambda: dispatcher.alerts,
             alerts_coalesced=lambda: dispatcher.coalesced,
@@ -450,5 +453,17 @@ def create_app(settings: Settings) -> Starlette:
             on_elasticsearch_error=app_metrics.elasticsearch_errors.labels("http").inc,
         ),
     )
-    app.state.hub = hub
+
+    async def drain(seconds: float) -> None:
+        """Shutdown: deliver what answered searches will still produce, then close sockets."""
+        with anyio.move_on_after(seconds / 2):
+            percolator = services.get("percolator")
+            while percolator is not None and not percolator.idle():  # noqa: ASYNC110
+                await anyio.sleep(0.01)
+        dispatcher = services.get("dispatcher")
+        if dispatcher is not None:
+            dispatcher.flush_all()
+        await hub.close_all(seconds / 2)
+
+    app.state.drain = drain
     return app

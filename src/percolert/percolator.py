@@ -92,6 +92,7 @@ class Percolator:
         self._concurrency = concurrency
         self._queue_size = queue_size
         self._observe = observe
+        self._in_flight = 0
         self._tickets_issued = 0
         self._next_ticket = 0
         self._finished: dict[int, tuple[list[SearchEvent], list[list[Match]]]] = {}
@@ -139,6 +140,12 @@ class Percolator:
         finally:
             self._send = None
 
+    def idle(self) -> bool:
+        """Nothing queued and nothing being percolated."""
+        if self._send is None:
+            return True
+        return self._send.statistics().current_buffer_used == 0 and self._in_flight == 0
+
     async def _work(self, receive: MemoryObjectReceiveStream[SearchEvent]) -> None:
         async for first in receive:
             batch = [first]
@@ -151,7 +158,11 @@ class Percolator:
             # order even when a later request comes back first.
             ticket = self._tickets_issued
             self._tickets_issued += 1
-            await self._percolate(ticket, batch)
+            self._in_flight += 1
+            try:
+                await self._percolate(ticket, batch)
+            finally:
+                self._in_flight -= 1
 
     async def percolate(self, events: list[SearchEvent]) -> list[list[Match]]:
         """Matches for each event, in order (one request for all of them)."""

@@ -1,18 +1,18 @@
 """Running the app under uvicorn, with a graceful shutdown that drains the sockets first.
 
 uvicorn on its own closes every WebSocket at once with 1012 when it stops. Percolert instead
-stops accepting connections, lets each socket send what is queued for it and close with
-1001 ("going away"), bounded by `drain_seconds`, and only then lets uvicorn finish.
+stops accepting connections, finishes percolating the searches already answered, sends
+pending follow-up alerts, lets each socket send what is queued for it and close with 1001
+("going away") — all bounded by `drain_seconds` — and only then lets uvicorn finish.
 """
 
 from __future__ import annotations
 
 import socket
+from collections.abc import Awaitable, Callable
 
 import uvicorn
 from starlette.applications import Starlette
-
-from percolert.hub import Hub
 
 # Largest WebSocket frame a client may send; clients only send tiny control messages.
 MAX_CLIENT_FRAME_BYTES = 16 * 1024
@@ -33,22 +33,25 @@ def make_config(app: Starlette, host: str, port: int, *, log_level: str = "info"
     )
 
 
+Drain = Callable[[float], Awaitable[None]]  # stops new work, delivers, closes sockets
+
+
 class GracefulServer(uvicorn.Server):
-    def __init__(self, config: uvicorn.Config, hub: Hub, *, drain_seconds: float = 5.0) -> None:
+    def __init__(self, config: uvicorn.Config, drain: Drain, *, drain_seconds: float = 5.0) -> None:
         super().__init__(config)
-        self._hub = hub
+        self._drain = drain
         self._drain_seconds = drain_seconds
 
     async def shutdown(self, sockets: list[socket.socket] | None = None) -> None:
         for server in self.servers:
             server.close()  # no new connections while draining
-        await self._hub.close_all(self._drain_seconds)
+        await self._drain(self._drain_seconds)
         await super().shutdown(sockets)
 
 
 def build_server(
     app: Starlette, host: str, port: int, *, log_level: str = "info"
 ) -> GracefulServer:
-    hub = app.state.hub
-    assert isinstance(hub, Hub)
-    return GracefulServer(make_config(app, host, port, log_level=log_level), hub)
+    """A server for an app from `create_app`, which provides `app.state.drain`."""
+    drain: Drain = app.state.drain
+    return GracefulServer(make_config(app, host, port, log_level=log_level), drain)
