@@ -34,6 +34,14 @@ def demo(session: nox.Session) -> None:
 
 
 @nox.session(python=PYTHON)
+def bench(session: nox.Session) -> None:
+    """Search-to-alert, Percolert beside the seed design; `nox -s bench -- --quick` < 3 min.
+    Writes docs/benchmarks/results.{json,md} and latency_vs_rate.png."""
+    session.install("-e", ".[test,bench]")
+    session.run("python", "bench/harness.py", *session.posargs, env={"PYTHONPATH": "."})
+
+
+@nox.session(python=PYTHON)
 def bench_search(session: nox.Session) -> None:
     session.install("-e", ".[test]")
     session.run(

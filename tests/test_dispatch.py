@@ -48,13 +48,10 @@ class Inbox:
         raise AssertionError("not written in these tests")
 
     def take(self, user: str) -> list[dict[str, Any]]:
-        received = []
-        pending = self.connections[user]._pending
-        while True:
-            try:
-                received.append(json.loads(pending.receive_nowait()))
-            except anyio.WouldBlock:
-                return received
+        queue = self.connections[user]._queue
+        received = [json.loads(payload) for payload in queue]
+        queue.clear()
+        return received
 
     def close(self) -> None:
         for connection in self.connections.values():

@@ -27,6 +27,9 @@ def make_config(app: Starlette, host: str, port: int, *, log_level: str = "info"
         log_level=log_level,
         ws="websockets-sansio",
         ws_max_size=MAX_CLIENT_FRAME_BYTES,
+        # Alerts are a few hundred bytes: compressing each one for every socket cost more CPU
+        # than anything else in a broadcast and saves almost no bytes (docs/benchmarks/).
+        ws_per_message_deflate=False,
         ws_ping_interval=20,
         ws_ping_timeout=20,
         timeout_graceful_shutdown=10,
