@@ -2,18 +2,14 @@
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import time
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
-from typing import Any, TypedDict, cast
+from typing import Any
 
 import anyio
-import elasticsearch
 import msgspec
-from elastic_transport import TransportError
-from elasticsearch import AsyncElasticsearch
 from prometheus_client import CONTENT_TYPE_LATEST
 from starlette.applications import Starlette
 from starlette.middleware import Middleware
@@ -21,31 +17,20 @@ from starlette.requests import Request
 from starlette.responses import FileResponse, Response
 from starlette.routing import Mount, Route, WebSocketRoute
 from starlette.staticfiles import StaticFiles
-from starlette.websockets import WebSocket, WebSocketDisconnect
 
 from percolert import assets, es, indices
+from percolert.alert_socket import alerts_socket
 from percolert.alertlog import AlertLog
 from percolert.alerts import AlertDispatcher
 from percolert.errors import ApiError, error_response, exception_handlers
 from percolert.hub import (
-    GOING_AWAY,
-    POLICY_VIOLATION,
-    SLOW_CLIENT,
-    UNSUPPORTED_DATA,
-    Connection,
     Hub,
 )
-from percolert.logs import AccessLogMiddleware, event, user_tag
+from percolert.logs import AccessLogMiddleware
 from percolert.messages import (
-    Alert,
     Categories,
-    ClientMessages,
     Health,
-    Hello,
-    Ping,
-    Pong,
     Readiness,
-    ServerMessage,
     Watch,
     WatchesChanged,
     WatchList,
@@ -55,12 +40,12 @@ from percolert.metrics import Metrics
 from percolert.openapi import openapi_document
 from percolert.percolator import Percolator, SearchEvent
 from percolert.search import MAX_QUERY_LENGTH, MAX_SIZE, search_products
+from percolert.services import State, encode_message, state_of
 from percolert.sessions import (
     SessionMiddleware,
     SessionSigner,
     current_user,
     load_secret,
-    session_started,
 )
 from percolert.settings import Settings
 from percolert.text import TextNormalizer
@@ -69,21 +54,6 @@ from percolert.watches import WatchStore
 logger = logging.getLogger("percolert.app")
 
 _MAX_BODY_BYTES = 4096
-
-
-class State(TypedDict):
-    client: AsyncElasticsearch
-    settings: Settings
-    hub: Hub
-    percolator: Percolator
-    dispatcher: AlertDispatcher
-    watches: WatchStore
-    alert_log: AlertLog
-    metrics: Metrics
-
-
-def _state(connection: Request | WebSocket) -> State:
-    return cast(State, connection.scope["state"])
 
 
 def json_response(value: Any, status: int = 200) -> Response:
@@ -123,7 +93,7 @@ async def search(request: Request) -> Response:
     text = _query_text(request)
     size = _size(request)
     user = _user(request)
-    state = _state(request)
+    state = state_of(request)
     alias = indices.alias_for(state["settings"], "products")
     started = time.perf_counter()
     found = await search_products(state["client"], alias, text, size)
@@ -155,19 +125,19 @@ async def _decode_spec(request: Request) -> WatchSpec:
 
 async def _watches_changed(state: State, user: str) -> list[Watch]:
     watches = await state["watches"].visible_to(user)
-    state["hub"].send_to_user(user, _encode_message(WatchesChanged(watches=watches)))
+    state["hub"].send_to_user(user, encode_message(WatchesChanged(watches=watches)))
     return watches
 
 
 async def list_watches(request: Request) -> Response:
-    state = _state(request)
+    state = state_of(request)
     return json_response(WatchList(watches=await state["watches"].visible_to(_user(request))))
 
 
 async def add_watch(request: Request) -> Response:
     user = _user(request)
     spec = await _decode_spec(request)
-    state = _state(request)
+    state = state_of(request)
     watch = await state["watches"].add(user, spec)
     await _watches_changed(state, user)
     return json_response(watch, status=201)
@@ -175,7 +145,7 @@ async def add_watch(request: Request) -> Response:
 
 async def remove_watch(request: Request) -> Response:
     user = _user(request)
-    state = _state(request)
+    state = state_of(request)
     if not await state["watches"].remove(user, request.path_params["watch_id"]):
         raise ApiError(404, "watch_not_found", "no such watch of yours")
     await _watches_changed(state, user)
@@ -183,7 +153,7 @@ async def remove_watch(request: Request) -> Response:
 
 
 async def categories(request: Request) -> Response:
-    state = _state(request)
+    state = state_of(request)
     response = await state["client"].search(
         index=indices.alias_for(state["settings"], "products"),
         size=0,
@@ -196,7 +166,7 @@ async def categories(request: Request) -> Response:
 
 
 async def metrics(request: Request) -> Response:
-    return Response(_state(request)["metrics"].render(), media_type=CONTENT_TYPE_LATEST)
+    return Response(state_of(request)["metrics"].render(), media_type=CONTENT_TYPE_LATEST)
 
 
 async def openapi(request: Request) -> Response:
@@ -208,7 +178,7 @@ async def healthz(request: Request) -> Response:
 
 
 async def readyz(request: Request) -> Response:
-    state = _state(request)
+    state = state_of(request)
     settings = state["settings"]
     try:
         version = await es.check_connection(state["client"], settings.elasticsearch_url)
@@ -220,129 +190,6 @@ async def readyz(request: Request) -> Response:
             503, "not_set_up", f"missing indices {', '.join(missing)}: run `percolert setup`"
         )
     return json_response(Readiness(status="ready", elasticsearch=version))
-
-
-def _encode_message(message: ServerMessage) -> str:
-    return msgspec.json.encode(message).decode()
-
-
-def _origin_allowed(websocket: WebSocket, settings: Settings) -> bool:
-    origin = websocket.headers.get("origin")
-    if origin is None:
-        return False
-    scheme = "https" if websocket.url.scheme == "wss" else "http"
-    own = f"{scheme}://{websocket.headers.get('host', '')}"
-    return origin.rstrip("/") in {own, *settings.allowed_origins}
-
-
-def _resume_position(websocket: WebSocket) -> int | None:
-    raw = websocket.query_params.get("after")
-    if raw is None:
-        return None
-    return int(raw) if raw.isdigit() and len(raw) < 20 else None
-
-
-async def _greeting(
-    state: State, websocket: WebSocket, user: str, cut: int
-) -> tuple[Hello, list[Alert]]:
-    """The hello message and the alerts missed since the client's `after` position.
-
-    Elasticsearch being down must not keep a page from connecting: the page then gets no
-    watch list (None) and no history, and live alerts as usual.
-    """
-    after = _resume_position(websocket)
-    try:
-        watches: list[Watch] | None = await state["watches"].visible_to(user)
-        recent = await state["alert_log"].recent(user, session_started(websocket))
-        missed = [] if after is None else await state["alert_log"].missed(user, after, cut)
-    except (TransportError, elasticsearch.ApiError) as error:
-        logger.warning("greeting without history, Elasticsearch failed: %s", error)
-        watches, recent, missed = None, [], []
-    hello = Hello(
-        coalesce_seconds=state["settings"].coalesce_seconds,
-        watches=watches,
-        recent=[entry.alert for entry in recent],
-        last_seq=cut,
-    )
-    return hello, [entry.alert for entry in missed]
-
-
-async def _read_until_closed(websocket: WebSocket, connection: Connection) -> tuple[int, str]:
-    """Answer pings; returns the close code and reason when the client leaves or misbehaves."""
-    decoder = msgspec.json.Decoder(ClientMessages)
-    while True:
-        message = await websocket.receive()
-        if message["type"] == "websocket.disconnect":
-            return 0, ""
-        text = message.get("text")
-        if text is None:
-            return UNSUPPORTED_DATA, "only JSON text messages are accepted"
-        try:
-            decoded = decoder.decode(text)
-        except msgspec.DecodeError:
-            return POLICY_VIOLATION, "malformed message"
-        match decoded:
-            case Ping():
-                connection.offer(_encode_message(Pong()))
-
-
-async def alerts_socket(websocket: WebSocket) -> None:
-    state = _state(websocket)
-    user = current_user(websocket)
-    if user is None or not _origin_allowed(websocket, state["settings"]):
-        # Closing before accepting refuses the handshake (HTTP 403).
-        logger.info("refused a WebSocket handshake: %s", "origin" if user else "no session")
-        await websocket.close(code=POLICY_VIOLATION)
-        return
-    await websocket.accept()
-    hub = state["hub"]
-    connection = Connection(user, websocket.send_text, state["settings"].socket_queue_size)
-    # Alerts numbered up to `cut` are replayed from the log; later ones arrive live through
-    # the queue, which starts filling now. Nothing is sent twice or skipped.
-    cut = state["alert_log"].last_seq
-    hub.add(connection)
-    event(logger, "socket_open", user=user_tag(user), sockets=hub.socket_count())
-    close_code, reason = 0, ""
-    try:
-        hello, missed = await _greeting(state, websocket, user, cut)
-        await websocket.send_text(_encode_message(hello))
-        for alert in missed:
-            await websocket.send_text(_encode_message(alert))
-
-        async with anyio.create_task_group() as tasks:
-
-            async def read() -> None:
-                nonlocal close_code, reason
-                close_code, reason = await _read_until_closed(websocket, connection)
-                tasks.cancel_scope.cancel()
-
-            tasks.start_soon(read)
-            await connection.write(tasks.cancel_scope)
-            tasks.cancel_scope.cancel()
-    except WebSocketDisconnect:
-        pass
-    finally:
-        hub.remove(connection)
-        connection.close()
-    if connection.overflowed:
-        close_code, reason = SLOW_CLIENT, "too slow: reconnect to catch up"
-    elif connection.finished:
-        close_code, reason = GOING_AWAY, "server shutting down"
-    event(
-        logger,
-        "socket_close",
-        user=user_tag(user),
-        code=close_code or None,
-        reason=reason or None,
-        sockets=hub.socket_count(),
-    )
-    if close_code:
-        # Bounded: a client that stopped reading may never take the close frame.
-        with (
-            anyio.move_on_after(1),
-            contextlib.suppress(RuntimeError, WebSocketDisconnect, OSError),
-        ):
-            await websocket.close(code=close_code, reason=reason)
 
 
 def _observe_percolate(app_metrics: Metrics) -> Callable[[float | None, int], None]:
