@@ -224,7 +224,8 @@ def cmd_serve(settings: Settings, args: argparse.Namespace) -> int:
 
 
 def cmd_up(settings: Settings, args: argparse.Namespace) -> int:
-    """The demo in one command: node, indices, sample catalog, server; Ctrl-C undoes the node."""
+    """The demo in one command: node, indices, sample catalog, default watches, server;
+    Ctrl-C stops the server and the node this command started."""
     node = _dev_node(settings, args)
     print("starting the dev node (the first start downloads Elasticsearch with Maven)...")
     try:
@@ -236,12 +237,13 @@ def cmd_up(settings: Settings, args: argparse.Namespace) -> int:
     try:
         for line in _run_with_client(settings, lambda client: indices.setup(client, settings)):
             print(line)
-        root = assets.source_root()
-        sample = (
-            Path(args.catalog) if args.catalog else (root or Path(".")) / "data/products.ndjson"
-        )
-        _ingest(settings, sample)
-        _serve(settings)
+        data = (assets.source_root() or Path(".")) / "data"
+        _ingest(settings, Path(args.catalog) if args.catalog else data / "products.ndjson")
+        defaults = data / "default_watches.json"
+        if defaults.is_file():
+            cmd_watches(settings, argparse.Namespace(action="seed", file=str(defaults)))
+        with contextlib.suppress(KeyboardInterrupt):  # Ctrl-C is how the demo ends
+            _serve(settings)
     finally:
         if started:
             print("stopping the dev node this command started...")

@@ -54,8 +54,6 @@ def configure(level: int = logging.INFO, *, json: bool = True) -> None:
     # The transport logs every request and a traceback per retry; Percolert reports
     # Elasticsearch failures itself, in one line that says what to check.
     logging.getLogger("elastic_transport").setLevel(logging.ERROR)
-    # Replaced by percolert.access (no query strings: search text is the shopper's business).
-    logging.getLogger("uvicorn.access").disabled = True
 
 
 def event(logger: logging.Logger, message: str, level: int = logging.INFO, **fields: Any) -> None:

@@ -25,6 +25,7 @@ def make_config(app: Starlette, host: str, port: int, *, log_level: str = "info"
         port=port,
         lifespan="on",
         log_level=log_level,
+        access_log=False,  # percolert.logs writes one JSON line per request instead
         ws="websockets-sansio",
         ws_max_size=MAX_CLIENT_FRAME_BYTES,
         # Alerts are a few hundred bytes: compressing each one for every socket cost more CPU
