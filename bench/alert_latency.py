@@ -19,11 +19,9 @@ import argparse
 import asyncio
 import contextlib
 import json
-import os
 import random
 import re
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -35,6 +33,7 @@ import httpx
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.typing import Origin
 
+from bench.harness import PREFIX, Server, prepare_catalog
 from percolert import es, indices
 from percolert.devnode import DevNode
 from percolert.messages import WatchSpec
@@ -187,49 +186,16 @@ def main() -> int:
     with tempfile.TemporaryDirectory(prefix="percolert-bench-") as scratch:
         node = DevNode(Path(scratch) / "state", heap="1g")
         state, _ = node.start(free_port())
-        settings = Settings(elasticsearch_url=state.url, index_prefix="bench")
-        env = {
-            **os.environ,
-            "ELASTICSEARCH_URL": state.url,
-            "PERCOLERT_INDEX_PREFIX": "bench",
-            "PERCOLERT_STATE_DIR": str(Path(scratch) / "app"),
-            "PERCOLERT_COALESCE_SECONDS": "0",
-            "PERCOLERT_MAX_WATCHES_PER_USER": "1000",
-        }
+        settings = Settings(elasticsearch_url=state.url, index_prefix=PREFIX)
         server = None
         try:
-            cli = [sys.executable, "-m", "percolert.cli"]
-            subprocess.run([*cli, "setup"], env=env, check=True, capture_output=True)
-            subprocess.run(
-                [*cli, "ingest", str(ROOT / "data/products.ndjson")],
-                env=env,
-                check=True,
-                capture_output=True,
-            )
+            prepare_catalog(state.url)
             asyncio.run(load_background_watches(settings, args.watches))
-            port = free_port()
-            server = subprocess.Popen(
-                [*cli, "serve", "--port", str(port)],
-                env=env,
-                stdout=subprocess.DEVNULL,
-                stderr=subprocess.DEVNULL,
-            )
-            base = f"http://127.0.0.1:{port}"
-            deadline = time.monotonic() + 30
-            while True:
-                try:
-                    if httpx.get(f"{base}/readyz", timeout=2).status_code == 200:
-                        break
-                except httpx.TransportError:
-                    pass
-                if time.monotonic() > deadline:
-                    raise SystemExit("server did not become ready")
-                time.sleep(0.1)
-            result = asyncio.run(run_load(base, args))
+            server = Server("percolert", state.url, Path(scratch))  # coalescing off
+            result = asyncio.run(run_load(server.url, args))
         finally:
             if server is not None:
-                server.terminate()
-                server.wait(timeout=20)
+                server.stop()
             node.stop()
 
     print(

@@ -167,6 +167,20 @@ async def set_default_watch(settings: Settings, present: bool) -> None:
         await client.close()
 
 
+def prepare_catalog(node_url: str, *, recreate: bool = False) -> None:
+    """`percolert setup` and the sample catalog on the node, as an admin would."""
+    env = {**os.environ, "ELASTICSEARCH_URL": node_url, "PERCOLERT_INDEX_PREFIX": PREFIX}
+    cli = [sys.executable, "-m", "percolert.cli"]
+    setup = [*cli, "setup", "--recreate"] if recreate else [*cli, "setup"]
+    subprocess.run(setup, env=env, check=True, capture_output=True)
+    subprocess.run(
+        [*cli, "ingest", str(ROOT / "data/products.ndjson")],
+        env=env,
+        check=True,
+        capture_output=True,
+    )
+
+
 class Server:
     """The server under test, in its own process."""
 
@@ -543,24 +557,11 @@ def main() -> int:
         node = DevNode(scratch / "state", heap="2g")
         state, _ = node.start(free_port())
         settings = Settings(elasticsearch_url=state.url, index_prefix=PREFIX)
-        env = {**os.environ, "ELASTICSEARCH_URL": state.url, "PERCOLERT_INDEX_PREFIX": PREFIX}
         try:
-            cli = [sys.executable, "-m", "percolert.cli"]
             loaded = 0
             for watches, sockets in configurations:
-                subprocess.run(
-                    [*cli, "setup", "--recreate"] if loaded > watches else [*cli, "setup"],
-                    env=env,
-                    check=True,
-                    capture_output=True,
-                )
                 if loaded == 0 or loaded > watches:
-                    subprocess.run(
-                        [*cli, "ingest", str(ROOT / "data/products.ndjson")],
-                        env=env,
-                        check=True,
-                        capture_output=True,
-                    )
+                    prepare_catalog(state.url, recreate=loaded > watches)
                     loaded = 0
                 print(f"W={watches} S={sockets}: loading watches...", flush=True)
                 asyncio.run(load_watches(settings, watches - loaded))

@@ -11,9 +11,7 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -21,6 +19,7 @@ from pathlib import Path
 
 import httpx
 
+from bench.harness import Server, prepare_catalog
 from percolert.devnode import DevNode
 from tests.servers import free_port
 
@@ -65,36 +64,11 @@ def main() -> int:
         started = time.perf_counter()
         state, _ = node.start(free_port())
         node_start_s = time.perf_counter() - started
-        env = {**os.environ, "ELASTICSEARCH_URL": state.url, "PERCOLERT_INDEX_PREFIX": "bench"}
         server = None
         try:
-            cli = [sys.executable, "-m", "percolert.cli"]
-            subprocess.run([*cli, "setup"], env=env, check=True, capture_output=True)
-            subprocess.run(
-                [*cli, "ingest", str(ROOT / "data/products.ndjson")],
-                env=env,
-                check=True,
-                capture_output=True,
-            )
-            port = free_port()
-            server = subprocess.Popen(
-                [*cli, "serve", "--port", str(port)],
-                env=env,
-                stdout=subprocess.DEVNULL,
-                stderr=subprocess.DEVNULL,
-            )
-            base = f"http://127.0.0.1:{port}"
-            with httpx.Client(base_url=base, timeout=10) as client:
-                deadline = time.monotonic() + 30
-                while True:
-                    try:
-                        if client.get("/readyz").status_code == 200:
-                            break
-                    except httpx.TransportError:
-                        pass
-                    if time.monotonic() > deadline:
-                        raise SystemExit("server did not become ready")
-                    time.sleep(0.1)
+            prepare_catalog(state.url)
+            server = Server("percolert", state.url, Path(scratch))
+            with httpx.Client(base_url=server.url, timeout=10) as client:
                 for query in QUERIES * 3:  # warm caches and JIT
                     client.get("/api/search", params={"q": query})
                 latencies: list[float] = []
@@ -108,8 +82,7 @@ def main() -> int:
                     server_took.append(response.json()["took_ms"])
         finally:
             if server is not None:
-                server.terminate()
-                server.wait(timeout=20)
+                server.stop()
             node.stop()
 
     result = {
