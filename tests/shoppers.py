@@ -5,14 +5,39 @@ from __future__ import annotations
 
 import json
 import time
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from typing import Any
 
 import anyio
 import httpx
+from elasticsearch import AsyncElasticsearch
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.typing import Origin
 
+from percolert import es, indices
+from percolert.messages import Watch, WatchSpec
 from percolert.sessions import COOKIE_NAME
+from percolert.settings import Settings
+from percolert.text import TextNormalizer
+from percolert.watches import WatchStore
+
+
+@asynccontextmanager
+async def default_watch(
+    settings: Settings, terms: str
+) -> AsyncIterator[tuple[Watch, AsyncElasticsearch]]:
+    """A default watch added as an admin would, removed afterwards; with the client used."""
+    client = es.create_client(settings)
+    store = WatchStore(
+        client, indices.alias_for(settings, "watches"), TextNormalizer(), max_per_user=5
+    )
+    watch = await store.add(None, WatchSpec(terms=terms))
+    try:
+        yield watch, client
+    finally:
+        await store.remove(None, watch.id)
+        await client.close()
 
 
 class Socket:

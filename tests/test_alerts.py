@@ -13,13 +13,9 @@ import msgspec
 import pytest
 from websockets.exceptions import InvalidStatus
 
-from percolert import es, indices
-from percolert.messages import WatchSpec
 from percolert.settings import Settings
-from percolert.text import TextNormalizer
-from percolert.watches import WatchStore
 from tests.servers import run_server
-from tests.shoppers import Shopper
+from tests.shoppers import Shopper, default_watch
 
 pytestmark = pytest.mark.anyio
 
@@ -80,26 +76,20 @@ async def test_own_searches_never_alert(server: str) -> None:
 async def test_a_default_watch_reaches_everyone_but_the_searcher(
     server: str, alert_settings: Settings
 ) -> None:
-    client = es.create_client(alert_settings)
-    store = WatchStore(
-        client, indices.alias_for(alert_settings, "watches"), TextNormalizer(), max_per_user=5
-    )
-    default = await store.add(None, WatchSpec(terms="playstation"))
-    try:
-        async with Shopper(server) as a, Shopper(server) as b, Shopper(server) as c:
-            sockets = {"a": await a.connect(), "b": await b.connect(), "c": await c.connect()}
-            assert any(
-                w["id"] == default.id and w["is_default"] for w in sockets["a"].hello["watches"]
-            )
-            await b.search("PlayStation 5 Pro")
-            for name in ("a", "c"):
-                alert = await sockets[name].next_alert()
-                assert alert is not None, name
-                assert alert["watch"]["id"] == default.id
-            assert await sockets["b"].alerts_during(QUIET) == []
-    finally:
-        await store.remove(None, default.id)
-        await client.close()
+    async with (
+        default_watch(alert_settings, "playstation") as (default, _),
+        Shopper(server) as a,
+        Shopper(server) as b,
+        Shopper(server) as c,
+    ):
+        sockets = {"a": await a.connect(), "b": await b.connect(), "c": await c.connect()}
+        assert any(w["id"] == default.id and w["is_default"] for w in sockets["a"].hello["watches"])
+        await b.search("PlayStation 5 Pro")
+        for name in ("a", "c"):
+            alert = await sockets[name].next_alert()
+            assert alert is not None, name
+            assert alert["watch"]["id"] == default.id
+        assert await sockets["b"].alerts_during(QUIET) == []
 
 
 async def test_no_alert_after_the_watch_is_deleted(server: str) -> None:

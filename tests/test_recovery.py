@@ -8,13 +8,10 @@ from collections.abc import Iterator
 import msgspec
 import pytest
 
-from percolert import es, indices
-from percolert.messages import WatchSpec
+from percolert import indices
 from percolert.settings import Settings
-from percolert.text import TextNormalizer
-from percolert.watches import WatchStore
 from tests.servers import run_server
-from tests.shoppers import Shopper
+from tests.shoppers import Shopper, default_watch
 
 pytestmark = pytest.mark.anyio
 
@@ -89,30 +86,26 @@ async def test_a_reloaded_page_gets_its_recent_alerts_in_hello(server: str) -> N
 async def test_default_watch_alerts_are_stored_once_and_recovered_by_everyone(
     server: str, settings: Settings
 ) -> None:
-    client = es.create_client(settings)
-    store = WatchStore(
-        client, indices.alias_for(settings, "watches"), TextNormalizer(), max_per_user=5
-    )
-    default = await store.add(None, WatchSpec(terms="roomba"))
     alerts_alias = indices.alias_for(settings, "alerts")
-    try:
-        async with Shopper(server) as a, Shopper(server) as b, Shopper(server) as c:
-            a_socket, c_socket = await a.connect(), await c.connect()
-            c_position = c_socket.hello["last_seq"]
-            await c_socket.close()  # c goes offline
-            await b.search("iRobot Roomba j7")
-            live = await a_socket.next_alert()
-            assert live is not None
+    async with (
+        default_watch(settings, "roomba") as (_, client),
+        Shopper(server) as a,
+        Shopper(server) as b,
+        Shopper(server) as c,
+    ):
+        a_socket, c_socket = await a.connect(), await c.connect()
+        c_position = c_socket.hello["last_seq"]
+        await c_socket.close()  # c goes offline
+        await b.search("iRobot Roomba j7")
+        live = await a_socket.next_alert()
+        assert live is not None
 
-            c_back = await c.connect(after=c_position)
-            recovered = await c_back.alerts_during(1.0)
-            assert [alert["id"] for alert in recovered] == [live["id"]]
-            b_socket = await b.connect(after=c_position)
-            assert await b_socket.alerts_during(0.5) == []  # the searcher never gets it
+        c_back = await c.connect(after=c_position)
+        recovered = await c_back.alerts_during(1.0)
+        assert [alert["id"] for alert in recovered] == [live["id"]]
+        b_socket = await b.connect(after=c_position)
+        assert await b_socket.alerts_during(0.5) == []  # the searcher never gets it
 
-            await client.indices.refresh(index=alerts_alias)
-            by_seq = await client.count(index=alerts_alias, query={"term": {"seq": live["seq"]}})
-            assert by_seq["count"] == 1  # one document for everyone
-    finally:
-        await store.remove(None, default.id)
-        await client.close()
+        await client.indices.refresh(index=alerts_alias)
+        by_seq = await client.count(index=alerts_alias, query={"term": {"seq": live["seq"]}})
+        assert by_seq["count"] == 1  # one document for everyone

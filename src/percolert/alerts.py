@@ -37,10 +37,11 @@ class AlertSink(Protocol):
 class _Window:
     """Matches of one watch since its last alert, until `until`."""
 
-    __slots__ = ("delivered_directly", "not_alerted", "pending", "until")
+    __slots__ = ("delivered_directly", "not_alerted", "pending", "terms", "until")
 
-    def __init__(self, until: float) -> None:
+    def __init__(self, until: float, terms: str) -> None:
         self.until = until
+        self.terms = terms
         self.pending: list[SearchEvent] = []
         # Default watches only: users who have had no alert of this watch in this window
         # (they were the searcher), and how many pending events each got one-by-one.
@@ -68,7 +69,6 @@ class AlertDispatcher:
         self._encoder = msgspec.json.Encoder()
         # Keyed by (watch id, owner); owner None is a default watch's shared window.
         self._windows: dict[tuple[str, str | None], _Window] = {}
-        self._terms: dict[str, str] = {}
         self.alerts = 0
         self.coalesced = 0
 
@@ -152,8 +152,7 @@ class AlertDispatcher:
             )
             self._hub.send_to_user(owner, payload)
             if self._window > 0:
-                self._windows[key] = _Window(now + self._window)
-                self._terms[match.watch_id] = match.terms
+                self._windows[key] = _Window(now + self._window, match.terms)
             return
         window.pending.append(event)
         self.coalesced += 1
@@ -179,10 +178,9 @@ class AlertDispatcher:
             )
             self._hub.send_to_all(payload, exclude=covered)
             if self._window > 0:
-                window = _Window(now + self._window)
+                window = _Window(now + self._window, match.terms)
                 window.not_alerted.add(event.searcher)
                 self._windows[key] = window
-                self._terms[match.watch_id] = match.terms
             return
         window.pending.append(event)
         self.coalesced += 1
@@ -201,16 +199,15 @@ class AlertDispatcher:
         watch_id, owner = key
         if not window.pending:
             del self._windows[key]
-            self._terms.pop(watch_id, None)
             return
-        terms = self._terms.get(watch_id, "")
+        terms = window.terms
         latest = window.pending[-1]
         if owner is not None:
             payload = self._encode(
                 watch_id, terms, latest.text, len(window.pending), latest.at, recipient=owner
             )
             self._hub.send_to_user(owner, payload)
-            self._windows[key] = _Window(now + self._window)
+            self._windows[key] = _Window(now + self._window, terms)
             return
         by_searcher = Counter(event.searcher for event in window.pending)
         special = set(by_searcher) | set(window.delivered_directly) | window.not_alerted
@@ -224,7 +221,7 @@ class AlertDispatcher:
             excluded=special,
         )
         self._hub.send_to_all(payload, exclude=special)
-        next_window = _Window(now + self._window)
+        next_window = _Window(now + self._window, terms)
         for user in special:
             count = len(window.pending) - by_searcher[user] - window.delivered_directly[user]
             if count <= 0:

@@ -23,15 +23,12 @@ from percolert.alert_socket import alerts_socket
 from percolert.alertlog import AlertLog
 from percolert.alerts import AlertDispatcher
 from percolert.errors import ApiError, error_response, exception_handlers
-from percolert.hub import (
-    Hub,
-)
+from percolert.hub import Hub
 from percolert.logs import AccessLogMiddleware
 from percolert.messages import (
     Categories,
     Health,
     Readiness,
-    Watch,
     WatchesChanged,
     WatchList,
     WatchSpec,
@@ -123,10 +120,9 @@ async def _decode_spec(request: Request) -> WatchSpec:
         raise ApiError(400, "invalid_json", f"the body is not valid JSON: {error}") from None
 
 
-async def _watches_changed(state: State, user: str) -> list[Watch]:
+async def _watches_changed(state: State, user: str) -> None:
     watches = await state["watches"].visible_to(user)
     state["hub"].send_to_user(user, encode_message(WatchesChanged(watches=watches)))
-    return watches
 
 
 async def list_watches(request: Request) -> Response:
@@ -209,18 +205,27 @@ def create_app(settings: Settings) -> Starlette:
     # The hub outlives the lifespan's services: the server drains it before shutting down.
     hub = Hub()
     app_metrics = Metrics()
-    readings: dict[str, Callable[[], float]] = {}
-    # The lifespan's services, for the shutdown drain (which runs before the lifespan ends).
-    services: dict[str, Any] = {}
-    app_metrics.read_from(
-        lambda: {
+    # The lifespan's state while it runs: read by metric scrapes and by the shutdown drain,
+    # which both live outside any request.
+    running: list[State] = []
+
+    def readings() -> dict[str, float]:
+        values: dict[str, float] = {
             "sockets": hub.socket_count(),
             "users": len(hub.users()),
             "alerts_sent": hub.delivered,
             "alerts_dropped_slow_socket": hub.slow_closed,
-            **{name: read() for name, read in readings.items()},
         }
-    )
+        for state in running:
+            values.update(
+                alerts_created=state["dispatcher"].alerts,
+                alerts_coalesced=state["dispatcher"].coalesced,
+                search_events_dropped=state["percolator"].dropped,
+                alert_log_write_failures=state["alert_log"].write_failures,
+            )
+        return values
+
+    app_metrics.read_from(readings)
 
     @asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[State]:
@@ -237,13 +242,6 @@ def create_app(settings: Settings) -> Starlette:
             concurrency=settings.percolate_concurrency,
             observe=_observe_percolate(app_metrics),
         )
-        services.update(percolator=percolator, dispatcher=dispatcher)
-        readings.update(
-            alerts_created=lambda: dispatcher.alerts,
-            alerts_coalesced=lambda: dispatcher.coalesced,
-            search_events_dropped=lambda: percolator.dropped,
-            alert_log_write_failures=lambda: alert_log.write_failures,
-        )
         store = WatchStore(
             client,
             indices.alias_for(settings, "watches"),
@@ -255,7 +253,7 @@ def create_app(settings: Settings) -> Starlette:
                 background.start_soon(percolator.run)
                 background.start_soon(dispatcher.run)
                 background.start_soon(alert_log.run)
-                yield {
+                state: State = {
                     "client": client,
                     "settings": settings,
                     "hub": hub,
@@ -265,8 +263,11 @@ def create_app(settings: Settings) -> Starlette:
                     "alert_log": alert_log,
                     "metrics": app_metrics,
                 }
+                running.append(state)
+                yield state
                 background.cancel_scope.cancel()
         finally:
+            running.clear()
             await client.close()
 
     web = assets.asset_dir("web")
@@ -303,13 +304,11 @@ def create_app(settings: Settings) -> Starlette:
 
     async def drain(seconds: float) -> None:
         """Shutdown: deliver what answered searches will still produce, then close sockets."""
-        with anyio.move_on_after(seconds / 2):
-            percolator = services.get("percolator")
-            while percolator is not None and not percolator.idle():  # noqa: ASYNC110
-                await anyio.sleep(0.01)
-        dispatcher = services.get("dispatcher")
-        if dispatcher is not None:
-            dispatcher.flush_all()
+        for state in running:
+            with anyio.move_on_after(seconds / 2):
+                while not state["percolator"].idle():  # noqa: ASYNC110
+                    await anyio.sleep(0.01)
+            state["dispatcher"].flush_all()
         await hub.close_all(seconds / 2)
 
     app.state.drain = drain

@@ -100,7 +100,6 @@ class Percolator:
         self._send: MemoryObjectSendStream[SearchEvent] | None = None
         self.dropped = 0
         self.batches = 0
-        self.percolate_seconds = 0.0
 
     def submit(self, event: SearchEvent) -> bool:
         """Queue an event without waiting; False (and counted) when the queue is full."""
@@ -184,10 +183,8 @@ class Percolator:
             track_total_hits=False,
         )
         self.batches += 1
-        seconds = time.perf_counter() - started
-        self.percolate_seconds += seconds
         if self._observe is not None:
-            self._observe(seconds, len(events))
+            self._observe(time.perf_counter() - started, len(events))
         hits = msgspec.convert(response.body["hits"]["hits"], list[_Hit])
         if len(hits) >= _MAX_MATCHES:
             logger.warning("a batch matched %d watches or more; the rest are dropped", len(hits))

@@ -225,18 +225,22 @@ class WatchStore:
             return False
         return True
 
-    async def _find(self, query: dict[str, Any], size: int) -> list[Watch]:
+    async def _search(
+        self, query: dict[str, Any], size: int, sort: list[dict[str, str]]
+    ) -> list[tuple[str | None, Watch]]:
+        """(owner, watch) for the watches matching `query`."""
         response = await self._client.search(
-            index=self._alias,
-            query={"bool": {"filter": [query]}},
-            size=size,
-            source_includes=_SOURCE,
-            sort=[{"created_at": "desc"}],
+            index=self._alias, query=query, size=size, source_includes=_SOURCE, sort=sort
         )
-        return [
-            _to_watch(hit["_id"], msgspec.convert(hit["_source"], _StoredWatch))
-            for hit in response["hits"]["hits"]
-        ]
+        found = []
+        for hit in response["hits"]["hits"]:
+            stored = msgspec.convert(hit["_source"], _StoredWatch)
+            found.append((stored.owner, _to_watch(hit["_id"], stored)))
+        return found
+
+    async def _find(self, query: dict[str, Any], size: int) -> list[Watch]:
+        newest_first = [{"created_at": "desc"}]
+        return [watch for _, watch in await self._search(query, size, newest_first)]
 
     async def remove_any(self, watch_id: str) -> bool:
         """Admin removal, whoever owns the watch."""
@@ -248,28 +252,30 @@ class WatchStore:
 
     async def everything(self, size: int = 10_000) -> list[tuple[str | None, Watch]]:
         """(owner, watch) for every watch, newest first (the admin listing)."""
-        response = await self._client.search(
-            index=self._alias,
-            query={"match_all": {}},
-            size=size,
-            source_includes=_SOURCE,
-            sort=[{"created_at": "desc"}],
-        )
-        listed = []
-        for hit in response["hits"]["hits"]:
-            stored = msgspec.convert(hit["_source"], _StoredWatch)
-            listed.append((stored.owner, _to_watch(hit["_id"], stored)))
-        return listed
+        return await self._search({"match_all": {}}, size, [{"created_at": "desc"}])
 
     async def owned_by(self, owner: str) -> list[Watch]:
-        return await self._find({"term": {"owner": owner}}, self._max_per_user)
+        return await self._find(
+            {"bool": {"filter": [{"term": {"owner": owner}}]}}, self._max_per_user
+        )
 
     async def defaults(self) -> list[Watch]:
-        return await self._find({"term": {"is_default": True}}, _MAX_DEFAULTS)
+        return await self._find(
+            {"bool": {"filter": [{"term": {"is_default": True}}]}}, _MAX_DEFAULTS
+        )
 
     async def visible_to(self, owner: str) -> list[Watch]:
-        """The user's own watches, newest first, then the default watches."""
-        return [*await self.owned_by(owner), *await self.defaults()]
+        """The user's own watches, newest first, then the default watches — one request,
+        since every socket greeting and every watch change asks for it."""
+        query = {
+            "bool": {
+                "should": [{"term": {"owner": owner}}, {"term": {"is_default": True}}],
+                "minimum_should_match": 1,
+            }
+        }
+        own_then_defaults = [{"is_default": "asc"}, {"created_at": "desc"}]
+        size = self._max_per_user + _MAX_DEFAULTS
+        return [watch for _, watch in await self._search(query, size, own_then_defaults)]
 
     async def seed_defaults(self, specs: Iterable[WatchSpec]) -> SeedReport:
         """Make the default watches exactly `specs`: add new ones, drop ones no longer listed."""
