@@ -240,3 +240,20 @@ async def test_search_latency_does_not_grow_with_connected_sockets(server: str) 
         print(f"median search: {one:.1f} ms with 1 socket, {many:.1f} ms with 300")
         assert many < max(3 * one, one + 20)
         await a.unwatch(watch["id"])
+
+
+async def test_with_alerts_off_search_works_and_nobody_is_alerted(
+    alert_settings: Settings,
+) -> None:
+    """PERCOLERT_ALERTS=off sheds the percolation: searches answer, sockets stay open, and
+    a watch that would match gets nothing (the same watch alerts with alerts on, above)."""
+    off = msgspec.structs.replace(alert_settings, alerts_enabled=False)
+    with run_server(off) as url:
+        async with Shopper(url) as a, Shopper(url) as b:
+            watch = await a.watch("kindle")
+            socket = await a.connect()
+            response = await b.search("Kindle Paperwhite")
+            assert response.status_code == 200
+            assert response.json()["results"]
+            assert await socket.alerts_during(QUIET) == []
+            await a.unwatch(watch["id"])

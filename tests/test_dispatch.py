@@ -8,11 +8,14 @@ from typing import Any
 
 import anyio
 import pytest
+from websockets.frames import Frame, Opcode
+from websockets.streams import StreamReader
 
 from percolert.alertlog import LoggedAlert
 from percolert.alerts import AlertDispatcher
 from percolert.hub import Connection, Hub
 from percolert.percolator import Match, SearchEvent
+from percolert.wsprotocol import frame_text
 
 
 class Numbering:
@@ -193,3 +196,82 @@ def test_one_alert_per_person_per_search(setup: Any) -> None:
     assert [m["watch"]["id"] for m in inbox.take("a")] == ["w-a"]
     assert [m["watch"]["id"] for m in inbox.take("c")] == ["default-1"]
     assert inbox.take("b") == []
+
+
+class FrameSocket:
+    """A socket with both paths: frames written at once (while `open`), and the ASGI-style
+    send coroutine, which waits for `release` — everything lands in one ordered list."""
+
+    def __init__(self) -> None:
+        self.received: list[str] = []
+        self.open = True
+        self.release = anyio.Event()
+
+    def write_frame(self, frame: bytes) -> bool:
+        if not self.open:
+            return False
+        self.received.append(parse_text_frame(frame))
+        return True
+
+    async def send_text(self, payload: str) -> None:
+        await self.release.wait()
+        self.received.append(payload)
+
+
+def parse_text_frame(frame: bytes) -> str:
+    """The text of one unmasked frame, read by the websockets library's own parser."""
+    reader = StreamReader()
+    reader.feed_data(frame)
+    parser = Frame.parse(reader.read_exact, mask=False)
+    try:
+        next(parser)
+    except StopIteration as done:
+        parsed: Frame = done.value
+    assert parsed.opcode is Opcode.TEXT
+    assert parsed.fin
+    assert not reader.buffer  # nothing left over
+    return bytes(parsed.data).decode()
+
+
+@pytest.mark.parametrize("text", ["", "ok", "é" * 100, "x" * 70_000])
+def test_a_prepared_frame_is_the_text_in_one_frame(text: str) -> None:
+    assert parse_text_frame(frame_text(text)) == text
+
+
+@pytest.mark.anyio
+async def test_direct_writes_keep_the_order_of_the_queue() -> None:
+    hub = Hub()
+    socket = FrameSocket()
+    connection = Connection("a", socket.send_text, 10, write_frame=socket.write_frame)
+    hub.add(connection)
+    # Before the writer runs (the greeting is being sent) everything waits in the queue.
+    hub.send_to_user("a", "1")
+    assert socket.received == []
+    assert list(connection._queue) == ["1"]
+    async with anyio.create_task_group() as tasks:
+        scope = anyio.CancelScope()
+
+        async def run() -> None:
+            with scope:
+                await connection.write(scope)
+
+        tasks.start_soon(run)
+        await anyio.sleep(0.01)
+        # "1" is being sent (the send waits): "2" must not overtake it.
+        hub.send_to_user("a", "2")
+        assert socket.received == []
+        socket.release.set()
+        await anyio.sleep(0.01)
+        assert socket.received == ["1", "2"]
+        # Nothing queued or in flight: written at once, without the writer.
+        hub.send_to_user("a", "3")
+        assert socket.received == ["1", "2", "3"]
+        # A socket that cannot take a frame now (paused) gets it queued, and in order.
+        socket.open = False
+        hub.send_to_user("a", "4")
+        socket.open = True
+        hub.send_to_user("a", "5")
+        await anyio.sleep(0.01)
+        assert socket.received == ["1", "2", "3", "4", "5"]
+        scope.cancel()
+    connection.close()

@@ -23,6 +23,7 @@ from percolert.messages import Alert, ClientMessages, Hello, Ping, Pong, Watch
 from percolert.services import State, encode_message, state_of
 from percolert.sessions import current_user, session_started
 from percolert.settings import Settings
+from percolert.wsprotocol import frame_writer
 
 logger = logging.getLogger("percolert.socket")
 
@@ -97,7 +98,12 @@ async def alerts_socket(websocket: WebSocket) -> None:
         return
     await websocket.accept()
     hub = state["hub"]
-    connection = Connection(user, websocket.send_text, state["settings"].socket_queue_size)
+    connection = Connection(
+        user,
+        websocket.send_text,
+        state["settings"].socket_queue_size,
+        write_frame=frame_writer(websocket.scope),
+    )
     # Alerts numbered up to `cut` are replayed from the log; later ones arrive live through
     # the queue, which starts filling now. Nothing is sent twice or skipped.
     cut = state["alert_log"].last_seq

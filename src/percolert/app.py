@@ -96,15 +96,16 @@ async def search(request: Request) -> Response:
     found = await search_products(state["client"], alias, text, size)
     state["metrics"].search_seconds.observe(time.perf_counter() - started)
     # Percolation happens after the answer is composed and never delays it.
-    state["percolator"].submit(
-        SearchEvent(
-            text=text,
-            searcher=user,
-            categories=tuple(sorted({hit.category for hit in found.results})),
-            min_price=min((hit.price for hit in found.results), default=None),
-            at=time.time(),
+    if state["settings"].alerts_enabled:
+        state["percolator"].submit(
+            SearchEvent(
+                text=text,
+                searcher=user,
+                categories=tuple(sorted({hit.category for hit in found.results})),
+                min_price=min((hit.price for hit in found.results), default=None),
+                at=time.time(),
+            )
         )
-    )
     return json_response(found)
 
 

@@ -15,6 +15,8 @@ from collections.abc import Awaitable, Callable, Collection
 
 import anyio
 
+from percolert.wsprotocol import WriteFrame, frame_text
+
 logger = logging.getLogger("percolert.hub")
 
 # WebSocket close codes (RFC 6455 §7.4.1 and the IANA registry).
@@ -25,19 +27,31 @@ SLOW_CLIENT = 1013  # "try again later": the client fell too far behind
 
 
 class Connection:
-    """One open socket of one user. `send_text` is the socket's own send coroutine.
+    """One open socket of one user. `send_text` is the socket's own send coroutine;
+    `write_frame`, if the server offers it, writes a ready-made frame at once (wsprotocol).
 
-    The queue is a plain deque and the writer sleeps on a future that `offer` resolves:
-    measured against an anyio memory stream per socket (which yields to the event loop on
-    every receive), this cut the broadcast cost per socket several-fold (see the benchmark
-    notes in docs/benchmarks/).
+    A message goes straight to the socket when nothing is queued or being sent for it and
+    the socket takes it (`write_frame`); otherwise it is queued for the writer, which sends
+    in order. The queue is a plain deque and the writer sleeps on a future that `offer`
+    resolves: measured against an anyio memory stream per socket (which yields to the event
+    loop on every receive), this cut the broadcast cost per socket several-fold (see the
+    benchmark notes in docs/benchmarks/).
     """
 
     def __init__(
-        self, user: str, send_text: Callable[[str], Awaitable[None]], queue_size: int
+        self,
+        user: str,
+        send_text: Callable[[str], Awaitable[None]],
+        queue_size: int,
+        write_frame: WriteFrame | None = None,
     ) -> None:
         self.user = user
         self._send_text = send_text
+        # Set once the writer runs: until then the greeting is being sent, and everything
+        # offered must wait behind it in the queue.
+        self._write_frame: WriteFrame | None = None
+        self._frames_possible = write_frame
+        self._sending = False
         self._queue: deque[str] = deque()
         self._queue_size = queue_size
         self._wakeup: asyncio.Future[None] | None = None
@@ -50,10 +64,19 @@ class Connection:
         if self._wakeup is not None and not self._wakeup.done():
             self._wakeup.set_result(None)
 
-    def offer(self, payload: str) -> bool:
-        """Queue a message; a full queue marks the connection too slow and stops it."""
+    def offer(self, payload: str, frame: bytes | None = None) -> bool:
+        """Send or queue a message (`frame`: the same, from `frame_text`); a full queue marks
+        the connection too slow and stops it."""
         if self.overflowed or self.finished or self._closed:
             return False
+        if (
+            frame is not None
+            and self._write_frame is not None
+            and not self._queue
+            and not self._sending
+            and self._write_frame(frame)
+        ):
+            return True
         if len(self._queue) >= self._queue_size:
             self.overflowed = True
             logger.warning("closing a socket of user %s: send queue full", self.user[:8])
@@ -81,9 +104,14 @@ class Connection:
         if self.overflowed:
             scope.cancel()
         loop = asyncio.get_running_loop()
+        self._write_frame = self._frames_possible
         while True:
             while self._queue:
-                await self._send_text(self._queue.popleft())
+                self._sending = True
+                try:
+                    await self._send_text(self._queue.popleft())
+                finally:
+                    self._sending = False
             if self.finished or self._closed:
                 return
             self._wakeup = loop.create_future()
@@ -121,21 +149,26 @@ class Hub:
         return sum(len(connections) for connections in self._by_user.values())
 
     def send_to_user(self, user: str, payload: str) -> int:
-        """Queue `payload` for every open socket of `user`; returns how many took it."""
+        """Send `payload` to every open socket of `user`; returns how many took it."""
+        connections = tuple(self._by_user.get(user, ()))
+        if not connections:
+            return 0
+        frame = frame_text(payload)
         sent = 0
-        for connection in tuple(self._by_user.get(user, ())):
-            sent += connection.offer(payload)
+        for connection in connections:
+            sent += connection.offer(payload, frame)
         self.delivered += sent
         return sent
 
     def send_to_all(self, payload: str, *, exclude: Collection[str] = ()) -> int:
-        """Queue `payload` for every socket of every user not in `exclude`."""
+        """Send `payload` to every socket of every user not in `exclude`."""
+        frame = frame_text(payload)
         sent = 0
         for user, connections in tuple(self._by_user.items()):
             if user in exclude:
                 continue
             for connection in tuple(connections):
-                sent += connection.offer(payload)
+                sent += connection.offer(payload, frame)
         self.delivered += sent
         return sent
 

@@ -14,6 +14,8 @@ from collections.abc import Awaitable, Callable
 import uvicorn
 from starlette.applications import Starlette
 
+from percolert.wsprotocol import FrameWritingProtocol
+
 # Largest WebSocket frame a client may send; clients only send tiny control messages.
 MAX_CLIENT_FRAME_BYTES = 16 * 1024
 
@@ -26,7 +28,7 @@ def make_config(app: Starlette, host: str, port: int, *, log_level: str = "info"
         lifespan="on",
         log_level=log_level,
         access_log=False,  # percolert.logs writes one JSON line per request instead
-        ws="websockets-sansio",
+        ws=FrameWritingProtocol,  # uvicorn's websockets-sansio, plus direct frame writes
         ws_max_size=MAX_CLIENT_FRAME_BYTES,
         # Alerts are a few hundred bytes: compressing each one for every socket cost more CPU
         # than anything else in a broadcast and saves almost no bytes (docs/benchmarks/).

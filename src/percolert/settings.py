@@ -51,6 +51,9 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     percolate_concurrency: int = 2
     # Alerts waiting for one socket; a socket that falls this far behind is closed (1013).
     socket_queue_size: int = 256
+    # Off: searches are not percolated and nobody is alerted (search keeps working) — a
+    # switch to shed load in an incident, and the benchmark's "alerts off" reference.
+    alerts_enabled: bool = True
 
 
 def _optional(environ: Mapping[str, str], name: str) -> str | None:
@@ -138,4 +141,5 @@ def from_environment(environ: Mapping[str, str] | None = None) -> Settings:
         percolate_batch_size=int(_number(env, "PERCOLERT_PERCOLATE_BATCH_SIZE", 64, minimum=1)),
         percolate_concurrency=int(_number(env, "PERCOLERT_PERCOLATE_CONCURRENCY", 2, minimum=1)),
         socket_queue_size=int(_number(env, "PERCOLERT_SOCKET_QUEUE_SIZE", 256, minimum=1)),
+        alerts_enabled=_flag(env, "PERCOLERT_ALERTS", True),
     )

@@ -1,0 +1,61 @@
+"""uvicorn's WebSocket protocol (websockets, sans-I/O) with one addition: a socket that is
+keeping up can be written a ready-made frame directly, outside the ASGI send path.
+
+An alert goes to many sockets as the same bytes — server frames are not masked — so the hub
+frames it once (`frame_text`) and writes those bytes to every socket whose transport is
+open and not paused. That skips, per socket and message, a writer-task wake-up, Starlette's
+and uvicorn's send coroutines and a frame build: in the broadcast profile those were more
+than half of the server's CPU (docs/benchmarks/README.md). The ASGI path stays for
+everything else, and for a socket that is behind (`write_frame` returns False).
+
+The app finds the fast path as an ASGI scope extension, so it still runs, on the ASGI path
+only, under any other server or protocol.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from typing import Any, cast
+
+from uvicorn.protocols.websockets.websockets_sansio_impl import WebSocketsSansIOProtocol
+from websockets.frames import Frame, Opcode
+from websockets.protocol import State
+
+# scope["extensions"][FRAME_WRITER] = {"write_frame": <callable(bytes) -> bool>}
+FRAME_WRITER = "percolert.websocket.write_frame"
+
+WriteFrame = Callable[[bytes], bool]
+
+
+def frame_text(text: str) -> bytes:
+    """`text` as one unmasked, uncompressed WebSocket text frame, for any server socket."""
+    return Frame(Opcode.TEXT, text.encode()).serialize(mask=False, extensions=[])
+
+
+def frame_writer(scope: Mapping[str, Any]) -> WriteFrame | None:
+    """The fast path of the socket with this ASGI scope, if its server offers one."""
+    extension = (scope.get("extensions") or {}).get(FRAME_WRITER)
+    return None if extension is None else cast(WriteFrame, extension["write_frame"])
+
+
+class FrameWritingProtocol(WebSocketsSansIOProtocol):
+    async def run_asgi(self) -> None:
+        self.scope["extensions"][FRAME_WRITER] = {"write_frame": self.write_frame}
+        await super().run_asgi()
+
+    def write_frame(self, frame: bytes) -> bool:
+        """Write a frame from `frame_text` now, if the socket is open, uses no extension
+        (compression would need its own frame) and its transport is not paused; otherwise
+        write nothing and return False, and the caller queues the message instead."""
+        if (
+            not self.handshake_complete
+            or self.close_sent
+            or self.disconnected
+            or not self.writable.is_set()
+            or self.conn.state is not State.OPEN
+            or self.conn.extensions
+            or self.transport.is_closing()
+        ):
+            return False
+        self.transport.write(frame)
+        return True

@@ -1,0 +1,278 @@
+// wsload is the benchmark's load client (bench/harness.py runs it): subscriber sockets that
+// time every alert, and an open-loop search driver. It is written in Go so that the client
+// side costs little CPU on the shared 2-core machine and the server's own limit is what the
+// benchmark sees; the Python load generator it replaced was the ceiling.
+//
+//	wsload subscribe SPEC.json RECORD.txt   # sockets; "<rid> <epoch s> <seq>" per alert, as they come
+//	wsload search PLAN.json RESULT.txt      # "<rid> <sent epoch s> <ms> <status>" per search
+package main
+
+import (
+	"bufio"
+	"context"
+	"encoding/json"
+	"fmt"
+	"io"
+	"net/http"
+	"net/http/cookiejar"
+	"os"
+	"os/signal"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"syscall"
+	"time"
+
+	"github.com/coder/websocket"
+)
+
+type subscribeSpec struct {
+	URL     string    `json:"url"`
+	Origin  string    `json:"origin"`
+	Cookies []*string `json:"cookies"`
+	Hello   bool      `json:"hello"`
+}
+
+// message holds the fields of Percolert's alert and the baseline's notification that name
+// the search: Percolert's alert carries the search text, whose last word is the search id;
+// the baseline echoes `rid`.
+// Percolert's `seq` is the alert's position: microseconds since the epoch when the alert
+// was dispatched, which splits the latency into before and after the server's fan-out.
+type message struct {
+	Type  string `json:"type"`
+	Query string `json:"query"`
+	Rid   string `json:"rid"`
+	Seq   int64  `json:"seq"`
+}
+
+// closedMark is recorded, in place of a search id, when the server closes a socket.
+const closedMark = "!closed"
+
+type arrival struct {
+	rid string
+	at  time.Time
+	seq int64
+}
+
+// searchID names the search an alert answers, and the alert's seq (0 for the baseline).
+func searchID(raw []byte) (string, int64, bool) {
+	var m message
+	if json.Unmarshal(raw, &m) != nil {
+		return "", 0, false
+	}
+	switch m.Type {
+	case "alert":
+		words := strings.Fields(m.Query)
+		if len(words) == 0 {
+			return "", 0, false
+		}
+		return words[len(words)-1], m.Seq, true
+	case "notification":
+		return m.Rid, 0, true
+	}
+	return "", 0, false
+}
+
+func subscribe(specPath, recordPath string) error {
+	raw, err := os.ReadFile(specPath)
+	if err != nil {
+		return err
+	}
+	var spec subscribeSpec
+	if err := json.Unmarshal(raw, &spec); err != nil {
+		return fmt.Errorf("%s: %w", specPath, err)
+	}
+	ctx, cancel := signal.NotifyContext(context.Background(), syscall.SIGTERM, os.Interrupt)
+	defer cancel()
+
+	record, err := os.Create(recordPath)
+	if err != nil {
+		return err
+	}
+	defer record.Close()
+	// One writer appends arrivals to the record, flushed every 100 ms, so the harness can
+	// read each rate step's results while the sockets stay open for the next.
+	arrivals := make(chan arrival, 1<<16)
+	written := make(chan struct{})
+	go func() {
+		defer close(written)
+		out := bufio.NewWriterSize(record, 1<<20)
+		defer out.Flush()
+		tick := time.NewTicker(100 * time.Millisecond)
+		defer tick.Stop()
+		for {
+			select {
+			case a, ok := <-arrivals:
+				if !ok {
+					return
+				}
+				fmt.Fprintf(out, "%s %.6f %d\n", a.rid, float64(a.at.UnixMicro())/1e6, a.seq)
+			case <-tick.C:
+				out.Flush()
+			}
+		}
+	}()
+	var greeted, failed atomic.Int64 // sockets greeted; sockets cut off while measuring
+	allGreeted := make(chan struct{})
+	var once sync.Once
+	total := int64(len(spec.Cookies))
+	markGreeted := func() {
+		if greeted.Add(1) == total {
+			once.Do(func() { close(allGreeted) })
+		}
+	}
+
+	// At most 64 handshakes at a time: a storm of thousands at once would measure the
+	// accept queue, not the service.
+	gate := make(chan struct{}, 64)
+	dialErrors := make(chan error, len(spec.Cookies))
+	var wg sync.WaitGroup
+	for _, cookie := range spec.Cookies {
+		header := http.Header{"Origin": {spec.Origin}}
+		if cookie != nil {
+			header.Set("Cookie", "percolert_session="+*cookie)
+		}
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			gate <- struct{}{}
+			dialCtx, dialCancel := context.WithTimeout(ctx, time.Minute)
+			conn, _, err := websocket.Dial(dialCtx, spec.URL, &websocket.DialOptions{HTTPHeader: header})
+			dialCancel()
+			<-gate
+			if err != nil {
+				dialErrors <- err
+				return
+			}
+			defer conn.CloseNow()
+			conn.SetReadLimit(1 << 22)
+			if spec.Hello {
+				if _, _, err := conn.Read(ctx); err != nil {
+					dialErrors <- fmt.Errorf("no hello: %w", err)
+					return
+				}
+			}
+			markGreeted()
+			for {
+				_, data, err := conn.Read(ctx)
+				if err != nil {
+					if ctx.Err() == nil {
+						failed.Add(1)
+						arrivals <- arrival{closedMark, time.Now(), 0}
+					}
+					return
+				}
+				now := time.Now()
+				if rid, seq, ok := searchID(data); ok {
+					arrivals <- arrival{rid, now, seq}
+				}
+			}
+		}()
+	}
+	if total == 0 {
+		once.Do(func() { close(allGreeted) })
+	}
+	// Ready only once every socket has had its hello (Percolert reads watches and history
+	// from Elasticsearch for it), so measurements start after the connection storm.
+	select {
+	case <-allGreeted:
+	case err := <-dialErrors:
+		return fmt.Errorf("socket: %w", err)
+	case <-ctx.Done():
+	}
+	if err := os.WriteFile(recordPath+".ready", []byte(fmt.Sprint(total)), 0o644); err != nil {
+		return err
+	}
+	<-ctx.Done()
+	wg.Wait()
+	close(arrivals)
+	<-written
+	if n := failed.Load(); n > 0 {
+		fmt.Fprintf(os.Stderr, "wsload: %d sockets were closed by the server\n", n)
+	}
+	return nil
+}
+
+type searchPlan struct {
+	Base     string  `json:"base"`
+	Warmup   string  `json:"warmup"`
+	Rate     float64 `json:"rate"`
+	Requests []struct {
+		Rid  string `json:"rid"`
+		Path string `json:"path"`
+	} `json:"requests"`
+}
+
+func search(planPath, resultPath string) error {
+	raw, err := os.ReadFile(planPath)
+	if err != nil {
+		return err
+	}
+	var plan searchPlan
+	if err := json.Unmarshal(raw, &plan); err != nil {
+		return fmt.Errorf("%s: %w", planPath, err)
+	}
+	jar, _ := cookiejar.New(nil)
+	client := &http.Client{
+		Jar:     jar,
+		Timeout: 30 * time.Second,
+		Transport: &http.Transport{
+			MaxIdleConns:        512,
+			MaxIdleConnsPerHost: 512,
+			IdleConnTimeout:     time.Minute,
+		},
+	}
+	// One session for every search, as one shopper's browser would have.
+	if plan.Warmup != "" {
+		response, err := client.Get(plan.Base + plan.Warmup)
+		if err != nil {
+			return fmt.Errorf("warm-up: %w", err)
+		}
+		io.Copy(io.Discard, response.Body)
+		response.Body.Close()
+	}
+	lines := make([]string, len(plan.Requests))
+	var wg sync.WaitGroup
+	begin := time.Now()
+	for i, request := range plan.Requests {
+		// Open loop: request i goes at begin + i/rate whatever happened to earlier ones.
+		time.Sleep(time.Until(begin.Add(time.Duration(float64(i) / plan.Rate * float64(time.Second)))))
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			sent := time.Now()
+			status := 0
+			response, err := client.Get(plan.Base + request.Path)
+			if err == nil {
+				io.Copy(io.Discard, response.Body)
+				response.Body.Close()
+				status = response.StatusCode
+			}
+			elapsed := time.Since(sent)
+			lines[i] = fmt.Sprintf("%s %.6f %.3f %d\n", request.Rid,
+				float64(sent.UnixMicro())/1e6, float64(elapsed.Microseconds())/1000, status)
+		}()
+	}
+	wg.Wait()
+	return os.WriteFile(resultPath, []byte(strings.Join(lines, "")), 0o644)
+}
+
+func main() {
+	if len(os.Args) != 4 {
+		fmt.Fprintln(os.Stderr, "usage: wsload subscribe SPEC.json RECORD.txt | search PLAN.json RESULT.txt")
+		os.Exit(2)
+	}
+	var err error
+	switch os.Args[1] {
+	case "subscribe":
+		err = subscribe(os.Args[2], os.Args[3])
+	case "search":
+		err = search(os.Args[2], os.Args[3])
+	default:
+		err = fmt.Errorf("unknown command %q", os.Args[1])
+	}
+	if err != nil {
+		fmt.Fprintln(os.Stderr, "wsload:", err)
+		os.Exit(1)
+	}
+}
