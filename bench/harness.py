@@ -129,6 +129,9 @@ class Step:
     server_peak_rss_mb: float = 0.0
     percolate_ms_per_batch: float | None = None
     percolate_events_per_batch: float | None = None
+    # Elasticsearch requests (as the server timed them) that took over 100 ms.
+    percolates_over_100ms: int = 0
+    searches_over_100ms: int = 0
 
 
 def percentiles(values: list[float]) -> dict[str, float]:
@@ -334,19 +337,27 @@ class Subscribers:
         self.process.wait(timeout=60)
 
 
-def scrape_percolate(base: str) -> tuple[float, float, float]:
-    """(seconds sum, batch count, events sum) of the percolate histograms so far."""
+def scrape_metrics(base: str) -> dict[str, float]:
+    """Percolert's percolate and search histograms so far (sums, counts, and how many took
+    longer than 100 ms), from its /metrics."""
     text = httpx.get(f"{base}/metrics", timeout=10).text
     values = {}
     for line in text.splitlines():
-        if line.startswith(("percolert_percolate_seconds_", "percolert_percolate_batch_size_")):
+        if line.startswith(("percolert_percolate_", "percolert_search_seconds")):
             name, value = line.rsplit(" ", 1)
             values[name] = float(value)
-    return (
-        values.get("percolert_percolate_seconds_sum", 0.0),
-        values.get("percolert_percolate_seconds_count", 0.0),
-        values.get("percolert_percolate_batch_size_sum", 0.0),
-    )
+
+    def over_100ms(histogram: str) -> float:
+        total = values.get(f"{histogram}_count", 0.0)
+        return total - values.get(f'{histogram}_bucket{{le="0.1"}}', 0.0)
+
+    return {
+        "percolate_seconds": values.get("percolert_percolate_seconds_sum", 0.0),
+        "percolates": values.get("percolert_percolate_seconds_count", 0.0),
+        "events": values.get("percolert_percolate_batch_size_sum", 0.0),
+        "slow_percolates": over_100ms("percolert_percolate_seconds"),
+        "slow_searches": over_100ms("percolert_search_seconds"),
+    }
 
 
 def search_path(design: str, number: int, rid: str) -> tuple[str, str]:
@@ -449,8 +460,8 @@ def run_design(
                 processes = (server.ps, subscribers.ps, node)
                 cpu_before = [cpu_seconds(process) for process in processes]
                 before_wall = time.monotonic()
-                percolate_before = (
-                    None if design.startswith("baseline") else scrape_percolate(server.url)
+                metrics_before = (
+                    None if design.startswith("baseline") else scrape_metrics(server.url)
                 )
                 tag = f"{design.split('-')[0][0]}{design.split('-')[-1][0]}{step_number}"
                 sent, words, search_ms, errors = drive(server, rate, seconds, tag, scratch)
@@ -461,16 +472,18 @@ def run_design(
                     for process, before in zip(processes, cpu_before, strict=True)
                 )
                 step.server_peak_rss_mb = peak_rss_mb(server.ps)
-                if percolate_before is not None:
-                    seconds_sum, batches, events = (
-                        after - before
-                        for after, before in zip(
-                            scrape_percolate(server.url), percolate_before, strict=True
+                if metrics_before is not None:
+                    after = scrape_metrics(server.url)
+                    change = {name: after[name] - metrics_before[name] for name in after}
+                    if change["percolates"]:
+                        step.percolate_ms_per_batch = round(
+                            1000 * change["percolate_seconds"] / change["percolates"], 2
                         )
-                    )
-                    if batches:
-                        step.percolate_ms_per_batch = round(1000 * seconds_sum / batches, 2)
-                        step.percolate_events_per_batch = round(events / batches, 2)
+                        step.percolate_events_per_batch = round(
+                            change["events"] / change["percolates"], 2
+                        )
+                    step.percolates_over_100ms = int(change["slow_percolates"])
+                    step.searches_over_100ms = int(change["slow_searches"])
                 step.searches = len(sent)
                 step.search_errors = errors
                 step.search_ms = percentiles(search_ms)
@@ -498,7 +511,9 @@ def run_design(
                     f"(dispatched by p50 {step.dispatch_ms.get('p50')} "
                     f"p99 {step.dispatch_ms.get('p99')}), "
                     f"{step.alerts_delivered}/{step.alerts_expected} alerts; "
-                    f"search p50 {step.search_ms.get('p50')} ms, errors {errors}; "
+                    f"search p50 {step.search_ms.get('p50')} p99 {step.search_ms.get('p99')} ms, "
+                    f"errors {errors}; slow percolates {step.percolates_over_100ms} "
+                    f"searches {step.searches_over_100ms}; "
                     f"CPU server {step.server_cpu_percent}% client {step.client_cpu_percent}% "
                     f"es {step.es_cpu_percent}%",
                     flush=True,

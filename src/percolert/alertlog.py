@@ -28,8 +28,11 @@ from percolert.messages import Alert
 
 logger = logging.getLogger("percolert.alertlog")
 
+# Elasticsearch takes up to 100 MB per request by default; an alert is ~0.5 KB.
+_MAX_BULK_BYTES = 64 * 2**20
 
-class LoggedAlert(msgspec.Struct, frozen=True, kw_only=True):
+
+class LoggedAlert(msgspec.Struct, frozen=True, kw_only=True, gc=False):  # see messages.Alert
     seq: int
     recipient: str | None = None  # None: everyone but `excluded`
     excluded: tuple[str, ...] = ()
@@ -50,7 +53,8 @@ class AlertLog:
         *,
         flush_seconds: float = 0.1,
         retention: timedelta = timedelta(hours=24),
-        max_buffered: int = 50_000,
+        max_buffered: int = 200_000,
+        max_batch: int = 50_000,
         clock: Any = time.time,
     ) -> None:
         self._client = client
@@ -58,6 +62,7 @@ class AlertLog:
         self._flush_seconds = flush_seconds
         self._retention = retention
         self._max_buffered = max_buffered
+        self._max_batch = max_batch
         self._clock = clock
         # Positions are time-based, so "now" is above every alert of an earlier run: a client
         # told this position before the first alert of this run resumes from the right place.
@@ -83,8 +88,13 @@ class AlertLog:
             logger.warning("alert log buffer full: %d alerts will not be recoverable", dropped)
 
     async def flush(self) -> None:
-        """Write what is buffered; it stays buffered (and replayable) until it is visible."""
-        batch = self._buffer[:5000]
+        """Write what is buffered; it stays buffered (and replayable) until it is visible.
+
+        One bulk request per flush, whatever its size: each request waits for a refresh
+        (about a second), so writing in the helper's default chunks of 500 capped the log
+        at ~500 alerts a second and let the buffer grow under load.
+        """
+        batch = self._buffer[: self._max_batch]
         if not batch:
             return
         actions = (
@@ -103,7 +113,14 @@ class AlertLog:
             for entry in batch
         )
         try:
-            await async_bulk(self._client, actions, refresh="wait_for", max_retries=2)
+            await async_bulk(
+                self._client,
+                actions,
+                chunk_size=len(batch),
+                max_chunk_bytes=_MAX_BULK_BYTES,
+                refresh="wait_for",
+                max_retries=2,
+            )
         except (TransportError, ElasticsearchApiError) as error:
             self.write_failures += 1
             logger.warning("writing %d alerts to the log failed, will retry: %s", len(batch), error)
