@@ -465,7 +465,7 @@ def run_design(
                 )
                 tag = f"{design.split('-')[0][0]}{design.split('-')[-1][0]}{step_number}"
                 sent, words, search_ms, errors = drive(server, rate, seconds, tag, scratch)
-                time.sleep(2.0)  # let the last alerts land
+                time.sleep(min(2.0, seconds / 2))  # let the last alerts land
                 wall = time.monotonic() - before_wall
                 step.server_cpu_percent, step.client_cpu_percent, step.es_cpu_percent = (
                     round(100 * (cpu_seconds(process) - before) / wall, 1)
@@ -682,6 +682,9 @@ def main() -> int:
     )
     parser.add_argument("--rates", default=None, help="comma-separated searches per second")
     parser.add_argument(
+        "--configs", default=None, help="comma-separated WATCHES:SOCKETS, e.g. 10000:5000"
+    )
+    parser.add_argument(
         "--warm-up", type=float, default=None, help="seconds of warm-up load per configuration"
     )
     args = parser.parse_args()
@@ -689,15 +692,20 @@ def main() -> int:
     if args.quick:
         configurations = [(10_000, 1_000)]
         rates = [10.0, 25.0, 50.0, 100.0]
-        seconds = args.seconds or 4.0
+        seconds = args.seconds or 3.0
         args.warm_up = 20.0 if args.warm_up is None else args.warm_up
     else:
         configurations = [(10_000, 1_000), (100_000, 1_000), (100_000, 5_000)]
-        rates = [10.0, 25.0, 50.0, 100.0, 200.0]
+        rates = [2.0, 5.0, 10.0, 25.0, 50.0, 100.0, 150.0, 200.0]
         seconds = args.seconds or 8.0
         args.warm_up = 60.0 if args.warm_up is None else args.warm_up
     if args.rates:
         rates = [float(rate) for rate in args.rates.split(",")]
+    if args.configs:
+        configurations = [
+            (int(watches), int(sockets))
+            for watches, sockets in (pair.split(":") for pair in args.configs.split(","))
+        ]
     designs = args.designs.split(",")
     tabs = 2
     steps: list[Step] = []

@@ -275,3 +275,29 @@ async def test_direct_writes_keep_the_order_of_the_queue() -> None:
         assert socket.received == ["1", "2", "3", "4", "5"]
         scope.cancel()
     connection.close()
+
+
+def test_alerts_are_made_only_for_owners_who_are_connected_or_just_left() -> None:
+    clock = Clock()
+    hub = Hub(grace_seconds=60, clock=clock)
+    numbering = Numbering()
+    dispatcher = AlertDispatcher(hub, numbering, window_seconds=0, clock=clock)
+    inbox = Inbox(hub, "a", "b")
+    inbox.close()
+    of = [Match(watch_id=f"w-{user}", terms="kindle", owner=user) for user in "abcd"]
+
+    def recipients() -> list[str]:
+        before = len(numbering.logged)
+        dispatcher.dispatch(event("kindle", "searcher"), of)
+        return sorted(entry.recipient or "" for entry in numbering.logged[before:])
+
+    # Just after a (re)start anyone may be reconnecting: every owner's alert is kept.
+    assert recipients() == ["a", "b", "c", "d"]
+    clock.now += 50
+    hub.remove(inbox.connections["a"])  # a's last tab closes; b stays
+    clock.now += 11
+    assert recipients() == ["a", "b"]  # c and d have not come; a left 11 s ago
+    clock.now += 50
+    assert recipients() == ["b"]  # a has been gone longer than the grace period
+    hub.add(Connection("c", inbox._never, 10))
+    assert recipients() == ["b", "c"]

@@ -1,11 +1,12 @@
 """From matches to alerts: who receives what, and coalescing of repeats.
 
-Recipients of a match are the watch's owner — or, for a default watch, every connected
-user — never the searcher. Per (recipient, watch) the first match goes out at once; further
-matches within the window are folded into one follow-up alert carrying their count (and the
-latest search text), sent when the window ends. A flood therefore costs each recipient at
-most one alert per window and watch. Each alert is encoded once and the same text goes to
-every recipient socket.
+Recipients of a match are the watch's owner if they are connected or were a moment ago (the
+hub's grace period; an alert for them is kept for their reconnect) — or, for a default
+watch, every connected user — never the searcher. Per (recipient, watch) the first match
+goes out at once; further matches within the window are folded into one follow-up alert
+carrying their count (and the latest search text), sent when the window ends. A flood
+therefore costs each recipient at most one alert per window and watch. Each alert is
+encoded once and the same text goes to every recipient socket.
 """
 
 from __future__ import annotations
@@ -119,7 +120,7 @@ class AlertDispatcher:
         for match in matches:
             if match.owner is None:
                 defaults.append(match)
-            elif match.owner not in covered:
+            elif match.owner not in covered and self._hub.reachable(match.owner):
                 covered.add(match.owner)
                 owned: tuple[str, str | None] = (match.watch_id, match.owner)
                 window = self._current(owned, now)

@@ -204,7 +204,7 @@ def create_app(settings: Settings) -> Starlette:
     """The ASGI app for one deployment; everything it needs comes from `settings`."""
     signer = SessionSigner(load_secret(settings))
     # The hub outlives the lifespan's services: the server drains it before shutting down.
-    hub = Hub()
+    hub = Hub(grace_seconds=settings.reconnect_grace_seconds)
     app_metrics = Metrics()
     # The lifespan's state while it runs: read by metric scrapes and by the shutdown drain,
     # which both live outside any request.

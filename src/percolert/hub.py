@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections import deque
 from collections.abc import Awaitable, Callable, Collection
 
@@ -122,8 +123,19 @@ class Connection:
 
 
 class Hub:
-    def __init__(self) -> None:
+    """The open sockets, by user, and who is reachable: connected now or within
+    `grace_seconds` (alerts for them are kept for their reconnect)."""
+
+    def __init__(
+        self, *, grace_seconds: float = 600.0, clock: Callable[[], float] = time.monotonic
+    ) -> None:
         self._by_user: dict[str, set[Connection]] = {}
+        self._grace = grace_seconds
+        self._clock = clock
+        # When each recently connected user's last socket closed.
+        self._left_at: dict[str, float] = {}
+        # Until then, anyone may be reconnecting (after a restart everyone is).
+        self._everyone_until = clock() + grace_seconds
         self.delivered = 0
         self.slow_closed = 0
         self.closing = False
@@ -132,6 +144,7 @@ class Hub:
         if self.closing:
             connection.finish()
         self._by_user.setdefault(connection.user, set()).add(connection)
+        self._left_at.pop(connection.user, None)
 
     def remove(self, connection: Connection) -> None:
         if connection.overflowed:
@@ -141,6 +154,25 @@ class Hub:
             connections.discard(connection)
             if not connections:
                 del self._by_user[connection.user]
+                self._left_at[connection.user] = self._clock()
+                self._forget_long_gone()
+
+    def reachable(self, user: str) -> bool:
+        """Connected, or gone for less than the grace period: an alert for `user` is worth
+        making (sent now, or kept for the reconnect). Users who are away for longer — most
+        watch owners at any moment — cost no alert at all."""
+        if user in self._by_user:
+            return True
+        now = self._clock()
+        left = self._left_at.get(user)
+        return now < self._everyone_until or (left is not None and now - left < self._grace)
+
+    def _forget_long_gone(self) -> None:
+        if len(self._left_at) < 2 * len(self._by_user) + 1000:
+            return
+        cutoff = self._clock() - self._grace
+        for user in [user for user, left in self._left_at.items() if left < cutoff]:
+            del self._left_at[user]
 
     def users(self) -> Collection[str]:
         return self._by_user.keys()

@@ -51,6 +51,9 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     percolate_concurrency: int = 2
     # Alerts waiting for one socket; a socket that falls this far behind is closed (1013).
     socket_queue_size: int = 256
+    # A watch owner who left less than this many seconds ago still gets alerts (kept for
+    # the reconnect); one away longer gets none until they are back.
+    reconnect_grace_seconds: float = 600.0
     # Off: searches are not percolated and nobody is alerted (search keeps working) — a
     # switch to shed load in an incident, and the benchmark's "alerts off" reference.
     alerts_enabled: bool = True
@@ -141,5 +144,6 @@ def from_environment(environ: Mapping[str, str] | None = None) -> Settings:
         percolate_batch_size=int(_number(env, "PERCOLERT_PERCOLATE_BATCH_SIZE", 64, minimum=1)),
         percolate_concurrency=int(_number(env, "PERCOLERT_PERCOLATE_CONCURRENCY", 2, minimum=1)),
         socket_queue_size=int(_number(env, "PERCOLERT_SOCKET_QUEUE_SIZE", 256, minimum=1)),
+        reconnect_grace_seconds=_number(env, "PERCOLERT_RECONNECT_GRACE_SECONDS", 600, minimum=0),
         alerts_enabled=_flag(env, "PERCOLERT_ALERTS", True),
     )
