@@ -218,6 +218,10 @@ class Server:
             "PERCOLERT_STATE_DIR": str(scratch / "app"),
             "PERCOLERT_COALESCE_SECONDS": "0",
             "PERCOLERT_MAX_WATCHES_PER_USER": "1000",
+            # Steady state at once: past its restart window, a server alerts only owners who
+            # are connected (nobody disconnects during a run, so the grace's length does
+            # not matter otherwise; the default is 10 minutes, the restart window 1 minute).
+            "PERCOLERT_RECONNECT_GRACE_SECONDS": "5",
             "PRODUCTS_INDEX": f"{PREFIX}-products",
             "PYTHONPATH": os.pathsep.join([str(ROOT / "src"), str(ROOT)]),  # this checkout
         }

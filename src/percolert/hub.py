@@ -26,6 +26,10 @@ POLICY_VIOLATION = 1008  # no valid session, foreign origin, or a malformed mess
 UNSUPPORTED_DATA = 1003  # a binary frame where only JSON text is accepted
 SLOW_CLIENT = 1013  # "try again later": the client fell too far behind
 
+# Open pages reconnect within this long of a restart (web/app.js backs off to at most 30 s,
+# with jitter); until then every watch owner counts as reachable.
+RESTART_WINDOW_SECONDS = 60.0
+
 
 class Connection:
     """One open socket of one user. `send_text` is the socket's own send coroutine;
@@ -130,12 +134,13 @@ class Hub:
         self, *, grace_seconds: float = 600.0, clock: Callable[[], float] = time.monotonic
     ) -> None:
         self._by_user: dict[str, set[Connection]] = {}
+        self._sockets = 0  # counted, not summed: it is logged at every open and close
         self._grace = grace_seconds
         self._clock = clock
         # When each recently connected user's last socket closed.
         self._left_at: dict[str, float] = {}
-        # Until then, anyone may be reconnecting (after a restart everyone is).
-        self._everyone_until = clock() + grace_seconds
+        # Until then, anyone may be reconnecting: after a restart every open page does.
+        self._everyone_until = clock() + min(grace_seconds, RESTART_WINDOW_SECONDS)
         self.delivered = 0
         self.slow_closed = 0
         self.closing = False
@@ -143,15 +148,19 @@ class Hub:
     def add(self, connection: Connection) -> None:
         if self.closing:
             connection.finish()
-        self._by_user.setdefault(connection.user, set()).add(connection)
+        connections = self._by_user.setdefault(connection.user, set())
+        if connection not in connections:
+            connections.add(connection)
+            self._sockets += 1
         self._left_at.pop(connection.user, None)
 
     def remove(self, connection: Connection) -> None:
         if connection.overflowed:
             self.slow_closed += 1
         connections = self._by_user.get(connection.user)
-        if connections is not None:
+        if connections is not None and connection in connections:
             connections.discard(connection)
+            self._sockets -= 1
             if not connections:
                 del self._by_user[connection.user]
                 self._left_at[connection.user] = self._clock()
@@ -178,7 +187,7 @@ class Hub:
         return self._by_user.keys()
 
     def socket_count(self) -> int:
-        return sum(len(connections) for connections in self._by_user.values())
+        return self._sockets
 
     def send_to_user(self, user: str, payload: str) -> int:
         """Send `payload` to every open socket of `user`; returns how many took it."""
