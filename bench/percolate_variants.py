@@ -1,0 +1,122 @@
+"""Percolate request variants against 100k watches, side by side on one node: Elasticsearch's
+`took`, wall time and Elasticsearch CPU per request, and hits per search.
+
+    PYTHONPATH=. python bench/percolate_variants.py
+
+Two rounds; read the second (the first warms the JVM). Guides the next percolation change
+(docs/benchmarks/README.md, "What limits it now").
+"""
+
+from __future__ import annotations
+
+import asyncio
+import random
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import psutil
+
+from bench.harness import GROUP_WORDS, PREFIX, cpu_seconds, load_watches, prepare_catalog
+from percolert import es, indices
+from percolert.devnode import DevNode
+from percolert.percolator import Percolator, SearchEvent
+from percolert.settings import Settings
+from percolert.text import TextNormalizer
+from tests.servers import free_port
+
+
+async def measure(url: str, pid: int, watches: int) -> None:
+    node = psutil.Process(pid)
+    settings = Settings(elasticsearch_url=url, index_prefix=PREFIX)
+    await load_watches(settings, watches)
+    client = es.create_client(settings)
+    alias = indices.alias_for(settings, "watches")
+
+    async def ignore(event: SearchEvent, matches: list[Any]) -> None:
+        return None
+
+    percolator = Percolator(client, alias, TextNormalizer(), ignore)
+    present = [f"background-{n}" for n in random.Random(1).sample(range(watches // 5), 2500)]
+    presence = {
+        "bool": {
+            "should": [
+                {"terms": {"owner": present}},
+                {"bool": {"must_not": {"exists": {"field": "owner"}}}},
+            ]
+        }
+    }
+
+    async def run(name: str, *, extra: dict[str, Any] | None = None, **options: Any) -> None:
+        took: list[float] = []
+        wall: list[float] = []
+        hits: list[int] = []
+        cpu_before, started = 0.0, 0.0
+        for number in range(500):
+            if number == 100:
+                cpu_before, started = cpu_seconds(node), time.perf_counter()
+            text = f"{GROUP_WORDS[number % len(GROUP_WORDS)]} x{number}"
+            document = percolator.document(SearchEvent(text=text, searcher="s", at=0.0))
+            filters: list[dict[str, Any]] = [
+                {"percolate": {"field": "query", "documents": [document]}}
+            ]
+            if extra is not None:
+                filters.append(extra)
+            sent = time.perf_counter()
+            response = await client.search(
+                index=alias,
+                query={"constant_score": {"filter": {"bool": {"filter": filters}}}},
+                track_total_hits=False,
+                **options,
+            )
+            if number >= 100:
+                wall.append((time.perf_counter() - sent) * 1000)
+                took.append(response["took"])
+                hits.append(len(response["hits"]["hits"]))
+        cpu_ms = (cpu_seconds(node) - cpu_before) / 400 * 1000
+        print(
+            f"{name:42s} took p50 {statistics.median(took):.1f} ms, wall p50 "
+            f"{statistics.median(wall):.2f} ms, ES CPU {cpu_ms:.2f} ms/request, "
+            f"hits {statistics.median(hits):g} (over {time.perf_counter() - started:.1f} s)",
+            flush=True,
+        )
+
+    fields = ["owner", "spec.terms"]
+    try:
+        for _ in range(2):
+            await run("size 10000, _source (as now)", size=10_000, source_includes=fields)
+            await run("size 500, _source", size=500, source_includes=fields)
+            await run(
+                "size 10000, owner from doc values",
+                size=10_000,
+                source=False,
+                docvalue_fields=["owner"],
+            )
+            await run(
+                "size 10000, _source, 2,500 owners filter",
+                extra=presence,
+                size=10_000,
+                source_includes=fields,
+            )
+    finally:
+        await client.close()
+
+
+def main() -> int:
+    watches = int(sys.argv[1]) if len(sys.argv) > 1 else 100_000
+    with tempfile.TemporaryDirectory(prefix="percolert-variants-") as scratch:
+        node = DevNode(Path(scratch) / "state", heap="2g")
+        state, _ = node.start(free_port())
+        try:
+            prepare_catalog(state.url)
+            asyncio.run(measure(state.url, state.pid, watches))
+        finally:
+            node.stop()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
