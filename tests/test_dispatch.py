@@ -301,3 +301,16 @@ def test_alerts_are_made_only_for_owners_who_are_connected_or_just_left() -> Non
     assert recipients() == ["b"]  # a has been gone longer than the grace period
     hub.add(Connection("c", inbox._never, 10))
     assert recipients() == ["b", "c"]
+
+
+def test_departures_are_forgotten_after_the_grace_period() -> None:
+    clock = Clock()
+    hub = Hub(grace_seconds=60, clock=clock)
+    inbox = Inbox(hub, "a", "b")
+    inbox.close()
+    hub.remove(inbox.connections["a"])
+    clock.now += 61
+    hub.remove(inbox.connections["b"])  # a closing socket is when old departures go
+    assert set(hub._left_at) == {"b"}
+    assert not hub.reachable("a")
+    assert hub.reachable("b")

@@ -139,6 +139,7 @@ class Hub:
         self._clock = clock
         # When each recently connected user's last socket closed.
         self._left_at: dict[str, float] = {}
+        self._next_forget = clock() + grace_seconds
         # Until then, anyone may be reconnecting: after a restart every open page does.
         self._everyone_until = clock() + min(grace_seconds, RESTART_WINDOW_SECONDS)
         self.delivered = 0
@@ -177,9 +178,13 @@ class Hub:
         return now < self._everyone_until or (left is not None and now - left < self._grace)
 
     def _forget_long_gone(self) -> None:
-        if len(self._left_at) < 2 * len(self._by_user) + 1000:
+        """Drop departures older than the grace period, at most once per period: the map
+        holds at most two periods of departures, and a burst of closes costs one scan."""
+        now = self._clock()
+        if now < self._next_forget:
             return
-        cutoff = self._clock() - self._grace
+        self._next_forget = now + self._grace
+        cutoff = now - self._grace
         for user in [user for user, left in self._left_at.items() if left < cutoff]:
             del self._left_at[user]
 

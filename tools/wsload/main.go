@@ -73,14 +73,21 @@ func searchID(raw []byte) (string, int64, bool) {
 	return "", 0, false
 }
 
-func subscribe(specPath, recordPath string) error {
-	raw, err := os.ReadFile(specPath)
+func readJSON(path string, into any) error {
+	raw, err := os.ReadFile(path)
 	if err != nil {
 		return err
 	}
+	if err := json.Unmarshal(raw, into); err != nil {
+		return fmt.Errorf("%s: %w", path, err)
+	}
+	return nil
+}
+
+func subscribe(specPath, recordPath string) error {
 	var spec subscribeSpec
-	if err := json.Unmarshal(raw, &spec); err != nil {
-		return fmt.Errorf("%s: %w", specPath, err)
+	if err := readJSON(specPath, &spec); err != nil {
+		return err
 	}
 	ctx, cancel := signal.NotifyContext(context.Background(), syscall.SIGTERM, os.Interrupt)
 	defer cancel()
@@ -204,13 +211,9 @@ type searchPlan struct {
 }
 
 func search(planPath, resultPath string) error {
-	raw, err := os.ReadFile(planPath)
-	if err != nil {
-		return err
-	}
 	var plan searchPlan
-	if err := json.Unmarshal(raw, &plan); err != nil {
-		return fmt.Errorf("%s: %w", planPath, err)
+	if err := readJSON(planPath, &plan); err != nil {
+		return err
 	}
 	jar, _ := cookiejar.New(nil)
 	client := &http.Client{
