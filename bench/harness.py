@@ -132,6 +132,9 @@ class Step:
     # Elasticsearch requests (as the server timed them) that took over 100 ms.
     percolates_over_100ms: int = 0
     searches_over_100ms: int = 0
+    # The server's full garbage collections (which pause every socket) during the step.
+    full_gcs: int = 0
+    full_gc_ms: float = 0.0
 
 
 def percentiles(values: list[float]) -> dict[str, float]:
@@ -347,7 +350,9 @@ def scrape_metrics(base: str) -> dict[str, float]:
     text = httpx.get(f"{base}/metrics", timeout=10).text
     values = {}
     for line in text.splitlines():
-        if line.startswith(("percolert_percolate_", "percolert_search_seconds")):
+        if line.startswith(
+            ("percolert_percolate_", "percolert_search_seconds", "percolert_gc_pause_seconds")
+        ):
             name, value = line.rsplit(" ", 1)
             values[name] = float(value)
 
@@ -361,6 +366,8 @@ def scrape_metrics(base: str) -> dict[str, float]:
         "events": values.get("percolert_percolate_batch_size_sum", 0.0),
         "slow_percolates": over_100ms("percolert_percolate_seconds"),
         "slow_searches": over_100ms("percolert_search_seconds"),
+        "full_gcs": values.get('percolert_gc_pause_seconds_count{generation="2"}', 0.0),
+        "full_gc_seconds": values.get('percolert_gc_pause_seconds_sum{generation="2"}', 0.0),
     }
 
 
@@ -488,6 +495,8 @@ def run_design(
                         )
                     step.percolates_over_100ms = int(change["slow_percolates"])
                     step.searches_over_100ms = int(change["slow_searches"])
+                    step.full_gcs = int(change["full_gcs"])
+                    step.full_gc_ms = round(1000 * change["full_gc_seconds"], 1)
                 step.searches = len(sent)
                 step.search_errors = errors
                 step.search_ms = percentiles(search_ms)
@@ -518,6 +527,7 @@ def run_design(
                     f"search p50 {step.search_ms.get('p50')} p99 {step.search_ms.get('p99')} ms, "
                     f"errors {errors}; slow percolates {step.percolates_over_100ms} "
                     f"searches {step.searches_over_100ms}; "
+                    f"full GCs {step.full_gcs} ({step.full_gc_ms} ms); "
                     f"CPU server {step.server_cpu_percent}% client {step.client_cpu_percent}% "
                     f"es {step.es_cpu_percent}%",
                     flush=True,
@@ -627,12 +637,13 @@ def write_report(steps: list[Step], configurations: list[tuple[int, int]]) -> No
         "",
         "## Every step",
         "",
-        "CPU is percent of one core over the step (server, Go load client, Elasticsearch).",
+        "CPU is percent of one core over the step (server, Go load client, Elasticsearch); "
+        "full GCs: the server's full garbage collections in the step and their total pause.",
         "",
         "| design | watches | sockets | rate/s | alert p50 | p90 | p99 | max | delivered | "
         "alerts/s | search p50 | p99 | CPU server | client | ES | peak RSS "
-        "| percolate ms/batch | events/batch |",
-        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+        "| percolate ms/batch | events/batch | full GCs (ms) |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for s in steps:
         a, q = s.alert_ms, s.search_ms
@@ -644,7 +655,7 @@ def write_report(steps: list[Step], configurations: list[tuple[int, int]]) -> No
             f"{q.get('p50', '-')} | {q.get('p99', '-')} | {s.server_cpu_percent}% | "
             f"{s.client_cpu_percent}% | {s.es_cpu_percent}% | "
             f"{s.server_peak_rss_mb} MB | {s.percolate_ms_per_batch or '-'} | "
-            f"{s.percolate_events_per_batch or '-'} |"
+            f"{s.percolate_events_per_batch or '-'} | {s.full_gcs} ({s.full_gc_ms:g}) |"
         )
     (REPORT_DIR / "results.md").write_text("\n".join(lines) + "\n")
     plot(steps)

@@ -96,6 +96,19 @@ async def measure(url: str, pid: int, watches: int) -> None:
                 docvalue_fields=["owner"],
             )
             await run(
+                "size 500, owner from doc values",
+                size=500,
+                source=False,
+                docvalue_fields=["owner"],
+            )
+            await run(
+                "size 10000, sort _doc, owner from doc values",
+                size=10_000,
+                sort=["_doc"],
+                source=False,
+                docvalue_fields=["owner"],
+            )
+            await run(
                 "size 10000, _source, 2,500 owners filter",
                 extra=presence,
                 size=10_000,

@@ -10,7 +10,11 @@ import pytest
 
 from percolert import es, indices
 from percolert.catalog import ingest
+from percolert.messages import WatchSpec
+from percolert.percolator import Match, Percolator, SearchEvent
 from percolert.settings import Settings
+from percolert.text import TextNormalizer
+from percolert.watches import WatchStore
 from tests.conftest import ROOT, SAMPLE_CATALOG
 
 pytestmark = pytest.mark.anyio
@@ -20,10 +24,13 @@ async def test_setup_creates_aliased_indices_and_is_idempotent(fresh_settings: S
     client = es.create_client(fresh_settings)
     prefix = fresh_settings.index_prefix
     try:
+        assert await indices.needing_setup(client, fresh_settings) == [
+            f"{prefix}-{name} is missing" for name in indices.INDEX_NAMES
+        ]
         first = await indices.setup(client, fresh_settings)
         assert first == [
             f"{prefix}-products -> {prefix}-products-v1: created",
-            f"{prefix}-watches -> {prefix}-watches-v1: created",
+            f"{prefix}-watches -> {prefix}-watches-v2: created",
             f"{prefix}-alerts -> {prefix}-alerts-v1: created",
         ]
         second = await indices.setup(client, fresh_settings)
@@ -31,7 +38,7 @@ async def test_setup_creates_aliased_indices_and_is_idempotent(fresh_settings: S
         assert await indices.indices_behind(client, f"{prefix}-products") == [
             f"{prefix}-products-v1"
         ]
-        assert await indices.missing_aliases(client, fresh_settings) == []
+        assert await indices.needing_setup(client, fresh_settings) == []
         mapping = await client.indices.get_mapping(index=f"{prefix}-watches")
         properties = next(iter(mapping.values()))["mappings"]["properties"]
         assert properties["query"]["type"] == "percolator"
@@ -65,6 +72,47 @@ async def test_a_new_mapping_version_migrates_documents_and_moves_the_alias(
         assert await client.indices.exists(index=f"{alias}-v1")
         again = await indices.setup(client, fresh_settings, mappings_dir=mappings)
         assert again[0].endswith("up to date")
+    finally:
+        await client.close()
+
+
+async def test_watches_stored_before_v2_get_their_terms_as_doc_values(
+    fresh_settings: Settings, tmp_path: Path
+) -> None:
+    """v2 of the watches mapping added `terms` (doc values, read by percolation); migrating a
+    v1 index fills it in."""
+    old_mappings = tmp_path / "mappings"
+    shutil.copytree(ROOT / "mappings", old_mappings)
+    definition = json.loads((old_mappings / "watches.json").read_text())
+    assert definition["mappings"]["_meta"]["percolert_version"] == 2
+    definition["mappings"]["_meta"]["percolert_version"] = 1
+    del definition["mappings"]["properties"]["terms"]
+    (old_mappings / "watches.json").write_text(json.dumps(definition))
+    client = es.create_client(fresh_settings)
+    alias = indices.alias_for(fresh_settings, "watches")
+    normalizer = TextNormalizer()
+    try:
+        await indices.setup(client, fresh_settings, mappings_dir=old_mappings)
+        store = WatchStore(client, alias, normalizer, max_per_user=50)
+        watch_id, document = store.prepare("alice", WatchSpec(terms="Kindle  Paperwhite"))
+        del document["terms"]  # as a v1 watch was stored
+        await client.index(index=alias, id=watch_id, document=document, refresh=True)
+        assert await indices.needing_setup(client, fresh_settings) == [
+            f"{alias} is at {alias}-v1, not {alias}-v2"
+        ]
+
+        lines = await indices.setup(client, fresh_settings)
+        assert lines[1] == f"{alias} -> {alias}-v2: migrated from {alias}-v1 (old index kept)"
+        assert await indices.needing_setup(client, fresh_settings) == []
+
+        async def ignore(event: SearchEvent, matches: list[Match]) -> None:
+            pass
+
+        percolator = Percolator(client, alias, normalizer, ignore)
+        [matches] = await percolator.percolate(
+            [SearchEvent(text="kindle paperwhite", searcher="x")]
+        )
+        assert matches == [Match(watch_id=watch_id, terms="Kindle Paperwhite", owner="alice")]
     finally:
         await client.close()
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 import json
 import logging
 from collections.abc import Iterator
@@ -59,6 +60,15 @@ async def test_metrics_follow_what_happens(server: str) -> None:
     assert after["percolert_percolate_seconds_count"] > before["percolert_percolate_seconds_count"]
     assert "percolert_percolate_batch_size_count" in after
     assert "percolert_alerts_dropped_slow_socket_total" in after
+
+
+def test_garbage_collections_are_timed(server: str) -> None:
+    full = "percolert_gc_pause_seconds_count{generation=2}"
+    before = scrape(server).get(full, 0.0)
+    gc.collect()  # the test server runs in this process
+    after = scrape(server)
+    assert after[full] == before + 1
+    assert after["percolert_gc_pause_seconds_sum{generation=2}"] > 0
 
 
 async def test_logs_are_one_json_line_per_event_without_secrets(

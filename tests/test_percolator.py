@@ -65,7 +65,11 @@ async def test_one_request_matches_each_event_to_its_watches(fresh_settings: Set
         ]
         owners = {match.watch_id: match.owner for matches in results for match in matches}
         assert owners == {kindle.id: "alice", cheap_audio.id: "bob", default.id: None}
+        terms = {match.watch_id: match.terms for matches in results for match in matches}
+        assert terms == {kindle.id: "kindle", cheap_audio.id: "headphones", default.id: "iphone"}
         assert percolator.batches == 1
+        [alone] = await percolator.percolate([SearchEvent(text="kindle", searcher="x")])
+        assert alone == [Match(watch_id=kindle.id, terms="kindle", owner="alice")]
     finally:
         await client.close()
 

@@ -15,21 +15,17 @@ import logging
 import time
 from collections.abc import Collection
 from datetime import UTC, datetime, timedelta
-from typing import Any
+from typing import Any, cast
 
 import anyio
 import msgspec
 from elastic_transport import TransportError
 from elasticsearch import ApiError as ElasticsearchApiError
 from elasticsearch import AsyncElasticsearch
-from elasticsearch.helpers import async_bulk
 
 from percolert.messages import Alert
 
 logger = logging.getLogger("percolert.alertlog")
-
-# Elasticsearch takes up to 100 MB per request by default; an alert is ~0.5 KB.
-_MAX_BULK_BYTES = 64 * 2**20
 
 
 class LoggedAlert(msgspec.Struct, frozen=True, kw_only=True, gc=False):  # see messages.Alert
@@ -43,6 +39,28 @@ class LoggedAlert(msgspec.Struct, frozen=True, kw_only=True, gc=False):  # see m
         if self.recipient is not None:
             return self.recipient == user
         return user not in self.excluded
+
+
+class _Document(msgspec.Struct, gc=False):
+    """An alert as stored (mappings/alerts.json)."""
+
+    seq: int
+    recipient: str | None
+    everyone: bool
+    excluded: tuple[str, ...]
+    at: str
+    alert: Alert
+
+    @classmethod
+    def of(cls, entry: LoggedAlert) -> _Document:
+        return cls(
+            seq=entry.seq,
+            recipient=entry.recipient,
+            everyone=entry.recipient is None,
+            excluded=entry.excluded,
+            at=entry.at,
+            alert=entry.alert,
+        )
 
 
 class AlertLog:
@@ -69,6 +87,7 @@ class AlertLog:
         self._last_seq = int(clock() * 1_000_000)
         # Appended, not yet visible to search (being written or waiting to be).
         self._buffer: list[LoggedAlert] = []
+        self._encoder = msgspec.json.Encoder()
         self.write_failures = 0
 
     @property
@@ -91,39 +110,39 @@ class AlertLog:
         """Write what is buffered; it stays buffered (and replayable) until it is visible.
 
         One bulk request per flush, whatever its size: each request waits for a refresh
-        (about a second), so writing in the helper's default chunks of 500 capped the log
-        at ~500 alerts a second and let the buffer grow under load.
+        (about a second), so writing in chunks of 500 capped the log at ~500 alerts a second
+        and let the buffer grow under load. The body is encoded here in one go and the
+        response cut to its errors: the client helper's JSON encoding and its parsing of a
+        ~200-byte result per alert took a quarter of the server's time (docs/benchmarks/).
+        All or nothing: documents are keyed by `seq`, so writing a batch again is harmless.
         """
         batch = self._buffer[: self._max_batch]
         if not batch:
             return
-        actions = (
-            {
-                "_index": self._alias,
-                "_id": str(entry.seq),
-                "_source": {
-                    "seq": entry.seq,
-                    "recipient": entry.recipient,
-                    "everyone": entry.recipient is None,
-                    "excluded": list(entry.excluded),
-                    "at": entry.at,
-                    "alert": msgspec.to_builtins(entry.alert),
-                },
-            }
-            for entry in batch
-        )
+        body = bytearray()
+        for entry in batch:
+            body += b'{"index":{"_id":"%d"}}\n' % entry.seq
+            body += self._encoder.encode(_Document.of(entry))
+            body += b"\n"
         try:
-            await async_bulk(
-                self._client,
-                actions,
-                chunk_size=len(batch),
-                max_chunk_bytes=_MAX_BULK_BYTES,
+            response = await self._client.bulk(
+                index=self._alias,
+                operations=cast(Any, bytes(body)),  # the transport sends NDJSON bytes as is
                 refresh="wait_for",
-                max_retries=2,
+                filter_path=["errors", "items.*.error"],
             )
         except (TransportError, ElasticsearchApiError) as error:
             self.write_failures += 1
             logger.warning("writing %d alerts to the log failed, will retry: %s", len(batch), error)
+            return
+        if response.body.get("errors"):
+            self.write_failures += 1
+            first = response.body["items"][0]
+            logger.warning(
+                "writing %d alerts to the log failed in part, will retry: %s",
+                len(batch),
+                next(iter(first.values()))["error"],
+            )
             return
         del self._buffer[: len(batch)]
 

@@ -179,13 +179,11 @@ async def readyz(request: Request) -> Response:
     settings = state["settings"]
     try:
         version = await es.check_connection(state["client"], settings.elasticsearch_url)
-        missing = await indices.missing_aliases(state["client"], settings)
+        needed = await indices.needing_setup(state["client"], settings)
     except es.ElasticsearchProblem as problem:
         return error_response(503, "elasticsearch_unavailable", str(problem))
-    if missing:
-        return error_response(
-            503, "not_set_up", f"missing indices {', '.join(missing)}: run `percolert setup`"
-        )
+    if needed:
+        return error_response(503, "not_set_up", f"{'; '.join(needed)}: run `percolert setup`")
     return json_response(Readiness(status="ready", elasticsearch=version))
 
 
@@ -250,23 +248,24 @@ def create_app(settings: Settings) -> Starlette:
             max_per_user=settings.max_watches_per_user,
         )
         try:
-            async with anyio.create_task_group() as background:
-                background.start_soon(percolator.run)
-                background.start_soon(dispatcher.run)
-                background.start_soon(alert_log.run)
-                state: State = {
-                    "client": client,
-                    "settings": settings,
-                    "hub": hub,
-                    "percolator": percolator,
-                    "dispatcher": dispatcher,
-                    "watches": store,
-                    "alert_log": alert_log,
-                    "metrics": app_metrics,
-                }
-                running.append(state)
-                yield state
-                background.cancel_scope.cancel()
+            with app_metrics.observing_gc():
+                async with anyio.create_task_group() as background:
+                    background.start_soon(percolator.run)
+                    background.start_soon(dispatcher.run)
+                    background.start_soon(alert_log.run)
+                    state: State = {
+                        "client": client,
+                        "settings": settings,
+                        "hub": hub,
+                        "percolator": percolator,
+                        "dispatcher": dispatcher,
+                        "watches": store,
+                        "alert_log": alert_log,
+                        "metrics": app_metrics,
+                    }
+                    running.append(state)
+                    yield state
+                    background.cancel_scope.cancel()
         finally:
             running.clear()
             await client.close()

@@ -2,18 +2,21 @@
 
 `products` lives in index `<prefix>-products-v<N>` behind alias `<prefix>-products`, where N is
 the mapping's `_meta.percolert_version`. Raising N and running `setup` creates the next index,
-copies the documents over with `_reindex`, and moves the alias in one atomic step; the old
+copies the documents over (with `_reindex`, or through an upgrade function below when a new
+version needs fields the old documents lack) and moves the alias in one atomic step; the old
 index is kept for the operator to delete once satisfied.
 """
 
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import elasticsearch
 from elasticsearch import AsyncElasticsearch
+from elasticsearch.helpers import async_bulk, async_scan
 
 from percolert import assets
 from percolert.settings import Settings
@@ -61,6 +64,36 @@ async def _versions_of(client: AsyncElasticsearch, alias: str) -> list[str]:
     return sorted(found.keys())
 
 
+Upgrade = Callable[[dict[str, Any]], dict[str, Any]]
+
+
+def _watch_with_terms(source: dict[str, Any]) -> dict[str, Any]:
+    """watches v2: `terms` repeats `spec.terms` as doc values, read by percolation."""
+    source.setdefault("terms", source["spec"]["terms"])
+    return source
+
+
+# Documents of any older version made current, for the indices whose new versions need more
+# than a copy. Done here rather than by a `_reindex` script: not every cluster has Painless
+# (the development node has not).
+_UPGRADES: dict[str, Upgrade] = {"watches": _watch_with_terms}
+
+
+async def _copy(
+    client: AsyncElasticsearch, source: str, target: str, upgrade: Upgrade | None
+) -> None:
+    if upgrade is None:
+        await client.reindex(
+            source={"index": source}, dest={"index": target}, wait_for_completion=True, refresh=True
+        )
+        return
+    actions = (
+        {"_index": target, "_id": hit["_id"], "_source": upgrade(hit["_source"])}
+        async for hit in async_scan(client, index=source, size=1000)
+    )
+    await async_bulk(client, actions, chunk_size=1000, refresh=True)
+
+
 async def ensure_index(
     client: AsyncElasticsearch,
     settings: Settings,
@@ -89,9 +122,7 @@ async def ensure_index(
         await client.indices.put_alias(index=target, name=alias)
         return f"{alias} -> {target}: created"
     for old in current:
-        await client.reindex(
-            source={"index": old}, dest={"index": target}, wait_for_completion=True, refresh=True
-        )
+        await _copy(client, old, target, _UPGRADES.get(definition.name))
     actions: list[dict[str, Any]] = [{"remove": {"index": old, "alias": alias}} for old in current]
     actions.append({"add": {"index": target, "alias": alias}})
     await client.indices.update_aliases(actions=actions)
@@ -114,10 +145,19 @@ async def setup(
     ]
 
 
-async def missing_aliases(client: AsyncElasticsearch, settings: Settings) -> list[str]:
-    """Aliases that `setup` has not created yet (used by readiness)."""
-    return [
-        alias_for(settings, name)
-        for name in INDEX_NAMES
-        if not await client.indices.exists_alias(name=alias_for(settings, name))
-    ]
+async def needing_setup(
+    client: AsyncElasticsearch, settings: Settings, mappings_dir: Path | None = None
+) -> list[str]:
+    """What `setup` still has to do, one phrase per index: an alias it has not created, or
+    one behind an older version than the mappings declare (used by readiness)."""
+    needed = []
+    for name in INDEX_NAMES:
+        alias = alias_for(settings, name)
+        behind = await indices_behind(client, alias)
+        if not behind:
+            needed.append(f"{alias} is missing")
+            continue
+        target = index_for(settings, IndexDefinition.load(name, mappings_dir))
+        if behind != [target]:
+            needed.append(f"{alias} is at {', '.join(behind)}, not {target}")
+    return needed

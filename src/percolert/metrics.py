@@ -6,12 +6,17 @@ scraped; latencies are observed where they happen.
 
 from __future__ import annotations
 
+import gc
+import time
 from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
+_GC_BUCKETS = (0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0)
 _LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0)
 
 
@@ -67,6 +72,34 @@ class Metrics:
             ["operation"],
             registry=self.registry,
         )
+
+        self.gc_pause_seconds = Histogram(
+            "percolert_gc_pause_seconds",
+            "Pauses of the cyclic garbage collector, by generation (2: a full collection)",
+            ["generation"],
+            buckets=_GC_BUCKETS,
+            registry=self.registry,
+        )
+
+    @contextmanager
+    def observing_gc(self) -> Iterator[None]:
+        """Time every garbage collection while inside: a full collection stops every socket,
+        so its pauses are part of alert latency (docs/benchmarks/)."""
+        started = [0.0]
+
+        def observe(phase: str, info: dict[str, Any]) -> None:
+            if phase == "start":
+                started[0] = time.perf_counter()
+            else:
+                self.gc_pause_seconds.labels(str(info["generation"])).observe(
+                    time.perf_counter() - started[0]
+                )
+
+        gc.callbacks.append(observe)
+        try:
+            yield
+        finally:
+            gc.callbacks.remove(observe)
 
     def read_from(self, read: Callable[[], dict[str, float]]) -> None:
         self.registry.register(_Readings(read))

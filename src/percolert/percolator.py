@@ -50,23 +50,26 @@ class Match(msgspec.Struct, frozen=True, kw_only=True):
 OnMatches = Callable[[SearchEvent, list[Match]], Awaitable[None]]
 
 
-class _Spec(msgspec.Struct):
-    terms: str
-
-
-class _Source(msgspec.Struct):
-    spec: _Spec
-    owner: str | None = None
-
-
 class _Fields(msgspec.Struct):
+    """Doc values of a matching watch (no `_source`: loading it cost Elasticsearch more than
+    the percolation itself; docs/benchmarks/). A default watch has no owner."""
+
+    terms: list[str] = msgspec.field(default_factory=list)
+    owner: list[str] = msgspec.field(default_factory=list)
     slots: list[int] = msgspec.field(name="_percolator_document_slot", default_factory=list)
 
 
 class _Hit(msgspec.Struct):
     id: str = msgspec.field(name="_id")
-    source: _Source = msgspec.field(name="_source")
     fields: _Fields = msgspec.field(default_factory=_Fields)
+
+
+class _Hits(msgspec.Struct):
+    hits: list[_Hit] = msgspec.field(default_factory=list)
+
+
+class _Response(msgspec.Struct):
+    hits: _Hits = msgspec.field(default_factory=_Hits)
 
 
 class Percolator:
@@ -179,18 +182,26 @@ class Percolator:
                 }
             },
             size=_MAX_MATCHES,
-            source_includes=["owner", "spec.terms"],
+            sort=["_doc"],  # every match counts the same: no scores to rank
+            source=False,
+            docvalue_fields=[{"field": "owner"}, {"field": "terms"}],
             track_total_hits=False,
+            filter_path=["hits.hits._id", "hits.hits.fields"],
         )
         self.batches += 1
         if self._observe is not None:
             self._observe(time.perf_counter() - started, len(events))
-        hits = msgspec.convert(response.body["hits"]["hits"], list[_Hit])
+        hits = msgspec.convert(response.body, _Response).hits.hits
         if len(hits) >= _MAX_MATCHES:
             logger.warning("a batch matched %d watches or more; the rest are dropped", len(hits))
         matches: list[list[Match]] = [[] for _ in events]
         for hit in hits:
-            match = Match(watch_id=hit.id, terms=hit.source.spec.terms, owner=hit.source.owner)
+            fields = hit.fields
+            match = Match(
+                watch_id=hit.id,
+                terms=fields.terms[0] if fields.terms else "",
+                owner=fields.owner[0] if fields.owner else None,
+            )
             # A single-document percolation may omit the slot field: it is then slot 0.
             for slot in hit.fields.slots or [0]:
                 matches[slot].append(match)

@@ -8,13 +8,13 @@ pending follow-up alerts, lets each socket send what is queued for it and close 
 
 from __future__ import annotations
 
-import gc
 import socket
 from collections.abc import Awaitable, Callable
 
 import uvicorn
 from starlette.applications import Starlette
 
+from percolert.gcpolicy import GcPolicy
 from percolert.wsprotocol import FrameWritingProtocol
 
 # Largest WebSocket frame a client may send; clients only send tiny control messages.
@@ -43,24 +43,9 @@ def make_config(app: Starlette, host: str, port: int, *, log_level: str = "info"
 Drain = Callable[[float], Awaitable[None]]  # stops new work, delivers, closes sockets
 
 
-# The cyclic GC's young generation is collected every this many net allocations (CPython's
-# default is 700). See `GracefulServer` for why.
-GC_YOUNG_THRESHOLD = 10_000
-
-
 class GracefulServer(uvicorn.Server):
-    """uvicorn's server, draining sockets on shutdown; with `tune_gc`, it also sets the
-    process's garbage collector up for steady latency.
-
-    Measured under load (docs/benchmarks/): with CPython's default thresholds, objects that
-    live only as long as a request or an Elasticsearch round trip survive the young
-    collections, pile up as long-lived, and set off full collections every few seconds; a
-    full collection walks every object of every open socket (~180 each) and paused the
-    server 100-190 ms at 1,000 sockets, which was the whole p99. A larger young generation
-    lets those objects die young, and freezing what exists after startup (modules, app,
-    clients) keeps it out of the collections that remain. A process-wide setting, so only
-    for a process that is the server (`percolert serve`), not for one that embeds it.
-    """
+    """uvicorn's server, draining sockets on shutdown; with `tune_gc`, it also runs the
+    process's garbage collector for steady latency (`percolert.gcpolicy`)."""
 
     def __init__(
         self,
@@ -73,15 +58,17 @@ class GracefulServer(uvicorn.Server):
         super().__init__(config)
         self._drain = drain
         self._drain_seconds = drain_seconds
-        self._tune_gc = tune_gc
+        self._gc = GcPolicy() if tune_gc else None
 
     async def startup(self, sockets: list[socket.socket] | None = None) -> None:
-        if self._tune_gc:
-            _, middle, old = gc.get_threshold()
-            gc.set_threshold(GC_YOUNG_THRESHOLD, middle, old)
         await super().startup(sockets)
-        if self._tune_gc:
-            gc.freeze()
+        if self._gc is not None:
+            self._gc.start()
+
+    async def on_tick(self, counter: int) -> bool:
+        if self._gc is not None:
+            self._gc.tick()
+        return await super().on_tick(counter)
 
     async def shutdown(self, sockets: list[socket.socket] | None = None) -> None:
         for server in self.servers:

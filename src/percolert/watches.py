@@ -152,7 +152,8 @@ class WatchStore:
         # limit together. Locks are dropped when nobody holds them.
         self._locks: dict[str, anyio.Lock] = {}
 
-    def _prepare(self, owner: str | None, spec: WatchSpec) -> tuple[str, dict[str, Any]]:
+    def prepare(self, owner: str | None, spec: WatchSpec) -> tuple[str, dict[str, Any]]:
+        """The id and stored document of a watch (nothing is sent)."""
         spec = clean_spec(spec)
         tokens = self._normalizer.watch_tokens(spec.terms, phrase=spec.phrase)
         if not tokens:
@@ -164,13 +165,14 @@ class WatchStore:
             "owner": owner,
             "is_default": owner is None,
             "spec": msgspec.to_builtins(spec),
+            "terms": spec.terms,  # doc values for percolation (mappings/watches.json)
             "created_at": datetime.now(UTC).isoformat(timespec="milliseconds"),
         }
         return watch_id(owner, tokens, spec), document
 
     async def add(self, owner: str | None, spec: WatchSpec) -> Watch:
         """Store a watch (owner None: a default watch). 409 for a duplicate or over the limit."""
-        document_id, document = self._prepare(owner, spec)
+        document_id, document = self.prepare(owner, spec)
         if owner is None:
             await self._client.index(
                 index=self._alias, id=document_id, document=document, refresh=True
@@ -205,7 +207,7 @@ class WatchStore:
         """Bulk-load watches (admin and benchmark path: no per-user limit). Returns the count."""
         actions = (
             {"_index": self._alias, "_id": document_id, "_source": document}
-            for document_id, document in (self._prepare(owner, spec) for owner, spec in watches)
+            for document_id, document in (self.prepare(owner, spec) for owner, spec in watches)
         )
         loaded, _ = await async_bulk(self._client, actions, chunk_size=2000, refresh=True)
         return loaded
@@ -283,7 +285,7 @@ class WatchStore:
         existing = {watch.id for watch in await self.defaults()}
         wanted: set[str] = set()
         for spec in specs:
-            document_id, document = self._prepare(None, spec)
+            document_id, document = self.prepare(None, spec)
             wanted.add(document_id)
             if document_id in existing:
                 report.unchanged += 1

@@ -1,0 +1,87 @@
+"""The server process's garbage-collector policy: full collections rare, and cheap.
+
+CPython's cyclic collector walks every tracked object in a full collection, with the event
+loop stopped. An open alert socket keeps ~180 objects alive (uvicorn's protocol, Starlette's
+WebSocket, the app's task group and coroutines, the hub's queue): at 5,000 sockets a full
+collection took 0.5-1 s, and under load one came every ~10 s — the whole p99 of alert
+latency (docs/benchmarks/README.md). So:
+
+- the young generation is collected every 10,000 net allocations instead of 700, so that
+  objects living as long as a request die young instead of piling up as long-lived;
+- what has lived a while is frozen (`gc.freeze`) every `freeze_seconds`: frozen objects are
+  still freed by reference counting, but full collections no longer walk them, so they
+  stay cheap whatever the number of sockets;
+- cyclic garbage among frozen objects is only found by a compaction (unfreeze, collect,
+  freeze), which pauses like a full collection did. It runs when the frozen set has grown
+  by `compact_growth` since the last one, which bounds that garbage to a share of what is
+  alive. Closed alert sockets leave none (`wsprotocol` unties their cycles), so in steady
+  state growth comes from new sockets and a few objects per closed HTTP connection.
+
+A process-wide setting, so only for a process that is the server (`percolert serve`).
+"""
+
+from __future__ import annotations
+
+import gc
+import logging
+import time
+from collections.abc import Callable
+
+from percolert.logs import event
+
+logger = logging.getLogger("percolert.gc")
+
+YOUNG_THRESHOLD = 10_000  # CPython's default is 700
+
+
+class GcPolicy:
+    def __init__(
+        self,
+        *,
+        freeze_seconds: float = 60.0,
+        compact_growth: float = 0.5,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self._freeze_seconds = freeze_seconds
+        self._compact_growth = compact_growth
+        self._clock = clock
+        self._next_freeze = 0.0
+        self._compacted_size = 0
+        self.compactions = 0
+
+    def start(self) -> None:
+        """After startup: tune the young generation and freeze what exists (modules, app,
+        clients)."""
+        _, middle, old = gc.get_threshold()
+        gc.set_threshold(YOUNG_THRESHOLD, middle, old)
+        gc.freeze()
+        self._compacted_size = gc.get_freeze_count()
+        self._next_freeze = self._clock() + self._freeze_seconds
+
+    def tick(self) -> None:
+        """Called often (the server's 0.1 s tick); acts every `freeze_seconds`."""
+        now = self._clock()
+        if now < self._next_freeze:
+            return
+        self._next_freeze = now + self._freeze_seconds
+        if gc.get_freeze_count() > (1 + self._compact_growth) * self._compacted_size:
+            self.compact()
+        else:
+            gc.freeze()
+
+    def compact(self) -> None:
+        frozen = gc.get_freeze_count()
+        started = time.perf_counter()
+        gc.unfreeze()
+        collected = gc.collect()
+        gc.freeze()
+        self._compacted_size = gc.get_freeze_count()
+        self.compactions += 1
+        event(
+            logger,
+            "gc_compaction",
+            frozen_before=frozen,
+            collected=collected,
+            frozen_after=self._compacted_size,
+            pause_ms=round(1000 * (time.perf_counter() - started), 1),
+        )

@@ -1,0 +1,125 @@
+"""Garbage collection in the server: long-lived objects frozen out of full collections,
+cyclic garbage among them found again by a compaction once the frozen set has grown enough,
+and closed alert sockets that leave no cyclic garbage at all."""
+
+from __future__ import annotations
+
+import gc
+import weakref
+from collections.abc import Iterator
+
+import anyio
+import httpx
+import pytest
+
+from percolert.gcpolicy import YOUNG_THRESHOLD, GcPolicy
+from percolert.wsprotocol import FrameWritingProtocol
+from tests.shoppers import Shopper
+
+
+class Node:
+    def __init__(self) -> None:
+        self.partner: Node | None = None
+
+
+def cycles(count: int) -> list[Node]:
+    nodes = []
+    for _ in range(count):
+        a, b = Node(), Node()
+        a.partner, b.partner = b, a
+        nodes.append(a)
+    return nodes
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 0.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+@pytest.fixture
+def process_gc() -> Iterator[None]:
+    """The policy changes process-wide state: put it back for the other tests."""
+    threshold = gc.get_threshold()
+    yield
+    gc.unfreeze()
+    gc.set_threshold(*threshold)
+    gc.collect()
+
+
+@pytest.mark.usefixtures("process_gc")
+def test_frozen_garbage_waits_for_a_compaction() -> None:
+    clock = Clock()
+    policy = GcPolicy(freeze_seconds=60, compact_growth=10.0, clock=clock)
+    policy.start()
+    assert gc.get_threshold()[0] == YOUNG_THRESHOLD
+    started_frozen = gc.get_freeze_count()
+    assert started_frozen > 0
+
+    alive = cycles(1000)
+    clock.now = 59
+    policy.tick()
+    assert gc.get_freeze_count() < started_frozen + 2000  # not yet a minute
+    clock.now = 60
+    policy.tick()
+    assert gc.get_freeze_count() >= started_frozen + 2000
+    assert policy.compactions == 0  # grown, but far from 10x
+
+    probe = weakref.ref(alive[0])
+    del alive  # cyclic garbage now, but frozen: full collections do not see it
+    gc.collect()
+    assert probe() is not None
+
+    policy.compact()
+    assert probe() is None
+    assert policy.compactions == 1
+
+
+@pytest.mark.usefixtures("process_gc")
+def test_a_tick_compacts_once_the_frozen_set_has_grown_enough() -> None:
+    clock = Clock()
+    policy = GcPolicy(freeze_seconds=1, compact_growth=0.5, clock=clock)
+    policy.start()
+    garbage = cycles(gc.get_freeze_count())  # more than half as many objects again
+    probe = weakref.ref(garbage[0])
+    clock.now = 1
+    policy.tick()  # below the threshold when counted: frozen, not compacted
+    assert policy.compactions == 0
+    del garbage
+    gc.collect()
+    assert probe() is not None
+    clock.now = 2
+    policy.tick()
+    assert policy.compactions == 1
+    assert probe() is None
+
+
+def open_sockets(server: str) -> float:
+    for line in httpx.get(f"{server}/metrics", timeout=10).text.splitlines():
+        if line.startswith("percolert_connected_sockets "):
+            return float(line.split()[1])
+    raise AssertionError("no socket gauge")
+
+
+@pytest.mark.anyio
+async def test_closed_alert_sockets_leave_no_cyclic_garbage(server: str) -> None:
+    """Freed by reference counting as they close: under the policy above, cyclic garbage
+    waits for a compaction, and a socket's protocol would hold all its buffers."""
+    before = open_sockets(server)
+    async with Shopper(server) as shopper:
+        for _ in range(20):
+            await shopper.connect()
+    deadline = anyio.current_time() + 10
+    while open_sockets(server) > before and anyio.current_time() < deadline:
+        await anyio.sleep(0.05)
+    await anyio.sleep(0.2)  # the server's side of each close handshake
+    gc.set_debug(gc.DEBUG_SAVEALL)
+    try:
+        gc.collect()
+        left = [item for item in gc.garbage if isinstance(item, FrameWritingProtocol)]
+    finally:
+        gc.set_debug(0)
+        gc.garbage.clear()
+    assert left == []
