@@ -78,19 +78,23 @@ def test_frozen_garbage_waits_for_a_compaction() -> None:
 
 
 @pytest.mark.usefixtures("process_gc")
-def test_a_tick_compacts_once_the_frozen_set_has_grown_enough() -> None:
+def test_a_tick_compacts_once_the_frozen_set_has_doubled_and_not_too_often() -> None:
     clock = Clock()
-    policy = GcPolicy(freeze_seconds=1, compact_growth=0.5, clock=clock)
+    policy = GcPolicy(freeze_seconds=1, compact_growth=1.0, compact_seconds=60, clock=clock)
     policy.start()
-    garbage = cycles(gc.get_freeze_count())  # more than half as many objects again
+    garbage = cycles(gc.get_freeze_count())  # twice as many objects again
     probe = weakref.ref(garbage[0])
     clock.now = 1
-    policy.tick()  # below the threshold when counted: frozen, not compacted
+    policy.tick()  # not counted until frozen: this tick freezes them
     assert policy.compactions == 0
     del garbage
     gc.collect()
     assert probe() is not None
-    clock.now = 2
+    clock.now = 59
+    policy.tick()  # grown enough, but the last compaction (the start) was under a minute ago
+    assert policy.compactions == 0
+    assert probe() is not None
+    clock.now = 60
     policy.tick()
     assert policy.compactions == 1
     assert probe() is None

@@ -13,9 +13,11 @@ latency (docs/benchmarks/README.md). So:
   stay cheap whatever the number of sockets;
 - cyclic garbage among frozen objects is only found by a compaction (unfreeze, collect,
   freeze), which pauses like a full collection did. It runs when the frozen set has grown
-  by `compact_growth` since the last one, which bounds that garbage to a share of what is
-  alive. Closed alert sockets leave none (`wsprotocol` unties their cycles), so in steady
-  state growth comes from new sockets and a few objects per closed HTTP connection.
+  by `compact_growth` since the last one (garbage is then at most a share of what is
+  alive), and at most once per `compact_seconds` (so that such pauses stay rare even while
+  sockets keep arriving, which also grows the frozen set). Closed alert sockets leave no
+  cyclic garbage (`wsprotocol` unties their cycles); a closed HTTP connection leaves ~30
+  objects.
 
 A process-wide setting, so only for a process that is the server (`percolert serve`).
 """
@@ -38,14 +40,17 @@ class GcPolicy:
     def __init__(
         self,
         *,
-        freeze_seconds: float = 60.0,
-        compact_growth: float = 0.5,
+        freeze_seconds: float = 10.0,
+        compact_growth: float = 1.0,
+        compact_seconds: float = 600.0,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self._freeze_seconds = freeze_seconds
         self._compact_growth = compact_growth
+        self._compact_seconds = compact_seconds
         self._clock = clock
         self._next_freeze = 0.0
+        self._next_compaction = 0.0
         self._compacted_size = 0
         self.compactions = 0
 
@@ -57,6 +62,7 @@ class GcPolicy:
         gc.freeze()
         self._compacted_size = gc.get_freeze_count()
         self._next_freeze = self._clock() + self._freeze_seconds
+        self._next_compaction = self._clock() + self._compact_seconds
 
     def tick(self) -> None:
         """Called often (the server's 0.1 s tick); acts every `freeze_seconds`."""
@@ -64,7 +70,8 @@ class GcPolicy:
         if now < self._next_freeze:
             return
         self._next_freeze = now + self._freeze_seconds
-        if gc.get_freeze_count() > (1 + self._compact_growth) * self._compacted_size:
+        grown = gc.get_freeze_count() > (1 + self._compact_growth) * self._compacted_size
+        if grown and now >= self._next_compaction:
             self.compact()
         else:
             gc.freeze()
@@ -76,6 +83,7 @@ class GcPolicy:
         collected = gc.collect()
         gc.freeze()
         self._compacted_size = gc.get_freeze_count()
+        self._next_compaction = self._clock() + self._compact_seconds
         self.compactions += 1
         event(
             logger,
