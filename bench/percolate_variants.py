@@ -1,10 +1,11 @@
 """Percolate request variants against 100k watches, side by side on one node: Elasticsearch's
-`took`, wall time and Elasticsearch CPU per request, and hits per search.
+`took`, wall time and Elasticsearch CPU per request, and hits per search; then batches of
+search events, as one percolation of several documents versus an `_msearch` of
+single-document percolations (what `Percolator` sends).
 
     PYTHONPATH=. python bench/percolate_variants.py
 
-Two rounds; read the second (the first warms the JVM). Guides the next percolation change
-(docs/benchmarks/README.md, "What limits it now").
+Two rounds; read the second (the first warms the JVM). Findings in docs/benchmarks/README.md.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 import psutil
+from elasticsearch import AsyncElasticsearch
 
 from bench.harness import GROUP_WORDS, PREFIX, cpu_seconds, load_watches, prepare_catalog
 from percolert import es, indices
@@ -87,7 +89,7 @@ async def measure(url: str, pid: int, watches: int) -> None:
     fields = ["owner", "spec.terms"]
     try:
         for _ in range(2):
-            await run("size 10000, _source (as now)", size=10_000, source_includes=fields)
+            await run("size 10000, _source (v1 watches)", size=10_000, source_includes=fields)
             await run("size 500, _source", size=500, source_includes=fields)
             await run(
                 "size 10000, owner from doc values",
@@ -102,11 +104,11 @@ async def measure(url: str, pid: int, watches: int) -> None:
                 docvalue_fields=["owner"],
             )
             await run(
-                "size 10000, sort _doc, owner from doc values",
+                "sort _doc, owner+terms from doc values (now)",
                 size=10_000,
                 sort=["_doc"],
                 source=False,
-                docvalue_fields=["owner"],
+                docvalue_fields=["owner", "terms"],
             )
             await run(
                 "size 10000, _source, 2,500 owners filter",
@@ -114,8 +116,68 @@ async def measure(url: str, pid: int, watches: int) -> None:
                 size=10_000,
                 source_includes=fields,
             )
+        for _ in range(2):
+            await compare_batches(client, alias, percolator, node)
     finally:
         await client.close()
+
+
+async def compare_batches(
+    client: AsyncElasticsearch, alias: str, percolator: Percolator, node: psutil.Process
+) -> None:
+    """Elasticsearch CPU per search event and wall time per batch: one percolation of B
+    documents (matched back by `_percolator_document_slot`) against `_msearch` of B."""
+
+    async def several_documents(events: list[SearchEvent]) -> None:
+        await client.search(
+            index=alias,
+            query={
+                "constant_score": {
+                    "filter": {
+                        "percolate": {
+                            "field": "query",
+                            "documents": [percolator.document(event) for event in events],
+                        }
+                    }
+                }
+            },
+            size=10_000,
+            sort=["_doc"],
+            source=False,
+            docvalue_fields=[{"field": "owner"}, {"field": "terms"}],
+            track_total_hits=False,
+            filter_path=["hits.hits._id", "hits.hits.fields"],
+        )
+
+    async def msearch(events: list[SearchEvent]) -> None:
+        await percolator.percolate(events)
+
+    for size in (1, 2, 4, 8):
+        for name, send in (("one percolation", several_documents), ("_msearch", msearch)):
+            batches = max(50, 400 // size)
+            walls: list[float] = []
+            cpu_before, started = 0.0, 0.0
+            for number in range(batches + 20):
+                if number == 20:
+                    cpu_before, started = cpu_seconds(node), time.perf_counter()
+                events = [
+                    SearchEvent(
+                        text=f"{GROUP_WORDS[(number * size + i) % len(GROUP_WORDS)]} x{number}",
+                        searcher="s",
+                    )
+                    for i in range(size)
+                ]
+                sent = time.perf_counter()
+                await send(events)
+                if number >= 20:
+                    walls.append((time.perf_counter() - sent) * 1000)
+            cpu_ms = (cpu_seconds(node) - cpu_before) / (batches * size) * 1000
+            print(
+                f"batch of {size}, {name:16s} ES CPU {cpu_ms:.2f} ms/event, wall p50 "
+                f"{statistics.median(walls):.2f} ms/batch "
+                f"(over {time.perf_counter() - started:.1f} s)",
+                flush=True,
+            )
 
 
 def main() -> int:

@@ -2,9 +2,11 @@
 request path.
 
 A search hands its event to `submit`, which never waits. Workers take whatever events are
-queued (up to the batch size) and percolate them in one request, with one document per
-event, matched back through `_percolator_document_slot`. At low load a batch is one event
-and goes out at once; under load batches grow by themselves while a request is in flight.
+queued (up to the batch size) and send them in one `_msearch` request, one single-document
+percolation per event. At low load a batch is one event and goes out at once; under load
+batches grow by themselves while a request is in flight. (One percolation of several
+documents costs Elasticsearch more: to tell which document each watch matched, it runs every
+matched query again per document. Measured in `bench/percolate_variants.py`.)
 """
 
 from __future__ import annotations
@@ -12,7 +14,7 @@ from __future__ import annotations
 import logging
 import math
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
 from typing import Any
 
 import anyio
@@ -26,7 +28,7 @@ from percolert.text import TextNormalizer
 
 logger = logging.getLogger("percolert.percolator")
 
-# More matching watches than this for one batch are not delivered (logged); a search that
+# More matching watches than this for one search are not delivered (logged); a search that
 # matches so many individual watches is far outside what alerts are for.
 _MAX_MATCHES = 10_000
 
@@ -56,7 +58,6 @@ class _Fields(msgspec.Struct):
 
     terms: list[str] = msgspec.field(default_factory=list)
     owner: list[str] = msgspec.field(default_factory=list)
-    slots: list[int] = msgspec.field(name="_percolator_document_slot", default_factory=list)
 
 
 class _Hit(msgspec.Struct):
@@ -69,7 +70,13 @@ class _Hits(msgspec.Struct):
 
 
 class _Response(msgspec.Struct):
+    status: int = 200
     hits: _Hits = msgspec.field(default_factory=_Hits)
+    error: dict[str, Any] | None = None
+
+
+class _Responses(msgspec.Struct):
+    responses: list[_Response]
 
 
 class Percolator:
@@ -169,42 +176,64 @@ class Percolator:
     async def percolate(self, events: list[SearchEvent]) -> list[list[Match]]:
         """Matches for each event, in order (one request for all of them)."""
         started = time.perf_counter()
-        response = await self._client.search(
-            index=self._alias,
-            query={
-                "constant_score": {
-                    "filter": {
-                        "percolate": {
-                            "field": "query",
-                            "documents": [self.document(event) for event in events],
+        searches: list[Mapping[str, Any]] = []
+        for event in events:
+            searches.append({})  # the index is in the path
+            searches.append(
+                {
+                    "query": {
+                        "constant_score": {
+                            "filter": {
+                                "percolate": {"field": "query", "document": self.document(event)}
+                            }
                         }
-                    }
+                    },
+                    "size": _MAX_MATCHES,
+                    "sort": ["_doc"],  # every match counts the same: no scores to rank
+                    "_source": False,
+                    "docvalue_fields": [{"field": "owner"}, {"field": "terms"}],
+                    "track_total_hits": False,
                 }
-            },
-            size=_MAX_MATCHES,
-            sort=["_doc"],  # every match counts the same: no scores to rank
-            source=False,
-            docvalue_fields=[{"field": "owner"}, {"field": "terms"}],
-            track_total_hits=False,
-            filter_path=["hits.hits._id", "hits.hits.fields"],
+            )
+        response = await self._client.msearch(
+            index=self._alias,
+            searches=searches,
+            # `status` keeps a search with no hits in the list (filter_path drops empty
+            # objects), so that responses stay aligned with events.
+            filter_path=[
+                "responses.status",
+                "responses.error",
+                "responses.hits.hits._id",
+                "responses.hits.hits.fields",
+            ],
         )
         self.batches += 1
         if self._observe is not None:
             self._observe(time.perf_counter() - started, len(events))
-        hits = msgspec.convert(response.body, _Response).hits.hits
-        if len(hits) >= _MAX_MATCHES:
-            logger.warning("a batch matched %d watches or more; the rest are dropped", len(hits))
-        matches: list[list[Match]] = [[] for _ in events]
-        for hit in hits:
-            fields = hit.fields
-            match = Match(
-                watch_id=hit.id,
-                terms=fields.terms[0] if fields.terms else "",
-                owner=fields.owner[0] if fields.owner else None,
+        results = msgspec.convert(response.body, _Responses).responses
+        if len(results) != len(events):  # not seen; alerts lost rather than misdelivered
+            logger.error("%d percolation results for %d events", len(results), len(events))
+            return [[] for _ in events]
+        matches: list[list[Match]] = []
+        for result in results:
+            if result.error is not None:
+                # That search's alerts are lost, as when a whole request fails.
+                logger.warning("percolating a search event failed: %s", result.error)
+            hits = result.hits.hits
+            if len(hits) >= _MAX_MATCHES:
+                logger.warning(
+                    "a search matched %d watches or more; the rest are dropped", len(hits)
+                )
+            matches.append(
+                [
+                    Match(
+                        watch_id=hit.id,
+                        terms=hit.fields.terms[0] if hit.fields.terms else "",
+                        owner=hit.fields.owner[0] if hit.fields.owner else None,
+                    )
+                    for hit in hits
+                ]
             )
-            # A single-document percolation may omit the slot field: it is then slot 0.
-            for slot in hit.fields.slots or [0]:
-                matches[slot].append(match)
         return matches
 
     async def _percolate(self, ticket: int, batch: list[SearchEvent]) -> None:
