@@ -112,8 +112,9 @@ class AlertLog:
         One bulk request per flush, whatever its size: each request waits for a refresh
         (about a second), so writing in chunks of 500 capped the log at ~500 alerts a second
         and let the buffer grow under load. The body is encoded here in one go and the
-        response cut to its errors: the client helper's JSON encoding and its parsing of a
-        ~200-byte result per alert took a quarter of the server's time (docs/benchmarks/).
+        response cut to its errors: flushing through the client's bulk helper took a quarter of
+        the server's samples under load, mostly its JSON encoding and the parsing of a
+        ~200-byte result per alert (docs/benchmarks/).
         All or nothing: documents are keyed by `seq`, so writing a batch again is harmless.
         """
         batch = self._buffer[: self._max_batch]

@@ -5,8 +5,9 @@ A search hands its event to `submit`, which never waits. Workers take whatever e
 queued (up to the batch size) and send them in one `_msearch` request, one single-document
 percolation per event. At low load a batch is one event and goes out at once; under load
 batches grow by themselves while a request is in flight. (One percolation of several
-documents costs Elasticsearch more: to tell which document each watch matched, it runs every
-matched query again per document. Measured in `bench/percolate_variants.py`.)
+documents cost Elasticsearch more CPU per event and more time per batch, measured in
+`bench/percolate_variants.py`; likely because telling which document each watch matched
+checks every matched query against each document again.)
 """
 
 from __future__ import annotations
@@ -92,8 +93,8 @@ class Percolator:
         queue_size: int = 10_000,
         observe: Callable[[float | None, int], None] | None = None,
     ) -> None:
-        """`observe(seconds, batch_size)` hears of every percolate request (seconds None: it
-        failed)."""
+        """`observe(seconds, batch_size)` hears of every percolate request, and of every
+        failure as (None, events lost): of a whole request, or of one event's search in it."""
         self._client = client
         self._alias = alias
         self._normalizer = normalizer
@@ -219,6 +220,8 @@ class Percolator:
             if result.error is not None:
                 # That search's alerts are lost, as when a whole request fails.
                 logger.warning("percolating a search event failed: %s", result.error)
+                if self._observe is not None:
+                    self._observe(None, 1)
             hits = result.hits.hits
             if len(hits) >= _MAX_MATCHES:
                 logger.warning(
