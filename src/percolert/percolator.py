@@ -71,7 +71,6 @@ class _Hits(msgspec.Struct):
 
 
 class _Response(msgspec.Struct):
-    status: int = 200
     hits: _Hits = msgspec.field(default_factory=_Hits)
     error: dict[str, Any] | None = None
 

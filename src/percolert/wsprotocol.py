@@ -42,12 +42,11 @@ class FrameWritingProtocol(WebSocketsSansIOProtocol):
     """Also unties its reference cycles once the socket is over (both the connection and the
     app are done), so that what a closed socket leaves behind is freed at once by reference
     counting instead of waiting for a full garbage collection, which the server keeps rare
-    (`percolert.gc`). Measured: ~60 objects per closed socket were cyclic garbage — this
-    protocol and its transport pointing at each other, and the websockets parser generator
-    and its connection (this commit's docs/benchmarks/README.md)."""
+    (`percolert.gcpolicy`). Measured: ~60 objects per closed socket were cyclic garbage —
+    this protocol and its transport pointing at each other, and the websockets parser
+    generator and its connection (docs/benchmarks/README.md)."""
 
     _asgi_done = False
-    _connection_gone = False
 
     async def run_asgi(self) -> None:
         self.scope["extensions"][FRAME_WRITER] = {"write_frame": self.write_frame}
@@ -58,12 +57,11 @@ class FrameWritingProtocol(WebSocketsSansIOProtocol):
             self._untie()
 
     def connection_lost(self, exc: Exception | None) -> None:
-        super().connection_lost(exc)
-        self._connection_gone = True
+        super().connection_lost(exc)  # sets `disconnected`
         self._untie()
 
     def _untie(self) -> None:
-        if not (self._asgi_done and self._connection_gone):
+        if not (self._asgi_done and self.disconnected):
             return
         self.scope["extensions"].pop(FRAME_WRITER, None)  # a bound method of self
         self.conn.parser.close()  # a generator whose frame holds the connection
