@@ -135,6 +135,15 @@ class Step:
     # The server's full garbage collections (which pause every socket) during the step.
     full_gcs: int = 0
     full_gc_ms: float = 0.0
+    # Times the server's event loop woke a 20 ms timer over 25 ms / 100 ms late: everything
+    # on it (searches, percolation results, every socket) waited that long.
+    loop_lags_over_25ms: int = 0
+    loop_lags_over_100ms: int = 0
+    # Elasticsearch's JVM: time in young-generation collections, and old collections.
+    es_young_gc_ms: float = 0.0
+    es_old_gcs: int = 0
+    # Milliseconds per second Elasticsearch spent, by "index clock" ("alerts index", ...).
+    es_ms_per_s: dict[str, float] = field(default_factory=dict)
 
 
 def percentiles(values: list[float]) -> dict[str, float]:
@@ -351,24 +360,58 @@ def scrape_metrics(base: str) -> dict[str, float]:
     values = {}
     for line in text.splitlines():
         if line.startswith(
-            ("percolert_percolate_", "percolert_search_seconds", "percolert_gc_pause_seconds")
+            (
+                "percolert_percolate_",
+                "percolert_search_seconds",
+                "percolert_gc_pause_seconds",
+                "percolert_event_loop_lag_seconds",
+            )
         ):
             name, value = line.rsplit(" ", 1)
             values[name] = float(value)
 
-    def over_100ms(histogram: str) -> float:
+    def over(histogram: str, bound: str = "0.1") -> float:
         total = values.get(f"{histogram}_count", 0.0)
-        return total - values.get(f'{histogram}_bucket{{le="0.1"}}', 0.0)
+        return total - values.get(f'{histogram}_bucket{{le="{bound}"}}', 0.0)
 
     return {
         "percolate_seconds": values.get("percolert_percolate_seconds_sum", 0.0),
         "percolates": values.get("percolert_percolate_seconds_count", 0.0),
         "events": values.get("percolert_percolate_batch_size_sum", 0.0),
-        "slow_percolates": over_100ms("percolert_percolate_seconds"),
-        "slow_searches": over_100ms("percolert_search_seconds"),
+        "slow_percolates": over("percolert_percolate_seconds"),
+        "slow_searches": over("percolert_search_seconds"),
+        "lags_over_25ms": over("percolert_event_loop_lag_seconds", "0.025"),
+        "lags_over_100ms": over("percolert_event_loop_lag_seconds"),
         "full_gcs": values.get('percolert_gc_pause_seconds_count{generation="2"}', 0.0),
         "full_gc_seconds": values.get('percolert_gc_pause_seconds_sum{generation="2"}', 0.0),
     }
+
+
+def es_stats(node_url: str) -> dict[str, float]:
+    """Elasticsearch's own clocks so far: JVM collections, and per index (`bench-` dropped)
+    the time spent indexing, querying, refreshing and merging."""
+    nodes = httpx.get(f"{node_url}/_nodes/_local/stats/jvm", timeout=10).json()["nodes"]
+    collectors = next(iter(nodes.values()))["jvm"]["gc"]["collectors"]
+    values = {
+        "young_gc_ms": float(collectors["young"]["collection_time_in_millis"]),
+        "old_gcs": float(collectors["old"]["collection_count"]),
+    }
+    stats = httpx.get(
+        f"{node_url}/{PREFIX}-*/_stats/indexing,search,refresh,merge", timeout=10
+    ).json()["indices"]
+    for name, index in stats.items():
+        short = name.removeprefix(f"{PREFIX}-").split("-v")[0]
+        totals = index["primaries"]
+        for clock, value in [
+            ("index", totals["indexing"]["index_time_in_millis"]),
+            ("query", totals["search"]["query_time_in_millis"]),
+            ("fetch", totals["search"]["fetch_time_in_millis"]),
+            ("refresh", totals["refresh"]["total_time_in_millis"]),
+            ("merge", totals["merges"]["total_time_in_millis"]),
+        ]:
+            key = f"{short} {clock}"
+            values[key] = values.get(key, 0.0) + float(value)
+    return values
 
 
 def search_path(design: str, number: int, rid: str) -> tuple[str, str]:
@@ -474,6 +517,7 @@ def run_design(
                 metrics_before = (
                     None if design.startswith("baseline") else scrape_metrics(server.url)
                 )
+                es_before = es_stats(node_url)
                 tag = f"{design.split('-')[0][0]}{design.split('-')[-1][0]}{step_number}"
                 sent, words, search_ms, errors = drive(server, rate, seconds, tag, scratch)
                 time.sleep(min(2.0, seconds / 2))  # let the last alerts land
@@ -483,6 +527,15 @@ def run_design(
                     for process, before in zip(processes, cpu_before, strict=True)
                 )
                 step.server_peak_rss_mb = peak_rss_mb(server.ps)
+                es_change = {
+                    name: value - es_before.get(name, 0.0)
+                    for name, value in es_stats(node_url).items()
+                }
+                step.es_young_gc_ms = es_change.pop("young_gc_ms")
+                step.es_old_gcs = int(es_change.pop("old_gcs"))
+                step.es_ms_per_s = {
+                    name: round(value / wall, 1) for name, value in es_change.items() if value
+                }
                 if metrics_before is not None:
                     after = scrape_metrics(server.url)
                     change = {name: after[name] - metrics_before[name] for name in after}
@@ -497,6 +550,8 @@ def run_design(
                     step.searches_over_100ms = int(change["slow_searches"])
                     step.full_gcs = int(change["full_gcs"])
                     step.full_gc_ms = round(1000 * change["full_gc_seconds"], 1)
+                    step.loop_lags_over_25ms = int(change["lags_over_25ms"])
+                    step.loop_lags_over_100ms = int(change["lags_over_100ms"])
                 step.searches = len(sent)
                 step.search_errors = errors
                 step.search_ms = percentiles(search_ms)
@@ -528,6 +583,10 @@ def run_design(
                     f"errors {errors}; slow percolates {step.percolates_over_100ms} "
                     f"searches {step.searches_over_100ms}; "
                     f"full GCs {step.full_gcs} ({step.full_gc_ms} ms); "
+                    f"loop lags >25 ms {step.loop_lags_over_25ms} "
+                    f">100 ms {step.loop_lags_over_100ms}; "
+                    f"ES young GC {step.es_young_gc_ms:g} ms, old GCs {step.es_old_gcs}, "
+                    f"ms/s {step.es_ms_per_s}; "
                     f"CPU server {step.server_cpu_percent}% client {step.client_cpu_percent}% "
                     f"es {step.es_cpu_percent}%",
                     flush=True,

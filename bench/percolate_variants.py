@@ -77,7 +77,8 @@ async def measure(url: str, pid: int, watches: int) -> None:
             if number >= 100:
                 wall.append((time.perf_counter() - sent) * 1000)
                 took.append(response["took"])
-                hits.append(len(response["hits"]["hits"]))
+                found = response.get("aggregations", {}).get("matches", {}).get("buckets")
+                hits.append(len(response["hits"]["hits"]) if found is None else len(found))
         cpu_ms = (cpu_seconds(node) - cpu_before) / 400 * 1000
         print(
             f"{name:42s} took p50 {statistics.median(took):.1f} ms, wall p50 "
@@ -87,34 +88,44 @@ async def measure(url: str, pid: int, watches: int) -> None:
         )
 
     fields = ["owner", "spec.terms"]
+    composite = {
+        "matches": {
+            "composite": {
+                "size": 10_000,
+                "sources": [
+                    {"id": {"terms": {"field": "watch_id"}}},
+                    {"owner": {"terms": {"field": "owner", "missing_bucket": True}}},
+                    {"terms": {"terms": {"field": "terms"}}},
+                ],
+            }
+        }
+    }
     try:
         for _ in range(2):
-            await run("size 10000, _source (v1 watches)", size=10_000, source_includes=fields)
-            await run("size 500, _source", size=500, source_includes=fields)
+            await run("_source (watches v1)", size=10_000, source_includes=fields)
             await run(
-                "size 10000, owner from doc values",
-                size=10_000,
-                source=False,
-                docvalue_fields=["owner"],
-            )
-            await run(
-                "size 500, owner from doc values",
-                size=500,
-                source=False,
-                docvalue_fields=["owner"],
-            )
-            await run(
-                "sort _doc, owner+terms from doc values (now)",
+                "owner+terms doc values, _id stored (v2)",
                 size=10_000,
                 sort=["_doc"],
                 source=False,
                 docvalue_fields=["owner", "terms"],
             )
             await run(
-                "size 10000, _source, 2,500 owners filter",
+                "id+owner+terms doc values, no stored fields",
+                size=10_000,
+                sort=["_doc"],
+                stored_fields="_none_",
+                docvalue_fields=["watch_id", "owner", "terms"],
+            )
+            await run("composite aggregation, no hits", size=0, aggs=composite)
+            await run("no hits, no aggregation (the floor)", size=0)
+            await run(
+                "v2, 2,500 owners filter",
                 extra=presence,
                 size=10_000,
-                source_includes=fields,
+                sort=["_doc"],
+                source=False,
+                docvalue_fields=["owner", "terms"],
             )
         for _ in range(2):
             await compare_batches(client, alias, percolator, node)

@@ -11,7 +11,7 @@ import pytest
 from websockets.frames import Frame, Opcode
 from websockets.streams import StreamReader
 
-from percolert.alertlog import LoggedAlert
+from percolert.alertlog import AlertRecord
 from percolert.alerts import AlertDispatcher
 from percolert.hub import Connection, Hub
 from percolert.percolator import Match, SearchEvent
@@ -22,13 +22,13 @@ class Numbering:
     """Stands in for the alert log: numbers alerts and keeps what would be written."""
 
     def __init__(self) -> None:
-        self.logged: list[LoggedAlert] = []
+        self.logged: list[AlertRecord] = []
 
     def next_seq(self) -> int:
         return len(self.logged) + 1
 
-    def append(self, entry: LoggedAlert) -> None:
-        self.logged.append(entry)
+    def append(self, record: AlertRecord) -> None:
+        self.logged.append(record)
 
 
 class Clock:
@@ -289,7 +289,7 @@ def test_alerts_are_made_only_for_owners_who_are_connected_or_just_left() -> Non
     def recipients() -> list[str]:
         before = len(numbering.logged)
         dispatcher.dispatch(event("kindle", "searcher"), of)
-        return sorted(entry.recipient or "" for entry in numbering.logged[before:])
+        return sorted(user for record in numbering.logged[before:] for user in record.watches)
 
     # Just after a (re)start anyone may be reconnecting: every owner's alert is kept.
     assert recipients() == ["a", "b", "c", "d"]

@@ -30,8 +30,8 @@ async def test_setup_creates_aliased_indices_and_is_idempotent(fresh_settings: S
         first = await indices.setup(client, fresh_settings)
         assert first == [
             f"{prefix}-products -> {prefix}-products-v1: created",
-            f"{prefix}-watches -> {prefix}-watches-v2: created",
-            f"{prefix}-alerts -> {prefix}-alerts-v1: created",
+            f"{prefix}-watches -> {prefix}-watches-v3: created",
+            f"{prefix}-alerts -> {prefix}-alerts-v2: created",
         ]
         second = await indices.setup(client, fresh_settings)
         assert all(line.endswith("up to date") for line in second)
@@ -76,17 +76,18 @@ async def test_a_new_mapping_version_migrates_documents_and_moves_the_alias(
         await client.close()
 
 
-async def test_watches_stored_before_v2_get_their_terms_as_doc_values(
+async def test_watches_stored_before_v3_get_their_terms_and_id_as_doc_values(
     fresh_settings: Settings, tmp_path: Path
 ) -> None:
-    """v2 of the watches mapping added `terms` (doc values, read by percolation); migrating a
-    v1 index fills it in."""
+    """v2 and v3 of the watches mapping added `terms` and `watch_id` (doc values, which are
+    all percolation reads); migrating a v1 index fills them in."""
     old_mappings = tmp_path / "mappings"
     shutil.copytree(ROOT / "mappings", old_mappings)
     definition = json.loads((old_mappings / "watches.json").read_text())
-    assert definition["mappings"]["_meta"]["percolert_version"] == 2
+    assert definition["mappings"]["_meta"]["percolert_version"] == 3
     definition["mappings"]["_meta"]["percolert_version"] = 1
     del definition["mappings"]["properties"]["terms"]
+    del definition["mappings"]["properties"]["watch_id"]
     (old_mappings / "watches.json").write_text(json.dumps(definition))
     client = es.create_client(fresh_settings)
     alias = indices.alias_for(fresh_settings, "watches")
@@ -95,14 +96,14 @@ async def test_watches_stored_before_v2_get_their_terms_as_doc_values(
         await indices.setup(client, fresh_settings, mappings_dir=old_mappings)
         store = WatchStore(client, alias, normalizer, max_per_user=50)
         watch_id, document = store.prepare("alice", WatchSpec(terms="Kindle  Paperwhite"))
-        del document["terms"]  # as a v1 watch was stored
+        del document["terms"], document["watch_id"]  # as a v1 watch was stored
         await client.index(index=alias, id=watch_id, document=document, refresh=True)
         assert await indices.needing_setup(client, fresh_settings) == [
-            f"{alias} is at {alias}-v1, not {alias}-v2"
+            f"{alias} is at {alias}-v1, not {alias}-v3"
         ]
 
         lines = await indices.setup(client, fresh_settings)
-        assert lines[1] == f"{alias} -> {alias}-v2: migrated from {alias}-v1 (old index kept)"
+        assert lines[1] == f"{alias} -> {alias}-v3: migrated from {alias}-v1 (old index kept)"
         assert await indices.needing_setup(client, fresh_settings) == []
 
         async def ignore(event: SearchEvent, matches: list[Match]) -> None:

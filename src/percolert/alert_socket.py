@@ -63,10 +63,10 @@ async def _greeting(
     hello = Hello(
         coalesce_seconds=state["settings"].coalesce_seconds,
         watches=watches,
-        recent=[entry.alert for entry in recent],
+        recent=recent,
         last_seq=cut,
     )
-    return hello, [entry.alert for entry in missed]
+    return hello, missed
 
 
 async def _read_until_closed(websocket: WebSocket, connection: Connection) -> tuple[int, str]:

@@ -12,7 +12,6 @@ encoded once and the same text goes to every recipient socket.
 from __future__ import annotations
 
 import time
-import uuid
 from collections import Counter
 from collections.abc import Callable, Collection
 from datetime import UTC, datetime
@@ -21,9 +20,9 @@ from typing import Protocol
 import anyio
 import msgspec
 
-from percolert.alertlog import LoggedAlert
+from percolert.alertlog import AlertRecord
 from percolert.hub import Hub
-from percolert.messages import Alert, AlertWatch
+from percolert.messages import AlertWatch
 from percolert.percolator import Match, SearchEvent
 
 
@@ -32,7 +31,7 @@ class AlertSink(Protocol):
 
     def next_seq(self) -> int: ...
 
-    def append(self, entry: LoggedAlert) -> None: ...
+    def append(self, record: AlertRecord) -> None: ...
 
 
 class _Window:
@@ -73,37 +72,38 @@ class AlertDispatcher:
         self.alerts = 0
         self.coalesced = 0
 
-    def _encode(
+    def _send(
         self,
-        match_id: str,
-        terms: str,
         query: str,
         count: int,
         at: float,
+        watches: dict[str, AlertWatch] | None = None,
         *,
-        recipient: str | None,
+        everyone: AlertWatch | None = None,
         excluded: Collection[str] = (),
-    ) -> str:
-        """Number, record and encode one alert (sent to `recipient`, or everyone else)."""
-        self.alerts += 1
-        alert = Alert(
-            id=uuid.uuid4().hex,
+    ) -> None:
+        """Number, record and send one sending: to each user in `watches` through their watch,
+        or through `everyone` to every user but `excluded`. Each alert is encoded once, for
+        all of its recipient's sockets."""
+        record = AlertRecord(
             seq=self._sink.next_seq(),
-            watch=AlertWatch(id=match_id, terms=terms),
+            at=_timestamp(at),
             query=query,
             count=count,
-            at=_timestamp(at),
+            watches=watches or {},
+            everyone=everyone,
+            excluded=tuple(excluded),
         )
-        self._sink.append(
-            LoggedAlert(
-                seq=alert.seq,
-                recipient=recipient,
-                excluded=tuple(excluded),
-                at=alert.at,
-                alert=alert,
+        self._sink.append(record)
+        if everyone is not None:
+            self.alerts += 1
+            self._hub.send_to_all(
+                self._encoder.encode(record.alert(everyone)).decode(), exclude=excluded
             )
-        )
-        return self._encoder.encode(alert).decode()
+            return
+        self.alerts += len(record.watches)
+        for user, watch in record.watches.items():
+            self._hub.send_to_user(user, self._encoder.encode(record.alert(watch)).decode())
 
     async def on_matches(self, event: SearchEvent, matches: list[Match]) -> None:
         self.dispatch(event, matches)
@@ -112,11 +112,13 @@ class AlertDispatcher:
         """Alert the recipients of one search's matches: one alert per person per search.
 
         A user whose own watches match hears about it through the first of them; a default
-        watch then reaches everyone else (the first matching default, if several do).
+        watch then reaches everyone else (the first matching default, if several do). The
+        owners alerted at once share one sending (one position, one log document).
         """
         now = self._clock()
         covered = {event.searcher}  # never about one's own search
         defaults: list[Match] = []
+        at_once: dict[str, AlertWatch] = {}
         for match in matches:
             if match.owner is None:
                 defaults.append(match)
@@ -124,7 +126,15 @@ class AlertDispatcher:
                 covered.add(match.owner)
                 owned: tuple[str, str | None] = (match.watch_id, match.owner)
                 window = self._current(owned, now)
-                self._dispatch_owned(owned, window, event, match, match.owner, now)
+                if window is None:
+                    at_once[match.owner] = AlertWatch(id=match.watch_id, terms=match.terms)
+                    if self._window > 0:
+                        self._windows[owned] = _Window(now + self._window, match.terms)
+                else:
+                    window.pending.append(event)
+                    self.coalesced += 1
+        if at_once:
+            self._send(event.text, 1, event.at, at_once)
         if defaults:
             shared: tuple[str, str | None] = (defaults[0].watch_id, None)
             window = self._current(shared, now)
@@ -138,26 +148,6 @@ class AlertDispatcher:
             window = self._windows.get(key)
         return window
 
-    def _dispatch_owned(
-        self,
-        key: tuple[str, str | None],
-        window: _Window | None,
-        event: SearchEvent,
-        match: Match,
-        owner: str,
-        now: float,
-    ) -> None:
-        if window is None:
-            payload = self._encode(
-                match.watch_id, match.terms, event.text, 1, event.at, recipient=owner
-            )
-            self._hub.send_to_user(owner, payload)
-            if self._window > 0:
-                self._windows[key] = _Window(now + self._window, match.terms)
-            return
-        window.pending.append(event)
-        self.coalesced += 1
-
     def _dispatch_default(
         self,
         key: tuple[str, str | None],
@@ -167,17 +157,9 @@ class AlertDispatcher:
         covered: set[str],
         now: float,
     ) -> None:
+        watch = AlertWatch(id=match.watch_id, terms=match.terms)
         if window is None:
-            payload = self._encode(
-                match.watch_id,
-                match.terms,
-                event.text,
-                1,
-                event.at,
-                recipient=None,
-                excluded=covered,
-            )
-            self._hub.send_to_all(payload, exclude=covered)
+            self._send(event.text, 1, event.at, everyone=watch, excluded=covered)
             if self._window > 0:
                 window = _Window(now + self._window, match.terms)
                 window.not_alerted.add(event.searcher)
@@ -190,10 +172,8 @@ class AlertDispatcher:
         for user in firsts:
             window.not_alerted.discard(user)
             window.delivered_directly[user] += 1
-            payload = self._encode(
-                match.watch_id, match.terms, event.text, 1, event.at, recipient=user
-            )
-            self._hub.send_to_user(user, payload)
+        if firsts:
+            self._send(event.text, 1, event.at, dict.fromkeys(firsts, watch))
 
     def _flush(self, key: tuple[str, str | None], window: _Window, now: float) -> None:
         """End a window: send the follow-up for what it folded, and start the next one."""
@@ -202,26 +182,15 @@ class AlertDispatcher:
             del self._windows[key]
             return
         terms = window.terms
+        watch = AlertWatch(id=watch_id, terms=terms)
         latest = window.pending[-1]
         if owner is not None:
-            payload = self._encode(
-                watch_id, terms, latest.text, len(window.pending), latest.at, recipient=owner
-            )
-            self._hub.send_to_user(owner, payload)
+            self._send(latest.text, len(window.pending), latest.at, {owner: watch})
             self._windows[key] = _Window(now + self._window, terms)
             return
         by_searcher = Counter(event.searcher for event in window.pending)
         special = set(by_searcher) | set(window.delivered_directly) | window.not_alerted
-        payload = self._encode(
-            watch_id,
-            terms,
-            latest.text,
-            len(window.pending),
-            latest.at,
-            recipient=None,
-            excluded=special,
-        )
-        self._hub.send_to_all(payload, exclude=special)
+        self._send(latest.text, len(window.pending), latest.at, everyone=watch, excluded=special)
         next_window = _Window(now + self._window, terms)
         for user in special:
             count = len(window.pending) - by_searcher[user] - window.delivered_directly[user]
@@ -230,8 +199,7 @@ class AlertDispatcher:
                     next_window.not_alerted.add(user)
                 continue
             last = next(event for event in reversed(window.pending) if event.searcher != user)
-            payload = self._encode(watch_id, terms, last.text, count, last.at, recipient=user)
-            self._hub.send_to_user(user, payload)
+            self._send(last.text, count, last.at, {user: watch})
         self._windows[key] = next_window
 
     def flush_all(self) -> None:

@@ -253,6 +253,7 @@ def create_app(settings: Settings) -> Starlette:
                     background.start_soon(percolator.run)
                     background.start_soon(dispatcher.run)
                     background.start_soon(alert_log.run)
+                    background.start_soon(app_metrics.watch_event_loop)
                     state: State = {
                         "client": client,
                         "settings": settings,

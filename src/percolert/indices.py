@@ -18,7 +18,7 @@ import elasticsearch
 from elasticsearch import AsyncElasticsearch
 from elasticsearch.helpers import async_bulk, async_scan
 
-from percolert import assets
+from percolert import alertlog, assets
 from percolert.settings import Settings
 
 INDEX_NAMES = ("products", "watches", "alerts")
@@ -64,19 +64,22 @@ async def _versions_of(client: AsyncElasticsearch, alias: str) -> list[str]:
     return sorted(found.keys())
 
 
-Upgrade = Callable[[dict[str, Any]], dict[str, Any]]
+# (document id, _source of an older version) -> _source of the current one
+Upgrade = Callable[[str, dict[str, Any]], dict[str, Any]]
 
 
-def _watch_with_terms(source: dict[str, Any]) -> dict[str, Any]:
-    """watches v2: `terms` repeats `spec.terms` as doc values, read by percolation."""
+def _current_watch(document_id: str, source: dict[str, Any]) -> dict[str, Any]:
+    """Percolation reads doc values only: `terms` repeats `spec.terms` (watches v2),
+    `watch_id` the document id (v3)."""
     source.setdefault("terms", source["spec"]["terms"])
+    source.setdefault("watch_id", document_id)
     return source
 
 
 # Documents of any older version made current, for the indices whose new versions need more
 # than a copy. Done here rather than by a `_reindex` script: not every cluster has Painless
 # (the development node has not).
-_UPGRADES: dict[str, Upgrade] = {"watches": _watch_with_terms}
+_UPGRADES: dict[str, Upgrade] = {"watches": _current_watch, "alerts": alertlog.upgrade_v1}
 
 
 async def _copy(
@@ -88,7 +91,7 @@ async def _copy(
         )
         return
     actions = (
-        {"_index": target, "_id": hit["_id"], "_source": upgrade(hit["_source"])}
+        {"_index": target, "_id": hit["_id"], "_source": upgrade(hit["_id"], hit["_source"])}
         async for hit in async_scan(client, index=source, size=1000)
     )
     await async_bulk(client, actions, chunk_size=1000, refresh=True)

@@ -12,11 +12,13 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import Any
 
+import anyio
 from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
 _GC_BUCKETS = (0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0)
+_LAG_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0)
 _LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0)
 
 
@@ -80,6 +82,22 @@ class Metrics:
             buckets=_GC_BUCKETS,
             registry=self.registry,
         )
+
+        self.event_loop_lag_seconds = Histogram(
+            "percolert_event_loop_lag_seconds",
+            "How late the event loop woke a periodic timer: how long everything waited behind "
+            "whatever held the loop",
+            buckets=_LAG_BUCKETS,
+            registry=self.registry,
+        )
+
+    async def watch_event_loop(self, interval: float = 0.02) -> None:
+        """Observe the event loop's lag every `interval`, until cancelled: one socket's
+        alert, one search or one collection that holds the loop delays all the others."""
+        while True:
+            started = time.perf_counter()
+            await anyio.sleep(interval)
+            self.event_loop_lag_seconds.observe(max(0.0, time.perf_counter() - started - interval))
 
     @contextmanager
     def observing_gc(self) -> Iterator[None]:

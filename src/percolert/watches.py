@@ -158,6 +158,7 @@ class WatchStore:
         tokens = self._normalizer.watch_tokens(spec.terms, phrase=spec.phrase)
         if not tokens:
             raise ApiError(400, "invalid_watch", "terms must contain at least one word")
+        document_id = watch_id(owner, tokens, spec)
         document = {
             "query": build_query(
                 tokens, phrase=spec.phrase, category=spec.category, max_price=spec.max_price
@@ -165,10 +166,12 @@ class WatchStore:
             "owner": owner,
             "is_default": owner is None,
             "spec": msgspec.to_builtins(spec),
-            "terms": spec.terms,  # doc values for percolation (mappings/watches.json)
+            # Doc values for percolation (mappings/watches.json).
+            "terms": spec.terms,
+            "watch_id": document_id,
             "created_at": datetime.now(UTC).isoformat(timespec="milliseconds"),
         }
-        return watch_id(owner, tokens, spec), document
+        return document_id, document
 
     async def add(self, owner: str | None, spec: WatchSpec) -> Watch:
         """Store a watch (owner None: a default watch). 409 for a duplicate or over the limit."""
