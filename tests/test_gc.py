@@ -78,7 +78,16 @@ def test_frozen_garbage_waits_for_a_compaction() -> None:
 
 
 @pytest.mark.usefixtures("process_gc")
-def test_a_tick_compacts_once_the_frozen_set_has_doubled_and_not_too_often() -> None:
+def test_a_tick_compacts_once_the_frozen_set_has_doubled_and_not_too_often(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    counted: list[int] = []
+    count_frozen = gc.get_freeze_count
+
+    def counting() -> int:  # walks the whole frozen set: only when a compaction may run
+        counted.append(count_frozen())
+        return counted[-1]
+
     clock = Clock()
     policy = GcPolicy(freeze_seconds=1, compact_growth=1.0, compact_seconds=60, clock=clock)
     policy.start()
@@ -90,14 +99,22 @@ def test_a_tick_compacts_once_the_frozen_set_has_doubled_and_not_too_often() -> 
     del garbage
     gc.collect()
     assert probe() is not None
+    monkeypatch.setattr(gc, "get_freeze_count", counting)
     clock.now = 59
     policy.tick()  # grown enough, but the last compaction (the start) was under a minute ago
     assert policy.compactions == 0
     assert probe() is not None
+    assert counted == []
     clock.now = 60
     policy.tick()
     assert policy.compactions == 1
     assert probe() is None
+    clock.now = 61
+    policy.tick()
+    clock.now = 120
+    policy.tick()  # a minute later: counted, but not grown
+    assert len(counted) == 4  # at 60 (and twice by the compaction, for its log), at 120
+    assert policy.compactions == 1
 
 
 def open_sockets(server: str) -> float:

@@ -5,14 +5,17 @@ from __future__ import annotations
 import gc
 import json
 import logging
+import time
 from collections.abc import Iterator
 
+import anyio
 import httpx
 import msgspec
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from percolert.logs import JsonFormatter
+from percolert.metrics import Metrics
 from percolert.settings import Settings
 from tests.servers import run_server
 from tests.shoppers import Shopper
@@ -96,3 +99,23 @@ async def test_logs_are_one_json_line_per_event_without_secrets(
     for line in lines:
         assert cookie not in line
         assert cookie.split(".")[0] not in line  # nor the raw user id
+
+
+async def test_a_blocked_event_loop_shows_as_lag() -> None:
+    metrics = Metrics()
+    async with anyio.create_task_group() as tasks:
+        tasks.start_soon(metrics.watch_event_loop, 0.01)
+        await anyio.sleep(0.05)
+        time.sleep(0.08)  # everything on the loop waits behind this
+        await anyio.sleep(0.05)
+        tasks.cancel_scope.cancel()
+    samples = {
+        (sample.name, sample.labels.get("le")): sample.value
+        for family in metrics.registry.collect()
+        if family.name == "percolert_event_loop_lag_seconds"
+        for sample in family.samples
+    }
+    count = samples[("percolert_event_loop_lag_seconds_count", None)]
+    assert count >= 3
+    assert samples[("percolert_event_loop_lag_seconds_bucket", "0.05")] < count
+    assert samples[("percolert_event_loop_lag_seconds_sum", None)] >= 0.07

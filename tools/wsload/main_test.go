@@ -1,0 +1,30 @@
+package main
+
+import "testing"
+
+// quickAlert must agree with a full JSON decode on every alert it accepts, and leave to
+// the decode what it cannot read plainly.
+func TestQuickAlertAgreesWithTheDecoder(t *testing.T) {
+	cases := []struct {
+		raw   string
+		quick bool
+	}{
+		{`{"type":"alert","id":"17-w-1","seq":1795522094274001,"watch":{"id":"w-1","terms":"sony"},"query":"sony pp0-17","count":1,"at":"2026-11-24T12:00:00.000+00:00"}`, true},
+		{`{"type":"alert","id":"1-w","seq":5,"watch":{"id":"w","terms":"say \"query\":\"x y\""},"query":"a \"quoted\" pp1-3","count":1,"at":"x"}`, true},
+		{`{"type":"alert","id":"1-w","seq":5,"watch":{"id":"w","terms":"t"},"query":"ends in escape pp\u00e9","count":1,"at":"x"}`, false},
+		{`{"type": "notification", "rid": "bb0-4"}`, false},
+	}
+	for _, c := range cases {
+		rid, seq, ok := quickAlert([]byte(c.raw))
+		if ok != c.quick {
+			t.Fatalf("quickAlert(%s) ok = %v", c.raw, ok)
+		}
+		fullRid, fullSeq, fullOk := decoded([]byte(c.raw))
+		if !fullOk {
+			t.Fatalf("decoded(%s) failed", c.raw)
+		}
+		if ok && (rid != fullRid || seq != fullSeq) {
+			t.Fatalf("quickAlert(%s) = %q %d, decoder %q %d", c.raw, rid, seq, fullRid, fullSeq)
+		}
+	}
+}
