@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 
+from percolert import es
 from percolert.settings import SettingsError, from_environment
 
 BASE = {"ELASTICSEARCH_URL": "http://127.0.0.1:9200"}
@@ -25,8 +26,17 @@ def test_alerts_are_on_by_default() -> None:
         ("PERCOLERT_COALESCE_SECONDS", "-1", "must be at least 0"),
         ("PERCOLERT_SOCKET_QUEUE_SIZE", "many", "must be a number"),
         ("PERCOLERT_INDEX_PREFIX", "Shop!", "lowercase letters"),
+        ("ELASTICSEARCH_CONNECTIONS", "0", "must be at least 1"),
     ],
 )
 def test_bad_values_are_refused_by_name(name: str, raw: str, message: str) -> None:
     with pytest.raises(SettingsError, match=message):
         from_environment({**BASE, name: raw})
+
+
+def test_the_client_keeps_as_many_connections_as_configured() -> None:
+    settings = from_environment({**BASE, "ELASTICSEARCH_CONNECTIONS": "7"})
+    assert settings.elasticsearch_connections == 7
+    client = es.create_client(settings)
+    assert client.transport.node_pool.get().config.connections_per_node == 7
+    assert from_environment(BASE).elasticsearch_connections == 32

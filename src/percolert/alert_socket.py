@@ -54,9 +54,10 @@ async def _greeting(
     """
     after = _resume_position(websocket)
     try:
-        watches: list[Watch] | None = await state["watches"].visible_to(user)
-        recent = await state["alert_log"].recent(user, session_started(websocket))
-        missed = [] if after is None else await state["alert_log"].missed(user, after, cut)
+        async with state["greetings"]:
+            watches: list[Watch] | None = await state["watches"].visible_to(user)
+            recent = await state["alert_log"].recent(user, session_started(websocket))
+            missed = [] if after is None else await state["alert_log"].missed(user, after, cut)
     except (TransportError, elasticsearch.ApiError) as error:
         logger.warning("greeting without history, Elasticsearch failed: %s", error)
         watches, recent, missed = None, [], []

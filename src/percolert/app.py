@@ -263,6 +263,11 @@ def create_app(settings: Settings) -> Starlette:
                         "watches": store,
                         "alert_log": alert_log,
                         "metrics": app_metrics,
+                        # A reconnect storm's greetings queue here, leaving three quarters
+                        # of the client's connections to searches, percolation and the log.
+                        "greetings": anyio.Semaphore(
+                            max(1, settings.elasticsearch_connections // 4)
+                        ),
                     }
                     running.append(state)
                     yield state

@@ -134,6 +134,7 @@ def create_client(settings: Settings, *, max_retries: int = 1) -> AsyncElasticse
     options: dict[str, Any] = {
         "node_class": VersionAdaptingNode,
         "request_timeout": settings.elasticsearch_timeout,
+        "connections_per_node": settings.elasticsearch_connections,
         "max_retries": max_retries,
         "retry_on_timeout": False,
     }

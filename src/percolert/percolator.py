@@ -37,8 +37,8 @@ _MAX_MATCHES = 10_000
 # values by an aggregation rather than as hits. Hits cost a fetch phase, which reads each
 # hit's stored fields (its `_id`) and runs every matched query once more (to name the
 # matching document): twice the Elasticsearch CPU and wall time per search at 100k watches
-# (bench/percolate_variants.py). A watch without these doc values (a watch index behind
-# mapping v3, which `percolert setup` migrates) would not be found.
+# (bench/percolate_variants.py), most of it the stored fields. A watch without these doc
+# values (a watch index behind mapping v3, which `percolert setup` migrates) is not found.
 _MATCHES = {
     "matches": {
         "composite": {

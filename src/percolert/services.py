@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import TypedDict, cast
 
+import anyio
 import msgspec
 from elasticsearch import AsyncElasticsearch
 from starlette.requests import HTTPConnection
@@ -27,6 +28,8 @@ class State(TypedDict):
     watches: WatchStore
     alert_log: AlertLog
     metrics: Metrics
+    # Greetings reading Elasticsearch at once (watches and history of a new socket).
+    greetings: anyio.Semaphore
 
 
 def state_of(connection: HTTPConnection) -> State:

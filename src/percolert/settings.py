@@ -27,6 +27,10 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     elasticsearch_verify_certs: bool = True
     # Seconds one Elasticsearch request may take before the caller gets a 503.
     elasticsearch_timeout: float = 5.0
+    # Connections the client keeps to each node. Requests beyond them wait for one, and that
+    # wait counts against `elasticsearch_timeout`: the client's default of 10 timed out
+    # greetings during a reconnect storm of 5,000 sockets (docs/benchmarks/README.md).
+    elasticsearch_connections: int = 32
     # Index and alias names start with this, so several deployments (or test runs) can share
     # a cluster without touching each other's data.
     index_prefix: str = "percolert"
@@ -132,6 +136,7 @@ def from_environment(environ: Mapping[str, str] | None = None) -> Settings:
         elasticsearch_ca_certs=_optional(env, "ELASTICSEARCH_CA_CERTS"),
         elasticsearch_verify_certs=_flag(env, "ELASTICSEARCH_VERIFY_CERTS", True),
         elasticsearch_timeout=_number(env, "ELASTICSEARCH_TIMEOUT", 5.0, minimum=0.1),
+        elasticsearch_connections=int(_number(env, "ELASTICSEARCH_CONNECTIONS", 32, minimum=1)),
         index_prefix=prefix,
         state_dir=state_dir,
         host=_optional(env, "PERCOLERT_HOST") or "127.0.0.1",
