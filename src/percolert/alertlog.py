@@ -15,7 +15,7 @@ from __future__ import annotations
 import logging
 import re
 import time
-from collections.abc import Collection
+from collections.abc import Collection, Iterable
 from datetime import UTC, datetime, timedelta
 from typing import Any, cast
 
@@ -307,20 +307,13 @@ class AlertLog:
                 ]
             },
         )
-        found: list[Alert] = []
-        for hit in response["hits"]["hits"]:
-            alert = msgspec.convert(hit["_source"], _Document).record().alert_for(user)
-            if alert is not None:
-                found.append(alert)
-        return found
+        records = (
+            msgspec.convert(hit["_source"], _Document).record() for hit in response["hits"]["hits"]
+        )
+        return _alerts_for(user, records)
 
     def _buffered(self, user: str) -> list[Alert]:
-        found: list[Alert] = []
-        for record in self._buffer:
-            alert = record.alert_for(user)
-            if alert is not None:
-                found.append(alert)
-        return found
+        return _alerts_for(user, self._buffer)
 
     async def missed(self, user: str, after: int, upto: int, limit: int = 200) -> list[Alert]:
         """The user's alerts with after < seq <= upto, oldest first (the newest `limit`)."""
@@ -333,6 +326,11 @@ class AlertLog:
         stored = await self._read(user, [{"range": {"at": {"gte": since_iso}}}], limit)
         low = int(since * 1_000_000)
         return _merge(stored, self._buffered(user), lambda seq: seq >= low, limit)
+
+
+def _alerts_for(user: str, records: Iterable[AlertRecord]) -> list[Alert]:
+    """The user's alert in each record that reaches them."""
+    return [alert for record in records if (alert := record.alert_for(user)) is not None]
 
 
 def _merge(

@@ -218,7 +218,7 @@ class Percolator:
         response = await self._client.msearch(
             index=self._alias,
             searches=searches,
-            # `status` keeps a search with no hits in the list (filter_path drops empty
+            # `status` keeps a search with no matches in the list (filter_path drops empty
             # objects), so that responses stay aligned with events.
             filter_path=[
                 "responses.status",
