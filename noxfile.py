@@ -1,5 +1,5 @@
-"""One command per job: `nox -s lint tests` checks everything (CI runs exactly that),
-`nox -s demo` runs the whole product locally, `nox -s bench_search` measures search."""
+"""The sessions behind `./dev`: `./dev test` runs `lint` and `tests` (CI runs exactly that),
+`./dev demo` runs `demo`; `nox -s bench` and `nox -s bench_search` measure."""
 
 from __future__ import annotations
 
@@ -8,7 +8,9 @@ import nox
 nox.options.sessions = ["lint", "tests"]
 nox.options.reuse_existing_virtualenvs = True
 
-PYTHON = "3.11"
+# None: the interpreter nox runs on (./dev makes it the first Python 3.11+ it finds), so a
+# machine with only 3.12 or 3.13 needs nothing more.
+PYTHON = None
 
 
 @nox.session(python=PYTHON)
@@ -31,6 +33,13 @@ def demo(session: nox.Session) -> None:
     """Dev node, indices, sample catalog and server at http://127.0.0.1:8000; Ctrl-C stops."""
     session.install("-e", ".")
     session.run("percolert", "up", *session.posargs)
+
+
+@nox.session(python=PYTHON)
+def devnode(session: nox.Session) -> None:
+    """`percolert devnode ARGS` for the demo's node (`./dev stop`, `./dev reset`)."""
+    session.install("-e", ".")
+    session.run("percolert", "devnode", *session.posargs)
 
 
 @nox.session(python=PYTHON)
