@@ -53,6 +53,10 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     percolate_batch_size: int = 64
     # Concurrent percolate requests, so one slow request does not hold up the next batch.
     percolate_concurrency: int = 2
+    # Seconds one batch's percolation may take; past it the batch is given up (its alerts
+    # lost, counted) so that later batches, handed on in search order, are not held up.
+    # Unset: three Elasticsearch timeouts (a request, its retry, and room to spare).
+    percolate_timeout: float = 15.0
     # Alerts waiting for one socket; a socket that falls this far behind is closed (1013).
     socket_queue_size: int = 256
     # A watch owner who left less than this many seconds ago still gets alerts (kept for
@@ -128,6 +132,7 @@ def from_environment(environ: Mapping[str, str] | None = None) -> Settings:
         raise SettingsError(
             "set both ELASTICSEARCH_USERNAME and ELASTICSEARCH_PASSWORD, or neither"
         )
+    timeout = _number(env, "ELASTICSEARCH_TIMEOUT", 5.0, minimum=0.1)
     return Settings(
         elasticsearch_url=url.rstrip("/"),
         elasticsearch_api_key=_optional(env, "ELASTICSEARCH_API_KEY"),
@@ -135,7 +140,7 @@ def from_environment(environ: Mapping[str, str] | None = None) -> Settings:
         elasticsearch_password=password,
         elasticsearch_ca_certs=_optional(env, "ELASTICSEARCH_CA_CERTS"),
         elasticsearch_verify_certs=_flag(env, "ELASTICSEARCH_VERIFY_CERTS", True),
-        elasticsearch_timeout=_number(env, "ELASTICSEARCH_TIMEOUT", 5.0, minimum=0.1),
+        elasticsearch_timeout=timeout,
         elasticsearch_connections=int(_number(env, "ELASTICSEARCH_CONNECTIONS", 32, minimum=1)),
         index_prefix=prefix,
         state_dir=state_dir,
@@ -148,6 +153,7 @@ def from_environment(environ: Mapping[str, str] | None = None) -> Settings:
         coalesce_seconds=_number(env, "PERCOLERT_COALESCE_SECONDS", 2.0, minimum=0),
         percolate_batch_size=int(_number(env, "PERCOLERT_PERCOLATE_BATCH_SIZE", 64, minimum=1)),
         percolate_concurrency=int(_number(env, "PERCOLERT_PERCOLATE_CONCURRENCY", 2, minimum=1)),
+        percolate_timeout=_number(env, "PERCOLERT_PERCOLATE_TIMEOUT", 3 * timeout, minimum=0.1),
         socket_queue_size=int(_number(env, "PERCOLERT_SOCKET_QUEUE_SIZE", 256, minimum=1)),
         reconnect_grace_seconds=_number(env, "PERCOLERT_RECONNECT_GRACE_SECONDS", 600, minimum=0),
         alerts_enabled=_flag(env, "PERCOLERT_ALERTS", True),
