@@ -8,8 +8,6 @@ from pathlib import Path
 
 import msgspec
 
-from percolert import devnode
-
 DEFAULT_ELASTICSEARCH_URL = "http://127.0.0.1:9200"
 
 
@@ -36,9 +34,15 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     index_prefix: str = "percolert"
     # Dev node pid/port/log files and other local state; git-ignored.
     state_dir: Path = Path(".percolert")
+    # The dev node's launcher project (default: tools/esnode of the source checkout) and the
+    # JDK it runs on (default: `java` on the PATH).
+    esnode_dir: Path | None = None
+    java_home: Path | None = None
     # Where `percolert serve` listens.
     host: str = "127.0.0.1"
     port: int = 8000
+    # Log lines as one JSON object each ("json") or for reading by eye ("text").
+    log_format: str = "json"
     # Signs session cookies. Unset: a random one is generated once per state directory.
     secret: str | None = None
     # Origins, besides the server's own, whose pages may open the WebSocket.
@@ -108,17 +112,31 @@ def _origins(environ: Mapping[str, str], name: str) -> tuple[str, ...]:
     return tuple(origins)
 
 
-def from_environment(environ: Mapping[str, str] | None = None) -> Settings:
+def _path(environ: Mapping[str, str], name: str) -> Path | None:
+    raw = _optional(environ, name)
+    return None if raw is None else Path(raw)
+
+
+def _choice(environ: Mapping[str, str], name: str, choices: tuple[str, ...]) -> str:
+    raw = (_optional(environ, name) or choices[0]).lower()
+    if raw not in choices:
+        raise SettingsError(f"{name} must be one of {', '.join(choices)}, got {raw!r}")
+    return raw
+
+
+def from_environment(
+    environ: Mapping[str, str] | None = None,
+    *,
+    default_elasticsearch_url: str = DEFAULT_ELASTICSEARCH_URL,
+) -> Settings:
     """Build settings from environment variables (see the README's configuration table).
 
-    Without ELASTICSEARCH_URL, the dev node recorded in the state directory is used when one
-    is running, otherwise http://127.0.0.1:9200.
+    Without ELASTICSEARCH_URL, the cluster is `default_elasticsearch_url` (the CLI passes the
+    dev node's when one is running).
     """
     env = os.environ if environ is None else environ
     state_dir = Path(_optional(env, "PERCOLERT_STATE_DIR") or ".percolert")
-    url = _optional(env, "ELASTICSEARCH_URL")
-    if url is None:
-        url = devnode.recorded_url(state_dir) or DEFAULT_ELASTICSEARCH_URL
+    url = _optional(env, "ELASTICSEARCH_URL") or default_elasticsearch_url
     if not url.startswith(("http://", "https://")):
         raise SettingsError(f"ELASTICSEARCH_URL must start with http:// or https://, got {url!r}")
     prefix = _optional(env, "PERCOLERT_INDEX_PREFIX") or "percolert"
@@ -144,8 +162,11 @@ def from_environment(environ: Mapping[str, str] | None = None) -> Settings:
         elasticsearch_connections=int(_number(env, "ELASTICSEARCH_CONNECTIONS", 32, minimum=1)),
         index_prefix=prefix,
         state_dir=state_dir,
+        esnode_dir=_path(env, "PERCOLERT_ESNODE_DIR"),
+        java_home=_path(env, "JAVA_HOME"),
         host=_optional(env, "PERCOLERT_HOST") or "127.0.0.1",
         port=int(_number(env, "PERCOLERT_PORT", 8000, minimum=0)),
+        log_format=_choice(env, "PERCOLERT_LOG_FORMAT", ("json", "text")),
         secret=_optional(env, "PERCOLERT_SECRET"),
         allowed_origins=_origins(env, "PERCOLERT_ALLOWED_ORIGINS"),
         secure_cookies=_flag(env, "PERCOLERT_SECURE_COOKIES", False),
