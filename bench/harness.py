@@ -46,7 +46,7 @@ from percolert import es, indices
 from percolert.devnode import DevNode
 from percolert.messages import WatchSpec
 from percolert.sessions import COOKIE_NAME
-from percolert.settings import Settings
+from percolert.settings import Settings, from_environment
 from percolert.text import TextNormalizer
 from percolert.watches import WatchStore
 from tests.servers import free_port
@@ -785,7 +785,7 @@ def main() -> int:
     steps: list[Step] = []
     with tempfile.TemporaryDirectory(prefix="percolert-bench-") as scratch_name:
         scratch = Path(scratch_name)
-        node = DevNode(scratch / "state", heap="2g")
+        node = DevNode.configured(from_environment(), scratch / "state", heap="2g")
         state, _ = node.start(free_port())
         settings = Settings(elasticsearch_url=state.url, index_prefix=PREFIX)
         try:

@@ -26,7 +26,7 @@ from bench.harness import GROUP_WORDS, PREFIX, cpu_seconds, load_watches, prepar
 from percolert import es, indices
 from percolert.devnode import DevNode
 from percolert.percolator import Percolator, SearchEvent
-from percolert.settings import Settings
+from percolert.settings import Settings, from_environment
 from percolert.text import TextNormalizer
 from tests.servers import free_port
 
@@ -194,7 +194,7 @@ async def compare_batches(
 def main() -> int:
     watches = int(sys.argv[1]) if len(sys.argv) > 1 else 100_000
     with tempfile.TemporaryDirectory(prefix="percolert-variants-") as scratch:
-        node = DevNode(Path(scratch) / "state", heap="2g")
+        node = DevNode.configured(from_environment(), Path(scratch) / "state", heap="2g")
         state, _ = node.start(free_port())
         try:
             prepare_catalog(state.url)

@@ -21,6 +21,7 @@ import httpx
 
 from bench.harness import Server, prepare_catalog
 from percolert.devnode import DevNode
+from percolert.settings import from_environment
 from tests.servers import free_port
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -60,7 +61,7 @@ def main() -> int:
     args = parser.parse_args()
 
     with tempfile.TemporaryDirectory(prefix="percolert-bench-") as scratch:
-        node = DevNode(Path(scratch) / "state")
+        node = DevNode.configured(from_environment(), Path(scratch) / "state")
         started = time.perf_counter()
         state, _ = node.start(free_port())
         node_start_s = time.perf_counter() - started

@@ -20,7 +20,7 @@ from elasticsearch import AsyncElasticsearch
 from percolert import es, indices
 from percolert.catalog import ingest
 from percolert.devnode import DevNode
-from percolert.settings import Settings
+from percolert.settings import Settings, from_environment
 from tests.servers import free_port, run_server
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -33,7 +33,7 @@ def elasticsearch_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]
     if url:
         yield url.rstrip("/")
         return
-    node = DevNode(tmp_path_factory.mktemp("esnode-state"))
+    node = DevNode.configured(from_environment(), tmp_path_factory.mktemp("esnode-state"))
     state, _ = node.start(free_port())
     try:
         yield state.url

@@ -9,6 +9,8 @@ import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 
+from starlette.applications import Starlette
+
 from percolert.app import create_app
 from percolert.server import build_server
 from percolert.settings import Settings
@@ -21,11 +23,14 @@ def free_port() -> int:
 
 
 @contextmanager
-def run_server(settings: Settings, port: int | None = None) -> Iterator[str]:
-    """Serve `create_app(settings)` until the block ends (then shut down gracefully, as on
-    SIGTERM); yields the base URL."""
+def run_server(
+    settings: Settings, port: int | None = None, *, app: Starlette | None = None
+) -> Iterator[str]:
+    """Serve `app` (default: `create_app(settings)`) until the block ends (then shut down
+    gracefully, as on SIGTERM); yields the base URL."""
     port = port or free_port()
-    server = build_server(create_app(settings), "127.0.0.1", port, log_level="warning")
+    app = create_app(settings) if app is None else app
+    server = build_server(app, "127.0.0.1", port, log_level="warning")
     thread = threading.Thread(target=server.run, name=f"uvicorn-{port}", daemon=True)
     thread.start()
     deadline = time.monotonic() + 20

@@ -14,6 +14,7 @@ import pytest
 from percolert import es, indices
 from percolert.alertlog import AlertLog, AlertRecord
 from percolert.messages import Alert, AlertWatch
+from percolert.migrations import document_upgrades
 from percolert.settings import Settings
 from tests.conftest import ROOT
 
@@ -173,7 +174,7 @@ async def test_a_v1_log_is_migrated_and_still_replayed(
             }
             await client.index(index=alias, id=str(sent.seq), document=document, refresh=True)
 
-        lines = await indices.setup(client, fresh_settings)
+        lines = await indices.setup(client, fresh_settings, migrations=document_upgrades())
         assert lines[2] == f"{alias} -> {alias}-v2: migrated from {alias}-v1 (old index kept)"
         replayed = await log.missed("alice", start, log.last_seq)
         # The same alerts, under ids of the new form.

@@ -13,7 +13,7 @@ import pytest
 from websockets.exceptions import ConnectionClosed
 
 from percolert.devnode import DevNode
-from percolert.settings import Settings
+from percolert.settings import Settings, from_environment
 from tests.conftest import SAMPLE_CATALOG, make_settings, prepare_indices
 from tests.servers import free_port, run_server
 from tests.shoppers import Shopper
@@ -25,7 +25,7 @@ class OwnNode:
     """A dev node of this module's own, so it can be stopped without disturbing others."""
 
     def __init__(self, state_dir: Path) -> None:
-        self.node = DevNode(state_dir)
+        self.node = DevNode.configured(from_environment(), state_dir)
         self.port = free_port()
 
     def start(self) -> str:

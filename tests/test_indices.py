@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -11,6 +13,7 @@ import pytest
 from percolert import es, indices
 from percolert.catalog import ingest
 from percolert.messages import WatchSpec
+from percolert.migrations import document_upgrades
 from percolert.percolator import Match, Percolator, SearchEvent
 from percolert.settings import Settings
 from percolert.text import TextNormalizer
@@ -102,7 +105,7 @@ async def test_watches_stored_before_v3_get_their_terms_and_id_as_doc_values(
             f"{alias} is at {alias}-v1, not {alias}-v3"
         ]
 
-        lines = await indices.setup(client, fresh_settings)
+        lines = await indices.setup(client, fresh_settings, migrations=document_upgrades())
         assert lines[1] == f"{alias} -> {alias}-v3: migrated from {alias}-v1 (old index kept)"
         assert await indices.needing_setup(client, fresh_settings) == []
 
@@ -137,3 +140,11 @@ def test_every_mapping_declares_its_version() -> None:
         assert indices.IndexDefinition.load(name).version >= 1
     with pytest.raises(ValueError, match="percolert_version"):
         indices.IndexDefinition("broken", {"mappings": {"properties": {}}})
+
+
+def test_the_index_lifecycle_is_handed_its_migrations() -> None:
+    """`indices` knows no other module's documents: `setup` is handed their upgrades."""
+    code = "import sys, percolert.indices; print('percolert.alertlog' in sys.modules)"
+    run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert run.stdout.strip() == "False"
+    assert set(document_upgrades()) <= set(indices.INDEX_NAMES)

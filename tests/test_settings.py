@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
+from pathlib import Path
+
 import pytest
 
 from percolert import es
-from percolert.settings import SettingsError, from_environment
+from percolert.settings import DEFAULT_ELASTICSEARCH_URL, SettingsError, from_environment
 
 BASE = {"ELASTICSEARCH_URL": "http://127.0.0.1:9200"}
 
@@ -40,3 +44,37 @@ def test_the_client_keeps_as_many_connections_as_configured() -> None:
     client = es.create_client(settings)
     assert client.transport.node_pool.get().config.connections_per_node == 7
     assert from_environment(BASE).elasticsearch_connections == 32
+
+
+def test_the_cluster_url_comes_from_the_environment_or_the_given_default() -> None:
+    assert from_environment({}).elasticsearch_url == DEFAULT_ELASTICSEARCH_URL
+    given = from_environment({}, default_elasticsearch_url="http://127.0.0.1:9333")
+    assert given.elasticsearch_url == "http://127.0.0.1:9333"
+    explicit = from_environment(BASE, default_elasticsearch_url="http://127.0.0.1:9333")
+    assert explicit.elasticsearch_url == BASE["ELASTICSEARCH_URL"]
+
+
+def test_every_variable_is_read_here() -> None:
+    settings = from_environment(
+        {
+            **BASE,
+            "PERCOLERT_LOG_FORMAT": "text",
+            "PERCOLERT_ESNODE_DIR": "/opt/esnode",
+            "JAVA_HOME": "/opt/jdk",
+            "ELASTICSEARCH_TIMEOUT": "2",
+        }
+    )
+    assert settings.log_format == "text"
+    assert settings.esnode_dir == Path("/opt/esnode")
+    assert settings.java_home == Path("/opt/jdk")
+    assert settings.percolate_timeout == 6.0  # three Elasticsearch timeouts, unless set
+    assert from_environment({**BASE, "PERCOLERT_PERCOLATE_TIMEOUT": "1.5"}).percolate_timeout == 1.5
+    with pytest.raises(SettingsError, match="PERCOLERT_LOG_FORMAT must be one of json, text"):
+        from_environment({**BASE, "PERCOLERT_LOG_FORMAT": "xml"})
+
+
+def test_settings_import_no_dev_tooling() -> None:
+    """Settings are the lowest layer: building them never looks for a dev node."""
+    code = "import sys, percolert.settings; print('percolert.devnode' in sys.modules)"
+    run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert run.stdout.strip() == "False"

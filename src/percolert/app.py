@@ -4,11 +4,10 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
 
-import anyio
 import msgspec
 from prometheus_client import CONTENT_TYPE_LATEST
 from starlette.applications import Starlette
@@ -20,8 +19,6 @@ from starlette.staticfiles import StaticFiles
 
 from percolert import assets, es, indices
 from percolert.alert_socket import alerts_socket
-from percolert.alertlog import AlertLog
-from percolert.alerts import AlertDispatcher
 from percolert.errors import ApiError, error_response, exception_handlers
 from percolert.hub import Hub
 from percolert.logs import AccessLogMiddleware
@@ -37,7 +34,7 @@ from percolert.metrics import Metrics
 from percolert.openapi import openapi_document
 from percolert.percolator import Percolator, SearchEvent
 from percolert.search import MAX_QUERY_LENGTH, MAX_SIZE, search_products
-from percolert.services import State, encode_message, state_of
+from percolert.services import Services, State, encode_message, state_of
 from percolert.sessions import (
     SessionMiddleware,
     SessionSigner,
@@ -45,8 +42,6 @@ from percolert.sessions import (
     load_secret,
 )
 from percolert.settings import Settings
-from percolert.text import TextNormalizer
-from percolert.watches import WatchStore
 
 logger = logging.getLogger("percolert.app")
 
@@ -177,6 +172,11 @@ async def healthz(request: Request) -> Response:
 async def readyz(request: Request) -> Response:
     state = state_of(request)
     settings = state["settings"]
+    down = state["background"].down()
+    if down:
+        return error_response(
+            503, "background_down", f"restarting after a crash: {', '.join(down)}"
+        )
     try:
         version = await es.check_connection(state["client"], settings.elasticsearch_url)
         needed = await indices.needing_setup(state["client"], settings)
@@ -187,94 +187,62 @@ async def readyz(request: Request) -> Response:
     return json_response(Readiness(status="ready", elasticsearch=version))
 
 
-def _observe_percolate(app_metrics: Metrics) -> Callable[[float | None, int], None]:
-    def observe(seconds: float | None, batch_size: int) -> None:
-        if seconds is None:
-            app_metrics.elasticsearch_errors.labels("percolate").inc()
-            return
-        app_metrics.percolate_seconds.observe(seconds)
-        app_metrics.percolate_batch_size.observe(batch_size)
+class _Lifespan:
+    """Runs the services while the app runs. Metric scrapes and the shutdown drain come
+    from outside any request, so they reach the services here: `services` is None before the
+    lifespan starts them and after it has stopped them."""
 
-    return observe
+    def __init__(
+        self,
+        settings: Settings,
+        hub: Hub,
+        metrics: Metrics,
+        percolator_type: type[Percolator],
+    ) -> None:
+        self._settings = settings
+        self._hub = hub
+        self._metrics = metrics
+        self._percolator_type = percolator_type
+        self.services: Services | None = None
+
+    @asynccontextmanager
+    async def __call__(self, app: Starlette) -> AsyncIterator[State]:
+        async with Services.running(
+            self._settings, self._hub, self._metrics, percolator_type=self._percolator_type
+        ) as services:
+            self.services = services
+            try:
+                yield services.state()
+            finally:
+                self.services = None
+
+    def readings(self) -> dict[str, float]:
+        values: dict[str, float] = {
+            "sockets": self._hub.socket_count(),
+            "users": len(self._hub.users()),
+            "alerts_sent": self._hub.delivered,
+            "alerts_dropped_slow_socket": self._hub.slow_closed,
+        }
+        if self.services is not None:
+            values.update(self.services.readings())
+        return values
+
+    async def drain(self, seconds: float) -> None:
+        """Shutdown: deliver what answered searches will still produce, then close sockets."""
+        if self.services is not None:
+            await self.services.deliver_pending(seconds / 2)
+        await self._hub.close_all(seconds / 2)
 
 
-def create_app(settings: Settings) -> Starlette:
-    """The ASGI app for one deployment; everything it needs comes from `settings`."""
+def create_app(settings: Settings, *, percolator_type: type[Percolator] = Percolator) -> Starlette:
+    """The ASGI app for one deployment; everything it needs comes from `settings`
+    (`percolator_type`: the percolator's class; tests hand one with faults injected)."""
     signer = SessionSigner(load_secret(settings))
     # The hub outlives the lifespan's services: the server drains it before shutting down.
     hub = Hub(grace_seconds=settings.reconnect_grace_seconds)
     app_metrics = Metrics()
-    # The lifespan's state while it runs: read by metric scrapes and by the shutdown drain,
-    # which both live outside any request.
-    running: list[State] = []
-
-    def readings() -> dict[str, float]:
-        values: dict[str, float] = {
-            "sockets": hub.socket_count(),
-            "users": len(hub.users()),
-            "alerts_sent": hub.delivered,
-            "alerts_dropped_slow_socket": hub.slow_closed,
-        }
-        for state in running:
-            values.update(
-                alerts_created=state["dispatcher"].alerts,
-                alerts_coalesced=state["dispatcher"].coalesced,
-                search_events_dropped=state["percolator"].dropped,
-                alert_log_write_failures=state["alert_log"].write_failures,
-            )
-        return values
-
-    app_metrics.read_from(readings)
-
-    @asynccontextmanager
-    async def lifespan(app: Starlette) -> AsyncIterator[State]:
-        client = es.create_client(settings)
-        normalizer = TextNormalizer()
-        alert_log = AlertLog(client, indices.alias_for(settings, "alerts"))
-        dispatcher = AlertDispatcher(hub, alert_log, window_seconds=settings.coalesce_seconds)
-        percolator = Percolator(
-            client,
-            indices.alias_for(settings, "watches"),
-            normalizer,
-            dispatcher.on_matches,
-            batch_size=settings.percolate_batch_size,
-            concurrency=settings.percolate_concurrency,
-            observe=_observe_percolate(app_metrics),
-        )
-        store = WatchStore(
-            client,
-            indices.alias_for(settings, "watches"),
-            normalizer,
-            max_per_user=settings.max_watches_per_user,
-        )
-        try:
-            with app_metrics.observing_gc():
-                async with anyio.create_task_group() as background:
-                    background.start_soon(percolator.run)
-                    background.start_soon(dispatcher.run)
-                    background.start_soon(alert_log.run)
-                    background.start_soon(app_metrics.watch_event_loop)
-                    state: State = {
-                        "client": client,
-                        "settings": settings,
-                        "hub": hub,
-                        "percolator": percolator,
-                        "dispatcher": dispatcher,
-                        "watches": store,
-                        "alert_log": alert_log,
-                        "metrics": app_metrics,
-                        # A reconnect storm's greetings queue here, leaving three quarters
-                        # of the client's connections to searches, percolation and the log.
-                        "greetings": anyio.Semaphore(
-                            max(1, settings.elasticsearch_connections // 4)
-                        ),
-                    }
-                    running.append(state)
-                    yield state
-                    background.cancel_scope.cancel()
-        finally:
-            running.clear()
-            await client.close()
+    lifespan = _Lifespan(settings, hub, app_metrics, percolator_type)
+    app_metrics.read_from(lifespan.readings)
 
     web = assets.asset_dir("web")
 
@@ -308,14 +276,5 @@ def create_app(settings: Settings) -> Starlette:
         ),
     )
 
-    async def drain(seconds: float) -> None:
-        """Shutdown: deliver what answered searches will still produce, then close sockets."""
-        for state in running:
-            with anyio.move_on_after(seconds / 2):
-                while not state["percolator"].idle():  # noqa: ASYNC110
-                    await anyio.sleep(0.01)
-            state["dispatcher"].flush_all()
-        await hub.close_all(seconds / 2)
-
-    app.state.drain = drain
+    app.state.drain = lifespan.drain
     return app

@@ -5,9 +5,8 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
-import os
 import sys
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from pathlib import Path
 from typing import TypeVar
 
@@ -17,9 +16,10 @@ from tqdm import tqdm
 
 from percolert import assets, catalog, es, indices, logs
 from percolert.app import create_app
-from percolert.devnode import DevNode, DevNodeError
+from percolert.devnode import DevNode, DevNodeError, recorded_url
 from percolert.errors import ApiError
 from percolert.messages import Watch, WatchSpec
+from percolert.migrations import document_upgrades
 from percolert.server import build_server
 from percolert.settings import Settings, SettingsError, from_environment
 from percolert.text import TextNormalizer
@@ -47,8 +47,19 @@ def _run_with_client(settings: Settings, work: Callable[[AsyncElasticsearch], Aw
         raise CliError(str(problem)) from None
 
 
+def load_settings(environ: Mapping[str, str] | None = None) -> Settings:
+    """Settings from the environment; without ELASTICSEARCH_URL, the dev node recorded in
+    the state directory when it is running (so that commands after `devnode start` find it),
+    else http://127.0.0.1:9200."""
+    settings = from_environment(environ)
+    running = recorded_url(settings.state_dir)
+    if running is None:
+        return settings
+    return from_environment(environ, default_elasticsearch_url=running)
+
+
 def _dev_node(settings: Settings, args: argparse.Namespace) -> DevNode:
-    return DevNode(settings.state_dir, heap=getattr(args, "heap", "512m"))
+    return DevNode.configured(settings, heap=getattr(args, "heap", "512m"))
 
 
 def cmd_devnode(settings: Settings, args: argparse.Namespace) -> int:
@@ -75,7 +86,9 @@ def cmd_devnode(settings: Settings, args: argparse.Namespace) -> int:
 
 def cmd_setup(settings: Settings, args: argparse.Namespace) -> int:
     async def work(client: AsyncElasticsearch) -> list[str]:
-        return await indices.setup(client, settings, recreate=args.recreate)
+        return await indices.setup(
+            client, settings, migrations=document_upgrades(), recreate=args.recreate
+        )
 
     for line in _run_with_client(settings, work):
         print(line)
@@ -235,7 +248,11 @@ def cmd_up(settings: Settings, args: argparse.Namespace) -> int:
     print(f"dev node {'started' if started else 'already running'}: {state.url}")
     settings = _with_address(settings, args, elasticsearch_url=state.url)
     try:
-        for line in _run_with_client(settings, lambda client: indices.setup(client, settings)):
+        lines = _run_with_client(
+            settings,
+            lambda client: indices.setup(client, settings, migrations=document_upgrades()),
+        )
+        for line in lines:
             print(line)
         data = (assets.source_root() or Path(".")) / "data"
         _ingest(settings, Path(args.catalog) if args.catalog else data / "products.ndjson")
@@ -315,9 +332,9 @@ def _parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
-    logs.configure(json=os.environ.get("PERCOLERT_LOG_FORMAT", "json") != "text")
     try:
-        settings = from_environment()
+        settings = load_settings()
+        logs.configure(json=settings.log_format == "json")
         return int(args.handler(settings, args))
     except (CliError, SettingsError) as error:
         print(f"percolert: error: {error}", file=sys.stderr)

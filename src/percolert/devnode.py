@@ -22,6 +22,7 @@ from pathlib import Path
 import msgspec
 
 from percolert import assets
+from percolert.settings import Settings
 
 _STATE_FILE = "devnode.json"
 _MAIN_CLASS = "io.percolert.esnode.EsNode"
@@ -122,7 +123,10 @@ class DevNode:
         project: Path | None = None,
         heap: str = "512m",
         java: str | None = None,
+        java_home: Path | None = None,
     ) -> None:
+        """`project`: the launcher's Maven project (default: tools/esnode of the source
+        checkout); `java`: the java binary, else the one in `java_home`, else on the PATH."""
         self.state_dir = state_dir.resolve()
         self.home = self.state_dir / "devnode"
         self.log = self.home / "node.log"
@@ -130,6 +134,20 @@ class DevNode:
         self.heap = heap
         self._project = project
         self._java = java
+        self._java_home = java_home
+
+    @classmethod
+    def configured(
+        cls, settings: Settings, state_dir: Path | None = None, *, heap: str = "512m"
+    ) -> DevNode:
+        """The dev node with the settings' launcher project and JDK, under `state_dir`
+        (default: the settings' state directory)."""
+        return cls(
+            settings.state_dir if state_dir is None else state_dir,
+            project=settings.esnode_dir,
+            heap=heap,
+            java_home=settings.java_home,
+        )
 
     def status(self) -> NodeState | None:
         state = _read_state(self.state_dir)
@@ -173,6 +191,7 @@ class DevNode:
             log.flush()
             # posix_spawn rather than Popen: the node outlives this process by design, and a
             # Popen object would complain about a child still running when it is collected.
+            # The JVM inherits this process's environment (PATH, JAVA_HOME, locale).
             pid = os.posix_spawn(
                 java,
                 command,
@@ -235,9 +254,8 @@ class DevNode:
     def _find_java(self) -> str:
         if self._java:
             return self._java
-        java_home = os.environ.get("JAVA_HOME")
-        if java_home and (Path(java_home) / "bin" / "java").is_file():
-            return str(Path(java_home) / "bin" / "java")
+        if self._java_home is not None and (self._java_home / "bin" / "java").is_file():
+            return str(self._java_home / "bin" / "java")
         java = shutil.which("java")
         if java is None:
             raise DevNodeError(
@@ -248,9 +266,6 @@ class DevNode:
     def _project_dir(self) -> Path:
         if self._project is not None:
             return self._project
-        override = os.environ.get("PERCOLERT_ESNODE_DIR")
-        if override:
-            return Path(override)
         root = assets.source_root()
         if root is None or not (root / "tools" / "esnode" / "pom.xml").is_file():
             raise DevNodeError(

@@ -2,15 +2,16 @@
 
 `products` lives in index `<prefix>-products-v<N>` behind alias `<prefix>-products`, where N is
 the mapping's `_meta.percolert_version`. Raising N and running `setup` creates the next index,
-copies the documents over (with `_reindex`, or through an upgrade function below when a new
-version needs fields the old documents lack) and moves the alias in one atomic step; the old
-index is kept for the operator to delete once satisfied.
+copies the documents over (with `_reindex`, or through the upgrade function the caller hands
+in when a new version needs fields the old documents lack: `migrations.document_upgrades()`)
+and moves the alias in one atomic step; the old index is kept for the operator to delete once
+satisfied.
 """
 
 from __future__ import annotations
 
 import json
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -18,7 +19,7 @@ import elasticsearch
 from elasticsearch import AsyncElasticsearch
 from elasticsearch.helpers import async_bulk, async_scan
 
-from percolert import alertlog, assets
+from percolert import assets
 from percolert.settings import Settings
 
 INDEX_NAMES = ("products", "watches", "alerts")
@@ -68,20 +69,6 @@ async def _versions_of(client: AsyncElasticsearch, alias: str) -> list[str]:
 Upgrade = Callable[[str, dict[str, Any]], dict[str, Any]]
 
 
-def _current_watch(document_id: str, source: dict[str, Any]) -> dict[str, Any]:
-    """Percolation reads doc values only: `terms` repeats `spec.terms` (watches v2),
-    `watch_id` the document id (v3)."""
-    source.setdefault("terms", source["spec"]["terms"])
-    source.setdefault("watch_id", document_id)
-    return source
-
-
-# Documents of any older version made current, for the indices whose new versions need more
-# than a copy. Done here rather than by a `_reindex` script: not every cluster has Painless
-# (the development node has not).
-_UPGRADES: dict[str, Upgrade] = {"watches": _current_watch, "alerts": alertlog.upgrade_v1}
-
-
 async def _copy(
     client: AsyncElasticsearch, source: str, target: str, upgrade: Upgrade | None
 ) -> None:
@@ -103,8 +90,10 @@ async def ensure_index(
     definition: IndexDefinition,
     *,
     recreate: bool = False,
+    upgrade: Upgrade | None = None,
 ) -> str:
-    """Make the alias point at the current version of the index; returns what it did."""
+    """Make the alias point at the current version of the index, copying older documents
+    through `upgrade` if given; returns what it did."""
     alias = alias_for(settings, definition.name)
     target = index_for(settings, definition)
     if recreate:
@@ -125,7 +114,7 @@ async def ensure_index(
         await client.indices.put_alias(index=target, name=alias)
         return f"{alias} -> {target}: created"
     for old in current:
-        await _copy(client, old, target, _UPGRADES.get(definition.name))
+        await _copy(client, old, target, upgrade)
     actions: list[dict[str, Any]] = [{"remove": {"index": old, "alias": alias}} for old in current]
     actions.append({"add": {"index": target, "alias": alias}})
     await client.indices.update_aliases(actions=actions)
@@ -136,13 +125,23 @@ async def setup(
     client: AsyncElasticsearch,
     settings: Settings,
     *,
+    migrations: Mapping[str, Upgrade] | None = None,
     recreate: bool = False,
     mappings_dir: Path | None = None,
 ) -> list[str]:
-    """Create or migrate every index; idempotent. Returns one line per index."""
+    """Create or migrate every index; idempotent. Returns one line per index.
+
+    `migrations`: by index name, how an older document becomes current, for the indices that
+    need more than a copy (`percolert setup` hands `migrations.document_upgrades()`).
+    """
+    upgrades = migrations or {}
     return [
         await ensure_index(
-            client, settings, IndexDefinition.load(name, mappings_dir), recreate=recreate
+            client,
+            settings,
+            IndexDefinition.load(name, mappings_dir),
+            recreate=recreate,
+            upgrade=upgrades.get(name),
         )
         for name in INDEX_NAMES
     ]

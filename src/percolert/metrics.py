@@ -43,6 +43,11 @@ class _Readings(Collector):
             ("alerts_dropped_slow_socket", "Sockets closed for falling behind (1013)"),
             ("search_events_dropped", "Searches not percolated because the queue was full"),
             ("alert_log_write_failures", "Failed writes of the alert log (retried)"),
+            (
+                "percolate_batches_failed",
+                "Percolate batches given up (Elasticsearch error, timeout or a bug): their "
+                "searches alert nobody",
+            ),
         ]:
             yield CounterMetricFamily(f"percolert_{name}", help_text, value=values.get(name, 0.0))
 
@@ -72,6 +77,12 @@ class Metrics:
             "percolert_elasticsearch_errors",
             "Failed Elasticsearch operations",
             ["operation"],
+            registry=self.registry,
+        )
+        self.background_restarts = Counter(
+            "percolert_background_restarts",
+            "Background loops restarted after a crash (logged with its traceback)",
+            ["loop"],
             registry=self.registry,
         )
 

@@ -112,10 +112,13 @@ class Percolator:
         batch_size: int = 64,
         concurrency: int = 2,
         queue_size: int = 10_000,
+        timeout: float = 15.0,
         observe: Callable[[float | None, int], None] | None = None,
     ) -> None:
         """`observe(seconds, batch_size)` hears of every percolate request, and of every
-        failure as (None, events lost): of a whole request, or of one event's search in it."""
+        failure as (None, events lost): of a whole request, or of one event's search in it.
+        A batch not percolated within `timeout` seconds is given up, so that the batches
+        after it, which are handed on only after it, are not held up."""
         self._client = client
         self._alias = alias
         self._normalizer = normalizer
@@ -123,6 +126,7 @@ class Percolator:
         self._batch_size = batch_size
         self._concurrency = concurrency
         self._queue_size = queue_size
+        self._timeout = timeout
         self._observe = observe
         self._in_flight = 0
         self._tickets_issued = 0
@@ -132,6 +136,8 @@ class Percolator:
         self._send: MemoryObjectSendStream[SearchEvent] | None = None
         self.dropped = 0
         self.batches = 0
+        # Batches whose alerts were lost: Elasticsearch failed, the time was up, or a bug.
+        self.failed_batches = 0
 
     def submit(self, event: SearchEvent) -> bool:
         """Queue an event without waiting; False (and counted) when the queue is full."""
@@ -163,6 +169,10 @@ class Percolator:
         send: MemoryObjectSendStream[SearchEvent]
         receive: MemoryObjectReceiveStream[SearchEvent]
         send, receive = anyio.create_memory_object_stream(self._queue_size)
+        # A run after a crash starts numbering afresh: the batches in flight then are gone.
+        self._in_flight = 0
+        self._tickets_issued = self._next_ticket = 0
+        self._finished.clear()
         self._send = send
         try:
             async with send, receive, anyio.create_task_group() as workers:
@@ -254,14 +264,27 @@ class Percolator:
         return matches
 
     async def _percolate(self, ticket: int, batch: list[SearchEvent]) -> None:
+        # Whatever happens, the ticket finishes: every later batch waits for it to be handed on.
+        # A failed batch's alerts are lost; its searches themselves were already answered.
+        results: list[list[Match]] = [[] for _ in batch]
         try:
-            results = await self.percolate(batch)
+            with anyio.fail_after(self._timeout):
+                results = await self.percolate(batch)
         except (TransportError, ElasticsearchApiError) as error:
-            # Alerts for these searches are lost; searches themselves were already answered.
+            self.failed_batches += 1
             logger.warning("percolation of %d search events failed: %s", len(batch), error)
             if self._observe is not None:
                 self._observe(None, len(batch))
-            results = [[] for _ in batch]
+        except TimeoutError:
+            self.failed_batches += 1
+            logger.error(
+                "percolation of %d search events took over %g s; given up",
+                len(batch),
+                self._timeout,
+            )
+        except Exception:
+            self.failed_batches += 1
+            logger.exception("percolation of %d search events failed", len(batch))
         self._finished[ticket] = (batch, results)
         while self._next_ticket in self._finished:
             done, found = self._finished.pop(self._next_ticket)

@@ -1,7 +1,9 @@
-"""What the lifespan builds and every endpoint uses: one typed state per running app."""
+"""The running services of one app, and the typed state every endpoint reads them through."""
 
 from __future__ import annotations
 
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
 from typing import TypedDict, cast
 
 import anyio
@@ -9,6 +11,7 @@ import msgspec
 from elasticsearch import AsyncElasticsearch
 from starlette.requests import HTTPConnection
 
+from percolert import es, indices
 from percolert.alertlog import AlertLog
 from percolert.alerts import AlertDispatcher
 from percolert.hub import Hub
@@ -16,6 +19,8 @@ from percolert.messages import ServerMessage
 from percolert.metrics import Metrics
 from percolert.percolator import Percolator
 from percolert.settings import Settings
+from percolert.supervisor import Supervisor
+from percolert.text import TextNormalizer
 from percolert.watches import WatchStore
 
 
@@ -30,6 +35,8 @@ class State(TypedDict):
     metrics: Metrics
     # Greetings reading Elasticsearch at once (watches and history of a new socket).
     greetings: anyio.Semaphore
+    # The background loops: which of them are down (readiness).
+    background: Supervisor
 
 
 def state_of(connection: HTTPConnection) -> State:
@@ -39,3 +46,123 @@ def state_of(connection: HTTPConnection) -> State:
 def encode_message(message: ServerMessage) -> str:
     """A WebSocket message as JSON text, encoded once for however many sockets get it."""
     return msgspec.json.encode(message).decode()
+
+
+def _observe_percolate(metrics: Metrics) -> Callable[[float | None, int], None]:
+    def observe(seconds: float | None, batch_size: int) -> None:
+        if seconds is None:
+            metrics.elasticsearch_errors.labels("percolate").inc()
+            return
+        metrics.percolate_seconds.observe(seconds)
+        metrics.percolate_batch_size.observe(batch_size)
+
+    return observe
+
+
+class Services:
+    """What serves one deployment while the app runs: the Elasticsearch client, the alert log,
+    the dispatcher, the percolator and the watch store, and the background loops that drive
+    them, each under a supervisor. The hub and the metrics are the app's: they outlive the
+    services (the server drains the hub after they stop; scrapes may come at any time).
+
+    `Services.running(...)` builds and starts them, and stops them and closes the client when
+    its block ends. `percolator_type` is the percolator's class (tests hand one with faults).
+    """
+
+    def __init__(
+        self,
+        settings: Settings,
+        hub: Hub,
+        metrics: Metrics,
+        client: AsyncElasticsearch,
+        *,
+        percolator_type: type[Percolator] = Percolator,
+    ) -> None:
+        self.settings = settings
+        self.hub = hub
+        self.metrics = metrics
+        self.client = client
+        normalizer = TextNormalizer()
+        self.alert_log = AlertLog(client, indices.alias_for(settings, "alerts"))
+        self.dispatcher = AlertDispatcher(
+            hub, self.alert_log, window_seconds=settings.coalesce_seconds
+        )
+        self.percolator = percolator_type(
+            client,
+            indices.alias_for(settings, "watches"),
+            normalizer,
+            self.dispatcher.on_matches,
+            batch_size=settings.percolate_batch_size,
+            concurrency=settings.percolate_concurrency,
+            timeout=settings.percolate_timeout,
+            observe=_observe_percolate(metrics),
+        )
+        self.watches = WatchStore(
+            client,
+            indices.alias_for(settings, "watches"),
+            normalizer,
+            max_per_user=settings.max_watches_per_user,
+        )
+        # A reconnect storm's greetings queue here, leaving three quarters of the client's
+        # connections to searches, percolation and the log.
+        self.greetings = anyio.Semaphore(max(1, settings.elasticsearch_connections // 4))
+        self.background = Supervisor(on_restart=self._count_restart)
+
+    @classmethod
+    @asynccontextmanager
+    async def running(
+        cls,
+        settings: Settings,
+        hub: Hub,
+        metrics: Metrics,
+        *,
+        percolator_type: type[Percolator] = Percolator,
+    ) -> AsyncIterator[Services]:
+        client = es.create_client(settings)
+        try:
+            services = cls(settings, hub, metrics, client, percolator_type=percolator_type)
+            with metrics.observing_gc():
+                async with anyio.create_task_group() as group:
+                    services.background.start(group, "percolator", services.percolator.run)
+                    services.background.start(group, "dispatcher", services.dispatcher.run)
+                    services.background.start(group, "alert_log", services.alert_log.run)
+                    services.background.start(group, "event_loop_lag", metrics.watch_event_loop)
+                    yield services
+                    group.cancel_scope.cancel()
+        finally:
+            await client.close()
+
+    def _count_restart(self, loop: str) -> None:
+        self.metrics.background_restarts.labels(loop).inc()
+
+    def state(self) -> State:
+        return {
+            "client": self.client,
+            "settings": self.settings,
+            "hub": self.hub,
+            "percolator": self.percolator,
+            "dispatcher": self.dispatcher,
+            "watches": self.watches,
+            "alert_log": self.alert_log,
+            "metrics": self.metrics,
+            "greetings": self.greetings,
+            "background": self.background,
+        }
+
+    def readings(self) -> dict[str, float]:
+        """The services' own counters, for a metrics scrape."""
+        return {
+            "alerts_created": self.dispatcher.alerts,
+            "alerts_coalesced": self.dispatcher.coalesced,
+            "search_events_dropped": self.percolator.dropped,
+            "alert_log_write_failures": self.alert_log.write_failures,
+            "percolate_batches_failed": self.percolator.failed_batches,
+        }
+
+    async def deliver_pending(self, seconds: float) -> None:
+        """At shutdown: percolate the searches already answered (for `seconds` at most) and
+        send every pending follow-up, so that their alerts reach the sockets still open."""
+        with anyio.move_on_after(seconds):
+            while not self.percolator.idle():  # noqa: ASYNC110
+                await anyio.sleep(0.01)
+        self.dispatcher.flush_all()

@@ -8,8 +8,6 @@ from pathlib import Path
 
 import msgspec
 
-from percolert import devnode
-
 DEFAULT_ELASTICSEARCH_URL = "http://127.0.0.1:9200"
 
 
@@ -36,9 +34,15 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     index_prefix: str = "percolert"
     # Dev node pid/port/log files and other local state; git-ignored.
     state_dir: Path = Path(".percolert")
+    # The dev node's launcher project (default: tools/esnode of the source checkout) and the
+    # JDK it runs on (default: `java` on the PATH).
+    esnode_dir: Path | None = None
+    java_home: Path | None = None
     # Where `percolert serve` listens.
     host: str = "127.0.0.1"
     port: int = 8000
+    # Log lines as one JSON object each ("json") or for reading by eye ("text").
+    log_format: str = "json"
     # Signs session cookies. Unset: a random one is generated once per state directory.
     secret: str | None = None
     # Origins, besides the server's own, whose pages may open the WebSocket.
@@ -53,6 +57,10 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     percolate_batch_size: int = 64
     # Concurrent percolate requests, so one slow request does not hold up the next batch.
     percolate_concurrency: int = 2
+    # Seconds one batch's percolation may take; past it the batch is given up (its alerts
+    # lost, counted) so that later batches, handed on in search order, are not held up.
+    # Unset: three Elasticsearch timeouts (a request, its retry, and room to spare).
+    percolate_timeout: float = 15.0
     # Alerts waiting for one socket; a socket that falls this far behind is closed (1013).
     socket_queue_size: int = 256
     # A watch owner who left less than this many seconds ago still gets alerts (kept for
@@ -104,17 +112,31 @@ def _origins(environ: Mapping[str, str], name: str) -> tuple[str, ...]:
     return tuple(origins)
 
 
-def from_environment(environ: Mapping[str, str] | None = None) -> Settings:
+def _path(environ: Mapping[str, str], name: str) -> Path | None:
+    raw = _optional(environ, name)
+    return None if raw is None else Path(raw)
+
+
+def _choice(environ: Mapping[str, str], name: str, choices: tuple[str, ...]) -> str:
+    raw = (_optional(environ, name) or choices[0]).lower()
+    if raw not in choices:
+        raise SettingsError(f"{name} must be one of {', '.join(choices)}, got {raw!r}")
+    return raw
+
+
+def from_environment(
+    environ: Mapping[str, str] | None = None,
+    *,
+    default_elasticsearch_url: str = DEFAULT_ELASTICSEARCH_URL,
+) -> Settings:
     """Build settings from environment variables (see the README's configuration table).
 
-    Without ELASTICSEARCH_URL, the dev node recorded in the state directory is used when one
-    is running, otherwise http://127.0.0.1:9200.
+    Without ELASTICSEARCH_URL, the cluster is `default_elasticsearch_url` (the CLI passes the
+    dev node's when one is running).
     """
     env = os.environ if environ is None else environ
     state_dir = Path(_optional(env, "PERCOLERT_STATE_DIR") or ".percolert")
-    url = _optional(env, "ELASTICSEARCH_URL")
-    if url is None:
-        url = devnode.recorded_url(state_dir) or DEFAULT_ELASTICSEARCH_URL
+    url = _optional(env, "ELASTICSEARCH_URL") or default_elasticsearch_url
     if not url.startswith(("http://", "https://")):
         raise SettingsError(f"ELASTICSEARCH_URL must start with http:// or https://, got {url!r}")
     prefix = _optional(env, "PERCOLERT_INDEX_PREFIX") or "percolert"
@@ -128,6 +150,7 @@ def from_environment(environ: Mapping[str, str] | None = None) -> Settings:
         raise SettingsError(
             "set both ELASTICSEARCH_USERNAME and ELASTICSEARCH_PASSWORD, or neither"
         )
+    timeout = _number(env, "ELASTICSEARCH_TIMEOUT", 5.0, minimum=0.1)
     return Settings(
         elasticsearch_url=url.rstrip("/"),
         elasticsearch_api_key=_optional(env, "ELASTICSEARCH_API_KEY"),
@@ -135,12 +158,15 @@ def from_environment(environ: Mapping[str, str] | None = None) -> Settings:
         elasticsearch_password=password,
         elasticsearch_ca_certs=_optional(env, "ELASTICSEARCH_CA_CERTS"),
         elasticsearch_verify_certs=_flag(env, "ELASTICSEARCH_VERIFY_CERTS", True),
-        elasticsearch_timeout=_number(env, "ELASTICSEARCH_TIMEOUT", 5.0, minimum=0.1),
+        elasticsearch_timeout=timeout,
         elasticsearch_connections=int(_number(env, "ELASTICSEARCH_CONNECTIONS", 32, minimum=1)),
         index_prefix=prefix,
         state_dir=state_dir,
+        esnode_dir=_path(env, "PERCOLERT_ESNODE_DIR"),
+        java_home=_path(env, "JAVA_HOME"),
         host=_optional(env, "PERCOLERT_HOST") or "127.0.0.1",
         port=int(_number(env, "PERCOLERT_PORT", 8000, minimum=0)),
+        log_format=_choice(env, "PERCOLERT_LOG_FORMAT", ("json", "text")),
         secret=_optional(env, "PERCOLERT_SECRET"),
         allowed_origins=_origins(env, "PERCOLERT_ALLOWED_ORIGINS"),
         secure_cookies=_flag(env, "PERCOLERT_SECURE_COOKIES", False),
@@ -148,6 +174,7 @@ def from_environment(environ: Mapping[str, str] | None = None) -> Settings:
         coalesce_seconds=_number(env, "PERCOLERT_COALESCE_SECONDS", 2.0, minimum=0),
         percolate_batch_size=int(_number(env, "PERCOLERT_PERCOLATE_BATCH_SIZE", 64, minimum=1)),
         percolate_concurrency=int(_number(env, "PERCOLERT_PERCOLATE_CONCURRENCY", 2, minimum=1)),
+        percolate_timeout=_number(env, "PERCOLERT_PERCOLATE_TIMEOUT", 3 * timeout, minimum=0.1),
         socket_queue_size=int(_number(env, "PERCOLERT_SOCKET_QUEUE_SIZE", 256, minimum=1)),
         reconnect_grace_seconds=_number(env, "PERCOLERT_RECONNECT_GRACE_SECONDS", 600, minimum=0),
         alerts_enabled=_flag(env, "PERCOLERT_ALERTS", True),

@@ -1,0 +1,26 @@
+"""What `percolert setup` hands the index lifecycle (`indices.setup`): for each index whose
+current mapping needs more of the older documents than a copy, how to make one current.
+
+Done in Python rather than by a `_reindex` script: not every cluster has Painless (the
+development node has not).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from percolert import alertlog
+from percolert.indices import Upgrade
+
+
+def upgrade_watch(document_id: str, source: dict[str, Any]) -> dict[str, Any]:
+    """Percolation reads doc values only: `terms` repeats `spec.terms` (watches v2),
+    `watch_id` the document id (v3)."""
+    source.setdefault("terms", source["spec"]["terms"])
+    source.setdefault("watch_id", document_id)
+    return source
+
+
+def document_upgrades() -> dict[str, Upgrade]:
+    """Upgrades by index name (`indices.INDEX_NAMES`)."""
+    return {"watches": upgrade_watch, "alerts": alertlog.upgrade_v1}
