@@ -221,6 +221,7 @@ def create_app(settings: Settings) -> Starlette:
                 alerts_coalesced=state["dispatcher"].coalesced,
                 search_events_dropped=state["percolator"].dropped,
                 alert_log_write_failures=state["alert_log"].write_failures,
+                alert_log_rejected=state["alert_log"].rejected,
             )
         return values
 

@@ -43,6 +43,7 @@ class _Readings(Collector):
             ("alerts_dropped_slow_socket", "Sockets closed for falling behind (1013)"),
             ("search_events_dropped", "Searches not percolated because the queue was full"),
             ("alert_log_write_failures", "Failed writes of the alert log (retried)"),
+            ("alert_log_rejected", "Alert-log sendings Elasticsearch refused for good (dropped)"),
         ]:
             yield CounterMetricFamily(f"percolert_{name}", help_text, value=values.get(name, 0.0))
 
