@@ -1,15 +1,20 @@
 """The alert log against a real node: what a flush writes is what replay reads back (each
-recipient their own alert out of a shared sending), a write Elasticsearch refuses keeps
-every sending buffered (and replayable) for the next one, and a log of the old layout (one
-document per recipient) is migrated by `percolert setup`."""
+recipient their own alert out of a shared sending), a write Elasticsearch refuses for now
+keeps the sendings buffered (and replayable) for the next one while one it refuses for good
+is dropped, a flush during a replay loses nothing, a session is never replayed what came
+before it, and a log of the old layout (one document per recipient) is migrated by
+`percolert setup`."""
 
 from __future__ import annotations
 
 import json
 import shutil
 from pathlib import Path
+from typing import Any, cast
 
+import msgspec
 import pytest
+from elasticsearch import AsyncElasticsearch
 
 from percolert import es, indices
 from percolert.alertlog import AlertLog, AlertRecord
@@ -21,6 +26,8 @@ from tests.conftest import ROOT
 pytestmark = pytest.mark.anyio
 
 AT = "2026-11-24T09:00:00.000+00:00"
+AT_MS = 1_795_510_800_000  # AT in epoch milliseconds
+OLD_SESSION = 0.0  # a session begun before every alert here
 OWN = AlertWatch(id="w-1", terms="kindle")
 
 
@@ -35,6 +42,7 @@ def sending(
     return AlertRecord(
         seq=log.next_seq(),
         at=AT,
+        earliest_ms=AT_MS,
         query=query,
         watches=watches or {},
         everyone=everyone,
@@ -75,16 +83,16 @@ async def test_flushed_alerts_are_replayed_from_elasticsearch(fresh_settings: Se
         # A log with an empty buffer reads only what Elasticsearch stored.
         reader = AlertLog(client, indices.alias_for(fresh_settings, "alerts"))
         end = log.last_seq
-        assert await reader.missed("alice", start, end) == [
+        assert await reader.missed("alice", start, end, since=OLD_SESSION) == [
             alert(shared, OWN),
             alert(to_all_but_carol, default),
         ]
-        assert await reader.missed("d.v*", start, end) == [
+        assert await reader.missed("d.v*", start, end, since=OLD_SESSION) == [
             alert(shared, odd),
             alert(to_all_but_carol, default),
         ]
-        assert await reader.missed("carol", start, end) == []
-        assert await reader.missed("bob", shared.seq, end) == [
+        assert await reader.missed("carol", start, end, since=OLD_SESSION) == []
+        assert await reader.missed("bob", shared.seq, end, since=OLD_SESSION) == [
             alert(to_bob, bobs),
             alert(to_all_but_carol, default),
         ]
@@ -96,32 +104,151 @@ async def test_flushed_alerts_are_replayed_from_elasticsearch(fresh_settings: Se
         await client.close()
 
 
-async def test_a_refused_write_keeps_the_alerts_for_the_next_flush(
+async def test_a_write_refused_for_now_keeps_the_alerts_for_the_next_flush(
     fresh_settings: Settings,
 ) -> None:
     client = es.create_client(fresh_settings)
     alias = indices.alias_for(fresh_settings, "alerts")
     try:
-        # An index under the log's name that refuses every alert: strict, without `alert`.
-        mappings = indices.IndexDefinition.load("alerts").body["mappings"]
-        del mappings["properties"]["alert"]
-        await client.indices.create(index=alias, mappings=mappings)
+        await indices.setup(client, fresh_settings)
+        # Closed to writes, as an operator (or the disk monitor) may close an index for a while.
+        await client.indices.put_settings(index=alias, settings={"index.blocks.write": True})
         log = AlertLog(client, alias)
         start = log.last_seq
         records = [sending(log, f"kindle {n}", {"alice": OWN}) for n in range(3)]
         for record in records:
             log.append(record)
         await log.flush()
-        assert log.write_failures == 1
+        assert (log.write_failures, log.rejected) == (1, 0)
         expected = [alert(record, OWN) for record in records]
-        assert await log.missed("alice", start, log.last_seq) == expected  # from the buffer
+        # From the buffer:
+        assert await log.missed("alice", start, log.last_seq, since=OLD_SESSION) == expected
 
-        await client.indices.delete(index=alias)
-        await indices.setup(client, fresh_settings)
+        await client.indices.put_settings(index=alias, settings={"index.blocks.write": False})
         await log.flush()
-        assert log.write_failures == 1
+        assert (log.write_failures, log.rejected) == (1, 0)
         reader = AlertLog(client, alias)
-        assert await reader.missed("alice", start, log.last_seq) == expected
+        assert await reader.missed("alice", start, log.last_seq, since=OLD_SESSION) == expected
+    finally:
+        await client.close()
+
+
+async def test_a_sending_refused_for_good_is_dropped_and_holds_nothing_up(
+    fresh_settings: Settings,
+) -> None:
+    """One document Elasticsearch will never take (a recipient id past the longest term
+    Lucene indexes) is counted and dropped; the sendings beside and behind it are written."""
+    client = es.create_client(fresh_settings)
+    alias = indices.alias_for(fresh_settings, "alerts")
+    try:
+        await indices.setup(client, fresh_settings)
+        log = AlertLog(client, alias)
+        start = log.last_seq
+        before = sending(log, "kindle 1", {"alice": OWN})
+        unwritable = sending(log, "kindle 2", {"alice": OWN, "x" * 40_000: OWN})
+        beside = sending(log, "kindle 3", {"alice": OWN})
+        for record in (before, unwritable, beside):
+            log.append(record)
+        await log.flush()
+        assert (log.write_failures, log.rejected) == (0, 1)
+        later = sending(log, "kindle 4", {"alice": OWN})
+        log.append(later)
+        await log.flush()
+        assert (log.write_failures, log.rejected) == (0, 1)
+
+        reader = AlertLog(client, alias)  # reads Elasticsearch only
+        assert await reader.missed("alice", start, log.last_seq, since=OLD_SESSION) == [
+            alert(record, OWN) for record in (before, beside, later)
+        ]
+        assert await log.missed("alice", start, log.last_seq, since=OLD_SESSION) == [
+            alert(record, OWN) for record in (before, beside, later)
+        ]
+    finally:
+        await client.close()
+
+
+class FlushDuringSearch:
+    """The real client, except that each search is followed by a flush of `log` before its
+    answer is handed back: the moment a replay is between reading Elasticsearch and
+    reading the unwritten sendings."""
+
+    def __init__(self, client: AsyncElasticsearch) -> None:
+        self._client = client
+        self.log: AlertLog | None = None
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._client, name)
+
+    async def search(self, **request: Any) -> Any:
+        response = await self._client.search(**request)
+        assert self.log is not None
+        await self.log.flush()
+        return response
+
+
+async def test_a_flush_during_a_replay_loses_nothing(fresh_settings: Settings) -> None:
+    client = es.create_client(fresh_settings)
+    alias = indices.alias_for(fresh_settings, "alerts")
+    try:
+        await indices.setup(client, fresh_settings)
+        racing = FlushDuringSearch(client)
+        log = AlertLog(cast(AsyncElasticsearch, racing), alias)
+        racing.log = log
+        start = log.last_seq
+        records = [sending(log, f"kindle {n}", {"alice": OWN}) for n in range(3)]
+        for record in records:
+            log.append(record)
+        expected = [alert(record, OWN) for record in records]
+        # Elasticsearch had none of them when searched; the buffer has none once searched.
+        assert await log.missed("alice", start, log.last_seq, since=OLD_SESSION) == expected
+        assert (
+            await AlertLog(client, alias).missed("alice", start, log.last_seq, since=OLD_SESSION)
+            == expected
+        )  # the flush did write them
+
+        more = [sending(log, f"oasis {n}", {"alice": OWN}) for n in range(2)]
+        for record in more:
+            log.append(record)
+        assert await log.recent("alice", OLD_SESSION) == [
+            alert(record, OWN) for record in [*records, *more]
+        ]
+    finally:
+        await client.close()
+
+
+async def test_nothing_counting_a_search_older_than_the_session_is_replayed(
+    fresh_settings: Settings,
+) -> None:
+    client = es.create_client(fresh_settings)
+    alias = indices.alias_for(fresh_settings, "alerts")
+    try:
+        await indices.setup(client, fresh_settings)
+        log = AlertLog(client, alias)
+        start = log.last_seq
+        default = AlertWatch(id="default-1", terms="kindle")
+        session = AT_MS / 1000  # the session began at AT
+
+        def made(earliest_ms: int, query: str) -> AlertRecord:
+            return msgspec.structs.replace(
+                sending(log, query, everyone=default), earliest_ms=earliest_ms
+            )
+
+        # A follow-up counting one search from a millisecond before the session; alerts
+        # about searches made as the session began and after.
+        older = made(AT_MS - 1, "kindle for my divorce lawyer")
+        as_it_began = made(AT_MS, "kindle 2")
+        later = made(AT_MS + 60_000, "kindle 3")
+        newer = [alert(as_it_began, default), alert(later, default)]
+        for record in (older, as_it_began, later):
+            log.append(record)
+        for reader in (log, AlertLog(client, alias)):  # unwritten, then from Elasticsearch
+            assert await reader.missed("alice", 0, log.last_seq, since=session) == newer
+            assert await reader.recent("alice", session) == newer
+            assert await reader.missed("alice", start, log.last_seq, since=OLD_SESSION) == [
+                alert(older, default),
+                *newer,
+            ]
+            await log.flush()
     finally:
         await client.close()
 
@@ -176,11 +303,11 @@ async def test_a_v1_log_is_migrated_and_still_replayed(
 
         lines = await indices.setup(client, fresh_settings, migrations=document_upgrades())
         assert lines[2] == f"{alias} -> {alias}-v2: migrated from {alias}-v1 (old index kept)"
-        replayed = await log.missed("alice", start, log.last_seq)
+        replayed = await log.missed("alice", start, log.last_seq, since=OLD_SESSION)
         # The same alerts, under ids of the new form.
         assert [(a.seq, a.watch, a.query, a.count) for a in replayed] == [
             (a.seq, a.watch, a.query, a.count) for a in old
         ]
-        assert await log.missed("carol", start, log.last_seq) == []
+        assert await log.missed("carol", start, log.last_seq, since=OLD_SESSION) == []
     finally:
         await client.close()

@@ -125,6 +125,28 @@ async def test_repeats_within_the_window_coalesce_into_one_alert_with_a_count(
         await a.unwatch(watch["id"])
 
 
+async def test_one_alert_per_search_when_ones_own_and_a_default_watch_match(
+    server: str, alert_settings: Settings
+) -> None:
+    async with (
+        default_watch(alert_settings, "kindle"),
+        Shopper(server) as a,
+        Shopper(server) as b,
+    ):
+        own = await a.watch("kindle")
+        socket = await a.connect()
+        for text in ("kindle one", "kindle two", "kindle three"):
+            await b.search(text)
+        first = await socket.next_alert()
+        assert first is not None
+        assert (first["watch"]["id"], first["count"]) == (own["id"], 1)
+        follow_up = await socket.next_alert(timeout=WINDOW + 2)
+        assert follow_up is not None
+        assert (follow_up["watch"]["id"], follow_up["count"]) == (own["id"], 2)
+        assert await socket.alerts_during(WINDOW + 0.5) == []  # not a second follow-up
+        await a.unwatch(own["id"])
+
+
 async def test_the_alert_names_the_search_never_the_searcher(server: str) -> None:
     async with Shopper(server) as a, Shopper(server) as b:
         watch = await a.watch("iphone")

@@ -198,6 +198,75 @@ def test_one_alert_per_person_per_search(setup: Any) -> None:
     assert inbox.take("b") == []
 
 
+def test_a_follow_up_never_counts_a_search_heard_of_through_ones_own_watch(setup: Any) -> None:
+    """a's own "kindle" watch and the default "kindle" watch both match b's searches: a
+    hears of each search once, through their own watch, follow-ups included."""
+    dispatcher, inbox, clock = setup
+    default_kindle = Match(watch_id="default-k", terms="kindle", owner=None)
+    for text in ("kindle one", "kindle two", "kindle three"):
+        dispatcher.dispatch(event(text, "b"), [default_kindle, KINDLE_OF_A])
+        clock.now += 0.1
+    clock.now += 2.0
+    dispatcher.flush_due()
+    assert [(m["watch"]["id"], m["count"], m["query"]) for m in inbox.take("a")] == [
+        ("w-a", 1, "kindle one"),
+        ("w-a", 2, "kindle three"),
+    ]
+    assert [(m["watch"]["id"], m["count"], m["query"]) for m in inbox.take("c")] == [
+        ("default-k", 1, "kindle one"),
+        ("default-k", 2, "kindle three"),
+    ]
+    assert inbox.take("b") == []
+
+
+def test_a_default_follow_up_counts_what_ones_own_watch_did_not(setup: Any) -> None:
+    dispatcher, inbox, clock = setup
+    default_kindle = Match(watch_id="default-k", terms="kindle", owner=None)
+    paperwhite_of_a = Match(watch_id="w-pw", terms="kindle paperwhite", owner="a")
+    searches = [
+        ("kindle paperwhite", [default_kindle, paperwhite_of_a]),
+        ("kindle oasis", [default_kindle]),
+        ("kindle paperwhite signature", [default_kindle, paperwhite_of_a]),
+    ]
+    for text, matches in searches:
+        dispatcher.dispatch(event(text, "b"), matches)
+        clock.now += 0.1
+    clock.now += 2.0
+    dispatcher.flush_due()
+    # Three searches, three alerts: two through a's own watch, one through the default.
+    assert sorted((m["watch"]["id"], m["count"], m["query"]) for m in inbox.take("a")) == [
+        ("default-k", 1, "kindle oasis"),
+        ("w-pw", 1, "kindle paperwhite"),
+        ("w-pw", 1, "kindle paperwhite signature"),
+    ]
+    assert [(m["count"], m["query"]) for m in inbox.take("c")] == [
+        (1, "kindle paperwhite"),
+        (2, "kindle paperwhite signature"),
+    ]
+
+
+def test_no_alert_reaches_a_session_begun_after_a_search_it_counts() -> None:
+    hub = Hub()
+    clock = Clock()
+    searched_at = 1_700_000_000.0
+    inbox = Inbox(hub)
+    for user, started in (("old", searched_at - 60), ("new", searched_at + 0.5)):
+        connection = Connection(user, inbox._never, 100, session_started=started)
+        inbox.connections[user] = connection
+        hub.add(connection)
+    dispatcher = AlertDispatcher(hub, Numbering(), window_seconds=2.0, clock=clock)
+    # The first goes out at once; the next two are folded into a follow-up, which counts a
+    # search made before "new"'s session began.
+    for offset in (0.0, 0.2, 1.0):
+        search = SearchEvent(text="iphone", searcher="x", at=searched_at + offset)
+        dispatcher.dispatch(search, [DEFAULT])
+    clock.now += 2.0
+    dispatcher.flush_due()
+    assert [m["count"] for m in inbox.take("old")] == [1, 2]
+    assert inbox.take("new") == []
+    inbox.close()
+
+
 class FrameSocket:
     """A socket with both paths: frames written at once (while `open`), and the ASGI-style
     send coroutine, which waits for `release` — everything lands in one ordered list."""

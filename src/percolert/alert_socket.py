@@ -49,15 +49,22 @@ async def _greeting(
 ) -> tuple[Hello, list[Alert]]:
     """The hello message and the alerts missed since the client's `after` position.
 
+    Neither holds an alert counting a search made before the session began, whatever
+    `after` says: what other shoppers searched before is none of a new session's business.
     Elasticsearch being down must not keep a page from connecting: the page then gets no
     watch list (None) and no history, and live alerts as usual.
     """
     after = _resume_position(websocket)
+    started = session_started(websocket)
     try:
         async with state["greetings"]:
             watches: list[Watch] | None = await state["watches"].visible_to(user)
-            recent = await state["alert_log"].recent(user, session_started(websocket))
-            missed = [] if after is None else await state["alert_log"].missed(user, after, cut)
+            recent = await state["alert_log"].recent(user, started)
+            missed = (
+                []
+                if after is None
+                else await state["alert_log"].missed(user, after, cut, since=started)
+            )
     except (TransportError, elasticsearch.ApiError) as error:
         logger.warning("greeting without history, Elasticsearch failed: %s", error)
         watches, recent, missed = None, [], []
@@ -104,6 +111,7 @@ async def alerts_socket(websocket: WebSocket) -> None:
         websocket.send_text,
         state["settings"].socket_queue_size,
         write_frame=frame_writer(websocket.scope),
+        session_started=session_started(websocket),
     )
     # Alerts numbered up to `cut` are replayed from the log; later ones arrive live through
     # the queue, which starts filling now. Nothing is sent twice or skipped.

@@ -6,16 +6,23 @@ one position (`seq`) and one document, which names each recipient's watch; a def
 sending is one document for everyone but an excluded few. Positions increase across the
 whole service and across restarts (microseconds since the epoch, bumped to stay strictly
 increasing), and a user gets at most one alert per position. Writes are buffered and sent
-in bulk; until a write is visible to search, replay reads the buffer as well. A retention
-task drops alerts older than the retention period.
+in bulk; until a write is visible to search, replay reads the buffer as well. A sending
+Elasticsearch refuses for good (not for load or an outage) is dropped, counted and logged,
+so that it never holds up the ones behind it. A retention task drops alerts older than the
+retention period.
+
+A session gets no sending that counts a search made before the session began: each
+sending is stored with the time of the earliest search it counts, and replay asks for
+sendings no older than the session.
 """
 
 from __future__ import annotations
 
 import logging
+import math
 import re
 import time
-from collections.abc import Collection, Iterable
+from collections.abc import Callable, Iterable
 from datetime import UTC, datetime, timedelta
 from typing import Any, cast
 
@@ -26,11 +33,49 @@ from elasticsearch import ApiError as ElasticsearchApiError
 from elasticsearch import AsyncElasticsearch
 
 from percolert.messages import Alert, AlertWatch
+from percolert.redaction import redact
 
 logger = logging.getLogger("percolert.alertlog")
 
 
 _PLAIN_ID = re.compile(r"[A-Za-z0-9_-]+")  # session ids (token_urlsafe): safe in a path
+
+# Bulk item failures worth writing again: the cluster was busy, failing or closed to writes
+# for now (a block an operator or the disk monitor lifts), not refusing the document.
+_TOO_MANY_REQUESTS = 429
+_SERVER_ERROR = 500
+_PASSING_ERRORS = frozenset({"cluster_block_exception"})
+
+
+def _worth_retrying(result: dict[str, Any]) -> bool:
+    status = result.get("status", 0)
+    error = result.get("error")
+    kind = error.get("type") if isinstance(error, dict) else None
+    return status == _TOO_MANY_REQUESTS or status >= _SERVER_ERROR or kind in _PASSING_ERRORS
+
+
+def epoch_ms(seconds: float) -> int:
+    """Epoch seconds as whole epoch milliseconds (the precision Elasticsearch dates keep),
+    rounded down."""
+    return math.floor(seconds * 1000)
+
+
+def _session_ms(seconds: float) -> int:
+    # Session starts are whole milliseconds already (sessions.py): undo the division.
+    return round(seconds * 1000)
+
+
+def _iso(milliseconds: int) -> str:
+    seconds, millis = divmod(milliseconds, 1000)
+    moment = datetime.fromtimestamp(seconds, UTC) + timedelta(milliseconds=millis)
+    return moment.isoformat(timespec="milliseconds")
+
+
+def _milliseconds(iso: str) -> int:
+    moment = datetime.fromisoformat(iso)
+    if moment.tzinfo is None:
+        moment = moment.replace(tzinfo=UTC)
+    return round(moment.timestamp() * 1000)
 
 
 def alert_id(seq: int, watch_id: str) -> str:
@@ -42,6 +87,8 @@ class AlertRecord(msgspec.Struct, frozen=True, kw_only=True, gc=False):  # see m
     """The alerts of one sending, logged as one document: the same search text at one
     position (`seq`) to each recipient in `watches`, through the watch of theirs that
     matched — or through the default watch `everyone` to every user but `excluded`.
+    `at` is when the (latest) search it tells of was made; `earliest_ms` when the earliest
+    search it counts was (they differ for a follow-up): no session begun after that gets it.
 
     One document per sending rather than per recipient: a popular search reaches many
     subscribers at once, and writing a document for each of them was most of what the log
@@ -50,6 +97,7 @@ class AlertRecord(msgspec.Struct, frozen=True, kw_only=True, gc=False):  # see m
 
     seq: int
     at: str
+    earliest_ms: int
     query: str
     count: int = 1
     watches: dict[str, AlertWatch] = msgspec.field(default_factory=dict)
@@ -84,10 +132,12 @@ class _Payload(msgspec.Struct, gc=False):
     count: int
     everyone: AlertWatch | None = None
     watches: dict[str, AlertWatch] = msgspec.field(default_factory=dict)
+    at: str | None = None  # the record's `at`; absent from older documents (then `at` below)
 
 
 class _Document(msgspec.Struct, gc=False):
-    """A record as stored (mappings/alerts.json): who it reaches is indexed for replay."""
+    """A record as stored (mappings/alerts.json): who it reaches is indexed for replay, and
+    `at` is the record's `earliest_ms`, which replay and retention filter on."""
 
     seq: int
     at: str
@@ -100,7 +150,7 @@ class _Document(msgspec.Struct, gc=False):
     def of(cls, record: AlertRecord) -> _Document:
         return cls(
             seq=record.seq,
-            at=record.at,
+            at=_iso(record.earliest_ms),
             recipients=list(record.watches),
             everyone=record.everyone is not None,
             excluded=record.excluded,
@@ -109,14 +159,17 @@ class _Document(msgspec.Struct, gc=False):
                 count=record.count,
                 everyone=record.everyone,
                 watches=record.watches,
+                at=record.at,
             ),
         )
 
     def record(self) -> AlertRecord:
         return AlertRecord(
             seq=self.seq,
-            at=self.at,
-            query=self.alert.query,
+            at=self.alert.at or self.at,
+            earliest_ms=_milliseconds(self.at),
+            # Documents written before alerts were redacted hold the text as searched.
+            query=redact(self.alert.query),
             count=self.alert.count,
             watches=self.alert.watches,
             everyone=self.alert.everyone,
@@ -165,10 +218,12 @@ class AlertLog:
         # Positions are time-based, so "now" is above every alert of an earlier run: a client
         # told this position before the first alert of this run resumes from the right place.
         self._last_seq = int(clock() * 1_000_000)
-        # Appended, not yet visible to search (being written or waiting to be).
+        # Appended, not yet visible to search: waiting to be written, and being written.
         self._buffer: list[AlertRecord] = []
+        self._writing: list[AlertRecord] = []
         self._encoder = msgspec.json.Encoder()
         self.write_failures = 0
+        self.rejected = 0  # sendings Elasticsearch refused for good, dropped
 
     @property
     def last_seq(self) -> int:
@@ -180,54 +235,107 @@ class AlertLog:
 
     def append(self, record: AlertRecord) -> None:
         self._buffer.append(record)
-        if len(self._buffer) > self._max_buffered:
+        self._bound()
+
+    def _bound(self) -> None:
+        excess = len(self._buffer) + len(self._writing) - self._max_buffered
+        if excess > 0:
             # Elasticsearch has been unreachable for long; keep memory bounded.
-            dropped = len(self._buffer) - self._max_buffered
+            dropped = min(excess, len(self._buffer))
             del self._buffer[:dropped]
             logger.warning("alert log buffer full: %d sendings will not be recoverable", dropped)
 
     async def flush(self) -> None:
-        """Write what is buffered; it stays buffered (and replayable) until it is visible.
+        """Write what is buffered; it stays replayable (in `_writing`) until it is visible.
 
         One bulk request per flush, whatever its size: each request waits for a refresh
         (about a second), so writing in chunks of 500 capped the log at ~500 alerts a second
         and let the buffer grow under load. The body is encoded here in one go and the
-        response cut to its errors: flushing through the client's bulk helper took a quarter of
-        the server's samples under load, mostly its JSON encoding and the parsing of a
-        ~200-byte result per alert (docs/benchmarks/).
-        All or nothing: documents are keyed by `seq`, so writing a batch again is harmless.
+        response cut to each item's status (and error): flushing through the client's bulk
+        helper took a quarter of the server's samples under load, mostly its JSON encoding and
+        the parsing of a ~200-byte result per alert (docs/benchmarks/).
+        What failed for the cluster's sake (no answer, 429, 5xx, a write block) goes back to
+        the front of the buffer for the next flush: documents are keyed by `seq`, so writing
+        one again is harmless. What Elasticsearch refused for good (any other 4xx: the
+        document itself) would be refused forever and hold up everything behind it: it is
+        dropped, counted and logged.
         """
+        if self._writing or not self._buffer:
+            return  # one write at a time
         batch = self._buffer[: self._max_batch]
-        if not batch:
-            return
-        body = bytearray()
-        for record in batch:
-            body += b'{"index":{"_id":"%d"}}\n' % record.seq
-            body += self._encoder.encode(_Document.of(record))
-            body += b"\n"
+        del self._buffer[: len(batch)]
+        self._writing = batch
+        again = batch
         try:
+            body = bytearray()
+            for record in batch:
+                body += b'{"index":{"_id":"%d"}}\n' % record.seq
+                body += self._encoder.encode(_Document.of(record))
+                body += b"\n"
             response = await self._client.bulk(
                 index=self._alias,
                 operations=cast(Any, bytes(body)),  # the transport sends NDJSON bytes as is
                 refresh="wait_for",
-                filter_path=["errors", "items.*.error"],
+                filter_path=[
+                    "errors",
+                    "items.*.status",
+                    "items.*.error.type",
+                    "items.*.error.reason",
+                ],
             )
+            again = self._sort_out(batch, response.body)
         except (TransportError, ElasticsearchApiError) as error:
             self.write_failures += 1
             logger.warning(
                 "writing %d sendings to the alert log failed, will retry: %s", len(batch), error
             )
-            return
-        if response.body.get("errors"):
+        finally:
+            # Also when cancelled: what was not written is written at the next flush.
+            self._writing = []
+            self._buffer[:0] = again
+            self._bound()
+
+    def _sort_out(self, batch: list[AlertRecord], body: dict[str, Any]) -> list[AlertRecord]:
+        """From a bulk answer: the sendings to write again; those refused for good are
+        counted and logged."""
+        if not body.get("errors"):
+            return []
+        items = body.get("items", [])
+        if len(items) != len(batch):
             self.write_failures += 1
-            first = response.body["items"][0]
+            logger.warning("the alert log's bulk answer does not match its request: will retry")
+            return batch
+        again: list[AlertRecord] = []
+        again_error: Any = None
+        refused: list[tuple[AlertRecord, Any]] = []
+        for record, item in zip(batch, items, strict=True):
+            result = next(iter(item.values()))
+            if result.get("status", 0) < 300:
+                continue
+            if _worth_retrying(result):
+                again.append(record)
+                again_error = again_error or result.get("error")
+            else:
+                refused.append((record, result.get("error")))
+        if again:
+            self.write_failures += 1
             logger.warning(
-                "writing %d sendings to the alert log failed in part, will retry: %s",
+                "writing %d of %d sendings to the alert log failed, will retry: %s",
+                len(again),
                 len(batch),
-                next(iter(first.values()))["error"],
+                again_error,
             )
-            return
-        del self._buffer[: len(batch)]
+        if refused:
+            self.rejected += len(refused)
+            record, error = refused[0]
+            logger.error(
+                "the alert log refused %d sendings for good, dropped (not replayable); "
+                "the first, seq %d: %s",
+                len(refused),
+                record.seq,
+                error,
+            )
+        return again
 
     async def prune(self) -> None:
         cutoff = datetime.now(UTC) - self._retention
@@ -283,14 +391,17 @@ class AlertLog:
             }
         }
 
-    async def _read(self, user: str, extra: list[dict[str, Any]], limit: int) -> list[Alert]:
+    async def _read(
+        self, user: str, since_ms: int, extra: list[dict[str, Any]], limit: int
+    ) -> list[Alert]:
         # A record lists every recipient's watch; only this user's is fetched (by path, so
         # only for ids that are plain path segments, as session ids are). In the body: a
         # user id is never part of a URL, which the client logs.
         watches = f"alert.watches.{user}" if _PLAIN_ID.fullmatch(user) else "alert.watches"
+        session = {"range": {"at": {"gte": since_ms, "format": "epoch_millis"}}}
         response = await self._client.search(
             index=self._alias,
-            query=self._stream_query(user, extra),
+            query=self._stream_query(user, [session, *extra]),
             sort=[{"seq": "desc"}],
             size=limit,
             source={
@@ -303,6 +414,7 @@ class AlertLog:
                     "alert.query",
                     "alert.count",
                     "alert.everyone",
+                    "alert.at",
                     watches,
                 ]
             },
@@ -312,20 +424,37 @@ class AlertLog:
         )
         return _alerts_for(user, records)
 
-    def _buffered(self, user: str) -> list[Alert]:
-        return _alerts_for(user, self._buffer)
+    def _unwritten(self, user: str, wanted: Callable[[AlertRecord], bool]) -> list[Alert]:
+        """The user's alerts among the sendings not yet visible to search.
 
-    async def missed(self, user: str, after: int, upto: int, limit: int = 200) -> list[Alert]:
-        """The user's alerts with after < seq <= upto, oldest first (the newest `limit`)."""
-        stored = await self._read(user, [{"range": {"seq": {"gt": after, "lte": upto}}}], limit)
-        return _merge(stored, self._buffered(user), lambda seq: after < seq <= upto, limit)
+        Taken before Elasticsearch is read, never after: a sending leaves here only once
+        a search can see it, so each one is in this list or in the read that follows —
+        whereas a flush completing during the read would take it out of both.
+        """
+        records = (r for part in (self._writing, self._buffer) for r in part if wanted(r))
+        return _alerts_for(user, records)
+
+    async def missed(
+        self, user: str, after: int, upto: int, *, since: float, limit: int = 200
+    ) -> list[Alert]:
+        """The user's alerts with after < seq <= upto, oldest first (the newest `limit`),
+        leaving out any that counts a search made before `since` (epoch seconds: when the
+        user's session began)."""
+        since_ms = _session_ms(since)
+        unwritten = self._unwritten(
+            user, lambda r: after < r.seq <= upto and r.earliest_ms >= since_ms
+        )
+        positions = {"range": {"seq": {"gt": after, "lte": upto}}}
+        stored = await self._read(user, since_ms, [positions], limit)
+        return _merge(stored, unwritten, limit)
 
     async def recent(self, user: str, since: float, limit: int = 20) -> list[Alert]:
-        """The user's newest alerts since `since` (epoch seconds), oldest first."""
-        since_iso = datetime.fromtimestamp(since, UTC).isoformat()
-        stored = await self._read(user, [{"range": {"at": {"gte": since_iso}}}], limit)
-        low = int(since * 1_000_000)
-        return _merge(stored, self._buffered(user), lambda seq: seq >= low, limit)
+        """The user's newest alerts about searches made since `since` (epoch seconds: when
+        the user's session began), oldest first."""
+        since_ms = _session_ms(since)
+        unwritten = self._unwritten(user, lambda r: r.earliest_ms >= since_ms)
+        stored = await self._read(user, since_ms, [], limit)
+        return _merge(stored, unwritten, limit)
 
 
 def _alerts_for(user: str, records: Iterable[AlertRecord]) -> list[Alert]:
@@ -333,11 +462,7 @@ def _alerts_for(user: str, records: Iterable[AlertRecord]) -> list[Alert]:
     return [alert for record in records if (alert := record.alert_for(user)) is not None]
 
 
-def _merge(
-    stored: list[Alert], buffered: Collection[Alert], wanted: Any, limit: int
-) -> list[Alert]:
+def _merge(stored: list[Alert], unwritten: list[Alert], limit: int) -> list[Alert]:
     by_seq = {alert.seq: alert for alert in stored}
-    for alert in buffered:
-        if wanted(alert.seq):
-            by_seq[alert.seq] = alert
+    by_seq.update((alert.seq, alert) for alert in unwritten)
     return [by_seq[seq] for seq in sorted(by_seq)[-limit:]]

@@ -7,6 +7,12 @@ goes out at once; further matches within the window are folded into one follow-u
 carrying their count (and the latest search text), sent when the window ends. A flood
 therefore costs each recipient at most one alert per window and watch. Each alert is
 encoded once and the same text goes to every recipient socket.
+
+One alert per person per search holds for follow-ups too: a search a recipient heard of
+through their own watch, or made, is not counted again in a default watch's follow-up.
+An alert reaches no session begun after the earliest search it counts (a session that
+begins during a window hears of its searches from the next alert on), and the search text
+it carries is redacted (redaction.py).
 """
 
 from __future__ import annotations
@@ -20,10 +26,11 @@ from typing import Protocol
 import anyio
 import msgspec
 
-from percolert.alertlog import AlertRecord
+from percolert.alertlog import AlertRecord, epoch_ms
 from percolert.hub import Hub
 from percolert.messages import AlertWatch
 from percolert.percolator import Match, SearchEvent
+from percolert.redaction import redact
 
 
 class AlertSink(Protocol):
@@ -37,16 +44,18 @@ class AlertSink(Protocol):
 class _Window:
     """Matches of one watch since its last alert, until `until`."""
 
-    __slots__ = ("delivered_directly", "not_alerted", "pending", "terms", "until")
+    __slots__ = ("not_alerted", "pending", "skip", "terms", "until")
 
     def __init__(self, until: float, terms: str) -> None:
         self.until = until
         self.terms = terms
         self.pending: list[SearchEvent] = []
-        # Default watches only: users who have had no alert of this watch in this window
-        # (they were the searcher), and how many pending events each got one-by-one.
+        # Default watches only: for each pending event, who is not to hear of it in the
+        # follow-up (its searcher, those told through their own watch, those sent it at
+        # once); and users who have had no alert of this watch in this window (they were
+        # the searcher).
+        self.skip: list[set[str]] = []
         self.not_alerted: set[str] = set()
-        self.delivered_directly: Counter[str] = Counter()
 
 
 def _timestamp(epoch: float) -> str:
@@ -79,31 +88,42 @@ class AlertDispatcher:
         at: float,
         watches: dict[str, AlertWatch] | None = None,
         *,
+        since: float,
         everyone: AlertWatch | None = None,
         excluded: Collection[str] = (),
     ) -> None:
-        """Number, record and send one sending: to each user in `watches` through their watch,
-        or through `everyone` to every user but `excluded`. Each alert is encoded once, for
-        all of its recipient's sockets."""
+        """Number, record and send one sending about the search `query` made `at`, counting
+        `count` searches made from `since` on: to each user in `watches` through their watch,
+        or through `everyone` to every user but `excluded` — of sessions begun by `since`.
+        Each alert is encoded once, for all of its recipient's sockets."""
+        earliest_ms = epoch_ms(since)
         record = AlertRecord(
             seq=self._sink.next_seq(),
             at=_timestamp(at),
-            query=query,
+            earliest_ms=earliest_ms,
+            query=redact(query),  # here, so that the log holds only what alerts show
             count=count,
             watches=watches or {},
             everyone=everyone,
             excluded=tuple(excluded),
         )
         self._sink.append(record)
+        # The same comparison as replay's (whole milliseconds): a session begun later than
+        # the earliest search counted gets this sending neither now nor on reconnect.
+        sessions_since = earliest_ms / 1000
         if everyone is not None:
             self.alerts += 1
             self._hub.send_to_all(
-                self._encoder.encode(record.alert(everyone)).decode(), exclude=excluded
+                self._encoder.encode(record.alert(everyone)).decode(),
+                exclude=excluded,
+                since=sessions_since,
             )
             return
         self.alerts += len(record.watches)
         for user, watch in record.watches.items():
-            self._hub.send_to_user(user, self._encoder.encode(record.alert(watch)).decode())
+            self._hub.send_to_user(
+                user, self._encoder.encode(record.alert(watch)).decode(), since=sessions_since
+            )
 
     async def on_matches(self, event: SearchEvent, matches: list[Match]) -> None:
         self.dispatch(event, matches)
@@ -134,7 +154,7 @@ class AlertDispatcher:
                     window.pending.append(event)
                     self.coalesced += 1
         if at_once:
-            self._send(event.text, 1, event.at, at_once)
+            self._send(event.text, 1, event.at, at_once, since=event.at)
         if defaults:
             shared: tuple[str, str | None] = (defaults[0].watch_id, None)
             window = self._current(shared, now)
@@ -159,21 +179,21 @@ class AlertDispatcher:
     ) -> None:
         watch = AlertWatch(id=match.watch_id, terms=match.terms)
         if window is None:
-            self._send(event.text, 1, event.at, everyone=watch, excluded=covered)
+            self._send(event.text, 1, event.at, since=event.at, everyone=watch, excluded=covered)
             if self._window > 0:
                 window = _Window(now + self._window, match.terms)
                 window.not_alerted.add(event.searcher)
                 self._windows[key] = window
             return
-        window.pending.append(event)
-        self.coalesced += 1
         # Someone who was the searcher so far has had nothing yet: this one is their first.
         firsts = [user for user in window.not_alerted if user not in covered]
-        for user in firsts:
-            window.not_alerted.discard(user)
-            window.delivered_directly[user] += 1
+        window.not_alerted.difference_update(firsts)
+        covered.update(firsts)
+        window.pending.append(event)
+        window.skip.append(covered)
+        self.coalesced += 1
         if firsts:
-            self._send(event.text, 1, event.at, dict.fromkeys(firsts, watch))
+            self._send(event.text, 1, event.at, dict.fromkeys(firsts, watch), since=event.at)
 
     def _flush(self, key: tuple[str, str | None], window: _Window, now: float) -> None:
         """End a window: send the follow-up for what it folded, and start the next one."""
@@ -183,23 +203,38 @@ class AlertDispatcher:
             return
         terms = window.terms
         watch = AlertWatch(id=watch_id, terms=terms)
-        latest = window.pending[-1]
+        pending = window.pending
+        latest = pending[-1]
+        # Batches percolated side by side may finish out of order: the earliest is looked for.
+        earliest = min(event.at for event in pending)
         if owner is not None:
-            self._send(latest.text, len(window.pending), latest.at, {owner: watch})
+            self._send(latest.text, len(pending), latest.at, {owner: watch}, since=earliest)
             self._windows[key] = _Window(now + self._window, terms)
             return
-        by_searcher = Counter(event.searcher for event in window.pending)
-        special = set(by_searcher) | set(window.delivered_directly) | window.not_alerted
-        self._send(latest.text, len(window.pending), latest.at, everyone=watch, excluded=special)
+        special = set(window.not_alerted)
+        for skip in window.skip:
+            special |= skip
+        self._send(
+            latest.text,
+            len(pending),
+            latest.at,
+            since=earliest,
+            everyone=watch,
+            excluded=special,
+        )
         next_window = _Window(now + self._window, terms)
+        searched = Counter(event.searcher for event in pending)
         for user in special:
-            count = len(window.pending) - by_searcher[user] - window.delivered_directly[user]
-            if count <= 0:
-                if user in window.not_alerted or by_searcher[user] == len(window.pending):
+            counted = [
+                event for event, skip in zip(pending, window.skip, strict=True) if user not in skip
+            ]
+            if not counted:
+                if user in window.not_alerted or searched[user] == len(pending):
                     next_window.not_alerted.add(user)
                 continue
-            last = next(event for event in reversed(window.pending) if event.searcher != user)
-            self._send(last.text, count, last.at, {user: watch})
+            last = counted[-1]
+            since = min(event.at for event in counted)
+            self._send(last.text, len(counted), last.at, {user: watch}, since=since)
         self._windows[key] = next_window
 
     def flush_all(self) -> None:

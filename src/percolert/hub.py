@@ -49,8 +49,13 @@ class Connection:
         send_text: Callable[[str], Awaitable[None]],
         queue_size: int,
         write_frame: WriteFrame | None = None,
+        *,
+        session_started: float = 0.0,
     ) -> None:
         self.user = user
+        # When the socket's session began (epoch seconds): it gets no alert that counts a
+        # search made before then.
+        self.session_started = session_started
         self._send_text = send_text
         # Set once the writer runs: until then the greeting is being sent, and everything
         # offered must wait behind it in the queue.
@@ -194,27 +199,33 @@ class Hub:
     def socket_count(self) -> int:
         return self._sockets
 
-    def send_to_user(self, user: str, payload: str) -> int:
-        """Send `payload` to every open socket of `user`; returns how many took it."""
+    def send_to_user(self, user: str, payload: str, *, since: float | None = None) -> int:
+        """Send `payload` to every open socket of `user` (of a session begun at or before
+        `since`, if given); returns how many took it."""
         connections = tuple(self._by_user.get(user, ()))
         if not connections:
             return 0
         frame = frame_text(payload)
         sent = 0
         for connection in connections:
-            sent += connection.offer(payload, frame)
+            if since is None or connection.session_started <= since:
+                sent += connection.offer(payload, frame)
         self.delivered += sent
         return sent
 
-    def send_to_all(self, payload: str, *, exclude: Collection[str] = ()) -> int:
-        """Send `payload` to every socket of every user not in `exclude`."""
+    def send_to_all(
+        self, payload: str, *, exclude: Collection[str] = (), since: float | None = None
+    ) -> int:
+        """Send `payload` to every socket of every user not in `exclude` (of a session begun
+        at or before `since`, if given)."""
         frame = frame_text(payload)
         sent = 0
         for user, connections in tuple(self._by_user.items()):
             if user in exclude:
                 continue
             for connection in tuple(connections):
-                sent += connection.offer(payload, frame)
+                if since is None or connection.session_started <= since:
+                    sent += connection.offer(payload, frame)
         self.delivered += sent
         return sent
 

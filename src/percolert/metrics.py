@@ -48,6 +48,7 @@ class _Readings(Collector):
                 "Percolate batches given up (Elasticsearch error, timeout or a bug): their "
                 "searches alert nobody",
             ),
+            ("alert_log_rejected", "Alert-log sendings Elasticsearch refused for good (dropped)"),
         ]:
             yield CounterMetricFamily(f"percolert_{name}", help_text, value=values.get(name, 0.0))
 

@@ -156,6 +156,7 @@ class Services:
             "alerts_coalesced": self.dispatcher.coalesced,
             "search_events_dropped": self.percolator.dropped,
             "alert_log_write_failures": self.alert_log.write_failures,
+            "alert_log_rejected": self.alert_log.rejected,
             "percolate_batches_failed": self.percolator.failed_batches,
         }
 

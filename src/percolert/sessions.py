@@ -2,11 +2,15 @@
 
 The id is never taken from a parameter. A missing, forged or tampered cookie is no session:
 an HTTP request then gets a fresh one, a WebSocket handshake is refused.
+
+The signed value also says when the session began (epoch milliseconds): a session never
+hears of searches made before it existed, and only the server can say when that was.
 """
 
 from __future__ import annotations
 
 import logging
+import math
 import os
 import secrets
 import time
@@ -48,20 +52,30 @@ class SessionSigner:
     def __init__(self, secret: str) -> None:
         self._signer = TimestampSigner(secret, salt="percolert.session")
 
-    def issue(self) -> tuple[str, str]:
-        """A new user id and its cookie value."""
+    def issue(self, now: float | None = None) -> tuple[str, str]:
+        """A new user id and its cookie value, which says when the session began."""
         user = secrets.token_urlsafe(16)
-        return user, self._signer.sign(user).decode()
+        # Rounded up: the session counts as begun no earlier than it did.
+        started_ms = math.ceil((time.time() if now is None else now) * 1000)
+        return user, self._signer.sign(f"{user}.{started_ms}").decode()
 
     def verify(self, token: str) -> tuple[str, float] | None:
-        """The user id and when its session was issued (epoch seconds), if genuine."""
+        """The user id and when its session began (epoch seconds, whole milliseconds), if
+        genuine."""
         try:
-            user, issued = self._signer.unsign(
+            value, signed_at = self._signer.unsign(
                 token, max_age=_MAX_AGE_SECONDS, return_timestamp=True
             )
+            user, _, started_ms = value.decode().partition(".")
         except (BadSignature, UnicodeDecodeError):
             return None
-        return user.decode(), issued.timestamp()
+        if not started_ms:
+            # A cookie from before sessions carried their start: only the signing time, in
+            # whole seconds, is known; the session began before the end of that second.
+            return user, signed_at.timestamp() + 1
+        if not started_ms.isascii() or not started_ms.isdigit():
+            return None
+        return user, int(started_ms) / 1000
 
 
 def current_user(connection: HTTPConnection) -> str | None:
@@ -71,7 +85,7 @@ def current_user(connection: HTTPConnection) -> str | None:
 
 
 def session_started(connection: HTTPConnection) -> float:
-    """When the current session was issued (epoch seconds)."""
+    """When the current session began (epoch seconds); without a session, now."""
     return float(connection.scope.get(_STARTED_KEY, time.time()))
 
 
