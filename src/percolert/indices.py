@@ -18,7 +18,7 @@ import elasticsearch
 from elasticsearch import AsyncElasticsearch
 from elasticsearch.helpers import async_bulk, async_scan
 
-from percolert import alertlog, assets
+from percolert import alertlog, assets, watches
 from percolert.settings import Settings
 
 INDEX_NAMES = ("products", "watches", "alerts")
@@ -70,10 +70,10 @@ Upgrade = Callable[[str, dict[str, Any]], dict[str, Any]]
 
 def _current_watch(document_id: str, source: dict[str, Any]) -> dict[str, Any]:
     """Percolation reads doc values only: `terms` repeats `spec.terms` (watches v2),
-    `watch_id` the document id (v3)."""
+    `watch_id` the document id (v3); category and price are judged together (v4)."""
     source.setdefault("terms", source["spec"]["terms"])
     source.setdefault("watch_id", document_id)
-    return source
+    return watches.upgrade_query(source)
 
 
 # Documents of any older version made current, for the indices whose new versions need more
