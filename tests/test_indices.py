@@ -33,7 +33,7 @@ async def test_setup_creates_aliased_indices_and_is_idempotent(fresh_settings: S
         first = await indices.setup(client, fresh_settings)
         assert first == [
             f"{prefix}-products -> {prefix}-products-v1: created",
-            f"{prefix}-watches -> {prefix}-watches-v3: created",
+            f"{prefix}-watches -> {prefix}-watches-v4: created",
             f"{prefix}-alerts -> {prefix}-alerts-v2: created",
         ]
         second = await indices.setup(client, fresh_settings)
@@ -79,18 +79,20 @@ async def test_a_new_mapping_version_migrates_documents_and_moves_the_alias(
         await client.close()
 
 
-async def test_watches_stored_before_v3_get_their_terms_and_id_as_doc_values(
+async def test_watches_stored_before_v4_are_made_current(
     fresh_settings: Settings, tmp_path: Path
 ) -> None:
     """v2 and v3 of the watches mapping added `terms` and `watch_id` (doc values, which are
-    all percolation reads); migrating a v1 index fills them in."""
+    all percolation reads), v4 `category_prices` for judging a watch's category and price
+    together; migrating a v1 index fills in the first two and rewrites the queries."""
     old_mappings = tmp_path / "mappings"
     shutil.copytree(ROOT / "mappings", old_mappings)
     definition = json.loads((old_mappings / "watches.json").read_text())
-    assert definition["mappings"]["_meta"]["percolert_version"] == 3
+    assert definition["mappings"]["_meta"]["percolert_version"] == 4
     definition["mappings"]["_meta"]["percolert_version"] = 1
     del definition["mappings"]["properties"]["terms"]
     del definition["mappings"]["properties"]["watch_id"]
+    del definition["mappings"]["properties"]["category_prices"]
     (old_mappings / "watches.json").write_text(json.dumps(definition))
     client = es.create_client(fresh_settings)
     alias = indices.alias_for(fresh_settings, "watches")
@@ -101,12 +103,19 @@ async def test_watches_stored_before_v3_get_their_terms_and_id_as_doc_values(
         watch_id, document = store.prepare("alice", WatchSpec(terms="Kindle  Paperwhite"))
         del document["terms"], document["watch_id"]  # as a v1 watch was stored
         await client.index(index=alias, id=watch_id, document=document, refresh=True)
+        tv_id, tv = store.prepare("bob", WatchSpec(terms="sony", category="tv", max_price=800))
+        del tv["terms"], tv["watch_id"]
+        tv["query"]["bool"]["filter"][1:] = [  # category and price apart, as before v4
+            {"term": {"categories": "tv"}},
+            {"range": {"min_price": {"lte": 800}}},
+        ]
+        await client.index(index=alias, id=tv_id, document=tv, refresh=True)
         assert await indices.needing_setup(client, fresh_settings) == [
-            f"{alias} is at {alias}-v1, not {alias}-v3"
+            f"{alias} is at {alias}-v1, not {alias}-v4"
         ]
 
         lines = await indices.setup(client, fresh_settings, migrations=document_upgrades())
-        assert lines[1] == f"{alias} -> {alias}-v3: migrated from {alias}-v1 (old index kept)"
+        assert lines[1] == f"{alias} -> {alias}-v4: migrated from {alias}-v1 (old index kept)"
         assert await indices.needing_setup(client, fresh_settings) == []
 
         async def ignore(event: SearchEvent, matches: list[Match]) -> None:
@@ -117,6 +126,14 @@ async def test_watches_stored_before_v3_get_their_terms_and_id_as_doc_values(
             [SearchEvent(text="kindle paperwhite", searcher="x")]
         )
         assert matches == [Match(watch_id=watch_id, terms="Kindle Paperwhite", owner="alice")]
+        sony = [
+            SearchEvent(text="sony", searcher="x", found=(("audio", 59.99), ("tv", tv_price)))
+            for tv_price in (999.0, 700.0)
+        ]
+        assert await percolator.percolate(sony) == [
+            [],
+            [Match(watch_id=tv_id, terms="sony", owner="bob")],
+        ]
     finally:
         await client.close()
 

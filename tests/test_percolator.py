@@ -11,7 +11,7 @@ from percolert.messages import WatchSpec
 from percolert.percolator import Match, Percolator, SearchEvent
 from percolert.settings import Settings
 from percolert.text import TextNormalizer
-from percolert.watches import WatchStore, build_query
+from percolert.watches import WatchStore, build_query, category_price
 
 pytestmark = pytest.mark.anyio
 
@@ -23,11 +23,26 @@ def test_watch_queries_are_plain_term_filters() -> None:
             "filter": [
                 {"term": {"search_text": "sony"}},
                 {"term": {"search_text": "headphon"}},
-                {"term": {"categories": "audio"}},
-                {"range": {"min_price": {"lte": 150.0}}},
+                {"range": {"category_prices": {"gte": "audio\x1f", "lte": "audio\x1f0000015000"}}},
             ]
         }
     }
+    alone = build_query(["sony"], phrase=False, category="tv", max_price=None)
+    assert alone["bool"]["filter"][1:] == [{"term": {"categories": "tv"}}]
+    cheap = build_query(["sony"], phrase=False, category=None, max_price=99.5)
+    assert cheap["bool"]["filter"][1:] == [{"range": {"min_price": {"lte": 99.5}}}]
+
+
+def test_a_category_price_keyword_sorts_as_its_price() -> None:
+    assert category_price("audio", 79.99) == "audio\x1f0000007999"
+    assert category_price("audio", 109.99000000000001) == "audio\x1f0000010999"
+    [clause] = build_query([], phrase=False, category="audio", max_price=79.99)["bool"]["filter"]
+    bounds = clause["range"]["category_prices"]
+    assert bounds["gte"] <= category_price("audio", 0) <= bounds["lte"]
+    assert bounds["gte"] <= category_price("audio", 79.99) <= bounds["lte"]
+    assert category_price("audio", 80) > bounds["lte"]
+    assert not bounds["gte"] <= category_price("audio-x", 1) <= bounds["lte"]
+    assert not bounds["gte"] <= category_price("aud", 1) <= bounds["lte"]
     phrase = build_query(["nois", "cancel"], phrase=True, category=None, max_price=None)
     assert phrase == {"bool": {"filter": [{"match_phrase": {"search_text": "nois cancel"}}]}}
 
@@ -41,6 +56,7 @@ async def test_one_request_matches_each_event_to_its_watches(fresh_settings: Set
         store = WatchStore(client, alias, normalizer, max_per_user=50)
         kindle = await store.add("alice", WatchSpec(terms="kindle"))
         cheap_audio = await store.add("bob", WatchSpec(terms="headphones", max_price=100))
+        cheap_tv = await store.add("carol", WatchSpec(terms="sony", category="tv", max_price=800))
         default = await store.add(None, WatchSpec(terms="iphone"))
 
         async def ignore(event: SearchEvent, matches: list[Match]) -> None:
@@ -49,10 +65,13 @@ async def test_one_request_matches_each_event_to_its_watches(fresh_settings: Set
         percolator = Percolator(client, alias, normalizer, ignore)
         events = [
             SearchEvent(text="Kindle Paperwhite", searcher="x"),
-            SearchEvent(text="headphones", searcher="x", categories=("audio",), min_price=79.0),
-            SearchEvent(text="headphones", searcher="x", categories=("audio",), min_price=149.0),
+            SearchEvent(text="headphones", searcher="x", found=(("audio", 79.0),)),
+            SearchEvent(text="headphones", searcher="x", found=(("audio", 149.0),)),
             SearchEvent(text="iPhone and Kindle", searcher="x"),
             SearchEvent(text="nothing to see", searcher="x"),
+            # A TV and something under $800 were found, but no TV under $800; then one was.
+            SearchEvent(text="sony", searcher="x", found=(("audio", 59.99), ("tv", 999.0))),
+            SearchEvent(text="sony", searcher="x", found=(("audio", 59.99), ("tv", 799.99))),
         ]
         results = await percolator.percolate(events)
         matched = [sorted(match.watch_id for match in matches) for matches in results]
@@ -62,11 +81,23 @@ async def test_one_request_matches_each_event_to_its_watches(fresh_settings: Set
             [],
             sorted([kindle.id, default.id]),
             [],
+            [],
+            [cheap_tv.id],
         ]
         owners = {match.watch_id: match.owner for matches in results for match in matches}
-        assert owners == {kindle.id: "alice", cheap_audio.id: "bob", default.id: None}
+        assert owners == {
+            kindle.id: "alice",
+            cheap_audio.id: "bob",
+            cheap_tv.id: "carol",
+            default.id: None,
+        }
         terms = {match.watch_id: match.terms for matches in results for match in matches}
-        assert terms == {kindle.id: "kindle", cheap_audio.id: "headphones", default.id: "iphone"}
+        assert terms == {
+            kindle.id: "kindle",
+            cheap_audio.id: "headphones",
+            cheap_tv.id: "sony",
+            default.id: "iphone",
+        }
         assert percolator.batches == 1
         [alone] = await percolator.percolate([SearchEvent(text="kindle", searcher="x")])
         assert alone == [Match(watch_id=kindle.id, terms="kindle", owner="alice")]

@@ -23,7 +23,7 @@ from percolert.messages import Alert, ClientMessages, Hello, Ping, Pong, Watch
 from percolert.services import State, encode_message, state_of
 from percolert.sessions import current_user, session_started
 from percolert.settings import Settings
-from percolert.wsprotocol import frame_writer
+from percolert.wsprotocol import closer, frame_writer
 
 logger = logging.getLogger("percolert.socket")
 
@@ -37,11 +37,22 @@ def _origin_allowed(websocket: WebSocket, settings: Settings) -> bool:
     return origin.rstrip("/") in {own, *settings.allowed_origins}
 
 
+# Positions are stored in the alert log as Elasticsearch `long`s.
+_MAX_POSITION = 2**63 - 1
+
+
 def _resume_position(websocket: WebSocket) -> int | None:
+    """The `after` query parameter: None when absent; ValueError unless it is a position.
+
+    ASCII digits only: `str.isdigit` also accepts "²" and other digits that `int` refuses,
+    and a number past a `long` would make Elasticsearch reject the replay query.
+    """
     raw = websocket.query_params.get("after")
     if raw is None:
         return None
-    return int(raw) if raw.isdigit() and len(raw) < 20 else None
+    if not (raw.isascii() and raw.isdigit()) or len(raw) > 19 or int(raw) > _MAX_POSITION:
+        raise ValueError(f"after must be the seq of an alert: a whole number up to {_MAX_POSITION}")
+    return int(raw)
 
 
 async def _greeting(
@@ -77,9 +88,10 @@ async def _greeting(
     return hello, missed
 
 
-async def _read_until_closed(websocket: WebSocket, connection: Connection) -> tuple[int, str]:
+async def _read_until_closed(websocket: WebSocket) -> tuple[int, str]:
     """Answer pings; returns the close code and reason when the client leaves or misbehaves."""
     decoder = msgspec.json.Decoder(ClientMessages)
+    pong = encode_message(Pong())
     while True:
         message = await websocket.receive()
         if message["type"] == "websocket.disconnect":
@@ -93,7 +105,13 @@ async def _read_until_closed(websocket: WebSocket, connection: Connection) -> tu
             return POLICY_VIOLATION, "malformed message"
         match decoded:
             case Ping():
-                connection.offer(encode_message(Pong()))
+                # Sent from here, not queued: the queue's bound is for alerts the client fails
+                # to take, and its own pings must not count toward it. A client that pings
+                # without reading is simply not read from until it does.
+                try:
+                    await websocket.send_text(pong)
+                except WebSocketDisconnect:
+                    return 0, ""
 
 
 async def alerts_socket(websocket: WebSocket) -> None:
@@ -105,6 +123,13 @@ async def alerts_socket(websocket: WebSocket) -> None:
         await websocket.close(code=POLICY_VIOLATION)
         return
     await websocket.accept()
+    try:
+        _resume_position(websocket)
+    except ValueError as error:
+        # After the accept, so that the page is told why (a refused handshake says nothing).
+        with contextlib.suppress(WebSocketDisconnect):
+            await websocket.close(code=POLICY_VIOLATION, reason=str(error))
+        return
     hub = state["hub"]
     connection = Connection(
         user,
@@ -129,7 +154,7 @@ async def alerts_socket(websocket: WebSocket) -> None:
 
             async def read() -> None:
                 nonlocal close_code, reason
-                close_code, reason = await _read_until_closed(websocket, connection)
+                close_code, reason = await _read_until_closed(websocket)
                 tasks.cancel_scope.cancel()
 
             tasks.start_soon(read)
@@ -152,7 +177,12 @@ async def alerts_socket(websocket: WebSocket) -> None:
         reason=reason or None,
         sockets=hub.socket_count(),
     )
-    if close_code:
+    close_behind = closer(websocket.scope)
+    if close_code and close_behind is not None:
+        # After what is already written, even to a client that stopped reading: it gets the
+        # close frame when it reads again, or is cut off after `socket_close_seconds`.
+        close_behind(close_code, reason, state["settings"].socket_close_seconds)
+    elif close_code:
         # Bounded: a client that stopped reading may never take the close frame.
         with (
             anyio.move_on_after(1),

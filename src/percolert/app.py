@@ -88,20 +88,14 @@ async def search(request: Request) -> Response:
     state = state_of(request)
     alias = indices.alias_for(state["settings"], "products")
     started = time.perf_counter()
-    found = await search_products(state["client"], alias, text, size)
+    answer, found = await search_products(state["client"], alias, text, size)
     state["metrics"].search_seconds.observe(time.perf_counter() - started)
     # Percolation happens after the answer is composed and never delays it.
     if state["settings"].alerts_enabled:
         state["percolator"].submit(
-            SearchEvent(
-                text=text,
-                searcher=user,
-                categories=tuple(sorted({hit.category for hit in found.results})),
-                min_price=min((hit.price for hit in found.results), default=None),
-                at=time.time(),
-            )
+            SearchEvent(text=text, searcher=user, found=found, at=time.time())
         )
-    return json_response(found)
+    return json_response(answer)
 
 
 async def _decode_spec(request: Request) -> WatchSpec:

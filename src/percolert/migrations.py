@@ -9,16 +9,16 @@ from __future__ import annotations
 
 from typing import Any
 
-from percolert import alertlog
+from percolert import alertlog, watches
 from percolert.indices import Upgrade
 
 
 def upgrade_watch(document_id: str, source: dict[str, Any]) -> dict[str, Any]:
     """Percolation reads doc values only: `terms` repeats `spec.terms` (watches v2),
-    `watch_id` the document id (v3)."""
+    `watch_id` the document id (v3); category and price are judged together (v4)."""
     source.setdefault("terms", source["spec"]["terms"])
     source.setdefault("watch_id", document_id)
-    return source
+    return watches.upgrade_query(source)
 
 
 def document_upgrades() -> dict[str, Upgrade]:

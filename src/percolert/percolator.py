@@ -26,6 +26,7 @@ from elasticsearch import ApiError as ElasticsearchApiError
 from elasticsearch import AsyncElasticsearch
 
 from percolert.text import TextNormalizer
+from percolert.watches import category_price
 
 logger = logging.getLogger("percolert.percolator")
 
@@ -58,8 +59,9 @@ class SearchEvent(msgspec.Struct, frozen=True, kw_only=True):
 
     text: str
     searcher: str
-    categories: tuple[str, ...] = ()
-    min_price: float | None = None
+    # Over everything the search matched, not the page it returned: each category found,
+    # with the lowest price in it (None: nothing there has a price).
+    found: tuple[tuple[str, float | None], ...] = ()
     at: float = 0.0  # time.time() of the search
 
 
@@ -156,12 +158,18 @@ class Percolator:
 
     def document(self, event: SearchEvent) -> dict[str, Any]:
         """The percolated document: fields the watch queries in `watches.py` reference."""
+        prices = {
+            category: price
+            for category, price in event.found
+            if price is not None and math.isfinite(price)
+        }
         document: dict[str, Any] = {
             "search_text": " ".join(self._normalizer.tokens(event.text)),
-            "categories": list(event.categories),
+            "categories": [category for category, _ in event.found],
         }
-        if event.min_price is not None and math.isfinite(event.min_price):
-            document["min_price"] = event.min_price
+        if prices:
+            document["min_price"] = min(prices.values())
+            document["category_prices"] = [category_price(*found) for found in prices.items()]
         return document
 
     async def run(self) -> None:

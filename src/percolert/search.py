@@ -74,10 +74,46 @@ class _Hit(msgspec.Struct):
 
 _SOURCE_FIELDS = ["product_name", "description", "price", "category", "brand", "in_stock"]
 
+# Categories of what a search found, beyond this many, are not reported (the catalog has a
+# dozen; watch filters on the rest do not see them).
+MAX_FOUND_CATEGORIES = 100
+
+# What the search found, over all its matches rather than the page returned: each category
+# with its lowest price. Watch filters are judged on it; it costs one aggregation beside the
+# search, in the same request.
+_FOUND = {
+    "found": {
+        "terms": {"field": "category", "size": MAX_FOUND_CATEGORIES},
+        "aggs": {"cheapest": {"min": {"field": "price"}}},
+    }
+}
+
+
+class _Cheapest(msgspec.Struct):
+    value: float | None = None
+
+
+class _Category(msgspec.Struct):
+    key: str
+    cheapest: _Cheapest = msgspec.field(default_factory=_Cheapest)
+
+
+class _CategoryBuckets(msgspec.Struct):
+    buckets: list[_Category] = msgspec.field(default_factory=list)
+
+
+class _Aggregations(msgspec.Struct):
+    found: _CategoryBuckets = msgspec.field(default_factory=_CategoryBuckets)
+
+
+# (category, lowest price in it, or None if nothing there has one), for each category found
+Found = tuple[tuple[str, float | None], ...]
+
 
 async def search_products(
     client: AsyncElasticsearch, index: str, text: str, size: int
-) -> SearchResponse:
+) -> tuple[SearchResponse, Found]:
+    """The shopper's answer, and what the search found (for percolation, never shown)."""
     started = time.perf_counter()
     response = await client.search(
         index=index,
@@ -85,11 +121,14 @@ async def search_products(
         size=size,
         source_includes=_SOURCE_FIELDS,
         track_total_hits=True,
+        aggs=_FOUND,
     )
     body = response.body
     hits = msgspec.convert(body["hits"]["hits"], list[_Hit])
     total = body["hits"]["total"]
-    return SearchResponse(
+    aggregations = msgspec.convert(body.get("aggregations", {}), _Aggregations)
+    found = tuple((bucket.key, bucket.cheapest.value) for bucket in aggregations.found.buckets)
+    answer = SearchResponse(
         query=text,
         total=int(total["value"] if isinstance(total, dict) else total),
         took_ms=round((time.perf_counter() - started) * 1000, 2),
@@ -107,3 +146,4 @@ async def search_products(
             for hit in hits
         ],
     )
+    return answer, found

@@ -63,6 +63,9 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     percolate_timeout: float = 15.0
     # Alerts waiting for one socket; a socket that falls this far behind is closed (1013).
     socket_queue_size: int = 256
+    # A socket being closed gets this long to take what was sent before the close frame and
+    # to answer it; a client that stopped reading is then cut off without it.
+    socket_close_seconds: float = 10.0
     # A watch owner who left less than this many seconds ago still gets alerts (kept for
     # the reconnect); one away longer gets none until they are back.
     reconnect_grace_seconds: float = 600.0
@@ -176,6 +179,7 @@ def from_environment(
         percolate_concurrency=int(_number(env, "PERCOLERT_PERCOLATE_CONCURRENCY", 2, minimum=1)),
         percolate_timeout=_number(env, "PERCOLERT_PERCOLATE_TIMEOUT", 3 * timeout, minimum=0.1),
         socket_queue_size=int(_number(env, "PERCOLERT_SOCKET_QUEUE_SIZE", 256, minimum=1)),
+        socket_close_seconds=_number(env, "PERCOLERT_SOCKET_CLOSE_SECONDS", 10.0, minimum=0.1),
         reconnect_grace_seconds=_number(env, "PERCOLERT_RECONNECT_GRACE_SECONDS", 600, minimum=0),
         alerts_enabled=_flag(env, "PERCOLERT_ALERTS", True),
     )

@@ -4,11 +4,18 @@ A watch's query is a conjunction of `term` filters on the app-normalised search 
 `match_phrase` for exact phrases), plus optional category and price filters on what the
 search found. No scoring, no fuzzy or wildcard clauses: the percolator can then pre-select
 candidate watches by their terms alone.
+
+A watch with both a category and a price wants something in that category at or under that
+price. The percolated document carries, per category found, its lowest price as one keyword,
+`<category>\x1f<cents, 10 digits>`; with fixed-width digits, keyword order is price order, so
+the watch is one `range` over its category's keywords. (A nested document per category would
+say the same, but makes every percolation index several Lucene documents.)
 """
 
 from __future__ import annotations
 
 import hashlib
+import math
 from collections.abc import Iterable
 from datetime import UTC, datetime
 from typing import Any
@@ -52,6 +59,32 @@ def clean_spec(spec: WatchSpec) -> WatchSpec:
     )
 
 
+_PRICE_DIGITS = 10  # cents: catalog prices stop at 10,000,000.00
+_SEPARATOR = "\x1f"  # in no category name
+
+
+def category_price(category: str, price: float) -> str:
+    """The percolated document's `category_prices` keyword for the lowest `price` found in
+    `category` (rounded to the cent, as the catalog stores prices)."""
+    cents = min(max(round(price * 100), 0), 10**_PRICE_DIGITS - 1)
+    return f"{category}{_SEPARATOR}{cents:0{_PRICE_DIGITS}d}"
+
+
+def _found_filters(category: str | None, max_price: float | None) -> list[dict[str, Any]]:
+    """What the search must have found: something in `category`, at or under `max_price`."""
+    if category is not None and max_price is not None:
+        # Floored to the cent, but not below a price the catalog stores as exactly it
+        # (79.99 * 100 is 7998.999…).
+        cents = min(math.floor(max_price * 100 + 1e-6), 10**_PRICE_DIGITS - 1)
+        within = f"{category}{_SEPARATOR}{cents:0{_PRICE_DIGITS}d}"
+        return [{"range": {"category_prices": {"gte": category + _SEPARATOR, "lte": within}}}]
+    if category is not None:
+        return [{"term": {"categories": category}}]
+    if max_price is not None:
+        return [{"range": {"min_price": {"lte": max_price}}}]
+    return []
+
+
 def build_query(
     tokens: list[str], *, phrase: bool, category: str | None, max_price: float | None
 ) -> dict[str, Any]:
@@ -61,11 +94,22 @@ def build_query(
         filters = [{"match_phrase": {"search_text": " ".join(tokens)}}]
     else:
         filters = [{"term": {"search_text": token}} for token in dict.fromkeys(tokens)]
-    if category is not None:
-        filters.append({"term": {"categories": category}})
-    if max_price is not None:
-        filters.append({"range": {"min_price": {"lte": max_price}}})
+    filters.extend(_found_filters(category, max_price))
     return {"bool": {"filter": filters}}
+
+
+def upgrade_query(source: dict[str, Any]) -> dict[str, Any]:
+    """A stored watch of mapping v3 or older made current: its category and price filters
+    judged together (v4), the search-text filters kept as they are."""
+    spec = source["spec"]
+    text_filters = [
+        clause
+        for clause in source["query"]["bool"]["filter"]
+        if "search_text" in next(iter(clause.values()))
+    ]
+    found = _found_filters(spec.get("category"), spec.get("max_price"))
+    source["query"] = {"bool": {"filter": text_filters + found}}
+    return source
 
 
 def watch_id(owner: str | None, tokens: list[str], spec: WatchSpec) -> str:

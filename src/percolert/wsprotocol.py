@@ -9,7 +9,9 @@ than half of the server's CPU (docs/benchmarks/README.md). The ASGI path stays f
 everything else, and for a socket that is behind (`write_frame` returns False).
 
 The app finds the fast path as an ASGI scope extension, so it still runs, on the ASGI path
-only, under any other server or protocol.
+only, under any other server or protocol. The same extension closes a socket behind what is
+already written to it (`close_behind`): the ASGI close waits, like any send, until the client
+reads, so a client that stopped reading would never be told why it was dropped.
 """
 
 from __future__ import annotations
@@ -25,6 +27,8 @@ from websockets.protocol import State
 FRAME_WRITER = "percolert.websocket.write_frame"
 
 WriteFrame = Callable[[bytes], bool]
+# (code, reason, seconds) -> whether a close frame was queued; see `close_behind`
+CloseBehind = Callable[[int, str, float], bool]
 
 
 def frame_text(text: str) -> bytes:
@@ -38,6 +42,12 @@ def frame_writer(scope: Mapping[str, Any]) -> WriteFrame | None:
     return None if extension is None else cast(WriteFrame, extension["write_frame"])
 
 
+def closer(scope: Mapping[str, Any]) -> CloseBehind | None:
+    """`close_behind` of the socket with this ASGI scope, if its server offers it."""
+    extension = (scope.get("extensions") or {}).get(FRAME_WRITER)
+    return None if extension is None else cast(CloseBehind, extension["close_behind"])
+
+
 class FrameWritingProtocol(WebSocketsSansIOProtocol):
     """Also unties its reference cycles once the socket is over (both the connection and the
     app are done), so that what a closed socket leaves behind is freed at once by reference
@@ -49,7 +59,10 @@ class FrameWritingProtocol(WebSocketsSansIOProtocol):
     _asgi_done = False
 
     async def run_asgi(self) -> None:
-        self.scope["extensions"][FRAME_WRITER] = {"write_frame": self.write_frame}
+        self.scope["extensions"][FRAME_WRITER] = {
+            "write_frame": self.write_frame,
+            "close_behind": self.close_behind,
+        }
         try:
             await super().run_asgi()
         finally:
@@ -82,4 +95,30 @@ class FrameWritingProtocol(WebSocketsSansIOProtocol):
         ):
             return False
         self.transport.write(frame)
+        return True
+
+    def close_behind(self, code: int, reason: str, seconds: float) -> bool:
+        """Queue a close frame after everything already written, even while the transport is
+        paused, and cut the connection if the closing handshake is not done within `seconds`
+        (a client that never reads again). False if the socket is closing or closed already.
+
+        What uvicorn's ASGI `websocket.close` does, without first waiting for the transport
+        to drain and with an abort instead of a close (which would wait for the drain too)
+        when the time is up; the peer's close reply ends the connection as usual."""
+        if (
+            not self.handshake_complete
+            or self.close_sent
+            or self.disconnected
+            or self.conn.state is not State.OPEN
+            or self.transport.is_closing()
+        ):
+            return False
+        self.queue.put_nowait({"type": "websocket.disconnect", "code": code, "reason": reason})
+        self.conn.send_close(code, reason)
+        self.transport.write(b"".join(self.conn.data_to_send()))
+        self.close_sent = True
+        if self.read_paused:  # the close reply must be read
+            self.read_paused = False
+            self.transport.resume_reading()
+        self.close_timer = self.loop.call_later(seconds, self.transport.abort)
         return True
