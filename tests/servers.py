@@ -25,7 +25,13 @@ def run_server(settings: Settings, port: int | None = None) -> Iterator[str]:
     """Serve `create_app(settings)` until the block ends (then shut down gracefully, as on
     SIGTERM); yields the base URL."""
     port = port or free_port()
-    server = build_server(create_app(settings), "127.0.0.1", port, log_level="warning")
+    server = build_server(
+        create_app(settings),
+        "127.0.0.1",
+        port,
+        log_level="warning",
+        trusted_proxies=settings.trusted_proxies,
+    )
     thread = threading.Thread(target=server.run, name=f"uvicorn-{port}", daemon=True)
     thread.start()
     deadline = time.monotonic() + 20
