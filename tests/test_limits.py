@@ -86,6 +86,8 @@ async def test_searches_over_the_session_limit_get_429_with_retry_after(
         assert assert_rate_limited(refused) > 3600
         assert "search" in refused.json()["error"]["message"]
         await b.search("kindle")  # another session has its own allowance
+        metrics = (await b.http.get("/metrics")).text
+        assert 'percolert_refused_total{limit="searches"} 1.0' in metrics
 
 
 async def test_watch_changes_over_the_session_limit_get_429(session_limited: str) -> None:
