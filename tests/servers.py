@@ -30,7 +30,9 @@ def run_server(
     gracefully, as on SIGTERM); yields the base URL."""
     port = port or free_port()
     app = create_app(settings) if app is None else app
-    server = build_server(app, "127.0.0.1", port, log_level="warning")
+    server = build_server(
+        app, "127.0.0.1", port, log_level="warning", trusted_proxies=settings.trusted_proxies
+    )
     thread = threading.Thread(target=server.run, name=f"uvicorn-{port}", daemon=True)
     thread.start()
     deadline = time.monotonic() + 20

@@ -31,6 +31,11 @@ def test_alerts_are_on_by_default() -> None:
         ("PERCOLERT_SOCKET_QUEUE_SIZE", "many", "must be a number"),
         ("PERCOLERT_INDEX_PREFIX", "Shop!", "lowercase letters"),
         ("ELASTICSEARCH_CONNECTIONS", "0", "must be at least 1"),
+        ("PERCOLERT_LIMIT_SEARCHES_PER_SESSION", "lots", "takes limits like 10/second"),
+        ("PERCOLERT_RATE_LIMIT_STORAGE", "redis://cache:6379", "must be an async storage URI"),
+        ("PERCOLERT_TRUSTED_PROXIES", "10.0.0.1,proxy.local", "addresses or networks"),
+        ("PERCOLERT_MAX_SOCKETS_PER_USER", "0", "must be at least 1"),
+        ("PERCOLERT_RATE_LIMITS", "sometimes", "must be true or false"),
     ],
 )
 def test_bad_values_are_refused_by_name(name: str, raw: str, message: str) -> None:
@@ -78,3 +83,26 @@ def test_settings_import_no_dev_tooling() -> None:
     code = "import sys, percolert.settings; print('percolert.devnode' in sys.modules)"
     run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert run.stdout.strip() == "False"
+
+
+def test_rate_limits_read_in_limits_notation_or_off() -> None:
+    defaults = from_environment(BASE)
+    assert defaults.rate_limits_enabled is True
+    assert defaults.limit_searches_per_session == "10/second;300/minute"
+    assert defaults.rate_limit_storage == "async+memory://"
+    assert defaults.max_sockets_per_user == 20
+    assert defaults.trusted_proxies == ()
+    settings = from_environment(
+        {
+            **BASE,
+            "PERCOLERT_LIMIT_SEARCHES_PER_SESSION": "5 per second; 100/hour",
+            "PERCOLERT_LIMIT_SOCKETS_PER_ADDRESS": "off",
+            "PERCOLERT_TRUSTED_PROXIES": "10.0.0.0/8, 192.0.2.7",
+            "PERCOLERT_MAX_SOCKETS_PER_USER": "4",
+        }
+    )
+    assert settings.limit_searches_per_session == "5 per second; 100/hour"
+    assert settings.limit_sockets_per_address is None
+    assert settings.trusted_proxies == ("10.0.0.0/8", "192.0.2.7")
+    assert settings.max_sockets_per_user == 4
+    assert from_environment({**BASE, "PERCOLERT_RATE_LIMITS": "off"}).rate_limits_enabled is False

@@ -18,7 +18,9 @@ from starlette.routing import Mount, Route, WebSocketRoute
 from starlette.staticfiles import StaticFiles
 
 from percolert import assets, es, indices
+from percolert.admission import Admission, AdmissionMiddleware
 from percolert.alert_socket import alerts_socket
+from percolert.bodylimit import BodyLimitMiddleware
 from percolert.errors import ApiError, error_response, exception_handlers
 from percolert.hub import Hub
 from percolert.logs import AccessLogMiddleware
@@ -33,6 +35,7 @@ from percolert.messages import (
 from percolert.metrics import Metrics
 from percolert.openapi import openapi_document
 from percolert.percolator import Percolator, SearchEvent
+from percolert.ratelimits import RateLimits
 from percolert.search import MAX_QUERY_LENGTH, MAX_SIZE, search_products
 from percolert.services import Services, State, encode_message, state_of
 from percolert.sessions import (
@@ -235,6 +238,11 @@ def create_app(settings: Settings, *, percolator_type: type[Percolator] = Percol
     # The hub outlives the lifespan's services: the server drains it before shutting down.
     hub = Hub(grace_seconds=settings.reconnect_grace_seconds)
     app_metrics = Metrics()
+    admission = Admission(
+        RateLimits(settings),
+        max_sockets_per_user=settings.max_sockets_per_user,
+        on_refused=lambda limit: app_metrics.refused.labels(limit).inc(),
+    )
     lifespan = _Lifespan(settings, hub, app_metrics, percolator_type)
     app_metrics.read_from(lifespan.readings)
 
@@ -262,7 +270,14 @@ def create_app(settings: Settings, *, percolator_type: type[Percolator] = Percol
         lifespan=lifespan,
         middleware=[
             Middleware(AccessLogMiddleware),
-            Middleware(SessionMiddleware, signer=signer, secure=settings.secure_cookies),
+            Middleware(BodyLimitMiddleware, max_bytes=_MAX_BODY_BYTES),
+            Middleware(
+                SessionMiddleware,
+                signer=signer,
+                secure=settings.secure_cookies,
+                may_start=admission.may_start_session,
+            ),
+            Middleware(AdmissionMiddleware, admission=admission),
         ],
         exception_handlers=exception_handlers(  # type: ignore[arg-type]
             settings.elasticsearch_url,

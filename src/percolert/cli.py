@@ -228,7 +228,13 @@ def cmd_watches(settings: Settings, args: argparse.Namespace) -> int:
 
 def _serve(settings: Settings) -> None:
     print(f"Percolert at http://{settings.host}:{settings.port}  (Ctrl-C stops)")
-    build_server(create_app(settings), settings.host, settings.port, tune_gc=True).run()
+    build_server(
+        create_app(settings),
+        settings.host,
+        settings.port,
+        tune_gc=True,
+        trusted_proxies=settings.trusted_proxies,
+    ).run()
 
 
 def cmd_serve(settings: Settings, args: argparse.Namespace) -> int:

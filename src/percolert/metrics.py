@@ -87,6 +87,14 @@ class Metrics:
             registry=self.registry,
         )
 
+        self.refused = Counter(
+            "percolert_refused",
+            "Requests and handshakes refused by a limit (searches, watch_changes, new_sessions, "
+            "sockets: rate limits; open_sockets: the per-user socket cap)",
+            ["limit"],
+            registry=self.registry,
+        )
+
         self.gc_pause_seconds = Histogram(
             "percolert_gc_pause_seconds",
             "Pauses of the cyclic garbage collector, by generation (2: a full collection)",

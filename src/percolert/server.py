@@ -9,19 +9,27 @@ pending follow-up alerts, lets each socket send what is queued for it and close 
 from __future__ import annotations
 
 import socket
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 
 import uvicorn
 from starlette.applications import Starlette
 
 from percolert.gcpolicy import GcPolicy
+from percolert.httpprotocol import MAX_REQUEST_HEAD_BYTES, BoundedHeadProtocol
 from percolert.wsprotocol import FrameWritingProtocol
 
 # Largest WebSocket frame a client may send; clients only send tiny control messages.
 MAX_CLIENT_FRAME_BYTES = 16 * 1024
 
 
-def make_config(app: Starlette, host: str, port: int, *, log_level: str = "info") -> uvicorn.Config:
+def make_config(
+    app: Starlette,
+    host: str,
+    port: int,
+    *,
+    log_level: str = "info",
+    trusted_proxies: Sequence[str] = (),
+) -> uvicorn.Config:
     return uvicorn.Config(
         app,
         host=host,
@@ -29,6 +37,13 @@ def make_config(app: Starlette, host: str, port: int, *, log_level: str = "info"
         lifespan="on",
         log_level=log_level,
         access_log=False,  # percolert.logs writes one JSON line per request instead
+        http=BoundedHeadProtocol,  # httptools, with a bound on the request head
+        h11_max_incomplete_event_size=MAX_REQUEST_HEAD_BYTES,  # the same, should h11 be chosen
+        # Client addresses (rate limits) and schemes come from X-Forwarded-For/-Proto only
+        # when the peer is a trusted proxy; by default no one is (uvicorn's own default
+        # trusts 127.0.0.1, where any local process could claim to be anyone).
+        proxy_headers=bool(trusted_proxies),
+        forwarded_allow_ips=list(trusted_proxies),
         ws=FrameWritingProtocol,  # uvicorn's websockets-sansio, plus direct frame writes
         ws_max_size=MAX_CLIENT_FRAME_BYTES,
         # Alerts are a few hundred bytes: compressing each one for every socket cost more CPU
@@ -78,8 +93,15 @@ class GracefulServer(uvicorn.Server):
 
 
 def build_server(
-    app: Starlette, host: str, port: int, *, log_level: str = "info", tune_gc: bool = False
+    app: Starlette,
+    host: str,
+    port: int,
+    *,
+    log_level: str = "info",
+    tune_gc: bool = False,
+    trusted_proxies: Sequence[str] = (),
 ) -> GracefulServer:
     """A server for an app from `create_app`, which provides `app.state.drain`."""
     drain: Drain = app.state.drain
-    return GracefulServer(make_config(app, host, port, log_level=log_level), drain, tune_gc=tune_gc)
+    config = make_config(app, host, port, log_level=log_level, trusted_proxies=trusted_proxies)
+    return GracefulServer(config, drain, tune_gc=tune_gc)

@@ -1,7 +1,8 @@
 """Who a browser is: a random user id in a signed, HttpOnly cookie, issued by the server.
 
 The id is never taken from a parameter. A missing, forged or tampered cookie is no session:
-an HTTP request then gets a fresh one, a WebSocket handshake is refused.
+an HTTP request then gets a fresh one (unless its address has started too many lately), a
+WebSocket handshake is refused.
 
 The signed value also says when the session began (epoch milliseconds): a session never
 hears of searches made before it existed, and only the server can say when that was.
@@ -14,6 +15,7 @@ import math
 import os
 import secrets
 import time
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 
 from itsdangerous import BadSignature, TimestampSigner
@@ -89,13 +91,30 @@ def session_started(connection: HTTPConnection) -> float:
     return float(connection.scope.get(_STARTED_KEY, time.time()))
 
 
-class SessionMiddleware:
-    """Puts the verified user id in the scope; gives HTTP requests without one a new cookie."""
+# Asked before a new session is issued; False: the request goes on without one.
+SessionGate = Callable[[Scope], Awaitable[bool]]
 
-    def __init__(self, app: ASGIApp, signer: SessionSigner, *, secure: bool) -> None:
+
+async def _always(scope: Scope) -> bool:
+    return True
+
+
+class SessionMiddleware:
+    """Puts the verified user id in the scope; gives HTTP requests without one a new cookie
+    (if `may_start` allows: new sessions are rate-limited per address)."""
+
+    def __init__(
+        self,
+        app: ASGIApp,
+        signer: SessionSigner,
+        *,
+        secure: bool,
+        may_start: SessionGate = _always,
+    ) -> None:
         self.app = app
         self.signer = signer
         self.secure = secure
+        self.may_start = may_start
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] not in ("http", "websocket"):
@@ -105,7 +124,7 @@ class SessionMiddleware:
         verified = self.signer.verify(token) if token else None
         user, started = verified if verified else (None, time.time())
         new_cookie: str | None = None
-        if user is None and scope["type"] == "http":
+        if user is None and scope["type"] == "http" and await self.may_start(scope):
             user, new_cookie = self.signer.issue()
         scope[_SCOPE_KEY] = user
         scope[_STARTED_KEY] = started

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import ipaddress
 import os
 from collections.abc import Mapping
 from pathlib import Path
 
+import limits
 import msgspec
 
 DEFAULT_ELASTICSEARCH_URL = "http://127.0.0.1:9200"
@@ -72,6 +74,26 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     # Off: searches are not percolated and nobody is alerted (search keeps working) — a
     # switch to shed load in an incident, and the benchmark's "alerts off" reference.
     alerts_enabled: bool = True
+    # Rate limits (README "Limits"), each in `limits`' notation ("10/second;300/minute"),
+    # None for no limit. Counted per session (the user id of the cookie) and per client
+    # address; `rate_limits_enabled` off turns them all off (the benchmark drives hundreds
+    # of searches a second from one address).
+    rate_limits_enabled: bool = True
+    # Where the counters live: `limits`' async storage URI (async+redis://... to share them
+    # between instances).
+    rate_limit_storage: str = "async+memory://"
+    limit_searches_per_session: str | None = "10/second;300/minute"
+    limit_searches_per_address: str | None = "20/second;1200/minute"
+    limit_watch_changes_per_session: str | None = "30/minute;200/hour"
+    limit_watch_changes_per_address: str | None = "60/minute;600/hour"
+    limit_new_sessions_per_address: str | None = "30/minute;300/hour"
+    limit_sockets_per_session: str | None = "30/minute"
+    limit_sockets_per_address: str | None = "120/minute"
+    # Sockets one user may have open at once (every tab holds one).
+    max_sockets_per_user: int = 20
+    # Proxies whose X-Forwarded-For / X-Forwarded-Proto are believed (addresses or networks,
+    # "*" for any). Empty: the peer of the connection is the client, whatever it claims.
+    trusted_proxies: tuple[str, ...] = ()
 
 
 def _optional(environ: Mapping[str, str], name: str) -> str | None:
@@ -127,6 +149,38 @@ def _choice(environ: Mapping[str, str], name: str, choices: tuple[str, ...]) -> 
     return raw
 
 
+def _rate_limit(environ: Mapping[str, str], name: str, default: str | None) -> str | None:
+    raw = _optional(environ, name)
+    if raw is None:
+        return default
+    if raw.lower() == "off":
+        return None
+    try:
+        limits.parse_many(raw)
+    except ValueError:
+        raise SettingsError(
+            f"{name} takes limits like 10/second;300/minute, or off; got {raw!r}"
+        ) from None
+    return raw
+
+
+def _proxies(environ: Mapping[str, str], name: str) -> tuple[str, ...]:
+    proxies = []
+    for raw in (_optional(environ, name) or "").split(","):
+        proxy = raw.strip()
+        if not proxy:
+            continue
+        if proxy != "*":
+            try:
+                ipaddress.ip_network(proxy)
+            except ValueError:
+                raise SettingsError(
+                    f"{name} takes addresses or networks like 10.0.0.0/8, or *; got {raw!r}"
+                ) from None
+        proxies.append(proxy)
+    return tuple(proxies)
+
+
 def from_environment(
     environ: Mapping[str, str] | None = None,
     *,
@@ -154,6 +208,12 @@ def from_environment(
             "set both ELASTICSEARCH_USERNAME and ELASTICSEARCH_PASSWORD, or neither"
         )
     timeout = _number(env, "ELASTICSEARCH_TIMEOUT", 5.0, minimum=0.1)
+    storage = _optional(env, "PERCOLERT_RATE_LIMIT_STORAGE") or "async+memory://"
+    if not storage.startswith("async+"):
+        raise SettingsError(
+            "PERCOLERT_RATE_LIMIT_STORAGE must be an async storage URI of the `limits` library "
+            f"(async+memory://, async+redis://HOST:PORT), got {storage!r}"
+        )
     return Settings(
         elasticsearch_url=url.rstrip("/"),
         elasticsearch_api_key=_optional(env, "ELASTICSEARCH_API_KEY"),
@@ -182,4 +242,29 @@ def from_environment(
         socket_close_seconds=_number(env, "PERCOLERT_SOCKET_CLOSE_SECONDS", 10.0, minimum=0.1),
         reconnect_grace_seconds=_number(env, "PERCOLERT_RECONNECT_GRACE_SECONDS", 600, minimum=0),
         alerts_enabled=_flag(env, "PERCOLERT_ALERTS", True),
+        rate_limits_enabled=_flag(env, "PERCOLERT_RATE_LIMITS", True),
+        rate_limit_storage=storage,
+        limit_searches_per_session=_rate_limit(
+            env, "PERCOLERT_LIMIT_SEARCHES_PER_SESSION", "10/second;300/minute"
+        ),
+        limit_searches_per_address=_rate_limit(
+            env, "PERCOLERT_LIMIT_SEARCHES_PER_ADDRESS", "20/second;1200/minute"
+        ),
+        limit_watch_changes_per_session=_rate_limit(
+            env, "PERCOLERT_LIMIT_WATCH_CHANGES_PER_SESSION", "30/minute;200/hour"
+        ),
+        limit_watch_changes_per_address=_rate_limit(
+            env, "PERCOLERT_LIMIT_WATCH_CHANGES_PER_ADDRESS", "60/minute;600/hour"
+        ),
+        limit_new_sessions_per_address=_rate_limit(
+            env, "PERCOLERT_LIMIT_NEW_SESSIONS_PER_ADDRESS", "30/minute;300/hour"
+        ),
+        limit_sockets_per_session=_rate_limit(
+            env, "PERCOLERT_LIMIT_SOCKETS_PER_SESSION", "30/minute"
+        ),
+        limit_sockets_per_address=_rate_limit(
+            env, "PERCOLERT_LIMIT_SOCKETS_PER_ADDRESS", "120/minute"
+        ),
+        max_sockets_per_user=int(_number(env, "PERCOLERT_MAX_SOCKETS_PER_USER", 20, minimum=1)),
+        trusted_proxies=_proxies(env, "PERCOLERT_TRUSTED_PROXIES"),
     )

@@ -1,0 +1,297 @@
+"""Limits on abuse, against a real server: rate limits per session and per address (429 with
+Retry-After), new sessions per address, the per-user socket cap, request bodies refused as
+they stream in, bounded request heads, and forwarded addresses believed only from a trusted
+proxy. Limits use a window no test outlives, so nothing resets mid-test."""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Iterator
+from typing import Any
+
+import anyio
+import httpx
+import msgspec
+import pytest
+from websockets.exceptions import InvalidStatus
+from websockets.http11 import Response as HandshakeResponse
+
+from percolert.ratelimits import client_address
+from percolert.sessions import COOKIE_NAME
+from percolert.settings import Settings
+from tests.servers import run_server
+from tests.shoppers import Shopper
+
+pytestmark = pytest.mark.anyio
+
+# Longer than any test, shorter than the time since 1970 (the sliding windows are aligned to
+# multiples of their length since the epoch; `limits` mixes up the first two).
+FOREVER = "10 years"
+_LIMITS = (
+    "limit_searches_per_session",
+    "limit_searches_per_address",
+    "limit_watch_changes_per_session",
+    "limit_watch_changes_per_address",
+    "limit_new_sessions_per_address",
+    "limit_sockets_per_session",
+    "limit_sockets_per_address",
+)
+
+
+def limited(settings: Settings, **changes: Any) -> Settings:
+    """`settings` with rate limits on: those in `changes`, every other one off."""
+    limits: dict[str, Any] = dict.fromkeys(_LIMITS)
+    limits.update(changes)
+    return msgspec.structs.replace(settings, rate_limits_enabled=True, **limits)
+
+
+@pytest.fixture(scope="module")
+def session_limited(catalog_settings: Settings) -> Iterator[str]:
+    """Per-session limits only (every test here uses sessions of its own)."""
+    settings = limited(
+        catalog_settings,
+        limit_searches_per_session=f"3/{FOREVER}",
+        limit_watch_changes_per_session=f"2/{FOREVER}",
+        limit_sockets_per_session=f"2/{FOREVER}",
+    )
+    with run_server(settings) as url:
+        yield url
+
+
+def assert_rate_limited(response: httpx.Response) -> int:
+    assert response.status_code == 429, response.text
+    assert response.json()["error"]["code"] == "rate_limited"
+    retry_after = response.headers["retry-after"]
+    assert retry_after.isdigit()
+    assert int(retry_after) > 0
+    return int(retry_after)
+
+
+async def refused_handshake(shopper: Shopper) -> HandshakeResponse:
+    """The HTTP answer to a WebSocket handshake that must be refused."""
+    with pytest.raises(InvalidStatus) as refused:
+        await shopper.connect()
+    return refused.value.response
+
+
+async def test_searches_over_the_session_limit_get_429_with_retry_after(
+    session_limited: str,
+) -> None:
+    async with Shopper(session_limited) as a, Shopper(session_limited) as b:
+        for number in range(3):
+            await a.search(f"kindle {number}")
+        refused = await a.http.get("/api/search", params={"q": "kindle"})
+        # The window is years long: the wait is told in whole seconds, and it is long.
+        assert assert_rate_limited(refused) > 3600
+        assert "search" in refused.json()["error"]["message"]
+        await b.search("kindle")  # another session has its own allowance
+        metrics = (await b.http.get("/metrics")).text
+        assert 'percolert_refused_total{limit="searches"} 1.0' in metrics
+
+
+async def test_watch_changes_over_the_session_limit_get_429(session_limited: str) -> None:
+    async with Shopper(session_limited) as a:
+        watch = await a.watch("kindle")
+        await a.unwatch(watch["id"])
+        assert_rate_limited(await a.http.post("/api/watches", json={"terms": "oasis"}))
+        assert_rate_limited(await a.http.delete(f"/api/watches/{watch['id']}"))
+        assert (await a.http.get("/api/watches")).status_code == 200  # reading is not limited
+
+
+async def test_socket_handshakes_over_the_session_limit_are_refused(session_limited: str) -> None:
+    async with Shopper(session_limited) as a:
+        for _ in range(2):
+            await (await a.connect()).close()
+        response = await refused_handshake(a)
+        assert response.status_code == 429
+        assert int(response.headers["Retry-After"]) > 0
+        assert json.loads(response.body)["error"]["code"] == "rate_limited"
+
+
+async def test_the_address_limit_holds_across_sessions(catalog_settings: Settings) -> None:
+    settings = limited(catalog_settings, limit_searches_per_address=f"4/{FOREVER}")
+    with run_server(settings) as url:
+        shoppers = [Shopper(url) for _ in range(5)]
+        for shopper in shoppers:
+            await shopper.__aenter__()
+        try:
+            for shopper in shoppers[:4]:
+                await shopper.search("kindle")
+            fresh = shoppers[4]
+            assert_rate_limited(await fresh.http.get("/api/search", params={"q": "kindle"}))
+        finally:
+            for shopper in shoppers:
+                await shopper.__aexit__()
+
+
+async def test_an_address_cannot_mint_sessions_past_its_limit(catalog_settings: Settings) -> None:
+    """Minting sessions is how one client would get around the per-user watch cap."""
+    settings = limited(catalog_settings, limit_new_sessions_per_address=f"3/{FOREVER}")
+    with run_server(settings) as url:
+        cookies = []
+        for _ in range(3):
+            response = httpx.get(f"{url}/api/categories", timeout=10)
+            assert response.status_code == 200
+            cookies.append(response.cookies[COOKIE_NAME])
+        for path in ("/api/categories", "/", "/api/search?q=kindle"):
+            refused = httpx.post(
+                f"{url}/api/watches", json={"terms": "kindle"}, headers={"Origin": url}, timeout=10
+            )
+            assert_rate_limited(refused)
+            refused = httpx.get(f"{url}{path}", timeout=10)
+            assert_rate_limited(refused)
+            assert "set-cookie" not in refused.headers
+        # Probes never keep a cookie: they are answered, without a session.
+        probe = httpx.get(f"{url}/healthz", timeout=10)
+        assert probe.status_code == 200
+        assert "set-cookie" not in probe.headers
+        # Sessions already issued carry on.
+        with httpx.Client(base_url=url, cookies={COOKIE_NAME: cookies[0]}, timeout=10) as first:
+            assert first.get("/api/search", params={"q": "kindle"}).status_code == 200
+            assert "set-cookie" not in first.get("/api/categories").headers
+
+
+async def test_x_forwarded_for_is_ignored_without_a_trusted_proxy(
+    catalog_settings: Settings,
+) -> None:
+    settings = limited(catalog_settings, limit_new_sessions_per_address=f"2/{FOREVER}")
+    with run_server(settings) as url:
+        answers = [
+            httpx.get(f"{url}/api/categories", headers={"X-Forwarded-For": f"203.0.113.{n}"})
+            for n in range(3)
+        ]
+        assert [answer.status_code for answer in answers] == [200, 200, 429]
+
+
+async def test_a_trusted_proxy_says_who_the_client_is(catalog_settings: Settings) -> None:
+    settings = msgspec.structs.replace(
+        limited(catalog_settings, limit_new_sessions_per_address=f"2/{FOREVER}"),
+        trusted_proxies=("127.0.0.1",),
+    )
+    with run_server(settings) as url:
+
+        def via_proxy(client: str) -> int:
+            response = httpx.get(f"{url}/api/categories", headers={"X-Forwarded-For": client})
+            return response.status_code
+
+        assert [via_proxy(f"203.0.113.{n}") for n in range(4)] == [200] * 4
+        assert [via_proxy("198.51.100.7") for _ in range(3)] == [200, 200, 429]
+
+
+async def test_one_user_may_open_only_so_many_sockets_at_once(catalog_settings: Settings) -> None:
+    settings = msgspec.structs.replace(catalog_settings, max_sockets_per_user=3)
+    with run_server(settings) as url:
+        async with Shopper(url) as a, Shopper(url) as b:
+            opened: list[Any] = []
+            refusals: list[HandshakeResponse] = []
+
+            async def open_one() -> None:
+                try:
+                    opened.append(await a.connect())
+                except InvalidStatus as refused:
+                    refusals.append(refused.response)
+
+            # In parallel: the cap holds even while handshakes are under way together.
+            async with anyio.create_task_group() as tasks:
+                for _ in range(8):
+                    tasks.start_soon(open_one)
+            assert len(opened) == 3
+            assert len(refusals) == 5
+            error = json.loads(refusals[0].body)["error"]
+            assert refusals[0].status_code == 429
+            assert error["code"] == "too_many_sockets"
+            assert "too many open connections for this session" in error["message"]
+
+            await b.connect()  # the cap is per user
+            await opened[0].close()
+            deadline = time.monotonic() + 10
+            while True:  # the server counts the closed socket out once it has seen the close
+                try:
+                    await a.connect()
+                    break
+                except InvalidStatus:
+                    assert time.monotonic() < deadline, "a closed socket kept its place"
+                    await anyio.sleep(0.05)
+
+
+async def _exchange(url: str, request: bytes, timeout: float = 10) -> bytes:
+    """Send `request` (possibly incomplete: the client then just waits) and read until the
+    server closes the connection."""
+    host, port = url.removeprefix("http://").split(":")
+    received = b""
+    async with await anyio.connect_tcp(host, int(port)) as stream:
+        await stream.send(request)
+        with anyio.fail_after(timeout):
+            while True:
+                try:
+                    received += await stream.receive()
+                except (anyio.EndOfStream, anyio.BrokenResourceError):
+                    return received
+
+
+def _status_and_body(response: bytes) -> tuple[int, dict[str, Any]]:
+    head, _, body = response.partition(b"\r\n\r\n")
+    status = int(head.split(b" ", 2)[1])
+    return status, json.loads(body)
+
+
+async def test_a_huge_chunked_body_is_refused_as_it_arrives(server: str) -> None:
+    """The body announces a 64 MiB chunk and sends 6 KB of it, then waits: the server must
+    answer 413 and close, not wait for (or buffer) the rest."""
+    async with Shopper(server) as a:
+        host = server.removeprefix("http://")
+        head = (
+            f"POST /api/watches HTTP/1.1\r\nHost: {host}\r\nOrigin: {server}\r\n"
+            "Content-Type: application/json\r\nTransfer-Encoding: chunked\r\n"
+            f"Cookie: {COOKIE_NAME}={a.cookie}\r\n\r\n"
+        )
+        body = f"{64 * 1024 * 1024:x}\r\n".encode() + b'{"terms": "' + b"a" * 6000
+        status, answer = _status_and_body(await _exchange(server, head.encode() + body))
+        assert status == 413
+        assert answer["error"]["code"] == "body_too_large"
+
+
+async def test_a_body_declared_too_large_is_refused_before_it_is_read(server: str) -> None:
+    async with Shopper(server) as a:
+        host = server.removeprefix("http://")
+        head = (
+            f"POST /api/watches HTTP/1.1\r\nHost: {host}\r\nOrigin: {server}\r\n"
+            f"Content-Type: application/json\r\nContent-Length: {64 * 1024 * 1024}\r\n"
+            f"Cookie: {COOKIE_NAME}={a.cookie}\r\n\r\n"
+        )
+        status, answer = _status_and_body(await _exchange(server, head.encode() + b"{"))
+        assert status == 413
+        assert answer["error"]["code"] == "body_too_large"
+
+
+@pytest.mark.parametrize(
+    "headers",
+    [
+        pytest.param([f"X-Pad-{n}: {'a' * 1000}" for n in range(40)], id="many headers"),
+        pytest.param([f"X-Pad: {'a' * 40_000}"], id="one long header"),
+    ],
+)
+async def test_a_request_head_over_the_bound_is_refused(server: str, headers: list[str]) -> None:
+    """40 KB of headers, never finished: answered 431 and closed, not buffered without end."""
+    request = "GET /healthz HTTP/1.1\r\nHost: x\r\n" + "\r\n".join(headers)
+    status, answer = _status_and_body(await _exchange(server, request.encode()))
+    assert status == 431
+    assert answer["error"]["code"] == "headers_too_large"
+
+
+def test_ordinary_heads_pass_request_after_request_on_one_connection(server: str) -> None:
+    """The bound is per request: 100 requests with 1 KB of headers over one keep-alive
+    connection, and one with 8 KB of cookies, are all answered."""
+    with httpx.Client(base_url=server, timeout=10) as client:
+        for _ in range(100):
+            assert client.get("/healthz", headers={"X-Pad": "a" * 1000}).status_code == 200
+        big_cookies = "; ".join(f"other{n}={'c' * 1000}" for n in range(8))
+        assert client.get("/healthz", headers={"Cookie": big_cookies}).status_code == 200
+
+
+def test_ipv6_clients_count_by_their_64_bit_prefix() -> None:
+    assert client_address("2001:db8:1:2:aaaa::1") == client_address("2001:db8:1:2:bbbb::9")
+    assert client_address("2001:db8:1:2::1") != client_address("2001:db8:1:3::1")
+    assert client_address("203.0.113.9") == "203.0.113.9"
+    assert client_address(None) is None
