@@ -16,7 +16,7 @@ from playwright.sync_api import Browser, BrowserContext, Page, expect, sync_play
 
 from percolert.settings import Settings
 from tests.netproxy import DroppableProxy
-from tests.servers import run_server
+from tests.servers import free_port, run_server
 
 ROOT = Path(__file__).resolve().parent.parent
 SCREENSHOTS = ROOT / "artifacts" / "screenshots"
@@ -175,5 +175,62 @@ def test_page_reads_well_on_a_phone(browser: Browser, server: str) -> None:
         width = page.evaluate("document.documentElement.scrollWidth")
         assert width <= 390  # no sideways scrolling
         screenshot(page, "phone")
+    finally:
+        context.close()
+
+
+def test_the_page_works_under_its_security_policy(browser: Browser, server: str) -> None:
+    context = browser.new_context(viewport={"width": 1200, "height": 850})
+    context.add_init_script(
+        "window.__violations = [];"
+        "document.addEventListener('securitypolicyviolation',"
+        " (event) => window.__violations.push(event.violatedDirective));"
+    )
+    try:
+        page = context.new_page()
+        loaded = page.goto(server)
+        assert loaded is not None
+        assert "frame-ancestors 'none'" in loaded.headers["content-security-policy"]
+        # The socket, the stylesheet, the script and the API all work under the policy.
+        expect(page.locator("#connection")).to_have_attribute("data-state", "live")
+        assert page.evaluate("getComputedStyle(document.querySelector('.bar')).display") == "flex"
+        watch(page, "chromecast")
+        page.click("#watches .remove")  # a DELETE from the page passes the origin check
+        expect(page.locator("#watches .terms", has_text="chromecast")).to_have_count(0)
+        assert page.evaluate("window.__violations") == []
+        # The policy is in force: an injected inline script does not run.
+        page.evaluate(
+            "() => { const s = document.createElement('script');"
+            " s.textContent = 'window.__inline = 1'; document.body.append(s); }"
+        )
+        page.wait_for_function("window.__violations.includes('script-src-elem')")
+        assert page.evaluate("window.__inline") is None
+    finally:
+        context.close()
+
+
+def test_a_page_on_another_port_cannot_plant_a_watch(browser: Browser, server: str) -> None:
+    """Same host, other port: the same site, so the browser sends the session cookie with a
+    simple cross-origin request; the server must refuse it."""
+    context, _ = shopper(browser, server)  # the shopper's page holds their session cookie
+    other = f"http://127.0.0.1:{free_port()}"
+    attack = f"""<!doctype html><script>
+      window.attempts = Promise.allSettled([
+        fetch("{server}/api/watches", {{method: "POST", mode: "no-cors", credentials: "include",
+          headers: {{"Content-Type": "text/plain"}}, body: '{{"terms": "planted text"}}'}}),
+        fetch("{server}/api/watches", {{method: "POST", mode: "no-cors", credentials: "include",
+          headers: {{"Content-Type": "application/x-www-form-urlencoded"}},
+          body: '{{"terms": "planted form"}}'}}),
+      ]).then(() => "done");
+    </script>"""
+    context.route(
+        f"{other}/attack", lambda route: route.fulfill(body=attack, content_type="text/html")
+    )
+    try:
+        attacker = context.new_page()
+        attacker.goto(f"{other}/attack")
+        assert attacker.evaluate("window.attempts") == "done"
+        listed = context.request.get(f"{server}/api/watches").json()["watches"]
+        assert [watch["terms"] for watch in listed if not watch["is_default"]] == []
     finally:
         context.close()
