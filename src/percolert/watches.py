@@ -42,7 +42,6 @@ class UnknownCategory(WatchError):
     def __init__(self, category: str, known: Collection[str]) -> None:
         listed = ", ".join(sorted(known)) if known else "none yet"
         super().__init__(f"unknown category {category!r}; the catalog's categories: {listed}")
-        self.known = sorted(known)
 
 
 class DuplicateWatch(WatchError):
