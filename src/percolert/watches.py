@@ -212,16 +212,12 @@ class WatchStore:
         # limit together. Locks are dropped when nobody holds them.
         self._locks: dict[str, anyio.Lock] = {}
 
-    def _tokenized(self, spec: WatchSpec) -> tuple[WatchSpec, list[str]]:
+    def prepare(self, owner: str | None, spec: WatchSpec) -> tuple[str, dict[str, Any]]:
+        """The id and stored document of a watch (nothing is sent)."""
         spec = clean_spec(spec)
         tokens = self._normalizer.watch_tokens(spec.terms, phrase=spec.phrase)
         if not tokens:
             raise InvalidWatch("terms must contain at least one word")
-        return spec, tokens
-
-    def prepare(self, owner: str | None, spec: WatchSpec) -> tuple[str, dict[str, Any]]:
-        """The id and stored document of a watch (nothing is sent)."""
-        spec, tokens = self._tokenized(spec)
         document_id = watch_id(owner, tokens, spec)
         document = {
             "query": build_query(
@@ -270,8 +266,8 @@ class WatchStore:
         return meaning(tokens, phrase=spec.phrase, category=spec.category, max_price=spec.max_price)
 
     async def _add_for_user(self, owner: str, document_id: str, document: dict[str, Any]) -> None:
-        # The owner's watches are compared by meaning, not only by id: ids of watches stored
-        # by earlier versions depend on word order.
+        # Ids follow the words' order, so the same words reordered would not collide: the
+        # owner's watches are compared by meaning (at most `max_per_user` of them).
         owned = await self._client.search(
             index=self._alias,
             query={"term": {"owner": owner}},
