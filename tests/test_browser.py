@@ -6,8 +6,11 @@ from __future__ import annotations
 
 import os
 import shutil
+import threading
 import time
 from collections.abc import Iterator
+from contextlib import contextmanager
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import msgspec
@@ -175,5 +178,87 @@ def test_page_reads_well_on_a_phone(browser: Browser, server: str) -> None:
         width = page.evaluate("document.documentElement.scrollWidth")
         assert width <= 390  # no sideways scrolling
         screenshot(page, "phone")
+    finally:
+        context.close()
+
+
+def test_the_page_works_under_its_security_policy(browser: Browser, server: str) -> None:
+    context = browser.new_context(viewport={"width": 1200, "height": 850})
+    context.add_init_script(
+        "window.__violations = [];"
+        "document.addEventListener('securitypolicyviolation',"
+        " (event) => window.__violations.push(event.violatedDirective));"
+    )
+    try:
+        page = context.new_page()
+        loaded = page.goto(server)
+        assert loaded is not None
+        assert "frame-ancestors 'none'" in loaded.headers["content-security-policy"]
+        # The socket, the stylesheet, the script and the API all work under the policy.
+        expect(page.locator("#connection")).to_have_attribute("data-state", "live")
+        assert page.evaluate("getComputedStyle(document.querySelector('.bar')).display") == "flex"
+        watch(page, "chromecast")
+        page.click("#watches .remove")  # a DELETE from the page passes the origin check
+        expect(page.locator("#watches .terms", has_text="chromecast")).to_have_count(0)
+        assert page.evaluate("window.__violations") == []
+        # The policy is in force: an injected inline script does not run.
+        page.evaluate(
+            "() => { const s = document.createElement('script');"
+            " s.textContent = 'window.__inline = 1'; document.body.append(s); }"
+        )
+        page.wait_for_function("window.__violations.includes('script-src-elem')")
+        assert page.evaluate("window.__inline") is None
+    finally:
+        context.close()
+
+
+@contextmanager
+def page_server(html: str) -> Iterator[str]:
+    """Serves `html` at / from another port of this host: a page of another origin on the same
+    site (and in the browser's loopback address space, as the shop is)."""
+
+    class Page(BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            body = html.encode()
+            self.send_response(200)
+            self.send_header("content-type", "text/html")
+            self.send_header("content-length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *args: object) -> None:
+            pass
+
+    httpd = ThreadingHTTPServer(("127.0.0.1", 0), Page)
+    thread = threading.Thread(target=httpd.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{httpd.server_address[1]}"
+    finally:
+        httpd.shutdown()
+        httpd.server_close()
+
+
+def test_a_page_on_another_port_cannot_plant_a_watch(browser: Browser, server: str) -> None:
+    """Same host, other port: the same site, so the browser sends the session cookie with a
+    simple cross-origin request; the server must refuse it."""
+    attack = f"""<!doctype html><script>
+      const plant = (contentType, terms) => fetch("{server}/api/watches", {{
+        method: "POST", mode: "no-cors", credentials: "include",
+        headers: {{"Content-Type": contentType}}, body: JSON.stringify({{terms}})}});
+      window.attempts = Promise.all([
+        plant("text/plain", "planted text"),
+        plant("application/x-www-form-urlencoded", "planted form"),
+      ]).then((replies) => replies.map((reply) => reply.type));
+    </script>"""
+    context, _ = shopper(browser, server)  # the shopper's page holds their session cookie
+    try:
+        with page_server(attack) as other:
+            attacker = context.new_page()
+            attacker.goto(other)
+            # Both requests reached the server (an opaque reply: the page may not read it).
+            assert attacker.evaluate("window.attempts") == ["opaque", "opaque"]
+        listed = context.request.get(f"{server}/api/watches").json()["watches"]
+        assert [watch["terms"] for watch in listed if not watch["is_default"]] == []
     finally:
         context.close()

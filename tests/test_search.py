@@ -112,6 +112,13 @@ def test_nothing_found_is_an_empty_list(server: str) -> None:
         ({"q": "kindle", "size": "51"}, "invalid_size"),
         ({"q": "kindle", "size": "ten"}, "invalid_size"),
         ({"q": "kindle", "size": "-3"}, "invalid_size"),
+        # Only ASCII digits: int() alone would take each of these.
+        ({"q": "kindle", "size": "1_0"}, "invalid_size"),
+        ({"q": "kindle", "size": " 5 "}, "invalid_size"),
+        ({"q": "kindle", "size": "+5"}, "invalid_size"),
+        ({"q": "kindle", "size": "\u0665"}, "invalid_size"),  # ARABIC-INDIC DIGIT FIVE
+        ({"q": "kindle", "size": "\uff15"}, "invalid_size"),  # FULLWIDTH DIGIT FIVE
+        ({"q": "kindle", "size": "9" * 5000}, "invalid_size"),
     ],
 )
 def test_bad_parameters_are_400_with_the_error_shape(

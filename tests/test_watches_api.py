@@ -9,11 +9,12 @@ from pathlib import Path
 
 import anyio
 import httpx
+import msgspec
 import pytest
 
 from percolert.settings import Settings
-from tests.conftest import delete_indices, make_settings, prepare_indices, run_cli
-from tests.servers import run_server
+from tests.conftest import SAMPLE_CATALOG, delete_indices, make_settings, prepare_indices, run_cli
+from tests.servers import free_port, run_server
 from tests.shoppers import Shopper
 
 pytestmark = pytest.mark.anyio
@@ -23,9 +24,10 @@ LIMIT = 4
 
 @pytest.fixture(scope="module")
 def watch_settings(elasticsearch_url: str) -> Iterator[Settings]:
-    """A deployment of its own (fresh indices), so default-watch seeding sees only its own."""
+    """A deployment of its own (fresh indices), so default-watch seeding sees only its own;
+    with the sample catalog, whose categories watches may name."""
     settings = make_settings(elasticsearch_url, max_watches_per_user=LIMIT)
-    prepare_indices(settings)
+    prepare_indices(settings, catalog=SAMPLE_CATALOG)
     yield settings
     asyncio.run(delete_indices(settings))
 
@@ -94,7 +96,11 @@ async def test_malformed_and_oversized_bodies(server: str) -> None:
         )
         assert broken.status_code == 400
         assert broken.json()["error"]["code"] == "invalid_json"
-        huge = await a.http.post("/api/watches", content=b" " * 5000 + b'{"terms": "x"}')
+        huge = await a.http.post(
+            "/api/watches",
+            content=b" " * 5000 + b'{"terms": "x"}',
+            headers={"content-type": "application/json"},
+        )
         assert huge.status_code == 413
         assert huge.json()["error"]["code"] == "body_too_large"
 
@@ -113,6 +119,106 @@ async def test_duplicates_and_the_per_user_limit_are_409(server: str) -> None:
         assert str(LIMIT) in over.json()["error"]["message"]
         await a.unwatch(first["id"])
         await a.watch("pixel")  # room again
+
+
+async def test_terms_are_measured_once_trimmed(server: str) -> None:
+    async with Shopper(server) as a:
+        word = "w" * 100
+        padded = await a.watch(f"   {word}  ")
+        assert padded["terms"] == word
+        spaced = await a.watch("   ".join(["abc"] * 25))  # 99 characters once spaces collapse
+        assert spaced["terms"] == " ".join(["abc"] * 25)
+        too_long = await a.http.post("/api/watches", json={"terms": f"  {word}x  "})
+        assert too_long.status_code == 400
+        assert too_long.json()["error"]["code"] == "invalid_watch"
+        assert "100" in too_long.json()["error"]["message"]
+        for watch in (padded, spaced):
+            await a.unwatch(watch["id"])
+
+
+async def test_the_same_words_in_another_order_are_a_duplicate(server: str) -> None:
+    async with Shopper(server) as a:
+        first = await a.watch("Dup Watch")
+        for terms in ("watch dup", "WATCH, dup!", "dup dup watch", "the watch for dup"):
+            again = await a.http.post("/api/watches", json={"terms": terms})
+            assert again.status_code == 409, terms
+            assert again.json()["error"]["code"] == "duplicate_watch"
+        # Other conditions make another watch; so does a phrase, whose word order matters.
+        cheap = await a.watch("watch dup", max_price=50)
+        phrase = await a.watch("dup watch", phrase=True)
+        reversed_phrase = await a.watch("watch dup", phrase=True)
+        again = await a.http.post("/api/watches", json={"terms": "Dup  Watch", "phrase": True})
+        assert again.status_code == 409
+        for watch in (first, cheap, phrase, reversed_phrase):
+            await a.unwatch(watch["id"])
+
+
+async def test_an_unknown_category_is_refused_with_the_known_ones(server: str) -> None:
+    async with Shopper(server) as a:
+        refused = await a.http.post("/api/watches", json={"terms": "kindle", "category": "ebooks"})
+        assert refused.status_code == 400
+        error = refused.json()["error"]
+        assert error["code"] == "unknown_category"
+        assert "'ebooks'" in error["message"]
+        known = (await a.http.get("/api/categories")).json()["categories"]
+        assert "e-readers" in known
+        for category in known:
+            assert category in error["message"]
+        accepted = await a.watch("kindle", category=" E-Readers ")
+        assert accepted["category"] == "e-readers"
+        assert [item["id"] for item in (await a.http.get("/api/watches")).json()["watches"]] == [
+            accepted["id"]
+        ]
+        await a.unwatch(accepted["id"])
+
+
+HOSTILE_IDS = [
+    "_search",
+    "_count",
+    "_mapping",
+    "%2e%2e",  # (a literal ".." would be resolved by the client before sending)
+    "_doc%3Fpretty",
+    "w-" + "0" * 19 + "g",
+    "default-" + "A" * 16,
+    "x" * 8000,
+]
+
+
+@pytest.mark.parametrize("watch_id", HOSTILE_IDS, ids=lambda watch_id: watch_id[:20])
+async def test_ids_the_server_never_issues_are_404(server: str, watch_id: str) -> None:
+    async with Shopper(server) as a:
+        watch = await a.watch("kindle")
+        response = await a.http.delete(f"/api/watches/{watch_id}")
+        assert response.status_code == 404, response.text
+        assert response.json()["error"]["code"] == "watch_not_found"
+        listed = (await a.http.get("/api/watches")).json()["watches"]
+        assert [item["id"] for item in listed] == [watch["id"]]
+        await a.unwatch(watch["id"])
+
+
+async def test_errors_never_name_the_cluster(watch_settings: Settings) -> None:
+    """With Elasticsearch unreachable, a foreign-looking id is still 404 (nothing was asked of
+    Elasticsearch), and the 503s say nothing of where the cluster is."""
+    closed = f"127.0.0.1:{free_port()}"
+    settings = msgspec.structs.replace(watch_settings, elasticsearch_url=f"http://{closed}")
+    with run_server(settings) as server:
+        async with Shopper(server) as a:
+            for watch_id in ("_search", "%2e%2e", "x" * 8000):
+                response = await a.http.delete(f"/api/watches/{watch_id}")
+                assert response.status_code == 404, response.text
+            failures = [
+                await a.http.delete(f"/api/watches/w-{'0' * 20}"),
+                await a.http.get("/api/watches"),
+                await a.http.post("/api/watches", json={"terms": "kindle"}),
+                await a.http.get("/api/search", params={"q": "kindle"}),
+                await a.http.get("/api/categories"),
+                await a.http.get("/readyz"),
+            ]
+            for response in failures:
+                assert response.status_code == 503, response.text
+                assert response.json()["error"]["code"] == "elasticsearch_unavailable"
+                assert closed not in response.text
+                assert "127.0.0.1" not in response.text
 
 
 async def test_the_limit_holds_under_concurrent_requests(server: str) -> None:
@@ -200,6 +306,11 @@ def test_cli_add_list_and_remove(watch_settings: Settings) -> None:
     empty = run_cli(watch_settings, "watches", "add", "--default", "...")
     assert empty.returncode == 1
     assert "at least one word" in empty.stderr
+    for foreign in ("_search", "..", "x" * 2000):
+        refused = run_cli(watch_settings, "watches", "rm", foreign)
+        assert refused.returncode == 1
+        assert "no watch with id" in refused.stderr
+        assert "Traceback" not in refused.stderr
 
 
 def test_session_cookie_is_issued_httponly_and_lax(server: str) -> None:

@@ -20,6 +20,7 @@ from percolert.hub import (
 )
 from percolert.logs import event, user_tag
 from percolert.messages import Alert, ClientMessages, Hello, Ping, Pong, Watch
+from percolert.origins import origin_allowed
 from percolert.services import State, encode_message, state_of
 from percolert.sessions import current_user, session_started
 from percolert.settings import Settings
@@ -29,12 +30,9 @@ logger = logging.getLogger("percolert.socket")
 
 
 def _origin_allowed(websocket: WebSocket, settings: Settings) -> bool:
-    origin = websocket.headers.get("origin")
-    if origin is None:
-        return False
-    scheme = "https" if websocket.url.scheme == "wss" else "http"
-    own = f"{scheme}://{websocket.headers.get('host', '')}"
-    return origin.rstrip("/") in {own, *settings.allowed_origins}
+    return origin_allowed(
+        websocket.headers.get("origin"), websocket.scope, settings.allowed_origins
+    )
 
 
 # Positions are stored in the alert log as Elasticsearch `long`s.

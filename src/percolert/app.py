@@ -17,10 +17,11 @@ from starlette.responses import FileResponse, Response
 from starlette.routing import Mount, Route, WebSocketRoute
 from starlette.staticfiles import StaticFiles
 
-from percolert import assets, es, indices
+from percolert import assets, catalog, es, indices
 from percolert.admission import Admission, AdmissionMiddleware
 from percolert.alert_socket import alerts_socket
 from percolert.bodylimit import BodyLimitMiddleware
+from percolert.browser_guard import BrowserGuardMiddleware
 from percolert.errors import ApiError, error_response, exception_handlers
 from percolert.hub import Hub
 from percolert.logs import AccessLogMiddleware
@@ -75,12 +76,14 @@ def _query_text(request: Request) -> str:
 
 def _size(request: Request) -> int:
     raw = request.query_params.get("size", "10")
-    try:
-        size = int(raw)
-    except ValueError:
-        raise ApiError(400, "invalid_size", f"size must be a whole number, got {raw!r}") from None
+    # ASCII digits only: int() would also take spaces, signs, "1_0" and other scripts' digits.
+    if not (raw.isascii() and raw.isdigit()):
+        raise ApiError(
+            400, "invalid_size", f"size must be a whole number (digits 0-9), got {raw[:20]!r}"
+        )
+    size = int(raw) if len(raw) <= 4 else 0
     if not 1 <= size <= MAX_SIZE:
-        raise ApiError(400, "invalid_size", f"size must be between 1 and {MAX_SIZE}, got {size}")
+        raise ApiError(400, "invalid_size", f"size must be between 1 and {MAX_SIZE}")
     return size
 
 
@@ -135,23 +138,17 @@ async def add_watch(request: Request) -> Response:
 async def remove_watch(request: Request) -> Response:
     user = _user(request)
     state = state_of(request)
-    if not await state["watches"].remove(user, request.path_params["watch_id"]):
-        raise ApiError(404, "watch_not_found", "no such watch of yours")
+    await state["watches"].remove(user, request.path_params["watch_id"])
     await _watches_changed(state, user)
     return Response(status_code=204)
 
 
 async def categories(request: Request) -> Response:
     state = state_of(request)
-    response = await state["client"].search(
-        index=indices.alias_for(state["settings"], "products"),
-        size=0,
-        aggs={
-            "categories": {"terms": {"field": "category", "size": 100, "order": {"_key": "asc"}}}
-        },
+    products = indices.alias_for(state["settings"], "products")
+    return json_response(
+        Categories(categories=await catalog.category_names(state["client"], products))
     )
-    buckets = response["aggregations"]["categories"]["buckets"]
-    return json_response(Categories(categories=[bucket["key"] for bucket in buckets]))
 
 
 async def metrics(request: Request) -> Response:
@@ -178,7 +175,9 @@ async def readyz(request: Request) -> Response:
         version = await es.check_connection(state["client"], settings.elasticsearch_url)
         needed = await indices.needing_setup(state["client"], settings)
     except es.ElasticsearchProblem as problem:
-        return error_response(503, "elasticsearch_unavailable", str(problem))
+        # The details name the cluster's address: for the log, not for whoever asks.
+        logger.warning("not ready: %s", problem)
+        return error_response(503, "elasticsearch_unavailable", "Elasticsearch is unavailable")
     if needed:
         return error_response(503, "not_set_up", f"{'; '.join(needed)}: run `percolert setup`")
     return json_response(Readiness(status="ready", elasticsearch=version))
@@ -270,6 +269,7 @@ def create_app(settings: Settings, *, percolator_type: type[Percolator] = Percol
         lifespan=lifespan,
         middleware=[
             Middleware(AccessLogMiddleware),
+            Middleware(BrowserGuardMiddleware, allowed_origins=settings.allowed_origins),
             Middleware(BodyLimitMiddleware, max_bytes=_MAX_BODY_BYTES),
             Middleware(
                 SessionMiddleware,

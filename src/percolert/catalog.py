@@ -1,4 +1,5 @@
-"""The product catalog: what a product is, and bulk ingest of NDJSON files into the index."""
+"""The product catalog: what a product is, bulk ingest of NDJSON files into the index, and
+the categories it holds."""
 
 from __future__ import annotations
 
@@ -8,6 +9,7 @@ from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Annotated, Any
 
+import anyio
 import msgspec
 from elasticsearch import AsyncElasticsearch
 from elasticsearch.helpers import async_streaming_bulk
@@ -111,3 +113,48 @@ async def ingest(
     report.errors.sort(key=lambda error: error.line)
     report.seconds = time.perf_counter() - started
     return report
+
+
+# More categories than a shop's filter would list; a watch's category is checked against them.
+_MAX_CATEGORIES = 1000
+
+
+async def category_names(client: AsyncElasticsearch, index: str) -> list[str]:
+    """The categories products are in, sorted."""
+    response = await client.search(
+        index=index,
+        size=0,
+        aggs={
+            "categories": {
+                "terms": {"field": "category", "size": _MAX_CATEGORIES, "order": {"_key": "asc"}}
+            }
+        },
+    )
+    return [bucket["key"] for bucket in response["aggregations"]["categories"]["buckets"]]
+
+
+class CategoryCache:
+    """The catalog's categories, read again once they are `ttl_seconds` old: checking every
+    new watch's category need not cost an aggregation each."""
+
+    def __init__(
+        self, client: AsyncElasticsearch, index: str, *, ttl_seconds: float = 30.0
+    ) -> None:
+        self._client = client
+        self._index = index
+        self._ttl_seconds = ttl_seconds
+        self._names: frozenset[str] = frozenset()
+        self._read_at = -float("inf")
+        self._lock = anyio.Lock()
+
+    def _fresh(self) -> bool:
+        return time.monotonic() - self._read_at < self._ttl_seconds
+
+    async def names(self) -> frozenset[str]:
+        if self._fresh():
+            return self._names
+        async with self._lock:  # one aggregation for everyone who finds the list stale
+            if not self._fresh():
+                self._names = frozenset(await category_names(self._client, self._index))
+                self._read_at = time.monotonic()
+        return self._names

@@ -17,13 +17,19 @@ from tqdm import tqdm
 from percolert import assets, catalog, es, indices, logs
 from percolert.app import create_app
 from percolert.devnode import DevNode, DevNodeError, recorded_url
-from percolert.errors import ApiError
 from percolert.messages import Watch, WatchSpec
 from percolert.migrations import document_upgrades
 from percolert.server import build_server
 from percolert.settings import Settings, SettingsError, from_environment
 from percolert.text import TextNormalizer
-from percolert.watches import SeedFileError, SeedReport, WatchStore, parse_seed_file
+from percolert.watches import (
+    SeedFileError,
+    SeedReport,
+    WatchError,
+    WatchNotFound,
+    WatchStore,
+    parse_seed_file,
+)
 
 T = TypeVar("T")
 
@@ -212,16 +218,18 @@ def cmd_watches(settings: Settings, args: argparse.Namespace) -> int:
 
         try:
             watch = _run_with_client(settings, add)
-        except ApiError as error:
-            raise CliError(error.message) from None
+        except WatchError as error:
+            raise CliError(str(error)) from None
         print(f"added {_describe_watch(None, watch)}")
     else:
 
-        async def remove(client: AsyncElasticsearch) -> bool:
-            return await _watch_store(client, settings).remove_any(args.id)
+        async def remove(client: AsyncElasticsearch) -> None:
+            await _watch_store(client, settings).remove_any(args.id)
 
-        if not _run_with_client(settings, remove):
-            raise CliError(f"no watch with id {args.id}")
+        try:
+            _run_with_client(settings, remove)
+        except WatchNotFound:
+            raise CliError(f"no watch with id {args.id}") from None
         print(f"removed {args.id}")
     return 0
 

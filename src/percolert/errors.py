@@ -14,11 +14,33 @@ from starlette.responses import Response
 
 from percolert import es
 from percolert.messages import ErrorBody, ErrorDetail
+from percolert.watches import (
+    DuplicateWatch,
+    InvalidWatch,
+    TooManyWatches,
+    UnknownCategory,
+    WatchError,
+    WatchNotFound,
+)
 
 logger = logging.getLogger("percolert.errors")
 
 # How long a client should wait before retrying while Elasticsearch is unavailable.
 RETRY_AFTER_SECONDS = 5
+
+# The watches domain's refusals, as HTTP statuses and the API's stable codes.
+_WATCH_ERRORS: dict[type[WatchError], tuple[int, str]] = {
+    InvalidWatch: (400, "invalid_watch"),
+    UnknownCategory: (400, "unknown_category"),
+    WatchNotFound: (404, "watch_not_found"),
+    DuplicateWatch: (409, "duplicate_watch"),
+    TooManyWatches: (409, "too_many_watches"),
+}
+
+# What a client is told when Elasticsearch fails. The details (the cluster's address among
+# them) go to the server log only.
+_UNAVAILABLE_MESSAGE = "search is unavailable for the moment; try again shortly"
+_FAILED_MESSAGE = "the search backend could not do this; try again later"
 
 
 class ApiError(Exception):
@@ -52,6 +74,12 @@ async def _api_error(request: Request, exc: Exception) -> Response:
     return error_response(exc.status, exc.code, exc.message, exc.headers)
 
 
+async def _watch_error(request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, WatchError)
+    status, code = _WATCH_ERRORS[type(exc)]
+    return error_response(status, code, str(exc))
+
+
 async def _http_error(request: Request, exc: Exception) -> Response:
     assert isinstance(exc, HTTPException)
     code = {404: "not_found", 405: "method_not_allowed"}.get(exc.status_code, "http_error")
@@ -63,7 +91,7 @@ def _elasticsearch_error(url: str, on_error: Callable[[], None]) -> object:
         on_error()
         if es.is_unavailable(exc) or isinstance(exc, es.ElasticsearchProblem):
             logger.warning("elasticsearch unavailable: %s", es.describe(exc, url))
-            error = unavailable(f"search is unavailable: {es.describe(exc, url)}")
+            error = unavailable(_UNAVAILABLE_MESSAGE)
             return error_response(error.status, error.code, error.message, error.headers)
         if (
             isinstance(exc, elasticsearch.NotFoundError)
@@ -76,7 +104,7 @@ def _elasticsearch_error(url: str, on_error: Callable[[], None]) -> object:
                 {"Retry-After": str(RETRY_AFTER_SECONDS)},
             )
         logger.error("elasticsearch error: %s", es.describe(exc, url), exc_info=exc)
-        return error_response(502, "elasticsearch_error", es.describe(exc, url))
+        return error_response(502, "elasticsearch_error", _FAILED_MESSAGE)
 
     return handle
 
@@ -92,6 +120,7 @@ def exception_handlers(
     on_elasticsearch = _elasticsearch_error(elasticsearch_url, on_elasticsearch_error)
     return {
         ApiError: _api_error,
+        WatchError: _watch_error,
         HTTPException: _http_error,
         TransportError: on_elasticsearch,
         elasticsearch.ApiError: on_elasticsearch,

@@ -47,7 +47,19 @@ class Readiness(msgspec.Struct, frozen=True):
 
 # --- watches -----------------------------------------------------------------------------
 
-Terms = Annotated[str, msgspec.Meta(min_length=1, max_length=100)]
+# The limit applies to the words once surrounding and repeated spaces are trimmed (the
+# watches domain checks it), so the decoder does not count raw characters.
+TERMS_MAX_LENGTH = 100
+Terms = Annotated[
+    str,
+    msgspec.Meta(
+        min_length=1,
+        extra_json_schema={
+            "maxLength": TERMS_MAX_LENGTH,
+            "description": f"words; at most {TERMS_MAX_LENGTH} characters once spaces are trimmed",
+        },
+    ),
+]
 Category = Annotated[str, msgspec.Meta(min_length=1, max_length=50)]
 MaxPrice = Annotated[float, msgspec.Meta(gt=0, le=10_000_000)]
 

@@ -35,9 +35,11 @@ def _errors(*statuses: int) -> dict[str, Any]:
     meaning = {
         400: "bad parameters or body",
         401: "no session",
+        403: "forbidden_origin: not from the shop's own page",
         404: "not found",
         409: "conflict: a duplicate, or over the per-user limit",
         413: "body too large",
+        415: "unsupported_media_type: the body is not application/json",
         503: "Elasticsearch unavailable or not set up; see Retry-After",
     }
     return {
@@ -85,7 +87,7 @@ def openapi_document() -> dict[str, Any]:
                 "requestBody": {"required": True, "content": _json("WatchSpec")},
                 "responses": {
                     "201": _ok("Watch", "the stored watch"),
-                    **_errors(400, 409, 413, 503),
+                    **_errors(400, 403, 409, 413, 415, 503),
                 },
             },
         },
@@ -100,7 +102,10 @@ def openapi_document() -> dict[str, Any]:
                         "schema": {"type": "string"},
                     }
                 ],
-                "responses": {"204": {"description": "removed"}, **_errors(404, 503)},
+                "responses": {
+                    "204": {"description": "removed"},
+                    **_errors(403, 404, 415, 503),
+                },
             }
         },
         "/api/categories": {

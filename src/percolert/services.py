@@ -11,7 +11,7 @@ import msgspec
 from elasticsearch import AsyncElasticsearch
 from starlette.requests import HTTPConnection
 
-from percolert import es, indices
+from percolert import catalog, es, indices
 from percolert.alertlog import AlertLog
 from percolert.alerts import AlertDispatcher
 from percolert.hub import Hub
@@ -102,6 +102,9 @@ class Services:
             indices.alias_for(settings, "watches"),
             normalizer,
             max_per_user=settings.max_watches_per_user,
+            known_categories=catalog.CategoryCache(
+                client, indices.alias_for(settings, "products")
+            ).names,
         )
         # A reconnect storm's greetings queue here, leaving three quarters of the client's
         # connections to searches, percolation and the log.

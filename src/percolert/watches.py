@@ -16,7 +16,8 @@ from __future__ import annotations
 
 import hashlib
 import math
-from collections.abc import Iterable
+import re
+from collections.abc import Awaitable, Callable, Collection, Iterable
 from datetime import UTC, datetime
 from typing import Any
 
@@ -26,12 +27,43 @@ import msgspec
 from elasticsearch import AsyncElasticsearch
 from elasticsearch.helpers import async_bulk
 
-from percolert.errors import ApiError
-from percolert.messages import Watch, WatchSpec
+from percolert.messages import TERMS_MAX_LENGTH, Watch, WatchSpec
 from percolert.text import TextNormalizer
 
 _SOURCE = ["owner", "is_default", "spec", "created_at"]
 _MAX_DEFAULTS = 1000
+# The ids `watch_id` issues, and nothing else: an id is checked before it reaches
+# Elasticsearch's URL, where `_search` or `..` would name an endpoint rather than a document.
+_WATCH_ID = re.compile(r"default-[0-9a-f]{16}|w-[0-9a-f]{20}")
+
+
+class WatchError(Exception):
+    """A watch request the domain refuses; the HTTP layer maps each kind to a status."""
+
+
+class InvalidWatch(WatchError):
+    pass
+
+
+class UnknownCategory(WatchError):
+    def __init__(self, category: str, known: Collection[str]) -> None:
+        listed = ", ".join(sorted(known)) if known else "none yet"
+        super().__init__(f"unknown category {category!r}; the catalog's categories: {listed}")
+
+
+class DuplicateWatch(WatchError):
+    def __init__(self) -> None:
+        super().__init__("you already watch exactly this")
+
+
+class TooManyWatches(WatchError):
+    def __init__(self, limit: int) -> None:
+        super().__init__(f"you already have {limit} watches, the most allowed; remove one first")
+
+
+class WatchNotFound(WatchError):
+    def __init__(self) -> None:
+        super().__init__("no such watch of yours")
 
 
 class _StoredSpec(msgspec.Struct):
@@ -49,10 +81,14 @@ class _StoredWatch(msgspec.Struct):
 
 
 def clean_spec(spec: WatchSpec) -> WatchSpec:
-    """Whitespace trimmed, category lower-cased: two specs that mean the same are equal."""
+    """Whitespace trimmed, category lower-cased: two specs that mean the same are equal.
+    The length limit applies to the trimmed words, not to the spaces around them."""
+    terms = " ".join(spec.terms.split())
+    if len(terms) > TERMS_MAX_LENGTH:
+        raise InvalidWatch(f"terms may be at most {TERMS_MAX_LENGTH} characters")
     category = spec.category.strip().lower() if spec.category else None
     return WatchSpec(
-        terms=" ".join(spec.terms.split()),
+        terms=terms,
         phrase=spec.phrase,
         category=category or None,
         max_price=spec.max_price,
@@ -83,6 +119,16 @@ def _found_filters(category: str | None, max_price: float | None) -> list[dict[s
     if max_price is not None:
         return [{"range": {"min_price": {"lte": max_price}}}]
     return []
+
+
+def meaning(
+    tokens: list[str], *, phrase: bool, category: str | None, max_price: float | None
+) -> tuple[object, ...]:
+    """What a watch matches, as a comparable value: two watches with the same meaning are
+    duplicates. Word order and repeats matter only to a phrase of several words."""
+    ordered = phrase and len(tokens) > 1
+    words = tuple(tokens) if ordered else tuple(sorted(set(tokens)))
+    return (ordered, words, category, max_price)
 
 
 def build_query(
@@ -118,6 +164,11 @@ def watch_id(owner: str | None, tokens: list[str], spec: WatchSpec) -> str:
     signature = msgspec.json.encode([owner, tokens, spec.phrase, spec.category, spec.max_price])
     digest = hashlib.sha256(signature).hexdigest()
     return f"default-{digest[:16]}" if owner is None else f"w-{digest[:20]}"
+
+
+def is_watch_id(text: str) -> bool:
+    """True for ids of the form `watch_id` issues."""
+    return _WATCH_ID.fullmatch(text) is not None
 
 
 def _to_watch(document_id: str, stored: _StoredWatch) -> Watch:
@@ -162,9 +213,14 @@ def parse_seed_file(data: bytes) -> list[WatchSpec]:
         start = data.find(bytes(raw), cursor)
         cursor = start + len(raw)
         try:
-            specs.append(msgspec.json.decode(raw, type=WatchSpec))
+            spec = msgspec.json.decode(raw, type=WatchSpec)
+            clean_spec(spec)
         except msgspec.ValidationError as error:
             problems.append((line_at(start), f"invalid watch: {error}"))
+        except InvalidWatch as error:
+            problems.append((line_at(start), f"invalid watch: {error}"))
+        else:
+            specs.append(spec)
     if problems:
         raise SeedFileError(problems)
     return specs
@@ -187,11 +243,15 @@ class WatchStore:
         normalizer: TextNormalizer,
         *,
         max_per_user: int,
+        known_categories: Callable[[], Awaitable[Collection[str]]] | None = None,
     ) -> None:
         self._client = client
         self._alias = alias
         self._normalizer = normalizer
         self._max_per_user = max_per_user
+        # Where `add` learns which categories exist; None (the admin CLI, which may seed
+        # before the catalog is loaded): any category is taken.
+        self._known_categories = known_categories
         # Count-then-insert must not interleave for one user, or concurrent adds pass the
         # limit together. Locks are dropped when nobody holds them.
         self._locks: dict[str, anyio.Lock] = {}
@@ -201,7 +261,7 @@ class WatchStore:
         spec = clean_spec(spec)
         tokens = self._normalizer.watch_tokens(spec.terms, phrase=spec.phrase)
         if not tokens:
-            raise ApiError(400, "invalid_watch", "terms must contain at least one word")
+            raise InvalidWatch("terms must contain at least one word")
         document_id = watch_id(owner, tokens, spec)
         document = {
             "query": build_query(
@@ -218,8 +278,10 @@ class WatchStore:
         return document_id, document
 
     async def add(self, owner: str | None, spec: WatchSpec) -> Watch:
-        """Store a watch (owner None: a default watch). 409 for a duplicate or over the limit."""
+        """Store a watch (owner None: a default watch). Raises InvalidWatch, UnknownCategory,
+        DuplicateWatch (the owner has one that means the same) or TooManyWatches."""
         document_id, document = self.prepare(owner, spec)
+        await self._check_category(document["spec"]["category"])
         if owner is None:
             await self._client.index(
                 index=self._alias, id=document_id, document=document, refresh=True
@@ -234,21 +296,41 @@ class WatchStore:
                     self._locks.pop(owner, None)
         return _to_watch(document_id, msgspec.convert(document, _StoredWatch))
 
+    async def _check_category(self, category: str | None) -> None:
+        """A category the catalog does not have could never match: refused. Elasticsearch
+        failing to tell raises its own error (a 503, as for any other request)."""
+        if category is None or self._known_categories is None:
+            return
+        known = await self._known_categories()
+        if category not in known:
+            raise UnknownCategory(category, known)
+
+    def _meaning_of(self, spec: _StoredSpec) -> tuple[object, ...]:
+        tokens = self._normalizer.watch_tokens(spec.terms, phrase=spec.phrase)
+        return meaning(tokens, phrase=spec.phrase, category=spec.category, max_price=spec.max_price)
+
     async def _add_for_user(self, owner: str, document_id: str, document: dict[str, Any]) -> None:
-        counted = await self._client.count(index=self._alias, query={"term": {"owner": owner}})
-        if counted["count"] >= self._max_per_user:
-            raise ApiError(
-                409,
-                "too_many_watches",
-                f"you already have {self._max_per_user} watches, the most allowed; "
-                "remove one first",
-            )
+        # Ids follow the words' order, so the same words reordered would not collide: the
+        # owner's watches are compared by meaning (at most `max_per_user` of them).
+        owned = await self._client.search(
+            index=self._alias,
+            query={"term": {"owner": owner}},
+            size=self._max_per_user,
+            source_includes=["spec"],
+            track_total_hits=True,
+        )
+        wanted = self._meaning_of(msgspec.convert(document["spec"], _StoredSpec))
+        for hit in owned["hits"]["hits"]:
+            if self._meaning_of(msgspec.convert(hit["_source"]["spec"], _StoredSpec)) == wanted:
+                raise DuplicateWatch()
+        if owned["hits"]["total"]["value"] >= self._max_per_user:
+            raise TooManyWatches(self._max_per_user)
         try:
             await self._client.create(
                 index=self._alias, id=document_id, document=document, refresh=True
             )
         except elasticsearch.ConflictError:
-            raise ApiError(409, "duplicate_watch", "you already watch exactly this") from None
+            raise DuplicateWatch() from None
 
     async def add_many(self, watches: Iterable[tuple[str | None, WatchSpec]]) -> int:
         """Bulk-load watches (admin and benchmark path: no per-user limit). Returns the count."""
@@ -259,20 +341,21 @@ class WatchStore:
         loaded, _ = await async_bulk(self._client, actions, chunk_size=2000, refresh=True)
         return loaded
 
-    async def remove(self, owner: str | None, watch_id: str) -> bool:
-        """Delete a watch if `owner` owns it (None: a default watch); False if not found."""
+    async def remove(self, owner: str | None, watch_id: str) -> None:
+        """Delete a watch `owner` owns (None: a default watch); WatchNotFound otherwise."""
+        if not is_watch_id(watch_id):
+            raise WatchNotFound()
         try:
             found = await self._client.get(index=self._alias, id=watch_id, source_includes=_SOURCE)
         except elasticsearch.NotFoundError:
-            return False
+            raise WatchNotFound() from None
         stored = msgspec.convert(found["_source"], _StoredWatch)
         if stored.owner != owner or stored.is_default != (owner is None):
-            return False
+            raise WatchNotFound()
         try:
             await self._client.delete(index=self._alias, id=watch_id, refresh=True)
         except elasticsearch.NotFoundError:
-            return False
-        return True
+            raise WatchNotFound() from None
 
     async def _search(
         self, query: dict[str, Any], size: int, sort: list[dict[str, str]]
@@ -291,13 +374,14 @@ class WatchStore:
         newest_first = [{"created_at": "desc"}]
         return [watch for _, watch in await self._search(query, size, newest_first)]
 
-    async def remove_any(self, watch_id: str) -> bool:
-        """Admin removal, whoever owns the watch."""
+    async def remove_any(self, watch_id: str) -> None:
+        """Admin removal, whoever owns the watch; WatchNotFound if there is none."""
+        if not is_watch_id(watch_id):
+            raise WatchNotFound()
         try:
             await self._client.delete(index=self._alias, id=watch_id, refresh=True)
         except elasticsearch.NotFoundError:
-            return False
-        return True
+            raise WatchNotFound() from None
 
     async def everything(self, size: int = 10_000) -> list[tuple[str | None, Watch]]:
         """(owner, watch) for every watch, newest first (the admin listing)."""

@@ -1,0 +1,102 @@
+"""What browsers are held to and told at the edge: changes only as JSON from the shop's own
+pages (no cross-site writes), and security headers on every response."""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Collection
+
+from starlette.datastructures import Headers, MutableHeaders
+from starlette.responses import Response
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from percolert.errors import error_response
+from percolert.origins import request_allowed
+
+_UNSAFE_METHODS = frozenset(["POST", "PUT", "PATCH", "DELETE"])
+# A Host header fit to be written into the policy (it comes from the client).
+_HOST = re.compile(r"(?:[A-Za-z0-9.-]+|\[[0-9A-Fa-f:.]+\])(?::[0-9]{1,5})?")
+
+
+def content_security_policy(scope: Scope) -> str:
+    """The page's own scripts, styles and images, its API and its `/ws` socket; nothing else.
+
+    The socket's origin is named because not every browser counts ws: under 'self'.
+    """
+    host = Headers(scope=scope).get("host", "")
+    socket = ""
+    if _HOST.fullmatch(host):
+        socket = f" {'wss' if scope.get('scheme') == 'https' else 'ws'}://{host}"
+    return (
+        "default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self'; "
+        f"connect-src 'self'{socket}; frame-ancestors 'none'; base-uri 'none'; "
+        "form-action 'self'"
+    )
+
+
+def _security_headers(scope: Scope) -> dict[str, str]:
+    return {
+        "content-security-policy": content_security_policy(scope),
+        "x-content-type-options": "nosniff",
+        "x-frame-options": "DENY",
+        "referrer-policy": "no-referrer",
+    }
+
+
+def _is_json(content_type: str | None) -> bool:
+    return (content_type or "").split(";", 1)[0].strip().lower() == "application/json"
+
+
+def _has_body(headers: Headers) -> bool:
+    return "transfer-encoding" in headers or headers.get("content-length", "0") != "0"
+
+
+def refusal(scope: Scope, allowed_origins: Collection[str]) -> Response | None:
+    """The answer to a request that may not change anything, or None to let it through.
+
+    A body must be JSON: the content types a form or a plain cross-site `fetch` may send
+    without the browser asking first (text/plain, form-encoded) are refused, whatever the
+    origin. A DELETE needs no body.
+    """
+    method = scope["method"]
+    if method not in _UNSAFE_METHODS:
+        return None
+    if not request_allowed(scope, allowed_origins):
+        return error_response(
+            403, "forbidden_origin", "changes are accepted only from the shop's own pages"
+        )
+    headers = Headers(scope=scope)
+    if (method != "DELETE" or _has_body(headers)) and not _is_json(headers.get("content-type")):
+        return error_response(
+            415, "unsupported_media_type", "send the body as JSON (Content-Type: application/json)"
+        )
+    return None
+
+
+class BrowserGuardMiddleware:
+    """Refuses cross-site and non-JSON writes before anything reads them; adds the security
+    headers to every HTTP response (a route's own value of one wins)."""
+
+    def __init__(self, app: ASGIApp, *, allowed_origins: Collection[str]) -> None:
+        self.app = app
+        self.allowed_origins = tuple(allowed_origins)
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        extra = _security_headers(scope)
+
+        async def send_with_headers(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                headers = MutableHeaders(scope=message)
+                for name, value in extra.items():
+                    if name not in headers:
+                        headers[name] = value
+            await send(message)
+
+        refused = refusal(scope, self.allowed_origins)
+        if refused is not None:
+            await refused(scope, receive, send_with_headers)
+            return
+        await self.app(scope, receive, send_with_headers)
