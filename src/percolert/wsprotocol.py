@@ -10,6 +10,9 @@ everything else, and for a socket that is behind (`write_frame` returns False).
 
 The app finds the fast path as an ASGI scope extension, so it still runs, on the ASGI path
 only, under any other server or protocol.
+
+The protocol's state read here is uvicorn's, not public API: pyproject.toml caps uvicorn at
+the versions tested, and tests/test_private_apis.py names whatever moves.
 """
 
 from __future__ import annotations

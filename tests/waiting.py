@@ -1,0 +1,19 @@
+"""Waiting on a condition, never for a fixed time: a test that needs something to have
+happened polls for it, with a deadline that only matters when it never happens."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import anyio
+
+
+async def wait_until(
+    predicate: Callable[[], object], *, timeout: float = 10.0, what: str = "the condition"
+) -> None:
+    """Return as soon as `predicate()` is true; fail naming `what` after `timeout` seconds."""
+    with anyio.move_on_after(timeout):
+        while not predicate():
+            await anyio.sleep(0.005)
+        return
+    raise AssertionError(f"gave up after {timeout} s waiting for {what}")
