@@ -3,17 +3,26 @@ happened polls for it, with a deadline that only matters when it never happens."
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import inspect
+from collections.abc import Awaitable, Callable
 
 import anyio
 
 
 async def wait_until(
-    predicate: Callable[[], object], *, timeout: float = 10.0, what: str = "the condition"
+    predicate: Callable[[], object | Awaitable[object]],
+    *,
+    timeout: float = 10.0,
+    what: str = "the condition",
 ) -> None:
-    """Return as soon as `predicate()` is true; fail naming `what` after `timeout` seconds."""
+    """Return as soon as `predicate()` (awaited, if it is a coroutine) is true; fail naming
+    `what` after `timeout` seconds."""
     with anyio.move_on_after(timeout):
-        while not predicate():
+        while True:
+            holds = predicate()
+            if inspect.isawaitable(holds):
+                holds = await holds
+            if holds:
+                return
             await anyio.sleep(0.005)
-        return
     raise AssertionError(f"gave up after {timeout} s waiting for {what}")
