@@ -9,6 +9,8 @@ import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 
+import httpx
+from prometheus_client.parser import text_string_to_metric_families
 from starlette.applications import Starlette
 
 from percolert.app import create_app
@@ -45,3 +47,14 @@ def run_server(
     finally:
         server.should_exit = True
         thread.join(timeout=20)
+
+
+def metric(base_url: str, name: str) -> float:
+    """The value of one unlabelled sample on the server's /metrics, e.g. a counter to wait on."""
+    response = httpx.get(f"{base_url}/metrics", timeout=10)
+    response.raise_for_status()
+    for family in text_string_to_metric_families(response.text):
+        for sample in family.samples:
+            if sample.name == name and not sample.labels:
+                return float(sample.value)
+    raise AssertionError(f"no sample {name} on {base_url}/metrics")

@@ -19,11 +19,15 @@ from tests.servers import free_port, run_server
 
 
 def cli(*args: str, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
+    """`percolert ARGS` as an operator without ELASTICSEARCH_URL runs it (even when the test
+    session points at an outside cluster): the commands must find the dev node themselves."""
+    merged = {**os.environ, **env}
+    merged.pop("ELASTICSEARCH_URL", None)
     return subprocess.run(
         [sys.executable, "-m", "percolert.cli", *args],
         capture_output=True,
         text=True,
-        env={**os.environ, **env},
+        env=merged,
         timeout=300,
         check=False,
     )
@@ -32,7 +36,6 @@ def cli(*args: str, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
 def test_start_status_idempotent_start_and_stop(tmp_path: Path) -> None:
     state_dir = tmp_path / "state"
     env = {"PERCOLERT_STATE_DIR": str(state_dir)}
-    env.pop("ELASTICSEARCH_URL", None)
     port = free_port()
 
     status = cli("devnode", "status", env=env)
@@ -66,6 +69,8 @@ def test_start_status_idempotent_start_and_stop(tmp_path: Path) -> None:
         setup = cli("setup", env={**env, "PERCOLERT_INDEX_PREFIX": "devnode-test"})
         assert setup.returncode == 0, setup.stderr
         assert "devnode-test-products -> devnode-test-products-v1: created" in setup.stdout
+        own = httpx.get(f"http://127.0.0.1:{port}/_alias/devnode-test-products", timeout=10)
+        assert own.status_code == 200  # on this node, not on a cluster the session points at
     finally:
         stop = cli("devnode", "stop", env=env)
     assert stop.returncode == 0

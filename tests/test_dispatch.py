@@ -4,6 +4,7 @@ controlled clock (the end-to-end versions are in test_alerts.py)."""
 from __future__ import annotations
 
 import json
+from functools import partial
 from typing import Any
 
 import anyio
@@ -16,6 +17,7 @@ from percolert.alerts import AlertDispatcher
 from percolert.hub import Connection, Hub
 from percolert.percolator import Match, SearchEvent
 from percolert.wsprotocol import frame_text
+from tests.waiting import wait_until
 
 
 class Numbering:
@@ -173,9 +175,13 @@ async def test_a_full_queue_cuts_off_only_that_socket() -> None:
 
         tasks.start_soon(run, slow, slow_scope)
         tasks.start_soon(run, fast, fast_scope)
+
+        def fast_took(count: int) -> bool:
+            return len(written) >= count
+
         for number in range(6):
             hub.send_to_all(f"message {number}")
-            await anyio.sleep(0.01)
+            await wait_until(partial(fast_took, number + 1), what=f"fast to take {number}")
         assert slow.overflowed
         assert slow_scope.cancel_called
         assert not fast.overflowed
@@ -275,6 +281,7 @@ class FrameSocket:
         self.received: list[str] = []
         self.open = True
         self.release = anyio.Event()
+        self.sending = anyio.Event()
 
     def write_frame(self, frame: bytes) -> bool:
         if not self.open:
@@ -283,6 +290,7 @@ class FrameSocket:
         return True
 
     async def send_text(self, payload: str) -> None:
+        self.sending.set()
         await self.release.wait()
         self.received.append(payload)
 
@@ -325,12 +333,13 @@ async def test_direct_writes_keep_the_order_of_the_queue() -> None:
                 await connection.write(scope)
 
         tasks.start_soon(run)
-        await anyio.sleep(0.01)
+        with anyio.fail_after(10):
+            await socket.sending.wait()
         # "1" is being sent (the send waits): "2" must not overtake it.
         hub.send_to_user("a", "2")
         assert socket.received == []
         socket.release.set()
-        await anyio.sleep(0.01)
+        await wait_until(lambda: len(socket.received) == 2, what="the queue to be sent")
         assert socket.received == ["1", "2"]
         # Nothing queued or in flight: written at once, without the writer.
         hub.send_to_user("a", "3")
@@ -340,7 +349,7 @@ async def test_direct_writes_keep_the_order_of_the_queue() -> None:
         hub.send_to_user("a", "4")
         socket.open = True
         hub.send_to_user("a", "5")
-        await anyio.sleep(0.01)
+        await wait_until(lambda: len(socket.received) == 5, what="4 and 5 to be sent")
         assert socket.received == ["1", "2", "3", "4", "5"]
         scope.cancel()
     connection.close()

@@ -8,13 +8,12 @@ import gc
 import weakref
 from collections.abc import Iterator
 
-import anyio
-import httpx
 import pytest
 
 from percolert.gcpolicy import YOUNG_THRESHOLD, GcPolicy
 from percolert.wsprotocol import FrameWritingProtocol
 from tests.shoppers import Shopper
+from tests.waiting import wait_until
 
 
 class Node:
@@ -117,25 +116,27 @@ def test_a_tick_compacts_once_the_frozen_set_has_doubled_and_not_too_often(
     assert policy.compactions == 1
 
 
-def open_sockets(server: str) -> float:
-    for line in httpx.get(f"{server}/metrics", timeout=10).text.splitlines():
-        if line.startswith("percolert_connected_sockets "):
-            return float(line.split()[1])
-    raise AssertionError("no socket gauge")
+def protocols() -> list[FrameWritingProtocol]:
+    """The server's socket protocols still in memory (the test server runs in this process)."""
+    return [item for item in gc.get_objects() if isinstance(item, FrameWritingProtocol)]
 
 
 @pytest.mark.anyio
 async def test_closed_alert_sockets_leave_no_cyclic_garbage(server: str) -> None:
     """Freed by reference counting as they close: under the policy above, cyclic garbage
     waits for a compaction, and a socket's protocol would hold all its buffers."""
-    before = open_sockets(server)
+    earlier: weakref.WeakSet[FrameWritingProtocol] = weakref.WeakSet(protocols())
     async with Shopper(server) as shopper:
         for _ in range(20):
             await shopper.connect()
-    deadline = anyio.current_time() + 10
-    while open_sockets(server) > before and anyio.current_time() < deadline:
-        await anyio.sleep(0.05)
-    await anyio.sleep(0.2)  # the server's side of each close handshake
+
+    def all_closed() -> bool:
+        """The server has seen each of these sockets through (app done, connection lost):
+        what is left of one now is either freed already or cyclic garbage."""
+        ours = [protocol for protocol in protocols() if protocol not in earlier]
+        return all(protocol._asgi_done and protocol.disconnected for protocol in ours)
+
+    await wait_until(all_closed, what="the server's side of each close")
     gc.set_debug(gc.DEBUG_SAVEALL)
     try:
         gc.collect()

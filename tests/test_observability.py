@@ -19,6 +19,7 @@ from percolert.metrics import Metrics
 from percolert.settings import Settings
 from tests.servers import run_server
 from tests.shoppers import Shopper
+from tests.waiting import wait_until
 
 pytestmark = pytest.mark.anyio
 
@@ -52,7 +53,11 @@ async def test_metrics_follow_what_happens(server: str) -> None:
         await b.search("fitbit charge 6")
         assert await socket_a.next_alert() is not None
         await b.search("fitbit inspire")  # within the window: coalesced
-        await socket_a.alerts_during(0.3)
+        coalesced = "percolert_alerts_coalesced_total"
+        await wait_until(
+            lambda: scrape(server)[coalesced] > before[coalesced],
+            what="the second search to be percolated and coalesced",
+        )
         after = scrape(server)
         await a.unwatch(watch["id"])
     assert after["percolert_search_seconds_count"] == before["percolert_search_seconds_count"] + 2
@@ -103,11 +108,16 @@ async def test_logs_are_one_json_line_per_event_without_secrets(
 
 async def test_a_blocked_event_loop_shows_as_lag() -> None:
     metrics = Metrics()
+
+    def timed() -> float:
+        return metrics.registry.get_sample_value("percolert_event_loop_lag_seconds_count") or 0
+
     async with anyio.create_task_group() as tasks:
         tasks.start_soon(metrics.watch_event_loop, 0.01)
-        await anyio.sleep(0.05)
+        await wait_until(lambda: timed() >= 2, what="the watcher to time the loop")
+        before_block = timed()
         time.sleep(0.08)  # everything on the loop waits behind this
-        await anyio.sleep(0.05)
+        await wait_until(lambda: timed() > before_block, what="the late timer to be observed")
         tasks.cancel_scope.cancel()
     samples = {
         (sample.name, sample.labels.get("le")): sample.value

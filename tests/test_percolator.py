@@ -12,6 +12,7 @@ from percolert.percolator import Match, Percolator, SearchEvent
 from percolert.settings import Settings
 from percolert.text import TextNormalizer
 from percolert.watches import WatchStore, build_query, category_price
+from tests.waiting import wait_until
 
 pytestmark = pytest.mark.anyio
 
@@ -125,9 +126,7 @@ async def test_batches_form_under_load(fresh_settings: Settings) -> None:
                 await anyio.sleep(0.01)  # until run() has opened the queue
             for number in range(200):
                 assert percolator.submit(SearchEvent(text=f"kindle {number}", searcher="x"))
-            with anyio.fail_after(30):
-                while len(delivered) < 200:
-                    await anyio.sleep(0.01)
+            await wait_until(lambda: len(delivered) >= 200, timeout=30, what="all 200 matches")
             tasks.cancel_scope.cancel()
         assert sorted(delivered) == sorted((f"kindle {n}", [watch.id]) for n in range(200))
         assert percolator.batches <= 200 / 10, percolator.batches  # far fewer requests than events

@@ -10,8 +10,9 @@ import pytest
 
 from percolert import indices
 from percolert.settings import Settings
-from tests.servers import run_server
+from tests.servers import metric, run_server
 from tests.shoppers import Shopper, default_watch
+from tests.waiting import wait_until
 
 pytestmark = pytest.mark.anyio
 
@@ -36,33 +37,40 @@ async def test_missed_alerts_are_replayed_in_order_then_live_ones_follow(server:
         position = first.hello["last_seq"]
         await first.close()
 
+        created = metric(server, "percolert_alerts_created_total")
         await b.search("pixel 9 pro")  # sent at once, to nobody connected
         await b.search("pixel tablet")  # folded into the follow-up
         await b.search("pixel buds")
-        follow_up_due = WINDOW + 0.6
-        assert await (await b.connect()).alerts_during(follow_up_due) == []  # B: own searches
+        await wait_until(
+            lambda: metric(server, "percolert_alerts_created_total") >= created + 2,
+            what="the alert and its follow-up, made while A is away",
+        )
 
         back = await a.connect(after=position)
-        missed = await back.alerts_during(1.0)
-        assert [(alert["query"], alert["count"]) for alert in missed] == [
+        missed = [await back.next_alert(), await back.next_alert()]
+        assert [(alert["query"], alert["count"]) for alert in missed if alert] == [
             ("pixel 9 pro", 1),
             ("pixel buds", 2),
         ]
-        seqs = [alert["seq"] for alert in missed]
+        seqs = [alert["seq"] for alert in missed if alert]
         assert seqs == sorted(seqs)
         assert all(seq > position for seq in seqs)
-        assert all(alert["watch"]["id"] == watch["id"] for alert in missed)
+        assert all(alert and alert["watch"]["id"] == watch["id"] for alert in missed)
 
-        await b.search("pixel watch")  # live now, after the window has closed
+        await b.search("pixel watch")  # live now (at once, or as the next follow-up)
         live = await back.next_alert()
         assert live is not None
-        assert live["query"] == "pixel watch"
+        assert live["query"] == "pixel watch"  # the replay was those two, nothing more
         assert live["seq"] > seqs[-1]
-        assert await back.alerts_during(0.5) == []  # nothing replayed twice
 
-        # Reconnecting from the newest position brings nothing old back.
+        # Reconnecting from the newest position brings nothing old back, and nothing is
+        # replayed twice: the next alert on either socket is the next search's.
         again = await a.connect(after=live["seq"])
-        assert await again.alerts_during(0.5) == []
+        await b.search("pixel fold")
+        for socket in (back, again):
+            following = await socket.next_alert()
+            assert following is not None
+            assert (following["query"], following["count"]) == ("pixel fold", 1)
         await a.unwatch(watch["id"])
 
 
@@ -76,7 +84,10 @@ async def test_a_reloaded_page_gets_its_recent_alerts_in_hello(server: str) -> N
         reloaded = await a.connect()  # a fresh page: no position to resume from
         assert [item["id"] for item in reloaded.hello["recent"]] == [alert["id"]]
         assert reloaded.hello["last_seq"] >= alert["seq"]
-        assert await reloaded.alerts_during(0.3) == []  # listed, not replayed as new alerts
+        await b.search("oura ring gen3")
+        following = await reloaded.next_alert()
+        assert following is not None
+        assert following["query"] == "oura ring gen3"  # listed, not replayed as a new alert
         newcomer = Shopper(server)
         async with newcomer:
             assert (await newcomer.connect()).hello["recent"] == []  # never someone else's
@@ -101,11 +112,22 @@ async def test_default_watch_alerts_are_stored_once_and_recovered_by_everyone(
         assert live is not None
 
         c_back = await c.connect(after=c_position)
-        recovered = await c_back.alerts_during(1.0)
-        assert [alert["id"] for alert in recovered] == [live["id"]]
+        recovered = await c_back.next_alert()
+        assert recovered is not None
+        assert recovered["id"] == live["id"]
         b_socket = await b.connect(after=c_position)
-        assert await b_socket.alerts_during(0.5) == []  # the searcher never gets it
+        # The next search's alert is the next each gets: c's replay was that one alert, and
+        # the searcher b never gets their own.
+        await a.search("Roomba combo")
+        for socket in (c_back, b_socket):
+            following = await socket.next_alert()
+            assert following is not None
+            assert following["query"] == "Roomba combo"
 
-        await client.indices.refresh(index=alerts_alias)
-        by_seq = await client.count(index=alerts_alias, query={"term": {"seq": live["seq"]}})
-        assert by_seq["count"] == 1  # one document for everyone
+        async def stored() -> int:
+            await client.indices.refresh(index=alerts_alias)
+            by_seq = await client.count(index=alerts_alias, query={"term": {"seq": live["seq"]}})
+            return int(by_seq["count"])
+
+        await wait_until(stored, what="the alert log to write the alert")
+        assert await stored() == 1  # one document for everyone

@@ -23,14 +23,14 @@ from elastic_transport import (
     TlsError,
     TransportError,
 )
-from elastic_transport._models import DEFAULT, DefaultType
-from elastic_transport._node import NodeApiResponse
+from elastic_transport._node import NodeApiResponse  # exported by no public module
+from elastic_transport.client_utils import DEFAULT, DefaultType
 from elasticsearch import AsyncElasticsearch
-from elasticsearch._version import __versionstr__ as CLIENT_VERSION
 
 from percolert.settings import Settings
 
-CLIENT_MAJOR = int(CLIENT_VERSION.split(".")[0])
+CLIENT_VERSION = ".".join(str(part) for part in elasticsearch.__version__)
+CLIENT_MAJOR = elasticsearch.__version__[0]
 _COMPATIBLE_WITH = re.compile(r"compatible-with=\d+")
 
 

@@ -12,6 +12,9 @@ The app finds the fast path as an ASGI scope extension, so it still runs, on the
 only, under any other server or protocol. The same extension closes a socket behind what is
 already written to it (`close_behind`): the ASGI close waits, like any send, until the client
 reads, so a client that stopped reading would never be told why it was dropped.
+
+The protocol's state read here is uvicorn's, not public API: pyproject.toml caps uvicorn at
+the versions tested, and tests/test_private_apis.py names whatever moves.
 """
 
 from __future__ import annotations

@@ -1,0 +1,28 @@
+"""Waiting on a condition, never for a fixed time: a test that needs something to have
+happened polls for it, with a deadline that only matters when it never happens."""
+
+from __future__ import annotations
+
+import inspect
+from collections.abc import Awaitable, Callable
+
+import anyio
+
+
+async def wait_until(
+    predicate: Callable[[], object | Awaitable[object]],
+    *,
+    timeout: float = 10.0,
+    what: str = "the condition",
+) -> None:
+    """Return as soon as `predicate()` (awaited, if it is a coroutine) is true; fail naming
+    `what` after `timeout` seconds."""
+    with anyio.move_on_after(timeout):
+        while True:
+            holds = predicate()
+            if inspect.isawaitable(holds):
+                holds = await holds
+            if holds:
+                return
+            await anyio.sleep(0.005)
+    raise AssertionError(f"gave up after {timeout} s waiting for {what}")
