@@ -1,8 +1,9 @@
 """The internals of other packages that Percolert relies on, checked by name.
 
 `percolert.wsprotocol` subclasses uvicorn's websockets-sansio protocol and reads its state,
-`percolert.server` hooks uvicorn's server loop, and `percolert.es` subclasses the transport's
-aiohttp node. None of that is public API, so pyproject.toml caps those packages at the
+`percolert.httpprotocol` subclasses uvicorn's httptools protocol and hooks its parser
+callbacks, `percolert.server` hooks uvicorn's server loop, and `percolert.es` subclasses the
+transport's aiohttp node. None of that is public API, so pyproject.toml caps those packages at the
 versions tested; when a cap is raised, this module says exactly what moved, and in which
 version, before anything fails in a less obvious way.
 """
@@ -122,9 +123,14 @@ async def test_the_uvicorn_state_the_socket_fast_path_reads() -> None:
                     "transport",
                     "scope",
                     "conn",
+                    # close_behind
+                    "queue",
+                    "read_paused",
+                    "close_timer",
+                    "loop",
                 ):
                     require(protocol, name, "uvicorn", user)
-                for name in ("state", "extensions", "parser"):
+                for name in ("state", "extensions", "parser", "send_close", "data_to_send"):
                     require(protocol.conn, name, "websockets", user)
                 assert inspect.isgenerator(protocol.conn.parser), moved(
                     "websockets", "Protocol.parser is not a generator", user
@@ -138,6 +144,19 @@ async def test_the_uvicorn_state_the_socket_fast_path_reads() -> None:
             await wait_until(lambda: ticks, what="uvicorn to call Server.on_tick")
             server.should_exit = True
     assert drained == [5.0]  # GracefulServer.shutdown ran
+
+
+def test_uvicorn_httptools_protocol_hooks() -> None:
+    """`percolert.httpprotocol` overrides these and reads `cycle` (set in `__init__`, and the
+    header-bound tests in tests/test_limits.py exercise it for real)."""
+    from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
+
+    user = "percolert.httpprotocol"
+    for name in ("data_received", "on_headers_complete", "on_message_complete"):
+        require(HttpToolsProtocol, name, "uvicorn", user)
+    assert "self.cycle" in inspect.getsource(HttpToolsProtocol.__init__), moved(
+        "uvicorn", "HttpToolsProtocol no longer sets self.cycle in __init__", user
+    )
 
 
 def test_elastic_transport_node_internals() -> None:
