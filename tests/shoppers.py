@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import time
+import uuid
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
@@ -76,6 +77,16 @@ class Socket:
         messages = [json.loads(raw) for raw in await self.raw_messages(seconds)]
         return [message for message in messages if message["type"] == "alert"]
 
+    async def messages_before_pong(self) -> list[dict[str, Any]]:
+        """Everything already sent to this socket: what arrives before the reply to a ping."""
+        await self.connection.send(json.dumps({"type": "ping"}))
+        before: list[dict[str, Any]] = []
+        while (message := await self.receive()) is not None:
+            if message["type"] == "pong":
+                return before
+            before.append(message)
+        raise AssertionError("no pong came")
+
     async def close(self) -> None:
         await self.connection.close()
 
@@ -114,6 +125,24 @@ class Shopper:
         assert response.status_code == 201, response.text
         watch: dict[str, Any] = response.json()
         return watch
+
+    async def alerts_before_marker(self, socket: Socket, searcher: Shopper) -> list[dict[str, Any]]:
+        """The alerts `socket` (one of ours) receives before a marker: a fresh watch of ours on
+        a word nothing else has, matched by a search `searcher` makes now. Percolation hands
+        matches on in the order of the searches and a socket receives in the order sent, so
+        whatever an earlier search sends arrives first: "nothing arrived", without a wait."""
+        word = "marker" + "".join(chr(ord("a") + int(c, 16)) for c in uuid.uuid4().hex[:12])
+        marker = await self.watch(word)
+        try:
+            await searcher.search(word)
+            before: list[dict[str, Any]] = []
+            while (alert := await socket.next_alert()) is not None:
+                if alert["watch"]["id"] == marker["id"]:
+                    return before
+                before.append(alert)
+            raise AssertionError("the marker's alert never came")
+        finally:
+            await self.unwatch(marker["id"])
 
     async def unwatch(self, watch_id: str) -> None:
         response = await self.http.delete(f"/api/watches/{watch_id}")

@@ -237,6 +237,11 @@ class AlertDispatcher:
             self._send(last.text, len(counted), last.at, {user: watch}, since=since)
         self._windows[key] = next_window
 
+    @property
+    def open_windows(self) -> int:
+        """(recipient, watch) pairs whose repeats are being folded right now."""
+        return len(self._windows)
+
     def flush_all(self) -> None:
         """Send every pending follow-up now (at shutdown)."""
         now = self._clock()

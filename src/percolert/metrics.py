@@ -36,6 +36,11 @@ class _Readings(Collector):
         yield GaugeMetricFamily(
             "percolert_connected_users", "Users with an open socket", value=values["users"]
         )
+        yield GaugeMetricFamily(
+            "percolert_coalescing_windows",
+            "Coalescing windows open: (recipient, watch) pairs whose repeats are being folded",
+            value=values.get("coalescing_windows", 0.0),
+        )
         for name, help_text in [
             ("alerts_sent", "Alert messages queued to sockets"),
             ("alerts_created", "Alerts created (one per recipient, or per default broadcast)"),

@@ -157,6 +157,7 @@ class Services:
         return {
             "alerts_created": self.dispatcher.alerts,
             "alerts_coalesced": self.dispatcher.coalesced,
+            "coalescing_windows": self.dispatcher.open_windows,
             "search_events_dropped": self.percolator.dropped,
             "alert_log_write_failures": self.alert_log.write_failures,
             "alert_log_rejected": self.alert_log.rejected,
