@@ -289,7 +289,7 @@ async def make_users(base: str, users: int, design: str) -> list[tuple[str | Non
 
     async def one(number: int) -> tuple[str | None, str | None]:
         async with semaphore, httpx.AsyncClient(base_url=base, timeout=60, limits=limits) as http:
-            await http.get("/healthz")
+            await http.get("/")  # the page issues the session cookie
             word = None
             if design in PER_USER:
                 word = GROUP_WORDS[number % len(GROUP_WORDS)]
@@ -437,7 +437,7 @@ def drive(
         path, words[rid] = search_path(server.design, number, rid)
         requests.append({"rid": rid, "path": path})
     plan, result = scratch / f"{tag}-plan.json", scratch / f"{tag}-searches.txt"
-    warmup = "" if server.design.startswith("baseline") else "/healthz"
+    warmup = "" if server.design.startswith("baseline") else "/"
     plan.write_text(
         json.dumps({"base": server.url, "warmup": warmup, "rate": rate, "requests": requests})
     )

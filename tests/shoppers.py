@@ -100,7 +100,7 @@ class Shopper:
         self.sockets: list[Socket] = []
 
     async def __aenter__(self) -> Shopper:
-        response = await self.http.get("/healthz")  # any request issues the session cookie
+        response = await self.http.get("/")  # the page issues the session cookie
         response.raise_for_status()
         return self
 

@@ -152,6 +152,22 @@ async def test_an_address_cannot_mint_sessions_past_its_limit(catalog_settings: 
             assert "set-cookie" not in first.get("/api/categories").headers
 
 
+async def test_probes_get_no_session_and_spend_no_new_session_allowance(
+    catalog_settings: Settings,
+) -> None:
+    """A load balancer probing every few seconds would otherwise lock its address's shoppers
+    out once the new-session limit is spent."""
+    settings = limited(catalog_settings, limit_new_sessions_per_address=f"2/{FOREVER}")
+    with run_server(settings) as url:
+        for _ in range(10):
+            for path in ("/healthz", "/readyz", "/metrics"):
+                probe = httpx.get(f"{url}{path}", timeout=10)
+                assert probe.status_code == 200, (path, probe.text)
+                assert "set-cookie" not in probe.headers
+        for _ in range(2):
+            assert COOKIE_NAME in httpx.get(f"{url}/", timeout=10).cookies
+
+
 async def test_x_forwarded_for_is_ignored_without_a_trusted_proxy(
     catalog_settings: Settings,
 ) -> None:
@@ -278,6 +294,26 @@ async def test_a_request_head_over_the_bound_is_refused(server: str, headers: li
     status, answer = _status_and_body(await _exchange(server, request.encode()))
     assert status == 431
     assert answer["error"]["code"] == "headers_too_large"
+
+
+async def test_a_head_within_the_bound_with_its_body_in_the_same_read_is_served(
+    server: str,
+) -> None:
+    """Only the head counts toward its bound: 14 KB of headers and a 3 KB body, sent in one
+    write, are a request within both bounds."""
+    async with Shopper(server) as a:
+        host = server.removeprefix("http://")
+        body = b'{"terms": "kindle paperwhite"' + b" " * 3000 + b"}"
+        head = (
+            f"POST /api/watches HTTP/1.1\r\nHost: {host}\r\nOrigin: {server}\r\n"
+            f"Content-Type: application/json\r\nContent-Length: {len(body)}\r\n"
+            f"Cookie: {COOKIE_NAME}={a.cookie}\r\nConnection: close\r\n"
+            + "".join(f"X-Pad-{n}: {'a' * 1000}\r\n" for n in range(14))
+            + "\r\n"
+        )
+        status, answer = _status_and_body(await _exchange(server, head.encode() + body))
+        assert status == 201, answer  # counting the body too, it was 431
+        assert answer["terms"] == "kindle paperwhite"
 
 
 def test_ordinary_heads_pass_request_after_request_on_one_connection(server: str) -> None:

@@ -322,17 +322,17 @@ def test_cli_add_list_and_remove(watch_settings: Settings) -> None:
 
 
 def test_session_cookie_is_issued_httponly_and_lax(server: str) -> None:
-    response = httpx.get(f"{server}/healthz", timeout=10)
+    response = httpx.get(f"{server}/", timeout=10)
     cookie = response.headers["set-cookie"]
     assert cookie.startswith("percolert_session=")
     assert "HttpOnly" in cookie
     assert "SameSite=Lax" in cookie
     # A client that keeps its cookie keeps its identity; a tampered cookie gets a new one.
     with httpx.Client(base_url=server, timeout=10) as browser:
-        browser.get("/healthz")
+        browser.get("/")
         token = browser.cookies["percolert_session"]
-        assert "set-cookie" not in browser.get("/healthz").headers
+        assert "set-cookie" not in browser.get("/").headers
         middle = len(token) - 10  # inside the signature; every bit of that character counts
         forged = token[:middle] + ("x" if token[middle] != "x" else "y") + token[middle + 1 :]
         browser.cookies.set("percolert_session", forged)
-        assert "set-cookie" in browser.get("/healthz").headers
+        assert "set-cookie" in browser.get("/").headers

@@ -20,8 +20,9 @@ from percolert.sessions import current_user
 
 # Set when the session middleware found no session and the address may not start another.
 _SESSION_REFUSED_KEY = "percolert.session_refused_for"
-# For probes and scrapers, which never keep a cookie: served without a session rather than
-# refused, so an address over its new-session limit still sees health and metrics.
+# For probes and scrapers, which never keep a cookie: served without a session (none issued,
+# none counted), so a load balancer's probes neither use up its address's new-session
+# allowance nor are refused once that is spent.
 _SESSIONLESS_PATHS = frozenset({"/healthz", "/readyz", "/metrics"})
 # WebSocket close codes for servers without the handshake denial extension.
 _POLICY_VIOLATION = 1008
@@ -66,6 +67,8 @@ class Admission:
 
     async def may_start_session(self, scope: Scope) -> bool:
         """The session middleware asks before issuing a new session to a request without one."""
+        if scope["path"] in _SESSIONLESS_PATHS:
+            return False
         wait = await self._limits.admit(Action.NEW_SESSION, session=None, address=_address(scope))
         if wait is None:
             return True
@@ -76,7 +79,7 @@ class Admission:
     async def refusal(self, scope: Scope) -> tuple[float, str] | None:
         """Why a request or handshake may not proceed (seconds to wait, what it is), if so."""
         wait = scope.get(_SESSION_REFUSED_KEY)
-        if wait is not None and scope["path"] not in _SESSIONLESS_PATHS:
+        if wait is not None:
             return wait, "too many new sessions from your address"
         action = _action(scope)
         if action is None:

@@ -7,7 +7,7 @@ connection. This protocol counts what arrives until the head is complete and, pa
 has such a bound built in, `h11_max_incomplete_event_size`, but parses several times
 slower.) The hooks are the asyncio protocol's `data_received` and the parser callbacks
 `on_headers_complete` / `on_message_complete`; uvicorn's `cycle` attribute tells whether a
-response is under way (tests/test_limits.py fails if that moves).
+response is under way (tests/test_private_apis.py fails if that moves).
 """
 
 from __future__ import annotations
@@ -45,17 +45,21 @@ def _refusal() -> bytes:
 
 
 class BoundedHeadProtocol(HttpToolsProtocol):
-    # Bytes received since the current request's head began; None while its body arrives.
-    # Counted per read, so a read that also carries the start of the body counts whole: the
-    # body bound (4 KiB) keeps that well inside this one.
+    # Bytes of the current request's head received so far; None while its body arrives.
     _head_bytes: int | None = 0
+    # The last bytes of the previous read, in case the blank line ending the head spans reads.
+    _tail = b""
 
     def data_received(self, data: bytes) -> None:
         if self._head_bytes is not None:
-            self._head_bytes += len(data)
+            # Only what comes up to the blank line counts: a read may also carry the body.
+            seen = self._tail + data
+            end = seen.find(b"\r\n\r\n")
+            self._head_bytes += len(data) if end < 0 else max(0, end + 4 - len(self._tail))
             if self._head_bytes > MAX_REQUEST_HEAD_BYTES:
                 self._refuse()
                 return
+            self._tail = seen[-3:] if end < 0 else b""
         super().data_received(data)
 
     def on_headers_complete(self) -> None:
@@ -64,6 +68,7 @@ class BoundedHeadProtocol(HttpToolsProtocol):
 
     def on_message_complete(self) -> None:
         self._head_bytes = 0
+        self._tail = b""
         super().on_message_complete()
 
     def _refuse(self) -> None:
