@@ -8,8 +8,12 @@ from collections.abc import Iterator
 import httpx
 import msgspec
 import pytest
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.routing import Route
 
-from percolert.browser_guard import content_security_policy
+from percolert.app import create_app
+from percolert.security_headers import content_security_policy
 from percolert.settings import Settings
 from tests.servers import run_server
 from tests.shoppers import Shopper
@@ -130,6 +134,24 @@ def test_every_response_carries_the_security_headers(server: str) -> None:
         assert response.headers["x-content-type-options"] == "nosniff"
         assert response.headers["x-frame-options"] == "DENY"
         assert response.headers["referrer-policy"] == "no-referrer"
+
+
+def test_an_unexpected_error_is_a_500_with_the_security_headers_too(
+    catalog_settings: Settings,
+) -> None:
+    """Starlette answers an unhandled exception outside every middleware of the app."""
+    app = create_app(catalog_settings)
+
+    async def broken(request: Request) -> Response:
+        raise RuntimeError("a bug")
+
+    app.router.routes.append(Route("/broken", broken))
+    with run_server(catalog_settings, app=app) as url:
+        response = httpx.get(f"{url}/broken", timeout=10)
+    assert response.status_code == 500
+    assert response.json() == {"error": {"code": "internal", "message": "internal server error"}}
+    assert "frame-ancestors 'none'" in response.headers["content-security-policy"]
+    assert response.headers["x-content-type-options"] == "nosniff"
 
 
 def test_the_policy_names_the_socket_by_the_scheme_and_ignores_a_hostile_host() -> None:

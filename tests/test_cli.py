@@ -11,6 +11,7 @@ import msgspec
 from percolert.cli import load_settings
 from percolert.devnode import NodeState
 from percolert.settings import DEFAULT_ELASTICSEARCH_URL, from_environment
+from tests.conftest import make_settings, run_cli
 
 
 def test_without_elasticsearch_url_commands_use_the_running_dev_node(tmp_path: Path) -> None:
@@ -45,3 +46,16 @@ def test_without_elasticsearch_url_commands_use_the_running_dev_node(tmp_path: P
         finally:
             stand_in.kill()
     assert load_settings(env).elasticsearch_url == DEFAULT_ELASTICSEARCH_URL  # not running
+
+
+def test_commands_before_setup_say_so_without_a_traceback(
+    elasticsearch_url: str, tmp_path: Path
+) -> None:
+    settings = make_settings(elasticsearch_url)  # a prefix no index has
+    seeds = tmp_path / "seeds.json"
+    seeds.write_text('[{"terms": "kindle"}]')
+    for args in (("watches", "seed", str(seeds)), ("watches", "list")):
+        refused = run_cli(settings, *args)
+        assert refused.returncode == 1, refused.stdout
+        assert "run `percolert setup` first" in refused.stderr
+        assert "Traceback" not in refused.stderr

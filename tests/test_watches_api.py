@@ -290,11 +290,16 @@ async def test_cli_seeds_default_watches_idempotently(
     assert '"iphone"' not in listing.stdout
 
     broken = tmp_path / "broken.json"
-    broken.write_text('[\n  {"terms": "ok"},\n  {"terms": ""},\n  {"terms": "x", "dsl": {}}\n]\n')
+    broken.write_text(
+        '[\n  {"terms": "ok"},\n  {"terms": ""},\n  {"terms": "x", "dsl": {}},\n'
+        '  {"terms": "!!! ..."}\n]\n'
+    )
     refused = run_cli(watch_settings, "watches", "seed", str(broken))
     assert refused.returncode == 1
     assert f"{broken}:3: invalid watch" in refused.stderr
     assert f"{broken}:4: invalid watch" in refused.stderr
+    assert f"{broken}:5: invalid watch: terms must contain at least one word" in refused.stderr
+    assert "Traceback" not in refused.stderr
     assert "nothing was changed" in refused.stderr
     assert '"steam deck"' in run_cli(watch_settings, "watches", "list", "--defaults").stdout
 

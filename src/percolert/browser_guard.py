@@ -3,7 +3,6 @@ pages (no cross-site writes), and security headers on every response."""
 
 from __future__ import annotations
 
-import re
 from collections.abc import Collection
 
 from starlette.datastructures import Headers, MutableHeaders
@@ -12,35 +11,9 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from percolert.errors import error_response
 from percolert.origins import request_allowed
+from percolert.security_headers import security_headers
 
 _UNSAFE_METHODS = frozenset(["POST", "PUT", "PATCH", "DELETE"])
-# A Host header fit to be written into the policy (it comes from the client).
-_HOST = re.compile(r"(?:[A-Za-z0-9.-]+|\[[0-9A-Fa-f:.]+\])(?::[0-9]{1,5})?")
-
-
-def content_security_policy(scope: Scope) -> str:
-    """The page's own scripts, styles and images, its API and its `/ws` socket; nothing else.
-
-    The socket's origin is named because not every browser counts ws: under 'self'.
-    """
-    host = Headers(scope=scope).get("host", "")
-    socket = ""
-    if _HOST.fullmatch(host):
-        socket = f" {'wss' if scope.get('scheme') == 'https' else 'ws'}://{host}"
-    return (
-        "default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self'; "
-        f"connect-src 'self'{socket}; frame-ancestors 'none'; base-uri 'none'; "
-        "form-action 'self'"
-    )
-
-
-def _security_headers(scope: Scope) -> dict[str, str]:
-    return {
-        "content-security-policy": content_security_policy(scope),
-        "x-content-type-options": "nosniff",
-        "x-frame-options": "DENY",
-        "referrer-policy": "no-referrer",
-    }
 
 
 def _is_json(content_type: str | None) -> bool:
@@ -85,7 +58,7 @@ class BrowserGuardMiddleware:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        extra = _security_headers(scope)
+        extra = security_headers(scope)
 
         async def send_with_headers(message: Message) -> None:
             if message["type"] == "http.response.start":

@@ -10,6 +10,7 @@ from collections.abc import Awaitable, Callable, Mapping, Sequence
 from pathlib import Path
 from typing import TypeVar
 
+import elasticsearch
 import msgspec
 from elasticsearch import AsyncElasticsearch
 from tqdm import tqdm
@@ -51,6 +52,12 @@ def _run_with_client(settings: Settings, work: Callable[[AsyncElasticsearch], Aw
         return asyncio.run(main())
     except es.ElasticsearchProblem as problem:
         raise CliError(str(problem)) from None
+    except elasticsearch.NotFoundError as error:
+        if error.error != "index_not_found_exception":
+            raise
+        raise CliError("the indices are not set up yet: run `percolert setup` first") from None
+    except elasticsearch.ApiError as error:
+        raise CliError(f"Elasticsearch refused the request: {error}") from None
 
 
 def load_settings(environ: Mapping[str, str] | None = None) -> Settings:
@@ -171,7 +178,7 @@ def cmd_watches(settings: Settings, args: argparse.Namespace) -> int:
         if not path.is_file():
             raise CliError(f"no such file: {path}")
         try:
-            specs = parse_seed_file(path.read_bytes())
+            specs = parse_seed_file(path.read_bytes(), TextNormalizer())
         except SeedFileError as error:
             for line, reason in error.problems:
                 print(f"{path}:{line}: {reason}", file=sys.stderr)

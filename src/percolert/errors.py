@@ -14,6 +14,7 @@ from starlette.responses import Response
 
 from percolert import es
 from percolert.messages import ErrorBody, ErrorDetail
+from percolert.security_headers import security_headers
 from percolert.watches import (
     DuplicateWatch,
     InvalidWatch,
@@ -35,6 +36,7 @@ _WATCH_ERRORS: dict[type[WatchError], tuple[int, str]] = {
     WatchNotFound: (404, "watch_not_found"),
     DuplicateWatch: (409, "duplicate_watch"),
     TooManyWatches: (409, "too_many_watches"),
+    WatchError: (400, "invalid_watch"),
 }
 
 # What a client is told when Elasticsearch fails. The details (the cluster's address among
@@ -76,7 +78,8 @@ async def _api_error(request: Request, exc: Exception) -> Response:
 
 async def _watch_error(request: Request, exc: Exception) -> Response:
     assert isinstance(exc, WatchError)
-    status, code = _WATCH_ERRORS[type(exc)]
+    # The nearest mapped class: a new subclass answers as its parent until given its own.
+    status, code = next(_WATCH_ERRORS[kind] for kind in type(exc).__mro__ if kind in _WATCH_ERRORS)
     return error_response(status, code, str(exc))
 
 
@@ -111,7 +114,8 @@ def _elasticsearch_error(url: str, on_error: Callable[[], None]) -> object:
 
 async def _unexpected(request: Request, exc: Exception) -> Response:
     logger.error("unhandled error on %s %s", request.method, request.url.path, exc_info=exc)
-    return error_response(500, "internal", "internal server error")
+    # Answered by Starlette's outermost middleware, outside the one that adds these.
+    return error_response(500, "internal", "internal server error", security_headers(request.scope))
 
 
 def exception_handlers(

@@ -40,6 +40,8 @@ def _errors(*statuses: int) -> dict[str, Any]:
         409: "conflict: a duplicate, or over the per-user limit",
         413: "body too large",
         415: "unsupported_media_type: the body is not application/json",
+        429: "rate_limited: over a limit of the session or the address; see Retry-After",
+        431: "headers_too_large: request line and headers over 16 KiB",
         503: "Elasticsearch unavailable or not set up; see Retry-After",
     }
     return {
@@ -73,7 +75,7 @@ def openapi_document() -> dict[str, Any]:
                 ],
                 "responses": {
                     "200": _ok("SearchResponse", "ranked results"),
-                    **_errors(400, 503),
+                    **_errors(400, 429, 431, 503),
                 },
             }
         },
@@ -87,7 +89,7 @@ def openapi_document() -> dict[str, Any]:
                 "requestBody": {"required": True, "content": _json("WatchSpec")},
                 "responses": {
                     "201": _ok("Watch", "the stored watch"),
-                    **_errors(400, 403, 409, 413, 415, 503),
+                    **_errors(400, 403, 409, 413, 415, 429, 431, 503),
                 },
             },
         },
@@ -104,7 +106,7 @@ def openapi_document() -> dict[str, Any]:
                 ],
                 "responses": {
                     "204": {"description": "removed"},
-                    **_errors(403, 404, 415, 503),
+                    **_errors(403, 404, 415, 429, 431, 503),
                 },
             }
         },

@@ -191,7 +191,15 @@ class SeedFileError(ValueError):
         self.problems = problems
 
 
-def parse_seed_file(data: bytes) -> list[WatchSpec]:
+def watch_tokens(normalizer: TextNormalizer, spec: WatchSpec) -> list[str]:
+    """The words a (clean) watch matches on; InvalidWatch if its terms have none."""
+    tokens = normalizer.watch_tokens(spec.terms, phrase=spec.phrase)
+    if not tokens:
+        raise InvalidWatch("terms must contain at least one word")
+    return tokens
+
+
+def parse_seed_file(data: bytes, normalizer: TextNormalizer) -> list[WatchSpec]:
     """A JSON array of watch specs. Every bad entry is reported with its line number."""
 
     def line_at(offset: int) -> int:
@@ -214,10 +222,8 @@ def parse_seed_file(data: bytes) -> list[WatchSpec]:
         cursor = start + len(raw)
         try:
             spec = msgspec.json.decode(raw, type=WatchSpec)
-            clean_spec(spec)
-        except msgspec.ValidationError as error:
-            problems.append((line_at(start), f"invalid watch: {error}"))
-        except InvalidWatch as error:
+            watch_tokens(normalizer, clean_spec(spec))
+        except (msgspec.ValidationError, InvalidWatch) as error:
             problems.append((line_at(start), f"invalid watch: {error}"))
         else:
             specs.append(spec)
@@ -259,9 +265,7 @@ class WatchStore:
     def prepare(self, owner: str | None, spec: WatchSpec) -> tuple[str, dict[str, Any]]:
         """The id and stored document of a watch (nothing is sent)."""
         spec = clean_spec(spec)
-        tokens = self._normalizer.watch_tokens(spec.terms, phrase=spec.phrase)
-        if not tokens:
-            raise InvalidWatch("terms must contain at least one word")
+        tokens = watch_tokens(self._normalizer, spec)
         document_id = watch_id(owner, tokens, spec)
         document = {
             "query": build_query(
