@@ -19,7 +19,8 @@ from playwright.sync_api import Browser, BrowserContext, Page, expect, sync_play
 
 from percolert.settings import Settings
 from tests.netproxy import DroppableProxy
-from tests.servers import run_server
+from tests.servers import metric, run_server
+from tests.waiting import wait_until_sync
 
 ROOT = Path(__file__).resolve().parent.parent
 SCREENSHOTS = ROOT / "artifacts" / "screenshots"
@@ -155,8 +156,14 @@ def test_alert_missed_during_a_network_drop_appears_when_it_returns(
         watch(a, "nintendo")
         proxy.drop()
         expect(a.locator("#connection")).to_have_attribute("data-state", "offline")
+        created = metric(server, "percolert_alerts_created_total")
         search(b, "Nintendo Switch OLED")
-        # b's search is answered (and percolated) while a is still cut off.
+        # b's search is answered and its alert made while a is still cut off: a can only
+        # learn of it by the replay when it reconnects.
+        wait_until_sync(
+            lambda: metric(server, "percolert_alerts_created_total") > created,
+            what="the alert for a",
+        )
         expect(a.locator("#connection")).to_have_attribute("data-state", "offline")
         assert a.locator(".toast").count() == 0
         screenshot(a, "network-down")

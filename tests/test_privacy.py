@@ -16,6 +16,7 @@ from percolert import indices
 from percolert.settings import Settings
 from tests.servers import run_server
 from tests.shoppers import Shopper, default_watch
+from tests.waiting import wait_until
 
 pytestmark = pytest.mark.anyio
 
@@ -49,9 +50,10 @@ async def logged_queries(client: AsyncElasticsearch, settings: Settings, after: 
 async def wait_until_logged(
     client: AsyncElasticsearch, settings: Settings, after: int, text: str
 ) -> None:
-    deadline = time.monotonic() + 10
-    while text not in await logged_queries(client, settings, after):
-        assert time.monotonic() < deadline, f"{text!r} never reached the alert log"
+    async def logged() -> bool:
+        return text in await logged_queries(client, settings, after)
+
+    await wait_until(logged, what=f"{text!r} in the alert log")
 
 
 async def test_a_new_session_is_never_told_of_searches_made_before_it(

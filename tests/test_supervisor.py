@@ -10,8 +10,7 @@ from __future__ import annotations
 
 import logging
 import threading
-import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 
 import anyio
 import httpx
@@ -24,6 +23,7 @@ from percolert.percolator import Match, Percolator, SearchEvent
 from percolert.settings import Settings
 from tests.servers import run_server
 from tests.shoppers import Shopper
+from tests.waiting import wait_until
 
 pytestmark = pytest.mark.anyio
 
@@ -84,13 +84,6 @@ def metric(server: str, name: str, **labels: str) -> float:
     return 0.0
 
 
-async def eventually(condition: Callable[[], bool], seconds: float = 20.0) -> None:
-    deadline = time.monotonic() + seconds
-    while not condition():
-        assert time.monotonic() < deadline, "condition not met in time"
-        await anyio.sleep(0.05)
-
-
 async def test_a_batch_that_raises_is_counted_logged_and_skipped(
     server: str, caplog: pytest.LogCaptureFixture
 ) -> None:
@@ -101,7 +94,11 @@ async def test_a_batch_that_raises_is_counted_logged_and_skipped(
         watch = await a.watch("kindle")
         socket_a = await a.connect()
         await b.search(RAISE)
-        await eventually(lambda: metric(server, failed) == before + 1)
+        await wait_until(
+            lambda: metric(server, failed) == before + 1,
+            timeout=20,
+            what="the failed batch counted",
+        )
         await b.search("kindle oasis")
         alert = await socket_a.next_alert(timeout=10)
         assert alert is not None
@@ -119,7 +116,7 @@ async def test_a_batch_that_never_finishes_is_given_up(server: str, faults: Faul
         watch = await a.watch("kindle")
         socket_a = await a.connect()
         await b.search(HANG)
-        await eventually(faults.hanging.is_set)
+        await wait_until(faults.hanging.is_set, timeout=20, what="the batch to hang")
         # Percolated beside the hung batch, handed on after it in search order: once the
         # hung one is given up (percolate_timeout), not never.
         await b.search("kindle scribe")
@@ -143,7 +140,7 @@ async def test_a_crashed_loop_restarts_and_readiness_says_so_while_down(
         answers.append(httpx.get(f"{server}/readyz", timeout=10))
         return answers[-1].status_code == 503
 
-    await eventually(not_ready)
+    await wait_until(not_ready, timeout=20, what="readiness to name the crashed loop")
     assert answers[-1].json()["error"]["code"] == "background_down"
     assert "percolator" in answers[-1].json()["error"]["message"]
     assert metric(server, restarts, loop="percolator") >= 1
@@ -151,7 +148,11 @@ async def test_a_crashed_loop_restarts_and_readiness_says_so_while_down(
     assert crashes, "the crash is logged with its traceback"
 
     faults.crashing.clear()
-    await eventually(lambda: httpx.get(f"{server}/readyz", timeout=10).status_code == 200)
+    await wait_until(
+        lambda: httpx.get(f"{server}/readyz", timeout=10).status_code == 200,
+        timeout=20,
+        what="readiness back",
+    )
     # The restarted loop percolates again.
     async with Shopper(server) as a, Shopper(server) as b:
         watch = await a.watch("kindle")

@@ -4,6 +4,7 @@ happened polls for it, with a deadline that only matters when it never happens."
 from __future__ import annotations
 
 import inspect
+import time
 from collections.abc import Awaitable, Callable
 
 import anyio
@@ -26,3 +27,14 @@ async def wait_until(
                 return
             await anyio.sleep(0.005)
     raise AssertionError(f"gave up after {timeout} s waiting for {what}")
+
+
+def wait_until_sync(
+    predicate: Callable[[], object], *, timeout: float = 10.0, what: str = "the condition"
+) -> None:
+    """`wait_until` for synchronous tests (the browser tests)."""
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"gave up after {timeout} s waiting for {what}")
+        time.sleep(0.01)

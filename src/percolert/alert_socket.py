@@ -54,7 +54,7 @@ def _resume_position(websocket: WebSocket) -> int | None:
 
 
 async def _greeting(
-    state: State, websocket: WebSocket, user: str, cut: int
+    state: State, websocket: WebSocket, user: str, after: int | None, cut: int
 ) -> tuple[Hello, list[Alert]]:
     """The hello message and the alerts missed since the client's `after` position.
 
@@ -63,7 +63,6 @@ async def _greeting(
     Elasticsearch being down must not keep a page from connecting: the page then gets no
     watch list (None) and no history, and live alerts as usual.
     """
-    after = _resume_position(websocket)
     started = session_started(websocket)
     try:
         async with state["greetings"]:
@@ -122,7 +121,7 @@ async def alerts_socket(websocket: WebSocket) -> None:
         return
     await websocket.accept()
     try:
-        _resume_position(websocket)
+        after = _resume_position(websocket)
     except ValueError as error:
         # After the accept, so that the page is told why (a refused handshake says nothing).
         with contextlib.suppress(WebSocketDisconnect):
@@ -143,7 +142,7 @@ async def alerts_socket(websocket: WebSocket) -> None:
     event(logger, "socket_open", user=user_tag(user), sockets=hub.socket_count())
     close_code, reason = 0, ""
     try:
-        hello, missed = await _greeting(state, websocket, user, cut)
+        hello, missed = await _greeting(state, websocket, user, after, cut)
         await websocket.send_text(encode_message(hello))
         for alert in missed:
             await websocket.send_text(encode_message(alert))

@@ -168,8 +168,9 @@ class _Document(msgspec.Struct, gc=False):
             seq=self.seq,
             at=self.alert.at or self.at,
             earliest_ms=_milliseconds(self.at),
-            # Documents written before alerts were redacted hold the text as searched.
-            query=redact(self.alert.query),
+            # Documents written before alerts were redacted (no `alert.at` then) hold the text
+            # as searched.
+            query=self.alert.query if self.alert.at else redact(self.alert.query),
             count=self.alert.count,
             watches=self.alert.watches,
             everyone=self.alert.everyone,

@@ -105,9 +105,7 @@ async def search(request: Request) -> Response:
 
 
 async def _decode_spec(request: Request) -> WatchSpec:
-    body = await request.body()
-    if len(body) > _MAX_BODY_BYTES:
-        raise ApiError(413, "body_too_large", f"the body may be at most {_MAX_BODY_BYTES} bytes")
+    body = await request.body()  # at most _MAX_BODY_BYTES: BodyLimitMiddleware saw to it
     try:
         return msgspec.json.decode(body, type=WatchSpec)
     except msgspec.ValidationError as error:

@@ -290,6 +290,8 @@ class Percolator:
                 len(batch),
                 self._timeout,
             )
+            if self._observe is not None:  # Elasticsearch never answered: an error of its own
+                self._observe(None, len(batch))
         except Exception:
             self.failed_batches += 1
             logger.exception("percolation of %d search events failed", len(batch))

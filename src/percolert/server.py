@@ -15,7 +15,7 @@ import uvicorn
 from starlette.applications import Starlette
 
 from percolert.gcpolicy import GcPolicy
-from percolert.httpprotocol import MAX_REQUEST_HEAD_BYTES, BoundedHeadProtocol
+from percolert.httpprotocol import BoundedHeadProtocol
 from percolert.wsprotocol import FrameWritingProtocol
 
 # Largest WebSocket frame a client may send; clients only send tiny control messages.
@@ -38,7 +38,6 @@ def make_config(
         log_level=log_level,
         access_log=False,  # percolert.logs writes one JSON line per request instead
         http=BoundedHeadProtocol,  # httptools, with a bound on the request head
-        h11_max_incomplete_event_size=MAX_REQUEST_HEAD_BYTES,  # the same, should h11 be chosen
         # Client addresses (rate limits) and schemes come from X-Forwarded-For/-Proto only
         # when the peer is a trusted proxy; by default no one is (uvicorn's own default
         # trusts 127.0.0.1, where any local process could claim to be anyone).
