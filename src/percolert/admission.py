@@ -34,11 +34,16 @@ def _address(scope: Scope) -> str | None:
     return client_address(client[0] if client else None)
 
 
+def _route_path(scope: Scope) -> str:
+    """The path the app's routes match on: below its mount point (`root_path`), if any."""
+    return str(scope["path"]).removeprefix(scope.get("root_path", ""))
+
+
 def _action(scope: Scope) -> Action | None:
     """The limited action a request is: the routes of app.py that do work for a session."""
     if scope["type"] == "websocket":
         return Action.SOCKET
-    path, method = scope["path"], scope["method"]
+    path, method = _route_path(scope), scope["method"]
     if path == "/api/search":
         return Action.SEARCH
     if (path == "/api/watches" and method == "POST") or (
@@ -67,7 +72,7 @@ class Admission:
 
     async def may_start_session(self, scope: Scope) -> bool:
         """The session middleware asks before issuing a new session to a request without one."""
-        if scope["path"] in _SESSIONLESS_PATHS:
+        if _route_path(scope) in _SESSIONLESS_PATHS:
             return False
         wait = await self._limits.admit(Action.NEW_SESSION, session=None, address=_address(scope))
         if wait is None:
