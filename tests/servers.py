@@ -3,6 +3,7 @@ test suite does), and helpers to find free ports."""
 
 from __future__ import annotations
 
+import logging
 import socket
 import threading
 import time
@@ -58,3 +59,29 @@ def metric(base_url: str, name: str) -> float:
             if sample.name == name and not sample.labels:
                 return float(sample.value)
     raise AssertionError(f"no sample {name} on {base_url}/metrics")
+
+
+class _Collect(logging.Handler):
+    def __init__(self, into: list[str]) -> None:
+        super().__init__(logging.ERROR)
+        self._into = into
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self._into.append(record.getMessage())
+
+
+@contextmanager
+def logged_errors() -> Iterator[list[str]]:
+    """The messages logged at ERROR or above by the servers of the block (uvicorn's loggers
+    do not propagate to the root, where pytest's capture listens). Enter it after the servers
+    are built: building one configures uvicorn's loggers afresh, dropping this handler."""
+    errors: list[str] = []
+    handler = _Collect(errors)
+    loggers = [logging.getLogger(name) for name in ("uvicorn.error", "percolert")]
+    for logger in loggers:
+        logger.addHandler(handler)
+    try:
+        yield errors
+    finally:
+        for logger in loggers:
+            logger.removeHandler(handler)

@@ -96,9 +96,14 @@ async def test_flushed_alerts_are_replayed_from_elasticsearch(fresh_settings: Se
             alert(to_bob, bobs),
             alert(to_all_but_carol, default),
         ]
-        assert await reader.recent("bob", 0, limit=2) == [
+        assert await reader.recent("bob", end, since=0, limit=2) == [
             alert(to_bob, bobs),
             alert(to_all_but_carol, default),
+        ]
+        # Up to a greeting's position only: what comes later reaches its socket live.
+        assert await reader.recent("bob", to_bob.seq, since=0) == [
+            alert(shared, bobs),
+            alert(to_bob, bobs),
         ]
     finally:
         await client.close()
@@ -209,8 +214,11 @@ async def test_a_flush_during_a_replay_loses_nothing(fresh_settings: Settings) -
         more = [sending(log, f"oasis {n}", {"alice": OWN}) for n in range(2)]
         for record in more:
             log.append(record)
-        assert await log.recent("alice", OLD_SESSION) == [
+        assert await log.recent("alice", log.last_seq, since=OLD_SESSION) == [
             alert(record, OWN) for record in [*records, *more]
+        ]
+        assert await log.recent("alice", more[0].seq, since=OLD_SESSION) == [
+            alert(record, OWN) for record in [*records, more[0]]
         ]
     finally:
         await client.close()
@@ -243,7 +251,7 @@ async def test_nothing_counting_a_search_older_than_the_session_is_replayed(
             log.append(record)
         for reader in (log, AlertLog(client, alias)):  # unwritten, then from Elasticsearch
             assert await reader.missed("alice", 0, log.last_seq, since=session) == newer
-            assert await reader.recent("alice", session) == newer
+            assert await reader.recent("alice", log.last_seq, since=session) == newer
             assert await reader.missed("alice", start, log.last_seq, since=OLD_SESSION) == [
                 alert(older, default),
                 *newer,

@@ -20,7 +20,7 @@ from websockets.http11 import Response as HandshakeResponse
 from percolert.ratelimits import client_address
 from percolert.sessions import COOKIE_NAME
 from percolert.settings import Settings
-from tests.servers import run_server
+from tests.servers import logged_errors, run_server
 from tests.shoppers import Shopper
 
 pytestmark = pytest.mark.anyio
@@ -197,7 +197,7 @@ async def test_a_trusted_proxy_says_who_the_client_is(catalog_settings: Settings
 
 async def test_one_user_may_open_only_so_many_sockets_at_once(catalog_settings: Settings) -> None:
     settings = msgspec.structs.replace(catalog_settings, max_sockets_per_user=3)
-    with run_server(settings) as url:
+    with run_server(settings) as url, logged_errors() as errors:
         async with Shopper(url) as a, Shopper(url) as b:
             opened: list[Any] = []
             refusals: list[HandshakeResponse] = []
@@ -218,6 +218,7 @@ async def test_one_user_may_open_only_so_many_sockets_at_once(catalog_settings: 
             assert refusals[0].status_code == 429
             assert error["code"] == "too_many_sockets"
             assert "too many open connections for this session" in error["message"]
+            assert errors == []  # a refusal is an answer, not a server error
 
             await b.connect()  # the cap is per user
             await opened[0].close()
@@ -331,3 +332,18 @@ def test_ipv6_clients_count_by_their_64_bit_prefix() -> None:
     assert client_address("2001:db8:1:2::1") != client_address("2001:db8:1:3::1")
     assert client_address("203.0.113.9") == "203.0.113.9"
     assert client_address(None) is None
+
+
+async def test_a_body_declared_too_large_is_refused_on_a_route_that_takes_none(
+    server: str,
+) -> None:
+    """Answered without reading it, rather than answered and then read and thrown away."""
+    async with Shopper(server) as a:
+        host = server.removeprefix("http://")
+        head = (
+            f"GET /api/categories HTTP/1.1\r\nHost: {host}\r\n"
+            f"Content-Length: {64 * 1024 * 1024}\r\nCookie: {COOKIE_NAME}={a.cookie}\r\n\r\n"
+        )
+        status, answer = _status_and_body(await _exchange(server, head.encode() + b"x" * 100))
+        assert status == 413
+        assert answer["error"]["code"] == "body_too_large"

@@ -22,6 +22,17 @@ from percolert.redaction import MAX_ALERT_QUERY_LENGTH, redact
         ("www.example.org/wishlist", "[link]"),
         ("example.com/u/jane kindle", "[link] kindle"),
         ("ftp://jane:secret@files.example", "[link]"),
+        # Written to slip past a filter, or as copy-paste leaves it:
+        ("iphone 4111\u00a01111\u00a01111\u00a01111", "iphone [number]"),  # no-break spaces
+        ("iphone 4111\t1111   1111\u20091111", "iphone [number]"),  # tab, spaces, thin space
+        ("card 4111 - 1111 - 1111 - 1111", "card [number]"),
+        ("card 4111,1111,1111,1111", "card [number]"),
+        ("card 4111_1111_1111_1111", "card [number]"),
+        ("card 4111\u20131111\u20131111\u20131111", "card [number]"),  # en dashes
+        ("card 4111\u200b1111\u200b1111\u200b1111", "card [number]"),  # zero-width spaces
+        ("card \uff14\uff11\uff11\uff11\uff11\uff11\uff11\uff11", "card [number]"),  # fullwidth
+        ("kindle for john @ gmail.com", "kindle for [email]"),
+        ("kindle for john\uff20gmail.com", "kindle for [email]"),  # fullwidth at sign
     ],
 )
 def test_personal_things_are_replaced(text: str, expected: str) -> None:
@@ -60,7 +71,13 @@ def test_long_text_is_cut_with_an_ellipsis() -> None:
 
 @pytest.mark.parametrize(
     "text",
-    ["kindle for jane@example.com", "call 555 123 4567 https://x.example/a", "ipad " * 50],
+    [
+        "kindle for jane@example.com",
+        "call 555 123 4567 https://x.example/a",
+        "ipad " * 50,
+        "card 4111 - 1111 - 1111 - 1111",
+        "john @ gmail.com",
+    ],
 )
 def test_redacting_twice_changes_nothing_more(text: str) -> None:
     once = redact(text)

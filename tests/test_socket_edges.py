@@ -18,7 +18,7 @@ from websockets.typing import Origin
 
 from percolert.sessions import COOKIE_NAME
 from percolert.settings import Settings
-from tests.servers import run_server
+from tests.servers import logged_errors, run_server
 from tests.shoppers import Shopper
 
 pytestmark = pytest.mark.anyio
@@ -197,3 +197,39 @@ async def test_a_dropped_client_is_told_1013_and_one_that_never_reads_is_cut_off
                 while server_side_state(server, never) == "01":
                     await anyio.sleep(0.05)
             never_connection.transport.abort()
+
+
+# --- a client that leaves while alerts flow is no error ----------------------------------------
+
+
+async def test_clients_leaving_while_alerts_flow_leave_no_error_in_the_log(
+    catalog_settings: Settings,
+) -> None:
+    """Each page is greeted with a long replay and leaves at once, while searches go on
+    alerting it: its writer's send fails, and that is the client's leaving, not a server
+    error (uvicorn logs what escapes the app as "Exception in ASGI application")."""
+    settings = msgspec.structs.replace(catalog_settings, coalesce_seconds=0.0)
+    with run_server(settings) as server, logged_errors() as errors:
+        async with Shopper(server) as a, Shopper(server) as b:
+            await a.watch("bose")
+            start = (await a.connect()).hello["last_seq"]
+            for number in range(100):
+                await b.search(f"bose {number}")
+
+            async def more_searches(searcher: Shopper) -> None:
+                for number in range(200):
+                    await searcher.search(f"bose again {number}")
+
+            async with (
+                Shopper(server) as c,
+                Shopper(server) as d,
+                anyio.create_task_group() as tasks,
+            ):
+                for searcher in (b, c, d):
+                    tasks.start_soon(more_searches, searcher)
+                for _ in range(40):
+                    leaving = await open_socket(server, a.cookie, f"?after={start}")
+                    assert json.loads(await leaving.recv())["type"] == "hello"
+                    leaving.transport.abort()
+                    await anyio.sleep(0.05)  # pacing: alerts queue up for the next one
+    assert errors == []

@@ -67,7 +67,7 @@ async def _greeting(
     try:
         async with state["greetings"]:
             watches: list[Watch] | None = await state["watches"].visible_to(user)
-            recent = await state["alert_log"].recent(user, started)
+            recent = await state["alert_log"].recent(user, cut, since=started)
             missed = (
                 []
                 if after is None
@@ -157,7 +157,9 @@ async def alerts_socket(websocket: WebSocket) -> None:
             tasks.start_soon(read)
             await connection.write(tasks.cancel_scope)
             tasks.cancel_scope.cancel()
-    except WebSocketDisconnect:
+    except* (WebSocketDisconnect, OSError):
+        # The client went away, while greeted or while its writer sent (the task group then
+        # raises it in a group): nothing to tell it.
         pass
     finally:
         hub.remove(connection)

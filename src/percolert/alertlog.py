@@ -449,12 +449,13 @@ class AlertLog:
         stored = await self._read(user, since_ms, [positions], limit)
         return _merge(stored, unwritten, limit)
 
-    async def recent(self, user: str, since: float, limit: int = 20) -> list[Alert]:
-        """The user's newest alerts about searches made since `since` (epoch seconds: when
-        the user's session began), oldest first."""
+    async def recent(self, user: str, upto: int, *, since: float, limit: int = 20) -> list[Alert]:
+        """The user's newest alerts with seq <= upto about searches made since `since` (epoch
+        seconds: when the user's session began), oldest first. A greeting passes the position
+        from which its socket gets alerts live, so none is listed and then sent again."""
         since_ms = _session_ms(since)
-        unwritten = self._unwritten(user, lambda r: r.earliest_ms >= since_ms)
-        stored = await self._read(user, since_ms, [], limit)
+        unwritten = self._unwritten(user, lambda r: r.seq <= upto and r.earliest_ms >= since_ms)
+        stored = await self._read(user, since_ms, [{"range": {"seq": {"lte": upto}}}], limit)
         return _merge(stored, unwritten, limit)
 
 

@@ -93,14 +93,14 @@ async def search(request: Request) -> Response:
     user = _user(request)
     state = state_of(request)
     alias = indices.alias_for(state["settings"], "products")
+    # When the search was made: a session begun while it ran is not told of it.
+    made_at = time.time()
     started = time.perf_counter()
     answer, found = await search_products(state["client"], alias, text, size)
     state["metrics"].search_seconds.observe(time.perf_counter() - started)
     # Percolation happens after the answer is composed and never delays it.
     if state["settings"].alerts_enabled:
-        state["percolator"].submit(
-            SearchEvent(text=text, searcher=user, found=found, at=time.time())
-        )
+        state["percolator"].submit(SearchEvent(text=text, searcher=user, found=found, at=made_at))
     return json_response(answer)
 
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 from starlette.datastructures import Headers
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from percolert.errors import ApiError
+from percolert.errors import ApiError, error_response
 
 
 class BodyLimitMiddleware:
@@ -33,15 +33,19 @@ class BodyLimitMiddleware:
             await self.app(scope, receive, send)
             return
         declared = Headers(scope=scope).get("content-length", "")
-        declared_too_large = (
-            declared.isascii() and declared.isdigit() and int(declared) > self.max_bytes
-        )
+        if declared.isascii() and declared.isdigit() and int(declared) > self.max_bytes:
+            # Refused whatever the route, before anything is read (or 100 Continue sent): a
+            # route that takes no body would otherwise leave the server to read and discard
+            # all of it after answering.
+            refusal = self._too_large()
+            await error_response(refusal.status, refusal.code, refusal.message, refusal.headers)(
+                scope, receive, send
+            )
+            return
         received = 0
 
         async def receive_within_limit() -> Message:
             nonlocal received
-            if declared_too_large:
-                raise self._too_large()  # before reading anything (or sending 100 Continue)
             message = await receive()
             if message["type"] == "http.request":
                 received += len(message.get("body", b""))

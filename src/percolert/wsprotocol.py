@@ -20,11 +20,14 @@ the versions tested, and tests/test_private_apis.py names whatever moves.
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
-from typing import Any, cast
+from typing import TYPE_CHECKING, Any, cast
 
 from uvicorn.protocols.websockets.websockets_sansio_impl import WebSocketsSansIOProtocol
 from websockets.frames import Frame, Opcode
 from websockets.protocol import State
+
+if TYPE_CHECKING:  # uvicorn's own names for ASGI messages (typing only)
+    from uvicorn._types import ASGISendEvent
 
 # scope["extensions"][FRAME_WRITER] = {"write_frame": <callable(bytes) -> bool>}
 FRAME_WRITER = "percolert.websocket.write_frame"
@@ -75,6 +78,13 @@ class FrameWritingProtocol(WebSocketsSansIOProtocol):
     def connection_lost(self, exc: Exception | None) -> None:
         super().connection_lost(exc)  # sets `disconnected`
         self._untie()
+
+    async def send(self, message: ASGISendEvent) -> None:
+        await super().send(message)
+        if message["type"] == "websocket.http.response.body" and not message.get("more_body"):
+            # A refused handshake's answer is complete: uvicorn would otherwise log "ASGI
+            # callable returned without completing handshake" at ERROR for every refusal.
+            self.handshake_complete = True
 
     def _untie(self) -> None:
         if not (self._asgi_done and self.disconnected):
