@@ -31,6 +31,8 @@ FOREVER = "10 years"
 _LIMITS = (
     "limit_searches_per_session",
     "limit_searches_per_address",
+    "limit_reads_per_session",
+    "limit_reads_per_address",
     "limit_watch_changes_per_session",
     "limit_watch_changes_per_address",
     "limit_new_sessions_per_address",
@@ -52,6 +54,7 @@ def session_limited(catalog_settings: Settings) -> Iterator[str]:
     settings = limited(
         catalog_settings,
         limit_searches_per_session=f"3/{FOREVER}",
+        limit_reads_per_session=f"3/{FOREVER}",
         limit_watch_changes_per_session=f"2/{FOREVER}",
         limit_sockets_per_session=f"2/{FOREVER}",
     )
@@ -97,6 +100,16 @@ async def test_watch_changes_over_the_session_limit_get_429(session_limited: str
         assert_rate_limited(await a.http.post("/api/watches", json={"terms": "oasis"}))
         assert_rate_limited(await a.http.delete(f"/api/watches/{watch['id']}"))
         assert (await a.http.get("/api/watches")).status_code == 200  # reading is not limited
+
+
+async def test_reads_that_ask_elasticsearch_over_the_session_limit_get_429(
+    session_limited: str,
+) -> None:
+    async with Shopper(session_limited) as a:
+        for path in ("/api/watches", "/api/categories", "/api/watches"):
+            assert (await a.http.get(path)).status_code == 200
+        assert_rate_limited(await a.http.get("/api/categories"))
+        assert (await a.http.get("/healthz")).status_code == 200  # probes are not limited
 
 
 async def test_socket_handshakes_over_the_session_limit_are_refused(session_limited: str) -> None:

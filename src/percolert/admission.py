@@ -46,6 +46,8 @@ def _action(scope: Scope) -> Action | None:
     path, method = _route_path(scope), scope["method"]
     if path == "/api/search":
         return Action.SEARCH
+    if path in ("/api/watches", "/api/categories") and method == "GET":
+        return Action.READ  # each asks Elasticsearch
     if (path == "/api/watches" and method == "POST") or (
         path.startswith("/api/watches/") and method == "DELETE"
     ):
@@ -123,6 +125,7 @@ class Admission:
 
 _WHAT = {
     Action.SEARCH: "searches",
+    Action.READ: "requests",
     Action.WATCH_CHANGE: "watch changes",
     Action.NEW_SESSION: "new sessions",
     Action.SOCKET: "new connections",

@@ -25,6 +25,7 @@ _IPV6_CLIENT_PREFIX = 64
 
 class Action(enum.StrEnum):
     SEARCH = "searches"
+    READ = "reads"
     WATCH_CHANGE = "watch_changes"
     NEW_SESSION = "new_sessions"
     SOCKET = "sockets"
@@ -41,6 +42,8 @@ def _rules(settings: Settings) -> dict[tuple[Action, Per], list[RateLimitItem]]:
     configured = {
         (Action.SEARCH, Per.SESSION): settings.limit_searches_per_session,
         (Action.SEARCH, Per.ADDRESS): settings.limit_searches_per_address,
+        (Action.READ, Per.SESSION): settings.limit_reads_per_session,
+        (Action.READ, Per.ADDRESS): settings.limit_reads_per_address,
         (Action.WATCH_CHANGE, Per.SESSION): settings.limit_watch_changes_per_session,
         (Action.WATCH_CHANGE, Per.ADDRESS): settings.limit_watch_changes_per_address,
         (Action.NEW_SESSION, Per.ADDRESS): settings.limit_new_sessions_per_address,

@@ -84,6 +84,9 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     rate_limit_storage: str = "async+memory://"
     limit_searches_per_session: str | None = "10/second;300/minute"
     limit_searches_per_address: str | None = "20/second;1200/minute"
+    # Listing watches and categories: each asks Elasticsearch.
+    limit_reads_per_session: str | None = "10/second;300/minute"
+    limit_reads_per_address: str | None = "20/second;1200/minute"
     limit_watch_changes_per_session: str | None = "30/minute;200/hour"
     limit_watch_changes_per_address: str | None = "60/minute;600/hour"
     limit_new_sessions_per_address: str | None = "30/minute;300/hour"
@@ -249,6 +252,12 @@ def from_environment(
         ),
         limit_searches_per_address=_rate_limit(
             env, "PERCOLERT_LIMIT_SEARCHES_PER_ADDRESS", "20/second;1200/minute"
+        ),
+        limit_reads_per_session=_rate_limit(
+            env, "PERCOLERT_LIMIT_READS_PER_SESSION", "10/second;300/minute"
+        ),
+        limit_reads_per_address=_rate_limit(
+            env, "PERCOLERT_LIMIT_READS_PER_ADDRESS", "20/second;1200/minute"
         ),
         limit_watch_changes_per_session=_rate_limit(
             env, "PERCOLERT_LIMIT_WATCH_CHANGES_PER_SESSION", "30/minute;200/hour"
