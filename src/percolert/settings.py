@@ -217,7 +217,7 @@ def from_environment(
             "PERCOLERT_RATE_LIMIT_STORAGE must be an async storage URI of the `limits` library "
             f"(async+memory://, async+redis://HOST:PORT), got {storage!r}"
         )
-    return Settings(
+    settings = Settings(
         elasticsearch_url=url.rstrip("/"),
         elasticsearch_api_key=_optional(env, "ELASTICSEARCH_API_KEY"),
         elasticsearch_username=username,
@@ -247,33 +247,13 @@ def from_environment(
         alerts_enabled=_flag(env, "PERCOLERT_ALERTS", True),
         rate_limits_enabled=_flag(env, "PERCOLERT_RATE_LIMITS", True),
         rate_limit_storage=storage,
-        limit_searches_per_session=_rate_limit(
-            env, "PERCOLERT_LIMIT_SEARCHES_PER_SESSION", "10/second;300/minute"
-        ),
-        limit_searches_per_address=_rate_limit(
-            env, "PERCOLERT_LIMIT_SEARCHES_PER_ADDRESS", "20/second;1200/minute"
-        ),
-        limit_reads_per_session=_rate_limit(
-            env, "PERCOLERT_LIMIT_READS_PER_SESSION", "10/second;300/minute"
-        ),
-        limit_reads_per_address=_rate_limit(
-            env, "PERCOLERT_LIMIT_READS_PER_ADDRESS", "20/second;1200/minute"
-        ),
-        limit_watch_changes_per_session=_rate_limit(
-            env, "PERCOLERT_LIMIT_WATCH_CHANGES_PER_SESSION", "30/minute;200/hour"
-        ),
-        limit_watch_changes_per_address=_rate_limit(
-            env, "PERCOLERT_LIMIT_WATCH_CHANGES_PER_ADDRESS", "60/minute;600/hour"
-        ),
-        limit_new_sessions_per_address=_rate_limit(
-            env, "PERCOLERT_LIMIT_NEW_SESSIONS_PER_ADDRESS", "30/minute;300/hour"
-        ),
-        limit_sockets_per_session=_rate_limit(
-            env, "PERCOLERT_LIMIT_SOCKETS_PER_SESSION", "30/minute"
-        ),
-        limit_sockets_per_address=_rate_limit(
-            env, "PERCOLERT_LIMIT_SOCKETS_PER_ADDRESS", "120/minute"
-        ),
         max_sockets_per_user=int(_number(env, "PERCOLERT_MAX_SOCKETS_PER_USER", 20, minimum=1)),
         trusted_proxies=_proxies(env, "PERCOLERT_TRUSTED_PROXIES"),
     )
+    # Each rate limit `limit_X` is read from PERCOLERT_LIMIT_X, its default the field's.
+    rate_limits = {
+        field.name: _rate_limit(env, f"PERCOLERT_{field.name.upper()}", field.default)
+        for field in msgspec.structs.fields(Settings)
+        if field.name.startswith("limit_")
+    }
+    return msgspec.structs.replace(settings, **rate_limits)
