@@ -36,7 +36,6 @@ _WATCH_ERRORS: dict[type[WatchError], tuple[int, str]] = {
     WatchNotFound: (404, "watch_not_found"),
     DuplicateWatch: (409, "duplicate_watch"),
     TooManyWatches: (409, "too_many_watches"),
-    WatchError: (400, "invalid_watch"),
 }
 
 # What a client is told when Elasticsearch fails. The details (the cluster's address among
@@ -79,7 +78,10 @@ async def _api_error(request: Request, exc: Exception) -> Response:
 async def _watch_error(request: Request, exc: Exception) -> Response:
     assert isinstance(exc, WatchError)
     # The nearest mapped class: a new subclass answers as its parent until given its own.
-    status, code = next(_WATCH_ERRORS[kind] for kind in type(exc).__mro__ if kind in _WATCH_ERRORS)
+    status, code = next(
+        (_WATCH_ERRORS[kind] for kind in type(exc).__mro__ if kind in _WATCH_ERRORS),
+        (400, "invalid_watch"),
+    )
     return error_response(status, code, str(exc))
 
 
