@@ -37,9 +37,17 @@ def demo(session: nox.Session) -> None:
 
 @nox.session(python=PYTHON)
 def devnode(session: nox.Session) -> None:
-    """`percolert devnode ARGS` for the demo's node (`./dev stop`, `./dev reset`)."""
+    """`percolert devnode ARGS` for the demo's node."""
     session.install("-e", ".")
     session.run("percolert", "devnode", *session.posargs)
+
+
+@nox.session(python=PYTHON)
+def stop(session: nox.Session) -> None:
+    """Stop the dev node and the dev Redis left running (`./dev stop`, `./dev reset`)."""
+    session.install("-e", ".")
+    session.run("percolert", "devnode", "stop")
+    session.run("percolert", "redis", "stop")
 
 
 @nox.session(python=PYTHON)

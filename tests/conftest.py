@@ -1,6 +1,7 @@
 """Shared fixtures: one real Elasticsearch node per test session (the dev node, on a free port
 with a temporary data directory) unless ELASTICSEARCH_URL points at one, and an index prefix
-of its own for every test session so runs never touch each other's data."""
+of its own for every test session so runs never touch each other's data; likewise one real
+Redis (the dev Redis) unless REDIS_URL points at one."""
 
 from __future__ import annotations
 
@@ -20,6 +21,7 @@ from elasticsearch import AsyncElasticsearch
 from percolert import es, indices
 from percolert.catalog import ingest
 from percolert.devnode import DevNode
+from percolert.redisnode import RedisNode
 from percolert.settings import Settings, from_environment
 from tests.servers import free_port, run_server
 
@@ -34,6 +36,22 @@ def elasticsearch_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]
         yield url.rstrip("/")
         return
     node = DevNode.configured(from_environment(), tmp_path_factory.mktemp("esnode-state"))
+    state, _ = node.start(free_port())
+    try:
+        yield state.url
+    finally:
+        node.stop()
+
+
+@pytest.fixture(scope="session")
+def redis_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """A real Redis for the session: REDIS_URL if set, else a dev Redis of its own on a free
+    port with a temporary directory, stopped at the end."""
+    url = os.environ.get("REDIS_URL")
+    if url:
+        yield url.rstrip("/")
+        return
+    node = RedisNode.configured(from_environment(), tmp_path_factory.mktemp("redis-state"))
     state, _ = node.start(free_port())
     try:
         yield state.url

@@ -66,12 +66,15 @@ def test_every_variable_is_read_here() -> None:
             "PERCOLERT_LOG_FORMAT": "text",
             "PERCOLERT_ESNODE_DIR": "/opt/esnode",
             "JAVA_HOME": "/opt/jdk",
+            "PERCOLERT_REDIS_SERVER": "/opt/redis/bin/redis-server",
             "ELASTICSEARCH_TIMEOUT": "2",
         }
     )
     assert settings.log_format == "text"
     assert settings.esnode_dir == Path("/opt/esnode")
     assert settings.java_home == Path("/opt/jdk")
+    assert settings.redis_server == Path("/opt/redis/bin/redis-server")
+    assert from_environment(BASE).redis_server is None  # redis-server on the PATH
     assert settings.percolate_timeout == 6.0  # three Elasticsearch timeouts, unless set
     assert from_environment({**BASE, "PERCOLERT_PERCOLATE_TIMEOUT": "1.5"}).percolate_timeout == 1.5
     with pytest.raises(SettingsError, match="PERCOLERT_LOG_FORMAT must be one of json, text"):
@@ -80,7 +83,10 @@ def test_every_variable_is_read_here() -> None:
 
 def test_settings_import_no_dev_tooling() -> None:
     """Settings are the lowest layer: building them never looks for a dev node."""
-    code = "import sys, percolert.settings; print('percolert.devnode' in sys.modules)"
+    code = (
+        "import sys, percolert.settings; "
+        "print('percolert.devnode' in sys.modules or 'percolert.redisnode' in sys.modules)"
+    )
     run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert run.stdout.strip() == "False"
 

@@ -20,6 +20,7 @@ from percolert.app import create_app
 from percolert.devnode import DevNode, DevNodeError, recorded_url
 from percolert.messages import Watch, WatchSpec
 from percolert.migrations import document_upgrades
+from percolert.redisnode import RedisNode, RedisNodeError
 from percolert.server import build_server
 from percolert.settings import Settings, SettingsError, from_environment
 from percolert.text import TextNormalizer
@@ -93,6 +94,27 @@ def cmd_devnode(settings: Settings, args: argparse.Namespace) -> int:
                 return 3
             print(f"dev node: running at {status.url} (pid {status.pid}, log {status.log})")
     except DevNodeError as error:
+        raise CliError(str(error)) from None
+    return 0
+
+
+def cmd_redis(settings: Settings, args: argparse.Namespace) -> int:
+    node = RedisNode.configured(settings)
+    try:
+        if args.action == "start":
+            state, started = node.start(args.port)
+            verb = "started" if started else "already running"
+            print(f"dev redis {verb}: {state.url} (pid {state.pid}, log {state.log})")
+        elif args.action == "stop":
+            stopped = node.stop()
+            print(f"dev redis stopped (pid {stopped.pid})" if stopped else "dev redis not running")
+        else:
+            status = node.status()
+            if status is None:
+                print("dev redis: not running")
+                return 3
+            print(f"dev redis: running at {status.url} (pid {status.pid}, log {status.log})")
+    except RedisNodeError as error:
         raise CliError(str(error)) from None
     return 0
 
@@ -308,6 +330,11 @@ def _parser() -> argparse.ArgumentParser:
     devnode.add_argument("--port", type=int, default=9200, help="HTTP port (default 9200)")
     devnode.add_argument("--heap", default="512m", help="JVM heap (default 512m)")
     devnode.set_defaults(handler=cmd_devnode)
+
+    redis = commands.add_parser("redis", help="a local redis-server for development")
+    redis.add_argument("action", choices=["start", "stop", "status"])
+    redis.add_argument("--port", type=int, default=6379, help="port (default 6379)")
+    redis.set_defaults(handler=cmd_redis)
 
     setup = commands.add_parser("setup", help="create or migrate the indices from mappings/")
     setup.add_argument("--recreate", action="store_true", help="delete and recreate (loses data)")

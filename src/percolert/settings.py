@@ -40,6 +40,8 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     # JDK it runs on (default: `java` on the PATH).
     esnode_dir: Path | None = None
     java_home: Path | None = None
+    # The dev Redis's binary (default: `redis-server` on the PATH).
+    redis_server: Path | None = None
     # Where `percolert serve` listens.
     host: str = "127.0.0.1"
     port: int = 8000
@@ -230,6 +232,7 @@ def from_environment(
         state_dir=state_dir,
         esnode_dir=_path(env, "PERCOLERT_ESNODE_DIR"),
         java_home=_path(env, "JAVA_HOME"),
+        redis_server=_path(env, "PERCOLERT_REDIS_SERVER"),
         host=_optional(env, "PERCOLERT_HOST") or "127.0.0.1",
         port=int(_number(env, "PERCOLERT_PORT", 8000, minimum=0)),
         log_format=_choice(env, "PERCOLERT_LOG_FORMAT", ("json", "text")),
