@@ -14,6 +14,7 @@ from websockets.streams import StreamReader
 
 from percolert.alertlog import AlertRecord
 from percolert.alerts import AlertDispatcher
+from percolert.broker_memory import MemoryBroker
 from percolert.hub import Connection, Hub
 from percolert.percolator import Match, SearchEvent
 from percolert.wsprotocol import frame_text
@@ -67,6 +68,11 @@ def event(text: str, searcher: str) -> SearchEvent:
     return SearchEvent(text=text, searcher=searcher, at=1_700_000_000.0)
 
 
+def dispatcher_for(hub: Hub, sink: Any, *, window_seconds: float, clock: Clock) -> AlertDispatcher:
+    broker = MemoryBroker(hub, sink, window_seconds=window_seconds, clock=clock)
+    return AlertDispatcher(broker, window_seconds=window_seconds)
+
+
 KINDLE_OF_A = Match(watch_id="w-a", terms="kindle", owner="a")
 DEFAULT = Match(watch_id="default-1", terms="iphone", owner=None)
 
@@ -76,69 +82,75 @@ def setup() -> Any:
     hub = Hub()
     clock = Clock()
     inbox = Inbox(hub, "a", "b", "c")
-    yield AlertDispatcher(hub, Numbering(), window_seconds=2.0, clock=clock), inbox, clock
+    yield dispatcher_for(hub, Numbering(), window_seconds=2.0, clock=clock), inbox, clock
     inbox.close()
 
 
-def test_first_match_at_once_then_one_follow_up_per_window(setup: Any) -> None:
+@pytest.mark.anyio
+async def test_first_match_at_once_then_one_follow_up_per_window(setup: Any) -> None:
     dispatcher, inbox, clock = setup
-    dispatcher.dispatch(event("kindle one", "b"), [KINDLE_OF_A])
+    await dispatcher.dispatch(event("kindle one", "b"), [KINDLE_OF_A])
     assert [(m["count"], m["query"]) for m in inbox.take("a")] == [(1, "kindle one")]
     for number in range(5):
         clock.now += 0.1
-        dispatcher.dispatch(event(f"kindle {number}", "c"), [KINDLE_OF_A])
+        await dispatcher.dispatch(event(f"kindle {number}", "c"), [KINDLE_OF_A])
     assert inbox.take("a") == []
     clock.now += 2.0
-    dispatcher.flush_due()
+    await dispatcher.flush_due()
     assert [(m["count"], m["query"]) for m in inbox.take("a")] == [(5, "kindle 4")]
     clock.now += 2.1  # a quiet window closes without another alert
-    dispatcher.flush_due()
+    await dispatcher.flush_due()
     assert inbox.take("a") == []
-    dispatcher.dispatch(event("kindle again", "b"), [KINDLE_OF_A])
+    await dispatcher.dispatch(event("kindle again", "b"), [KINDLE_OF_A])
     assert [m["count"] for m in inbox.take("a")] == [1]  # a new flood starts at once
     assert inbox.take("b") == []
     assert inbox.take("c") == []
 
 
-def test_own_searches_are_never_counted(setup: Any) -> None:
+@pytest.mark.anyio
+async def test_own_searches_are_never_counted(setup: Any) -> None:
     dispatcher, inbox, clock = setup
-    dispatcher.dispatch(event("kindle", "a"), [KINDLE_OF_A])
+    await dispatcher.dispatch(event("kindle", "a"), [KINDLE_OF_A])
     assert inbox.take("a") == []
-    dispatcher.dispatch(event("kindle", "b"), [KINDLE_OF_A])
-    dispatcher.dispatch(event("kindle", "a"), [KINDLE_OF_A])
+    await dispatcher.dispatch(event("kindle", "b"), [KINDLE_OF_A])
+    await dispatcher.dispatch(event("kindle", "a"), [KINDLE_OF_A])
     clock.now += 2.0
-    dispatcher.flush_due()
+    await dispatcher.flush_due()
     assert [m["count"] for m in inbox.take("a")] == [1]  # b's search only; no follow-up
 
 
-def test_default_watch_excludes_the_searcher_and_they_get_the_next_at_once(setup: Any) -> None:
+@pytest.mark.anyio
+async def test_default_watch_excludes_the_searcher_and_they_get_the_next_at_once(
+    setup: Any,
+) -> None:
     dispatcher, inbox, clock = setup
-    dispatcher.dispatch(event("iphone 16", "a"), [DEFAULT])
+    await dispatcher.dispatch(event("iphone 16", "a"), [DEFAULT])
     assert inbox.take("a") == []
     first_b, first_c = inbox.take("b"), inbox.take("c")
     assert [m["query"] for m in first_b] == [m["query"] for m in first_c] == ["iphone 16"]
     assert first_b[0]["id"] == first_c[0]["id"]  # one alert, encoded once, sent to both
 
     clock.now += 0.5
-    dispatcher.dispatch(event("iphone 15", "b"), [DEFAULT])
+    await dispatcher.dispatch(event("iphone 15", "b"), [DEFAULT])
     # a has had nothing in this window, so b's search reaches a at once; c waits.
     assert [(m["count"], m["query"]) for m in inbox.take("a")] == [(1, "iphone 15")]
     assert inbox.take("c") == []
     clock.now += 0.5
-    dispatcher.dispatch(event("iphone pro", "c"), [DEFAULT])
+    await dispatcher.dispatch(event("iphone pro", "c"), [DEFAULT])
     clock.now += 1.5
-    dispatcher.flush_due()
+    await dispatcher.flush_due()
     # Follow-ups count only searches each user has not heard about and did not make.
     assert [(m["count"], m["query"]) for m in inbox.take("a")] == [(1, "iphone pro")]
     assert [(m["count"], m["query"]) for m in inbox.take("b")] == [(1, "iphone pro")]
     assert [(m["count"], m["query"]) for m in inbox.take("c")] == [(1, "iphone 15")]
 
 
-def test_without_a_window_every_match_goes_out(setup: Any) -> None:
+@pytest.mark.anyio
+async def test_without_a_window_every_match_goes_out(setup: Any) -> None:
     _, inbox, clock = setup
-    dispatcher = AlertDispatcher(inbox_hub(inbox), Numbering(), window_seconds=0, clock=clock)
+    dispatcher = dispatcher_for(inbox_hub(inbox), Numbering(), window_seconds=0, clock=clock)
     for _ in range(3):
-        dispatcher.dispatch(event("kindle", "b"), [KINDLE_OF_A])
+        await dispatcher.dispatch(event("kindle", "b"), [KINDLE_OF_A])
     assert [m["count"] for m in inbox.take("a")] == [1, 1, 1]
 
 
@@ -191,11 +203,12 @@ async def test_a_full_queue_cuts_off_only_that_socket() -> None:
     fast.close()
 
 
-def test_one_alert_per_person_per_search(setup: Any) -> None:
+@pytest.mark.anyio
+async def test_one_alert_per_person_per_search(setup: Any) -> None:
     dispatcher, inbox, _ = setup
     second_of_a = Match(watch_id="w-a2", terms="paperwhite", owner="a")
     other_default = Match(watch_id="default-2", terms="kindle", owner=None)
-    dispatcher.dispatch(
+    await dispatcher.dispatch(
         event("kindle paperwhite iphone", "b"), [DEFAULT, KINDLE_OF_A, second_of_a, other_default]
     )
     # a hears through their own watch only; c through one default; b searched.
@@ -204,16 +217,19 @@ def test_one_alert_per_person_per_search(setup: Any) -> None:
     assert inbox.take("b") == []
 
 
-def test_a_follow_up_never_counts_a_search_heard_of_through_ones_own_watch(setup: Any) -> None:
+@pytest.mark.anyio
+async def test_a_follow_up_never_counts_a_search_heard_of_through_ones_own_watch(
+    setup: Any,
+) -> None:
     """a's own "kindle" watch and the default "kindle" watch both match b's searches: a
     hears of each search once, through their own watch, follow-ups included."""
     dispatcher, inbox, clock = setup
     default_kindle = Match(watch_id="default-k", terms="kindle", owner=None)
     for text in ("kindle one", "kindle two", "kindle three"):
-        dispatcher.dispatch(event(text, "b"), [default_kindle, KINDLE_OF_A])
+        await dispatcher.dispatch(event(text, "b"), [default_kindle, KINDLE_OF_A])
         clock.now += 0.1
     clock.now += 2.0
-    dispatcher.flush_due()
+    await dispatcher.flush_due()
     assert [(m["watch"]["id"], m["count"], m["query"]) for m in inbox.take("a")] == [
         ("w-a", 1, "kindle one"),
         ("w-a", 2, "kindle three"),
@@ -225,7 +241,8 @@ def test_a_follow_up_never_counts_a_search_heard_of_through_ones_own_watch(setup
     assert inbox.take("b") == []
 
 
-def test_a_default_follow_up_counts_what_ones_own_watch_did_not(setup: Any) -> None:
+@pytest.mark.anyio
+async def test_a_default_follow_up_counts_what_ones_own_watch_did_not(setup: Any) -> None:
     dispatcher, inbox, clock = setup
     default_kindle = Match(watch_id="default-k", terms="kindle", owner=None)
     paperwhite_of_a = Match(watch_id="w-pw", terms="kindle paperwhite", owner="a")
@@ -235,10 +252,10 @@ def test_a_default_follow_up_counts_what_ones_own_watch_did_not(setup: Any) -> N
         ("kindle paperwhite signature", [default_kindle, paperwhite_of_a]),
     ]
     for text, matches in searches:
-        dispatcher.dispatch(event(text, "b"), matches)
+        await dispatcher.dispatch(event(text, "b"), matches)
         clock.now += 0.1
     clock.now += 2.0
-    dispatcher.flush_due()
+    await dispatcher.flush_due()
     # Three searches, three alerts: two through a's own watch, one through the default.
     assert sorted((m["watch"]["id"], m["count"], m["query"]) for m in inbox.take("a")) == [
         ("default-k", 1, "kindle oasis"),
@@ -251,7 +268,8 @@ def test_a_default_follow_up_counts_what_ones_own_watch_did_not(setup: Any) -> N
     ]
 
 
-def test_no_alert_reaches_a_session_begun_after_a_search_it_counts() -> None:
+@pytest.mark.anyio
+async def test_no_alert_reaches_a_session_begun_after_a_search_it_counts() -> None:
     hub = Hub()
     clock = Clock()
     searched_at = 1_700_000_000.0
@@ -260,14 +278,14 @@ def test_no_alert_reaches_a_session_begun_after_a_search_it_counts() -> None:
         connection = Connection(user, inbox._never, 100, session_started=started)
         inbox.connections[user] = connection
         hub.add(connection)
-    dispatcher = AlertDispatcher(hub, Numbering(), window_seconds=2.0, clock=clock)
+    dispatcher = dispatcher_for(hub, Numbering(), window_seconds=2.0, clock=clock)
     # The first goes out at once; the next two are folded into a follow-up, which counts a
     # search made before "new"'s session began.
     for offset in (0.0, 0.2, 1.0):
         search = SearchEvent(text="iphone", searcher="x", at=searched_at + offset)
-        dispatcher.dispatch(search, [DEFAULT])
+        await dispatcher.dispatch(search, [DEFAULT])
     clock.now += 2.0
-    dispatcher.flush_due()
+    await dispatcher.flush_due()
     assert [m["count"] for m in inbox.take("old")] == [1, 2]
     assert inbox.take("new") == []
     inbox.close()
@@ -355,30 +373,31 @@ async def test_direct_writes_keep_the_order_of_the_queue() -> None:
     connection.close()
 
 
-def test_alerts_are_made_only_for_owners_who_are_connected_or_just_left() -> None:
+@pytest.mark.anyio
+async def test_alerts_are_made_only_for_owners_who_are_connected_or_just_left() -> None:
     clock = Clock()
     hub = Hub(grace_seconds=60, clock=clock)
     numbering = Numbering()
-    dispatcher = AlertDispatcher(hub, numbering, window_seconds=0, clock=clock)
+    dispatcher = dispatcher_for(hub, numbering, window_seconds=0, clock=clock)
     inbox = Inbox(hub, "a", "b")
     inbox.close()
     of = [Match(watch_id=f"w-{user}", terms="kindle", owner=user) for user in "abcd"]
 
-    def recipients() -> list[str]:
+    async def recipients() -> list[str]:
         before = len(numbering.logged)
-        dispatcher.dispatch(event("kindle", "searcher"), of)
+        await dispatcher.dispatch(event("kindle", "searcher"), of)
         return sorted(user for record in numbering.logged[before:] for user in record.watches)
 
     # Just after a (re)start anyone may be reconnecting: every owner's alert is kept.
-    assert recipients() == ["a", "b", "c", "d"]
+    assert await recipients() == ["a", "b", "c", "d"]
     clock.now += 50
     hub.remove(inbox.connections["a"])  # a's last tab closes; b stays
     clock.now += 11
-    assert recipients() == ["a", "b"]  # c and d have not come; a left 11 s ago
+    assert await recipients() == ["a", "b"]  # c and d have not come; a left 11 s ago
     clock.now += 50
-    assert recipients() == ["b"]  # a has been gone longer than the grace period
+    assert await recipients() == ["b"]  # a has been gone longer than the grace period
     hub.add(Connection("c", inbox._never, 10))
-    assert recipients() == ["b", "c"]
+    assert await recipients() == ["b", "c"]
 
 
 def test_departures_are_forgotten_after_the_grace_period() -> None:

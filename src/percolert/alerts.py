@@ -13,251 +13,182 @@ through their own watch, or made, is not counted again in a default watch's foll
 An alert reaches no session begun after the earliest search it counts (a session that
 begins during a window hears of its searches from the next alert on), and the search text
 it carries is redacted (redaction.py).
+
+The dispatcher chooses the candidates; the broker (broker.py) keeps the windows, decides
+what each search opens or folds, numbers the sendings and delivers them.
 """
 
 from __future__ import annotations
 
-import time
-from collections import Counter
-from collections.abc import Callable, Collection
+from collections.abc import Iterable
 from datetime import UTC, datetime
-from typing import Protocol
 
 import anyio
-import msgspec
 
-from percolert.alertlog import AlertRecord, epoch_ms
-from percolert.hub import Hub
+from percolert.alertlog import epoch_ms
+from percolert.broker import (
+    Broker,
+    DefaultCandidate,
+    Followup,
+    OwnedCandidate,
+    SearchFold,
+    Sending,
+)
 from percolert.messages import AlertWatch
 from percolert.percolator import Match, SearchEvent
 from percolert.redaction import redact
-
-
-class AlertSink(Protocol):
-    """Where sent alerts are recorded (the alert log), and who numbers them."""
-
-    def next_seq(self) -> int: ...
-
-    def append(self, record: AlertRecord) -> None: ...
-
-
-class _Window:
-    """Matches of one watch since its last alert, until `until`."""
-
-    __slots__ = ("not_alerted", "pending", "skip", "terms", "until")
-
-    def __init__(self, until: float, terms: str) -> None:
-        self.until = until
-        self.terms = terms
-        self.pending: list[SearchEvent] = []
-        # Default watches only: for each pending event, who is not to hear of it in the
-        # follow-up (its searcher, those told through their own watch, those sent it at
-        # once); and users who have had no alert of this watch in this window (they were
-        # the searcher).
-        self.skip: list[set[str]] = []
-        self.not_alerted: set[str] = set()
 
 
 def _timestamp(epoch: float) -> str:
     return datetime.fromtimestamp(epoch, UTC).isoformat(timespec="milliseconds")
 
 
+def _sending(
+    search: SearchFold,
+    count: int,
+    *,
+    since: float,
+    watches: dict[str, AlertWatch] | None = None,
+    everyone: AlertWatch | None = None,
+    excluded: Iterable[str] = (),
+) -> Sending:
+    """One sending about `search`, counting `count` searches made from `since` on: to each
+    user in `watches` through their watch, or through `everyone` to every user but
+    `excluded` — of sessions begun by `since`."""
+    return Sending(
+        at=_timestamp(search.at),
+        earliest_ms=epoch_ms(since),
+        query=search.text,
+        count=count,
+        watches=watches or {},
+        everyone=everyone,
+        excluded=tuple(excluded),
+    )
+
+
+def followup_sendings(followup: Followup) -> list[Sending]:
+    """The follow-up of an ended window: to its owner, the count and latest of what it
+    folded; for a default watch, the same to everyone else, and to each user who heard of
+    some of its searches otherwise, a count of only the others."""
+    watch = AlertWatch(id=followup.watch_id, terms=followup.terms)
+    events = followup.events
+    latest = events[-1]
+    # Batches percolated side by side may finish out of order: the earliest is looked for.
+    earliest = min(event.at for event in events)
+    if followup.owner is not None:
+        return [_sending(latest, len(events), since=earliest, watches={followup.owner: watch})]
+    special = set(followup.not_alerted)
+    for event in events:
+        special |= event.skip
+    sendings = [_sending(latest, len(events), since=earliest, everyone=watch, excluded=special)]
+    for user in special:
+        counted = [event for event in events if user not in event.skip]
+        if counted:
+            since = min(event.at for event in counted)
+            sendings.append(_sending(counted[-1], len(counted), since=since, watches={user: watch}))
+    return sendings
+
+
+def _candidates(
+    event: SearchEvent, matches: list[Match]
+) -> tuple[list[OwnedCandidate], DefaultCandidate | None]:
+    """Each owner's first matching watch (never the searcher's own), and the first default."""
+    owners = {event.searcher}  # never about one's own search
+    owned: list[OwnedCandidate] = []
+    default: DefaultCandidate | None = None
+    for match in matches:
+        if match.owner is None:
+            if default is None:
+                default = DefaultCandidate(watch_id=match.watch_id, terms=match.terms)
+        elif match.owner not in owners:
+            owners.add(match.owner)
+            owned.append(
+                OwnedCandidate(watch_id=match.watch_id, owner=match.owner, terms=match.terms)
+            )
+    return owned, default
+
+
 class AlertDispatcher:
-    def __init__(
-        self,
-        hub: Hub,
-        sink: AlertSink,
-        *,
-        window_seconds: float,
-        clock: Callable[[], float] = time.monotonic,
-    ) -> None:
-        self._hub = hub
-        self._sink = sink
+    """Alerts through a broker; `window_seconds` (the broker's window) paces the checks for
+    ended windows."""
+
+    def __init__(self, broker: Broker, *, window_seconds: float) -> None:
+        self._broker = broker
         self._window = window_seconds
-        self._clock = clock
-        self._encoder = msgspec.json.Encoder()
-        # Keyed by (watch id, owner); owner None is a default watch's shared window.
-        self._windows: dict[tuple[str, str | None], _Window] = {}
         self.alerts = 0
         self.coalesced = 0
 
-    def _send(
-        self,
-        query: str,
-        count: int,
-        at: float,
-        watches: dict[str, AlertWatch] | None = None,
-        *,
-        since: float,
-        everyone: AlertWatch | None = None,
-        excluded: Collection[str] = (),
-    ) -> None:
-        """Number, record and send one sending about the search `query` made `at`, counting
-        `count` searches made from `since` on: to each user in `watches` through their watch,
-        or through `everyone` to every user but `excluded` — of sessions begun by `since`.
-        Each alert is encoded once, for all of its recipient's sockets."""
-        earliest_ms = epoch_ms(since)
-        record = AlertRecord(
-            seq=self._sink.next_seq(),
-            at=_timestamp(at),
-            earliest_ms=earliest_ms,
-            query=redact(query),  # here, so that the log holds only what alerts show
-            count=count,
-            watches=watches or {},
-            everyone=everyone,
-            excluded=tuple(excluded),
-        )
-        self._sink.append(record)
-        # The same comparison as replay's (whole milliseconds): a session begun later than
-        # the earliest search counted gets this sending neither now nor on reconnect.
-        sessions_since = earliest_ms / 1000
-        if everyone is not None:
-            self.alerts += 1
-            self._hub.send_to_all(
-                self._encoder.encode(record.alert(everyone)).decode(),
-                exclude=excluded,
-                since=sessions_since,
-            )
-            return
-        self.alerts += len(record.watches)
-        for user, watch in record.watches.items():
-            self._hub.send_to_user(
-                user, self._encoder.encode(record.alert(watch)).decode(), since=sessions_since
-            )
-
     async def on_matches(self, event: SearchEvent, matches: list[Match]) -> None:
-        self.dispatch(event, matches)
+        await self.dispatch(event, matches)
 
-    def dispatch(self, event: SearchEvent, matches: list[Match]) -> None:
+    async def dispatch(self, event: SearchEvent, matches: list[Match]) -> None:
         """Alert the recipients of one search's matches: one alert per person per search.
 
         A user whose own watches match hears about it through the first of them; a default
         watch then reaches everyone else (the first matching default, if several do). The
         owners alerted at once share one sending (one position, one log document).
         """
-        now = self._clock()
-        covered = {event.searcher}  # never about one's own search
-        defaults: list[Match] = []
-        at_once: dict[str, AlertWatch] = {}
-        for match in matches:
-            if match.owner is None:
-                defaults.append(match)
-            elif match.owner not in covered and self._hub.reachable(match.owner):
-                covered.add(match.owner)
-                owned: tuple[str, str | None] = (match.watch_id, match.owner)
-                window = self._current(owned, now)
-                if window is None:
-                    at_once[match.owner] = AlertWatch(id=match.watch_id, terms=match.terms)
-                    if self._window > 0:
-                        self._windows[owned] = _Window(now + self._window, match.terms)
-                else:
-                    window.pending.append(event)
-                    self.coalesced += 1
-        if at_once:
-            self._send(event.text, 1, event.at, at_once, since=event.at)
-        if defaults:
-            shared: tuple[str, str | None] = (defaults[0].watch_id, None)
-            window = self._current(shared, now)
-            self._dispatch_default(shared, window, event, defaults[0], covered, now)
-
-    def _current(self, key: tuple[str, str | None], now: float) -> _Window | None:
-        """The open window of `key`, after ending it if its time is up."""
-        window = self._windows.get(key)
-        if window is not None and now >= window.until:
-            self._flush(key, window, now)
-            window = self._windows.get(key)
-        return window
-
-    def _dispatch_default(
-        self,
-        key: tuple[str, str | None],
-        window: _Window | None,
-        event: SearchEvent,
-        match: Match,
-        covered: set[str],
-        now: float,
-    ) -> None:
-        watch = AlertWatch(id=match.watch_id, terms=match.terms)
-        if window is None:
-            self._send(event.text, 1, event.at, since=event.at, everyone=watch, excluded=covered)
-            if self._window > 0:
-                window = _Window(now + self._window, match.terms)
-                window.not_alerted.add(event.searcher)
-                self._windows[key] = window
+        owned, default = _candidates(event, matches)
+        if not owned and default is None:
             return
-        # Someone who was the searcher so far has had nothing yet: this one is their first.
-        firsts = [user for user in window.not_alerted if user not in covered]
-        window.not_alerted.difference_update(firsts)
-        covered.update(firsts)
-        window.pending.append(event)
-        window.skip.append(covered)
-        self.coalesced += 1
-        if firsts:
-            self._send(event.text, 1, event.at, dict.fromkeys(firsts, watch), since=event.at)
-
-    def _flush(self, key: tuple[str, str | None], window: _Window, now: float) -> None:
-        """End a window: send the follow-up for what it folded, and start the next one."""
-        watch_id, owner = key
-        if not window.pending:
-            del self._windows[key]
-            return
-        terms = window.terms
-        watch = AlertWatch(id=watch_id, terms=terms)
-        pending = window.pending
-        latest = pending[-1]
-        # Batches percolated side by side may finish out of order: the earliest is looked for.
-        earliest = min(event.at for event in pending)
-        if owner is not None:
-            self._send(latest.text, len(pending), latest.at, {owner: watch}, since=earliest)
-            self._windows[key] = _Window(now + self._window, terms)
-            return
-        special = set(window.not_alerted)
-        for skip in window.skip:
-            special |= skip
-        self._send(
-            latest.text,
-            len(pending),
-            latest.at,
-            since=earliest,
-            everyone=watch,
-            excluded=special,
+        # Redacted here, so that windows and the log hold only what alerts show.
+        search = SearchFold(text=redact(event.text), at=event.at, searcher=event.searcher)
+        hits = await self._broker.hits(search, owned, default)
+        self.coalesced += hits.coalesced
+        sendings = [
+            sending
+            for followup in hits.due
+            if followup.owner is not None
+            for sending in followup_sendings(followup)
+        ]
+        if hits.immediate:
+            at_once = {
+                candidate.owner: AlertWatch(id=candidate.watch_id, terms=candidate.terms)
+                for candidate in hits.immediate
+            }
+            sendings.append(_sending(search, 1, since=search.at, watches=at_once))
+        sendings.extend(
+            sending
+            for followup in hits.due
+            if followup.owner is None
+            for sending in followup_sendings(followup)
         )
-        next_window = _Window(now + self._window, terms)
-        searched = Counter(event.searcher for event in pending)
-        for user in special:
-            counted = [
-                event for event, skip in zip(pending, window.skip, strict=True) if user not in skip
-            ]
-            if not counted:
-                if user in window.not_alerted or searched[user] == len(pending):
-                    next_window.not_alerted.add(user)
-                continue
-            last = counted[-1]
-            since = min(event.at for event in counted)
-            self._send(last.text, len(counted), last.at, {user: watch}, since=since)
-        self._windows[key] = next_window
+        if default is not None:
+            watch = AlertWatch(id=default.watch_id, terms=default.terms)
+            if hits.to_everyone:
+                sendings.append(
+                    _sending(search, 1, since=search.at, everyone=watch, excluded=hits.covered)
+                )
+            elif hits.firsts:
+                firsts = dict.fromkeys(hits.firsts, watch)
+                sendings.append(_sending(search, 1, since=search.at, watches=firsts))
+        await self._publish(sendings)
+
+    async def _publish(self, sendings: list[Sending]) -> None:
+        if not sendings:
+            return
+        for record in await self._broker.publish(sendings):
+            self.alerts += 1 if record.everyone is not None else len(record.watches)
 
     @property
     def open_windows(self) -> int:
         """(recipient, watch) pairs whose repeats are being folded right now."""
-        return len(self._windows)
+        return self._broker.open_windows
 
-    def flush_all(self) -> None:
+    async def _follow_up(self, *, everything: bool) -> None:
+        followups = await self._broker.claim_due(everything=everything)
+        await self._publish([s for followup in followups for s in followup_sendings(followup)])
+
+    async def flush_all(self) -> None:
         """Send every pending follow-up now (at shutdown)."""
-        now = self._clock()
-        for key, window in list(self._windows.items()):
-            window.until = now
-            self._flush(key, window, now)
+        await self._follow_up(everything=True)
 
-    def flush_due(self) -> None:
-        now = self._clock()
-        for key, window in list(self._windows.items()):
-            if now >= window.until:
-                self._flush(key, window, now)
+    async def flush_due(self) -> None:
+        await self._follow_up(everything=False)
 
     async def run(self) -> None:
         """Send follow-ups as windows end, until cancelled."""
         tick = min(0.05, self._window / 4) if self._window > 0 else 0.05
         while True:
             await anyio.sleep(tick)
-            self.flush_due()
+            await self.flush_due()

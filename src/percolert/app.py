@@ -116,7 +116,7 @@ async def _decode_spec(request: Request) -> WatchSpec:
 
 async def _watches_changed(state: State, user: str) -> None:
     watches = await state["watches"].visible_to(user)
-    state["hub"].send_to_user(user, encode_message(WatchesChanged(watches=watches)))
+    await state["broker"].notify_user(user, encode_message(WatchesChanged(watches=watches)))
 
 
 async def list_watches(request: Request) -> Response:

@@ -14,6 +14,8 @@ from starlette.requests import HTTPConnection
 from percolert import catalog, es, indices
 from percolert.alertlog import AlertLog
 from percolert.alerts import AlertDispatcher
+from percolert.broker import Broker
+from percolert.broker_memory import MemoryBroker
 from percolert.hub import Hub
 from percolert.messages import ServerMessage
 from percolert.metrics import Metrics
@@ -28,6 +30,7 @@ class State(TypedDict):
     client: AsyncElasticsearch
     settings: Settings
     hub: Hub
+    broker: Broker
     percolator: Percolator
     dispatcher: AlertDispatcher
     watches: WatchStore
@@ -61,9 +64,10 @@ def _observe_percolate(metrics: Metrics) -> Callable[[float | None, int], None]:
 
 class Services:
     """What serves one deployment while the app runs: the Elasticsearch client, the alert log,
-    the dispatcher, the percolator and the watch store, and the background loops that drive
-    them, each under a supervisor. The hub and the metrics are the app's: they outlive the
-    services (the server drains the hub after they stop; scrapes may come at any time).
+    the broker, the dispatcher, the percolator and the watch store, and the background loops
+    that drive them, each under a supervisor. The hub and the metrics are the app's: they
+    outlive the services (the server drains the hub after they stop; scrapes may come at any
+    time).
 
     `Services.running(...)` builds and starts them, and stops them and closes the client when
     its block ends. `percolator_type` is the percolator's class (tests hand one with faults).
@@ -84,9 +88,10 @@ class Services:
         self.client = client
         normalizer = TextNormalizer()
         self.alert_log = AlertLog(client, indices.alias_for(settings, "alerts"))
-        self.dispatcher = AlertDispatcher(
+        self.broker: Broker = MemoryBroker(
             hub, self.alert_log, window_seconds=settings.coalesce_seconds
         )
+        self.dispatcher = AlertDispatcher(self.broker, window_seconds=settings.coalesce_seconds)
         self.percolator = percolator_type(
             client,
             indices.alias_for(settings, "watches"),
@@ -143,6 +148,7 @@ class Services:
             "client": self.client,
             "settings": self.settings,
             "hub": self.hub,
+            "broker": self.broker,
             "percolator": self.percolator,
             "dispatcher": self.dispatcher,
             "watches": self.watches,
@@ -170,4 +176,4 @@ class Services:
         with anyio.move_on_after(seconds):
             while not self.percolator.idle():  # noqa: ASYNC110
                 await anyio.sleep(0.01)
-        self.dispatcher.flush_all()
+        await self.dispatcher.flush_all()

@@ -1,0 +1,129 @@
+"""What a broker is: the coalescing windows, the positions and the publishing of alerts,
+behind one interface (centrifuge's broker.go), with one file per backend — broker_memory.py
+is the embedded one. The dispatcher (alerts.py) chooses who may hear of a search; the broker
+decides what that search opens or folds, numbers the sendings and hands them to every
+socket of their recipients. The hub stays local and knows no broker.
+
+What crosses the interface is msgspec structs, so that a backend out of process can carry
+them as they are. The parts only a shared backend needs (presence per connection and its
+cut, replay of what other instances have not yet written, claims of follow-ups under a
+lease, inbox messages) come with it: docs/design/multi-instance.md, §3 and §11 step 3.
+"""
+
+from __future__ import annotations
+
+from typing import Protocol
+
+import msgspec
+
+from percolert.alertlog import AlertRecord
+from percolert.messages import AlertWatch
+
+
+class OwnedCandidate(msgspec.Struct, frozen=True, kw_only=True):
+    """A user's own watch that matched a search they did not make (their first one)."""
+
+    watch_id: str
+    owner: str
+    terms: str
+
+
+class DefaultCandidate(msgspec.Struct, frozen=True, kw_only=True):
+    """The first default watch that matched a search."""
+
+    watch_id: str
+    terms: str
+
+
+class SearchFold(msgspec.Struct, frozen=True, kw_only=True, gc=False):
+    """What a window keeps of one search: its text (already redacted), when it was made
+    and by whom, and — in a default watch's window — who is not to hear of it again in the
+    follow-up (its searcher, those told through their own watch or at once)."""
+
+    text: str
+    at: float
+    searcher: str
+    skip: frozenset[str] = frozenset()
+
+
+class Followup(msgspec.Struct, frozen=True, kw_only=True):
+    """A window that ended with searches folded into it: its follow-up is due. `owner` is
+    None for a default watch's shared window; `not_alerted` (default windows only) are the
+    users who had no alert of the watch in the window because they were its searchers."""
+
+    watch_id: str
+    terms: str
+    owner: str | None
+    events: list[SearchFold]
+    not_alerted: frozenset[str] = frozenset()
+
+
+class Hits(msgspec.Struct, frozen=True, kw_only=True):
+    """The broker's decisions for one search.
+
+    `immediate`: owners whose window opened, to be alerted now. `covered`: the searcher and
+    every reachable owner, whom the default watch's alert skips. `to_everyone`: the default
+    watch's window opened, so its alert goes to everyone but `covered` now; otherwise
+    `firsts` are the users who hear of it now (they had nothing of that window yet).
+    `coalesced`: how many (recipient, watch) windows folded the search in. `due`: windows
+    that had ended when this search came, in the order their follow-ups go out (each owned
+    one before the immediate alert, the default one before the default's alert)."""
+
+    immediate: list[OwnedCandidate]
+    covered: frozenset[str]
+    to_everyone: bool = False
+    firsts: list[str] = []
+    coalesced: int = 0
+    due: list[Followup] = []
+
+
+class Sending(msgspec.Struct, frozen=True, kw_only=True, gc=False):
+    """An `AlertRecord` before it has a position."""
+
+    at: str
+    earliest_ms: int
+    query: str
+    count: int = 1
+    watches: dict[str, AlertWatch] = {}
+    everyone: AlertWatch | None = None
+    excluded: tuple[str, ...] = ()
+
+    def numbered(self, seq: int) -> AlertRecord:
+        return AlertRecord(
+            seq=seq,
+            at=self.at,
+            earliest_ms=self.earliest_ms,
+            query=self.query,
+            count=self.count,
+            watches=self.watches,
+            everyone=self.everyone,
+            excluded=self.excluded,
+        )
+
+
+class Broker(Protocol):
+    async def hits(
+        self, search: SearchFold, owned: list[OwnedCandidate], default: DefaultCandidate | None
+    ) -> Hits:
+        """Decide, for one search, which of its reachable candidates hear of it now and
+        which windows fold it in; end the windows of these candidates that are over."""
+        ...
+
+    async def claim_due(self, *, everything: bool = False) -> list[Followup]:
+        """End the windows that are over (all of them, at shutdown) and return those whose
+        follow-up is due; the next window of each starts now."""
+        ...
+
+    async def publish(self, sendings: list[Sending]) -> list[AlertRecord]:
+        """Number each sending, record it in the alert log and deliver it to every open
+        socket of its recipients, in order; returns the records."""
+        ...
+
+    async def notify_user(self, user: str, payload: str) -> None:
+        """Send a ready-made message to every open socket of `user`."""
+        ...
+
+    @property
+    def open_windows(self) -> int:
+        """(recipient, watch) pairs whose repeats are being folded right now."""
+        ...
