@@ -50,15 +50,16 @@ def run_server(
         thread.join(timeout=20)
 
 
-def metric(base_url: str, name: str) -> float:
-    """The value of one unlabelled sample on the server's /metrics, e.g. a counter to wait on."""
+def metric(base_url: str, name: str, **labels: str) -> float:
+    """The value of one sample on the server's /metrics (with exactly these labels), e.g. a
+    counter to wait on."""
     response = httpx.get(f"{base_url}/metrics", timeout=10)
     response.raise_for_status()
     for family in text_string_to_metric_families(response.text):
         for sample in family.samples:
-            if sample.name == name and not sample.labels:
+            if sample.name == name and sample.labels == labels:
                 return float(sample.value)
-    raise AssertionError(f"no sample {name} on {base_url}/metrics")
+    raise AssertionError(f"no sample {name} {labels or ''} on {base_url}/metrics")
 
 
 class _Collect(logging.Handler):

@@ -18,7 +18,7 @@ from websockets.typing import Origin
 
 from percolert.sessions import COOKIE_NAME
 from percolert.settings import Settings
-from tests.servers import logged_errors, run_server
+from tests.servers import logged_errors, metric, run_server
 from tests.shoppers import Shopper
 
 pytestmark = pytest.mark.anyio
@@ -63,11 +63,7 @@ def narrow_socket(server: str) -> socket.socket:
 
 
 def slow_socket_drops(server: str) -> float:
-    response = httpx.get(f"{server}/metrics", timeout=10)
-    for line in response.text.splitlines():
-        if line.startswith("percolert_alerts_dropped_slow_socket_total "):
-            return float(line.split()[1])
-    raise AssertionError("no slow-socket metric")
+    return metric(server, "percolert_alerts_dropped_slow_socket_total")
 
 
 async def search_until_dropped(server: str, searcher: Shopper, dropped: float) -> None:

@@ -16,12 +16,11 @@ import anyio
 import httpx
 import msgspec
 import pytest
-from prometheus_client.parser import text_string_to_metric_families
 
 from percolert.app import create_app
 from percolert.percolator import Match, Percolator, SearchEvent
 from percolert.settings import Settings
-from tests.servers import run_server
+from tests.servers import metric, run_server
 from tests.shoppers import Shopper
 from tests.waiting import wait_until
 
@@ -73,15 +72,6 @@ def server(catalog_settings: Settings, faults: Faults) -> Iterator[str]:
     app = create_app(settings, percolator_type=faulty_percolator(faults))
     with run_server(settings, app=app) as url:
         yield url
-
-
-def metric(server: str, name: str, **labels: str) -> float:
-    response = httpx.get(f"{server}/metrics", timeout=10)
-    for family in text_string_to_metric_families(response.text):
-        for sample in family.samples:
-            if sample.name == name and sample.labels == labels:
-                return float(sample.value)
-    return 0.0
 
 
 async def test_a_batch_that_raises_is_counted_logged_and_skipped(
