@@ -6,7 +6,9 @@ from __future__ import annotations
 import time
 import uuid
 
+import msgspec
 import pytest
+import redis
 
 from percolert.alertlog import AlertRecord
 from percolert.broker import (
@@ -143,3 +145,49 @@ async def test_positions_increase_from_above_the_logs_last(redis_url: str) -> No
         assert await broker.connected("someone") == seqs[-1]  # the cut: the last position
     finally:
         await broker.close()
+
+
+async def test_a_lapsed_instance_is_reaped_and_its_users_count_as_having_left_then(
+    redis_url: str,
+) -> None:
+    """Presence: a user is reachable while any instance holds a socket of theirs; when that
+    instance stops beating it is reaped, and its users count as having left when it lapsed:
+    reachable within the grace, not after it."""
+    settings = _settings(redis_url)
+    brokers = {
+        # The first to start sets the restart window (everyone reachable): none here.
+        name: RedisBroker(
+            msgspec.structs.replace(settings, reconnect_grace_seconds=grace),
+            Hub(),
+            Log(),
+            url=redis_url,
+            instance_id=name,
+        )
+        for name, grace in (("quiet", 0.0), ("one", 600.0), ("two", 600.0), ("strict", 10.0))
+    }
+    raw = redis.Redis.from_url(redis_url)
+    key = f"percolert:{{{settings.index_prefix}}}"
+    search = SearchFold(text="phone", at=time.time(), searcher="s")
+
+    async def alerted(broker: str, owner: str) -> bool:
+        owned = [OwnedCandidate(watch_id=f"w-{uuid.uuid4().hex}", owner=owner, terms="phone")]
+        hits = await brokers[broker].hits(search, owned, None)
+        return [c.owner for c in hits.immediate] == [owner]
+
+    try:
+        for broker in brokers.values():
+            await broker.start()
+        await brokers["two"].connected("u")
+        assert await alerted("one", "u")  # held by another instance
+        assert not await alerted("one", "v")  # never seen: not worth an alert
+        # "two" stopped beating 40 s ago: the next beat of any instance reaps it.
+        raw.zadd(f"{key}:inst", {"two": int(time.time() * 1000) - 40_000})
+        await brokers["one"].beat()
+        assert raw.zscore(f"{key}:inst", "two") is None
+        assert not raw.exists(f"{key}:at:two")
+        assert await alerted("one", "u")  # left ~45 s ago: within a 600 s grace
+        assert not await alerted("strict", "u")  # but not within 10 s
+    finally:
+        raw.close()
+        for broker in brokers.values():
+            await broker.close()

@@ -14,7 +14,7 @@ from percolert import es, indices
 from percolert.alertlog import AlertLog, AlertRecord
 from percolert.messages import AlertWatch
 from percolert.settings import Settings
-from tests.conftest import delete_indices, make_settings, prepare_indices
+from tests.conftest import SAMPLE_CATALOG, delete_indices, make_settings, prepare_indices
 from tests.servers import metric, run_server
 from tests.shoppers import Shopper, default_watch
 from tests.waiting import wait_until
@@ -35,6 +35,19 @@ def cluster_settings(catalog_settings: Settings, redis_url: str) -> Settings:
 def instances(cluster_settings: Settings) -> Iterator[tuple[str, str]]:
     with run_server(cluster_settings) as one, run_server(cluster_settings) as two:
         yield one, two
+
+
+@pytest.fixture(scope="module")
+def strict_instances(elasticsearch_url: str, redis_url: str) -> Iterator[tuple[str, str]]:
+    """Two instances where only a connected user is reachable: no reconnect grace, hence no
+    restart window either."""
+    settings = make_settings(elasticsearch_url, redis_url=redis_url, reconnect_grace_seconds=0.0)
+    prepare_indices(settings, catalog=SAMPLE_CATALOG)
+    try:
+        with run_server(settings) as one, run_server(settings) as two:
+            yield one, two
+    finally:
+        asyncio.run(delete_indices(settings))
 
 
 async def every_window_closed(server: str) -> None:
@@ -65,6 +78,25 @@ async def test_an_alert_reaches_each_socket_of_the_owner_once_whichever_instance
         assert await a.alerts_before_markers([a_one, a_two], b) == [[], []]
         assert await c.alerts_before_marker(c_one, b) == []
         await a.unwatch(watch["id"])
+
+
+async def test_an_owner_connected_only_to_the_other_instance_is_reachable(
+    strict_instances: tuple[str, str],
+) -> None:
+    """Who is reachable is shared: instance 1 alerts A, whose only socket is on instance 2,
+    and not D, connected nowhere."""
+    one, two = strict_instances
+    async with Shopper(two) as a, Shopper(one) as b, Shopper(one) as d:
+        watch = await a.watch("kindle")
+        await d.watch("kindle")
+        socket = await a.connect()
+        await b.search("Kindle Oasis")  # on instance 1, which holds no socket of A's
+        alert = await socket.next_alert()
+        assert alert is not None
+        assert alert["watch"]["id"] == watch["id"]
+        # D was away when the search was made (no grace): nothing was kept for them.
+        assert await (await d.connect(after=0)).messages_before_pong() == []
+        assert await a.alerts_before_marker(socket, b) == []
 
 
 async def test_a_default_watch_reaches_users_on_both_instances_but_the_searcher(

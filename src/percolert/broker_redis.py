@@ -134,7 +134,7 @@ class RedisBroker:
         before the first socket or search."""
         floor = max(int(self._wall_clock() * 1_000_000), await self._sink.max_seq() + 1)
         seq = await self._call("seed", floor, self._restart_ms)
-        await self._beat()
+        await self.beat()
         logger.info("broker on Redis as instance %s, position %s", self.instance_id, _text(seq))
 
     async def close(self) -> None:
@@ -146,13 +146,13 @@ class RedisBroker:
             tasks.start_soon(self._beating)
             await self._read_inbox()
 
-    async def _beat(self) -> None:
+    async def beat(self) -> None:
         await self._call("heartbeat", self.instance_id, LAPSE_MS, REAP_MS, self._grace_ms)
 
     async def _beating(self) -> None:
         while True:
             await anyio.sleep(HEARTBEAT_SECONDS)
-            await self._beat()
+            await self.beat()
 
     async def _read_inbox(self) -> None:
         # Resumes where it stopped when the supervisor restarts it: nothing is read twice.
