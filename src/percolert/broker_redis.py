@@ -124,7 +124,6 @@ class RedisBroker:
         self._open_windows = 0
         # The inbox is new with this instance's id: everything in it is for us.
         self._last_read = b"0-0"
-        self.received = 0
 
     async def _call(self, name: str, *args: str | int | bytes) -> Any:
         return await self._scripts[name](keys=[], args=[self._prefix, *args])
@@ -171,7 +170,6 @@ class RedisBroker:
                     self._receive(fields)
 
     def _receive(self, fields: dict[bytes, bytes]) -> None:
-        self.received += 1
         user = fields.get(b"u")
         if user is not None:
             self._delivery.deliver_user(user.decode(), fields[b"p"].decode())
