@@ -131,16 +131,29 @@ class Shopper:
         a word nothing else has, matched by a search `searcher` makes now. Percolation hands
         matches on in the order of the searches and a socket receives in the order sent, so
         whatever an earlier search sends arrives first: "nothing arrived", without a wait."""
+        [before] = await self.alerts_before_markers([socket], searcher)
+        return before
+
+    async def alerts_before_markers(
+        self, sockets: list[Socket], searcher: Shopper
+    ) -> list[list[dict[str, Any]]]:
+        """`alerts_before_marker` for several sockets of ours at once (one marker reaches
+        them all)."""
         word = "marker" + "".join(chr(ord("a") + int(c, 16)) for c in uuid.uuid4().hex[:12])
         marker = await self.watch(word)
         try:
             await searcher.search(word)
-            before: list[dict[str, Any]] = []
-            while (alert := await socket.next_alert()) is not None:
-                if alert["watch"]["id"] == marker["id"]:
-                    return before
-                before.append(alert)
-            raise AssertionError("the marker's alert never came")
+            found: list[list[dict[str, Any]]] = []
+            for socket in sockets:
+                before: list[dict[str, Any]] = []
+                while (alert := await socket.next_alert()) is not None:
+                    if alert["watch"]["id"] == marker["id"]:
+                        break
+                    before.append(alert)
+                else:
+                    raise AssertionError("the marker's alert never came")
+                found.append(before)
+            return found
         finally:
             await self.unwatch(marker["id"])
 
@@ -149,15 +162,22 @@ class Shopper:
         assert response.status_code == 204, response.text
 
     async def connect(
-        self, *, origin: str | None = None, cookie: str | None = None, after: int | None = None
+        self,
+        *,
+        origin: str | None = None,
+        cookie: str | None = None,
+        after: int | None = None,
+        base_url: str | None = None,
     ) -> Socket:
-        """Open the alert socket as the page would; the hello message is read off."""
-        ws_url = self.base_url.replace("http://", "ws://") + "/ws"
+        """Open the alert socket as the page would; the hello message is read off.
+        `base_url`: another instance of the same service (default: this shopper's)."""
+        base_url = base_url or self.base_url
+        ws_url = base_url.replace("http://", "ws://") + "/ws"
         if after is not None:
             ws_url += f"?after={after}"
         connection = await connect(
             ws_url,
-            origin=Origin(origin or self.base_url),
+            origin=Origin(origin or base_url),
             additional_headers={"Cookie": f"{COOKIE_NAME}={cookie or self.cookie}"},
             open_timeout=10,
         )

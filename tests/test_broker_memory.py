@@ -37,6 +37,10 @@ class Numbering:
     def __init__(self) -> None:
         self.logged: list[AlertRecord] = []
 
+    @property
+    def last_seq(self) -> int:
+        return len(self.logged)
+
     def next_seq(self) -> int:
         return len(self.logged) + 1
 

@@ -36,6 +36,7 @@ def test_alerts_are_on_by_default() -> None:
         ("PERCOLERT_TRUSTED_PROXIES", "10.0.0.1,proxy.local", "addresses or networks"),
         ("PERCOLERT_MAX_SOCKETS_PER_USER", "0", "must be at least 1"),
         ("PERCOLERT_RATE_LIMITS", "sometimes", "must be true or false"),
+        ("PERCOLERT_REDIS_URL", "cache:6379", "must start with redis://"),
     ],
 )
 def test_bad_values_are_refused_by_name(name: str, raw: str, message: str) -> None:
@@ -68,8 +69,13 @@ def test_every_variable_is_read_here() -> None:
             "JAVA_HOME": "/opt/jdk",
             "PERCOLERT_REDIS_SERVER": "/opt/redis/bin/redis-server",
             "ELASTICSEARCH_TIMEOUT": "2",
+            "PERCOLERT_REDIS_URL": "redis://cache:6379/2",
+            "PERCOLERT_INSTANCE_ID": "web-1",
         }
     )
+    assert (settings.redis_url, settings.instance_id) == ("redis://cache:6379/2", "web-1")
+    # Unset: one process, everything in memory.
+    assert (from_environment(BASE).redis_url, from_environment(BASE).instance_id) == (None, None)
     assert settings.log_format == "text"
     assert settings.esnode_dir == Path("/opt/esnode")
     assert settings.java_home == Path("/opt/jdk")

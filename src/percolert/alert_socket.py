@@ -136,9 +136,17 @@ async def alerts_socket(websocket: WebSocket) -> None:
         session_started=session_started(websocket),
     )
     # Alerts numbered up to `cut` are replayed from the log; later ones arrive live through
-    # the queue, which starts filling now. Nothing is sent twice or skipped.
-    cut = state["alert_log"].last_seq
+    # the queue, which starts filling now (held until the cut is known: a shared broker
+    # may deliver a later one while it answers). Nothing is sent twice or skipped.
+    broker = state["broker"]
+    connection.hold()
     hub.add(connection)
+    try:
+        cut = await broker.connected(user)
+    except BaseException:
+        hub.remove(connection)
+        raise
+    connection.release(cut)
     event(logger, "socket_open", user=user_tag(user), sockets=hub.socket_count())
     close_code, reason = 0, ""
     try:
@@ -164,6 +172,8 @@ async def alerts_socket(websocket: WebSocket) -> None:
     finally:
         hub.remove(connection)
         connection.close()
+        with anyio.CancelScope(shield=True), anyio.move_on_after(5):
+            await broker.disconnected(user)
     if connection.overflowed:
         close_code, reason = SLOW_CLIENT, "too slow: reconnect to catch up"
     elif connection.finished:

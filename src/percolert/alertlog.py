@@ -230,6 +230,19 @@ class AlertLog:
     def last_seq(self) -> int:
         return self._last_seq
 
+    async def max_seq(self) -> int:
+        """The highest position handed out so far: this process's, or the log's last (when
+        Elasticsearch cannot say, this process's: µs time, above every earlier run's)."""
+        try:
+            response = await self._client.search(
+                index=self._alias, size=1, sort=[{"seq": "desc"}], source_includes=["seq"]
+            )
+        except (TransportError, ElasticsearchApiError) as error:
+            logger.warning("reading the alert log's last position failed: %s", error)
+            return self._last_seq
+        hits = response["hits"]["hits"]
+        return max([self._last_seq, *(int(hit["_source"]["seq"]) for hit in hits)])
+
     def next_seq(self) -> int:
         self._last_seq = max(self._last_seq + 1, int(self._clock() * 1_000_000))
         return self._last_seq

@@ -102,6 +102,15 @@ class Sending(msgspec.Struct, frozen=True, kw_only=True, gc=False):
 
 
 class Broker(Protocol):
+    async def connected(self, user: str) -> int:
+        """A socket of `user` opened here: count them reachable and return the cut, the
+        last position the socket's greeting replays (later ones reach it live)."""
+        ...
+
+    async def disconnected(self, user: str) -> None:
+        """A socket of `user` here closed (it is already out of the hub)."""
+        ...
+
     async def hits(
         self, search: SearchFold, owned: list[OwnedCandidate], default: DefaultCandidate | None
     ) -> Hits:

@@ -31,6 +31,9 @@ from percolert.hub import Hub
 class AlertSink(Protocol):
     """Where sent alerts are recorded (the alert log), and who numbers them."""
 
+    @property
+    def last_seq(self) -> int: ...
+
     def next_seq(self) -> int: ...
 
     def append(self, record: AlertRecord) -> None: ...
@@ -68,6 +71,13 @@ class MemoryBroker:
         self._window = window_seconds
         self._clock = clock
         self._windows: dict[tuple[str, str | None], _Window] = {}
+
+    async def connected(self, user: str) -> int:
+        # Sendings are delivered as they are numbered, so the hub already has every later one.
+        return self._sink.last_seq
+
+    async def disconnected(self, user: str) -> None:
+        return None
 
     async def hits(
         self, search: SearchFold, owned: list[OwnedCandidate], default: DefaultCandidate | None

@@ -29,11 +29,15 @@ class Delivery:
                 self._encoder.encode(record.alert(record.everyone)).decode(),
                 exclude=record.excluded,
                 since=sessions_since,
+                seq=record.seq,
             )
             return
         for user, watch in record.watches.items():
             self._hub.send_to_user(
-                user, self._encoder.encode(record.alert(watch)).decode(), since=sessions_since
+                user,
+                self._encoder.encode(record.alert(watch)).decode(),
+                since=sessions_since,
+                seq=record.seq,
             )
 
     def deliver_user(self, user: str, payload: str) -> None:

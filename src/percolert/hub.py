@@ -69,16 +69,37 @@ class Connection:
         self.finished = False
         self._closed = False
         self._cancel_scope: anyio.CancelScope | None = None
+        # Alerts numbered up to `cut` are the greeting's (replayed from the log); only later
+        # ones go out live. Until the cut is known (`hold`), numbered alerts wait in `_held`.
+        self.cut = -1
+        self._held: list[tuple[int, str]] | None = None
 
     def _wake(self) -> None:
         if self._wakeup is not None and not self._wakeup.done():
             self._wakeup.set_result(None)
 
-    def offer(self, payload: str, frame: bytes | None = None) -> bool:
-        """Send or queue a message (`frame`: the same, from `frame_text`); a full queue marks
-        the connection too slow and stops it."""
+    def hold(self) -> None:
+        """Keep numbered alerts aside until `release` says where the greeting's end."""
+        self._held = []
+
+    def release(self, cut: int) -> None:
+        """The greeting covers positions up to `cut`: offer what was held beyond it."""
+        held, self._held = self._held or [], None
+        self.cut = cut
+        for seq, payload in held:
+            self.offer(payload, seq=seq)
+
+    def offer(self, payload: str, frame: bytes | None = None, *, seq: int | None = None) -> bool:
+        """Send or queue a message (`frame`: the same, from `frame_text`; `seq`: the alert's
+        position, if it is one); a full queue marks the connection too slow and stops it."""
         if self.overflowed or self.finished or self._closed:
             return False
+        if seq is not None:
+            if self._held is not None:
+                self._held.append((seq, payload))
+                return True
+            if seq <= self.cut:
+                return False
         if (
             frame is not None
             and self._write_frame is not None
@@ -199,9 +220,11 @@ class Hub:
     def socket_count(self) -> int:
         return self._sockets
 
-    def send_to_user(self, user: str, payload: str, *, since: float | None = None) -> int:
+    def send_to_user(
+        self, user: str, payload: str, *, since: float | None = None, seq: int | None = None
+    ) -> int:
         """Send `payload` to every open socket of `user` (of a session begun at or before
-        `since`, if given); returns how many took it."""
+        `since`, if given; of a cut below `seq`, if given); returns how many took it."""
         connections = tuple(self._by_user.get(user, ()))
         if not connections:
             return 0
@@ -209,15 +232,20 @@ class Hub:
         sent = 0
         for connection in connections:
             if since is None or connection.session_started <= since:
-                sent += connection.offer(payload, frame)
+                sent += connection.offer(payload, frame, seq=seq)
         self.delivered += sent
         return sent
 
     def send_to_all(
-        self, payload: str, *, exclude: Collection[str] = (), since: float | None = None
+        self,
+        payload: str,
+        *,
+        exclude: Collection[str] = (),
+        since: float | None = None,
+        seq: int | None = None,
     ) -> int:
         """Send `payload` to every socket of every user not in `exclude` (of a session begun
-        at or before `since`, if given)."""
+        at or before `since`, if given; of a cut below `seq`, if given)."""
         frame = frame_text(payload)
         sent = 0
         for user, connections in tuple(self._by_user.items()):
@@ -225,7 +253,7 @@ class Hub:
                 continue
             for connection in tuple(connections):
                 if since is None or connection.session_started <= since:
-                    sent += connection.offer(payload, frame)
+                    sent += connection.offer(payload, frame, seq=seq)
         self.delivered += sent
         return sent
 

@@ -16,6 +16,7 @@ from percolert.alertlog import AlertLog
 from percolert.alerts import AlertDispatcher
 from percolert.broker import Broker
 from percolert.broker_memory import MemoryBroker
+from percolert.broker_redis import RedisBroker, default_instance_id
 from percolert.hub import Hub
 from percolert.messages import ServerMessage
 from percolert.metrics import Metrics
@@ -88,9 +89,22 @@ class Services:
         self.client = client
         normalizer = TextNormalizer()
         self.alert_log = AlertLog(client, indices.alias_for(settings, "alerts"))
-        self.broker: Broker = MemoryBroker(
-            hub, self.alert_log, window_seconds=settings.coalesce_seconds
-        )
+        # With a shared Redis, instances sharing the indices act as one service; without,
+        # this process is the whole service.
+        self.shared: RedisBroker | None = None
+        self.broker: Broker
+        if settings.redis_url is None:
+            self.broker = MemoryBroker(
+                hub, self.alert_log, window_seconds=settings.coalesce_seconds
+            )
+        else:
+            self.shared = self.broker = RedisBroker(
+                settings,
+                hub,
+                self.alert_log,
+                url=settings.redis_url,
+                instance_id=settings.instance_id or default_instance_id(settings),
+            )
         self.dispatcher = AlertDispatcher(self.broker, window_seconds=settings.coalesce_seconds)
         self.percolator = percolator_type(
             client,
@@ -127,10 +141,16 @@ class Services:
         percolator_type: type[Percolator] = Percolator,
     ) -> AsyncIterator[Services]:
         client = es.create_client(settings)
+        shared: RedisBroker | None = None
         try:
             services = cls(settings, hub, metrics, client, percolator_type=percolator_type)
+            shared = services.shared
+            if shared is not None:
+                await shared.start()
             with metrics.observing_gc():
                 async with anyio.create_task_group() as group:
+                    if shared is not None:
+                        services.background.start(group, "broker", shared.run)
                     services.background.start(group, "percolator", services.percolator.run)
                     services.background.start(group, "dispatcher", services.dispatcher.run)
                     services.background.start(group, "alert_log", services.alert_log.run)
@@ -138,6 +158,8 @@ class Services:
                     yield services
                     group.cancel_scope.cancel()
         finally:
+            if shared is not None:
+                await shared.close()
             await client.close()
 
     def _count_restart(self, loop: str) -> None:

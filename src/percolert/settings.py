@@ -42,6 +42,12 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     java_home: Path | None = None
     # The dev Redis's binary (default: `redis-server` on the PATH).
     redis_server: Path | None = None
+    # The Redis that instances sharing these indices coordinate through (routing, presence,
+    # coalescing, positions). Unset: one process, everything in memory.
+    redis_url: str | None = None
+    # This instance's name in Redis, logs and metrics. Unset: host:port and a random part,
+    # new on every start (a restarted process never takes over a dead one's inbox).
+    instance_id: str | None = None
     # Where `percolert serve` listens.
     host: str = "127.0.0.1"
     port: int = 8000
@@ -219,6 +225,11 @@ def from_environment(
             "PERCOLERT_RATE_LIMIT_STORAGE must be an async storage URI of the `limits` library "
             f"(async+memory://, async+redis://HOST:PORT), got {storage!r}"
         )
+    redis_url = _optional(env, "PERCOLERT_REDIS_URL")
+    if redis_url is not None and not redis_url.startswith(("redis://", "rediss://", "unix://")):
+        raise SettingsError(
+            f"PERCOLERT_REDIS_URL must start with redis://, rediss:// or unix://, got {redis_url!r}"
+        )
     settings = Settings(
         elasticsearch_url=url.rstrip("/"),
         elasticsearch_api_key=_optional(env, "ELASTICSEARCH_API_KEY"),
@@ -233,6 +244,8 @@ def from_environment(
         esnode_dir=_path(env, "PERCOLERT_ESNODE_DIR"),
         java_home=_path(env, "JAVA_HOME"),
         redis_server=_path(env, "PERCOLERT_REDIS_SERVER"),
+        redis_url=redis_url,
+        instance_id=_optional(env, "PERCOLERT_INSTANCE_ID"),
         host=_optional(env, "PERCOLERT_HOST") or "127.0.0.1",
         port=int(_number(env, "PERCOLERT_PORT", 8000, minimum=0)),
         log_format=_choice(env, "PERCOLERT_LOG_FORMAT", ("json", "text")),

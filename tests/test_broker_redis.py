@@ -1,0 +1,193 @@
+"""The Redis broker's scripts decide as the embedded broker does: the same searches, handed
+to both, open, fold and end the same windows (a real redis-server)."""
+
+from __future__ import annotations
+
+import time
+import uuid
+
+import msgspec
+import pytest
+import redis
+
+from percolert.alertlog import AlertRecord
+from percolert.broker import (
+    DefaultCandidate,
+    Followup,
+    Hits,
+    OwnedCandidate,
+    SearchFold,
+    Sending,
+)
+from percolert.broker_memory import MemoryBroker
+from percolert.broker_redis import RedisBroker
+from percolert.hub import Hub
+from percolert.messages import AlertWatch
+from percolert.settings import Settings
+
+pytestmark = pytest.mark.anyio
+
+WINDOW = 60.0  # nothing ends on its own in these tests: windows end by claim_due(everything)
+
+
+class Log:
+    def __init__(self, last: int = 0) -> None:
+        self.logged: list[AlertRecord] = []
+        self.last = last
+
+    @property
+    def last_seq(self) -> int:
+        return self.last
+
+    def next_seq(self) -> int:
+        self.last += 1
+        return self.last
+
+    def append(self, record: AlertRecord) -> None:
+        self.logged.append(record)
+
+    async def max_seq(self) -> int:
+        return self.last
+
+
+def _settings(redis_url: str) -> Settings:
+    return Settings(
+        index_prefix=f"pt-{uuid.uuid4().hex[:10]}", coalesce_seconds=WINDOW, redis_url=redis_url
+    )
+
+
+async def _redis_broker(redis_url: str, log: Log) -> RedisBroker:
+    broker = RedisBroker(_settings(redis_url), Hub(), log, url=redis_url, instance_id="one")
+    await broker.start()
+    return broker
+
+
+def _decisions(hits: Hits) -> tuple[object, ...]:
+    return (
+        [c.owner for c in hits.immediate],
+        hits.covered,
+        hits.to_everyone,
+        sorted(hits.firsts),
+        hits.coalesced,
+    )
+
+
+def _ended(followups: list[Followup]) -> list[tuple[object, ...]]:
+    return sorted(
+        (
+            f.watch_id,
+            f.owner or "",
+            f.terms,
+            [(e.text, e.at, e.searcher, e.skip) for e in f.events],
+            f.not_alerted,
+        )
+        for f in followups
+    )
+
+
+async def test_windows_open_fold_and_end_as_in_the_embedded_broker(redis_url: str) -> None:
+    memory = MemoryBroker(Hub(), Log(), window_seconds=WINDOW)
+    shared = await _redis_broker(redis_url, Log())
+    default = DefaultCandidate(watch_id="d", terms="phone")
+    other = DefaultCandidate(watch_id="e", terms="phone")
+    mine = OwnedCandidate(watch_id="w1", owner="u1", terms="phone case")
+    theirs = OwnedCandidate(watch_id="w2", owner="u2", terms="phone")
+    at = time.time()
+
+    def search(n: int, searcher: str) -> SearchFold:
+        return SearchFold(text=f"phone {n}", at=at + n / 1000, searcher=searcher)
+
+    steps: list[tuple[SearchFold, list[OwnedCandidate], DefaultCandidate | None]] = [
+        (search(1, "s1"), [], default),  # opens the default window: to everyone
+        (search(2, "s1"), [], default),  # folded; s1 had nothing of it: still owed
+        (search(3, "s2"), [mine], default),  # u1 at once; s1's first alert of the window
+        (search(4, "s2"), [mine, theirs], default),  # u1 folded, u2 at once
+        (search(5, "u1"), [theirs], None),  # u2 folded
+        # Another default watch: x opens its window, s1 makes every search folded into it,
+        # so s1 is owed the next window's first alert (x's search in the second round).
+        (search(6, "x"), [], other),
+        (search(7, "s1"), [], other),
+        (search(8, "s1"), [], other),
+    ]
+    try:
+        for round_ in range(2):  # the second round runs in the windows the first one's end began
+            for fold, owned, candidate in steps:
+                expected = await memory.hits(fold, owned, candidate)
+                got = await shared.hits(fold, owned, candidate)
+                assert _decisions(got) == _decisions(expected), (round_, fold.text)
+            expected_end = await memory.claim_due(everything=True)
+            got_end = await shared.claim_due(everything=True)
+            assert _ended(got_end) == _ended(expected_end), round_
+            assert len(got_end) == 4
+        assert shared.open_windows == memory.open_windows == 4
+        await memory.claim_due(everything=True)
+        await shared.claim_due(everything=True)  # nothing folded since: every window closes
+        assert shared.open_windows == memory.open_windows == 0
+    finally:
+        await shared.close()
+
+
+async def test_positions_increase_from_above_the_logs_last(redis_url: str) -> None:
+    ahead = int(time.time() * 1_000_000) + 10**12
+    log = Log(last=ahead)
+    broker = await _redis_broker(redis_url, log)
+    watch = AlertWatch(id="w", terms="q")
+    sending = Sending(at="2026-01-01T00:00:00.000+00:00", earliest_ms=0, query="q")
+    try:
+        first = await broker.publish([sending, sending])
+        second = await broker.publish(
+            [Sending(at=sending.at, earliest_ms=0, query="q", everyone=watch)]
+        )
+        seqs = [record.seq for record in [*first, *second]]
+        assert seqs == sorted(set(seqs))
+        assert seqs[0] > ahead
+        assert [record.seq for record in log.logged] == seqs  # in this instance's log
+        assert await broker.connected("someone") == seqs[-1]  # the cut: the last position
+    finally:
+        await broker.close()
+
+
+async def test_a_lapsed_instance_is_reaped_and_its_users_count_as_having_left_then(
+    redis_url: str,
+) -> None:
+    """Presence: a user is reachable while any instance holds a socket of theirs; when that
+    instance stops beating it is reaped, and its users count as having left when it lapsed:
+    reachable within the grace, not after it."""
+    settings = _settings(redis_url)
+    brokers = {
+        # The first to start sets the restart window (everyone reachable): none here.
+        name: RedisBroker(
+            msgspec.structs.replace(settings, reconnect_grace_seconds=grace),
+            Hub(),
+            Log(),
+            url=redis_url,
+            instance_id=name,
+        )
+        for name, grace in (("quiet", 0.0), ("one", 600.0), ("two", 600.0), ("strict", 10.0))
+    }
+    raw = redis.Redis.from_url(redis_url)
+    key = f"percolert:{{{settings.index_prefix}}}"
+    search = SearchFold(text="phone", at=time.time(), searcher="s")
+
+    async def alerted(broker: str, owner: str) -> bool:
+        owned = [OwnedCandidate(watch_id=f"w-{uuid.uuid4().hex}", owner=owner, terms="phone")]
+        hits = await brokers[broker].hits(search, owned, None)
+        return [c.owner for c in hits.immediate] == [owner]
+
+    try:
+        for broker in brokers.values():
+            await broker.start()
+        await brokers["two"].connected("u")
+        assert await alerted("one", "u")  # held by another instance
+        assert not await alerted("one", "v")  # never seen: not worth an alert
+        # "two" stopped beating 40 s ago: the next beat of any instance reaps it.
+        raw.zadd(f"{key}:inst", {"two": int(time.time() * 1000) - 40_000})
+        await brokers["one"].beat()
+        assert raw.zscore(f"{key}:inst", "two") is None
+        assert not raw.exists(f"{key}:at:two")
+        assert await alerted("one", "u")  # left ~45 s ago: within a 600 s grace
+        assert not await alerted("strict", "u")  # but not within 10 s
+    finally:
+        raw.close()
+        for broker in brokers.values():
+            await broker.close()
