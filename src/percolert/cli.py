@@ -18,9 +18,10 @@ from tqdm import tqdm
 from percolert import assets, catalog, es, indices, logs
 from percolert.app import create_app
 from percolert.devnode import DevNode, DevNodeError, recorded_url
+from percolert.localservice import LocalService, LocalServiceError
 from percolert.messages import Watch, WatchSpec
 from percolert.migrations import document_upgrades
-from percolert.redisnode import RedisNode, RedisNodeError
+from percolert.redisnode import RedisNode
 from percolert.server import build_server
 from percolert.settings import Settings, SettingsError, from_environment
 from percolert.text import TextNormalizer
@@ -76,47 +77,35 @@ def _dev_node(settings: Settings, args: argparse.Namespace) -> DevNode:
     return DevNode.configured(settings, heap=getattr(args, "heap", "512m"))
 
 
-def cmd_devnode(settings: Settings, args: argparse.Namespace) -> int:
-    node = _dev_node(settings, args)
+def _local_service(service: LocalService, name: str, args: argparse.Namespace) -> int:
+    """`start`, `stop` or `status` of a dev server; status exits 3 when it is not running."""
     try:
         if args.action == "start":
-            print("starting the dev node (the first start downloads Elasticsearch with Maven)...")
-            state, started = node.start(args.port)
+            state, started = service.start(args.port)
             verb = "started" if started else "already running"
-            print(f"dev node {verb}: {state.url} (pid {state.pid}, log {state.log})")
+            print(f"{name} {verb}: {state.url} (pid {state.pid}, log {state.log})")
         elif args.action == "stop":
-            stopped = node.stop()
-            print(f"dev node stopped (pid {stopped.pid})" if stopped else "dev node not running")
+            stopped = service.stop()
+            print(f"{name} stopped (pid {stopped.pid})" if stopped else f"{name} not running")
         else:
-            status = node.status()
+            status = service.status()
             if status is None:
-                print("dev node: not running")
+                print(f"{name}: not running")
                 return 3
-            print(f"dev node: running at {status.url} (pid {status.pid}, log {status.log})")
-    except DevNodeError as error:
+            print(f"{name}: running at {status.url} (pid {status.pid}, log {status.log})")
+    except LocalServiceError as error:
         raise CliError(str(error)) from None
     return 0
+
+
+def cmd_devnode(settings: Settings, args: argparse.Namespace) -> int:
+    if args.action == "start":
+        print("starting the dev node (the first start downloads Elasticsearch with Maven)...")
+    return _local_service(_dev_node(settings, args), "dev node", args)
 
 
 def cmd_redis(settings: Settings, args: argparse.Namespace) -> int:
-    node = RedisNode.configured(settings)
-    try:
-        if args.action == "start":
-            state, started = node.start(args.port)
-            verb = "started" if started else "already running"
-            print(f"dev redis {verb}: {state.url} (pid {state.pid}, log {state.log})")
-        elif args.action == "stop":
-            stopped = node.stop()
-            print(f"dev redis stopped (pid {stopped.pid})" if stopped else "dev redis not running")
-        else:
-            status = node.status()
-            if status is None:
-                print("dev redis: not running")
-                return 3
-            print(f"dev redis: running at {status.url} (pid {status.pid}, log {status.log})")
-    except RedisNodeError as error:
-        raise CliError(str(error)) from None
-    return 0
+    return _local_service(RedisNode.configured(settings), "dev redis", args)
 
 
 def cmd_setup(settings: Settings, args: argparse.Namespace) -> int:
