@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import shutil
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any, cast
 
@@ -24,6 +25,18 @@ from percolert.settings import Settings
 from tests.conftest import ROOT
 
 pytestmark = pytest.mark.anyio
+
+
+@pytest.fixture
+async def client(fresh_settings: Settings) -> AsyncIterator[AsyncElasticsearch]:
+    """A client of a deployment whose indices are set up."""
+    client = es.create_client(fresh_settings)
+    try:
+        await indices.setup(client, fresh_settings)
+        yield client
+    finally:
+        await client.close()
+
 
 AT = "2026-11-24T09:00:00.000+00:00"
 AT_MS = 1_795_510_800_000  # AT in epoch milliseconds
@@ -61,115 +74,102 @@ def alert(record: AlertRecord, watch: AlertWatch) -> Alert:
     )
 
 
-async def test_flushed_alerts_are_replayed_from_elasticsearch(fresh_settings: Settings) -> None:
-    client = es.create_client(fresh_settings)
-    try:
-        await indices.setup(client, fresh_settings)
-        log = AlertLog(client, indices.alias_for(fresh_settings, "alerts"))
-        start = log.last_seq
-        bobs = AlertWatch(id="w-2", terms="kindle paperwhite")
-        odd = AlertWatch(id="w-3", terms="paperwhite")
-        # One search, three owners: one sending (one position, one document). "d.v*" is not
-        # a plain path segment, so its replay reads every recipient's watch and picks its own.
-        shared = sending(log, 'kindle "paperwhite" <b>', {"alice": OWN, "bob": bobs, "d.v*": odd})
-        to_bob = sending(log, "kindle", {"bob": bobs})
-        default = AlertWatch(id="default-1", terms="kindle oasis")
-        to_all_but_carol = sending(log, "kindle oasis", everyone=default, excluded=("carol",))
-        for record in (shared, to_bob, to_all_but_carol):
-            log.append(record)
-        await log.flush()
-        assert log.write_failures == 0
+async def test_flushed_alerts_are_replayed_from_elasticsearch(
+    fresh_settings: Settings, client: AsyncElasticsearch
+) -> None:
+    log = AlertLog(client, indices.alias_for(fresh_settings, "alerts"))
+    start = log.last_seq
+    bobs = AlertWatch(id="w-2", terms="kindle paperwhite")
+    odd = AlertWatch(id="w-3", terms="paperwhite")
+    # One search, three owners: one sending (one position, one document). "d.v*" is not
+    # a plain path segment, so its replay reads every recipient's watch and picks its own.
+    shared = sending(log, 'kindle "paperwhite" <b>', {"alice": OWN, "bob": bobs, "d.v*": odd})
+    to_bob = sending(log, "kindle", {"bob": bobs})
+    default = AlertWatch(id="default-1", terms="kindle oasis")
+    to_all_but_carol = sending(log, "kindle oasis", everyone=default, excluded=("carol",))
+    for record in (shared, to_bob, to_all_but_carol):
+        log.append(record)
+    await log.flush()
+    assert log.write_failures == 0
 
-        # A log with an empty buffer reads only what Elasticsearch stored.
-        reader = AlertLog(client, indices.alias_for(fresh_settings, "alerts"))
-        end = log.last_seq
-        assert await reader.missed("alice", start, end, since=OLD_SESSION) == [
-            alert(shared, OWN),
-            alert(to_all_but_carol, default),
-        ]
-        assert await reader.missed("d.v*", start, end, since=OLD_SESSION) == [
-            alert(shared, odd),
-            alert(to_all_but_carol, default),
-        ]
-        assert await reader.missed("carol", start, end, since=OLD_SESSION) == []
-        assert await reader.missed("bob", shared.seq, end, since=OLD_SESSION) == [
-            alert(to_bob, bobs),
-            alert(to_all_but_carol, default),
-        ]
-        assert await reader.recent("bob", end, since=0, limit=2) == [
-            alert(to_bob, bobs),
-            alert(to_all_but_carol, default),
-        ]
-        # Up to a greeting's position only: what comes later reaches its socket live.
-        assert await reader.recent("bob", to_bob.seq, since=0) == [
-            alert(shared, bobs),
-            alert(to_bob, bobs),
-        ]
-    finally:
-        await client.close()
+    # A log with an empty buffer reads only what Elasticsearch stored.
+    reader = AlertLog(client, indices.alias_for(fresh_settings, "alerts"))
+    end = log.last_seq
+    assert await reader.missed("alice", start, end, since=OLD_SESSION) == [
+        alert(shared, OWN),
+        alert(to_all_but_carol, default),
+    ]
+    assert await reader.missed("d.v*", start, end, since=OLD_SESSION) == [
+        alert(shared, odd),
+        alert(to_all_but_carol, default),
+    ]
+    assert await reader.missed("carol", start, end, since=OLD_SESSION) == []
+    assert await reader.missed("bob", shared.seq, end, since=OLD_SESSION) == [
+        alert(to_bob, bobs),
+        alert(to_all_but_carol, default),
+    ]
+    assert await reader.recent("bob", end, since=0, limit=2) == [
+        alert(to_bob, bobs),
+        alert(to_all_but_carol, default),
+    ]
+    # Up to a greeting's position only: what comes later reaches its socket live.
+    assert await reader.recent("bob", to_bob.seq, since=0) == [
+        alert(shared, bobs),
+        alert(to_bob, bobs),
+    ]
 
 
 async def test_a_write_refused_for_now_keeps_the_alerts_for_the_next_flush(
-    fresh_settings: Settings,
+    fresh_settings: Settings, client: AsyncElasticsearch
 ) -> None:
-    client = es.create_client(fresh_settings)
     alias = indices.alias_for(fresh_settings, "alerts")
-    try:
-        await indices.setup(client, fresh_settings)
-        # Closed to writes, as an operator (or the disk monitor) may close an index for a while.
-        await client.indices.put_settings(index=alias, settings={"index.blocks.write": True})
-        log = AlertLog(client, alias)
-        start = log.last_seq
-        records = [sending(log, f"kindle {n}", {"alice": OWN}) for n in range(3)]
-        for record in records:
-            log.append(record)
-        await log.flush()
-        assert (log.write_failures, log.rejected) == (1, 0)
-        expected = [alert(record, OWN) for record in records]
-        # From the buffer:
-        assert await log.missed("alice", start, log.last_seq, since=OLD_SESSION) == expected
+    # Closed to writes, as an operator (or the disk monitor) may close an index for a while.
+    await client.indices.put_settings(index=alias, settings={"index.blocks.write": True})
+    log = AlertLog(client, alias)
+    start = log.last_seq
+    records = [sending(log, f"kindle {n}", {"alice": OWN}) for n in range(3)]
+    for record in records:
+        log.append(record)
+    await log.flush()
+    assert (log.write_failures, log.rejected) == (1, 0)
+    expected = [alert(record, OWN) for record in records]
+    # From the buffer:
+    assert await log.missed("alice", start, log.last_seq, since=OLD_SESSION) == expected
 
-        await client.indices.put_settings(index=alias, settings={"index.blocks.write": False})
-        await log.flush()
-        assert (log.write_failures, log.rejected) == (1, 0)
-        reader = AlertLog(client, alias)
-        assert await reader.missed("alice", start, log.last_seq, since=OLD_SESSION) == expected
-    finally:
-        await client.close()
+    await client.indices.put_settings(index=alias, settings={"index.blocks.write": False})
+    await log.flush()
+    assert (log.write_failures, log.rejected) == (1, 0)
+    reader = AlertLog(client, alias)
+    assert await reader.missed("alice", start, log.last_seq, since=OLD_SESSION) == expected
 
 
 async def test_a_sending_refused_for_good_is_dropped_and_holds_nothing_up(
-    fresh_settings: Settings,
+    fresh_settings: Settings, client: AsyncElasticsearch
 ) -> None:
     """One document Elasticsearch will never take (a recipient id past the longest term
     Lucene indexes) is counted and dropped; the sendings beside and behind it are written."""
-    client = es.create_client(fresh_settings)
     alias = indices.alias_for(fresh_settings, "alerts")
-    try:
-        await indices.setup(client, fresh_settings)
-        log = AlertLog(client, alias)
-        start = log.last_seq
-        before = sending(log, "kindle 1", {"alice": OWN})
-        unwritable = sending(log, "kindle 2", {"alice": OWN, "x" * 40_000: OWN})
-        beside = sending(log, "kindle 3", {"alice": OWN})
-        for record in (before, unwritable, beside):
-            log.append(record)
-        await log.flush()
-        assert (log.write_failures, log.rejected) == (0, 1)
-        later = sending(log, "kindle 4", {"alice": OWN})
-        log.append(later)
-        await log.flush()
-        assert (log.write_failures, log.rejected) == (0, 1)
+    log = AlertLog(client, alias)
+    start = log.last_seq
+    before = sending(log, "kindle 1", {"alice": OWN})
+    unwritable = sending(log, "kindle 2", {"alice": OWN, "x" * 40_000: OWN})
+    beside = sending(log, "kindle 3", {"alice": OWN})
+    for record in (before, unwritable, beside):
+        log.append(record)
+    await log.flush()
+    assert (log.write_failures, log.rejected) == (0, 1)
+    later = sending(log, "kindle 4", {"alice": OWN})
+    log.append(later)
+    await log.flush()
+    assert (log.write_failures, log.rejected) == (0, 1)
 
-        reader = AlertLog(client, alias)  # reads Elasticsearch only
-        assert await reader.missed("alice", start, log.last_seq, since=OLD_SESSION) == [
-            alert(record, OWN) for record in (before, beside, later)
-        ]
-        assert await log.missed("alice", start, log.last_seq, since=OLD_SESSION) == [
-            alert(record, OWN) for record in (before, beside, later)
-        ]
-    finally:
-        await client.close()
+    reader = AlertLog(client, alias)  # reads Elasticsearch only
+    assert await reader.missed("alice", start, log.last_seq, since=OLD_SESSION) == [
+        alert(record, OWN) for record in (before, beside, later)
+    ]
+    assert await log.missed("alice", start, log.last_seq, since=OLD_SESSION) == [
+        alert(record, OWN) for record in (before, beside, later)
+    ]
 
 
 class FlushDuringSearch:
@@ -191,74 +191,66 @@ class FlushDuringSearch:
         return response
 
 
-async def test_a_flush_during_a_replay_loses_nothing(fresh_settings: Settings) -> None:
-    client = es.create_client(fresh_settings)
+async def test_a_flush_during_a_replay_loses_nothing(
+    fresh_settings: Settings, client: AsyncElasticsearch
+) -> None:
     alias = indices.alias_for(fresh_settings, "alerts")
-    try:
-        await indices.setup(client, fresh_settings)
-        racing = FlushDuringSearch(client)
-        log = AlertLog(cast(AsyncElasticsearch, racing), alias)
-        racing.log = log
-        start = log.last_seq
-        records = [sending(log, f"kindle {n}", {"alice": OWN}) for n in range(3)]
-        for record in records:
-            log.append(record)
-        expected = [alert(record, OWN) for record in records]
-        # Elasticsearch had none of them when searched; the buffer has none once searched.
-        assert await log.missed("alice", start, log.last_seq, since=OLD_SESSION) == expected
-        assert (
-            await AlertLog(client, alias).missed("alice", start, log.last_seq, since=OLD_SESSION)
-            == expected
-        )  # the flush did write them
+    racing = FlushDuringSearch(client)
+    log = AlertLog(cast(AsyncElasticsearch, racing), alias)
+    racing.log = log
+    start = log.last_seq
+    records = [sending(log, f"kindle {n}", {"alice": OWN}) for n in range(3)]
+    for record in records:
+        log.append(record)
+    expected = [alert(record, OWN) for record in records]
+    # Elasticsearch had none of them when searched; the buffer has none once searched.
+    assert await log.missed("alice", start, log.last_seq, since=OLD_SESSION) == expected
+    assert (
+        await AlertLog(client, alias).missed("alice", start, log.last_seq, since=OLD_SESSION)
+        == expected
+    )  # the flush did write them
 
-        more = [sending(log, f"oasis {n}", {"alice": OWN}) for n in range(2)]
-        for record in more:
-            log.append(record)
-        assert await log.recent("alice", log.last_seq, since=OLD_SESSION) == [
-            alert(record, OWN) for record in [*records, *more]
-        ]
-        assert await log.recent("alice", more[0].seq, since=OLD_SESSION) == [
-            alert(record, OWN) for record in [*records, more[0]]
-        ]
-    finally:
-        await client.close()
+    more = [sending(log, f"oasis {n}", {"alice": OWN}) for n in range(2)]
+    for record in more:
+        log.append(record)
+    assert await log.recent("alice", log.last_seq, since=OLD_SESSION) == [
+        alert(record, OWN) for record in [*records, *more]
+    ]
+    assert await log.recent("alice", more[0].seq, since=OLD_SESSION) == [
+        alert(record, OWN) for record in [*records, more[0]]
+    ]
 
 
 async def test_nothing_counting_a_search_older_than_the_session_is_replayed(
-    fresh_settings: Settings,
+    fresh_settings: Settings, client: AsyncElasticsearch
 ) -> None:
-    client = es.create_client(fresh_settings)
     alias = indices.alias_for(fresh_settings, "alerts")
-    try:
-        await indices.setup(client, fresh_settings)
-        log = AlertLog(client, alias)
-        start = log.last_seq
-        default = AlertWatch(id="default-1", terms="kindle")
-        session = AT_MS / 1000  # the session began at AT
+    log = AlertLog(client, alias)
+    start = log.last_seq
+    default = AlertWatch(id="default-1", terms="kindle")
+    session = AT_MS / 1000  # the session began at AT
 
-        def made(earliest_ms: int, query: str) -> AlertRecord:
-            return msgspec.structs.replace(
-                sending(log, query, everyone=default), earliest_ms=earliest_ms
-            )
+    def made(earliest_ms: int, query: str) -> AlertRecord:
+        return msgspec.structs.replace(
+            sending(log, query, everyone=default), earliest_ms=earliest_ms
+        )
 
-        # A follow-up counting one search from a millisecond before the session; alerts
-        # about searches made as the session began and after.
-        older = made(AT_MS - 1, "kindle for my divorce lawyer")
-        as_it_began = made(AT_MS, "kindle 2")
-        later = made(AT_MS + 60_000, "kindle 3")
-        newer = [alert(as_it_began, default), alert(later, default)]
-        for record in (older, as_it_began, later):
-            log.append(record)
-        for reader in (log, AlertLog(client, alias)):  # unwritten, then from Elasticsearch
-            assert await reader.missed("alice", 0, log.last_seq, since=session) == newer
-            assert await reader.recent("alice", log.last_seq, since=session) == newer
-            assert await reader.missed("alice", start, log.last_seq, since=OLD_SESSION) == [
-                alert(older, default),
-                *newer,
-            ]
-            await log.flush()
-    finally:
-        await client.close()
+    # A follow-up counting one search from a millisecond before the session; alerts
+    # about searches made as the session began and after.
+    older = made(AT_MS - 1, "kindle for my divorce lawyer")
+    as_it_began = made(AT_MS, "kindle 2")
+    later = made(AT_MS + 60_000, "kindle 3")
+    newer = [alert(as_it_began, default), alert(later, default)]
+    for record in (older, as_it_began, later):
+        log.append(record)
+    for reader in (log, AlertLog(client, alias)):  # unwritten, then from Elasticsearch
+        assert await reader.missed("alice", 0, log.last_seq, since=session) == newer
+        assert await reader.recent("alice", log.last_seq, since=session) == newer
+        assert await reader.missed("alice", start, log.last_seq, since=OLD_SESSION) == [
+            alert(older, default),
+            *newer,
+        ]
+        await log.flush()
 
 
 # alerts v1: one document per recipient, with the whole alert as sent.
