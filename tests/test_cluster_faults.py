@@ -72,16 +72,22 @@ def own_redis(tmp_path: Path) -> Iterator[OwnRedis]:
 
 
 @pytest.fixture
-def cluster(elasticsearch_url: str, own_redis: OwnRedis) -> Iterator[tuple[Settings, str, str]]:
-    """Two instances on `own_redis`, and their settings. No coalescing window: each search
-    is its own alert, so that "every alert, exactly once" counts searches."""
+def settings(elasticsearch_url: str, own_redis: OwnRedis) -> Iterator[Settings]:
+    """Settings on `own_redis`, the indices set up. No coalescing window: each search is its
+    own alert, so that "every alert, exactly once" counts searches."""
     settings = make_settings(elasticsearch_url, redis_url=own_redis.url, coalesce_seconds=0.0)
     prepare_indices(settings, catalog=SAMPLE_CATALOG)
     try:
-        with run_server(settings) as one, run_server(settings) as two:
-            yield settings, one, two
+        yield settings
     finally:
         asyncio.run(delete_indices(settings))
+
+
+@pytest.fixture
+def cluster(settings: Settings) -> Iterator[tuple[Settings, str, str]]:
+    """Two instances on `own_redis`, and their settings."""
+    with run_server(settings) as one, run_server(settings) as two:
+        yield settings, one, two
 
 
 class Page:
@@ -232,3 +238,20 @@ async def test_redis_restarted_empty_resyncs_sockets_from_the_log(
             assert all(alert["seq"] > old for alert in alerts[len(before) :])
         sockets = [page.socket for page in pages]
         assert await a.alerts_before_markers(sockets, b) == [[], []]
+
+
+async def test_an_instance_starts_while_redis_is_away_and_joins_when_it_answers(
+    settings: Settings, own_redis: OwnRedis
+) -> None:
+    own_redis.stop(keep=False)
+    with run_server(settings) as one:
+        async with Shopper(one) as a, Shopper(one) as b:
+            await a.watch("kindle")
+            page = Page(a, await a.connect(), one)
+            assert await readiness(one) == (503, "broker_unavailable")
+            await b.search("kindle oasis")  # answered; its alert waits for Redis
+            own_redis.start()
+            await wait_ready(one, (200, "up"))
+            [alert] = await page.collect(1)
+            assert alert["query"] == "kindle oasis"
+            assert await a.alerts_before_marker(page.socket, b) == []

@@ -469,9 +469,10 @@ class RedisBroker:
             finally:
                 self._presence_calls -= 1
         # Registered when Redis answers again; until then nothing is routed here for this
-        # socket, so it may resync then (`_reassert`).
+        # socket, so it may resync then (`_reassert`). Its cut: the last position known here
+        # (the log's last, if Redis never answered since the start).
         self._unregistered.add(user)
-        return self._last_seen
+        return max(self._last_seen, self._log_max)
 
     async def disconnected(self, user: str) -> None:
         if self._up and not self._reasserting:
