@@ -174,6 +174,7 @@ async def test_redis_stopped_for_a_while_delays_alerts_and_loses_none(
         await wait_ready(one, (200, "up"))
         await wait_ready(two, (200, "up"))
         alerts = await held.collect(1 + len(texts))
+        # Kept in the order searched while Redis was away, and sent in that order.
         assert [alert["query"] for alert in alerts] == ["kindle paperwhite", *texts]
         _in_order_once(alerts)
         assert held.closes == []  # the socket held through the outage stayed open
@@ -222,7 +223,7 @@ async def test_redis_restarted_empty_resyncs_sockets_from_the_log(
             await b.search(text)
         for page in pages:
             await page.collect(len(before))
-        old = max(alert["seq"] for alert in pages[0].alerts)
+        old = max(alert["seq"] for alert in pages[0].alerts)  # the last before the restart
 
         own_redis.stop(keep=False)
         own_redis.start()  # empty
@@ -234,8 +235,9 @@ async def test_redis_restarted_empty_resyncs_sockets_from_the_log(
             alerts = await page.collect(len(before) + len(after))
             assert (1012, "resync") in page.closes
             assert _in_order_once(alerts) == logged  # no gap, nothing twice
-            assert [alert["query"] for alert in alerts] == [*before, *after]
-            assert all(alert["seq"] > old for alert in alerts[len(before) :])
+            # Searches percolated side by side may be numbered in either order.
+            assert sorted(alert["query"] for alert in alerts) == sorted([*before, *after])
+            assert all(alert["seq"] > old for alert in alerts if alert["query"] in after)
         sockets = [page.socket for page in pages]
         assert await a.alerts_before_markers(sockets, b) == [[], []]
 

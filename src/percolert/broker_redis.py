@@ -45,7 +45,9 @@ import redis.asyncio as aioredis
 from anyio.abc import TaskGroup
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
-from redis.exceptions import RedisError
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import ReadOnlyError
+from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from percolert.alertlog import AlertRecord
 from percolert.broker import (
@@ -83,6 +85,11 @@ RESYNC_DELAY_SECONDS = 1.1
 # ... spread over this long, so their pages do not all reconnect at once.
 RESYNC_SPREAD_SECONDS = 1.0
 _REASSERT_BATCH = 1_000
+
+
+# Redis cannot be used now: down, restarting (loading), out of reach, or a replica after a
+# failover. Other errors (a script's) are bugs, left to the supervisor.
+_UNREACHABLE = (RedisConnectionError, RedisTimeoutError, ReadOnlyError, OSError)
 
 
 class _Down(Exception):
@@ -189,6 +196,7 @@ class RedisBroker:
         self._leaves_owed: set[str] = set()
         self._notify_owed: dict[str, str] = {}
         self._reasserting = False
+        self._reassert_lock = anyio.Lock()  # the reader and the heartbeat may both resync
         self._presence_calls = 0
         self._closers: TaskGroup | None = None
         # For the metrics: reconnects after an outage, gaps seen (by any cause), sockets
@@ -231,7 +239,7 @@ class RedisBroker:
         try:
             await self._seed()
             await self.beat()
-        except RedisError as error:
+        except _UNREACHABLE as error:
             logger.warning(
                 "Redis unreachable at start: serving with the broker down until it answers "
                 "(search works; alerts wait): %s",
@@ -266,7 +274,7 @@ class RedisBroker:
                     async with anyio.create_task_group() as tasks:
                         tasks.start_soon(self._beating)
                         await self._read_inbox()
-                except* (RedisError, OSError, _Down) as failed:
+                except* (*_UNREACHABLE, _Down) as failed:
                     self._mark_down(failed.exceptions[0])
                 await anyio.sleep(pause * random.uniform(0.5, 1.5))  # noqa: S311 - jitter
                 pause = min(pause * 2, _BACKOFF_LONGEST)
@@ -294,6 +302,10 @@ class RedisBroker:
         """Set this instance's part of the presence registry to the sockets it holds (one
         pipeline, batched) and return the counter. Sockets opened meanwhile whose cut is
         below it may have missed a sending routed elsewhere: they resync."""
+        async with self._reassert_lock:
+            return await self._reassert_once()
+
+    async def _reassert_once(self) -> int:
         self._reasserting = True  # sockets opening or closing now are settled by the loop
         try:
             while self._presence_calls:  # noqa: ASYNC110 - a few ms: the calls in flight
@@ -436,6 +448,8 @@ class RedisBroker:
 
     def _check(self, fields: dict[bytes, bytes]) -> str | None:
         """A gap before this entry: a new epoch, or an entry of this inbox missing."""
+        if b"e" not in fields:
+            return None  # from an instance of an earlier version (a rolling upgrade)
         epoch, n = fields[b"e"].decode(), int(fields[b"n"])
         expected = None if self._last_n is None else self._last_n + 1
         self._last_n = n
@@ -461,7 +475,7 @@ class RedisBroker:
             self._presence_calls += 1
             try:
                 cut = int(await self._call("presence", self.instance_id, user, "1"))
-            except RedisError as error:
+            except _UNREACHABLE as error:
                 self._mark_down(error)
             else:
                 self._seen(cut)
@@ -479,7 +493,7 @@ class RedisBroker:
             self._presence_calls += 1
             try:
                 await self._call("presence", self.instance_id, user, "0")
-            except RedisError as error:
+            except _UNREACHABLE as error:
                 self._mark_down(error)
             else:
                 return
@@ -494,7 +508,7 @@ class RedisBroker:
             raise BrokerUnavailable
         try:
             return await self._call(name, *args)
-        except RedisError as error:
+        except _UNREACHABLE as error:
             self._mark_down(error)
             raise BrokerUnavailable from error
 
@@ -569,7 +583,7 @@ class RedisBroker:
             try:
                 await self._call("notify", INBOX_BOUND, user, payload, "")
                 return
-            except RedisError as error:
+            except _UNREACHABLE as error:
                 self._mark_down(error)
         # Here at once; to the user's sockets on other instances when Redis is back (the
         # latest list only: it replaces the ones before).
