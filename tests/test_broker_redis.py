@@ -3,9 +3,13 @@ to both, open, fold and end the same windows (a real redis-server)."""
 
 from __future__ import annotations
 
+import json
 import time
 import uuid
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 
+import anyio
 import msgspec
 import pytest
 import redis
@@ -21,9 +25,10 @@ from percolert.broker import (
 )
 from percolert.broker_memory import MemoryBroker
 from percolert.broker_redis import RedisBroker
-from percolert.hub import Hub
+from percolert.hub import Connection, Hub
 from percolert.messages import AlertWatch
 from percolert.settings import Settings
+from tests.waiting import wait_until
 
 pytestmark = pytest.mark.anyio
 
@@ -191,3 +196,92 @@ async def test_a_lapsed_instance_is_reaped_and_its_users_count_as_having_left_th
         raw.close()
         for broker in brokers.values():
             await broker.close()
+
+
+class _Gap:
+    """One broker reading its inbox (`run`), with one socket of user "u" in its hub."""
+
+    def __init__(self, redis_url: str) -> None:
+        self.settings = _settings(redis_url)
+        self.hub = Hub()
+        self.sent: list[str] = []
+        self.socket = Connection("u", self._send, queue_size=100)
+        self.broker = RedisBroker(
+            self.settings, self.hub, Log(), url=redis_url, instance_id="one", resync_delay=0.0
+        )
+        self.raw = redis.Redis.from_url(redis_url)
+        self.meta = f"percolert:{{{self.settings.index_prefix}}}:meta"
+
+    async def _send(self, text: str) -> None:
+        self.sent.append(text)
+
+    async def publish(self, query: str) -> int:
+        watch = {"u": AlertWatch(id="w", terms="q")}
+        sending = Sending(at="2026-01-01T00:00:00.000+00:00", earliest_ms=0, query=query)
+        [record] = await self.broker.publish([msgspec.structs.replace(sending, watches=watch)])
+        return record.seq
+
+    def epoch(self) -> bytes:
+        value = self.raw.hget(self.meta, "epoch")
+        assert isinstance(value, bytes)
+        return value
+
+
+@asynccontextmanager
+async def _reading(redis_url: str) -> AsyncIterator[_Gap]:
+    gap = _Gap(redis_url)
+    await gap.broker.start()
+    gap.hub.add(gap.socket)
+    gap.socket.release(await gap.broker.connected("u"))
+    try:
+        async with anyio.create_task_group() as tasks:
+            tasks.start_soon(gap.broker.run)
+            tasks.start_soon(gap.socket.write, anyio.CancelScope())
+            yield gap
+            tasks.cancel_scope.cancel()
+    finally:
+        gap.raw.close()
+        await gap.broker.close()
+
+
+def _queries(gap: _Gap) -> list[str]:
+    return [json.loads(text)["query"] for text in gap.sent]
+
+
+async def test_a_missing_inbox_entry_resyncs_the_sockets(redis_url: str) -> None:
+    """An entry of the inbox lost (its count `n` skipped): the socket takes nothing live
+    after the gap and is closed for a resync; its page replays from the log."""
+    async with _reading(redis_url) as gap:
+        await gap.publish("before")
+        await wait_until(lambda: _queries(gap) == ["before"], what="the first alert")
+        gap.raw.hincrby(gap.meta, "n:one", 1)  # an entry the reader never sees
+        await gap.publish("after")
+        await wait_until(lambda: gap.socket.resynced, what="the socket to resync")
+        assert gap.broker.gaps == 1
+        assert _queries(gap) == ["before"]  # the page's last alert stays the one before
+
+
+async def test_a_counter_below_what_an_instance_saw_starts_a_new_epoch(redis_url: str) -> None:
+    """Regression guard (centrifugo#664): a failover that lost the tail leaves the counter
+    below positions already handed out; the next script raises it above them under a new
+    epoch, and the reader resyncs."""
+    async with _reading(redis_url) as gap:
+        seen = await gap.publish("before")
+        epoch = gap.epoch()
+        gap.raw.hset(gap.meta, "seq", seen - 1000)  # the replica's older counter
+        assert await gap.publish("after") > seen
+        assert gap.epoch() != epoch
+        await wait_until(lambda: gap.socket.resynced, what="the socket to resync")
+        assert gap.broker.gaps == 1
+
+
+async def test_redis_emptied_starts_a_new_epoch_above_the_old_positions(redis_url: str) -> None:
+    async with _reading(redis_url) as gap:
+        seen = await gap.publish("before")
+        epoch = gap.epoch()
+        for key in gap.raw.scan_iter(f"percolert:{{{gap.settings.index_prefix}}}:*"):
+            gap.raw.delete(key)
+        assert await gap.publish("after") > seen
+        assert gap.epoch() != epoch
+        await wait_until(lambda: gap.socket.resynced, what="the socket to resync")
+        assert gap.broker.gaps == 1

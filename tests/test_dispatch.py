@@ -14,6 +14,7 @@ from websockets.streams import StreamReader
 
 from percolert.alertlog import AlertRecord
 from percolert.alerts import AlertDispatcher
+from percolert.broker import BrokerStatus, BrokerUnavailable, Hits
 from percolert.broker_memory import MemoryBroker
 from percolert.hub import Connection, Hub
 from percolert.percolator import Match, SearchEvent
@@ -411,3 +412,37 @@ def test_departures_are_forgotten_after_the_grace_period() -> None:
     assert set(hub._left_at) == {"b"}
     assert not hub.reachable("a")
     assert hub.reachable("b")
+
+
+class Unavailable(MemoryBroker):
+    """The embedded broker, made "down" (as a shared broker whose Redis is away) at will."""
+
+    down = False
+
+    @property
+    def status(self) -> BrokerStatus:
+        return "down" if self.down else "memory"
+
+    async def hits(self, *args: Any, **kwargs: Any) -> Hits:
+        if self.down:
+            raise BrokerUnavailable
+        return await super().hits(*args, **kwargs)
+
+
+@pytest.mark.anyio
+async def test_matches_wait_in_order_while_the_broker_is_down_and_the_oldest_overflow() -> None:
+    hub, clock = Hub(), Clock()
+    sink: Any = Numbering()
+    broker = Unavailable(hub, sink, window_seconds=0.0, clock=clock)
+    dispatcher = AlertDispatcher(broker, window_seconds=0.0, spool=3)
+    inbox = Inbox(hub, "a")
+    broker.down = True
+    for n in range(5):
+        await dispatcher.on_matches(event(f"kindle {n}", "b"), [KINDLE_OF_A])
+    assert (dispatcher.spooled, dispatcher.spool_dropped) == (3, 2)
+    assert inbox.take("a") == []
+    broker.down = False
+    await dispatcher.flush_all()  # drains what waited, as `run` does when the broker is back
+    assert [alert["query"] for alert in inbox.take("a")] == ["kindle 2", "kindle 3", "kindle 4"]
+    assert dispatcher.spooled == 0
+    inbox.close()

@@ -166,6 +166,7 @@ def test_health_and_readiness(server: str) -> None:
     ready = httpx.get(f"{server}/readyz", timeout=10)
     assert ready.status_code == 200
     assert ready.json()["status"] == "ready"
+    assert ready.json()["broker"] in ("memory", "up")  # up: PERCOLERT_TEST_BROKER=redis
 
 
 def test_page_is_served(server: str) -> None:

@@ -14,6 +14,7 @@ from starlette.websockets import WebSocket, WebSocketDisconnect
 from percolert.hub import (
     GOING_AWAY,
     POLICY_VIOLATION,
+    SERVICE_RESTART,
     SLOW_CLIENT,
     UNSUPPORTED_DATA,
     Connection,
@@ -176,6 +177,8 @@ async def alerts_socket(websocket: WebSocket) -> None:
             await broker.disconnected(user)
     if connection.overflowed:
         close_code, reason = SLOW_CLIENT, "too slow: reconnect to catch up"
+    elif connection.resynced:
+        close_code, reason = SERVICE_RESTART, "resync"
     elif connection.finished:
         close_code, reason = GOING_AWAY, "server shutting down"
     event(

@@ -15,19 +15,26 @@ begins during a window hears of its searches from the next alert on), and the se
 it carries is redacted (redaction.py).
 
 The dispatcher chooses the candidates; the broker (broker.py) keeps the windows, decides
-what each search opens or folds, numbers the sendings and delivers them.
+what each search opens or folds, numbers the sendings and delivers them. While a shared
+broker is unavailable, the searches with matches (and sendings it could not publish) wait
+in a bounded spool, in order, and go out when it is back: alerts late, not lost. Windows
+are decided then, on the broker's clock; a full spool drops its oldest, counted and logged.
 """
 
 from __future__ import annotations
 
+import logging
+from collections import deque
 from collections.abc import Iterable
 from datetime import UTC, datetime
+from typing import NamedTuple
 
 import anyio
 
 from percolert.alertlog import epoch_ms
 from percolert.broker import (
     Broker,
+    BrokerUnavailable,
     DefaultCandidate,
     Followup,
     OwnedCandidate,
@@ -37,6 +44,8 @@ from percolert.broker import (
 from percolert.messages import AlertWatch
 from percolert.percolator import Match, SearchEvent
 from percolert.redaction import redact
+
+logger = logging.getLogger("percolert.alerts")
 
 
 def _timestamp(epoch: float) -> str:
@@ -108,18 +117,80 @@ def _candidates(
     return owned, default
 
 
+class _Search(NamedTuple):
+    """A search with matches, kept until the broker is back."""
+
+    event: SearchEvent
+    matches: list[Match]
+
+
 class AlertDispatcher:
     """Alerts through a broker; `window_seconds` (the broker's window) paces the checks for
-    ended windows."""
+    ended windows; `spool` bounds what waits while the broker is unavailable."""
 
-    def __init__(self, broker: Broker, *, window_seconds: float) -> None:
+    def __init__(self, broker: Broker, *, window_seconds: float, spool: int = 100_000) -> None:
         self._broker = broker
         self._window = window_seconds
         self.alerts = 0
         self.coalesced = 0
+        # Searches (and sendings) waiting for the broker, oldest first.
+        self._spool: deque[_Search | list[Sending]] = deque()
+        self._spool_bound = spool
+        self._draining = False
+        self.spool_dropped = 0
+
+    @property
+    def spooled(self) -> int:
+        return len(self._spool)
 
     async def on_matches(self, event: SearchEvent, matches: list[Match]) -> None:
-        await self.dispatch(event, matches)
+        if not matches:
+            return
+        if self._spool or self._draining or self._broker.status == "down":
+            self._keep(_Search(event, matches))  # behind the ones already waiting
+            return
+        try:
+            await self.dispatch(event, matches)
+        except BrokerUnavailable:
+            self._keep(_Search(event, matches))
+
+    def _keep(self, item: _Search | list[Sending], *, first: bool = False) -> None:
+        if not self._spool:
+            logger.warning("the broker is unavailable: alerts wait until it is back")
+        if first:
+            self._spool.appendleft(item)
+        else:
+            self._spool.append(item)
+        if len(self._spool) > self._spool_bound:
+            self._spool.popleft()
+            self.spool_dropped += 1
+            if self.spool_dropped % 10_000 == 1:
+                logger.error(
+                    "broker spool full (%d): dropped the oldest waiting search, %d so far",
+                    self._spool_bound,
+                    self.spool_dropped,
+                )
+
+    async def _drain(self) -> None:
+        """Dispatch what waited, in order, while the broker takes it."""
+        sent = 0
+        self._draining = True
+        try:
+            while self._spool and self._broker.status != "down":
+                item = self._spool.popleft()
+                if isinstance(item, _Search):
+                    try:
+                        await self.dispatch(item.event, item.matches)
+                    except BrokerUnavailable:
+                        self._spool.appendleft(item)
+                        break
+                else:
+                    await self._publish(item)  # puts it back first if it fails
+                sent += 1
+        finally:
+            self._draining = False
+        if sent:
+            logger.info("the broker is back: sent %d waiting searches, %d wait", sent, self.spooled)
 
     async def dispatch(self, event: SearchEvent, matches: list[Match]) -> None:
         """Alert the recipients of one search's matches: one alert per person per search.
@@ -167,7 +238,13 @@ class AlertDispatcher:
     async def _publish(self, sendings: list[Sending]) -> None:
         if not sendings:
             return
-        for record in await self._broker.publish(sendings):
+        try:
+            records = await self._broker.publish(sendings)
+        except BrokerUnavailable:
+            # Their windows are decided already: they go out first when the broker is back.
+            self._keep(sendings, first=True)
+            return
+        for record in records:
             self.alerts += 1 if record.everyone is not None else len(record.watches)
 
     @property
@@ -176,11 +253,15 @@ class AlertDispatcher:
         return self._broker.open_windows
 
     async def _follow_up(self, *, everything: bool) -> None:
-        followups = await self._broker.claim_due(everything=everything)
+        try:
+            followups = await self._broker.claim_due(everything=everything)
+        except BrokerUnavailable:
+            return  # the windows stay in the broker: claimed when it is back
         await self._publish([s for followup in followups for s in followup_sendings(followup)])
 
     async def flush_all(self) -> None:
-        """Send every pending follow-up now (at shutdown)."""
+        """Send what waited for the broker and every pending follow-up now (at shutdown)."""
+        await self._drain()
         await self._follow_up(everything=True)
 
     async def flush_due(self) -> None:
@@ -191,4 +272,6 @@ class AlertDispatcher:
         tick = min(0.05, self._window / 4) if self._window > 0 else 0.05
         while True:
             await anyio.sleep(tick)
+            if self._spool and self._broker.status != "down":
+                await self._drain()
             await self.flush_due()

@@ -169,6 +169,13 @@ async def readyz(request: Request) -> Response:
         return error_response(
             503, "background_down", f"restarting after a crash: {', '.join(down)}"
         )
+    broker = state["broker"].status
+    if broker == "down":
+        # Search and open sockets go on; alerts wait until Redis is back. Its address is
+        # for the log (broker_redis), not for whoever asks.
+        return error_response(
+            503, "broker_unavailable", "the alert broker is unavailable; alerts are delayed"
+        )
     try:
         version = await es.check_connection(state["client"], settings.elasticsearch_url)
         needed = await indices.needing_setup(state["client"], settings)
@@ -178,7 +185,7 @@ async def readyz(request: Request) -> Response:
         return error_response(503, "elasticsearch_unavailable", "Elasticsearch is unavailable")
     if needed:
         return error_response(503, "not_set_up", f"{'; '.join(needed)}: run `percolert setup`")
-    return json_response(Readiness(status="ready", elasticsearch=version))
+    return json_response(Readiness(status="ready", elasticsearch=version, broker=broker))
 
 
 class _Lifespan:

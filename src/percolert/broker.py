@@ -12,12 +12,20 @@ lease, inbox messages) come with it: docs/design/multi-instance.md, §3 and §11
 
 from __future__ import annotations
 
-from typing import Protocol
+from typing import Literal, Protocol
 
 import msgspec
 
 from percolert.alertlog import AlertRecord
 from percolert.messages import AlertWatch
+
+# "memory": the embedded broker (always there); "up"/"down": the shared one, whether its
+# Redis answers (readiness reports it).
+BrokerStatus = Literal["memory", "up", "down"]
+
+
+class BrokerUnavailable(Exception):
+    """The shared broker cannot be reached now: nothing was decided or sent; try later."""
 
 
 class OwnedCandidate(msgspec.Struct, frozen=True, kw_only=True):
@@ -102,6 +110,12 @@ class Sending(msgspec.Struct, frozen=True, kw_only=True, gc=False):
 
 
 class Broker(Protocol):
+    @property
+    def status(self) -> BrokerStatus:
+        """Whether the broker works now; while it is "down", `hits`, `claim_due` and
+        `publish` raise `BrokerUnavailable`."""
+        ...
+
     async def connected(self, user: str) -> int:
         """A socket of `user` opened here: count them reachable and return the cut, the
         last position the socket's greeting replays (later ones reach it live)."""

@@ -17,6 +17,7 @@ import msgspec
 
 from percolert.alertlog import AlertRecord
 from percolert.broker import (
+    BrokerStatus,
     DefaultCandidate,
     Followup,
     Hits,
@@ -71,6 +72,10 @@ class MemoryBroker:
         self._window = window_seconds
         self._clock = clock
         self._windows: dict[tuple[str, str | None], _Window] = {}
+
+    @property
+    def status(self) -> BrokerStatus:
+        return "memory"
 
     async def connected(self, user: str) -> int:
         # Sendings are delivered as they are numbered, so the hub already has every later one.

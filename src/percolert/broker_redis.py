@@ -13,16 +13,26 @@
   one instance makes its follow-up.
 - Positions: one counter (`P:meta` `seq`), raised at start above µs time and the alert
   log's last position, so positions handed out before stay valid for `after=`.
+- Faults (§7-§8): Redis unreachable marks the broker down (readiness says so); the
+  dispatcher keeps its matches (alerts.py) and sockets stay open; `run` reconnects with
+  backoff, re-asserts this instance's presence and resumes its inbox where it stopped.
+  `P:meta` holds an epoch, minted by whichever script finds none (Redis lost its data) or
+  finds the counter below what its caller saw (a failover lost the tail), with the counter
+  raised above every old position; each inbox entry carries the epoch and the inbox's own
+  count `n`. A missing count, a new epoch or this instance found reaped is a gap: every
+  socket here stops taking alerts live and is closed with 1012 once the log has what it
+  missed, and its page replays from the log with `after=`. So are the sockets opened while
+  Redis was away, if anything was numbered since their cut.
 
-Not yet (the next steps of §11): Redis outages and restarts (spool, reconnect, epoch and
-gap detection), leases on claimed follow-ups, replay of what other instances have not yet
-written to Elasticsearch.
+Not yet (the next steps of §11): leases on claimed follow-ups, replay of what other
+instances have not yet written to Elasticsearch.
 """
 
 from __future__ import annotations
 
 import json
 import logging
+import random
 import secrets
 import time
 from collections.abc import Callable
@@ -32,10 +42,17 @@ from typing import Any, Protocol, cast
 import anyio
 import msgspec
 import redis.asyncio as aioredis
-from redis.exceptions import RedisError
+from anyio.abc import TaskGroup
+from redis.asyncio.retry import Retry
+from redis.backoff import NoBackoff
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import ReadOnlyError
+from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from percolert.alertlog import AlertRecord
 from percolert.broker import (
+    BrokerStatus,
+    BrokerUnavailable,
     DefaultCandidate,
     Followup,
     Hits,
@@ -44,7 +61,7 @@ from percolert.broker import (
     Sending,
 )
 from percolert.delivery import Delivery
-from percolert.hub import RESTART_WINDOW_SECONDS, Hub
+from percolert.hub import RESTART_WINDOW_SECONDS, Connection, Hub
 from percolert.settings import Settings
 
 logger = logging.getLogger("percolert.broker")
@@ -59,6 +76,24 @@ INBOX_BOUND = 100_000
 CLAIM_LIMIT = 64
 _READ_COUNT = 500
 _READ_BLOCK_MS = 1_000
+# Reconnecting: the first pause, doubled up to the longest, each with ±50% jitter.
+_BACKOFF_FIRST = 0.1
+_BACKOFF_LONGEST = 2.0
+# Sockets to resync are closed this long after the gap is seen (the alert log flushes every
+# 0.1 s and its bulk write waits for a refresh: then the log holds what they missed), ...
+RESYNC_DELAY_SECONDS = 1.1
+# ... spread over this long, so their pages do not all reconnect at once.
+RESYNC_SPREAD_SECONDS = 1.0
+_REASSERT_BATCH = 1_000
+
+
+# Redis cannot be used now: down, restarting (loading), out of reach, or a replica after a
+# failover. Other errors (a script's) are bugs, left to the supervisor.
+_UNREACHABLE = (RedisConnectionError, RedisTimeoutError, ReadOnlyError, OSError)
+
+
+class _Down(Exception):
+    """A call elsewhere found Redis unreachable: the loops start over with a reconnect."""
 
 
 class RecordSink(Protocol):
@@ -100,9 +135,19 @@ class RedisBroker:
         url: str,
         instance_id: str,
         wall_clock: Callable[[], float] = time.time,
+        resync_delay: float = RESYNC_DELAY_SECONDS,
     ) -> None:
         self.instance_id = instance_id
-        self._redis = aioredis.Redis.from_url(url)
+        # Fail fast, retry once (a pooled connection a Redis restart broke), and never wait
+        # on a silent network for long: `run` reconnects, the dispatcher keeps its matches.
+        self._redis = aioredis.Redis.from_url(
+            url,
+            socket_connect_timeout=1.0,
+            socket_timeout=_READ_BLOCK_MS / 1000 + 4.0,
+            retry=Retry(NoBackoff(), 1),
+        )
+        self._hub = hub
+        self._resync_delay = resync_delay
         self._prefix = f"percolert:{{{settings.index_prefix}}}"
         self._inbox = f"{self._prefix}:inbox:{instance_id}"
         self._window_ms = round(settings.coalesce_seconds * 1000)
@@ -115,7 +160,16 @@ class RedisBroker:
         self._wall_clock = wall_clock
         self._scripts = {
             name: self._redis.register_script(_script(f"{name}.lua"))
-            for name in ("seed", "heartbeat", "presence", "hits", "claim", "publish", "notify")
+            for name in (
+                "seed",
+                "heartbeat",
+                "presence",
+                "hits",
+                "claim",
+                "publish",
+                "notify",
+                "reassert",
+            )
         }
         self._sending_encoder = msgspec.msgpack.Encoder()
         self._sending_decoder = msgspec.msgpack.Decoder(Sending)
@@ -124,50 +178,287 @@ class RedisBroker:
         self._open_windows = 0
         # The inbox is new with this instance's id: everything in it is for us.
         self._last_read = b"0-0"
+        # Whether Redis answers; False until the first successful start or reconnect.
+        self._up = False
+        self._seeded = False
+        self._log_max = 0
+        # The highest position this instance has seen (published, read, or a cut): a
+        # counter below it means Redis lost a tail (the scripts' regression guard).
+        self._last_seen = 0
+        # The epoch and this inbox's count of the last entry read (None: take the next as
+        # it comes, after an epoch change).
+        self._epoch: str | None = None
+        self._last_n: int | None = 0
+        self._beaten = False
+        # What Redis missed while away: users with sockets opened here meanwhile, users
+        # whose last socket here closed meanwhile, watches_changed not yet sent elsewhere.
+        self._unregistered: set[str] = set()
+        self._leaves_owed: set[str] = set()
+        self._notify_owed: dict[str, str] = {}
+        self._reasserting = False
+        self._reassert_lock = anyio.Lock()  # the reader and the heartbeat may both resync
+        self._presence_calls = 0
+        self._closers: TaskGroup | None = None
+        # For the metrics: reconnects after an outage, gaps seen (by any cause), sockets
+        # closed for a resync.
+        self.reconnects = 0
+        self.gaps = 0
+        self.resync_closed = 0
 
     async def _call(self, name: str, *args: str | int | bytes) -> Any:
-        return await self._scripts[name](keys=[], args=[self._prefix, *args])
+        return await self._scripts[name](keys=[], args=[self._prefix, *self._common(), *args])
+
+    def _common(self) -> list[str | int]:
+        """The epoch's arguments (_common.lua): a fresh epoch in case Redis lost its own,
+        the floor above every position this instance knows of, its last seen, and the
+        restart window."""
+        floor = max(self._last_seen, self._log_max) + 1
+        return [secrets.token_hex(8), floor, self._last_seen, self._restart_ms]
+
+    def _seen(self, position: int) -> None:
+        self._last_seen = max(self._last_seen, position)
+
+    @property
+    def status(self) -> BrokerStatus:
+        return "up" if self._up else "down"
+
+    def _mark_down(self, error: BaseException) -> None:
+        if self._up:
+            logger.warning(
+                "Redis unreachable, the broker is down (search and open sockets go on; "
+                "alerts wait until it is back): %s",
+                error,
+            )
+        self._up = False
 
     async def start(self) -> None:
         """Raise the position counter above every position handed out before, and beat once,
-        before the first socket or search."""
-        floor = max(int(self._wall_clock() * 1_000_000), await self._sink.max_seq() + 1)
-        seq = await self._call("seed", floor, self._restart_ms)
-        await self.beat()
-        logger.info("broker on Redis as instance %s, position %s", self.instance_id, _text(seq))
+        before the first socket or search. Redis unreachable: start anyway with the broker
+        down (search works; alerts wait), `run` connects when it answers."""
+        self._log_max = await self._sink.max_seq()
+        try:
+            await self._seed()
+            await self.beat()
+        except _UNREACHABLE as error:
+            logger.warning(
+                "Redis unreachable at start: serving with the broker down until it answers "
+                "(search works; alerts wait): %s",
+                error,
+            )
+            return
+        self._up = True
+        logger.info(
+            "broker on Redis as instance %s, position %d", self.instance_id, self._last_seen
+        )
+
+    async def _seed(self) -> None:
+        floor = max(int(self._wall_clock() * 1_000_000), self._log_max + 1)
+        self._seen(int(await self._call("seed", floor, self._restart_ms)))
+        self._seeded = True
 
     async def close(self) -> None:
         await self._redis.aclose()
 
     async def run(self) -> None:
-        """Beat and read this instance's inbox, until cancelled."""
-        async with anyio.create_task_group() as tasks:
-            tasks.start_soon(self._beating)
-            await self._read_inbox()
+        """Beat and read this instance's inbox, until cancelled; while Redis is unreachable,
+        try again with backoff, and when it answers, re-assert this instance's presence and
+        resume the inbox where it stopped."""
+        pause = _BACKOFF_FIRST
+        async with anyio.create_task_group() as closers:
+            self._closers = closers
+            while True:
+                try:
+                    if not self._up:
+                        await self._reconnect()
+                        pause = _BACKOFF_FIRST
+                    async with anyio.create_task_group() as tasks:
+                        tasks.start_soon(self._beating)
+                        await self._read_inbox()
+                except* (*_UNREACHABLE, _Down) as failed:
+                    self._mark_down(failed.exceptions[0])
+                await anyio.sleep(pause * random.uniform(0.5, 1.5))  # noqa: S311 - jitter
+                pause = min(pause * 2, _BACKOFF_LONGEST)
+
+    async def _reconnect(self) -> None:
+        first = not self._seeded
+        if first:
+            await self._seed()
+        await self.beat()
+        counter = await self._reassert()
+        for user, payload in list(self._notify_owed.items()):
+            # Sent here already while Redis was away; the other instances' sockets get it now.
+            await self._call("notify", INBOX_BOUND, user, payload, self.instance_id)
+            del self._notify_owed[user]
+        self._up = True
+        if not first:
+            self.reconnects += 1
+        logger.info(
+            "Redis answers again, the broker is up (instance %s, position %d)",
+            self.instance_id,
+            counter,
+        )
+
+    async def _reassert(self) -> int:
+        """Set this instance's part of the presence registry to the sockets it holds (one
+        pipeline, batched) and return the counter. Sockets opened meanwhile whose cut is
+        below it may have missed a sending routed elsewhere: they resync."""
+        async with self._reassert_lock:
+            return await self._reassert_once()
+
+    async def _reassert_once(self) -> int:
+        self._reasserting = True  # sockets opening or closing now are settled by the loop
+        try:
+            while self._presence_calls:  # noqa: ASYNC110 - a few ms: the calls in flight
+                await anyio.sleep(0.005)
+            counter, joined = self._last_seen, set[str]()
+            while True:
+                counts = self._hub.socket_counts()
+                owed = set(self._leaves_owed)
+                gone = owed - counts.keys()
+                arguments: list[str | int] = [
+                    value
+                    for user, count in [*counts.items(), *((user, 0) for user in gone)]
+                    for value in (user, count)
+                ]
+                step = 2 * _REASSERT_BATCH
+                async with self._redis.pipeline(transaction=False) as pipe:
+                    for start in range(0, max(len(arguments), 1), step):
+                        await self._scripts["reassert"](
+                            keys=[],
+                            args=[
+                                self._prefix,
+                                *self._common(),
+                                self.instance_id,
+                                *arguments[start : start + step],
+                            ],
+                            client=pipe,
+                        )
+                    replies = await pipe.execute()
+                counter = int(replies[-1])
+                self._seen(counter)
+                self._leaves_owed -= owed  # set absolutely now, whether gone or back
+                joined |= self._unregistered
+                self._unregistered = set()
+                if not (self._unregistered or self._leaves_owed - set(self._hub.users())):
+                    break
+        finally:
+            self._reasserting = False
+        behind = [
+            connection
+            for user in joined
+            for connection in self._hub.connections(user)
+            if connection.cut < counter
+        ]
+        if behind:
+            self._resync("opened while Redis was away", behind)
+        return counter
+
+    def _resync(self, cause: str, connections: list[Connection] | None = None) -> None:
+        """These sockets (all here if None) may have missed a sending: they take no more
+        alerts live, and are closed (1012) once the log holds what they missed; their pages
+        reconnect with `after=` and replay it."""
+        closing = self._hub.connections() if connections is None else connections
+        if connections is None:
+            self.gaps += 1
+        logger.warning(
+            "broker resync (%s): %d sockets here replay from the log", cause, len(closing)
+        )
+        for connection in closing:
+            connection.freeze()
+        if self._closers is None:
+            for connection in closing:
+                connection.resync()
+        else:
+            self._closers.start_soon(self._close_for_resync, closing)
+
+    async def _close_for_resync(self, connections: list[Connection]) -> None:
+        random.shuffle(connections)
+        try:
+            await anyio.sleep(self._resync_delay)
+            for connection in connections:
+                await anyio.sleep(RESYNC_SPREAD_SECONDS / len(connections))
+                connection.resync()
+                self.resync_closed += 1
+        finally:
+            # Cancelled (shutdown, or a crash of `run`): frozen sockets must not stay open.
+            for connection in connections:
+                connection.resync()
 
     async def beat(self) -> None:
-        await self._call("heartbeat", self.instance_id, LAPSE_MS, REAP_MS, self._grace_ms)
+        """Keep this instance alive; find a new epoch or this instance reaped (a gap)."""
+        async with self._redis.pipeline(transaction=False) as pipe:
+            pipe.zscore(f"{self._prefix}:inst", self.instance_id)
+            await self._scripts["heartbeat"](
+                keys=[],
+                args=[
+                    self._prefix,
+                    *self._common(),
+                    self.instance_id,
+                    LAPSE_MS,
+                    REAP_MS,
+                    self._grace_ms,
+                ],
+                client=pipe,
+            )
+            pipe.hmget(f"{self._prefix}:meta", "epoch", "seq")
+            score, _reaped, (epoch, seq) = await pipe.execute()
+        epoch = _text(epoch)
+        self._seen(int(seq))
+        cause = None
+        if self._epoch is not None and epoch != self._epoch:
+            cause = "epoch"
+            self._last_n = None
+        elif score is None and self._beaten:
+            # Reaped (lapsed for long): our inbox and registry were dropped.
+            cause = "reaped"
+            self._last_n = None
+        self._epoch = epoch
+        self._beaten = True
+        if cause is not None:
+            self._resync(cause)
+            await self._reassert()
 
     async def _beating(self) -> None:
         while True:
             await anyio.sleep(HEARTBEAT_SECONDS)
+            if not self._up:
+                raise _Down
             await self.beat()
 
     async def _read_inbox(self) -> None:
-        # Resumes where it stopped when the supervisor restarts it: nothing is read twice.
-        last = self._last_read
+        # Resumes where it stopped after a reconnect: nothing is read twice.
         while True:
             # RESP2, bytes: [[stream, [(entry id, {field: value})]]].
             reply = cast(
                 list[tuple[bytes, list[tuple[bytes, dict[bytes, bytes]]]]],
                 await self._redis.xread(
-                    {self._inbox: last}, count=_READ_COUNT, block=_READ_BLOCK_MS
+                    {self._inbox: self._last_read}, count=_READ_COUNT, block=_READ_BLOCK_MS
                 ),
             )
             for _stream, entries in reply or ():
                 for entry_id, fields in entries:
-                    last = self._last_read = entry_id
+                    self._last_read = entry_id
+                    cause = self._check(fields)
+                    if cause is not None:
+                        # Before delivering: the sockets' last alert must stay the one
+                        # before what they missed, which their replay starts after.
+                        self._resync(cause)
+                        await self._reassert()
                     self._receive(fields)
+
+    def _check(self, fields: dict[bytes, bytes]) -> str | None:
+        """A gap before this entry: a new epoch, or an entry of this inbox missing."""
+        if b"e" not in fields:
+            return None  # from an instance of an earlier version (a rolling upgrade)
+        epoch, n = fields[b"e"].decode(), int(fields[b"n"])
+        expected = None if self._last_n is None else self._last_n + 1
+        self._last_n = n
+        if epoch != self._epoch:
+            self._epoch = epoch
+            return "epoch"
+        if expected is not None and n != expected:
+            return "inbox"
+        return None
 
     def _receive(self, fields: dict[bytes, bytes]) -> None:
         user = fields.get(b"u")
@@ -175,18 +466,51 @@ class RedisBroker:
             self._delivery.deliver_user(user.decode(), fields[b"p"].decode())
             return
         sending = self._sending_decoder.decode(fields[b"m"])
-        self._delivery.deliver(sending.numbered(int(fields[b"q"])))
+        seq = int(fields[b"q"])
+        self._seen(seq)
+        self._delivery.deliver(sending.numbered(seq))
 
     async def connected(self, user: str) -> int:
-        return int(await self._call("presence", self.instance_id, user, "1"))
+        if self._up and not self._reasserting:
+            self._presence_calls += 1
+            try:
+                cut = int(await self._call("presence", self.instance_id, user, "1"))
+            except _UNREACHABLE as error:
+                self._mark_down(error)
+            else:
+                self._seen(cut)
+                return cut
+            finally:
+                self._presence_calls -= 1
+        # Registered when Redis answers again; until then nothing is routed here for this
+        # socket, so it may resync then (`_reassert`). Its cut: the last position known here
+        # (the log's last, if Redis never answered since the start).
+        self._unregistered.add(user)
+        return max(self._last_seen, self._log_max)
 
     async def disconnected(self, user: str) -> None:
+        if self._up and not self._reasserting:
+            self._presence_calls += 1
+            try:
+                await self._call("presence", self.instance_id, user, "0")
+            except _UNREACHABLE as error:
+                self._mark_down(error)
+            else:
+                return
+            finally:
+                self._presence_calls -= 1
+        self._leaves_owed.add(user)
+
+    async def _decide(self, name: str, *args: str | int | bytes) -> Any:
+        """A script the dispatcher needs an answer from: BrokerUnavailable while Redis is
+        unreachable (the dispatcher keeps the search for later)."""
+        if not self._up:
+            raise BrokerUnavailable
         try:
-            await self._call("presence", self.instance_id, user, "0")
-        except RedisError as error:
-            # The socket is gone either way; the user then counts as connected here until
-            # this instance stops and is reaped.
-            logger.warning("could not record a closed socket in Redis: %s", error)
+            return await self._call(name, *args)
+        except _UNREACHABLE as error:
+            self._mark_down(error)
+            raise BrokerUnavailable from error
 
     async def hits(
         self, search: SearchFold, owned: list[OwnedCandidate], default: DefaultCandidate | None
@@ -204,7 +528,7 @@ class RedisBroker:
         ]
         for candidate in owned:
             args += [candidate.watch_id, candidate.owner, candidate.terms]
-        immediate, covered, to_everyone, firsts, coalesced = await self._call("hits", *args)
+        immediate, covered, to_everyone, firsts, coalesced = await self._decide("hits", *args)
         return Hits(
             immediate=[owned[index] for index in immediate],
             covered=frozenset(_text(user) for user in covered),
@@ -224,7 +548,7 @@ class RedisBroker:
         )
 
     async def claim_due(self, *, everything: bool = False) -> list[Followup]:
-        windows, ended = await self._call(
+        windows, ended = await self._decide(
             "claim", self._window_ms, CLAIM_LIMIT, "1" if everything else "0"
         )
         self._open_windows = int(windows)
@@ -247,14 +571,24 @@ class RedisBroker:
                 args += ["e", encoded, 0]
             else:
                 args += ["u", encoded, len(sending.watches), *sending.watches]
-        seqs = await self._call("publish", *args)
+        seqs = await self._decide("publish", *args)
+        self._seen(max((int(seq) for seq in seqs), default=0))
         records = [sending.numbered(int(seq)) for sending, seq in zip(sendings, seqs, strict=True)]
         for record in records:
             self._sink.append(record)
         return records
 
     async def notify_user(self, user: str, payload: str) -> None:
-        await self._call("notify", INBOX_BOUND, user, payload)
+        if self._up:
+            try:
+                await self._call("notify", INBOX_BOUND, user, payload, "")
+                return
+            except _UNREACHABLE as error:
+                self._mark_down(error)
+        # Here at once; to the user's sockets on other instances when Redis is back (the
+        # latest list only: it replaces the ones before).
+        self._delivery.deliver_user(user, payload)
+        self._notify_owed[user] = payload
 
     @property
     def open_windows(self) -> int:

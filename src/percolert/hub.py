@@ -25,6 +25,10 @@ GOING_AWAY = 1001  # the server is shutting down
 POLICY_VIOLATION = 1008  # no valid session, foreign origin, or a malformed message
 UNSUPPORTED_DATA = 1003  # a binary frame where only JSON text is accepted
 SLOW_CLIENT = 1013  # "try again later": the client fell too far behind
+SERVICE_RESTART = 1012  # resync: the page reconnects with `after=` and replays from the log
+
+# A cut no position reaches: a socket waiting for its resync takes no alert live.
+_NO_LIVE_ALERTS = 2**63
 
 # Open pages reconnect within this long of a restart (web/app.js backs off to at most 30 s,
 # with jitter); until then every watch owner counts as reachable.
@@ -73,6 +77,7 @@ class Connection:
         # ones go out live. Until the cut is known (`hold`), numbered alerts wait in `_held`.
         self.cut = -1
         self._held: list[tuple[int, str]] | None = None
+        self.resynced = False
 
     def _wake(self) -> None:
         if self._wakeup is not None and not self._wakeup.done():
@@ -85,7 +90,7 @@ class Connection:
     def release(self, cut: int) -> None:
         """The greeting covers positions up to `cut`: offer what was held beyond it."""
         held, self._held = self._held or [], None
-        self.cut = cut
+        self.cut = max(self.cut, cut)  # a frozen socket stays frozen
         for seq, payload in held:
             self.offer(payload, seq=seq)
 
@@ -122,6 +127,18 @@ class Connection:
         """Take no more messages; the writer sends what is queued and then returns."""
         self.finished = True
         self._wake()
+
+    def freeze(self) -> None:
+        """Take no alert live any more: the socket may have missed one, so its page is to
+        resync (`resync`), and its last alert must stay the one before what it missed."""
+        self.cut = _NO_LIVE_ALERTS
+
+    def resync(self) -> None:
+        """Close the socket (1012, after what is queued), for its page to reconnect with
+        `after=` and replay what it missed from the log."""
+        self.freeze()
+        self.resynced = True
+        self.finish()
 
     def close(self) -> None:
         """Drop what is queued; later offers are refused."""
@@ -216,6 +233,16 @@ class Hub:
 
     def users(self) -> Collection[str]:
         return self._by_user.keys()
+
+    def connections(self, user: str | None = None) -> list[Connection]:
+        """The open sockets of `user` (of everyone if None)."""
+        if user is not None:
+            return list(self._by_user.get(user, ()))
+        return [c for connections in self._by_user.values() for c in connections]
+
+    def socket_counts(self) -> dict[str, int]:
+        """How many sockets each connected user has open here."""
+        return {user: len(connections) for user, connections in self._by_user.items()}
 
     def socket_count(self) -> int:
         return self._sockets

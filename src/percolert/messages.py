@@ -43,6 +43,8 @@ class Health(msgspec.Struct, frozen=True):
 class Readiness(msgspec.Struct, frozen=True):
     status: str
     elasticsearch: str
+    # The alert broker: "memory" (embedded), "up" (its Redis answers); "down" is a 503.
+    broker: str = "memory"
 
 
 # --- watches -----------------------------------------------------------------------------

@@ -42,7 +42,8 @@ def _errors(*statuses: int) -> dict[str, Any]:
         415: "unsupported_media_type: the body is not application/json",
         429: "rate_limited: over a limit of the session or the address; see Retry-After",
         431: "headers_too_large: request line and headers over 16 KiB",
-        503: "Elasticsearch unavailable or not set up; see Retry-After",
+        503: "Elasticsearch unavailable or not set up; see Retry-After (/readyz: also "
+        "background_down, or broker_unavailable while the shared broker's Redis is away)",
     }
     return {
         str(status): {"description": meaning[status], "content": _json("ErrorBody")}

@@ -105,7 +105,9 @@ class Services:
                 url=settings.redis_url,
                 instance_id=settings.instance_id or default_instance_id(settings),
             )
-        self.dispatcher = AlertDispatcher(self.broker, window_seconds=settings.coalesce_seconds)
+        self.dispatcher = AlertDispatcher(
+            self.broker, window_seconds=settings.coalesce_seconds, spool=settings.broker_spool
+        )
         self.percolator = percolator_type(
             client,
             indices.alias_for(settings, "watches"),

@@ -48,6 +48,9 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     # This instance's name in Redis, logs and metrics. Unset: host:port and a random part,
     # new on every start (a restarted process never takes over a dead one's inbox).
     instance_id: str | None = None
+    # Searches whose alerts wait while the shared broker's Redis is unreachable (sent when
+    # it is back); beyond this many the oldest are dropped, counted and logged.
+    broker_spool: int = 100_000
     # Where `percolert serve` listens.
     host: str = "127.0.0.1"
     port: int = 8000
@@ -246,6 +249,7 @@ def from_environment(
         redis_server=_path(env, "PERCOLERT_REDIS_SERVER"),
         redis_url=redis_url,
         instance_id=_optional(env, "PERCOLERT_INSTANCE_ID"),
+        broker_spool=int(_number(env, "PERCOLERT_BROKER_SPOOL", 100_000, minimum=1)),
         host=_optional(env, "PERCOLERT_HOST") or "127.0.0.1",
         port=int(_number(env, "PERCOLERT_PORT", 8000, minimum=0)),
         log_format=_choice(env, "PERCOLERT_LOG_FORMAT", ("json", "text")),

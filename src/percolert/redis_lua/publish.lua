@@ -24,7 +24,10 @@ while i <= #ARGV do
       end
     end
     if wanted then
-      redis.call('XADD', P .. ':inbox:' .. inst, 'MAXLEN', '~', bound, '*', 'q', text, 'm', sending)
+      -- `n` counts this inbox's entries, so its reader sees one that went missing.
+      local n = redis.call('HINCRBY', P .. ':meta', 'n:' .. inst, 1)
+      redis.call('XADD', P .. ':inbox:' .. inst, 'MAXLEN', '~', bound, '*', 'q', text, 'm', sending,
+        'n', n, 'e', EPOCH)
     end
   end
   i = i + 3 + users

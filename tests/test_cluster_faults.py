@@ -1,0 +1,259 @@
+"""Two instances and their Redis when Redis fails: stopped for a while (its data kept), and
+restarted empty. Real servers on two ports, a real redis-server of the test's own (stopped
+and started again on its port), real Elasticsearch, real WebSocket clients that reconnect as
+the page does (web/app.js)."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import anyio
+import httpx
+import pytest
+import redis
+from websockets.exceptions import ConnectionClosed
+
+from percolert import es, indices
+from percolert.redisnode import RedisNode
+from percolert.settings import Settings
+from tests.conftest import SAMPLE_CATALOG, delete_indices, make_settings, prepare_indices
+from tests.servers import free_port, run_server
+from tests.shoppers import Shopper, Socket
+from tests.waiting import wait_until, wait_until_sync
+
+pytestmark = pytest.mark.anyio
+
+# How long Redis stays away. The issue says 10 s; 3 s behaves the same (every loop notices
+# within a second, the backoff tops out at 2 s, and nothing lapses or is reaped before 5 s
+# and 30 s), so the suite waits less.
+OUTAGE_SECONDS = 3.0
+
+
+class OwnRedis:
+    """A redis-server of this test's own on a fixed port, so that it can be stopped and
+    started again where the instances look for it."""
+
+    def __init__(self, home: Path) -> None:
+        self.node = RedisNode(home)
+        self.port = free_port()
+        self.node.start(self.port)
+        self.url = f"redis://127.0.0.1:{self.port}"
+
+    def stop(self, *, keep: bool) -> None:
+        """Stop it; `keep`: its data is saved and loaded at the next start (as a Redis with
+        persistence does), else it comes back empty."""
+        if keep:
+            client = redis.Redis(port=self.port)
+            with contextlib.suppress(redis.ConnectionError):
+                client.shutdown(save=True)
+            client.close()
+            wait_until_sync(lambda: self.node.status() is None, what="redis-server to stop")
+        else:
+            self.node.stop()
+            (self.node.data / "dump.rdb").unlink(missing_ok=True)
+
+    def start(self) -> None:
+        self.node.start(self.port)
+
+
+@pytest.fixture
+def own_redis(tmp_path: Path) -> Iterator[OwnRedis]:
+    server = OwnRedis(tmp_path)
+    try:
+        yield server
+    finally:
+        server.node.stop()
+
+
+@pytest.fixture
+def settings(elasticsearch_url: str, own_redis: OwnRedis) -> Iterator[Settings]:
+    """Settings on `own_redis`, the indices set up. No coalescing window: each search is its
+    own alert, so that "every alert, exactly once" counts searches."""
+    settings = make_settings(elasticsearch_url, redis_url=own_redis.url, coalesce_seconds=0.0)
+    prepare_indices(settings, catalog=SAMPLE_CATALOG)
+    try:
+        yield settings
+    finally:
+        asyncio.run(delete_indices(settings))
+
+
+@pytest.fixture
+def cluster(settings: Settings) -> Iterator[tuple[Settings, str, str]]:
+    """Two instances on `own_redis`, and their settings."""
+    with run_server(settings) as one, run_server(settings) as two:
+        yield settings, one, two
+
+
+class Page:
+    """An alert socket kept open as web/app.js keeps it: closed for any reason, it reconnects
+    (after about a second) with `?after=` the last position it got. Records every alert and
+    every close."""
+
+    def __init__(self, shopper: Shopper, socket: Socket, base_url: str) -> None:
+        self.shopper = shopper
+        self.socket = socket
+        self.base_url = base_url
+        self.last = int(socket.hello["last_seq"])
+        self.alerts: list[dict[str, Any]] = []
+        self.closes: list[tuple[int, str]] = []
+
+    async def collect(self, count: int, timeout: float = 30.0) -> list[dict[str, Any]]:
+        """The alerts received, reconnecting as needed, once there are `count`."""
+        with anyio.fail_after(timeout):
+            while len(self.alerts) < count:
+                try:
+                    message = json.loads(await self.socket.connection.recv())
+                except ConnectionClosed as closed:
+                    received = closed.rcvd
+                    self.closes.append(
+                        (0, "") if received is None else (received.code, received.reason)
+                    )
+                    await anyio.sleep(1.0)  # the page's first retry comes after about 1 s
+                    self.socket = await self.shopper.connect(
+                        after=self.last, base_url=self.base_url
+                    )
+                    continue
+                if message["type"] == "alert":
+                    self.alerts.append(message)
+                    self.last = max(self.last, message["seq"])
+        return self.alerts
+
+
+async def readiness(base_url: str) -> tuple[int, str]:
+    """/readyz's status and its error code, or its `broker` field when ready."""
+    async with httpx.AsyncClient(base_url=base_url, timeout=10) as http:
+        response = await http.get("/readyz")
+    body = response.json()
+    if response.status_code == 200:
+        return 200, body["broker"]
+    return response.status_code, body["error"]["code"]
+
+
+async def wait_ready(base_url: str, expected: tuple[int, str]) -> None:
+    async def reached() -> bool:
+        return await readiness(base_url) == expected
+
+    await wait_until(reached, timeout=20, what=f"/readyz of {base_url} to say {expected}")
+
+
+def _in_order_once(alerts: list[dict[str, Any]]) -> list[int]:
+    seqs = [alert["seq"] for alert in alerts]
+    assert seqs == sorted(set(seqs)), seqs  # in position order, none twice
+    return seqs
+
+
+async def test_redis_stopped_for_a_while_delays_alerts_and_loses_none(
+    cluster: tuple[Settings, str, str], own_redis: OwnRedis
+) -> None:
+    _, one, two = cluster
+    async with Shopper(one) as a, Shopper(two) as b:
+        await a.watch("kindle")
+        held = Page(a, await a.connect(), one)
+        await b.search("kindle paperwhite")
+        await held.collect(1)
+
+        own_redis.stop(keep=True)
+        stopped = time.monotonic()
+        await wait_ready(one, (503, "broker_unavailable"))
+        await wait_ready(two, (503, "broker_unavailable"))
+        texts = ["kindle oasis", "kindle scribe", "kindle basic", "kindle kids"]
+        for text in texts:
+            await b.search(text)  # answered (200) while Redis is away
+        # A socket opened while Redis is away: registered when it is back.
+        late = Page(a, await a.connect(base_url=two), two)
+        assert await readiness(two) == (503, "broker_unavailable")
+        await anyio.sleep(max(0.0, OUTAGE_SECONDS - (time.monotonic() - stopped)))
+        own_redis.start()
+
+        await wait_ready(one, (200, "up"))
+        await wait_ready(two, (200, "up"))
+        alerts = await held.collect(1 + len(texts))
+        # Kept in the order searched while Redis was away, and sent in that order.
+        assert [alert["query"] for alert in alerts] == ["kindle paperwhite", *texts]
+        _in_order_once(alerts)
+        assert held.closes == []  # the socket held through the outage stayed open
+        late_alerts = await late.collect(len(texts))
+        assert [alert["query"] for alert in late_alerts] == texts
+        _in_order_once(late_alerts)
+        assert await a.alerts_before_markers([held.socket, late.socket], b) == [[], []]
+
+
+async def _logged_for(settings: Settings, watch_id: str, count: int) -> list[int]:
+    """The positions of the alert log's sendings through `watch_id`, once there are `count`."""
+    client = es.create_client(settings)
+    seqs: list[int] = []
+    try:
+
+        async def logged() -> bool:
+            nonlocal seqs
+            found = await client.search(
+                index=indices.alias_for(settings, "alerts"),
+                query={"match_all": {}},
+                size=1000,
+                source_includes=["seq", "alert.watches"],
+            )
+            seqs = sorted(
+                hit["_source"]["seq"]
+                for hit in found["hits"]["hits"]
+                if any(w["id"] == watch_id for w in hit["_source"]["alert"]["watches"].values())
+            )
+            return len(seqs) >= count
+
+        await wait_until(logged, what=f"{count} alerts in the log")
+    finally:
+        await client.close()
+    return seqs
+
+
+async def test_redis_restarted_empty_resyncs_sockets_from_the_log(
+    cluster: tuple[Settings, str, str], own_redis: OwnRedis
+) -> None:
+    settings, one, two = cluster
+    async with Shopper(one) as a, Shopper(two) as b:
+        watch = await a.watch("kindle")
+        pages = [Page(a, await a.connect(), one), Page(a, await a.connect(base_url=two), two)]
+        before = ["kindle paperwhite", "kindle oasis"]
+        for text in before:
+            await b.search(text)
+        for page in pages:
+            await page.collect(len(before))
+        old = max(alert["seq"] for alert in pages[0].alerts)  # the last before the restart
+
+        own_redis.stop(keep=False)
+        own_redis.start()  # empty
+        after = ["kindle scribe", "kindle basic", "kindle kids"]
+        for text in after:
+            await b.search(text)
+        logged = await _logged_for(settings, watch["id"], len(before) + len(after))
+        for page in pages:
+            alerts = await page.collect(len(before) + len(after))
+            assert (1012, "resync") in page.closes
+            assert _in_order_once(alerts) == logged  # no gap, nothing twice
+            # Searches percolated side by side may be numbered in either order.
+            assert sorted(alert["query"] for alert in alerts) == sorted([*before, *after])
+            assert all(alert["seq"] > old for alert in alerts if alert["query"] in after)
+        sockets = [page.socket for page in pages]
+        assert await a.alerts_before_markers(sockets, b) == [[], []]
+
+
+async def test_an_instance_starts_while_redis_is_away_and_joins_when_it_answers(
+    settings: Settings, own_redis: OwnRedis
+) -> None:
+    own_redis.stop(keep=False)
+    with run_server(settings) as one:
+        async with Shopper(one) as a, Shopper(one) as b:
+            await a.watch("kindle")
+            page = Page(a, await a.connect(), one)
+            assert await readiness(one) == (503, "broker_unavailable")
+            await b.search("kindle oasis")  # answered; its alert waits for Redis
+            own_redis.start()
+            await wait_ready(one, (200, "up"))
+            [alert] = await page.collect(1)
+            assert alert["query"] == "kindle oasis"
+            assert await a.alerts_before_marker(page.socket, b) == []
