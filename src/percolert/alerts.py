@@ -164,10 +164,10 @@ class AlertDispatcher:
                 sendings.append(_sending(search, 1, since=search.at, watches=firsts))
         await self._publish(sendings)
 
-    async def _publish(self, sendings: list[Sending]) -> None:
+    async def _publish(self, sendings: list[Sending], *, guard: str | None = None) -> None:
         if not sendings:
             return
-        for record in await self._broker.publish(sendings):
+        for record in await self._broker.publish(sendings, guard=guard):
             self.alerts += 1 if record.everyone is not None else len(record.watches)
 
     @property
@@ -177,7 +177,12 @@ class AlertDispatcher:
 
     async def _follow_up(self, *, everything: bool) -> None:
         followups = await self._broker.claim_due(everything=everything)
-        await self._publish([s for followup in followups for s in followup_sendings(followup)])
+        if not any(followup.token for followup in followups):
+            await self._publish([s for f in followups for s in followup_sendings(f)])
+            return
+        # Claimed follow-ups go out each with its own claim (exactly once across instances).
+        for followup in followups:
+            await self._publish(followup_sendings(followup), guard=followup.token or None)
 
     async def flush_all(self) -> None:
         """Send every pending follow-up now (at shutdown)."""

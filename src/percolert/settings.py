@@ -48,6 +48,8 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     # This instance's name in Redis, logs and metrics. Unset: host:port and a random part,
     # new on every start (a restarted process never takes over a dead one's inbox).
     instance_id: str | None = None
+    # How often the alert log writes what was sent to Elasticsearch (in one bulk request).
+    alert_log_flush_seconds: float = 0.1
     # Where `percolert serve` listens.
     host: str = "127.0.0.1"
     port: int = 8000
@@ -246,6 +248,9 @@ def from_environment(
         redis_server=_path(env, "PERCOLERT_REDIS_SERVER"),
         redis_url=redis_url,
         instance_id=_optional(env, "PERCOLERT_INSTANCE_ID"),
+        alert_log_flush_seconds=_number(
+            env, "PERCOLERT_ALERT_LOG_FLUSH_SECONDS", 0.1, minimum=0.01
+        ),
         host=_optional(env, "PERCOLERT_HOST") or "127.0.0.1",
         port=int(_number(env, "PERCOLERT_PORT", 8000, minimum=0)),
         log_format=_choice(env, "PERCOLERT_LOG_FORMAT", ("json", "text")),
