@@ -329,10 +329,15 @@ class RedisBroker:
     async def written(self, seqs: list[int]) -> None:
         """Drop sendings this instance's alert log has written from its mirror (only those:
         a publish whose answer is still on its way may hold a lower position)."""
+        if not seqs:
+            return
         try:
-            for start in range(0, len(seqs), REPLAY_COUNT):
-                ids = [f"{seq}-0" for seq in seqs[start : start + REPLAY_COUNT]]
-                await self._redis.xdel(self._mirror, *ids)
+            async with self._redis.pipeline(transaction=False) as pipe:
+                for start in range(0, len(seqs), REPLAY_COUNT):
+                    pipe.xdel(
+                        self._mirror, *(f"{seq}-0" for seq in seqs[start : start + REPLAY_COUNT])
+                    )
+                await pipe.execute()
         except RedisError as error:
             # Kept until the mirror's bound drops them; replay merges them by position.
             logger.warning("could not drop written sendings from the mirror: %s", error)
