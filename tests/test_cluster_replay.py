@@ -209,12 +209,25 @@ async def test_a_page_resumes_on_the_other_instance_after_a_sigkill_with_nothing
                 before_kill: list[int] = []
                 after_kill: list[int] = []
                 stop = anyio.Event()
+
+                # Instance 1 stops counting within a few seconds: its beat lapses.
+                def lapsed() -> bool:
+                    expiry = raw.zscore(f"{keys}:inst", doomed.instance_id or "")
+                    return expiry is not None and expiry < time.time() * 1000
+
                 async with anyio.create_task_group() as tasks:
                     tasks.start_soon(_search_steadily, b, [one, two], stop)
                     await _collect_until(page, watch["id"], before_kill, count=6)
                     process.send_signal(signal.SIGKILL)
                     await _collect(page, watch["id"], before_kill)  # until the socket drops
                     last = max(before_kill)
+                    await wait_until(lapsed, what="instance 1 to lapse", timeout=10)
+                    # A, away meanwhile, counts as reconnecting: B's searches still alert A.
+                    created = metric(two, "percolert_alerts_created_total")
+                    await wait_until(
+                        lambda: metric(two, "percolert_alerts_created_total") >= created + 3,
+                        what="alerts for A while A is away",
+                    )
                     resumed = await a.connect(after=last)
                     cut = resumed.hello["last_seq"]
                     await _collect_until(resumed, watch["id"], after_kill, above=cut, count=5)
@@ -227,13 +240,6 @@ async def test_a_page_resumes_on_the_other_instance_after_a_sigkill_with_nothing
                 assert before_kill == sorted(set(before_kill))
                 assert after_kill == sorted(set(after_kill))  # in order, none twice
                 assert min(after_kill) > last
-
-                # Instance 1 stops counting within a few seconds: its beat lapses.
-                def lapsed() -> bool:
-                    expiry = raw.zscore(f"{keys}:inst", doomed.instance_id or "")
-                    return expiry is not None and expiry < time.time() * 1000
-
-                await wait_until(lapsed, what="instance 1 to lapse", timeout=10)
                 # Another tab of A's, away since before the first alert, gets everything on
                 # instance 2, though 1 wrote none of its sendings to the log.
                 tab = await a.connect(after=first)
@@ -256,6 +262,7 @@ async def test_a_page_resumes_on_the_other_instance_after_a_sigkill_with_nothing
                 assert before_kill + after_kill == logged  # nothing lost, nothing twice
                 cut_replay = [seq for seq in after_kill if seq <= cut]
                 assert cut_replay == [seq for seq in logged if last < seq <= cut]
+                assert len(cut_replay) >= 3
                 assert everything == [seq for seq in logged if seq <= tab.hello["last_seq"]]
                 await a.unwatch(watch["id"])
     finally:
