@@ -135,7 +135,13 @@ class RedisBroker:
         self._scripts = {
             name: self._redis.register_script(_script(f"{name}.lua"))
             for name in (
-                *("seed", "heartbeat", "presence", "hits", "claim", "publish", "notify"),
+                "seed",
+                "heartbeat",
+                "presence",
+                "hits",
+                "claim",
+                "publish",
+                "notify",
                 "orphan",
             )
         }
