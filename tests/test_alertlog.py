@@ -311,3 +311,47 @@ async def test_a_v1_log_is_migrated_and_still_replayed(
         assert await log.missed("carol", start, log.last_seq, since=OLD_SESSION) == []
     finally:
         await client.close()
+
+
+class OtherInstances:
+    """What a shared broker's mirrors give the log: other instances' sendings not yet
+    written (here a fixed list), and the positions this log reports written."""
+
+    def __init__(self, unwritten: list[AlertRecord]) -> None:
+        self._unwritten = unwritten
+        self.reported: list[int] = []
+
+    async def unwritten(self, after: int, upto: int) -> list[AlertRecord]:
+        return [record for record in self._unwritten if after < record.seq <= upto]
+
+    async def written(self, seqs: list[int]) -> None:
+        self.reported += seqs
+
+
+async def test_replay_merges_other_instances_unwritten_sendings_and_reports_what_is_written(
+    fresh_settings: Settings, client: AsyncElasticsearch
+) -> None:
+    alias = indices.alias_for(fresh_settings, "alerts")
+    log = AlertLog(client, alias)
+    start = log.last_seq
+    mine = sending(log, "kindle 1", {"alice": OWN})
+    theirs = [sending(log, f"kindle {n}", {"alice": OWN, "bob": OWN}) for n in (2, 3)]
+    others = OtherInstances(theirs)
+    log.mirrored_by(others)
+    log.append(mine)
+    expected = [alert(record, OWN) for record in (mine, *theirs)]
+    assert await log.missed("alice", start, log.last_seq, since=OLD_SESSION) == expected
+    assert await log.missed("alice", mine.seq, theirs[0].seq, since=OLD_SESSION) == expected[1:2]
+
+    await client.indices.put_settings(index=alias, settings={"index.blocks.write": True})
+    await log.flush()
+    assert others.reported == []  # nothing visible yet: the mirror keeps it
+    await client.indices.put_settings(index=alias, settings={"index.blocks.write": False})
+    await log.flush()
+    assert others.reported == [mine.seq]  # after the write, and only what was written
+    assert await log.missed("alice", start, log.last_seq, since=OLD_SESSION) == expected
+    assert await log.recent("alice", log.last_seq, since=OLD_SESSION) == expected
+    assert (
+        await AlertLog(client, alias).missed("alice", start, log.last_seq, since=OLD_SESSION)
+        == expected[:1]
+    )  # only `mine` is in Elasticsearch

@@ -15,6 +15,7 @@ import pytest
 import redis
 
 from percolert.alertlog import AlertRecord
+from percolert.alerts import followup_sendings
 from percolert.broker import (
     DefaultCandidate,
     Followup,
@@ -53,6 +54,10 @@ class Log:
 
     async def max_seq(self) -> int:
         return self.last
+
+    async def store(self, records: list[AlertRecord]) -> bool:
+        self.logged += records
+        return True
 
 
 def _settings(redis_url: str) -> Settings:
@@ -285,3 +290,111 @@ async def test_redis_emptied_starts_a_new_epoch_above_the_old_positions(redis_ur
         assert gap.epoch() != epoch
         await wait_until(lambda: gap.socket.resynced, what="the socket to resync")
         assert gap.broker.gaps == 1
+
+
+async def test_a_claimed_follow_up_whose_claimer_never_publishes_is_claimed_again_and_sent_once(
+    redis_url: str,
+) -> None:
+    """A claim is held under a lease: if the claimer dies before publishing, another
+    instance's sweeper claims the follow-up again when the lease lapses, and only the holder
+    of the current claim can send it: once."""
+    settings = _settings(redis_url)
+    logs = {"one": Log(), "two": Log()}
+    one, two = (
+        RedisBroker(settings, Hub(), logs[name], url=redis_url, instance_id=name)
+        for name in ("one", "two")
+    )
+    raw = redis.Redis.from_url(redis_url)
+    key = f"percolert:{{{settings.index_prefix}}}"
+    owned = [OwnedCandidate(watch_id="w", owner="u", terms="phone")]
+    default = DefaultCandidate(watch_id="d", terms="phone")
+    at = time.time()
+    try:
+        await one.start()
+        await two.start()
+        for n in range(3):  # s1 opens both windows, then folds twice into each
+            await one.hits(SearchFold(text=f"phone {n}", at=at + n, searcher="s1"), owned, default)
+        claimed = await one.claim_due(everything=True)
+        assert sorted(f.owner or "" for f in claimed) == ["", "u"]
+        assert all(f.token for f in claimed)
+        assert await two.claim_due() == []  # held under the lease
+        # "one" dies here, before publishing: its leases lapse.
+        raw.zadd(f"{key}:leases", {f.token: 0 for f in claimed})
+        again = await two.claim_due()
+        assert _ended(again) == _ended(claimed)  # the same follow-ups, whole
+        assert {f.token for f in again}.isdisjoint(f.token for f in claimed)
+        for stale in claimed:  # "one" was only slow: its publish finds its claim gone
+            assert await one.publish(followup_sendings(stale), guard=stale.token) == []
+        for followup in again:
+            records = await two.publish(followup_sendings(followup), guard=followup.token)
+            assert records
+            assert await two.publish(followup_sendings(followup), guard=followup.token) == []
+        assert logs["one"].logged == []
+        assert sorted(r.count for r in logs["two"].logged) == [2, 2]
+        assert await one.claim_due() == await two.claim_due() == []
+        assert raw.keys(f"{key}:f:*") == []
+        assert raw.zcard(f"{key}:leases") == 0
+    finally:
+        raw.close()
+        await one.close()
+        await two.close()
+
+
+async def test_unwritten_sendings_are_read_from_each_makers_mirror_until_written(
+    redis_url: str,
+) -> None:
+    settings = _settings(redis_url)
+    one = RedisBroker(settings, Hub(), Log(), url=redis_url, instance_id="one")
+    two = RedisBroker(settings, Hub(), Log(), url=redis_url, instance_id="two")
+    watch = AlertWatch(id="w", terms="q")
+    sending = Sending(
+        at="2026-01-01T00:00:00.000+00:00", earliest_ms=0, query="q", watches={"u": watch}
+    )
+    try:
+        await one.start()
+        await two.start()
+        first = await one.publish([sending, sending])
+        second = await two.publish([sending])
+        made = sorted([*first, *second], key=lambda r: r.seq)
+        seqs = [r.seq for r in made]
+        assert sorted(await two.unwritten(0, seqs[-1]), key=lambda r: r.seq) == made
+        assert [r.seq for r in await two.unwritten(seqs[0], seqs[1])] == [seqs[1]]
+        assert await one.unwritten(seqs[-1], seqs[-1] + 10) == []
+        await one.written([r.seq for r in first])
+        assert await two.unwritten(0, seqs[-1]) == second
+    finally:
+        await one.close()
+        await two.close()
+
+
+async def test_a_reaped_instances_unwritten_sendings_are_written_by_a_survivor(
+    redis_url: str,
+) -> None:
+    settings = _settings(redis_url)
+    logs = {"dead": Log(), "alive": Log()}
+    dead, alive = (
+        RedisBroker(settings, Hub(), logs[name], url=redis_url, instance_id=name)
+        for name in ("dead", "alive")
+    )
+    raw = redis.Redis.from_url(redis_url)
+    key = f"percolert:{{{settings.index_prefix}}}"
+    sending = Sending(at="2026-01-01T00:00:00.000+00:00", earliest_ms=0, query="q")
+    try:
+        await dead.start()
+        await alive.start()
+        records = await dead.publish([sending, sending, sending])
+        await dead.written([records[0].seq])  # the first reached the log before the kill
+        await alive.write_orphans()
+        assert logs["alive"].logged == []  # not reaped yet: nothing to take over
+        raw.zadd(f"{key}:inst", {"dead": int(time.time() * 1000) - 40_000})
+        await alive.beat()  # reaps "dead": its mirror becomes an orphan
+        assert await alive.unwritten(0, records[-1].seq) != []  # still replayable
+        await alive.write_orphans()
+        assert logs["alive"].logged == records[1:]
+        assert not raw.exists(f"{key}:log:dead")
+        assert raw.zcard(f"{key}:orphans") == 0
+        assert await alive.unwritten(0, records[-1].seq) == []
+    finally:
+        raw.close()
+        await dead.close()
+        await alive.close()

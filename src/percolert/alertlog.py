@@ -24,7 +24,7 @@ import re
 import time
 from collections.abc import Callable, Iterable
 from datetime import UTC, datetime, timedelta
-from typing import Any, cast
+from typing import Any, Protocol, cast
 
 import anyio
 import msgspec
@@ -197,6 +197,18 @@ def upgrade_v1(document_id: str, source: dict[str, Any]) -> dict[str, Any]:
     }
 
 
+class Mirror(Protocol):
+    """Where the sendings of every instance of a shared service wait until their maker has
+    written them (a shared broker's mirrors, broker_redis.py): replay reads it beside this
+    process's own buffer."""
+
+    async def unwritten(self, after: int, upto: int) -> list[AlertRecord]: ...
+
+    async def written(self, seqs: list[int]) -> None:
+        """This process's sendings at `seqs` are visible to search now."""
+        ...
+
+
 class AlertLog:
     def __init__(
         self,
@@ -225,6 +237,12 @@ class AlertLog:
         self._encoder = msgspec.json.Encoder()
         self.write_failures = 0
         self.rejected = 0  # sendings Elasticsearch refused for good, dropped
+        self._mirror: Mirror | None = None
+
+    def mirrored_by(self, mirror: Mirror) -> None:
+        """Replay also reads what other instances have not yet written, and `mirror` hears
+        what this one has written (set once, before the log runs)."""
+        self._mirror = mirror
 
     @property
     def last_seq(self) -> int:
@@ -281,23 +299,11 @@ class AlertLog:
         self._writing = batch
         again = batch
         try:
-            body = bytearray()
-            for record in batch:
-                body += b'{"index":{"_id":"%d"}}\n' % record.seq
-                body += self._encoder.encode(_Document.of(record))
-                body += b"\n"
-            response = await self._client.bulk(
-                index=self._alias,
-                operations=cast(Any, bytes(body)),  # the transport sends NDJSON bytes as is
-                refresh="wait_for",
-                filter_path=[
-                    "errors",
-                    "items.*.status",
-                    "items.*.error.type",
-                    "items.*.error.reason",
-                ],
-            )
-            again = self._sort_out(batch, response.body)
+            again = await self._write(batch)
+            if self._mirror is not None:
+                # Visible to search now (refresh=wait_for): replay finds these in the log.
+                kept = {record.seq for record in again}
+                await self._mirror.written([r.seq for r in batch if r.seq not in kept])
         except (TransportError, ElasticsearchApiError) as error:
             self.write_failures += 1
             logger.warning(
@@ -308,6 +314,42 @@ class AlertLog:
             self._writing = []
             self._buffer[:0] = again
             self._bound()
+
+    async def _write(self, batch: list[AlertRecord]) -> list[AlertRecord]:
+        """One bulk request, waiting until it is visible to search; returns the sendings to
+        write again."""
+        body = bytearray()
+        for record in batch:
+            body += b'{"index":{"_id":"%d"}}\n' % record.seq
+            body += self._encoder.encode(_Document.of(record))
+            body += b"\n"
+        response = await self._client.bulk(
+            index=self._alias,
+            operations=cast(Any, bytes(body)),  # the transport sends NDJSON bytes as is
+            refresh="wait_for",
+            filter_path=[
+                "errors",
+                "items.*.status",
+                "items.*.error.type",
+                "items.*.error.reason",
+            ],
+        )
+        return self._sort_out(batch, response.body)
+
+    async def store(self, records: list[AlertRecord]) -> bool:
+        """Write sendings this process did not make (a dead instance's, from its mirror) at
+        once: True when each is visible to search (or refused for good), False when some
+        are to be written again later. Documents are keyed by `seq`: writing one that is
+        already there changes nothing."""
+        for start in range(0, len(records), self._max_batch):
+            try:
+                if await self._write(records[start : start + self._max_batch]):
+                    return False
+            except (TransportError, ElasticsearchApiError) as error:
+                self.write_failures += 1
+                logger.warning("writing another instance's sendings failed: %s", error)
+                return False
+        return True
 
     def _sort_out(self, batch: list[AlertRecord], body: dict[str, Any]) -> list[AlertRecord]:
         """From a bulk answer: the sendings to write again; those refused for good are
@@ -438,14 +480,19 @@ class AlertLog:
         )
         return _alerts_for(user, records)
 
-    def _unwritten(self, user: str, wanted: Callable[[AlertRecord], bool]) -> list[Alert]:
-        """The user's alerts among the sendings not yet visible to search.
+    async def _unwritten(
+        self, user: str, after: int, upto: int, wanted: Callable[[AlertRecord], bool]
+    ) -> list[Alert]:
+        """The user's alerts among the sendings not yet visible to search: in this
+        process's buffer, and (shared service) in the mirrors of every instance.
 
         Taken before Elasticsearch is read, never after: a sending leaves here only once
         a search can see it, so each one is in this list or in the read that follows —
         whereas a flush completing during the read would take it out of both.
         """
-        records = (r for part in (self._writing, self._buffer) for r in part if wanted(r))
+        records = [r for part in (self._writing, self._buffer) for r in part if wanted(r)]
+        if self._mirror is not None:
+            records += (r for r in await self._mirror.unwritten(after, upto) if wanted(r))
         return _alerts_for(user, records)
 
     async def missed(
@@ -455,8 +502,8 @@ class AlertLog:
         leaving out any that counts a search made before `since` (epoch seconds: when the
         user's session began)."""
         since_ms = _session_ms(since)
-        unwritten = self._unwritten(
-            user, lambda r: after < r.seq <= upto and r.earliest_ms >= since_ms
+        unwritten = await self._unwritten(
+            user, after, upto, lambda r: after < r.seq <= upto and r.earliest_ms >= since_ms
         )
         positions = {"range": {"seq": {"gt": after, "lte": upto}}}
         stored = await self._read(user, since_ms, [positions], limit)
@@ -467,7 +514,9 @@ class AlertLog:
         seconds: when the user's session began), oldest first. A greeting passes the position
         from which its socket gets alerts live, so none is listed and then sent again."""
         since_ms = _session_ms(since)
-        unwritten = self._unwritten(user, lambda r: r.seq <= upto and r.earliest_ms >= since_ms)
+        unwritten = await self._unwritten(
+            user, 0, upto, lambda r: r.seq <= upto and r.earliest_ms >= since_ms
+        )
         stored = await self._read(user, since_ms, [{"range": {"seq": {"lte": upto}}}], limit)
         return _merge(stored, unwritten, limit)
 

@@ -235,14 +235,17 @@ class AlertDispatcher:
                 sendings.append(_sending(search, 1, since=search.at, watches=firsts))
         await self._publish(sendings)
 
-    async def _publish(self, sendings: list[Sending]) -> None:
+    async def _publish(self, sendings: list[Sending], *, guard: str | None = None) -> None:
         if not sendings:
             return
         try:
-            records = await self._broker.publish(sendings)
+            records = await self._broker.publish(sendings, guard=guard)
         except BrokerUnavailable:
-            # Their windows are decided already: they go out first when the broker is back.
-            self._keep(sendings, first=True)
+            if guard is None:
+                # Their windows are decided already: they go out first when the broker is back.
+                self._keep(sendings, first=True)
+            # A claimed follow-up stays claimed in Redis: when its lease lapses, whichever
+            # instance claims it again sends it (kept here, it could go out twice).
             return
         for record in records:
             self.alerts += 1 if record.everyone is not None else len(record.watches)
@@ -257,7 +260,12 @@ class AlertDispatcher:
             followups = await self._broker.claim_due(everything=everything)
         except BrokerUnavailable:
             return  # the windows stay in the broker: claimed when it is back
-        await self._publish([s for followup in followups for s in followup_sendings(followup)])
+        if not any(followup.token for followup in followups):
+            await self._publish([s for f in followups for s in followup_sendings(f)])
+            return
+        # Claimed follow-ups go out each with its own claim (exactly once across instances).
+        for followup in followups:
+            await self._publish(followup_sendings(followup), guard=followup.token or None)
 
     async def flush_all(self) -> None:
         """Send what waited for the broker and every pending follow-up now (at shutdown)."""

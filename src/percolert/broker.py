@@ -7,7 +7,7 @@ socket of their recipients. The hub stays local and knows no broker.
 What crosses the interface is msgspec structs, so that a backend out of process can carry
 them as they are. The parts only a shared backend needs (presence per connection and its
 cut, replay of what other instances have not yet written, claims of follow-ups under a
-lease, inbox messages) come with it: docs/design/multi-instance.md, §3 and §11 step 3.
+lease) come with it: docs/design/multi-instance.md, §3, §6 and §7.
 """
 
 from __future__ import annotations
@@ -57,13 +57,16 @@ class SearchFold(msgspec.Struct, frozen=True, kw_only=True, gc=False):
 class Followup(msgspec.Struct, frozen=True, kw_only=True):
     """A window that ended with searches folded into it: its follow-up is due. `owner` is
     None for a default watch's shared window; `not_alerted` (default windows only) are the
-    users who had no alert of the watch in the window because they were its searchers."""
+    users who had no alert of the watch in the window because they were its searchers.
+    `token`: a shared broker's claim on it (publish it with `guard=token`: it goes out once,
+    whichever instance claimed it last); empty in the embedded one."""
 
     watch_id: str
     terms: str
     owner: str | None
     events: list[SearchFold]
     not_alerted: frozenset[str] = frozenset()
+    token: str = ""
 
 
 class Hits(msgspec.Struct, frozen=True, kw_only=True):
@@ -137,9 +140,20 @@ class Broker(Protocol):
         follow-up is due; the next window of each starts now."""
         ...
 
-    async def publish(self, sendings: list[Sending]) -> list[AlertRecord]:
+    async def publish(
+        self, sendings: list[Sending], *, guard: str | None = None
+    ) -> list[AlertRecord]:
         """Number each sending, record it in the alert log and deliver it to every open
-        socket of its recipients, in order; returns the records."""
+        socket of its recipients, in order; returns the records. `guard`: the token of the
+        claimed follow-up these sendings are; if that claim is no longer held (another
+        instance took it over and sent it), nothing is sent and [] is returned."""
+        ...
+
+    async def unwritten(self, after: int, upto: int) -> list[AlertRecord]:
+        """Sendings with after < seq <= upto that instances (this one included) made and
+        have not yet written to the alert log, newest first; [] with one process, whose log
+        buffer holds them all. Read before the log itself: a sending leaves here only once
+        the log shows it."""
         ...
 
     async def notify_user(self, user: str, payload: str) -> None:

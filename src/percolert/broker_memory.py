@@ -187,7 +187,10 @@ class MemoryBroker:
                 self._end(key, window, now, due)
         return due
 
-    async def publish(self, sendings: list[Sending]) -> list[AlertRecord]:
+    async def publish(
+        self, sendings: list[Sending], *, guard: str | None = None
+    ) -> list[AlertRecord]:
+        # No claims here: a follow-up is ended by the one process that sends it.
         records = []
         for sending in sendings:
             record = sending.numbered(self._sink.next_seq())
@@ -195,6 +198,9 @@ class MemoryBroker:
             self._delivery.deliver(record)
             records.append(record)
         return records
+
+    async def unwritten(self, after: int, upto: int) -> list[AlertRecord]:
+        return []  # every sending is in this process's log buffer until written
 
     async def notify_user(self, user: str, payload: str) -> None:
         self._delivery.deliver_user(user, payload)

@@ -9,8 +9,10 @@
 - Presence: each instance beats every second (`P:inst`, expiry on Redis's clock); a user is
   reachable when some instance holds a socket of theirs or they left within the grace.
 - Coalescing: the windows live in Redis and are decided in Lua on Redis `TIME`, so it does
-  not matter which instance served a search; an ended window is taken out by one claim, so
-  one instance makes its follow-up.
+  not matter which instance served a search. An ended window is claimed under a token and a
+  lease (`P:f:<token>`, `P:leases`) and its follow-up published with the claim, so it goes
+  out exactly once: if the claimer dies first, another instance claims it again when the
+  lease lapses.
 - Positions: one counter (`P:meta` `seq`), raised at start above µs time and the alert
   log's last position, so positions handed out before stay valid for `after=`.
 - Faults (§7-§8): Redis unreachable marks the broker down (readiness says so); the
@@ -23,9 +25,13 @@
   socket here stops taking alerts live and is closed with 1012 once the log has what it
   missed, and its page replays from the log with `after=`. So are the sockets opened while
   Redis was away, if anything was numbered since their cut.
+- Replay: each sending is mirrored in its maker's `P:log:<instance>` until the maker's
+  alert log has written it, so `/ws?after=` on any instance replays it meanwhile. The mirror
+  of an instance reaped after SIGKILL is written to the log by a survivor (`P:orphans`,
+  under a lease) and then deleted.
 
-Not yet (the next steps of §11): leases on claimed follow-ups, replay of what other
-instances have not yet written to Elasticsearch.
+Not supported: Redis Cluster and Sentinel (key names are built inside the scripts, which pass
+no KEYS; the client follows no redirects).
 """
 
 from __future__ import annotations
@@ -46,7 +52,7 @@ from anyio.abc import TaskGroup
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import ReadOnlyError
+from redis.exceptions import ReadOnlyError, RedisError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from percolert.alertlog import AlertRecord
@@ -73,6 +79,12 @@ LAPSE_MS = 5_000
 # ... and after this long it is reaped: its registry and inbox are dropped.
 REAP_MS = 30_000
 INBOX_BOUND = 100_000
+# A mirror keeps at most what the alert log's buffer does (AlertLog's max_buffered).
+MIRROR_BOUND = 200_000
+# Replay reads at most this many unwritten sendings (the newest) of each instance.
+REPLAY_COUNT = 5_000
+# A claimed follow-up, or a dead instance's mirror, not done within this long is taken over.
+LEASE_MS = 5_000
 CLAIM_LIMIT = 64
 _READ_COUNT = 500
 _READ_BLOCK_MS = 1_000
@@ -102,6 +114,14 @@ class RecordSink(Protocol):
     def append(self, record: AlertRecord) -> None: ...
 
     async def max_seq(self) -> int: ...
+
+    async def store(self, records: list[AlertRecord]) -> bool:
+        """Write another instance's sendings now; False if some are to be written again."""
+        ...
+
+
+# A stream range as RESP2 gives it, in bytes: [(entry id, {field: value})].
+_Entries = list[tuple[bytes, dict[bytes, bytes]]]
 
 
 class _Fold(msgspec.Struct, frozen=True):
@@ -169,6 +189,7 @@ class RedisBroker:
                 "publish",
                 "notify",
                 "reassert",
+                "orphan",
             )
         }
         self._sending_encoder = msgspec.msgpack.Encoder()
@@ -176,6 +197,7 @@ class RedisBroker:
         self._fold_encoder = msgspec.json.Encoder()
         self._fold_decoder = msgspec.json.Decoder(_Fold)
         self._open_windows = 0
+        self._mirror = f"{self._prefix}:log:{instance_id}"
         # The inbox is new with this instance's id: everything in it is for us.
         self._last_read = b"0-0"
         # Whether Redis answers; False until the first successful start or reconnect.
@@ -424,6 +446,27 @@ class RedisBroker:
             if not self._up:
                 raise _Down
             await self.beat()
+            await self.write_orphans()
+
+    async def write_orphans(self) -> None:
+        """Write the mirrors of reaped instances (what they sent but never wrote) to the
+        alert log, one at a time, each under a lease; delete each once written."""
+        while (orphan := await self._call("orphan", LEASE_MS)) is not None:
+            mirror = f"{self._prefix}:log:{_text(orphan)}"
+            records: list[AlertRecord] = []
+            start = "-"
+            while entries := cast(
+                _Entries, await self._redis.xrange(mirror, min=start, count=REPLAY_COUNT)
+            ):
+                records += (self._mirrored(*entry) for entry in entries)
+                start = f"({entries[-1][0].decode()}"
+            if not await self._sink.store(records):
+                return  # the lease lapses: tried again later, by whichever instance
+            async with self._redis.pipeline(transaction=True) as pipe:
+                pipe.delete(mirror)
+                pipe.zrem(f"{self._prefix}:orphans", orphan)
+                await pipe.execute()
+            logger.info("wrote %d unwritten sendings of %s", len(records), _text(orphan))
 
     async def _read_inbox(self) -> None:
         # Resumes where it stopped after a reconnect: nothing is read twice.
@@ -549,7 +592,7 @@ class RedisBroker:
 
     async def claim_due(self, *, everything: bool = False) -> list[Followup]:
         windows, ended = await self._decide(
-            "claim", self._window_ms, CLAIM_LIMIT, "1" if everything else "0"
+            "claim", self._window_ms, CLAIM_LIMIT, "1" if everything else "0", LEASE_MS
         )
         self._open_windows = int(windows)
         return [
@@ -559,12 +602,15 @@ class RedisBroker:
                 owner=_text(owner) or None,
                 events=[self._event(event) for event in events],
                 not_alerted=frozenset(_text(user) for user in not_alerted),
+                token=_text(token),
             )
-            for watch_id, owner, terms, not_alerted, events in ended
+            for token, watch_id, owner, terms, not_alerted, events in ended
         ]
 
-    async def publish(self, sendings: list[Sending]) -> list[AlertRecord]:
-        args: list[str | int | bytes] = [INBOX_BOUND]
+    async def publish(
+        self, sendings: list[Sending], *, guard: str | None = None
+    ) -> list[AlertRecord]:
+        args: list[str | int | bytes] = [INBOX_BOUND, self.instance_id, MIRROR_BOUND, guard or ""]
         for sending in sendings:
             encoded = self._sending_encoder.encode(sending)
             if sending.everyone is not None:
@@ -572,11 +618,62 @@ class RedisBroker:
             else:
                 args += ["u", encoded, len(sending.watches), *sending.watches]
         seqs = await self._decide("publish", *args)
-        self._seen(max((int(seq) for seq in seqs), default=0))
+        if not seqs:
+            return []  # the claim was no longer ours: another instance sent it
+        self._seen(max(int(seq) for seq in seqs))
         records = [sending.numbered(int(seq)) for sending, seq in zip(sendings, seqs, strict=True)]
         for record in records:
             self._sink.append(record)
         return records
+
+    def _mirrored(self, entry_id: bytes, fields: dict[bytes, bytes]) -> AlertRecord:
+        seq = int(entry_id.split(b"-", 1)[0])
+        return self._sending_decoder.decode(fields[b"m"]).numbered(seq)
+
+    async def unwritten(self, after: int, upto: int) -> list[AlertRecord]:
+        # Whose mirror: every instance registered (alive or lapsed) and every reaped one not
+        # yet written. One whose mirror is deleted between the two reads was written first.
+        if upto <= after or not self._up:
+            # Redis away: a socket opened now is resynced once it is back (its cut then
+            # lies behind), and replays again from the log with every mirror written.
+            return []
+        try:
+            return await self._read_mirrors(after, upto)
+        except _UNREACHABLE as error:
+            self._mark_down(error)
+            return []
+
+    async def _read_mirrors(self, after: int, upto: int) -> list[AlertRecord]:
+        async with self._redis.pipeline(transaction=False) as pipe:
+            pipe.zrange(f"{self._prefix}:inst", 0, -1)
+            pipe.zrange(f"{self._prefix}:orphans", 0, -1)
+            alive, orphans = await pipe.execute()
+        async with self._redis.pipeline(transaction=False) as pipe:
+            for instance in {*alive, *orphans}:
+                pipe.xrevrange(
+                    f"{self._prefix}:log:{_text(instance)}",
+                    max=f"{upto}-0",
+                    min=f"{after + 1}-0",
+                    count=REPLAY_COUNT,
+                )
+            mirrors = await pipe.execute()
+        return [self._mirrored(*entry) for entries in mirrors for entry in cast(_Entries, entries)]
+
+    async def written(self, seqs: list[int]) -> None:
+        """Drop sendings this instance's alert log has written from its mirror (only those:
+        a publish whose answer is still on its way may hold a lower position)."""
+        if not seqs:
+            return
+        try:
+            async with self._redis.pipeline(transaction=False) as pipe:
+                for start in range(0, len(seqs), REPLAY_COUNT):
+                    pipe.xdel(
+                        self._mirror, *(f"{seq}-0" for seq in seqs[start : start + REPLAY_COUNT])
+                    )
+                await pipe.execute()
+        except RedisError as error:
+            # Kept until the mirror's bound drops them; replay merges them by position.
+            logger.warning("could not drop written sendings from the mirror: %s", error)
 
     async def notify_user(self, user: str, payload: str) -> None:
         if self._up:

@@ -88,7 +88,11 @@ class Services:
         self.metrics = metrics
         self.client = client
         normalizer = TextNormalizer()
-        self.alert_log = AlertLog(client, indices.alias_for(settings, "alerts"))
+        self.alert_log = AlertLog(
+            client,
+            indices.alias_for(settings, "alerts"),
+            flush_seconds=settings.alert_log_flush_seconds,
+        )
         # With a shared Redis, instances sharing the indices act as one service; without,
         # this process is the whole service.
         self.shared: RedisBroker | None = None
@@ -105,6 +109,7 @@ class Services:
                 url=settings.redis_url,
                 instance_id=settings.instance_id or default_instance_id(settings),
             )
+            self.alert_log.mirrored_by(self.shared)
         self.dispatcher = AlertDispatcher(
             self.broker, window_seconds=settings.coalesce_seconds, spool=settings.broker_spool
         )

@@ -51,6 +51,8 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     # Searches whose alerts wait while the shared broker's Redis is unreachable (sent when
     # it is back); beyond this many the oldest are dropped, counted and logged.
     broker_spool: int = 100_000
+    # How often the alert log writes what was sent to Elasticsearch (in one bulk request).
+    alert_log_flush_seconds: float = 0.1
     # Where `percolert serve` listens.
     host: str = "127.0.0.1"
     port: int = 8000
@@ -250,6 +252,9 @@ def from_environment(
         redis_url=redis_url,
         instance_id=_optional(env, "PERCOLERT_INSTANCE_ID"),
         broker_spool=int(_number(env, "PERCOLERT_BROKER_SPOOL", 100_000, minimum=1)),
+        alert_log_flush_seconds=_number(
+            env, "PERCOLERT_ALERT_LOG_FLUSH_SECONDS", 0.1, minimum=0.01
+        ),
         host=_optional(env, "PERCOLERT_HOST") or "127.0.0.1",
         port=int(_number(env, "PERCOLERT_PORT", 8000, minimum=0)),
         log_format=_choice(env, "PERCOLERT_LOG_FORMAT", ("json", "text")),

@@ -1,7 +1,8 @@
 -- ARGV: P, me, ttl (ms), reap after (ms), grace (ms). Keeps this instance alive for `ttl`;
 -- reaps instances lapsed for longer than `reap after` (their users count as having left when
 -- the instance lapsed, so they stay reachable through the grace); forgets departures older
--- than the grace. Returns how many instances it reaped.
+-- than the grace; the mirror of a reaped instance becomes an orphan. Returns how many
+-- instances it reaped.
 local me, ttl, reap, grace = ARGV[2], tonumber(ARGV[3]), tonumber(ARGV[4]), tonumber(ARGV[5])
 redis.call('ZADD', P .. ':inst', now + ttl, me)
 local dead = redis.call('ZRANGEBYSCORE', P .. ':inst', '-inf', now - reap)
@@ -11,6 +12,10 @@ for _, inst in ipairs(dead) do
     redis.call('ZADD', P .. ':left', 'GT', lapsed, user)
   end
   redis.call('DEL', P .. ':at:' .. inst, P .. ':inbox:' .. inst)
+  -- What it sent but never wrote to the alert log: a survivor writes it (orphan.lua).
+  if redis.call('EXISTS', P .. ':log:' .. inst) == 1 then
+    redis.call('ZADD', P .. ':orphans', 'NX', 0, inst)
+  end
   redis.call('ZREM', P .. ':inst', inst)
 end
 redis.call('ZREMRANGEBYSCORE', P .. ':left', '-inf', now - grace)

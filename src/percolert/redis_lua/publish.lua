@@ -4,16 +4,29 @@
 -- of an earlier run, even if Redis lost its data), and adds it once to the inbox of each
 -- instance that holds a socket of a recipient (every instance with sockets, for everyone):
 -- in order, since scripts run one at a time. Returns the positions.
+-- Also ARGV[3..5]: this instance, its mirror's length bound, and the token of the claimed
+-- follow-up these sendings are ('' for none). Each sending is mirrored in `P:log:<me>` (entry
+-- `<seq>-0`) until this instance has written it to the alert log, so any instance can replay
+-- it meanwhile. A claimed follow-up goes out with its claim: if the claim is gone (sent by
+-- another instance after this one's lease lapsed), nothing is sent and {} is returned.
 local bound = ARGV[2]
+local me, mirror_bound, guard = ARGV[3], ARGV[4], ARGV[5]
+if guard ~= '' then
+  local f = P .. ':f:' .. guard
+  if redis.call('DEL', f) == 0 then return {} end
+  redis.call('DEL', f .. ':ev', f .. ':na')
+  redis.call('ZREM', P .. ':leases', guard)
+end
 local insts = instances()
 local seqs = {}
-local i = 3
+local i = 6
 while i <= #ARGV do
   local kind, sending, users = ARGV[i], ARGV[i + 1], tonumber(ARGV[i + 2])
   local seq = math.max(tonumber(redis.call('HGET', P .. ':meta', 'seq') or '0') + 1, now_us)
   local text = string.format('%d', seq)
   redis.call('HSET', P .. ':meta', 'seq', text)
   seqs[#seqs + 1] = text
+  redis.call('XADD', P .. ':log:' .. me, 'MAXLEN', '~', mirror_bound, text .. '-0', 'm', sending)
   for _, inst in ipairs(insts) do
     local wanted = false
     if kind == 'e' then
