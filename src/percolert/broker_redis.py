@@ -45,6 +45,7 @@ from percolert.broker import (
 )
 from percolert.delivery import Delivery
 from percolert.hub import RESTART_WINDOW_SECONDS, Hub
+from percolert.metrics import BrokerMetrics
 from percolert.settings import Settings
 
 logger = logging.getLogger("percolert.broker")
@@ -99,9 +100,11 @@ class RedisBroker:
         *,
         url: str,
         instance_id: str,
+        observer: BrokerMetrics | None = None,
         wall_clock: Callable[[], float] = time.time,
     ) -> None:
         self.instance_id = instance_id
+        self._observer = observer or BrokerMetrics()
         self._redis = aioredis.Redis.from_url(url)
         self._prefix = f"percolert:{{{settings.index_prefix}}}"
         self._inbox = f"{self._prefix}:inbox:{instance_id}"
@@ -126,7 +129,10 @@ class RedisBroker:
         self._last_read = b"0-0"
 
     async def _call(self, name: str, *args: str | int | bytes) -> Any:
-        return await self._scripts[name](keys=[], args=[self._prefix, *args])
+        # No KEYS: every key is built in the script from P, so a Cluster cannot route them
+        # (README, Several instances).
+        with self._observer.round_trip(name):
+            return await self._scripts[name](keys=[], args=[self._prefix, *args])
 
     async def start(self) -> None:
         """Raise the position counter above every position handed out before, and beat once,
@@ -146,7 +152,8 @@ class RedisBroker:
             await self._read_inbox()
 
     async def beat(self) -> None:
-        await self._call("heartbeat", self.instance_id, LAPSE_MS, REAP_MS, self._grace_ms)
+        live = await self._call("heartbeat", self.instance_id, LAPSE_MS, REAP_MS, self._grace_ms)
+        self._observer.instances(int(live))
 
     async def _beating(self) -> None:
         while True:
@@ -158,18 +165,20 @@ class RedisBroker:
         last = self._last_read
         while True:
             # RESP2, bytes: [[stream, [(entry id, {field: value})]]].
-            reply = cast(
-                list[tuple[bytes, list[tuple[bytes, dict[bytes, bytes]]]]],
-                await self._redis.xread(
-                    {self._inbox: last}, count=_READ_COUNT, block=_READ_BLOCK_MS
-                ),
-            )
+            with self._observer.round_trip("xread"):
+                reply = cast(
+                    list[tuple[bytes, list[tuple[bytes, dict[bytes, bytes]]]]],
+                    await self._redis.xread(
+                        {self._inbox: last}, count=_READ_COUNT, block=_READ_BLOCK_MS
+                    ),
+                )
             for _stream, entries in reply or ():
                 for entry_id, fields in entries:
                     last = self._last_read = entry_id
                     self._receive(fields)
 
     def _receive(self, fields: dict[bytes, bytes]) -> None:
+        self._observer.received()
         user = fields.get(b"u")
         if user is not None:
             self._delivery.deliver_user(user.decode(), fields[b"p"].decode())
@@ -248,6 +257,9 @@ class RedisBroker:
             else:
                 args += ["u", encoded, len(sending.watches), *sending.watches]
         seqs = await self._call("publish", *args)
+        everyone = sum(1 for sending in sendings if sending.everyone is not None)
+        self._observer.published("everyone", everyone)
+        self._observer.published("user", len(sendings) - everyone)
         records = [sending.numbered(int(seq)) for sending, seq in zip(sendings, seqs, strict=True)]
         for record in records:
             self._sink.append(record)
@@ -255,6 +267,7 @@ class RedisBroker:
 
     async def notify_user(self, user: str, payload: str) -> None:
         await self._call("notify", INBOX_BOUND, user, payload)
+        self._observer.published("user_message")
 
     @property
     def open_windows(self) -> int:

@@ -254,13 +254,17 @@ def cmd_watches(settings: Settings, args: argparse.Namespace) -> int:
 
 def _serve(settings: Settings) -> None:
     print(f"Percolert at http://{settings.host}:{settings.port}  (Ctrl-C stops)")
-    build_server(
-        create_app(settings),
+    app = create_app(settings)
+    server = build_server(
+        app,
         settings.host,
         settings.port,
         tune_gc=True,
         trusted_proxies=settings.trusted_proxies,
-    ).run()
+    )
+    # One process, one instance: uvicorn's own lines name it too.
+    with logs.as_instance(app.state.instance_id):
+        server.run()
 
 
 def cmd_serve(settings: Settings, args: argparse.Namespace) -> int:

@@ -104,6 +104,7 @@ class Services:
                 self.alert_log,
                 url=settings.redis_url,
                 instance_id=settings.instance_id or default_instance_id(settings),
+                observer=metrics.broker(),
             )
         self.dispatcher = AlertDispatcher(self.broker, window_seconds=settings.coalesce_seconds)
         self.percolator = percolator_type(

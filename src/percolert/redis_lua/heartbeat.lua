@@ -1,7 +1,7 @@
 -- ARGV: P, me, ttl (ms), reap after (ms), grace (ms). Keeps this instance alive for `ttl`;
 -- reaps instances lapsed for longer than `reap after` (their users count as having left when
 -- the instance lapsed, so they stay reachable through the grace); forgets departures older
--- than the grace. Returns how many instances it reaped.
+-- than the grace. Returns how many instances are live (not lapsed), for the metrics.
 local me, ttl, reap, grace = ARGV[2], tonumber(ARGV[3]), tonumber(ARGV[4]), tonumber(ARGV[5])
 redis.call('ZADD', P .. ':inst', now + ttl, me)
 local dead = redis.call('ZRANGEBYSCORE', P .. ':inst', '-inf', now - reap)
@@ -14,4 +14,4 @@ for _, inst in ipairs(dead) do
   redis.call('ZREM', P .. ':inst', inst)
 end
 redis.call('ZREMRANGEBYSCORE', P .. ':left', '-inf', now - grace)
-return #dead
+return redis.call('ZCOUNT', P .. ':inst', now, '+inf')
