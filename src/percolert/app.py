@@ -193,10 +193,12 @@ class _Lifespan:
         hub: Hub,
         metrics: Metrics,
         percolator_type: type[Percolator],
+        limits: RateLimits,
     ) -> None:
         self._settings = settings
         self._hub = hub
         self._metrics = metrics
+        self._limits = limits
         self._percolator_type = percolator_type
         self.services: Services | None = None
 
@@ -213,6 +215,7 @@ class _Lifespan:
                     yield services.state()
                 finally:
                     self.services = None
+                    await self._limits.close()
 
     def readings(self) -> dict[str, float]:
         values: dict[str, float] = {
@@ -245,12 +248,13 @@ def create_app(settings: Settings, *, percolator_type: type[Percolator] = Percol
     # The hub outlives the lifespan's services: the server drains it before shutting down.
     hub = Hub(grace_seconds=settings.reconnect_grace_seconds)
     app_metrics = Metrics(instance_id)
+    limits = RateLimits(settings)
     admission = Admission(
-        RateLimits(settings),
+        limits,
         max_sockets_per_user=settings.max_sockets_per_user,
         on_refused=lambda limit: app_metrics.refused.labels(limit).inc(),
     )
-    lifespan = _Lifespan(settings, hub, app_metrics, percolator_type)
+    lifespan = _Lifespan(settings, hub, app_metrics, percolator_type, limits)
     app_metrics.read_from(lifespan.readings)
 
     web = assets.asset_dir("web")
