@@ -176,7 +176,8 @@ async def test_broker_metrics_follow_the_traffic_between_instances(
 
 
 def test_an_instance_without_redis_has_no_broker_metrics(catalog_settings: Settings) -> None:
-    with run_server(msgspec.structs.replace(catalog_settings, instance_id="solo")) as server:
+    solo = msgspec.structs.replace(catalog_settings, instance_id="solo", redis_url=None)
+    with run_server(solo) as server:
         assert metric(server, "percolert_instance_info", instance="solo") == 1
         text = httpx.get(f"{server}/metrics", timeout=10).text
     assert "percolert_broker_" not in text

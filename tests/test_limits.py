@@ -44,8 +44,10 @@ _LIMITS = (
 
 
 def limited(settings: Settings, **changes: Any) -> Settings:
-    """`settings` with rate limits on: those in `changes`, every other one off."""
+    """`settings` with rate limits on: those in `changes`, every other one off; counted by
+    each server alone (in memory), even on the Redis broker, unless `changes` say otherwise."""
     limits: dict[str, Any] = dict.fromkeys(_LIMITS)
+    limits["rate_limit_storage"] = "async+memory://"
     limits.update(changes)
     return msgspec.structs.replace(settings, rate_limits_enabled=True, **limits)
 
@@ -388,6 +390,7 @@ async def test_instances_sharing_a_redis_share_the_session_limit(
     # No storage configured: the Redis the instances share holds the counters.
     settings = limited(
         msgspec.structs.replace(catalog_settings, redis_url=redis_url),
+        rate_limit_storage=None,
         limit_searches_per_session=f"3/{FOREVER}",
     )
     with run_server(settings) as one, run_server(settings) as two:
@@ -408,8 +411,7 @@ async def test_a_store_that_does_not_answer_admits_and_says_so_once(
 ) -> None:
     nowhere = f"async+redis://127.0.0.1:{free_port()}"  # nothing listens there
     settings = limited(
-        msgspec.structs.replace(catalog_settings, rate_limit_storage=nowhere),
-        limit_searches_per_session=f"1/{FOREVER}",
+        catalog_settings, rate_limit_storage=nowhere, limit_searches_per_session=f"1/{FOREVER}"
     )
     with run_server(settings) as url, capture_warnings() as warnings:
         async with Shopper(url) as a:

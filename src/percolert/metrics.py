@@ -127,8 +127,11 @@ class BrokerMetrics:
             "Live instances in the presence registry, as of this instance's last heartbeat",
             registry=registry,
         )
+        # Exported from the start, at zero: a rate needs a first sample.
         for kind in ("user", "everyone", "user_message"):
             self._publishes.labels(kind)
+        for op in ("seed", "heartbeat", "presence", "hits", "claim", "publish", "notify", "xread"):
+            self._round_trip.labels(op)
 
     def published(self, kind: str, count: int = 1) -> None:
         self._publishes.labels(kind).inc(count)
