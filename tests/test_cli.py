@@ -106,8 +106,9 @@ def answers(url: str) -> bool:
 
 
 @pytest.mark.anyio
+@pytest.mark.parametrize("stop", [signal.SIGINT, signal.SIGTERM], ids=["ctrl-c", "sigterm"])
 async def test_up_runs_two_instances_that_alert_each_other_and_ctrl_c_stops_all(
-    elasticsearch_url: str, tmp_path: Path
+    elasticsearch_url: str, tmp_path: Path, stop: signal.Signals
 ) -> None:
     settings = make_settings(elasticsearch_url, state_dir=tmp_path / "state")
     port, redis_port = consecutive_free_ports(2), free_port()
@@ -151,7 +152,7 @@ async def test_up_runs_two_instances_that_alert_each_other_and_ctrl_c_stops_all(
                         for w in (await a.http.get("/api/watches")).json()["watches"]
                     )
             finally:
-                up.send_signal(signal.SIGINT)
+                up.send_signal(stop)
                 stdout, stderr = up.communicate(timeout=60)
         assert up.returncode == 0, stderr
         for instance_id in ids:

@@ -63,10 +63,16 @@ def _environment(settings: Settings, base: Mapping[str, str]) -> dict[str, str]:
     }
 
 
+def _interrupt(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt
+
+
 def run(planned: list[tuple[Instance, Settings]]) -> int:
-    """Run the planned instances until Ctrl-C (then 0) or until one of them exits on its own
-    (then 1, after stopping the others)."""
+    """Run the planned instances until Ctrl-C or SIGTERM (then 0) or until one of them exits
+    on its own (then 1, after stopping the others)."""
     processes: list[subprocess.Popen[bytes]] = []
+    # A supervisor's or `kill`'s SIGTERM stops them as Ctrl-C does, not leaving them orphaned.
+    previous = signal.signal(signal.SIGTERM, _interrupt)
     try:
         for _, settings in planned:
             processes.append(
@@ -90,6 +96,7 @@ def run(planned: list[tuple[Instance, Settings]]) -> int:
         return 0
     finally:
         _stop(processes)
+        signal.signal(signal.SIGTERM, previous)
 
 
 def _stop(processes: list[subprocess.Popen[bytes]]) -> None:
