@@ -2,9 +2,9 @@
 one `percolert serve` process each (one per core, as a deployment would run them), on
 consecutive ports, sharing one Redis and the same indices; stopped together.
 
-Each process gets its own session, so a Ctrl-C in the terminal reaches only this one, which
-then stops each instance exactly once (SIGINT: uvicorn's graceful shutdown, which drains the
-sockets; a second signal would cut it short).
+Each instance runs in a process session of its own, so a Ctrl-C in the terminal reaches only
+this process, which then stops each instance exactly once (SIGINT: uvicorn's graceful
+shutdown, which drains the sockets; a second signal would cut it short).
 """
 
 from __future__ import annotations
