@@ -30,7 +30,8 @@ def tests(session: nox.Session) -> None:
 
 @nox.session(python=PYTHON)
 def demo(session: nox.Session) -> None:
-    """Dev node, indices, sample catalog and server at http://127.0.0.1:8000; Ctrl-C stops."""
+    """Dev node, indices, sample catalog and server at http://127.0.0.1:8000; Ctrl-C stops.
+    Arguments go to `percolert up` (`./dev demo --instances 2`: two servers, one dev Redis)."""
     session.install("-e", ".")
     session.run("percolert", "up", *session.posargs)
 

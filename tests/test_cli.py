@@ -2,16 +2,26 @@
 
 from __future__ import annotations
 
+import os
+import signal
+import socket
 import subprocess
 import sys
 from pathlib import Path
 
+import httpx
 import msgspec
+import pytest
+from prometheus_client.parser import text_string_to_metric_families
 
 from percolert.cli import load_settings
 from percolert.devnode import NodeState
+from percolert.redisnode import RedisNode
 from percolert.settings import DEFAULT_ELASTICSEARCH_URL, from_environment
-from tests.conftest import make_settings, run_cli
+from tests.conftest import delete_indices, make_settings, run_cli
+from tests.servers import free_port
+from tests.shoppers import Shopper
+from tests.waiting import wait_until
 
 
 def test_without_elasticsearch_url_commands_use_the_running_dev_node(tmp_path: Path) -> None:
@@ -59,3 +69,97 @@ def test_commands_before_setup_say_so_without_a_traceback(
         assert refused.returncode == 1, refused.stdout
         assert "run `percolert setup` first" in refused.stderr
         assert "Traceback" not in refused.stderr
+
+
+def consecutive_free_ports(count: int) -> int:
+    """The first of `count` consecutive ports that are free now."""
+    for _ in range(50):
+        first = free_port()
+        probes = [socket.socket() for _ in range(count - 1)]
+        try:
+            for offset, probe in enumerate(probes, 1):
+                probe.bind(("127.0.0.1", first + offset))
+            return first
+        except OSError:
+            continue
+        finally:
+            for probe in probes:
+                probe.close()
+    raise AssertionError(f"no {count} consecutive free ports")
+
+
+def metric_labels(base_url: str, name: str) -> dict[str, str]:
+    """The labels of the one sample `name` on the server's /metrics."""
+    text = httpx.get(f"{base_url}/metrics", timeout=10).text
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            if sample.name == name:
+                return dict(sample.labels)
+    raise AssertionError(f"no sample {name} on {base_url}/metrics")
+
+
+def answers(url: str) -> bool:
+    try:
+        return httpx.get(url, timeout=2).is_success
+    except httpx.TransportError:
+        return False
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize("stop", [signal.SIGINT, signal.SIGTERM], ids=["ctrl-c", "sigterm"])
+async def test_up_runs_two_instances_that_alert_each_other_and_ctrl_c_stops_all(
+    elasticsearch_url: str, tmp_path: Path, stop: signal.Signals
+) -> None:
+    settings = make_settings(elasticsearch_url, state_dir=tmp_path / "state")
+    port, redis_port = consecutive_free_ports(2), free_port()
+    env = {
+        **os.environ,
+        "ELASTICSEARCH_URL": elasticsearch_url,  # no dev node: this cluster
+        "PERCOLERT_INDEX_PREFIX": settings.index_prefix,
+        "PERCOLERT_STATE_DIR": str(settings.state_dir),
+        "PERCOLERT_COALESCE_SECONDS": "0",
+    }
+    env.pop("PERCOLERT_REDIS_URL", None)  # the dev Redis of the state directory
+    command = [sys.executable, "-m", "percolert.cli", "up", "--instances", "2"]
+    command += ["--port", str(port), "--redis-port", str(redis_port)]
+    one, two = f"http://127.0.0.1:{port}", f"http://127.0.0.1:{port + 1}"
+    try:
+        with subprocess.Popen(
+            command, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+        ) as up:
+            try:
+
+                def ready() -> bool:
+                    assert up.poll() is None, "percolert up exited"
+                    return answers(f"{one}/readyz") and answers(f"{two}/readyz")
+
+                await wait_until(ready, timeout=120, what="both instances to be ready")
+                assert RedisNode(settings.state_dir).status() is not None
+                ids = {
+                    metric_labels(url, "percolert_instance_info")["instance"] for url in (one, two)
+                }
+                assert len(ids) == 2
+                async with Shopper(one) as a, Shopper(one) as b:
+                    watch = await a.watch("fitbit")
+                    socket = await a.connect(base_url=two)  # A listens on instance 2
+                    await b.search("fitbit charge")  # B searches on instance 1
+                    alert = await socket.next_alert()
+                    assert alert is not None
+                    assert alert["watch"]["id"] == watch["id"]
+                    # The sample's default watches were seeded once, for both.
+                    assert any(
+                        w["terms"] == "kindle"
+                        for w in (await a.http.get("/api/watches")).json()["watches"]
+                    )
+            finally:
+                up.send_signal(stop)
+                stdout, stderr = up.communicate(timeout=60)
+        assert up.returncode == 0, stderr
+        for instance_id in ids:
+            assert f"instance {instance_id} at http://127.0.0.1:" in stdout
+        assert "two shoppers: open" in stdout
+        assert not answers(f"{one}/healthz")
+        assert not answers(f"{two}/healthz")
+        assert RedisNode(settings.state_dir).status() is None  # it stopped the Redis it started
+    finally:
+        await delete_indices(settings)

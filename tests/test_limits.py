@@ -6,8 +6,10 @@ proxy. Limits use a window no test outlives, so nothing resets mid-test."""
 from __future__ import annotations
 
 import json
+import logging
 import time
 from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any
 
 import anyio
@@ -20,7 +22,7 @@ from websockets.http11 import Response as HandshakeResponse
 from percolert.ratelimits import client_address
 from percolert.sessions import COOKIE_NAME
 from percolert.settings import Settings
-from tests.servers import logged_errors, run_server
+from tests.servers import free_port, logged_errors, run_server
 from tests.shoppers import Shopper
 
 pytestmark = pytest.mark.anyio
@@ -42,8 +44,10 @@ _LIMITS = (
 
 
 def limited(settings: Settings, **changes: Any) -> Settings:
-    """`settings` with rate limits on: those in `changes`, every other one off."""
+    """`settings` with rate limits on: those in `changes`, every other one off; counted by
+    each server alone (in memory), even on the Redis broker, unless `changes` say otherwise."""
     limits: dict[str, Any] = dict.fromkeys(_LIMITS)
+    limits["rate_limit_storage"] = "async+memory://"
     limits.update(changes)
     return msgspec.structs.replace(settings, rate_limits_enabled=True, **limits)
 
@@ -60,6 +64,24 @@ def session_limited(catalog_settings: Settings) -> Iterator[str]:
     )
     with run_server(settings) as url:
         yield url
+
+
+@contextmanager
+def capture_warnings() -> Iterator[list[str]]:
+    """Warnings the percolert loggers write inside the block."""
+    caught: list[str] = []
+
+    class Collect(logging.Handler):
+        def emit(self, record: logging.LogRecord) -> None:
+            caught.append(record.getMessage())
+
+    handler = Collect(logging.WARNING)
+    logger = logging.getLogger("percolert")
+    logger.addHandler(handler)
+    try:
+        yield caught
+    finally:
+        logger.removeHandler(handler)
 
 
 def assert_rate_limited(response: httpx.Response) -> int:
@@ -360,3 +382,39 @@ async def test_a_body_declared_too_large_is_refused_on_a_route_that_takes_none(
         status, answer = _status_and_body(await _exchange(server, head.encode() + b"x" * 100))
         assert status == 413
         assert answer["error"]["code"] == "body_too_large"
+
+
+async def test_instances_sharing_a_redis_share_the_session_limit(
+    catalog_settings: Settings, redis_url: str
+) -> None:
+    # No storage configured: the Redis the instances share holds the counters.
+    settings = limited(
+        msgspec.structs.replace(catalog_settings, redis_url=redis_url),
+        rate_limit_storage=None,
+        limit_searches_per_session=f"3/{FOREVER}",
+    )
+    with run_server(settings) as one, run_server(settings) as two:
+        async with Shopper(one) as a:
+            await a.search("kindle 1")
+            await a.search("kindle 2")
+            other = httpx.AsyncClient(base_url=two, cookies={COOKIE_NAME: a.cookie}, timeout=15)
+            async with other:
+                third = await other.get("/api/search", params={"q": "kindle 3"})
+                assert third.status_code == 200, third.text
+                # The fourth is over the limit on either instance.
+                assert_rate_limited(await other.get("/api/search", params={"q": "kindle 4"}))
+            assert_rate_limited(await a.http.get("/api/search", params={"q": "kindle 4"}))
+
+
+async def test_a_store_that_does_not_answer_admits_and_says_so_once(
+    catalog_settings: Settings,
+) -> None:
+    nowhere = f"async+redis://127.0.0.1:{free_port()}"  # nothing listens there
+    settings = limited(
+        catalog_settings, rate_limit_storage=nowhere, limit_searches_per_session=f"1/{FOREVER}"
+    )
+    with run_server(settings) as url, capture_warnings() as warnings:
+        async with Shopper(url) as a:
+            for number in range(3):  # past the limit: nothing counts them
+                await a.search(f"kindle {number}")
+    assert [w for w in warnings if "rate limits not enforced" in w] == [warnings[0]]

@@ -107,7 +107,7 @@ async def test_logs_are_one_json_line_per_event_without_secrets(
 
 
 async def test_a_blocked_event_loop_shows_as_lag() -> None:
-    metrics = Metrics()
+    metrics = Metrics("test")
 
     def timed() -> float:
         return metrics.registry.get_sample_value("percolert_event_loop_lag_seconds_count") or 0

@@ -101,7 +101,7 @@ def test_rate_limits_read_in_limits_notation_or_off() -> None:
     defaults = from_environment(BASE)
     assert defaults.rate_limits_enabled is True
     assert defaults.limit_searches_per_session == "10/second;300/minute"
-    assert defaults.rate_limit_storage == "async+memory://"
+    assert defaults.rate_limit_storage is None  # memory, or the shared Redis
     assert defaults.max_sockets_per_user == 20
     assert defaults.trusted_proxies == ()
     settings = from_environment(

@@ -21,10 +21,11 @@ from percolert import assets, catalog, es, indices
 from percolert.admission import Admission, AdmissionMiddleware
 from percolert.alert_socket import alerts_socket
 from percolert.bodylimit import BodyLimitMiddleware
+from percolert.broker_redis import default_instance_id
 from percolert.browser_guard import BrowserGuardMiddleware
 from percolert.errors import ApiError, error_response, exception_handlers
 from percolert.hub import Hub
-from percolert.logs import AccessLogMiddleware
+from percolert.logs import AccessLogMiddleware, as_instance
 from percolert.messages import (
     Categories,
     Health,
@@ -199,23 +200,29 @@ class _Lifespan:
         hub: Hub,
         metrics: Metrics,
         percolator_type: type[Percolator],
+        limits: RateLimits,
     ) -> None:
         self._settings = settings
         self._hub = hub
         self._metrics = metrics
+        self._limits = limits
         self._percolator_type = percolator_type
         self.services: Services | None = None
 
     @asynccontextmanager
     async def __call__(self, app: Starlette) -> AsyncIterator[State]:
-        async with Services.running(
-            self._settings, self._hub, self._metrics, percolator_type=self._percolator_type
-        ) as services:
-            self.services = services
-            try:
-                yield services.state()
-            finally:
-                self.services = None
+        assert self._settings.instance_id is not None  # create_app decided it
+        # The background loops start in here, and log as this instance.
+        with as_instance(self._settings.instance_id):
+            async with Services.running(
+                self._settings, self._hub, self._metrics, percolator_type=self._percolator_type
+            ) as services:
+                self.services = services
+                try:
+                    yield services.state()
+                finally:
+                    self.services = None
+                    await self._limits.close()
 
     def readings(self) -> dict[str, float]:
         values: dict[str, float] = {
@@ -230,24 +237,31 @@ class _Lifespan:
 
     async def drain(self, seconds: float) -> None:
         """Shutdown: deliver what answered searches will still produce, then close sockets."""
-        if self.services is not None:
-            await self.services.deliver_pending(seconds / 2)
-        await self._hub.close_all(seconds / 2)
+        assert self._settings.instance_id is not None
+        with as_instance(self._settings.instance_id):
+            if self.services is not None:
+                await self.services.deliver_pending(seconds / 2)
+            await self._hub.close_all(seconds / 2)
 
 
 def create_app(settings: Settings, *, percolator_type: type[Percolator] = Percolator) -> Starlette:
     """The ASGI app for one deployment; everything it needs comes from `settings`
     (`percolator_type`: the percolator's class; tests hand one with faults injected)."""
-    signer = SessionSigner(load_secret(settings))
+    # One id names this app in its logs, its metrics and (on a shared Redis) the broker.
+    instance_id = settings.instance_id or default_instance_id(settings)
+    settings = msgspec.structs.replace(settings, instance_id=instance_id)
+    with as_instance(instance_id):  # it may warn of a development secret
+        signer = SessionSigner(load_secret(settings))
     # The hub outlives the lifespan's services: the server drains it before shutting down.
     hub = Hub(grace_seconds=settings.reconnect_grace_seconds)
-    app_metrics = Metrics()
+    app_metrics = Metrics(instance_id)
+    limits = RateLimits(settings)
     admission = Admission(
-        RateLimits(settings),
+        limits,
         max_sockets_per_user=settings.max_sockets_per_user,
         on_refused=lambda limit: app_metrics.refused.labels(limit).inc(),
     )
-    lifespan = _Lifespan(settings, hub, app_metrics, percolator_type)
+    lifespan = _Lifespan(settings, hub, app_metrics, percolator_type, limits)
     app_metrics.read_from(lifespan.readings)
 
     web = assets.asset_dir("web")
@@ -273,7 +287,7 @@ def create_app(settings: Settings, *, percolator_type: type[Percolator] = Percol
         routes=routes,
         lifespan=lifespan,
         middleware=[
-            Middleware(AccessLogMiddleware),
+            Middleware(AccessLogMiddleware, instance_id=instance_id),
             Middleware(BrowserGuardMiddleware, allowed_origins=settings.allowed_origins),
             Middleware(BodyLimitMiddleware, max_bytes=_MAX_BODY_BYTES),
             Middleware(
@@ -291,4 +305,5 @@ def create_app(settings: Settings, *, percolator_type: type[Percolator] = Percol
     )
 
     app.state.drain = lifespan.drain
+    app.state.instance_id = instance_id
     return app

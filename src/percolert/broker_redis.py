@@ -68,6 +68,7 @@ from percolert.broker import (
 )
 from percolert.delivery import Delivery
 from percolert.hub import RESTART_WINDOW_SECONDS, Connection, Hub
+from percolert.metrics import BrokerMetrics
 from percolert.settings import Settings
 
 logger = logging.getLogger("percolert.broker")
@@ -154,10 +155,12 @@ class RedisBroker:
         *,
         url: str,
         instance_id: str,
+        observer: BrokerMetrics | None = None,
         wall_clock: Callable[[], float] = time.time,
         resync_delay: float = RESYNC_DELAY_SECONDS,
     ) -> None:
         self.instance_id = instance_id
+        self._observer = observer or BrokerMetrics()
         # Fail fast, retry once (a pooled connection a Redis restart broke), and never wait
         # on a silent network for long: `run` reconnects, the dispatcher keeps its matches.
         self._redis = aioredis.Redis.from_url(
@@ -228,7 +231,10 @@ class RedisBroker:
         self.resync_closed = 0
 
     async def _call(self, name: str, *args: str | int | bytes) -> Any:
-        return await self._scripts[name](keys=[], args=[self._prefix, *self._common(), *args])
+        # No KEYS: every key is built in the script from P, so a Cluster cannot route them
+        # (README, Several instances).
+        with self._observer.round_trip(name):
+            return await self._scripts[name](keys=[], args=[self._prefix, *self._common(), *args])
 
     def _common(self) -> list[str | int]:
         """The epoch's arguments (_common.lua): a fresh epoch in case Redis lost its own,
@@ -314,6 +320,7 @@ class RedisBroker:
         self._up = True
         if not first:
             self.reconnects += 1
+            self._observer.reconnected()
         logger.info(
             "Redis answers again, the broker is up (instance %s, position %d)",
             self.instance_id,
@@ -382,6 +389,7 @@ class RedisBroker:
         closing = self._hub.connections() if connections is None else connections
         if connections is None:
             self.gaps += 1
+            self._observer.gap(cause)
         logger.warning(
             "broker resync (%s): %d sockets here replay from the log", cause, len(closing)
         )
@@ -423,7 +431,9 @@ class RedisBroker:
                 client=pipe,
             )
             pipe.hmget(f"{self._prefix}:meta", "epoch", "seq")
-            score, _reaped, (epoch, seq) = await pipe.execute()
+            with self._observer.round_trip("heartbeat"):
+                score, live, (epoch, seq) = await pipe.execute()
+        self._observer.instances(int(live))
         epoch = _text(epoch)
         self._seen(int(seq))
         cause = None
@@ -472,12 +482,13 @@ class RedisBroker:
         # Resumes where it stopped after a reconnect: nothing is read twice.
         while True:
             # RESP2, bytes: [[stream, [(entry id, {field: value})]]].
-            reply = cast(
-                list[tuple[bytes, list[tuple[bytes, dict[bytes, bytes]]]]],
-                await self._redis.xread(
-                    {self._inbox: self._last_read}, count=_READ_COUNT, block=_READ_BLOCK_MS
-                ),
-            )
+            with self._observer.round_trip("xread"):
+                reply = cast(
+                    list[tuple[bytes, list[tuple[bytes, dict[bytes, bytes]]]]],
+                    await self._redis.xread(
+                        {self._inbox: self._last_read}, count=_READ_COUNT, block=_READ_BLOCK_MS
+                    ),
+                )
             for _stream, entries in reply or ():
                 for entry_id, fields in entries:
                     self._last_read = entry_id
@@ -504,6 +515,7 @@ class RedisBroker:
         return None
 
     def _receive(self, fields: dict[bytes, bytes]) -> None:
+        self._observer.received()
         user = fields.get(b"u")
         if user is not None:
             self._delivery.deliver_user(user.decode(), fields[b"p"].decode())
@@ -621,6 +633,9 @@ class RedisBroker:
         if not seqs:
             return []  # the claim was no longer ours: another instance sent it
         self._seen(max(int(seq) for seq in seqs))
+        everyone = sum(1 for sending in sendings if sending.everyone is not None)
+        self._observer.published("everyone", everyone)
+        self._observer.published("user", len(sendings) - everyone)
         records = [sending.numbered(int(seq)) for sending, seq in zip(sendings, seqs, strict=True)]
         for record in records:
             self._sink.append(record)
@@ -679,6 +694,7 @@ class RedisBroker:
         if self._up:
             try:
                 await self._call("notify", INBOX_BOUND, user, payload, "")
+                self._observer.published("user_message")
                 return
             except _UNREACHABLE as error:
                 self._mark_down(error)

@@ -5,8 +5,9 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import os
 import sys
-from collections.abc import Awaitable, Callable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import TypeVar
 
@@ -15,7 +16,7 @@ import msgspec
 from elasticsearch import AsyncElasticsearch
 from tqdm import tqdm
 
-from percolert import assets, catalog, es, indices, logs
+from percolert import assets, catalog, es, indices, instances, logs
 from percolert.app import create_app
 from percolert.devnode import DevNode, DevNodeError, recorded_url
 from percolert.localservice import LocalService, LocalServiceError
@@ -23,6 +24,7 @@ from percolert.messages import Watch, WatchSpec
 from percolert.migrations import document_upgrades
 from percolert.redisnode import RedisNode
 from percolert.server import build_server
+from percolert.sessions import load_secret
 from percolert.settings import Settings, SettingsError, from_environment
 from percolert.text import TextNormalizer
 from percolert.watches import (
@@ -254,13 +256,17 @@ def cmd_watches(settings: Settings, args: argparse.Namespace) -> int:
 
 def _serve(settings: Settings) -> None:
     print(f"Percolert at http://{settings.host}:{settings.port}  (Ctrl-C stops)")
-    build_server(
-        create_app(settings),
+    app = create_app(settings)
+    server = build_server(
+        app,
         settings.host,
         settings.port,
         tune_gc=True,
         trusted_proxies=settings.trusted_proxies,
-    ).run()
+    )
+    # One process, one instance: uvicorn's own lines name it too.
+    with logs.as_instance(app.state.instance_id):
+        server.run()
 
 
 def cmd_serve(settings: Settings, args: argparse.Namespace) -> int:
@@ -269,17 +275,15 @@ def cmd_serve(settings: Settings, args: argparse.Namespace) -> int:
 
 
 def cmd_up(settings: Settings, args: argparse.Namespace) -> int:
-    """The demo in one command: node, indices, sample catalog, default watches, server;
-    Ctrl-C stops the server and the node this command started."""
-    node = _dev_node(settings, args)
-    print("starting the dev node (the first start downloads Elasticsearch with Maven)...")
-    try:
-        state, started = node.start(args.node_port)
-    except DevNodeError as error:
-        raise CliError(str(error)) from None
-    print(f"dev node {'started' if started else 'already running'}: {state.url}")
-    settings = _with_address(settings, args, elasticsearch_url=state.url)
-    try:
+    """The demo in one command: node, indices, sample catalog, default watches, server (or
+    `--instances N` servers sharing a dev Redis); Ctrl-C stops the servers, and the node and
+    the Redis this command started."""
+    if args.instances < 1:
+        raise CliError("--instances must be at least 1")
+    with contextlib.ExitStack() as started:
+        settings = _with_address(
+            settings, args, elasticsearch_url=started.enter_context(_cluster(settings, args))
+        )
         lines = _run_with_client(
             settings,
             lambda client: indices.setup(client, settings, migrations=document_upgrades()),
@@ -291,13 +295,66 @@ def cmd_up(settings: Settings, args: argparse.Namespace) -> int:
         defaults = data / "default_watches.json"
         if defaults.is_file():
             cmd_watches(settings, argparse.Namespace(action="seed", file=str(defaults)))
-        with contextlib.suppress(KeyboardInterrupt):  # Ctrl-C is how the demo ends
-            _serve(settings)
+        if args.instances == 1:
+            with contextlib.suppress(KeyboardInterrupt):  # Ctrl-C is how the demo ends
+                _serve(settings)
+            return 0
+        settings = msgspec.structs.replace(
+            settings, redis_url=started.enter_context(_shared_redis(settings, args))
+        )
+        load_secret(settings)  # made once here, not raced for by the instances
+        planned = instances.plan(settings, args.instances)
+        for instance, _ in planned:
+            print(f"instance {instance.id} at {instance.url}")
+        if settings.host == "127.0.0.1":
+            # A cookie is the same on every port of a host: another host name is another user.
+            second = planned[1][0].url.replace("127.0.0.1", "localhost")
+            print(f"two shoppers: open {planned[0][0].url} and {second}  (Ctrl-C stops)")
+        return instances.run(planned)
+    return 0
+
+
+@contextlib.contextmanager
+def _cluster(settings: Settings, args: argparse.Namespace) -> Iterator[str]:
+    """The cluster `up` uses: ELASTICSEARCH_URL when it is set, else the dev node (started
+    here if it is not running, and then stopped at the end)."""
+    if os.environ.get("ELASTICSEARCH_URL", "").strip():
+        yield settings.elasticsearch_url
+        return
+    node = _dev_node(settings, args)
+    print("starting the dev node (the first start downloads Elasticsearch with Maven)...")
+    try:
+        state, started = node.start(args.node_port)
+    except DevNodeError as error:
+        raise CliError(str(error)) from None
+    print(f"dev node {'started' if started else 'already running'}: {state.url}")
+    try:
+        yield state.url
     finally:
         if started:
             print("stopping the dev node this command started...")
             node.stop()
-    return 0
+
+
+@contextlib.contextmanager
+def _shared_redis(settings: Settings, args: argparse.Namespace) -> Iterator[str]:
+    """The Redis the instances share: PERCOLERT_REDIS_URL when it is set, else the dev Redis
+    of the same state directory (started here if it is not running, then stopped)."""
+    if settings.redis_url is not None:
+        yield settings.redis_url
+        return
+    node = RedisNode.configured(settings)
+    try:
+        state, started = node.start(args.redis_port)
+    except LocalServiceError as error:
+        raise CliError(str(error)) from None
+    print(f"dev redis {'started' if started else 'already running'}: {state.url}")
+    try:
+        yield state.url
+    finally:
+        if started:
+            print("stopping the dev redis this command started...")
+            node.stop()
 
 
 def _with_address(settings: Settings, args: argparse.Namespace, **changes: str) -> Settings:
@@ -361,6 +418,13 @@ def _parser() -> argparse.ArgumentParser:
         sub.add_argument("--port", type=int, default=None, help="listen port (default 8000)")
         sub.set_defaults(handler=handler)
         if name == "up":
+            sub.add_argument(
+                "--instances",
+                type=int,
+                default=1,
+                help="servers on consecutive ports from --port, sharing a dev Redis (default 1)",
+            )
+            sub.add_argument("--redis-port", type=int, default=6379, help="dev Redis port")
             sub.add_argument("--node-port", type=int, default=9200, help="dev node HTTP port")
             sub.add_argument("--heap", default="512m", help="dev node JVM heap")
             sub.add_argument("--catalog", default=None, help="NDJSON to load (default: sample)")

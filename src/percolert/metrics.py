@@ -1,7 +1,9 @@
 """Prometheus metrics, in a registry of the app's own (no process-global state).
 
 Counters the services keep anyway (sockets, alerts, coalesced, dropped) are read when
-scraped; latencies are observed where they happen.
+scraped; latencies are observed where they happen. Every instance exports its id
+(`percolert_instance_info{instance}`); one on a shared Redis also its broker's traffic
+(`BrokerMetrics`, handed to the broker).
 """
 
 from __future__ import annotations
@@ -13,13 +15,30 @@ from contextlib import contextmanager
 from typing import Any
 
 import anyio
-from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, Info, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
 _GC_BUCKETS = (0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0)
 _LAG_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0)
 _LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0)
+# A Redis round trip on a LAN is a fraction of a millisecond; the top buckets are for a
+# blocking read that waited out its block, and for a struggling Redis.
+_ROUND_TRIP_BUCKETS = (
+    0.0001,
+    0.00025,
+    0.0005,
+    0.001,
+    0.0025,
+    0.005,
+    0.01,
+    0.025,
+    0.05,
+    0.1,
+    0.25,
+    1.0,
+    2.5,
+)
 
 
 class _Readings(Collector):
@@ -41,8 +60,18 @@ class _Readings(Collector):
             "Coalescing windows open: (recipient, watch) pairs whose repeats are being folded",
             value=values.get("coalescing_windows", 0.0),
         )
+        yield GaugeMetricFamily(
+            "percolert_broker_spooled",
+            "Searches with matches waiting for the broker (Redis unreachable)",
+            value=values.get("broker_spooled", 0.0),
+        )
         for name, help_text in [
             ("alerts_sent", "Alert messages queued to sockets"),
+            (
+                "broker_spool_dropped",
+                "Searches dropped from a full broker spool (their alerts are lost)",
+            ),
+            ("broker_resync_closed", "Sockets closed with 1012 to replay a gap from the log"),
             ("alerts_created", "Alerts created (one per recipient, or per default broadcast)"),
             ("alerts_coalesced", "Matches folded into a follow-up alert"),
             ("alerts_dropped_slow_socket", "Sockets closed for falling behind (1013)"),
@@ -58,9 +87,97 @@ class _Readings(Collector):
             yield CounterMetricFamily(f"percolert_{name}", help_text, value=values.get(name, 0.0))
 
 
+class BrokerMetrics:
+    """What the Redis broker reports as it works: what it publishes and receives, how long
+    each Redis call takes, and the faults it gets over (reconnects, gaps in what it
+    received). The broker calls these; it keeps no metrics of its own. Without a registry
+    they count for nobody (a broker built outside an app)."""
+
+    def __init__(self, registry: CollectorRegistry | None = None) -> None:
+        self._publishes = Counter(
+            "percolert_broker_publishes",
+            "Messages this instance published through Redis: sendings to users, default-watch "
+            "sendings to everyone (one per search), and ready-made user messages "
+            "(watches_changed)",
+            ["kind"],
+            registry=registry,
+        )
+        self._received = Counter(
+            "percolert_broker_received",
+            "Messages this instance read from its inbox (its own sendings included)",
+            registry=registry,
+        )
+        self._round_trip = Histogram(
+            "percolert_broker_round_trip_seconds",
+            "One Redis call of the broker, by operation (xread: a blocking read of the inbox, "
+            "up to its block time when nothing comes)",
+            ["op"],
+            buckets=_ROUND_TRIP_BUCKETS,
+            registry=registry,
+        )
+        self._reconnects = Counter(
+            "percolert_broker_reconnects",
+            "Times the broker got Redis back after losing it",
+            registry=registry,
+        )
+        self._gaps = Counter(
+            "percolert_broker_gaps",
+            "Gaps detected in what this instance received, by cause; the affected sockets "
+            "resume from the alert log",
+            ["cause"],
+            registry=registry,
+        )
+        self._up = Gauge(
+            "percolert_broker_up",
+            "1 while the last Redis call of the broker succeeded, else 0",
+            registry=registry,
+        )
+        self._instances = Gauge(
+            "percolert_broker_instances",
+            "Live instances in the presence registry, as of this instance's last heartbeat",
+            registry=registry,
+        )
+        # Exported from the start, at zero: a rate needs a first sample.
+        for kind in ("user", "everyone", "user_message"):
+            self._publishes.labels(kind)
+        for op in ("seed", "heartbeat", "presence", "hits", "claim", "publish", "notify", "xread"):
+            self._round_trip.labels(op)
+
+    def published(self, kind: str, count: int = 1) -> None:
+        self._publishes.labels(kind).inc(count)
+
+    def received(self, count: int = 1) -> None:
+        self._received.inc(count)
+
+    @contextmanager
+    def round_trip(self, op: str) -> Iterator[None]:
+        """Time one Redis call; whether it succeeded sets `percolert_broker_up`."""
+        started = time.perf_counter()
+        try:
+            yield
+        except Exception:  # not a cancellation: that says nothing about Redis
+            self._up.set(0)
+            raise
+        self._round_trip.labels(op).observe(time.perf_counter() - started)
+        self._up.set(1)
+
+    def reconnected(self) -> None:
+        self._reconnects.inc()
+
+    def gap(self, cause: str) -> None:
+        self._gaps.labels(cause).inc()
+
+    def instances(self, count: int) -> None:
+        self._instances.set(count)
+
+
 class Metrics:
-    def __init__(self) -> None:
+    def __init__(self, instance_id: str) -> None:
         self.registry = CollectorRegistry(auto_describe=True)
+        Info("percolert_instance", "This instance's id", registry=self.registry).info(
+            {"instance": instance_id}
+        )
+        self._broker: BrokerMetrics | None = None
         self.search_seconds = Histogram(
             "percolert_search_seconds",
             "Catalog search latency, as the app sees it",
@@ -143,6 +260,13 @@ class Metrics:
             yield
         finally:
             gc.callbacks.remove(observe)
+
+    def broker(self) -> BrokerMetrics:
+        """The broker's metrics, registered on first use: only an instance on a shared Redis
+        has them (the app's services may start more than once; the metrics stay)."""
+        if self._broker is None:
+            self._broker = BrokerMetrics(self.registry)
+        return self._broker
 
     def read_from(self, read: Callable[[], dict[str, float]]) -> None:
         self.registry.register(_Readings(read))

@@ -36,6 +36,9 @@ def make_config(
         port=port,
         lifespan="on",
         log_level=log_level,
+        # uvicorn's own lines go to the process's handlers (percolert.logs: one JSON object
+        # each, naming the instance) rather than to a text handler of its own.
+        log_config=None,
         access_log=False,  # percolert.logs writes one JSON line per request instead
         http=BoundedHeadProtocol,  # httptools, with a bound on the request head
         # Client addresses (rate limits) and schemes come from X-Forwarded-For/-Proto only

@@ -108,6 +108,7 @@ class Services:
                 self.alert_log,
                 url=settings.redis_url,
                 instance_id=settings.instance_id or default_instance_id(settings),
+                observer=metrics.broker(),
             )
             self.alert_log.mirrored_by(self.shared)
         self.dispatcher = AlertDispatcher(
@@ -197,6 +198,9 @@ class Services:
             "alert_log_write_failures": self.alert_log.write_failures,
             "alert_log_rejected": self.alert_log.rejected,
             "percolate_batches_failed": self.percolator.failed_batches,
+            "broker_spooled": self.dispatcher.spooled,
+            "broker_spool_dropped": self.dispatcher.spool_dropped,
+            "broker_resync_closed": 0 if self.shared is None else self.shared.resync_closed,
         }
 
     async def deliver_pending(self, seconds: float) -> None:

@@ -92,9 +92,9 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     # address; `rate_limits_enabled` off turns them all off (the benchmark drives hundreds
     # of searches a second from one address).
     rate_limits_enabled: bool = True
-    # Where the counters live: `limits`' async storage URI (async+redis://... to share them
-    # between instances).
-    rate_limit_storage: str = "async+memory://"
+    # Where the counters live: `limits`' async storage URI. Unset: the shared Redis of
+    # `redis_url` when there is one (so each limit holds across instances), else memory.
+    rate_limit_storage: str | None = None
     limit_searches_per_session: str | None = "10/second;300/minute"
     limit_searches_per_address: str | None = "20/second;1200/minute"
     # Listing watches and categories: each asks Elasticsearch.
@@ -224,8 +224,8 @@ def from_environment(
             "set both ELASTICSEARCH_USERNAME and ELASTICSEARCH_PASSWORD, or neither"
         )
     timeout = _number(env, "ELASTICSEARCH_TIMEOUT", 5.0, minimum=0.1)
-    storage = _optional(env, "PERCOLERT_RATE_LIMIT_STORAGE") or "async+memory://"
-    if not storage.startswith("async+"):
+    storage = _optional(env, "PERCOLERT_RATE_LIMIT_STORAGE")
+    if storage is not None and not storage.startswith("async+"):
         raise SettingsError(
             "PERCOLERT_RATE_LIMIT_STORAGE must be an async storage URI of the `limits` library "
             f"(async+memory://, async+redis://HOST:PORT), got {storage!r}"

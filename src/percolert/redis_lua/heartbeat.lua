@@ -2,7 +2,7 @@
 -- reaps instances lapsed for longer than `reap after` (their users count as having left when
 -- the instance lapsed, so they stay reachable through the grace); forgets departures older
 -- than the grace; the mirror of a reaped instance becomes an orphan. Returns how many
--- instances it reaped.
+-- instances are live (not lapsed), for the metrics.
 local me, ttl, reap, grace = ARGV[2], tonumber(ARGV[3]), tonumber(ARGV[4]), tonumber(ARGV[5])
 redis.call('ZADD', P .. ':inst', now + ttl, me)
 local dead = redis.call('ZRANGEBYSCORE', P .. ':inst', '-inf', now - reap)
@@ -19,4 +19,4 @@ for _, inst in ipairs(dead) do
   redis.call('ZREM', P .. ':inst', inst)
 end
 redis.call('ZREMRANGEBYSCORE', P .. ':left', '-inf', now - grace)
-return #dead
+return redis.call('ZCOUNT', P .. ':inst', now, '+inf')
