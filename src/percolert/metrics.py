@@ -60,18 +60,8 @@ class _Readings(Collector):
             "Coalescing windows open: (recipient, watch) pairs whose repeats are being folded",
             value=values.get("coalescing_windows", 0.0),
         )
-        yield GaugeMetricFamily(
-            "percolert_broker_spooled",
-            "Searches with matches waiting for the broker (Redis unreachable)",
-            value=values.get("broker_spooled", 0.0),
-        )
         for name, help_text in [
             ("alerts_sent", "Alert messages queued to sockets"),
-            (
-                "broker_spool_dropped",
-                "Searches dropped from a full broker spool (their alerts are lost)",
-            ),
-            ("broker_resync_closed", "Sockets closed with 1012 to replay a gap from the log"),
             ("alerts_created", "Alerts created (one per recipient, or per default broadcast)"),
             ("alerts_coalesced", "Matches folded into a follow-up alert"),
             ("alerts_dropped_slow_socket", "Sockets closed for falling behind (1013)"),
@@ -85,6 +75,22 @@ class _Readings(Collector):
             ("alert_log_rejected", "Alert-log sendings Elasticsearch refused for good (dropped)"),
         ]:
             yield CounterMetricFamily(f"percolert_{name}", help_text, value=values.get(name, 0.0))
+        if "broker_spooled" in values:  # a shared broker's (an embedded one is never away)
+            yield GaugeMetricFamily(
+                "percolert_broker_spooled",
+                "Searches with matches waiting for the broker (Redis unreachable)",
+                value=values["broker_spooled"],
+            )
+            yield CounterMetricFamily(
+                "percolert_broker_spool_dropped",
+                "Searches dropped from a full broker spool (their alerts are lost)",
+                value=values["broker_spool_dropped"],
+            )
+            yield CounterMetricFamily(
+                "percolert_broker_resync_closed",
+                "Sockets closed with 1012 to replay a gap from the alert log",
+                value=values["broker_resync_closed"],
+            )
 
 
 class BrokerMetrics:

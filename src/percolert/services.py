@@ -190,7 +190,7 @@ class Services:
 
     def readings(self) -> dict[str, float]:
         """The services' own counters, for a metrics scrape."""
-        return {
+        readings: dict[str, float] = {
             "alerts_created": self.dispatcher.alerts,
             "alerts_coalesced": self.dispatcher.coalesced,
             "coalescing_windows": self.dispatcher.open_windows,
@@ -198,10 +198,12 @@ class Services:
             "alert_log_write_failures": self.alert_log.write_failures,
             "alert_log_rejected": self.alert_log.rejected,
             "percolate_batches_failed": self.percolator.failed_batches,
-            "broker_spooled": self.dispatcher.spooled,
-            "broker_spool_dropped": self.dispatcher.spool_dropped,
-            "broker_resync_closed": 0 if self.shared is None else self.shared.resync_closed,
         }
+        if self.shared is not None:
+            readings["broker_spooled"] = self.dispatcher.spooled
+            readings["broker_spool_dropped"] = self.dispatcher.spool_dropped
+            readings["broker_resync_closed"] = self.shared.resync_closed
+        return readings
 
     async def deliver_pending(self, seconds: float) -> None:
         """At shutdown: percolate the searches already answered (for `seconds` at most) and
