@@ -29,10 +29,10 @@ from tests.waiting import wait_until, wait_until_sync
 
 pytestmark = pytest.mark.anyio
 
-# How long Redis stays away. The issue says 10 s; 3 s behaves the same (every loop notices
-# within a second, the backoff tops out at 2 s, and nothing lapses or is reaped before 5 s
-# and 30 s), so the suite waits less.
-OUTAGE_SECONDS = 3.0
+# How long Redis stays away, as the issue asks: longer than an instance's lapse (5 s), so
+# every instance comes back lapsed on Redis's clock until its next beat; shorter than the
+# reaping (30 s), so no inbox or registry is dropped.
+OUTAGE_SECONDS = 10.0
 
 
 class OwnRedis:
