@@ -172,7 +172,12 @@ def run_design(
                 )
             )
         for number, server in enumerate(servers):
-            subscribers.append(Subscribers(server, cookies[number::count], scratch))
+            try:
+                subscribers.append(Subscribers(server, cookies[number::count], scratch))
+            except SystemExit:
+                for each in servers:
+                    print(f"{each.name}'s log ends:\n{each.tail_of_log()}", flush=True)
+                raise
         first, others = servers[0], servers[1:]
         tag = f"{design.split('-')[-1][0]}{count}r{round_number}"
         drive(first, rates[0], seconds, f"warm-{tag}", scratch, also=others)

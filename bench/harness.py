@@ -269,9 +269,12 @@ class Server:
         else:
             command = [sys.executable, "-m", "percolert.cli", "serve", "--port", str(self.port)]
             self.ready_path = "/readyz"
-        self.process = subprocess.Popen(
-            command, env=env, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
-        )
+        # Its log, for the tail printed when something fails (tail_of_log).
+        self.log = scratch / f"{self.name}.log"
+        with self.log.open("ab") as log:
+            self.process = subprocess.Popen(
+                command, env=env, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT
+            )
         self.ps = psutil.Process(self.process.pid)
         deadline = time.monotonic() + 60
         while True:
@@ -283,6 +286,15 @@ class Server:
             if time.monotonic() > deadline or self.process.poll() is not None:
                 raise SystemExit(f"{design} server did not start")
             time.sleep(0.2)
+
+    def tail_of_log(self, lines: int = 30) -> str:
+        """The last lines of its log that are not routine (info) ones."""
+        unusual = [
+            line
+            for line in self.log.read_text(errors="replace").splitlines()
+            if '"level":"info"' not in line and not line.startswith("INFO:")
+        ]
+        return "\n".join(unusual[-lines:])
 
     def stop(self) -> None:
         self.process.send_signal(signal.SIGTERM)

@@ -57,6 +57,9 @@ LAPSE_MS = 5_000
 REAP_MS = 30_000
 INBOX_BOUND = 100_000
 CLAIM_LIMIT = 64
+# Connections to Redis per instance, and how long a call waits for one before it fails.
+MAX_CONNECTIONS = 64
+CONNECTION_WAIT_SECONDS = 10.0
 _READ_COUNT = 500
 _READ_BLOCK_MS = 1_000
 
@@ -102,7 +105,13 @@ class RedisBroker:
         wall_clock: Callable[[], float] = time.time,
     ) -> None:
         self.instance_id = instance_id
-        self._redis = aioredis.Redis.from_url(url)
+        # A call waits for a free connection: redis-py's default pool fails at once past 100
+        # calls in flight, as a storm of socket opens (one presence call each) went.
+        self._redis = aioredis.Redis.from_pool(
+            aioredis.BlockingConnectionPool.from_url(
+                url, max_connections=MAX_CONNECTIONS, timeout=CONNECTION_WAIT_SECONDS
+            )
+        )
         self._prefix = f"percolert:{{{settings.index_prefix}}}"
         self._inbox = f"{self._prefix}:inbox:{instance_id}"
         self._window_ms = round(settings.coalesce_seconds * 1000)
