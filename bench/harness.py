@@ -16,6 +16,7 @@ Designs measured, per configuration (W watches, S sockets):
 
     python bench/harness.py --quick            # < 3 minutes: 10k watches, 1k sockets
     python bench/harness.py                    # 10k and 100k watches, 1k and 5k sockets
+    python bench/harness.py --instances 2      # one instance against two on Redis (cluster.py)
 
 Writes docs/benchmarks/results.json, results.md and latency_vs_rate.png.
 """
@@ -879,6 +880,8 @@ def run_instances(args: argparse.Namespace) -> int:
 
     watches, sockets, rates, seconds, rounds, warm = cluster.configure(args)
     designs = args.designs.split(",") if args.designs else list(cluster.DESIGNS)
+    if unknown := set(designs) - set(cluster.DESIGNS):
+        raise SystemExit(f"--instances 2 measures {', '.join(cluster.DESIGNS)}, not {unknown}")
     load = ", ".join(f"{value:.2f}" for value in os.getloadavg())
     with tempfile.TemporaryDirectory(prefix="percolert-bench-") as scratch_name:
         scratch = Path(scratch_name)
