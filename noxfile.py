@@ -55,9 +55,18 @@ def stop(session: nox.Session) -> None:
 def bench(session: nox.Session) -> None:
     """Search-to-alert, Percolert beside the seed design; `nox -s bench -- --quick` < 3 min.
     Writes docs/benchmarks/results.{json,md} and latency_vs_rate.png. Needs Go (the load
-    client in tools/wsload is built on first use)."""
+    client in tools/wsload is built on first use). `-- --instances 2 [--quick]`: one
+    instance versus two sharing one Redis (docs/benchmarks/multi-instance-results.md)."""
     session.install("-e", ".[test,bench]")
     session.run("python", "bench/harness.py", *session.posargs, env={"PYTHONPATH": "."})
+
+
+@nox.session(python=PYTHON)
+def bench_routing(session: nox.Session) -> None:
+    """Per-user Pub/Sub channels versus per-instance inbox streams, on a real redis-server
+    (docs/design/multi-instance.md §2)."""
+    session.install("-e", ".[test,bench]")
+    session.run("python", "bench/broker_routing.py", *session.posargs, env={"PYTHONPATH": "."})
 
 
 @nox.session(python=PYTHON)

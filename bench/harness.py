@@ -16,6 +16,7 @@ Designs measured, per configuration (W watches, S sockets):
 
     python bench/harness.py --quick            # < 3 minutes: 10k watches, 1k sockets
     python bench/harness.py                    # 10k and 100k watches, 1k and 5k sockets
+    python bench/harness.py --instances 2      # one instance against two on Redis (cluster.py)
 
 Writes docs/benchmarks/results.json, results.md and latency_vs_rate.png.
 """
@@ -58,7 +59,7 @@ WSLOAD_SOURCE = ROOT / "tools" / "wsload"
 WSLOAD = ROOT / ".percolert" / "bin" / "wsload"
 CLOSED_MARK = "!closed"  # wsload's record line for a socket the server closed
 # Designs whose users each register one watch word (alerts-off: the same, not percolated).
-PER_USER = {"percolert-per-user", "percolert-alerts-off"}
+PER_USER = {"percolert-per-user", "percolert-alerts-off", "percolert-redis-1", "percolert-redis-2"}
 # A design stops climbing rates after a step this far past the bar (it only gets worse).
 GIVE_UP_P99_MS = 2_000.0
 # Per-user mode: subscribers are spread over these words; a search names one of them.
@@ -219,8 +220,17 @@ def prepare_catalog(node_url: str, *, recreate: bool = False) -> None:
 class Server:
     """The server under test, in its own process."""
 
-    def __init__(self, design: str, node_url: str, scratch: Path) -> None:
+    def __init__(
+        self,
+        design: str,
+        node_url: str,
+        scratch: Path,
+        *,
+        redis_url: str | None = None,
+        name: str | None = None,
+    ) -> None:
         self.design = design
+        self.name = name or design  # names its files in the scratch directory
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         env = {
@@ -242,6 +252,9 @@ class Server:
         }
         if design == "percolert-alerts-off":
             env["PERCOLERT_ALERTS"] = "off"
+        if redis_url is not None:
+            env["PERCOLERT_REDIS_URL"] = redis_url
+            env["PERCOLERT_INSTANCE_ID"] = self.name
         if design.startswith("baseline"):
             command = [
                 sys.executable,
@@ -257,9 +270,12 @@ class Server:
         else:
             command = [sys.executable, "-m", "percolert.cli", "serve", "--port", str(self.port)]
             self.ready_path = "/readyz"
-        self.process = subprocess.Popen(
-            command, env=env, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
-        )
+        # Its log, for the tail printed when something fails (tail_of_log).
+        self.log = scratch / f"{self.name}.log"
+        with self.log.open("ab") as log:
+            self.process = subprocess.Popen(
+                command, env=env, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT
+            )
         self.ps = psutil.Process(self.process.pid)
         deadline = time.monotonic() + 60
         while True:
@@ -271,6 +287,15 @@ class Server:
             if time.monotonic() > deadline or self.process.poll() is not None:
                 raise SystemExit(f"{design} server did not start")
             time.sleep(0.2)
+
+    def tail_of_log(self, lines: int = 30) -> str:
+        """The last lines of its log that are not routine (info) ones."""
+        unusual = [
+            line
+            for line in self.log.read_text(errors="replace").splitlines()
+            if '"level":"info"' not in line and not line.startswith("INFO:")
+        ]
+        return "\n".join(unusual[-lines:])
 
     def stop(self) -> None:
         self.process.send_signal(signal.SIGTERM)
@@ -316,7 +341,7 @@ class Subscribers:
     """The subscriber sockets, held open by one `wsload subscribe` process."""
 
     def __init__(self, server: Server, cookies: list[str | None], scratch: Path) -> None:
-        spec = scratch / f"{server.design}-sockets.json"
+        spec = scratch / f"{server.name}-sockets.json"
         spec.write_text(
             json.dumps(
                 {
@@ -327,7 +352,7 @@ class Subscribers:
                 }
             )
         )
-        self.record = scratch / f"{server.design}-record.txt"
+        self.record = scratch / f"{server.name}-record.txt"
         self.process = subprocess.Popen([str(WSLOAD), "subscribe", str(spec), str(self.record)])
         self.ps = psutil.Process(self.process.pid)
         ready = Path(str(self.record) + ".ready")
@@ -426,20 +451,33 @@ def search_path(design: str, number: int, rid: str) -> tuple[str, str]:
 
 
 def drive(
-    server: Server, rate: float, seconds: float, tag: str, scratch: Path
+    server: Server,
+    rate: float,
+    seconds: float,
+    tag: str,
+    scratch: Path,
+    *,
+    also: list[Server] | None = None,
 ) -> tuple[dict[str, float], dict[str, str], list[float], int]:
     """Open-loop searches by `wsload search`: send times and words by search id, search
-    latencies (ms) and the number of failed searches."""
+    latencies (ms) and the number of failed searches. With `also`, the searches alternate
+    between `server` and those (one session: the cookie is the host's, whatever the port)."""
+    targets = [server, *(also or [])]
     words: dict[str, str] = {}
     requests = []
     for number in range(int(rate * seconds)):
         rid = f"{tag}-{number}"
         path, words[rid] = search_path(server.design, number, rid)
+        if also:
+            path = targets[number % len(targets)].url + path
         requests.append({"rid": rid, "path": path})
     plan, result = scratch / f"{tag}-plan.json", scratch / f"{tag}-searches.txt"
     warmup = "" if server.design.startswith("baseline") else "/"
+    base = server.url
+    if also:  # wsload requests base + path: the paths carry their instance's address
+        base, warmup = "", server.url + warmup
     plan.write_text(
-        json.dumps({"base": server.url, "warmup": warmup, "rate": rate, "requests": requests})
+        json.dumps({"base": base, "warmup": warmup, "rate": rate, "requests": requests})
     )
     subprocess.run([str(WSLOAD), "search", str(plan), str(result)], check=True)
     sent: dict[str, float] = {}
@@ -754,8 +792,18 @@ def main() -> int:
     parser.add_argument("--seconds", type=float, default=None, help="length of each rate step")
     parser.add_argument(
         "--designs",
-        default="percolert-per-user,percolert-alerts-off,percolert-broadcast,baseline-broadcast",
-        help="comma-separated subset to run",
+        default=None,
+        help="comma-separated subset to run (default: every design of the mode)",
+    )
+    parser.add_argument(
+        "--instances",
+        type=int,
+        choices=(1, 2),
+        default=1,
+        help="2: one instance versus two sharing one Redis (bench/cluster.py)",
+    )
+    parser.add_argument(
+        "--repeat", type=int, default=None, help="--instances 2: rounds of every design"
     )
     parser.add_argument("--rates", default=None, help="comma-separated searches per second")
     parser.add_argument(
@@ -766,6 +814,8 @@ def main() -> int:
     )
     args = parser.parse_args()
     build_wsload()
+    if args.instances == 2:
+        return run_instances(args)
     if args.quick:
         configurations = [(10_000, 1_000)]
         rates = [10.0, 25.0, 50.0, 100.0]
@@ -783,7 +833,10 @@ def main() -> int:
             (int(watches), int(sockets))
             for watches, sockets in (pair.split(":") for pair in args.configs.split(","))
         ]
-    designs = args.designs.split(",")
+    designs = (
+        args.designs
+        or "percolert-per-user,percolert-alerts-off,percolert-broadcast,baseline-broadcast"
+    ).split(",")
     tabs = 2
     steps: list[Step] = []
     with tempfile.TemporaryDirectory(prefix="percolert-bench-") as scratch_name:
@@ -818,6 +871,44 @@ def main() -> int:
             node.stop()
     write_report(steps, configurations)
     print((REPORT_DIR / "results.md").read_text())
+    return 0
+
+
+def run_instances(args: argparse.Namespace) -> int:
+    """`--instances 2`: one instance versus two sharing one Redis (bench/cluster.py)."""
+    from bench import cluster  # it builds on this module
+
+    watches, sockets, rates, seconds, rounds, warm = cluster.configure(args)
+    designs = args.designs.split(",") if args.designs else list(cluster.DESIGNS)
+    if unknown := set(designs) - set(cluster.DESIGNS):
+        raise SystemExit(f"--instances 2 measures {', '.join(cluster.DESIGNS)}, not {unknown}")
+    load = ", ".join(f"{value:.2f}" for value in os.getloadavg())
+    with tempfile.TemporaryDirectory(prefix="percolert-bench-") as scratch_name:
+        scratch = Path(scratch_name)
+        node = DevNode.configured(from_environment(), scratch / "state", heap="2g")
+        state, _ = node.start(free_port())
+        settings = Settings(elasticsearch_url=state.url, index_prefix=PREFIX)
+        try:
+            prepare_catalog(state.url)
+            print(f"W={watches} S={sockets}: loading watches...", flush=True)
+            asyncio.run(load_watches(settings, watches))
+            asyncio.run(set_default_watch(settings, False))
+            steps = cluster.run(
+                psutil.Process(state.pid),
+                state.url,
+                scratch,
+                watches,
+                sockets,
+                rates,
+                seconds,
+                rounds,
+                warm,
+                designs,
+            )
+        finally:
+            node.stop()
+    cluster.write_report(steps, load)
+    print((REPORT_DIR / "multi-instance-results.md").read_text())
     return 0
 
 

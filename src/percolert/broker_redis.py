@@ -87,6 +87,9 @@ REPLAY_COUNT = 5_000
 # A claimed follow-up, or a dead instance's mirror, not done within this long is taken over.
 LEASE_MS = 5_000
 CLAIM_LIMIT = 64
+# Connections to Redis per instance, and how long a call waits for one before it fails.
+MAX_CONNECTIONS = 64
+CONNECTION_WAIT_SECONDS = 10.0
 _READ_COUNT = 500
 _READ_BLOCK_MS = 1_000
 # Reconnecting: the first pause, doubled up to the longest, each with ±50% jitter.
@@ -163,11 +166,17 @@ class RedisBroker:
         self._observer = observer or BrokerMetrics()
         # Fail fast, retry once (a pooled connection a Redis restart broke), and never wait
         # on a silent network for long: `run` reconnects, the dispatcher keeps its matches.
-        self._redis = aioredis.Redis.from_url(
-            url,
-            socket_connect_timeout=1.0,
-            socket_timeout=_READ_BLOCK_MS / 1000 + 4.0,
-            retry=Retry(NoBackoff(), 1),
+        # A call waits for a free connection: redis-py's default pool fails at once past 100
+        # calls in flight, as a storm of socket opens (one presence call each) went.
+        self._redis = aioredis.Redis.from_pool(
+            aioredis.BlockingConnectionPool.from_url(
+                url,
+                max_connections=MAX_CONNECTIONS,
+                timeout=CONNECTION_WAIT_SECONDS,
+                socket_connect_timeout=1.0,
+                socket_timeout=_READ_BLOCK_MS / 1000 + 4.0,
+                retry=Retry(NoBackoff(), 1),
+            )
         )
         self._hub = hub
         self._resync_delay = resync_delay
