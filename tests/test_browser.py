@@ -107,6 +107,32 @@ def test_watch_then_someone_elses_search_toasts_only_the_watcher(
         b_context.close()
 
 
+def test_two_instances_on_one_redis_alert_each_other_across_browsers(
+    browser: Browser, catalog_settings: Settings, redis_url: str
+) -> None:
+    """Two instances sharing one Redis, each shopper's page on its own instance: each
+    one's watch is alerted by the other's search on the other instance."""
+    settings = msgspec.structs.replace(catalog_settings, coalesce_seconds=0.0, redis_url=redis_url)
+    with run_server(settings) as one, run_server(settings) as two:
+        a_context, a = shopper(browser, one)
+        b_context, b = shopper(browser, two)
+        try:
+            watch(a, "paperwhite")
+            watch(b, "headphones")
+            search(b, "Kindle Paperwhite Signature")
+            expect(a.locator(".toast", has_text="Kindle Paperwhite Signature")).to_be_visible()
+            search(a, "noise cancelling headphones")
+            expect(b.locator(".toast", has_text="noise cancelling headphones")).to_be_visible()
+            screenshot(a, "instance-one-toast")
+            screenshot(b, "instance-two-toast")
+            # Nobody hears of their own search.
+            assert a.locator(".toast", has_text="noise cancelling headphones").count() == 0
+            assert b.locator(".toast", has_text="Kindle Paperwhite Signature").count() == 0
+        finally:
+            a_context.close()
+            b_context.close()
+
+
 def test_hostile_text_is_shown_as_text_and_runs_nothing(browser: Browser, server: str) -> None:
     a_context, a = shopper(browser, server)
     b_context, b = shopper(browser, server)
