@@ -253,6 +253,19 @@ def _queries(gap: _Gap) -> list[str]:
     return [json.loads(text)["query"] for text in gap.sent]
 
 
+async def test_the_inbox_keeps_only_what_its_reader_has_not_read(redis_url: str) -> None:
+    """Read entries are trimmed at the next heartbeat: an inbox does not grow to its bound."""
+    async with _reading(redis_url) as gap:
+        inbox = f"percolert:{{{gap.settings.index_prefix}}}:inbox:one"
+        for number in range(5):
+            await gap.publish(f"q{number}")
+        await wait_until(lambda: len(gap.sent) == 5, what="the five alerts")
+        await gap.broker.beat()
+        assert gap.raw.xlen(inbox) == 1  # the last read stays: the reader resumes after it
+        await gap.publish("later")
+        await wait_until(lambda: _queries(gap)[-1] == "later", what="an alert after the trim")
+
+
 async def test_a_missing_inbox_entry_resyncs_the_sockets(redis_url: str) -> None:
     """An entry of the inbox lost (its count `n` skipped): the socket takes nothing live
     after the gap and is closed for a resync; its page replays from the log."""
