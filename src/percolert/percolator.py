@@ -135,8 +135,8 @@ class Percolator:
         self._tickets_issued = 0
         self._next_ticket = 0
         self._finished: dict[int, tuple[list[SearchEvent], list[list[Match]]]] = {}
-        # Held while finished batches are handed on: one at a time, in ticket order.
-        self._handing = anyio.Lock()
+        # Whether a worker is handing on finished batches (one at a time, in ticket order).
+        self._handing_on = False
         # The queue exists while `run` does; events submitted outside it are dropped.
         self._send: MemoryObjectSendStream[SearchEvent] | None = None
         self.dropped = 0
@@ -184,6 +184,7 @@ class Percolator:
         self._in_flight = 0
         self._tickets_issued = self._next_ticket = 0
         self._finished.clear()
+        self._handing_on = False
         self._send = send
         try:
             async with send, receive, anyio.create_task_group() as workers:
@@ -299,9 +300,13 @@ class Percolator:
             self.failed_batches += 1
             logger.exception("percolation of %d search events failed", len(batch))
         self._finished[ticket] = (batch, results)
-        # Whoever holds the lock hands on every batch finished meanwhile, so a batch never
-        # goes out while an earlier one is still being dispatched.
-        async with self._handing:
+        if self._handing_on:
+            # The worker handing on now takes this batch too, in its turn: a batch never goes
+            # out while an earlier one is still being dispatched, and this worker goes back
+            # to percolating meanwhile.
+            return
+        self._handing_on = True
+        try:
             while self._next_ticket in self._finished:
                 done, found = self._finished.pop(self._next_ticket)
                 self._next_ticket += 1
@@ -313,3 +318,5 @@ class Percolator:
                         await self._on_matches(matched)
                     except Exception:
                         logger.exception("delivering matches failed")
+        finally:
+            self._handing_on = False
