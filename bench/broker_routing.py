@@ -48,6 +48,7 @@ from tests.servers import free_port
 
 PREFIX = "percolert:{routing}"
 INBOX_BOUND = 100_000
+MIRROR_BOUND = 200_000  # broker_redis.MIRROR_BOUND
 VARIANTS = ("channels", "inboxes")
 IDLE_SECONDS = 10.0  # a receiver gives up once nothing has arrived for this long
 
@@ -92,6 +93,12 @@ def sending(search: int, recipients: list[int]) -> Sending:
             for user in recipients
         },
     )
+
+
+# publish.lua's arguments before the sendings, as broker_redis.py passes them: the epoch's
+# (_common.lua: a new epoch, floor, last seen, restart window), the inbox bound, the
+# publishing instance (its mirror stream), the mirror's bound, and no claim.
+PUBLISH_ARGS: list[str | int] = ["bench-epoch", 0, 0, 0, INBOX_BOUND, "publisher", MIRROR_BOUND, ""]
 
 
 def publish_script() -> str:
@@ -196,7 +203,9 @@ async def publish(url: str, variant: str, searches: list[list[int]]) -> float:
             else:
                 names = [user_name(user) for user in recipients]
                 encoded = encoder.encode(sending(number, recipients))
-                await script(keys=[], args=[PREFIX, INBOX_BOUND, "u", encoded, len(names), *names])
+                await script(
+                    keys=[], args=[PREFIX, *PUBLISH_ARGS, "u", encoded, len(names), *names]
+                )
         return time.monotonic() - started
     finally:
         await client.aclose()
