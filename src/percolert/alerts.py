@@ -15,7 +15,8 @@ begins during a window hears of its searches from the next alert on), and the se
 it carries is redacted (redaction.py).
 
 The dispatcher chooses the candidates; the broker (broker.py) keeps the windows, decides
-what each search opens or folds, numbers the sendings and delivers them. While a shared
+what each search opens or folds, numbers the sendings and delivers them: a percolated batch
+at a time (one `hits_many` and one `publish` call for all its searches). While a shared
 broker is unavailable, the searches with matches (and sendings it could not publish) wait
 in a bounded spool, in order, and go out when it is back: alerts late, not lost. Windows
 are decided then, on the broker's clock; a full spool drops its oldest, counted and logged.
