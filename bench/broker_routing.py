@@ -48,6 +48,7 @@ from tests.servers import free_port
 
 PREFIX = "percolert:{routing}"
 INBOX_BOUND = 100_000
+MIRROR_BOUND = 200_000  # broker_redis.MIRROR_BOUND
 VARIANTS = ("channels", "inboxes")
 IDLE_SECONDS = 10.0  # a receiver gives up once nothing has arrived for this long
 
@@ -94,12 +95,10 @@ def sending(search: int, recipients: list[int]) -> Sending:
     )
 
 
-# The arguments every broker script starts with (_common.lua): a new epoch in case there is
-# none, the floor, the caller's last seen position and the restart window; then publish.lua's
-# own: the inbox bound, the publishing instance (its mirror stream), the mirror's bound and no
-# claim. As `RedisBroker.publish` passes them, so the mirror's cost is measured too.
-EPOCH_ARGS: list[str | int] = ["bench-epoch", 1, 0, 0]
-PUBLISH_ARGS: list[str | int] = [INBOX_BOUND, "publisher", 200_000, ""]
+# publish.lua's arguments before the sendings, as broker_redis.py passes them: the epoch's
+# (_common.lua: a new epoch, floor, last seen, restart window), the inbox bound, the
+# publishing instance (its mirror stream), the mirror's bound, and no claim.
+PUBLISH_ARGS: list[str | int] = ["bench-epoch", 0, 0, 0, INBOX_BOUND, "publisher", MIRROR_BOUND, ""]
 
 
 def publish_script() -> str:
@@ -205,8 +204,7 @@ async def publish(url: str, variant: str, searches: list[list[int]]) -> float:
                 names = [user_name(user) for user in recipients]
                 encoded = encoder.encode(sending(number, recipients))
                 await script(
-                    keys=[],
-                    args=[PREFIX, *EPOCH_ARGS, *PUBLISH_ARGS, "u", encoded, len(names), *names],
+                    keys=[], args=[PREFIX, *PUBLISH_ARGS, "u", encoded, len(names), *names]
                 )
         return time.monotonic() - started
     finally:

@@ -38,7 +38,7 @@ async def measure(url: str, pid: int, watches: int) -> None:
     client = es.create_client(settings)
     alias = indices.alias_for(settings, "watches")
 
-    async def ignore(event: SearchEvent, matches: list[Any]) -> None:
+    async def ignore(found: list[tuple[SearchEvent, list[Any]]]) -> None:
         return None
 
     percolator = Percolator(client, alias, TextNormalizer(), ignore)

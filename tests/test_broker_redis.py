@@ -13,10 +13,12 @@ import anyio
 import msgspec
 import pytest
 import redis
+from prometheus_client import CollectorRegistry
 
 from percolert.alertlog import AlertRecord
-from percolert.alerts import followup_sendings
+from percolert.alerts import AlertDispatcher, followup_sendings
 from percolert.broker import (
+    Asked,
     DefaultCandidate,
     Followup,
     Hits,
@@ -28,6 +30,8 @@ from percolert.broker_memory import MemoryBroker
 from percolert.broker_redis import RedisBroker
 from percolert.hub import Connection, Hub
 from percolert.messages import AlertWatch
+from percolert.metrics import BrokerMetrics
+from percolert.percolator import Match, SearchEvent
 from percolert.settings import Settings
 from tests.waiting import wait_until
 
@@ -411,3 +415,105 @@ async def test_a_reaped_instances_unwritten_sendings_are_written_by_a_survivor(
         raw.close()
         await dead.close()
         await alive.close()
+
+
+async def test_a_batch_costs_one_hits_and_one_publish_call_and_alerts_as_one_by_one(
+    redis_url: str,
+) -> None:
+    """A percolated batch is decided in one `hits` script call and published in one
+    `publish` call, and gives the alerts (and follow-ups) that dispatching its searches one
+    by one gives: a window the batch's first search opens folds its later ones."""
+    phone = Match(watch_id="w1", terms="phone", owner="u1")
+    case = Match(watch_id="w2", terms="phone case", owner="u2")
+    everyone = Match(watch_id="d", terms="phone", owner=None)
+    at = time.time()
+
+    def event(n: int, searcher: str) -> SearchEvent:
+        return SearchEvent(text=f"phone {n}", searcher=searcher, at=at + n / 1000)
+
+    batch = [
+        (event(1, "s1"), [phone, everyone]),  # u1 at once, the default to everyone
+        (event(2, "s2"), [phone, case, everyone]),  # u1 folded, u2 at once, s1's first
+        (event(3, "s3"), []),  # nothing matched
+        (event(4, "u1"), [case]),  # u2 folded
+        (event(5, "s1"), [everyone, phone]),  # all folded
+    ]
+    logs: list[list[AlertRecord]] = []
+    calls: list[tuple[float | None, float | None]] = []
+    for batched in (True, False):
+        log, registry = Log(), CollectorRegistry()
+        settings = _settings(redis_url)
+        broker = RedisBroker(
+            settings,
+            Hub(),
+            log,
+            url=redis_url,
+            instance_id="one",
+            observer=BrokerMetrics(registry),
+        )
+        dispatcher = AlertDispatcher(broker, window_seconds=WINDOW)
+        try:
+            await broker.start()
+            for user in ("u1", "u2", "s1", "s2", "s3"):
+                await broker.connected(user)
+            if batched:
+                await dispatcher.on_batch(batch)
+            else:
+                for searched, matches in batch:
+                    await dispatcher.on_matches(searched, matches)
+            calls.append(
+                tuple(  # type: ignore[arg-type]
+                    registry.get_sample_value(
+                        "percolert_broker_round_trip_seconds_count", {"op": op}
+                    )
+                    for op in ("hits", "publish")
+                )
+            )
+            await dispatcher.flush_all()  # the follow-ups of the windows the batch folded into
+        finally:
+            await broker.close()
+        logs.append([msgspec.structs.replace(record, seq=0) for record in log.logged])
+    assert calls == [(1.0, 1.0), (4.0, 2.0)]  # one by one: two searches were all folded
+    batched_log, one_by_one_log = logs
+    assert batched_log == one_by_one_log
+    summary = [(r.query, r.count, sorted(r.watches), r.everyone is not None) for r in batched_log]
+    assert summary[:4] == [
+        ("phone 1", 1, ["u1"], False),
+        ("phone 1", 1, [], True),
+        ("phone 2", 1, ["u2"], False),
+        ("phone 2", 1, ["s1"], False),
+    ]
+    assert len(summary) > 4  # and the follow-ups of the folded searches
+
+
+async def test_hits_many_decides_as_that_many_hits_one_after_another(redis_url: str) -> None:
+    memory = MemoryBroker(Hub(), Log(), window_seconds=WINDOW)
+    shared = await _redis_broker(redis_url, Log())
+    default = DefaultCandidate(watch_id="d", terms="phone")
+    mine = OwnedCandidate(watch_id="w1", owner="u1", terms="phone case")
+    theirs = OwnedCandidate(watch_id="w2", owner="u2", terms="phone")
+    at = time.time()
+
+    def search(n: int, searcher: str) -> SearchFold:
+        return SearchFold(text=f"phone {n}", at=at + n / 1000, searcher=searcher)
+
+    batch = [
+        Asked(search(1, "s1"), [], default),
+        Asked(search(2, "s1"), [], default),
+        Asked(search(3, "s2"), [mine], default),
+        Asked(search(4, "s2"), [mine, theirs], default),
+        Asked(search(5, "u1"), [theirs], None),
+        Asked(search(6, "u2"), [], None),
+    ]
+    try:
+        for user in ("u1", "u2"):
+            await shared.connected(user)
+        expected = [await memory.hits(*asked) for asked in batch]
+        got = await shared.hits_many(batch)
+        assert [_decisions(hits) for hits in got] == [_decisions(hits) for hits in expected]
+        assert _ended(await shared.claim_due(everything=True)) == _ended(
+            await memory.claim_due(everything=True)
+        )
+        assert await shared.hits_many([]) == []
+    finally:
+        await shared.close()

@@ -118,7 +118,7 @@ async def test_watches_stored_before_v4_are_made_current(
         assert lines[1] == f"{alias} -> {alias}-v4: migrated from {alias}-v1 (old index kept)"
         assert await indices.needing_setup(client, fresh_settings) == []
 
-        async def ignore(event: SearchEvent, matches: list[Match]) -> None:
+        async def ignore(found: list[tuple[SearchEvent, list[Match]]]) -> None:
             pass
 
         percolator = Percolator(client, alias, normalizer, ignore)

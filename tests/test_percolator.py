@@ -60,7 +60,7 @@ async def test_one_request_matches_each_event_to_its_watches(fresh_settings: Set
         cheap_tv = await store.add("carol", WatchSpec(terms="sony", category="tv", max_price=800))
         default = await store.add(None, WatchSpec(terms="iphone"))
 
-        async def ignore(event: SearchEvent, matches: list[Match]) -> None:
+        async def ignore(found: list[tuple[SearchEvent, list[Match]]]) -> None:
             pass
 
         percolator = Percolator(client, alias, normalizer, ignore)
@@ -116,8 +116,10 @@ async def test_batches_form_under_load(fresh_settings: Settings) -> None:
         store = WatchStore(client, alias, normalizer, max_per_user=50)
         watch = await store.add("alice", WatchSpec(terms="kindle"))
 
-        async def collect(event: SearchEvent, matches: list[Match]) -> None:
-            delivered.append((event.text, [match.watch_id for match in matches]))
+        async def collect(found: list[tuple[SearchEvent, list[Match]]]) -> None:
+            delivered.extend(
+                (event.text, [m.watch_id for m in matches]) for event, matches in found
+            )
 
         percolator = Percolator(client, alias, normalizer, collect, batch_size=64, concurrency=1)
         async with anyio.create_task_group() as tasks:
@@ -130,5 +132,51 @@ async def test_batches_form_under_load(fresh_settings: Settings) -> None:
             tasks.cancel_scope.cancel()
         assert sorted(delivered) == sorted((f"kindle {n}", [watch.id]) for n in range(200))
         assert percolator.batches <= 200 / 10, percolator.batches  # far fewer requests than events
+    finally:
+        await client.close()
+
+
+async def test_batches_are_handed_on_one_at_a_time_in_order(fresh_settings: Settings) -> None:
+    """With two requests in flight, a batch that finishes while an earlier one is still
+    being dispatched waits for it: the dispatcher hears of one batch at a time, in order."""
+    client = es.create_client(fresh_settings)
+    normalizer = TextNormalizer()
+    alias = indices.alias_for(fresh_settings, "watches")
+    handed: list[list[str]] = []
+    inside = 0
+    overlapped = False
+    second_entered = anyio.Event()
+    try:
+        await indices.setup(client, fresh_settings)
+        await WatchStore(client, alias, normalizer, max_per_user=50).add(
+            "alice", WatchSpec(terms="kindle")
+        )
+        percolator: Percolator
+
+        async def dispatch(found: list[tuple[SearchEvent, list[Match]]]) -> None:
+            nonlocal inside, overlapped
+            inside += 1
+            overlapped |= inside > 1
+            handed.append([event.text for event, _ in found])
+            if len(handed) == 1:
+                # Still dispatching the first batch when the second is percolated: it must
+                # not be handed on now (a bounded look, since nothing is to happen).
+                assert percolator.submit(SearchEvent(text="kindle 2", searcher="x"))
+                await wait_until(lambda: percolator.batches >= 2, what="the second batch")
+                with anyio.move_on_after(1.0):
+                    await second_entered.wait()
+            else:
+                second_entered.set()
+            inside -= 1
+
+        percolator = Percolator(client, alias, normalizer, dispatch, batch_size=1, concurrency=2)
+        async with anyio.create_task_group() as tasks:
+            tasks.start_soon(percolator.run)
+            while not percolator.submit(SearchEvent(text="kindle 1", searcher="x")):
+                await anyio.sleep(0.01)  # until run() has opened the queue
+            await wait_until(lambda: len(handed) >= 2, timeout=30, what="both batches")
+            tasks.cancel_scope.cancel()
+        assert handed == [["kindle 1"], ["kindle 2"]]
+        assert not overlapped
     finally:
         await client.close()

@@ -15,7 +15,8 @@ begins during a window hears of its searches from the next alert on), and the se
 it carries is redacted (redaction.py).
 
 The dispatcher chooses the candidates; the broker (broker.py) keeps the windows, decides
-what each search opens or folds, numbers the sendings and delivers them. While a shared
+what each search opens or folds, numbers the sendings and delivers them: a percolated batch
+at a time (one `hits_many` and one `publish` call for all its searches). While a shared
 broker is unavailable, the searches with matches (and sendings it could not publish) wait
 in a bounded spool, in order, and go out when it is back: alerts late, not lost. Windows
 are decided then, on the broker's clock; a full spool drops its oldest, counted and logged.
@@ -33,10 +34,12 @@ import anyio
 
 from percolert.alertlog import epoch_ms
 from percolert.broker import (
+    Asked,
     Broker,
     BrokerUnavailable,
     DefaultCandidate,
     Followup,
+    Hits,
     OwnedCandidate,
     SearchFold,
     Sending,
@@ -46,6 +49,9 @@ from percolert.percolator import Match, SearchEvent
 from percolert.redaction import redact
 
 logger = logging.getLogger("percolert.alerts")
+
+# At most this many waiting searches go to the broker in one call when it is back.
+_DRAIN_BATCH = 64
 
 
 def _timestamp(epoch: float) -> str:
@@ -117,6 +123,40 @@ def _candidates(
     return owned, default
 
 
+def _compose(search: SearchFold, default: DefaultCandidate | None, hits: Hits) -> list[Sending]:
+    """One search's sendings, in the order of their positions: each owned window's
+    follow-up that ended, the owners alerted at once, the default window's follow-up, then
+    the default watch's alert."""
+    sendings = [
+        sending
+        for followup in hits.due
+        if followup.owner is not None
+        for sending in followup_sendings(followup)
+    ]
+    if hits.immediate:
+        at_once = {
+            candidate.owner: AlertWatch(id=candidate.watch_id, terms=candidate.terms)
+            for candidate in hits.immediate
+        }
+        sendings.append(_sending(search, 1, since=search.at, watches=at_once))
+    sendings.extend(
+        sending
+        for followup in hits.due
+        if followup.owner is None
+        for sending in followup_sendings(followup)
+    )
+    if default is not None:
+        watch = AlertWatch(id=default.watch_id, terms=default.terms)
+        if hits.to_everyone:
+            sendings.append(
+                _sending(search, 1, since=search.at, everyone=watch, excluded=hits.covered)
+            )
+        elif hits.firsts:
+            firsts = dict.fromkeys(hits.firsts, watch)
+            sendings.append(_sending(search, 1, since=search.at, watches=firsts))
+    return sendings
+
+
 class _Search(NamedTuple):
     """A search with matches, kept until the broker is back."""
 
@@ -144,15 +184,22 @@ class AlertDispatcher:
         return len(self._spool)
 
     async def on_matches(self, event: SearchEvent, matches: list[Match]) -> None:
-        if not matches:
+        await self.on_batch([(event, matches)])
+
+    async def on_batch(self, found: list[tuple[SearchEvent, list[Match]]]) -> None:
+        """The searches of a percolated batch, in order (the percolator's callback)."""
+        searches = [_Search(event, matches) for event, matches in found if matches]
+        if not searches:
             return
         if self._spool or self._draining or self._broker.status == "down":
-            self._keep(_Search(event, matches))  # behind the ones already waiting
+            for search in searches:
+                self._keep(search)  # behind the ones already waiting
             return
         try:
-            await self.dispatch(event, matches)
+            await self.dispatch_many(searches)
         except BrokerUnavailable:
-            self._keep(_Search(event, matches))
+            for search in searches:
+                self._keep(search)
 
     def _keep(self, item: _Search | list[Sending], *, first: bool = False) -> None:
         if not self._spool:
@@ -179,14 +226,23 @@ class AlertDispatcher:
             while self._spool and self._broker.status != "down":
                 item = self._spool.popleft()
                 if isinstance(item, _Search):
+                    # Consecutive waiting searches go out together, as a percolated batch.
+                    batch = [item]
+                    while self._spool and len(batch) < _DRAIN_BATCH:
+                        following = self._spool[0]
+                        if not isinstance(following, _Search):
+                            break
+                        self._spool.popleft()
+                        batch.append(following)
                     try:
-                        await self.dispatch(item.event, item.matches)
+                        await self.dispatch_many(batch)
                     except BrokerUnavailable:
-                        self._spool.appendleft(item)
+                        self._spool.extendleft(reversed(batch))
                         break
+                    sent += len(batch)
                 else:
                     await self._publish(item)  # puts it back first if it fails
-                sent += 1
+                    sent += 1
         finally:
             self._draining = False
         if sent:
@@ -199,40 +255,26 @@ class AlertDispatcher:
         watch then reaches everyone else (the first matching default, if several do). The
         owners alerted at once share one sending (one position, one log document).
         """
-        owned, default = _candidates(event, matches)
-        if not owned and default is None:
+        await self.dispatch_many([_Search(event, matches)])
+
+    async def dispatch_many(self, searches: Iterable[_Search]) -> None:
+        """`dispatch` for several searches, in order, as that many calls would, but with one
+        `hits_many` and one `publish` for them all: a shared broker's round trips per batch,
+        not per search. `BrokerUnavailable`: nothing of them was decided or sent."""
+        asked: list[Asked] = []
+        for event, matches in searches:
+            owned, default = _candidates(event, matches)
+            if owned or default is not None:
+                # Redacted here, so that windows and the log hold only what alerts show.
+                search = SearchFold(text=redact(event.text), at=event.at, searcher=event.searcher)
+                asked.append(Asked(search, owned, default))
+        if not asked:
             return
-        # Redacted here, so that windows and the log hold only what alerts show.
-        search = SearchFold(text=redact(event.text), at=event.at, searcher=event.searcher)
-        hits = await self._broker.hits(search, owned, default)
-        self.coalesced += hits.coalesced
-        sendings = [
-            sending
-            for followup in hits.due
-            if followup.owner is not None
-            for sending in followup_sendings(followup)
-        ]
-        if hits.immediate:
-            at_once = {
-                candidate.owner: AlertWatch(id=candidate.watch_id, terms=candidate.terms)
-                for candidate in hits.immediate
-            }
-            sendings.append(_sending(search, 1, since=search.at, watches=at_once))
-        sendings.extend(
-            sending
-            for followup in hits.due
-            if followup.owner is None
-            for sending in followup_sendings(followup)
-        )
-        if default is not None:
-            watch = AlertWatch(id=default.watch_id, terms=default.terms)
-            if hits.to_everyone:
-                sendings.append(
-                    _sending(search, 1, since=search.at, everyone=watch, excluded=hits.covered)
-                )
-            elif hits.firsts:
-                firsts = dict.fromkeys(hits.firsts, watch)
-                sendings.append(_sending(search, 1, since=search.at, watches=firsts))
+        decided = await self._broker.hits_many(asked)
+        sendings: list[Sending] = []
+        for (search, _, default), hits in zip(asked, decided, strict=True):
+            self.coalesced += hits.coalesced
+            sendings += _compose(search, default, hits)
         await self._publish(sendings)
 
     async def _publish(self, sendings: list[Sending], *, guard: str | None = None) -> None:

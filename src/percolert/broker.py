@@ -12,7 +12,7 @@ lease) come with it: docs/design/multi-instance.md, §3, §6 and §7.
 
 from __future__ import annotations
 
-from typing import Literal, Protocol
+from typing import Literal, NamedTuple, Protocol
 
 import msgspec
 
@@ -67,6 +67,14 @@ class Followup(msgspec.Struct, frozen=True, kw_only=True):
     events: list[SearchFold]
     not_alerted: frozenset[str] = frozenset()
     token: str = ""
+
+
+class Asked(NamedTuple):
+    """One search put to the broker: its fold and its candidates (`Broker.hits_many`)."""
+
+    search: SearchFold
+    owned: list[OwnedCandidate]
+    default: DefaultCandidate | None
 
 
 class Hits(msgspec.Struct, frozen=True, kw_only=True):
@@ -133,6 +141,12 @@ class Broker(Protocol):
     ) -> Hits:
         """Decide, for one search, which of its reachable candidates hear of it now and
         which windows fold it in; end the windows of these candidates that are over."""
+        ...
+
+    async def hits_many(self, searches: list[Asked]) -> list[Hits]:
+        """`hits` for several searches at once (a percolated batch), in order: the same
+        decisions as that many `hits` calls one after another, in one round trip to a shared
+        broker. All or nothing: `BrokerUnavailable` means none of them was decided."""
         ...
 
     async def claim_due(self, *, everything: bool = False) -> list[Followup]:

@@ -17,6 +17,7 @@ import msgspec
 
 from percolert.alertlog import AlertRecord
 from percolert.broker import (
+    Asked,
     BrokerStatus,
     DefaultCandidate,
     Followup,
@@ -135,6 +136,9 @@ class MemoryBroker:
             coalesced=coalesced + 1,
             due=due,
         )
+
+    async def hits_many(self, searches: list[Asked]) -> list[Hits]:
+        return [await self.hits(*asked) for asked in searches]
 
     def _current(
         self, key: tuple[str, str | None], now: float, due: list[Followup]

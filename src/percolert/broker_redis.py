@@ -57,6 +57,7 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from percolert.alertlog import AlertRecord
 from percolert.broker import (
+    Asked,
     BrokerStatus,
     BrokerUnavailable,
     DefaultCandidate,
@@ -582,27 +583,41 @@ class RedisBroker:
     async def hits(
         self, search: SearchFold, owned: list[OwnedCandidate], default: DefaultCandidate | None
     ) -> Hits:
-        fold = self._fold_encoder.encode(
-            _Fold(text=search.text, at=search.at, searcher=search.searcher)
-        )
-        args: list[str | int | bytes] = [
-            self._window_ms,
-            self._grace_ms,
-            search.searcher,
-            fold,
-            "" if default is None else default.watch_id,
-            "" if default is None else default.terms,
+        [decided] = await self.hits_many([Asked(search, owned, default)])
+        return decided
+
+    async def hits_many(self, searches: list[Asked]) -> list[Hits]:
+        # One script call for the whole batch: sequential round trips per search were the
+        # queue that held alerts up under load (docs/benchmarks/multi-instance.md).
+        if not searches:
+            return []
+        args: list[str | int | bytes] = [self._window_ms, self._grace_ms]
+        for search, owned, default in searches:
+            fold = self._fold_encoder.encode(
+                _Fold(text=search.text, at=search.at, searcher=search.searcher)
+            )
+            args += [
+                search.searcher,
+                fold,
+                "" if default is None else default.watch_id,
+                "" if default is None else default.terms,
+                len(owned),
+            ]
+            for candidate in owned:
+                args += [candidate.watch_id, candidate.owner, candidate.terms]
+        decisions = await self._decide("hits", *args)
+        return [
+            Hits(
+                immediate=[asked.owned[index] for index in immediate],
+                covered=frozenset(_text(user) for user in covered),
+                to_everyone=bool(to_everyone),
+                firsts=[_text(user) for user in firsts],
+                coalesced=int(coalesced),
+            )
+            for asked, (immediate, covered, to_everyone, firsts, coalesced) in zip(
+                searches, decisions, strict=True
+            )
         ]
-        for candidate in owned:
-            args += [candidate.watch_id, candidate.owner, candidate.terms]
-        immediate, covered, to_everyone, firsts, coalesced = await self._decide("hits", *args)
-        return Hits(
-            immediate=[owned[index] for index in immediate],
-            covered=frozenset(_text(user) for user in covered),
-            to_everyone=bool(to_everyone),
-            firsts=[_text(user) for user in firsts],
-            coalesced=int(coalesced),
-        )
 
     def _event(self, raw: bytes) -> SearchFold:
         skip, fold = raw.split(b"\n", 1)

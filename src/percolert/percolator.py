@@ -71,7 +71,8 @@ class Match(msgspec.Struct, frozen=True, kw_only=True):
     owner: str | None  # None: a default watch, for everyone
 
 
-OnMatches = Callable[[SearchEvent, list[Match]], Awaitable[None]]
+# Hears of each percolated batch once: its searches that matched, with their matches, in order.
+OnMatches = Callable[[list[tuple[SearchEvent, list[Match]]]], Awaitable[None]]
 
 
 class _Key(msgspec.Struct):
@@ -134,6 +135,8 @@ class Percolator:
         self._tickets_issued = 0
         self._next_ticket = 0
         self._finished: dict[int, tuple[list[SearchEvent], list[list[Match]]]] = {}
+        # Whether a worker is handing on finished batches (one at a time, in ticket order).
+        self._handing_on = False
         # The queue exists while `run` does; events submitted outside it are dropped.
         self._send: MemoryObjectSendStream[SearchEvent] | None = None
         self.dropped = 0
@@ -181,6 +184,7 @@ class Percolator:
         self._in_flight = 0
         self._tickets_issued = self._next_ticket = 0
         self._finished.clear()
+        self._handing_on = False
         self._send = send
         try:
             async with send, receive, anyio.create_task_group() as workers:
@@ -296,12 +300,23 @@ class Percolator:
             self.failed_batches += 1
             logger.exception("percolation of %d search events failed", len(batch))
         self._finished[ticket] = (batch, results)
-        while self._next_ticket in self._finished:
-            done, found = self._finished.pop(self._next_ticket)
-            self._next_ticket += 1
-            for event, matches in zip(done, found, strict=True):
-                if matches:
+        if self._handing_on:
+            # The worker handing on now takes this batch too, in its turn: a batch never goes
+            # out while an earlier one is still being dispatched, and this worker goes back
+            # to percolating meanwhile.
+            return
+        self._handing_on = True
+        try:
+            while self._next_ticket in self._finished:
+                done, found = self._finished.pop(self._next_ticket)
+                self._next_ticket += 1
+                matched = [
+                    (event, matches) for event, matches in zip(done, found, strict=True) if matches
+                ]
+                if matched:
                     try:
-                        await self._on_matches(event, matches)
+                        await self._on_matches(matched)
                     except Exception:
                         logger.exception("delivering matches failed")
+        finally:
+            self._handing_on = False

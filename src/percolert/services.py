@@ -118,7 +118,7 @@ class Services:
             client,
             indices.alias_for(settings, "watches"),
             normalizer,
-            self.dispatcher.on_matches,
+            self.dispatcher.on_batch,
             batch_size=settings.percolate_batch_size,
             concurrency=settings.percolate_concurrency,
             timeout=settings.percolate_timeout,
