@@ -8,6 +8,7 @@ import time
 import uuid
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from pathlib import Path
 
 import anyio
 import msgspec
@@ -19,6 +20,7 @@ from percolert.alertlog import AlertRecord
 from percolert.alerts import AlertDispatcher, followup_sendings
 from percolert.broker import (
     Asked,
+    BrokerUnavailable,
     DefaultCandidate,
     Followup,
     Hits,
@@ -32,7 +34,9 @@ from percolert.hub import Connection, Hub
 from percolert.messages import AlertWatch
 from percolert.metrics import BrokerMetrics
 from percolert.percolator import Match, SearchEvent
+from percolert.redisnode import RedisNode
 from percolert.settings import Settings
+from tests.servers import free_port
 from tests.waiting import wait_until
 
 pytestmark = pytest.mark.anyio
@@ -517,3 +521,24 @@ async def test_hits_many_decides_as_that_many_hits_one_after_another(redis_url: 
         assert await shared.hits_many([]) == []
     finally:
         await shared.close()
+
+
+async def test_a_full_redis_is_met_as_an_outage(tmp_path: Path) -> None:
+    """With `noeviction`, a full Redis refuses every write: the dispatcher is told the broker
+    is unavailable (it spools the search) rather than handed an error that drops it."""
+    node = RedisNode(tmp_path)
+    state, _ = node.start(free_port())
+    broker = RedisBroker(_settings(state.url), Hub(), Log(), url=state.url, instance_id="one")
+    raw = redis.Redis.from_url(state.url)
+    sending = Sending(at="2026-01-01T00:00:00.000+00:00", earliest_ms=0, query="q")
+    try:
+        await broker.start()
+        raw.config_set("maxmemory-policy", "noeviction")
+        raw.config_set("maxmemory", 1)  # below what it holds already: every write refused
+        with pytest.raises(BrokerUnavailable):
+            await broker.publish([sending])
+        assert broker.status == "down"
+    finally:
+        raw.close()
+        await broker.close()
+        node.stop()

@@ -312,6 +312,11 @@ class AlertDispatcher:
     async def flush_all(self) -> None:
         """Send what waited for the broker and every pending follow-up now (at shutdown)."""
         await self._drain()
+        if self._spool:
+            logger.error(
+                "stopping with the broker unavailable: the alerts of %d waiting searches are lost",
+                len(self._spool),
+            )
         await self._follow_up(everything=True)
 
     async def flush_due(self) -> None:

@@ -52,7 +52,7 @@ from anyio.abc import TaskGroup
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import ReadOnlyError, RedisError
+from redis.exceptions import OutOfMemoryError, ReadOnlyError, RedisError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from percolert.alertlog import AlertRecord
@@ -104,9 +104,13 @@ RESYNC_SPREAD_SECONDS = 1.0
 _REASSERT_BATCH = 1_000
 
 
-# Redis cannot be used now: down, restarting (loading), out of reach, or a replica after a
-# failover. Other errors (a script's) are bugs, left to the supervisor.
-_UNREACHABLE = (RedisConnectionError, RedisTimeoutError, ReadOnlyError, OSError)
+# Redis cannot be used now: down, restarting (loading), out of reach, a replica after a
+# failover, or full (`noeviction` refuses writes). Other errors (a script's) are bugs, left
+# to the supervisor by the loops ...
+_UNREACHABLE = (RedisConnectionError, RedisTimeoutError, ReadOnlyError, OutOfMemoryError, OSError)
+# ... but where a search's alerts or a socket's presence are at stake, any refusal is met as
+# an outage: the search is spooled, the presence settled when Redis answers again.
+_REFUSED = (RedisError, OSError)
 
 
 class _Down(Exception):
@@ -165,8 +169,9 @@ class RedisBroker:
     ) -> None:
         self.instance_id = instance_id
         self._observer = observer or BrokerMetrics()
-        # Fail fast, retry once (a pooled connection a Redis restart broke), and never wait
-        # on a silent network for long: `run` reconnects, the dispatcher keeps its matches.
+        # Fail fast and never retry (a script whose reply was lost may have run: running it
+        # again would alert twice or lose a claimed follow-up), and never wait on a silent
+        # network for long: `run` reconnects, the dispatcher keeps its matches.
         # A call waits for a free connection: redis-py's default pool fails at once past 100
         # calls in flight, as a storm of socket opens (one presence call each) went.
         self._redis = aioredis.Redis.from_pool(
@@ -176,7 +181,7 @@ class RedisBroker:
                 timeout=CONNECTION_WAIT_SECONDS,
                 socket_connect_timeout=1.0,
                 socket_timeout=_READ_BLOCK_MS / 1000 + 4.0,
-                retry=Retry(NoBackoff(), 1),
+                retry=Retry(NoBackoff(), 0),
             )
         )
         self._hub = hub
@@ -311,6 +316,7 @@ class RedisBroker:
                         pause = _BACKOFF_FIRST
                     async with anyio.create_task_group() as tasks:
                         tasks.start_soon(self._beating)
+                        tasks.start_soon(self._writing_orphans)
                         await self._read_inbox()
                 except* (*_UNREACHABLE, _Down) as failed:
                     self._mark_down(failed.exceptions[0])
@@ -322,11 +328,11 @@ class RedisBroker:
         if first:
             await self._seed()
         await self.beat()
-        counter = await self._reassert()
         for user, payload in list(self._notify_owed.items()):
             # Sent here already while Redis was away; the other instances' sockets get it now.
             await self._call("notify", INBOX_BOUND, user, payload, self.instance_id)
             del self._notify_owed[user]
+        counter = await self._reassert()
         self._up = True
         if not first:
             self.reconnects += 1
@@ -469,6 +475,16 @@ class RedisBroker:
             if not self._up:
                 raise _Down
             await self.beat()
+            if self._unregistered or self._leaves_owed:
+                # Sockets opened or closed while a reassert was under way, or a close whose
+                # call was cut short: settled now, not at the next outage.
+                await self._reassert()
+
+    async def _writing_orphans(self) -> None:
+        # Apart from the heartbeat: writing a dead instance's mirror may take a while, and
+        # an instance that stopped beating meanwhile would lapse (and could be reaped).
+        while True:
+            await anyio.sleep(HEARTBEAT_SECONDS)
             await self.write_orphans()
 
     async def write_orphans(self) -> None:
@@ -543,7 +559,7 @@ class RedisBroker:
             self._presence_calls += 1
             try:
                 cut = int(await self._call("presence", self.instance_id, user, "1"))
-            except _UNREACHABLE as error:
+            except _REFUSED as error:
                 self._mark_down(error)
             else:
                 self._seen(cut)
@@ -559,14 +575,17 @@ class RedisBroker:
     async def disconnected(self, user: str) -> None:
         if self._up and not self._reasserting:
             self._presence_calls += 1
+            recorded = False
             try:
                 await self._call("presence", self.instance_id, user, "0")
-            except _UNREACHABLE as error:
+                recorded = True
+            except _REFUSED as error:
                 self._mark_down(error)
-            else:
-                return
             finally:
                 self._presence_calls -= 1
+                if not recorded:  # refused, or cancelled (the close's time ran out)
+                    self._leaves_owed.add(user)
+            return
         self._leaves_owed.add(user)
 
     async def _decide(self, name: str, *args: str | int | bytes) -> Any:
@@ -576,7 +595,7 @@ class RedisBroker:
             raise BrokerUnavailable
         try:
             return await self._call(name, *args)
-        except _UNREACHABLE as error:
+        except _REFUSED as error:
             self._mark_down(error)
             raise BrokerUnavailable from error
 
@@ -681,7 +700,7 @@ class RedisBroker:
             return []
         try:
             return await self._read_mirrors(after, upto)
-        except _UNREACHABLE as error:
+        except _REFUSED as error:
             self._mark_down(error)
             return []
 
@@ -723,7 +742,7 @@ class RedisBroker:
                 await self._call("notify", INBOX_BOUND, user, payload, "")
                 self._observer.published("user_message")
                 return
-            except _UNREACHABLE as error:
+            except _REFUSED as error:
                 self._mark_down(error)
         # Here at once; to the user's sockets on other instances when Redis is back (the
         # latest list only: it replaces the ones before).
