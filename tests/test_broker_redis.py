@@ -219,8 +219,15 @@ class _Gap:
         self.hub = Hub()
         self.sent: list[str] = []
         self.socket = Connection("u", self._send, queue_size=100)
+        self.registry = CollectorRegistry()
         self.broker = RedisBroker(
-            self.settings, self.hub, Log(), url=redis_url, instance_id="one", resync_delay=0.0
+            self.settings,
+            self.hub,
+            Log(),
+            url=redis_url,
+            instance_id="one",
+            observer=BrokerMetrics(self.registry),
+            resync_delay=0.0,
         )
         self.raw = redis.Redis.from_url(redis_url)
         self.meta = f"percolert:{{{self.settings.index_prefix}}}:meta"
@@ -233,6 +240,17 @@ class _Gap:
         sending = Sending(at="2026-01-01T00:00:00.000+00:00", earliest_ms=0, query=query)
         [record] = await self.broker.publish([msgspec.structs.replace(sending, watches=watch)])
         return record.seq
+
+    @property
+    def gaps(self) -> float:
+        """Gaps the broker detected, whatever their cause (its metric)."""
+        return sum(
+            sample.value
+            for metric in self.registry.collect()
+            if metric.name == "percolert_broker_gaps"
+            for sample in metric.samples
+            if sample.name == "percolert_broker_gaps_total"
+        )
 
     def epoch(self) -> bytes:
         value = self.raw.hget(self.meta, "epoch")
@@ -283,7 +301,7 @@ async def test_a_missing_inbox_entry_resyncs_the_sockets(redis_url: str) -> None
         gap.raw.hincrby(gap.meta, "n:one", 1)  # an entry the reader never sees
         await gap.publish("after")
         await wait_until(lambda: gap.socket.resynced, what="the socket to resync")
-        assert gap.broker.gaps == 1
+        assert gap.gaps == 1
         assert _queries(gap) == ["before"]  # the page's last alert stays the one before
 
 
@@ -298,7 +316,7 @@ async def test_a_counter_below_what_an_instance_saw_starts_a_new_epoch(redis_url
         assert await gap.publish("after") > seen
         assert gap.epoch() != epoch
         await wait_until(lambda: gap.socket.resynced, what="the socket to resync")
-        assert gap.broker.gaps == 1
+        assert gap.gaps == 1
 
 
 async def test_redis_emptied_starts_a_new_epoch_above_the_old_positions(redis_url: str) -> None:
@@ -310,7 +328,7 @@ async def test_redis_emptied_starts_a_new_epoch_above_the_old_positions(redis_ur
         assert await gap.publish("after") > seen
         assert gap.epoch() != epoch
         await wait_until(lambda: gap.socket.resynced, what="the socket to resync")
-        assert gap.broker.gaps == 1
+        assert gap.gaps == 1
 
 
 async def test_a_claimed_follow_up_whose_claimer_never_publishes_is_claimed_again_and_sent_once(

@@ -239,11 +239,6 @@ class RedisBroker:
         self._reassert_lock = anyio.Lock()  # the reader and the heartbeat may both resync
         self._presence_calls = 0
         self._closers: TaskGroup | None = None
-        # For the metrics: reconnects after an outage, gaps seen (by any cause), sockets
-        # closed for a resync.
-        self.reconnects = 0
-        self.gaps = 0
-        self.resync_closed = 0
 
     async def _call(self, name: str, *args: str | int | bytes) -> Any:
         # No KEYS: every key is built in the script from P, so a Cluster cannot route them
@@ -335,7 +330,6 @@ class RedisBroker:
         counter = await self._reassert()
         self._up = True
         if not first:
-            self.reconnects += 1
             self._observer.reconnected()
         logger.info(
             "Redis answers again, the broker is up (instance %s, position %d)",
@@ -404,7 +398,6 @@ class RedisBroker:
         reconnect with `after=` and replay it."""
         closing = self._hub.connections() if connections is None else connections
         if connections is None:
-            self.gaps += 1
             self._observer.gap(cause)
         logger.warning(
             "broker resync (%s): %d sockets here replay from the log", cause, len(closing)
@@ -424,7 +417,7 @@ class RedisBroker:
             for connection in connections:
                 await anyio.sleep(RESYNC_SPREAD_SECONDS / len(connections))
                 connection.resync()
-                self.resync_closed += 1
+                self._observer.resync_closed()
         finally:
             # Cancelled (shutdown, or a crash of `run`): frozen sockets must not stay open.
             for connection in connections:

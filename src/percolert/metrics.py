@@ -86,11 +86,6 @@ class _Readings(Collector):
                 "Searches dropped from a full broker spool (their alerts are lost)",
                 value=values["broker_spool_dropped"],
             )
-            yield CounterMetricFamily(
-                "percolert_broker_resync_closed",
-                "Sockets closed with 1012 to replay a gap from the alert log",
-                value=values["broker_resync_closed"],
-            )
 
 
 class BrokerMetrics:
@@ -133,6 +128,11 @@ class BrokerMetrics:
             ["cause"],
             registry=registry,
         )
+        self._resync_closed = Counter(
+            "percolert_broker_resync_closed",
+            "Sockets closed with 1012 to replay a gap from the alert log",
+            registry=registry,
+        )
         self._up = Gauge(
             "percolert_broker_up",
             "1 while the last Redis call of the broker succeeded, else 0",
@@ -172,6 +172,9 @@ class BrokerMetrics:
 
     def gap(self, cause: str) -> None:
         self._gaps.labels(cause).inc()
+
+    def resync_closed(self) -> None:
+        self._resync_closed.inc()
 
     def instances(self, count: int) -> None:
         self._instances.set(count)

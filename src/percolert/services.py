@@ -202,7 +202,6 @@ class Services:
         if self.shared is not None:
             readings["broker_spooled"] = self.dispatcher.spooled
             readings["broker_spool_dropped"] = self.dispatcher.spool_dropped
-            readings["broker_resync_closed"] = self.shared.resync_closed
         return readings
 
     async def deliver_pending(self, seconds: float) -> None:
