@@ -36,6 +36,8 @@ import sys
 import tempfile
 import time
 from collections import defaultdict
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from urllib.parse import urlencode
@@ -44,7 +46,7 @@ import httpx
 import psutil
 
 from percolert import es, indices
-from percolert.devnode import DevNode
+from percolert.devnode import DevNode, NodeState
 from percolert.messages import WatchSpec
 from percolert.sessions import COOKIE_NAME
 from percolert.settings import Settings, from_environment
@@ -786,6 +788,18 @@ def plot(steps: list[Step]) -> None:
     figure.savefig(REPORT_DIR / "latency_vs_rate.png", dpi=120)
 
 
+@contextmanager
+def bench_node(scratch: Path) -> Iterator[tuple[NodeState, Settings]]:
+    """The benchmark's own Elasticsearch node (2 GB heap) under `scratch`, and settings on
+    it; the node stops when the block ends."""
+    node = DevNode.configured(from_environment(), scratch / "state", heap="2g")
+    state, _ = node.start(free_port())
+    try:
+        yield state, Settings(elasticsearch_url=state.url, index_prefix=PREFIX)
+    finally:
+        node.stop()
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="one small configuration")
@@ -841,10 +855,7 @@ def main() -> int:
     steps: list[Step] = []
     with tempfile.TemporaryDirectory(prefix="percolert-bench-") as scratch_name:
         scratch = Path(scratch_name)
-        node = DevNode.configured(from_environment(), scratch / "state", heap="2g")
-        state, _ = node.start(free_port())
-        settings = Settings(elasticsearch_url=state.url, index_prefix=PREFIX)
-        try:
+        with bench_node(scratch) as (state, settings):
             loaded = 0
             for watches, sockets in configurations:
                 if loaded == 0 or loaded > watches:
@@ -867,8 +878,6 @@ def main() -> int:
                         rates,
                         seconds,
                     )
-        finally:
-            node.stop()
     write_report(steps, configurations)
     print((REPORT_DIR / "results.md").read_text())
     return 0
@@ -885,10 +894,7 @@ def run_instances(args: argparse.Namespace) -> int:
     load = ", ".join(f"{value:.2f}" for value in os.getloadavg())
     with tempfile.TemporaryDirectory(prefix="percolert-bench-") as scratch_name:
         scratch = Path(scratch_name)
-        node = DevNode.configured(from_environment(), scratch / "state", heap="2g")
-        state, _ = node.start(free_port())
-        settings = Settings(elasticsearch_url=state.url, index_prefix=PREFIX)
-        try:
+        with bench_node(scratch) as (state, settings):
             prepare_catalog(state.url)
             print(f"W={watches} S={sockets}: loading watches...", flush=True)
             asyncio.run(load_watches(settings, watches))
@@ -905,8 +911,6 @@ def run_instances(args: argparse.Namespace) -> int:
                 warm,
                 designs,
             )
-        finally:
-            node.stop()
     cluster.write_report(steps, load)
     print((REPORT_DIR / "multi-instance-results.md").read_text())
     return 0
