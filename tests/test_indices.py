@@ -33,8 +33,11 @@ async def test_setup_creates_aliased_indices_and_is_idempotent(fresh_settings: S
         first = await indices.setup(client, fresh_settings)
         assert first == [
             f"{prefix}-products -> {prefix}-products-v1: created",
-            f"{prefix}-watches -> {prefix}-watches-v4: created",
+            f"{prefix}-watches -> {prefix}-watches-v5: created",
             f"{prefix}-alerts -> {prefix}-alerts-v2: created",
+            f"{prefix}-product_alerts -> {prefix}-product_alerts-v1: created",
+            f"{prefix}-product_seen -> {prefix}-product_seen-v1: created",
+            f"{prefix}-product_notices -> {prefix}-product_notices-v1: created",
         ]
         second = await indices.setup(client, fresh_settings)
         assert all(line.endswith("up to date") for line in second)
@@ -79,17 +82,20 @@ async def test_a_new_mapping_version_migrates_documents_and_moves_the_alias(
         await client.close()
 
 
-async def test_watches_stored_before_v4_are_made_current(
+async def test_watches_stored_before_v5_are_made_current(
     fresh_settings: Settings, tmp_path: Path
 ) -> None:
     """v2 and v3 of the watches mapping added `terms` and `watch_id` (doc values, which are
     all percolation reads), v4 `category_prices` for judging a watch's category and price
-    together; migrating a v1 index fills in the first two and rewrites the queries."""
+    together, v5 `notify` and `max_price` (doc value); migrating a v1 index fills in the
+    doc values, makes old watches notify of both, and rewrites the queries."""
     old_mappings = tmp_path / "mappings"
     shutil.copytree(ROOT / "mappings", old_mappings)
     definition = json.loads((old_mappings / "watches.json").read_text())
-    assert definition["mappings"]["_meta"]["percolert_version"] == 4
+    assert definition["mappings"]["_meta"]["percolert_version"] == 5
     definition["mappings"]["_meta"]["percolert_version"] = 1
+    del definition["mappings"]["properties"]["notify"]
+    del definition["mappings"]["properties"]["max_price"]
     del definition["mappings"]["properties"]["terms"]
     del definition["mappings"]["properties"]["watch_id"]
     del definition["mappings"]["properties"]["category_prices"]
@@ -101,21 +107,22 @@ async def test_watches_stored_before_v4_are_made_current(
         await indices.setup(client, fresh_settings, mappings_dir=old_mappings)
         store = WatchStore(client, alias, normalizer, max_per_user=50)
         watch_id, document = store.prepare("alice", WatchSpec(terms="Kindle  Paperwhite"))
-        del document["terms"], document["watch_id"]  # as a v1 watch was stored
+        # as a v1 watch was stored
+        del document["terms"], document["watch_id"], document["notify"]
         await client.index(index=alias, id=watch_id, document=document, refresh=True)
         tv_id, tv = store.prepare("bob", WatchSpec(terms="sony", category="tv", max_price=800))
-        del tv["terms"], tv["watch_id"]
+        del tv["terms"], tv["watch_id"], tv["notify"], tv["max_price"]
         tv["query"]["bool"]["filter"][1:] = [  # category and price apart, as before v4
             {"term": {"categories": "tv"}},
             {"range": {"min_price": {"lte": 800}}},
         ]
         await client.index(index=alias, id=tv_id, document=tv, refresh=True)
         assert await indices.needing_setup(client, fresh_settings) == [
-            f"{alias} is at {alias}-v1, not {alias}-v4"
+            f"{alias} is at {alias}-v1, not {alias}-v5"
         ]
 
         lines = await indices.setup(client, fresh_settings, migrations=document_upgrades())
-        assert lines[1] == f"{alias} -> {alias}-v4: migrated from {alias}-v1 (old index kept)"
+        assert lines[1] == f"{alias} -> {alias}-v5: migrated from {alias}-v1 (old index kept)"
         assert await indices.needing_setup(client, fresh_settings) == []
 
         async def ignore(found: list[tuple[SearchEvent, list[Match]]]) -> None:
@@ -132,8 +139,13 @@ async def test_watches_stored_before_v4_are_made_current(
         ]
         assert await percolator.percolate(sony) == [
             [],
-            [Match(watch_id=tv_id, terms="sony", owner="bob")],
+            [Match(watch_id=tv_id, terms="sony", owner="bob", max_price=800.0)],
         ]
+        assert {watch.notify for watch in await store.owned_by("bob")} == {"both"}
+        [product_matches] = await percolator.percolate(
+            [SearchEvent(text="sony", searcher="x", found=(("tv", 700.0),))], audience="products"
+        )
+        assert [match.watch_id for match in product_matches] == [tv_id]
     finally:
         await client.close()
 

@@ -18,7 +18,7 @@ import msgspec
 import pytest
 
 from percolert.app import create_app
-from percolert.percolator import Match, Percolator, SearchEvent
+from percolert.percolator import Audience, Match, Percolator, SearchEvent
 from percolert.settings import Settings
 from tests.servers import metric, run_server
 from tests.shoppers import Shopper
@@ -40,14 +40,16 @@ class Faults:
 
 def faulty_percolator(faults: Faults) -> type[Percolator]:
     class FaultyPercolator(Percolator):
-        async def percolate(self, events: list[SearchEvent]) -> list[list[Match]]:
+        async def percolate(
+            self, events: list[SearchEvent], *, audience: Audience = "searches"
+        ) -> list[list[Match]]:
             texts = {event.text for event in events}
             if RAISE in texts:
                 raise RuntimeError("injected: a bug while percolating")
             if HANG in texts:
                 faults.hanging.set()
                 await anyio.sleep_forever()
-            return await super().percolate(events)
+            return await super().percolate(events, audience=audience)
 
         async def run(self) -> None:
             async with anyio.create_task_group() as group:

@@ -22,7 +22,7 @@ from elasticsearch.helpers import async_bulk, async_scan
 from percolert import assets
 from percolert.settings import Settings
 
-INDEX_NAMES = ("products", "watches", "alerts")
+INDEX_NAMES = ("products", "watches", "alerts", "product_alerts", "product_seen", "product_notices")
 
 
 class IndexDefinition:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Annotated
+from typing import Annotated, Literal
 
 import msgspec
 
@@ -64,15 +64,25 @@ Terms = Annotated[
 ]
 Category = Annotated[str, msgspec.Meta(min_length=1, max_length=50)]
 MaxPrice = Annotated[float, msgspec.Meta(gt=0, le=10_000_000)]
+# What a watch alerts on: other shoppers' searches, catalog changes (products), or both.
+Notify = Literal["searches", "products", "both"]
 
 
 class WatchSpec(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
-    """What a shopper sends to watch for: words, never query DSL."""
+    """What a shopper sends to watch for: words, never query DSL. `notify` is a preference,
+    not part of what the watch means: two watches differing only in it are duplicates."""
 
     terms: Terms
     phrase: bool = False
     category: Category | None = None
     max_price: MaxPrice | None = None
+    notify: Notify = "both"
+
+
+class WatchUpdate(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
+    """PATCH /api/watches/{id}: what may change of a watch after it is made."""
+
+    notify: Notify
 
 
 class Watch(msgspec.Struct, frozen=True, kw_only=True):
@@ -83,6 +93,7 @@ class Watch(msgspec.Struct, frozen=True, kw_only=True):
     max_price: float | None = None
     is_default: bool = False
     created_at: str = ""
+    notify: Notify = "both"
 
 
 class WatchList(msgspec.Struct, frozen=True):
@@ -124,15 +135,58 @@ class Alert(ServerMessage, tag="alert", frozen=True, gc=False):
     at: str
 
 
+ProductChange = Literal["new", "price_drop", "back_in_stock"]
+
+
+class ProductCard(msgspec.Struct, frozen=True, kw_only=True):
+    """What a product alert shows of a product. `previous_price`: for a price drop."""
+
+    sku: str
+    product_name: str
+    price: float
+    previous_price: float | None = None
+    category: str
+    brand: str
+
+
+class ProductAlert(ServerMessage, tag="product_alert", frozen=True, kw_only=True):
+    """A catalog change matched a watch of the recipient's: a new product, a price drop, or
+    a product back in stock. Kept for owners who are away (hello's `away`).
+
+    A digest when one run of changes matched the watch with several products: `product` is
+    the first, `more` the next few, `total` how many in all. `seq` orders product alerts
+    (its own space, apart from search alerts' positions); `id` is unique.
+    """
+
+    id: str
+    seq: int
+    watch: AlertWatch
+    change: ProductChange
+    product: ProductCard
+    at: str
+    total: int = 1
+    more: list[ProductCard] = []
+
+
+class Away(msgspec.Struct, frozen=True):
+    """Product alerts that came while the user was away, newest first (a bounded list), and
+    how many more there were. Shown once per user, whichever tab greets first."""
+
+    alerts: list[ProductAlert]
+    more: int = 0
+
+
 class Hello(ServerMessage, tag="hello", frozen=True):
     """First message on every socket. `recent` lists this session's latest alerts (for the
     page's list after a reload); `watches` is None while Elasticsearch is unreachable. Alerts
-    missed since the client's `after` position follow as ordinary alert messages."""
+    missed since the client's `after` position follow as ordinary alert messages. `away`:
+    product alerts not yet shown to this user anywhere (None when there are none)."""
 
     coalesce_seconds: float
     watches: list[Watch] | None
     recent: list[Alert]
     last_seq: int
+    away: Away | None = None
 
 
 class WatchesChanged(ServerMessage, tag="watches_changed", frozen=True):

@@ -15,9 +15,13 @@ from percolert.indices import Upgrade
 
 def upgrade_watch(document_id: str, source: dict[str, Any]) -> dict[str, Any]:
     """Percolation reads doc values only: `terms` repeats `spec.terms` (watches v2),
-    `watch_id` the document id (v3); category and price are judged together (v4)."""
+    `watch_id` the document id (v3); category and price are judged together (v4); a watch
+    made before `notify` alerts on both, and its max price is a doc value too (v5)."""
     source.setdefault("terms", source["spec"]["terms"])
     source.setdefault("watch_id", document_id)
+    source.setdefault("notify", "both")
+    if source["spec"].get("max_price") is not None:
+        source.setdefault("max_price", source["spec"]["max_price"])
     return watches.upgrade_query(source)
 
 

@@ -16,7 +16,7 @@ import logging
 import math
 import time
 from collections.abc import Awaitable, Callable, Mapping
-from typing import Any
+from typing import Any, Literal
 
 import anyio
 import msgspec
@@ -48,10 +48,30 @@ _MATCHES = {
                 {"id": {"terms": {"field": "watch_id"}}},
                 {"terms": {"terms": {"field": "terms"}}},
                 {"owner": {"terms": {"field": "owner", "missing_bucket": True}}},
+                {"max_price": {"terms": {"field": "max_price", "missing_bucket": True}}},
             ],
         }
     }
 }
+
+# Whose alerts a percolation is for. Searches reach watches that notify of searches (default
+# watches included); catalog changes only shoppers' own watches that notify of products (a
+# default watch would tell everyone of every arrival). Filters beside the percolate query:
+# a watch they exclude is never a candidate.
+Audience = Literal["searches", "products"]
+_AUDIENCE_FILTERS: dict[Audience, list[dict[str, Any]]] = {
+    "searches": [{"terms": {"notify": ["searches", "both"]}}],
+    "products": [
+        {"term": {"is_default": False}},
+        {"terms": {"notify": ["products", "both"]}},
+    ],
+}
+
+# Separates the fields of a product's text in a `SearchEvent` (name, brand, category,
+# description): percolated as a token no word normalises to, so that a phrase watch never
+# matches across two fields.
+FIELD_SEPARATOR = "\x1e"
+_FIELD_GAP = " _ "
 
 
 class SearchEvent(msgspec.Struct, frozen=True, kw_only=True):
@@ -69,6 +89,7 @@ class Match(msgspec.Struct, frozen=True, kw_only=True):
     watch_id: str
     terms: str
     owner: str | None  # None: a default watch, for everyone
+    max_price: float | None = None  # the watch's, if it has one
 
 
 # Hears of each percolated batch once: its searches that matched, with their matches, in order.
@@ -81,6 +102,7 @@ class _Key(msgspec.Struct):
     id: str
     terms: str
     owner: str | None = None
+    max_price: float | None = None
 
 
 class _Bucket(msgspec.Struct):
@@ -166,8 +188,11 @@ class Percolator:
             for category, price in event.found
             if price is not None and math.isfinite(price)
         }
+        fields = event.text.split(FIELD_SEPARATOR)
         document: dict[str, Any] = {
-            "search_text": " ".join(self._normalizer.tokens(event.text)),
+            "search_text": _FIELD_GAP.join(
+                " ".join(self._normalizer.tokens(field)) for field in fields
+            ),
             "categories": [category for category, _ in event.found],
         }
         if prices:
@@ -217,20 +242,20 @@ class Percolator:
             finally:
                 self._in_flight -= 1
 
-    async def percolate(self, events: list[SearchEvent]) -> list[list[Match]]:
-        """Matches for each event, in order (one request for all of them)."""
+    async def percolate(
+        self, events: list[SearchEvent], *, audience: Audience = "searches"
+    ) -> list[list[Match]]:
+        """Matches for each event, in order (one request for all of them), among the
+        watches of `audience`."""
         started = time.perf_counter()
         searches: list[Mapping[str, Any]] = []
         for event in events:
             searches.append({})  # the index is in the path
+            percolate = {"percolate": {"field": "query", "document": self.document(event)}}
             searches.append(
                 {
                     "query": {
-                        "constant_score": {
-                            "filter": {
-                                "percolate": {"field": "query", "document": self.document(event)}
-                            }
-                        }
+                        "bool": {"filter": [percolate, *_AUDIENCE_FILTERS[audience]]},
                     },
                     "size": 0,
                     "track_total_hits": False,
@@ -269,7 +294,12 @@ class Percolator:
                 )
             matches.append(
                 [
-                    Match(watch_id=bucket.key.id, terms=bucket.key.terms, owner=bucket.key.owner)
+                    Match(
+                        watch_id=bucket.key.id,
+                        terms=bucket.key.terms,
+                        owner=bucket.key.owner,
+                        max_price=bucket.key.max_price,
+                    )
                     for bucket in buckets
                 ]
             )

@@ -110,6 +110,19 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     # Proxies whose X-Forwarded-For / X-Forwarded-Proto are believed (addresses or networks,
     # "*" for any). Empty: the peer of the connection is the client, whatever it claims.
     trusted_proxies: tuple[str, ...] = ()
+    # --- product alerts (catalog changes percolated against the same watches) ---
+    # Bearer token of the admin API (/api/admin/...). Unset: those routes do not exist.
+    admin_token: str | None = None
+    # A price drop alerts a watch without a max price only when at least this big (percent).
+    price_drop_min_percent: float = 5.0
+    # One product alerts one watch at most once in this many seconds (price drops, back in
+    # stock), unless a drop crosses the watch's max price.
+    product_alert_min_interval_seconds: float = 86_400.0
+    # Product alerts are kept this long for owners who are away.
+    product_alert_retention_days: float = 30.0
+    # How often each server looks for new product alerts to deliver to its open sockets
+    # (alerts written by another process: `percolert ingest`, another instance).
+    product_alert_poll_seconds: float = 1.0
 
 
 def _optional(environ: Mapping[str, str], name: str) -> str | None:
@@ -163,6 +176,38 @@ def _choice(environ: Mapping[str, str], name: str, choices: tuple[str, ...]) -> 
     if raw not in choices:
         raise SettingsError(f"{name} must be one of {', '.join(choices)}, got {raw!r}")
     return raw
+
+
+_DURATION_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86_400}
+
+
+def _duration(environ: Mapping[str, str], name: str, default: float) -> float:
+    """Seconds, given as a number of seconds or with a unit: 90s, 30m, 24h, 1d."""
+    raw = _optional(environ, name)
+    if raw is None:
+        return default
+    unit = _DURATION_UNITS.get(raw[-1].lower())
+    number = raw[:-1] if unit is not None else raw
+    try:
+        seconds = float(number) * (unit or 1)
+    except ValueError:
+        seconds = -1.0
+    if not 0 <= seconds < float("inf"):
+        raise SettingsError(f"{name} takes a duration like 86400, 30m, 24h or 1d; got {raw!r}")
+    return seconds
+
+
+_MIN_ADMIN_TOKEN = 16
+
+
+def _admin_token(environ: Mapping[str, str], name: str) -> str | None:
+    token = _optional(environ, name)
+    if token is not None and len(token) < _MIN_ADMIN_TOKEN:
+        raise SettingsError(
+            f"{name} must be at least {_MIN_ADMIN_TOKEN} characters (a random secret, "
+            "e.g. `openssl rand -hex 32`)"
+        )
+    return token
 
 
 def _rate_limit(environ: Mapping[str, str], name: str, default: str | None) -> str | None:
@@ -274,6 +319,17 @@ def from_environment(
         rate_limit_storage=storage,
         max_sockets_per_user=int(_number(env, "PERCOLERT_MAX_SOCKETS_PER_USER", 20, minimum=1)),
         trusted_proxies=_proxies(env, "PERCOLERT_TRUSTED_PROXIES"),
+        admin_token=_admin_token(env, "PERCOLERT_ADMIN_TOKEN"),
+        price_drop_min_percent=_number(env, "PERCOLERT_PRICE_DROP_MIN_PERCENT", 5.0, minimum=0),
+        product_alert_min_interval_seconds=_duration(
+            env, "PERCOLERT_PRODUCT_ALERT_MIN_INTERVAL", 86_400.0
+        ),
+        product_alert_retention_days=_number(
+            env, "PERCOLERT_PRODUCT_ALERT_RETENTION_DAYS", 30.0, minimum=0.001
+        ),
+        product_alert_poll_seconds=_number(
+            env, "PERCOLERT_PRODUCT_ALERT_POLL_SECONDS", 1.0, minimum=0.05
+        ),
     )
     # Each rate limit `limit_X` is read from PERCOLERT_LIMIT_X, its default the field's.
     rate_limits = {

@@ -27,10 +27,10 @@ import msgspec
 from elasticsearch import AsyncElasticsearch
 from elasticsearch.helpers import async_bulk
 
-from percolert.messages import TERMS_MAX_LENGTH, Watch, WatchSpec
+from percolert.messages import TERMS_MAX_LENGTH, Notify, Watch, WatchSpec
 from percolert.text import TextNormalizer
 
-_SOURCE = ["owner", "is_default", "spec", "created_at"]
+_SOURCE = ["owner", "is_default", "spec", "created_at", "notify"]
 _MAX_DEFAULTS = 1000
 # The ids `watch_id` issues, and nothing else: an id is checked before it reaches
 # Elasticsearch's URL, where `_search` or `..` would name an endpoint rather than a document.
@@ -78,6 +78,7 @@ class _StoredWatch(msgspec.Struct):
     owner: str | None = None
     is_default: bool = False
     created_at: str = ""
+    notify: Notify = "both"
 
 
 def clean_spec(spec: WatchSpec) -> WatchSpec:
@@ -92,6 +93,7 @@ def clean_spec(spec: WatchSpec) -> WatchSpec:
         phrase=spec.phrase,
         category=category or None,
         max_price=spec.max_price,
+        notify=spec.notify,
     )
 
 
@@ -180,6 +182,7 @@ def _to_watch(document_id: str, stored: _StoredWatch) -> Watch:
         max_price=stored.spec.max_price,
         is_default=stored.is_default,
         created_at=stored.created_at,
+        notify=stored.notify,
     )
 
 
@@ -267,18 +270,23 @@ class WatchStore:
         spec = clean_spec(spec)
         tokens = watch_tokens(self._normalizer, spec)
         document_id = watch_id(owner, tokens, spec)
+        what = msgspec.to_builtins(spec)
+        notify = what.pop("notify")  # a preference, kept beside what the watch means
         document = {
             "query": build_query(
                 tokens, phrase=spec.phrase, category=spec.category, max_price=spec.max_price
             ),
             "owner": owner,
             "is_default": owner is None,
-            "spec": msgspec.to_builtins(spec),
+            "spec": what,
             # Doc values for percolation (mappings/watches.json).
             "terms": spec.terms,
             "watch_id": document_id,
             "created_at": datetime.now(UTC).isoformat(timespec="milliseconds"),
+            "notify": notify,
         }
+        if spec.max_price is not None:
+            document["max_price"] = spec.max_price
         return document_id, document
 
     async def add(self, owner: str | None, spec: WatchSpec) -> Watch:
