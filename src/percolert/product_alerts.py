@@ -13,13 +13,30 @@ watch) and readers order by (seq, id).
 from __future__ import annotations
 
 import time
-from typing import Any
+from typing import Any, Protocol
 
 import msgspec
 from elasticsearch import AsyncElasticsearch
 from elasticsearch.helpers import async_bulk
 
-from percolert.messages import ProductAlert
+from percolert.catalog import Product
+from percolert.messages import ProductAlert, ProductChange
+
+
+class CatalogChange(msgspec.Struct, frozen=True, kw_only=True):
+    """A catalog change worth telling watch owners about, as change detection found it:
+    the product as it is now, and for a price drop the price it had before."""
+
+    change: ProductChange
+    product: Product
+    previous_price: float | None = None
+
+
+class ChangeSink(Protocol):
+    """Where change detection hands what it found, a batch at a time, in the order the
+    products came (`catalog.ingest` and the admin API call it; product matching is one)."""
+
+    async def changed(self, changes: list[CatalogChange]) -> None: ...
 
 
 class StoredProductAlert(msgspec.Struct, frozen=True, kw_only=True):
