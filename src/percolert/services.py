@@ -21,6 +21,7 @@ from percolert.hub import Hub
 from percolert.messages import ServerMessage
 from percolert.metrics import Metrics
 from percolert.percolator import Percolator
+from percolert.product_matching import ProductAlerting
 from percolert.settings import Settings
 from percolert.supervisor import Supervisor
 from percolert.text import TextNormalizer
@@ -36,6 +37,8 @@ class State(TypedDict):
     dispatcher: AlertDispatcher
     watches: WatchStore
     alert_log: AlertLog
+    # Catalog changes (the admin API) into product alerts.
+    product_alerting: ProductAlerting
     metrics: Metrics
     # Greetings reading Elasticsearch at once (watches and history of a new socket).
     greetings: anyio.Semaphore
@@ -133,6 +136,7 @@ class Services:
                 client, indices.alias_for(settings, "products")
             ).names,
         )
+        self.product_alerting = ProductAlerting(client, settings, self.percolator)
         # A reconnect storm's greetings queue here, leaving three quarters of the client's
         # connections to searches, percolation and the log.
         self.greetings = anyio.Semaphore(max(1, settings.elasticsearch_connections // 4))
@@ -183,6 +187,7 @@ class Services:
             "dispatcher": self.dispatcher,
             "watches": self.watches,
             "alert_log": self.alert_log,
+            "product_alerting": self.product_alerting,
             "metrics": self.metrics,
             "greetings": self.greetings,
             "background": self.background,
