@@ -49,7 +49,7 @@ def _action(scope: Scope) -> Action | None:
     if path in ("/api/watches", "/api/categories") and method == "GET":
         return Action.READ  # each asks Elasticsearch
     if (path == "/api/watches" and method == "POST") or (
-        path.startswith("/api/watches/") and method == "DELETE"
+        path.startswith("/api/watches/") and method in ("DELETE", "PATCH")
     ):
         return Action.WATCH_CHANGE
     return None

@@ -33,6 +33,7 @@ from percolert.messages import (
     WatchesChanged,
     WatchList,
     WatchSpec,
+    WatchUpdate,
 )
 from percolert.metrics import Metrics
 from percolert.openapi import openapi_document
@@ -115,6 +116,20 @@ async def _decode_spec(request: Request) -> WatchSpec:
         raise ApiError(400, "invalid_json", f"the body is not valid JSON: {error}") from None
 
 
+async def _decode_update(request: Request) -> WatchUpdate:
+    body = await request.body()  # at most _MAX_BODY_BYTES: BodyLimitMiddleware saw to it
+    try:
+        return msgspec.json.decode(body, type=WatchUpdate)
+    except msgspec.ValidationError as error:
+        raise ApiError(
+            400,
+            "invalid_watch",
+            f'invalid watch update: {error}; send {{"notify": "searches", "products" or "both"}}',
+        ) from None
+    except msgspec.DecodeError as error:
+        raise ApiError(400, "invalid_json", f"the body is not valid JSON: {error}") from None
+
+
 async def _watches_changed(state: State, user: str) -> None:
     watches = await state["watches"].visible_to(user)
     await state["broker"].notify_user(user, encode_message(WatchesChanged(watches=watches)))
@@ -140,6 +155,15 @@ async def remove_watch(request: Request) -> Response:
     await state["watches"].remove(user, request.path_params["watch_id"])
     await _watches_changed(state, user)
     return Response(status_code=204)
+
+
+async def update_watch(request: Request) -> Response:
+    user = _user(request)
+    update = await _decode_update(request)
+    state = state_of(request)
+    watch = await state["watches"].set_notify(user, request.path_params["watch_id"], update.notify)
+    await _watches_changed(state, user)
+    return json_response(watch)
 
 
 async def categories(request: Request) -> Response:
@@ -275,6 +299,7 @@ def create_app(settings: Settings, *, percolator_type: type[Percolator] = Percol
         Route("/api/watches", list_watches, methods=["GET"]),
         Route("/api/watches", add_watch, methods=["POST"]),
         Route("/api/watches/{watch_id}", remove_watch, methods=["DELETE"]),
+        Route("/api/watches/{watch_id}", update_watch, methods=["PATCH"]),
         Route("/api/categories", categories),
         Route("/openapi.json", openapi),
         Route("/metrics", metrics),

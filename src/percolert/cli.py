@@ -181,6 +181,7 @@ def _describe_watch(owner: str | None, watch: Watch) -> str:
         conditions.append(f"category {watch.category}")
     if watch.max_price is not None:
         conditions.append(f"under ${watch.max_price:g}")
+    conditions.append(f"notify {watch.notify}")
     who = "default" if owner is None else f"user {owner}"
     return f"{watch.id}  {who:<30}  {', '.join(conditions)}"
 
@@ -227,6 +228,7 @@ def cmd_watches(settings: Settings, args: argparse.Namespace) -> int:
                     "phrase": args.phrase,
                     "category": args.category,
                     "max_price": args.max_price,
+                    "notify": args.notify,
                 },
                 WatchSpec,
             )
@@ -405,6 +407,12 @@ def _parser() -> argparse.ArgumentParser:
     add.add_argument("--phrase", action="store_true", help="the words as an exact phrase")
     add.add_argument("--category", default=None, help="only when the search found this category")
     add.add_argument("--max-price", type=float, default=None, help="only when it found one under")
+    add.add_argument(
+        "--notify",
+        choices=["searches", "products", "both"],
+        default="both",
+        help="what it alerts of (default both; a default watch never alerts of products)",
+    )
     remove = actions.add_parser("rm", help="remove a watch by id")
     remove.add_argument("id")
     watches.set_defaults(handler=cmd_watches)

@@ -17,6 +17,7 @@ from percolert.messages import (
     Watch,
     WatchList,
     WatchSpec,
+    WatchUpdate,
 )
 from percolert.search import MAX_QUERY_LENGTH, MAX_SIZE
 
@@ -53,7 +54,17 @@ def _errors(*statuses: int) -> dict[str, Any]:
 
 def openapi_document() -> dict[str, Any]:
     _, components = msgspec.json.schema_components(
-        [ErrorBody, SearchResponse, WatchSpec, Watch, WatchList, Categories, Health, Readiness],
+        [
+            ErrorBody,
+            SearchResponse,
+            WatchSpec,
+            WatchUpdate,
+            Watch,
+            WatchList,
+            Categories,
+            Health,
+            Readiness,
+        ],
         ref_template=_REF,
     )
     paths: dict[str, Any] = {
@@ -109,7 +120,24 @@ def openapi_document() -> dict[str, Any]:
                     "204": {"description": "removed"},
                     **_errors(403, 404, 415, 429, 431, 503),
                 },
-            }
+            },
+            "patch": {
+                "summary": "Change what one of your watches notifies of (searches, products, "
+                "or both); default watches are not yours to change (404)",
+                "parameters": [
+                    {
+                        "name": "watch_id",
+                        "in": "path",
+                        "required": True,
+                        "schema": {"type": "string"},
+                    }
+                ],
+                "requestBody": {"required": True, "content": _json("WatchUpdate")},
+                "responses": {
+                    "200": _ok("Watch", "the changed watch"),
+                    **_errors(400, 403, 404, 413, 415, 429, 431, 503),
+                },
+            },
         },
         "/api/categories": {
             "get": {

@@ -202,6 +202,13 @@ def watch_tokens(normalizer: TextNormalizer, spec: WatchSpec) -> list[str]:
     return tokens
 
 
+def check_default(spec: WatchSpec) -> None:
+    """InvalidWatch for a default watch that could never alert anyone: default watches do
+    not fire on products (everyone would hear of every arrival)."""
+    if spec.notify == "products":
+        raise InvalidWatch("a default watch never alerts of products: notify searches or both")
+
+
 def parse_seed_file(data: bytes, normalizer: TextNormalizer) -> list[WatchSpec]:
     """A JSON array of watch specs. Every bad entry is reported with its line number."""
 
@@ -226,6 +233,7 @@ def parse_seed_file(data: bytes, normalizer: TextNormalizer) -> list[WatchSpec]:
         try:
             spec = msgspec.json.decode(raw, type=WatchSpec)
             watch_tokens(normalizer, clean_spec(spec))
+            check_default(spec)
         except (msgspec.ValidationError, InvalidWatch) as error:
             problems.append((line_at(start), f"invalid watch: {error}"))
         else:
@@ -269,6 +277,8 @@ class WatchStore:
         """The id and stored document of a watch (nothing is sent)."""
         spec = clean_spec(spec)
         tokens = watch_tokens(self._normalizer, spec)
+        if owner is None:
+            check_default(spec)
         document_id = watch_id(owner, tokens, spec)
         what = msgspec.to_builtins(spec)
         notify = what.pop("notify")  # a preference, kept beside what the watch means
@@ -353,8 +363,9 @@ class WatchStore:
         loaded, _ = await async_bulk(self._client, actions, chunk_size=2000, refresh=True)
         return loaded
 
-    async def remove(self, owner: str | None, watch_id: str) -> None:
-        """Delete a watch `owner` owns (None: a default watch); WatchNotFound otherwise."""
+    async def _owned(self, owner: str | None, watch_id: str) -> _StoredWatch:
+        """The stored watch `watch_id` if `owner` owns it (None: a default watch);
+        WatchNotFound otherwise, whether it is missing or someone else's."""
         if not is_watch_id(watch_id):
             raise WatchNotFound()
         try:
@@ -364,10 +375,28 @@ class WatchStore:
         stored = msgspec.convert(found["_source"], _StoredWatch)
         if stored.owner != owner or stored.is_default != (owner is None):
             raise WatchNotFound()
+        return stored
+
+    async def remove(self, owner: str | None, watch_id: str) -> None:
+        """Delete a watch `owner` owns (None: a default watch); WatchNotFound otherwise."""
+        await self._owned(owner, watch_id)
         try:
             await self._client.delete(index=self._alias, id=watch_id, refresh=True)
         except elasticsearch.NotFoundError:
             raise WatchNotFound() from None
+
+    async def set_notify(self, owner: str, watch_id: str, notify: Notify) -> Watch:
+        """Make `owner`'s own watch notify of `notify`; WatchNotFound for any other watch
+        (default watches included: they are everyone's, so nobody's to change)."""
+        stored = await self._owned(owner, watch_id)
+        try:
+            # Only `notify` changes: the query, and so the id, stay what they mean.
+            await self._client.update(
+                index=self._alias, id=watch_id, doc={"notify": notify}, refresh=True
+            )
+        except elasticsearch.NotFoundError:  # removed meanwhile
+            raise WatchNotFound() from None
+        return _to_watch(watch_id, msgspec.structs.replace(stored, notify=notify))
 
     async def _search(
         self, query: dict[str, Any], size: int, sort: list[dict[str, str]]
