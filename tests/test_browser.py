@@ -155,6 +155,35 @@ def test_hostile_text_is_shown_as_text_and_runs_nothing(browser: Browser, server
         b_context.close()
 
 
+def test_a_watch_for_products_only_is_listed_so_and_changed_on_the_page(
+    browser: Browser, server: str
+) -> None:
+    context, page = shopper(browser, server)
+
+    def stored() -> list[tuple[str, str]]:
+        listed = context.request.get(f"{server}/api/watches").json()["watches"]
+        return [(watch["terms"], watch["notify"]) for watch in listed if not watch["is_default"]]
+
+    try:
+        search(page, "kobo libra")
+        expect(page.locator("#watch-notify")).to_have_value("both")  # the default
+        page.select_option("#watch-notify", label="products only")
+        page.click("#watch-form button[type=submit]")
+        expect(page.locator("#watch-status")).to_contain_text("when a matching product")
+        choice = page.locator("#watches .watch", has_text="kobo libra").locator("select.notify")
+        expect(choice).to_have_value("products")
+        expect(choice.locator("option:checked")).to_have_text("products only")
+        assert stored() == [("kobo libra", "products")]
+        choice.select_option(label="searches only")
+        wait_until_sync(lambda: stored() == [("kobo libra", "searches")], what="the change")
+        # The list (redrawn when the socket hears watches_changed) shows the stored choice.
+        expect(choice).to_have_value("searches")
+        expect(choice).to_be_enabled()
+        screenshot(page, "watch-notify-changed")
+    finally:
+        context.close()
+
+
 def test_reload_lists_the_recent_alert(browser: Browser, server: str) -> None:
     a_context, a = shopper(browser, server)
     b_context, b = shopper(browser, server)

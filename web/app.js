@@ -79,9 +79,14 @@ function renderWatches(watches) {
     item.querySelector(".conditions").textContent = describeConditions(watch);
     item.querySelector(".badge").hidden = !watch.is_default;
     const remove = item.querySelector(".remove");
+    const notify = item.querySelector(".notify");
     if (watch.is_default) {
       remove.remove();
+      notify.remove(); // everyone's: not a shopper's to change
     } else {
+      notify.value = watch.notify;
+      notify.setAttribute("aria-label", `Tell me about, for watch ${watch.terms}`);
+      notify.addEventListener("change", () => changeNotify(watch, notify));
       remove.setAttribute("aria-label", `Remove watch ${watch.terms}`);
       remove.addEventListener("click", async () => {
         remove.disabled = true;
@@ -98,9 +103,38 @@ function renderWatches(watches) {
   $("no-watches").hidden = watches.some((watch) => !watch.is_default);
 }
 
+const WATCHING = {
+  both: "You'll be alerted when someone else searches for it, and when a matching product arrives, gets cheaper or is back.",
+  searches: "You'll be alerted when someone else searches for it.",
+  products: "You'll be alerted when a matching product arrives, gets cheaper or is back.",
+};
+
+async function changeNotify(watch, select) {
+  const wanted = select.value;
+  select.disabled = true;
+  try {
+    // The socket's watches_changed redraws the list; until then the select shows `wanted`.
+    const changed = await api(`/api/watches/${encodeURIComponent(watch.id)}`, {
+      method: "PATCH",
+      headers: { "Content-Type": "application/json" },
+      body: JSON.stringify({ notify: wanted }),
+    });
+    watch.notify = changed.notify;
+  } catch (error) {
+    select.value = watch.notify;
+    toast("Could not change the watch", error.message);
+  } finally {
+    select.disabled = false;
+  }
+}
+
 $("watch-form").addEventListener("submit", async (event) => {
   event.preventDefault();
-  const spec = { terms: $("watch-terms").value.trim(), phrase: $("watch-phrase").checked };
+  const spec = {
+    terms: $("watch-terms").value.trim(),
+    phrase: $("watch-phrase").checked,
+    notify: $("watch-notify").value,
+  };
   if ($("watch-category").value) spec.category = $("watch-category").value;
   if ($("watch-max-price").value) spec.max_price = Number($("watch-max-price").value);
   try {
@@ -109,7 +143,7 @@ $("watch-form").addEventListener("submit", async (event) => {
       headers: { "Content-Type": "application/json" },
       body: JSON.stringify(spec),
     });
-    setStatus($("watch-status"), `Watching “${watch.terms}”. You'll be alerted when someone else searches for it.`);
+    setStatus($("watch-status"), `Watching “${watch.terms}”. ${WATCHING[watch.notify]}`);
   } catch (error) {
     setStatus($("watch-status"), error.message, true);
   }
