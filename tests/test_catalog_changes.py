@@ -8,9 +8,12 @@ import json
 from pathlib import Path
 
 import anyio
+import msgspec
 import pytest
+from elastic_transport import TransportError
+from elasticsearch import AsyncElasticsearch
 
-from percolert import catalog, es, indices
+from percolert import catalog, cli, es, indices
 from percolert.catalog import Product
 from percolert.catalog_changes import ChangeDetection, Stored, classify
 from percolert.messages import WatchSpec
@@ -19,6 +22,7 @@ from percolert.settings import Settings
 from percolert.text import TextNormalizer
 from percolert.watches import WatchStore
 from tests.conftest import SAMPLE_CATALOG, run_cli
+from tests.netproxy import DroppableProxy
 
 pytestmark = pytest.mark.anyio
 
@@ -299,5 +303,63 @@ async def watch(settings: Settings, user: str, spec: WatchSpec) -> None:
             client, indices.alias_for(settings, "watches"), TextNormalizer(), max_per_user=50
         )
         await store.add(user, spec)
+    finally:
+        await client.close()
+
+
+@pytest.mark.parametrize("back_for_the_end", [True, False], ids=["back", "still-down"])
+async def test_elasticsearch_failing_midway_still_writes_the_alerts_found_before(
+    fresh_settings: Settings, capsys: pytest.CaptureFixture[str], back_for_the_end: bool
+) -> None:
+    """`percolert ingest` when the cluster goes away after a chunk: the failure is raised
+    (the CLI reports it as any other), the alerts of the indexed chunk are written when the
+    cluster is back for the end of the run, or their changes are counted as not written."""
+    alias = indices.alias_for(fresh_settings, "products")
+    await watch_after_setup(fresh_settings, "alice", WatchSpec(terms="kindle"))
+    proxy = DroppableProxy(int(fresh_settings.elasticsearch_url.rsplit(":", 1)[1]))
+    through_proxy = msgspec.structs.replace(fresh_settings, elasticsearch_url=proxy.url)
+    client = es.create_client(through_proxy)
+
+    async def load(client: AsyncElasticsearch, writer: catalog.ChunkWriter) -> catalog.IngestReport:
+        await writer.write([(1, product("K-1", 99.0)), (2, product("K-2", 89.0))])
+        proxy.drop()
+        try:
+            await writer.write([(3, product("K-3", 79.0))])
+        finally:
+            if back_for_the_end:
+                proxy.restore()
+        raise AssertionError("the second chunk cannot have been written")
+
+    try:
+        with pytest.raises(TransportError):
+            await cli._ingest_with_alerts(client, through_proxy, alias, load)
+    finally:
+        await client.close()
+        proxy.close()
+    said = capsys.readouterr().err
+    written = await product_alerts_of(fresh_settings)
+    if back_for_the_end:
+        assert "wrote 1 product alerts of the products indexed before the failure" in said
+        assert written == 1  # one digest of K-1 and K-2 for alice's watch
+    else:
+        assert "the product alerts of 2 changes could not be written" in said
+        assert written == 0
+
+
+async def watch_after_setup(settings: Settings, user: str, spec: WatchSpec) -> None:
+    client = es.create_client(settings)
+    try:
+        await indices.setup(client, settings)
+    finally:
+        await client.close()
+    await watch(settings, user, spec)
+
+
+async def product_alerts_of(settings: Settings) -> int:
+    client = es.create_client(settings)
+    try:
+        alias = indices.alias_for(settings, "product_alerts")
+        await client.indices.refresh(index=alias)
+        return int((await client.count(index=alias))["count"])
     finally:
         await client.close()
