@@ -37,7 +37,9 @@ def admin_token(settings: Settings) -> str:
 
 def cheaper_product_curl(base_url: str, token: str, catalog: Path) -> str | None:
     """A curl command putting the catalog's first Kindle in stock (else its first product
-    in stock) at a lower price; None when the catalog has no product in stock."""
+    in stock) at a lower price; None when the catalog has no product in stock. `token` goes
+    inside double quotes: a generated token (URL-safe characters) or `$PERCOLERT_ADMIN_TOKEN`
+    (expanded by the shell, so that a token of the environment is not printed)."""
     chosen: dict[str, object] | None = None
     with catalog.open("rb") as lines:
         for raw in lines:
@@ -60,7 +62,7 @@ def cheaper_product_curl(base_url: str, token: str, catalog: Path) -> str | None
         chosen["price"] = round(price * (1 - _DISCOUNT), 2)
     return (
         f"curl -X PUT {base_url}/api/admin/products/{sku} \\\n"
-        f"  -H {shlex.quote(f'Authorization: Bearer {token}')} \\\n"
+        f'  -H "Authorization: Bearer {token}" \\\n'
         "  -H 'Content-Type: application/json' \\\n"
         f"  -d {shlex.quote(json.dumps(chosen))}"
     )
