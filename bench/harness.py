@@ -212,7 +212,7 @@ def prepare_catalog(node_url: str, *, recreate: bool = False) -> None:
     setup = [*cli, "setup", "--recreate"] if recreate else [*cli, "setup"]
     subprocess.run(setup, env=env, check=True, capture_output=True)
     subprocess.run(
-        [*cli, "ingest", str(ROOT / "data/products.ndjson")],
+        [*cli, "ingest", "--plain", str(ROOT / "data/products.ndjson")],
         env=env,
         check=True,
         capture_output=True,

@@ -40,6 +40,7 @@ _LIMITS = (
     "limit_new_sessions_per_address",
     "limit_sockets_per_session",
     "limit_sockets_per_address",
+    "limit_admin_requests_per_address",
 )
 
 

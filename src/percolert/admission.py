@@ -14,6 +14,7 @@ from collections.abc import Callable
 from starlette.requests import HTTPConnection
 from starlette.types import ASGIApp, Receive, Scope, Send
 
+from percolert.admin_api import PREFIX as ADMIN_PREFIX
 from percolert.errors import error_response
 from percolert.ratelimits import Action, RateLimits, client_address, retry_after
 from percolert.sessions import current_user
@@ -44,6 +45,8 @@ def _action(scope: Scope) -> Action | None:
     if scope["type"] == "websocket":
         return Action.SOCKET
     path, method = _route_path(scope), scope["method"]
+    if path.startswith(ADMIN_PREFIX):
+        return Action.ADMIN  # no session: counted per address (attempts with a wrong token too)
     if path == "/api/search":
         return Action.SEARCH
     if path in ("/api/watches", "/api/categories") and method == "GET":
@@ -74,8 +77,9 @@ class Admission:
 
     async def may_start_session(self, scope: Scope) -> bool:
         """The session middleware asks before issuing a new session to a request without one."""
-        if _route_path(scope) in _SESSIONLESS_PATHS:
-            return False
+        path = _route_path(scope)
+        if path in _SESSIONLESS_PATHS or path.startswith(ADMIN_PREFIX):
+            return False  # the admin API is authorised by its token, never by a cookie
         wait = await self._limits.admit(Action.NEW_SESSION, session=None, address=_address(scope))
         if wait is None:
             return True
@@ -129,6 +133,7 @@ _WHAT = {
     Action.WATCH_CHANGE: "watch changes",
     Action.NEW_SESSION: "new sessions",
     Action.SOCKET: "new connections",
+    Action.ADMIN: "admin requests from your address",
 }
 
 

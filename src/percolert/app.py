@@ -17,7 +17,7 @@ from starlette.responses import FileResponse, Response
 from starlette.routing import Mount, Route, WebSocketRoute
 from starlette.staticfiles import StaticFiles
 
-from percolert import assets, catalog, es, indices
+from percolert import admin_api, assets, catalog, es, indices
 from percolert.admission import Admission, AdmissionMiddleware
 from percolert.alert_socket import alerts_socket
 from percolert.bodylimit import BodyLimitMiddleware
@@ -307,6 +307,7 @@ def create_app(settings: Settings, *, percolator_type: type[Percolator] = Percol
         Route("/readyz", readyz),
         WebSocketRoute("/ws", alerts_socket),
         Mount("/static", StaticFiles(directory=web), name="static"),
+        *admin_api.routes(settings),  # none without an admin token
     ]
     app = Starlette(
         routes=routes,
@@ -314,7 +315,11 @@ def create_app(settings: Settings, *, percolator_type: type[Percolator] = Percol
         middleware=[
             Middleware(AccessLogMiddleware, instance_id=instance_id),
             Middleware(BrowserGuardMiddleware, allowed_origins=settings.allowed_origins),
-            Middleware(BodyLimitMiddleware, max_bytes=_MAX_BODY_BYTES),
+            Middleware(
+                BodyLimitMiddleware,
+                max_bytes=_MAX_BODY_BYTES,
+                max_bytes_under={admin_api.PREFIX: admin_api.MAX_BODY_BYTES},
+            ),
             Middleware(
                 SessionMiddleware,
                 signer=signer,

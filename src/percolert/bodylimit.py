@@ -8,6 +8,8 @@ Starlette's own `max_body_size` answers in plain text, outside the one error sha
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+
 from starlette.datastructures import Headers
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
@@ -15,16 +17,29 @@ from percolert.errors import ApiError, error_response
 
 
 class BodyLimitMiddleware:
-    def __init__(self, app: ASGIApp, *, max_bytes: int) -> None:
+    """`max_bytes` for every body, except under the path prefixes of `max_bytes_under`,
+    which have bounds of their own (the admin API's products)."""
+
+    def __init__(
+        self, app: ASGIApp, *, max_bytes: int, max_bytes_under: Mapping[str, int] | None = None
+    ) -> None:
         self.app = app
         self.max_bytes = max_bytes
+        self.max_bytes_under = dict(max_bytes_under or {})
 
-    def _too_large(self) -> ApiError:
+    def _bound(self, scope: Scope) -> int:
+        path = str(scope["path"]).removeprefix(scope.get("root_path", ""))
+        for prefix, bound in self.max_bytes_under.items():
+            if path.startswith(prefix):
+                return bound
+        return self.max_bytes
+
+    def _too_large(self, bound: int) -> ApiError:
         # The rest of the body is never read: the connection cannot carry another request.
         return ApiError(
             413,
             "body_too_large",
-            f"the body may be at most {self.max_bytes} bytes",
+            f"the body may be at most {bound} bytes",
             {"Connection": "close"},
         )
 
@@ -32,12 +47,13 @@ class BodyLimitMiddleware:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
+        bound = self._bound(scope)
         declared = Headers(scope=scope).get("content-length", "")
-        if declared.isascii() and declared.isdigit() and int(declared) > self.max_bytes:
+        if declared.isascii() and declared.isdigit() and int(declared) > bound:
             # Refused whatever the route, before anything is read (or 100 Continue sent): a
             # route that takes no body would otherwise leave the server to read and discard
             # all of it after answering.
-            refusal = self._too_large()
+            refusal = self._too_large(bound)
             await error_response(refusal.status, refusal.code, refusal.message, refusal.headers)(
                 scope, receive, send
             )
@@ -49,8 +65,8 @@ class BodyLimitMiddleware:
             message = await receive()
             if message["type"] == "http.request":
                 received += len(message.get("body", b""))
-                if received > self.max_bytes:
-                    raise self._too_large()
+                if received > bound:
+                    raise self._too_large(bound)
             return message
 
         await self.app(scope, receive_within_limit, send)

@@ -13,15 +13,19 @@ from typing import TypeVar
 
 import elasticsearch
 import msgspec
+from elastic_transport import TransportError
 from elasticsearch import AsyncElasticsearch
 from tqdm import tqdm
 
-from percolert import assets, catalog, es, indices, instances, logs
+from percolert import assets, catalog, demo, es, indices, instances, logs
 from percolert.app import create_app
+from percolert.catalog_changes import ChangeDetection
 from percolert.devnode import DevNode, DevNodeError, recorded_url
 from percolert.localservice import LocalService, LocalServiceError
 from percolert.messages import Watch, WatchSpec
 from percolert.migrations import document_upgrades
+from percolert.percolator import Match, Percolator, SearchEvent
+from percolert.product_matching import ProductAlerting
 from percolert.redisnode import RedisNode
 from percolert.server import build_server
 from percolert.sessions import load_secret
@@ -62,6 +66,8 @@ def _run_with_client(settings: Settings, work: Callable[[AsyncElasticsearch], Aw
         raise CliError("the indices are not set up yet: run `percolert setup` first") from None
     except elasticsearch.ApiError as error:
         raise CliError(f"Elasticsearch refused the request: {error}") from None
+    except TransportError as error:  # the cluster went away midway
+        raise CliError(es.describe(error, settings.elasticsearch_url)) from None
 
 
 def load_settings(environ: Mapping[str, str] | None = None) -> Settings:
@@ -121,7 +127,9 @@ def cmd_setup(settings: Settings, args: argparse.Namespace) -> int:
     return 0
 
 
-def _ingest(settings: Settings, path: Path, *, chunk_size: int = 500) -> catalog.IngestReport:
+def _ingest(
+    settings: Settings, path: Path, *, chunk_size: int = 500, plain: bool = False
+) -> catalog.IngestReport:
     if not path.is_file():
         raise CliError(f"no such file: {path}")
     alias = indices.alias_for(settings, "products")
@@ -140,9 +148,9 @@ def _ingest(settings: Settings, path: Path, *, chunk_size: int = 500) -> catalog
         def advance(consumed: int) -> None:
             bar.update(consumed)
 
-        async def work(client: AsyncElasticsearch) -> catalog.IngestReport:
-            if not await client.indices.exists_alias(name=alias):
-                raise CliError(f"index {alias} does not exist: run `percolert setup` first")
+        async def load(
+            client: AsyncElasticsearch, writer: catalog.ChunkWriter | None
+        ) -> catalog.IngestReport:
             return await catalog.ingest(
                 client,
                 alias,
@@ -150,19 +158,88 @@ def _ingest(settings: Settings, path: Path, *, chunk_size: int = 500) -> catalog
                 chunk_size=chunk_size,
                 on_progress=advance,
                 on_error=report_error,
+                writer=writer,
             )
+
+        async def work(client: AsyncElasticsearch) -> catalog.IngestReport:
+            if not await client.indices.exists_alias(name=alias):
+                raise CliError(f"index {alias} does not exist: run `percolert setup` first")
+            if plain:
+                return await load(client, None)
+            return await _ingest_with_alerts(client, settings, alias, load)
 
         report = _run_with_client(settings, work)
     rate = report.loaded / report.seconds if report.seconds else 0.0
-    print(
+    summary = (
         f"loaded {report.loaded}, failed {report.failed} in {report.seconds:.1f} s "
         f"({rate:.0f} products/s) into {alias}"
     )
+    if report.changes is not None:
+        changes = report.changes
+        summary += (
+            f"; {_count(changes.total, 'change')} ({changes.new} new, "
+            f"{_count(changes.price_drop, 'price drop')}, {changes.back_in_stock} back in stock), "
+            f"{_count(report.alerts, 'alert')}"
+        )
+    print(summary)
+    return report
+
+
+def _count(number: int, noun: str) -> str:
+    return f"{number} {noun}{'' if number == 1 else 's'}"
+
+
+async def _ingest_with_alerts(
+    client: AsyncElasticsearch,
+    settings: Settings,
+    alias: str,
+    load: Callable[[AsyncElasticsearch, catalog.ChunkWriter], Awaitable[catalog.IngestReport]],
+) -> catalog.IngestReport:
+    """Ingest with change detection, the changes percolated for product alerts in one run.
+    Should Elasticsearch fail midway, the alerts of the chunks already indexed are still
+    written (or the changes whose alerts were not, counted) before the failure is reported."""
+
+    async def no_search_batches(found: list[tuple[SearchEvent, list[Match]]]) -> None:
+        pass  # this percolator serves product runs only, never a queue of searches
+
+    percolator = Percolator(
+        client,
+        indices.alias_for(settings, "watches"),
+        TextNormalizer(),
+        no_search_batches,
+        timeout=settings.percolate_timeout,
+    )
+    failure: BaseException | None = None
+    report: catalog.IngestReport | None = None
+    run_of_changes = 0
+    try:
+        async with ProductAlerting(client, settings, percolator).run() as run:
+            try:
+                report = await load(client, ChangeDetection(client, alias, run))
+            except (TransportError, elasticsearch.ApiError) as error:
+                failure = error  # the run still writes what it found
+            run_of_changes = run.changes
+    except (TransportError, elasticsearch.ApiError) as error:
+        print(
+            f"percolert: the product alerts of {run_of_changes} changes could not be written",
+            file=sys.stderr,
+        )
+        raise (failure or error) from None
+    if failure is not None:
+        if run.alerts:
+            print(
+                f"percolert: wrote {run.alerts} product alerts of the products indexed "
+                "before the failure",
+                file=sys.stderr,
+            )
+        raise failure
+    assert report is not None
+    report.alerts = run.alerts
     return report
 
 
 def cmd_ingest(settings: Settings, args: argparse.Namespace) -> int:
-    report = _ingest(settings, Path(args.file), chunk_size=args.chunk_size)
+    report = _ingest(settings, Path(args.file), chunk_size=args.chunk_size, plain=args.plain)
     return 1 if report.failed else 0
 
 
@@ -293,10 +370,14 @@ def cmd_up(settings: Settings, args: argparse.Namespace) -> int:
         for line in lines:
             print(line)
         data = (assets.source_root() or Path(".")) / "data"
-        _ingest(settings, Path(args.catalog) if args.catalog else data / "products.ndjson")
+        products = Path(args.catalog) if args.catalog else data / "products.ndjson"
+        _ingest(settings, products)
         defaults = data / "default_watches.json"
         if defaults.is_file():
             cmd_watches(settings, argparse.Namespace(action="seed", file=str(defaults)))
+        # The admin API exists only with a token: the demo makes one (kept in the state dir).
+        settings = msgspec.structs.replace(settings, admin_token=demo.admin_token(settings))
+        _announce_admin_curl(settings, products)
         if args.instances == 1:
             with contextlib.suppress(KeyboardInterrupt):  # Ctrl-C is how the demo ends
                 _serve(settings)
@@ -314,6 +395,23 @@ def cmd_up(settings: Settings, args: argparse.Namespace) -> int:
             print(f"two shoppers: open {planned[0][0].url} and {second}  (Ctrl-C stops)")
         return instances.run(planned)
     return 0
+
+
+def _announce_admin_curl(settings: Settings, products: Path) -> None:
+    """Once the (first) server is ready, the curl an admin would send: a cheaper product."""
+    assert settings.admin_token is not None
+    # A token of the environment stays there; the demo's own is shown as it is.
+    shown = (
+        "$PERCOLERT_ADMIN_TOKEN"
+        if os.environ.get("PERCOLERT_ADMIN_TOKEN", "").strip()
+        else settings.admin_token
+    )
+    url = f"http://{settings.host}:{settings.port}"
+    command = demo.cheaper_product_curl(url, shown, products)
+    if command is not None:
+        demo.announce_when_ready(
+            url, f"admin: put a cheaper product (a watch on it gets a card):\n{command}"
+        )
 
 
 @contextlib.contextmanager
@@ -391,6 +489,11 @@ def _parser() -> argparse.ArgumentParser:
     ingest = commands.add_parser("ingest", help="bulk-load products from an NDJSON file")
     ingest.add_argument("file", help="one JSON product per line")
     ingest.add_argument("--chunk-size", type=int, default=500, help="documents per bulk request")
+    ingest.add_argument(
+        "--plain",
+        action="store_true",
+        help="a plain bulk load: no change detection, no product alerts (initial loads)",
+    )
     ingest.set_defaults(handler=cmd_ingest)
 
     watches = commands.add_parser("watches", help="list, add, remove and seed watches")

@@ -52,8 +52,10 @@ def _environment(settings: Settings, base: Mapping[str, str]) -> dict[str, str]:
     what this command decided (the cluster, the Redis, the state directory, its id)."""
     assert settings.redis_url is not None
     assert settings.instance_id is not None
+    decided = {"PERCOLERT_ADMIN_TOKEN": settings.admin_token} if settings.admin_token else {}
     return {
         **base,
+        **decided,
         "ELASTICSEARCH_URL": settings.elasticsearch_url,
         "PERCOLERT_REDIS_URL": settings.redis_url,
         "PERCOLERT_INSTANCE_ID": settings.instance_id,

@@ -42,6 +42,7 @@ class Action(enum.StrEnum):
     WATCH_CHANGE = "watch_changes"
     NEW_SESSION = "new_sessions"
     SOCKET = "sockets"
+    ADMIN = "admin_requests"
 
 
 class Per(enum.StrEnum):
@@ -62,6 +63,7 @@ def _rules(settings: Settings) -> dict[tuple[Action, Per], list[RateLimitItem]]:
         (Action.NEW_SESSION, Per.ADDRESS): settings.limit_new_sessions_per_address,
         (Action.SOCKET, Per.SESSION): settings.limit_sockets_per_session,
         (Action.SOCKET, Per.ADDRESS): settings.limit_sockets_per_address,
+        (Action.ADMIN, Per.ADDRESS): settings.limit_admin_requests_per_address,
     }
     return {key: parse_many(notation) for key, notation in configured.items() if notation}
 

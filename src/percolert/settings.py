@@ -105,6 +105,8 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     limit_new_sessions_per_address: str | None = "30/minute;300/hour"
     limit_sockets_per_session: str | None = "30/minute"
     limit_sockets_per_address: str | None = "120/minute"
+    # The admin API (no session: per address only; wrong tokens count too).
+    limit_admin_requests_per_address: str | None = "10/second;600/minute"
     # Sockets one user may have open at once (every tab holds one).
     max_sockets_per_user: int = 20
     # Proxies whose X-Forwarded-For / X-Forwarded-Proto are believed (addresses or networks,

@@ -1,0 +1,195 @@
+"""The admin API on a real server over a real node: a bearer token, not a session, lets the
+shop's back office put and delete single products; what it puts is change-detected and
+percolated like a line of `percolert ingest`."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import Iterator
+from typing import Any
+
+import httpx
+import msgspec
+import pytest
+
+from percolert import es, indices
+from percolert.catalog import parse_line
+from percolert.settings import Settings
+from tests.conftest import SAMPLE_CATALOG, delete_indices, make_settings, prepare_indices
+from tests.servers import run_server
+from tests.shoppers import Shopper
+
+pytestmark = pytest.mark.anyio
+
+TOKEN = "admin-token-for-the-tests-0123456789"
+AUTH = {"Authorization": f"Bearer {TOKEN}"}
+KINDLE = {
+    "product_name": "Kindle Paperwhite (16 GB)",
+    "description": "6.8-inch glare-free display, adjustable warm light, waterproof.",
+    "price": 159.99,
+    "category": "e-readers",
+    "brand": "Amazon",
+    "in_stock": True,
+}
+
+
+@pytest.fixture(scope="module")
+def admin_settings(elasticsearch_url: str) -> Iterator[Settings]:
+    """A deployment of its own (these tests change its catalog) with an admin token."""
+    settings = make_settings(elasticsearch_url, admin_token=TOKEN)
+    prepare_indices(settings, catalog=SAMPLE_CATALOG)
+    yield settings
+    asyncio.run(delete_indices(settings))
+
+
+@pytest.fixture(scope="module")
+def admin_server(admin_settings: Settings) -> Iterator[str]:
+    with run_server(admin_settings) as url:
+        yield url
+
+
+async def stored(settings: Settings, sku: str) -> dict[str, Any] | None:
+    client = es.create_client(settings)
+    try:
+        found = await client.options(ignore_status=404).get(
+            index=indices.alias_for(settings, "products"), id=sku
+        )
+        return found["_source"] if found.get("found") else None
+    finally:
+        await client.close()
+
+
+def put(url: str, sku: str, body: object, headers: dict[str, str] | None = None) -> httpx.Response:
+    return httpx.put(
+        f"{url}/api/admin/products/{sku}",
+        content=json.dumps(body),
+        headers={"Content-Type": "application/json", **(AUTH if headers is None else headers)},
+        timeout=10,
+    )
+
+
+@pytest.mark.parametrize(
+    "headers",
+    [
+        {},
+        {"Authorization": "Bearer wrong-token-wrong-token-wrong"},
+        {"Authorization": f"Bearer {TOKEN}x"},
+        {"Authorization": f"Basic {TOKEN}"},
+        {"Authorization": "Bearer"},
+    ],
+    ids=["none", "wrong", "longer", "not-bearer", "empty"],
+)
+async def test_without_the_right_token_401_and_nothing_changes(
+    admin_server: str, admin_settings: Settings, headers: dict[str, str]
+) -> None:
+    before = await stored(admin_settings, "ER-0002")
+    answer = put(admin_server, "ER-0002", {**KINDLE, "price": 1.0}, headers)
+    assert answer.status_code == 401
+    assert answer.headers["www-authenticate"] == "Bearer"
+    assert answer.json()["error"]["code"] == "unauthorized"
+    assert "set-cookie" not in answer.headers  # no session for the admin API
+    deleted = httpx.delete(f"{admin_server}/api/admin/products/ER-0002", headers=headers)
+    assert deleted.status_code == 401
+    assert await stored(admin_settings, "ER-0002") == before
+
+
+async def test_a_cheaper_product_is_a_price_drop_that_alerts_and_shows_in_search(
+    admin_server: str, admin_settings: Settings
+) -> None:
+    async with Shopper(admin_server) as alice:
+        await alice.watch("kindle paperwhite", max_price=150)
+        answer = put(admin_server, "ER-0001", {**KINDLE, "price": 129.99})
+        assert answer.status_code == 200, answer.text
+        assert "set-cookie" not in answer.headers
+        assert answer.json() == {"sku": "ER-0001", "events": ["price_drop"], "alerts": 1}
+        found = (await alice.search("paperwhite 16 GB")).json()["results"]
+        assert {hit["id"]: hit["price"] for hit in found}["ER-0001"] == 129.99
+        # The same product again: no news, no alert.
+        again = put(admin_server, "ER-0001", {**KINDLE, "price": 129.99, "sku": "ER-0001"})
+        assert again.json() == {"sku": "ER-0001", "events": [], "alerts": 0}
+
+
+async def test_delete_then_put_again_is_new(admin_server: str, admin_settings: Settings) -> None:
+    url = f"{admin_server}/api/admin/products/ER-0003"
+    deleted = httpx.delete(url, headers=AUTH)
+    assert deleted.status_code == 200, deleted.text
+    assert deleted.json() == {"sku": "ER-0003", "events": [], "alerts": 0}
+    assert await stored(admin_settings, "ER-0003") is None
+    gone = httpx.delete(url, headers=AUTH)
+    assert gone.status_code == 404
+    assert gone.json()["error"]["code"] == "product_not_found"
+    back = put(admin_server, "ER-0003", {**KINDLE, "product_name": "Kindle Basic (2024)"})
+    assert back.status_code == 200, back.text
+    assert back.json()["events"] == ["new"]
+    source = await stored(admin_settings, "ER-0003")
+    assert source is not None
+    assert source["product_name"] == "Kindle Basic (2024)"
+
+
+async def test_a_bad_product_is_400_with_the_message_ingest_gives(
+    admin_server: str, admin_settings: Settings
+) -> None:
+    before = await stored(admin_settings, "ER-0002")
+    bad = {**KINDLE, "price": "cheap"}
+    answer = put(admin_server, "ER-0002", bad)
+    assert answer.status_code == 400
+    assert answer.json()["error"]["code"] == "invalid_product"
+    with pytest.raises(msgspec.ValidationError) as ingest_says:
+        parse_line(json.dumps({**bad, "sku": "ER-0002"}).encode())
+    assert answer.json()["error"]["message"] == f"invalid product: {ingest_says.value}"
+    assert "$.price" in answer.json()["error"]["message"]
+    unknown = put(admin_server, "ER-0002", {**KINDLE, "colour": "red"})
+    assert unknown.status_code == 400
+    assert "colour" in unknown.json()["error"]["message"]
+    mismatch = put(admin_server, "ER-0002", {**KINDLE, "sku": "ER-0009"})
+    assert mismatch.status_code == 400
+    assert mismatch.json()["error"]["code"] == "sku_mismatch"
+    bad_sku = put(admin_server, "not%20a%20sku", KINDLE)
+    assert bad_sku.status_code == 400
+    assert "$.sku" in bad_sku.json()["error"]["message"]
+    not_json = httpx.put(
+        f"{admin_server}/api/admin/products/ER-0002",
+        content=b"{",
+        headers={"Content-Type": "application/json", **AUTH},
+    )
+    assert not_json.status_code == 400
+    assert not_json.json()["error"]["code"] == "invalid_json"
+    assert await stored(admin_settings, "ER-0002") == before
+
+
+async def test_a_product_larger_than_other_bodies_is_taken(
+    admin_server: str, admin_settings: Settings
+) -> None:
+    long = {**KINDLE, "description": "paper-like " * 900}  # ~10 KB, past the 4 KiB of others
+    answer = put(admin_server, "ER-0004", long)
+    assert answer.status_code == 200, answer.text
+    source = await stored(admin_settings, "ER-0004")
+    assert source is not None
+    assert source["description"] == long["description"]
+
+
+async def test_admin_requests_are_rate_limited_per_address(admin_settings: Settings) -> None:
+    limited = msgspec.structs.replace(
+        admin_settings,
+        rate_limits_enabled=True,
+        rate_limit_storage="async+memory://",
+        limit_admin_requests_per_address="2/10 years",
+    )
+    with run_server(limited) as url:
+        answers = [put(url, "ER-0002", {"price": "cheap"}, {}) for _ in range(3)]
+    assert [answer.status_code for answer in answers] == [401, 401, 429]
+    assert answers[2].json()["error"]["code"] == "rate_limited"
+    assert "retry-after" in answers[2].headers
+
+
+def test_without_a_token_the_admin_routes_do_not_exist(server: str) -> None:
+    for method in ("PUT", "DELETE"):
+        answer = httpx.request(
+            method,
+            f"{server}/api/admin/products/ER-0001",
+            content=json.dumps(KINDLE),
+            headers={"Content-Type": "application/json", **AUTH},
+        )
+        assert answer.status_code == 404
+        assert answer.json()["error"]["code"] == "not_found"
