@@ -230,6 +230,7 @@ class Server:
         *,
         redis_url: str | None = None,
         name: str | None = None,
+        extra_env: dict[str, str] | None = None,
     ) -> None:
         self.design = design
         self.name = name or design  # names its files in the scratch directory
@@ -252,6 +253,7 @@ class Server:
             "PRODUCTS_INDEX": f"{PREFIX}-products",
             "PYTHONPATH": os.pathsep.join([str(ROOT / "src"), str(ROOT)]),  # this checkout
         }
+        env.update(extra_env or {})
         if design == "percolert-alerts-off":
             env["PERCOLERT_ALERTS"] = "off"
         if redis_url is not None:
