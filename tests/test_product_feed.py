@@ -1,0 +1,231 @@
+"""Product alerts reaching shoppers: live on each open socket of the recipient (the server
+tails the `product_alerts` index), or, for a shopper who was away, once in the `away` of
+the next greeting across their tabs and reloads. Real node, real server, real sockets; the
+alerts are written to the index as the product matching writes them."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import msgspec
+import pytest
+
+from percolert import es, indices
+from percolert.messages import AlertWatch, ProductAlert, ProductCard
+from percolert.product_alerts import StoredProductAlert, product_alert_id, store
+from percolert.sessions import SessionSigner, load_secret
+from percolert.settings import Settings
+from tests.conftest import delete_indices, make_settings, prepare_indices
+from tests.netproxy import DroppableProxy
+from tests.servers import metric, run_server
+from tests.shoppers import Shopper, Socket
+from tests.waiting import wait_until
+
+pytestmark = pytest.mark.anyio
+
+
+@pytest.fixture(scope="module")
+def feed_settings(elasticsearch_url: str) -> Iterator[Settings]:
+    settings = make_settings(elasticsearch_url, product_alert_poll_seconds=0.1)
+    prepare_indices(settings)
+    yield settings
+    asyncio.run(delete_indices(settings))
+
+
+@pytest.fixture(scope="module")
+def server(feed_settings: Settings) -> Iterator[str]:
+    with run_server(feed_settings) as url:
+        yield url
+
+
+class Writer:
+    """Writes product alerts for users as the product matching does, each with a position
+    above the last."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self._last = 0
+
+    def user_of(self, shopper: Shopper) -> str:
+        verified = SessionSigner(load_secret(self.settings)).verify(shopper.cookie)
+        assert verified is not None
+        return verified[0]
+
+    async def write(
+        self, shopper: Shopper, names: list[str], *, at: datetime | None = None
+    ) -> list[ProductAlert]:
+        user = self.user_of(shopper)
+        stamp = (at or datetime.now(UTC)).isoformat(timespec="milliseconds")
+        alerts = []
+        for name in names:
+            seq = self._last = max(time.time_ns() // 1000, self._last + 1)
+            alerts.append(
+                ProductAlert(
+                    id=product_alert_id(seq, "w-1"),
+                    seq=seq,
+                    watch=AlertWatch(id="w-1", terms="kindle"),
+                    change="price_drop",
+                    product=ProductCard(
+                        sku=f"sku-{seq}",
+                        product_name=name,
+                        price=129.0,
+                        previous_price=179.0,
+                        category="electronics",
+                        brand="Amazon",
+                    ),
+                    at=stamp,
+                )
+            )
+        client = es.create_client(self.settings)
+        try:
+            alias = indices.alias_for(self.settings, "product_alerts")
+            await store(
+                client, alias, [StoredProductAlert(user=user, alert=alert) for alert in alerts]
+            )
+        finally:
+            await client.close()
+        return alerts
+
+
+@pytest.fixture
+def writer(feed_settings: Settings) -> Writer:
+    return Writer(feed_settings)
+
+
+async def product_alerts_until(socket: Socket, alert_id: str) -> list[dict[str, Any]]:
+    """The product alerts `socket` receives up to and including the one with `alert_id`."""
+    received: list[dict[str, Any]] = []
+    while (message := await socket.receive(timeout=10)) is not None:
+        if message["type"] == "product_alert":
+            received.append(message)
+            if message["id"] == alert_id:
+                return received
+    raise AssertionError(f"product alert {alert_id} never came; got {received}")
+
+
+def ids(alerts: list[dict[str, Any]]) -> list[str]:
+    return [alert["id"] for alert in alerts]
+
+
+async def test_a_live_product_alert_reaches_each_socket_of_its_owner_once_and_no_one_else(
+    server: str, writer: Writer
+) -> None:
+    async with Shopper(server) as a, Shopper(server) as b:
+        tabs = [await a.connect(), await a.connect()]
+        other = await b.connect()
+        [alert] = await writer.write(a, ["Kindle Paperwhite"])
+        [first_marker] = await writer.write(a, ["marker one"])
+        for tab in tabs:
+            received = await product_alerts_until(tab, first_marker.id)
+            assert ids(received) == [alert.id, first_marker.id]
+            assert received[0] == msgspec.to_builtins(alert)
+        # Written after the tail passed the first marker: a tail that sent something again
+        # would send it again before this one.
+        [second_marker] = await writer.write(a, ["marker two"])
+        for tab in tabs:
+            assert ids(await product_alerts_until(tab, second_marker.id)) == [second_marker.id]
+        [b_marker] = await writer.write(b, ["marker of b"])
+        assert ids(await product_alerts_until(other, b_marker.id)) == [b_marker.id]
+        for socket in [*tabs, other]:
+            assert socket.hello["away"] is None
+
+
+async def test_an_alert_made_while_away_is_shown_once_across_tabs_and_a_reload(
+    server: str, writer: Writer
+) -> None:
+    async with Shopper(server) as a:
+        [alert] = await writer.write(a, ["Kindle Oasis"])
+        first = await a.connect()
+        assert first.hello["away"] == {"alerts": [msgspec.to_builtins(alert)], "more": 0}
+        second = await a.connect()
+        assert second.hello["away"] is None
+        await first.close()
+        reloaded = await a.connect()
+        assert reloaded.hello["away"] is None
+        # Nor does it come live afterwards: the next one is the first either tab receives.
+        [marker] = await writer.write(a, ["marker"])
+        for tab in (second, reloaded):
+            assert ids(await product_alerts_until(tab, marker.id)) == [marker.id]
+
+
+async def test_away_lists_the_ten_newest_first_and_counts_the_rest(
+    server: str, writer: Writer
+) -> None:
+    async with Shopper(server) as a:
+        alerts = await writer.write(a, [f"Kindle {n}" for n in range(13)])
+        tab = await a.connect()
+        away = tab.hello["away"]
+        assert [alert["seq"] for alert in away["alerts"]] == [
+            alert.seq for alert in reversed(alerts[3:])
+        ]
+        assert away["more"] == 3
+
+
+async def test_away_leaves_out_alerts_older_than_the_retention(server: str, writer: Writer) -> None:
+    async with Shopper(server) as a:
+        await writer.write(a, ["Kindle of long ago"], at=datetime.now(UTC) - timedelta(days=31))
+        [recent] = await writer.write(a, ["Kindle of today"])
+        tab = await a.connect()
+        assert ids(tab.hello["away"]["alerts"]) == [recent.id]
+        assert tab.hello["away"]["more"] == 0
+
+
+async def test_an_alert_shown_live_is_not_repeated_in_a_later_greeting(
+    server: str, writer: Writer
+) -> None:
+    async with Shopper(server) as a:
+        tab = await a.connect()
+        [alert] = await writer.write(a, ["Kindle Scribe"])
+        assert ids(await product_alerts_until(tab, alert.id)) == [alert.id]
+        assert (await a.connect()).hello["away"] is None
+        await tab.close()
+        assert (await a.connect()).hello["away"] is None
+
+
+async def test_two_instances_each_deliver_to_the_sockets_they_hold(
+    feed_settings: Settings, redis_url: str, writer: Writer
+) -> None:
+    settings = msgspec.structs.replace(feed_settings, redis_url=redis_url)
+    with run_server(settings) as one, run_server(settings) as two:
+        async with Shopper(one) as a:
+            tabs = [await a.connect(), await a.connect(base_url=two)]
+            [alert] = await writer.write(a, ["Kindle Paperwhite Kids"])
+            [marker] = await writer.write(a, ["marker"])
+            for tab in tabs:
+                assert ids(await product_alerts_until(tab, marker.id)) == [alert.id, marker.id]
+            assert (await a.connect(base_url=two)).hello["away"] is None
+            assert metric(one, "percolert_product_alerts_sent_total") == 2
+            assert metric(two, "percolert_product_alerts_sent_total") == 2
+
+
+async def test_elasticsearch_unreachable_means_no_away_and_the_tail_resumes(
+    feed_settings: Settings, writer: Writer
+) -> None:
+    """The server reaches Elasticsearch through a proxy the test cuts: a greeting then has
+    no `away` (the socket opens all the same), the tail keeps failing without stopping, and
+    when the cluster is back an alert written meanwhile reaches the open socket."""
+    es_port = int(feed_settings.elasticsearch_url.rsplit(":", 1)[1])
+    proxy = DroppableProxy(es_port)
+    settings = msgspec.structs.replace(
+        feed_settings, elasticsearch_url=proxy.url, elasticsearch_timeout=1.0
+    )
+    try:
+        with run_server(settings) as server:
+            async with Shopper(server) as a:
+                proxy.drop()
+                failures = metric(server, "percolert_product_feed_failures_total")
+                tab = await a.connect()
+                assert tab.hello["away"] is None
+                [alert] = await writer.write(a, ["Kindle during the outage"])
+                await wait_until(
+                    lambda: metric(server, "percolert_product_feed_failures_total") > failures,
+                    what="the tail to fail",
+                )
+                proxy.restore()
+                assert ids(await product_alerts_until(tab, alert.id)) == [alert.id]
+    finally:
+        proxy.close()
