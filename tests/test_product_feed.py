@@ -51,14 +51,25 @@ class Writer:
         self._last = 0
 
     def user_of(self, shopper: Shopper) -> str:
-        verified = SessionSigner(load_secret(self.settings)).verify(shopper.cookie)
+        return self.user_of_cookie(shopper.cookie)
+
+    def user_of_cookie(self, cookie: str) -> str:
+        verified = SessionSigner(load_secret(self.settings)).verify(cookie)
         assert verified is not None
         return verified[0]
 
     async def write(
-        self, shopper: Shopper, names: list[str], *, at: datetime | None = None
+        self,
+        recipient: Shopper | str,
+        names: list[str],
+        *,
+        at: datetime | None = None,
+        previous_price: float | None = 179.0,
+        more: tuple[str, ...] = (),
     ) -> list[ProductAlert]:
-        user = self.user_of(shopper)
+        """Price drops of products named `names` for `recipient` (a shopper, or a user id);
+        with `more`, each a digest listing products of those names besides."""
+        user = recipient if isinstance(recipient, str) else self.user_of(recipient)
         stamp = (at or datetime.now(UTC)).isoformat(timespec="milliseconds")
         alerts = []
         for name in names:
@@ -73,11 +84,22 @@ class Writer:
                         sku=f"sku-{seq}",
                         product_name=name,
                         price=129.0,
-                        previous_price=179.0,
+                        previous_price=previous_price,
                         category="electronics",
                         brand="Amazon",
                     ),
                     at=stamp,
+                    total=1 + len(more),
+                    more=[
+                        ProductCard(
+                            sku=f"sku-{seq}-{n}",
+                            product_name=other,
+                            price=99.0,
+                            category="electronics",
+                            brand="Amazon",
+                        )
+                        for n, other in enumerate(more)
+                    ],
                 )
             )
         client = es.create_client(self.settings)
