@@ -251,3 +251,35 @@ async def test_elasticsearch_unreachable_means_no_away_and_the_tail_resumes(
                 assert ids(await product_alerts_until(tab, alert.id)) == [alert.id]
     finally:
         proxy.close()
+
+
+async def test_a_stored_alert_that_does_not_decode_is_skipped_not_fatal(
+    server: str, writer: Writer, feed_settings: Settings
+) -> None:
+    async def write_broken(user: str) -> None:
+        client = es.create_client(feed_settings)
+        try:
+            seq = time.time_ns() // 1000
+            await client.index(
+                index=indices.alias_for(feed_settings, "product_alerts"),
+                id=product_alert_id(seq, "w-broken"),
+                document={
+                    "user": user,
+                    "seq": seq,
+                    "at": datetime.now(UTC).isoformat(),
+                    "alert": {"from": "a writer of another format"},
+                },
+                refresh="wait_for",
+            )
+        finally:
+            await client.close()
+
+    async with Shopper(server) as a:
+        await write_broken(writer.user_of(a))
+        [waiting] = await writer.write(a, ["Kindle Colorsoft"])
+        tab = await a.connect()
+        assert ids(tab.hello["away"]["alerts"]) == [waiting.id]
+        assert tab.hello["away"]["more"] == 0
+        await write_broken(writer.user_of(a))
+        [live] = await writer.write(a, ["Kindle Basic"])
+        assert ids(await product_alerts_until(tab, live.id)) == [live.id]

@@ -33,7 +33,7 @@ from percolert import indices
 from percolert.hub import Connection, Hub
 from percolert.messages import Away, ProductAlert
 from percolert.product_alerts import StoredProductAlert, max_seq
-from percolert.product_away import missed_product_alerts
+from percolert.product_away import decode_alerts, missed_product_alerts
 from percolert.product_seen import SeenMarks
 from percolert.settings import Settings
 from percolert.wsprotocol import frame_text
@@ -155,9 +155,7 @@ class ProductFeed:
         for start in range(0, len(ids), PAGE):
             response = await self._client.mget(index=self._alias, ids=ids[start : start + PAGE])
             found.extend(
-                StoredProductAlert.from_source(doc["_source"])
-                for doc in response["docs"]
-                if doc.get("found")
+                decode_alerts(doc["_source"] for doc in response["docs"] if doc.get("found"))
             )
         return sorted(found, key=lambda stored: (stored.alert.seq, stored.alert.id))
 
@@ -219,12 +217,13 @@ class ProductFeed:
         try:
             mark = await self._seen.read(user)
             floor = mark.upto
-            missed, total = await missed_product_alerts(
+            missed = await missed_product_alerts(
                 self._client, self._alias, user, mark.upto, retention_days=self._retention_days
             )
-            if missed and await self._seen.claim(user, mark, missed[0].alert.seq):
-                floor = missed[0].alert.seq
-                away = Away(alerts=_alerts(missed), more=total - len(missed))
+            if missed is not None and await self._seen.claim(user, mark, missed.newest):
+                floor = missed.newest
+                if missed.alerts:
+                    away = Away(alerts=_alerts(missed.alerts), more=missed.more)
         except _ES_ERRORS as error:
             logger.warning("greeting without product alerts, Elasticsearch failed: %s", error)
         sent = self._release(connection, floor)
