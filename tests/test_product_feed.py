@@ -6,17 +6,22 @@ alerts are written to the index as the product matching writes them."""
 from __future__ import annotations
 
 import asyncio
+import json
 import time
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
+import anyio
 import msgspec
 import pytest
 
 from percolert import es, indices
+from percolert.hub import Connection, Hub
 from percolert.messages import AlertWatch, ProductAlert, ProductCard
 from percolert.product_alerts import StoredProductAlert, product_alert_id, store
+from percolert.product_feed import ProductFeed
+from percolert.product_seen import SeenMarks
 from percolert.sessions import SessionSigner, load_secret
 from percolert.settings import Settings
 from tests.conftest import delete_indices, make_settings, prepare_indices
@@ -283,3 +288,33 @@ async def test_a_stored_alert_that_does_not_decode_is_skipped_not_fatal(
         await write_broken(writer.user_of(a))
         [live] = await writer.write(a, ["Kindle Basic"])
         assert ids(await product_alerts_until(tab, live.id)) == [live.id]
+
+
+async def test_wake_makes_the_tail_look_at_once(feed_settings: Settings, writer: Writer) -> None:
+    """A writer in the same process (the admin API) wakes the tail: its alert goes out
+    without waiting for the next poll, here an hour away."""
+    settings = msgspec.structs.replace(feed_settings, product_alert_poll_seconds=3600.0)
+    client = es.create_client(settings)
+    hub = Hub()
+    feed = ProductFeed(
+        client, settings, hub, SeenMarks(client, indices.alias_for(settings, "product_seen"))
+    )
+    received: list[str] = []
+
+    async def send_text(text: str) -> None:
+        received.append(text)
+
+    connection = Connection("wakeful-user", send_text, 16)
+    hub.add(connection)
+    try:
+        async with anyio.create_task_group() as tasks:
+            tasks.start_soon(feed.run)
+            tasks.start_soon(connection.write, tasks.cancel_scope)
+            await wait_until(lambda: feed.started, what="the tail to start")
+            [alert] = await writer.write("wakeful-user", ["Kindle Paperwhite"])
+            feed.wake()
+            await wait_until(lambda: received, what="the alert to be sent")
+            assert [json.loads(text)["id"] for text in received] == [alert.id]
+            tasks.cancel_scope.cancel()
+    finally:
+        await client.close()

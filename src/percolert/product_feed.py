@@ -86,6 +86,11 @@ class ProductFeed:
         self.delivered = 0
         self.failures = 0
 
+    @property
+    def started(self) -> bool:
+        """Whether the start position is known: alerts stored from now on are sent live."""
+        return self._high is not None
+
     def wake(self) -> None:
         """Look for new alerts at once (a writer in this process has just stored some)."""
         self._woken.set()
