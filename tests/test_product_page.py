@@ -61,6 +61,7 @@ def test_a_price_drop_shows_as_a_product_card_and_hostile_text_as_text(
         screenshot(page, "product-card-price-drop")
         # Away meanwhile (the page closed, the session kept): on return, once.
         page.close()
+        run_async(writer.write(user, [f"Kindle Filler {n}" for n in range(10)]))
         [away] = run_async(
             writer.write(
                 user,
@@ -73,15 +74,19 @@ def test_a_price_drop_shows_as_a_product_card_and_hostile_text_as_text(
         page.goto(server)
         section = page.locator("#away")
         expect(section).to_be_visible()
-        expect(section.locator(".product-card")).to_have_count(1)
-        expect(section.locator(".product-card .name")).to_have_text(away.product.product_name)
-        expect(section.locator("del.old-price")).to_have_text("$149.00")
-        expect(section.locator(".product-more")).to_have_text(
+        # The ten newest, newest first, then how many more.
+        cards = section.locator(".product-card")
+        expect(cards).to_have_count(10)
+        expect(cards.first.locator(".name")).to_have_text(away.product.product_name)
+        expect(cards.first.locator("del.old-price")).to_have_text("$149.00")
+        expect(cards.first.locator(".product-more")).to_have_text(
             "and 2 more: Kindle Oasis, Kindle Scribe"
         )
+        expect(cards.last.locator(".name")).to_have_text("Kindle Filler 1")
+        expect(section.locator("#away-more")).to_have_text("and 1 more")
         screenshot(page, "product-while-you-were-away")
         # "Show" searches for the product.
-        section.locator(".show").click()
+        cards.first.locator(".show").click()
         expect(page.locator("#q")).to_have_value("Kindle Paperwhite")
         expect(page.locator("#status")).to_contain_text("result")
         page.reload()

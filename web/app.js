@@ -207,21 +207,28 @@ function showProductAlert(alert) {
   $("product-alerts-list").prepend(productCard(alert));
   while ($("product-alerts-list").children.length > 20) $("product-alerts-list").lastElementChild.remove();
   $("product-alerts").hidden = false;
-  toast(`${changeLabels[alert.change] || "Product alert"}: ${alert.product.product_name}`,
+  const label = changeLabels[alert.change] || "product alert";
+  toast(`${label[0].toUpperCase()}${label.slice(1)}: ${alert.product.product_name}`,
     `${money.format(alert.product.price)} — matches your watch “${alert.watch.terms}”`);
 }
 
+let awayMore = 0;
+
 function showAway(away) {
-  // Newest first, as sent; then how many more there were.
-  for (const alert of away.alerts) {
-    if (shownProducts.has(alert.id)) continue;
+  // Newest first, as sent; then how many more there were. A later greeting of this page
+  // (after a reconnect) adds its newer ones above.
+  const cards = away.alerts.filter((alert) => !shownProducts.has(alert.id)).map((alert) => {
     shownProducts.add(alert.id);
-    $("away-list").append(productCard(alert));
+    return productCard(alert);
+  });
+  $("away-list").prepend(...cards);
+  while ($("away-list").children.length > 20) {
+    $("away-list").lastElementChild.remove();
+    awayMore += 1;
   }
-  if (away.more > 0) {
-    $("away-more").textContent = `and ${away.more} more`;
-    $("away-more").hidden = false;
-  }
+  awayMore += away.more;
+  $("away-more").textContent = `and ${awayMore} more`;
+  $("away-more").hidden = awayMore === 0;
   $("away").hidden = $("away-list").children.length === 0;
 }
 
