@@ -20,7 +20,7 @@ from percolert import es, indices
 from percolert.hub import Connection, Hub
 from percolert.messages import AlertWatch, ProductAlert, ProductCard
 from percolert.product_alerts import StoredProductAlert, product_alert_id, store
-from percolert.product_feed import ProductFeed
+from percolert.product_feed import PAGE, ProductFeed
 from percolert.product_seen import SeenMarks
 from percolert.sessions import SessionSigner, load_secret
 from percolert.settings import Settings
@@ -71,14 +71,20 @@ class Writer:
         at: datetime | None = None,
         previous_price: float | None = 179.0,
         more: tuple[str, ...] = (),
+        seq: int | None = None,
     ) -> list[ProductAlert]:
         """Price drops of products named `names` for `recipient` (a shopper, or a user id);
-        with `more`, each a digest listing products of those names besides."""
+        with `more`, each a digest listing products of those names besides; `seq`: the
+        first one's position, as a writer that numbered them earlier would have."""
         user = recipient if isinstance(recipient, str) else self.user_of(recipient)
         stamp = (at or datetime.now(UTC)).isoformat(timespec="milliseconds")
         alerts = []
-        for name in names:
-            seq = self._last = max(time.time_ns() // 1000, self._last + 1)
+        given = seq
+        for offset, name in enumerate(names):
+            if given is None:
+                seq = self._last = max(time.time_ns() // 1000, self._last + 1)
+            else:
+                seq = given + offset
             alerts.append(
                 ProductAlert(
                     id=product_alert_id(seq, "w-1"),
@@ -318,3 +324,33 @@ async def test_wake_makes_the_tail_look_at_once(feed_settings: Settings, writer:
             tasks.cancel_scope.cancel()
     finally:
         await client.close()
+
+
+async def test_a_burst_larger_than_a_page_of_the_tail_is_read_through(
+    server: str, writer: Writer
+) -> None:
+    """An ingest's many alerts for others, then one for A within the same poll: the tail
+    pages through them all (in position order) and A's arrives, once."""
+    async with Shopper(server) as a:
+        tab = await a.connect()
+        await writer.write("someone-away", [f"Kindle {n}" for n in range(PAGE + 500)])
+        [alert] = await writer.write(a, ["Kindle Paperwhite"])
+        [marker] = await writer.write(a, ["marker"])
+        assert ids(await product_alerts_until(tab, marker.id)) == [alert.id, marker.id]
+
+
+async def test_an_alert_visible_after_a_later_numbered_one_is_still_sent_once(
+    server: str, writer: Writer
+) -> None:
+    """Two writers: the one that numbered its alert first finishes writing it last. The
+    tail reads below the highest position it has seen, so that alert is sent too, once."""
+    async with Shopper(server) as a:
+        tab = await a.connect()
+        numbered_first = time.time_ns() // 1000
+        [later] = await writer.write(a, ["Kindle Oasis"])
+        assert ids(await product_alerts_until(tab, later.id)) == [later.id]
+        [earlier] = await writer.write(a, ["Kindle Scribe"], seq=numbered_first)
+        assert earlier.seq < later.seq
+        assert ids(await product_alerts_until(tab, earlier.id)) == [earlier.id]
+        [marker] = await writer.write(a, ["marker"])
+        assert ids(await product_alerts_until(tab, marker.id)) == [marker.id]
