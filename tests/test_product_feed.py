@@ -354,3 +354,13 @@ async def test_an_alert_visible_after_a_later_numbered_one_is_still_sent_once(
         assert ids(await product_alerts_until(tab, earlier.id)) == [earlier.id]
         [marker] = await writer.write(a, ["marker"])
         assert ids(await product_alerts_until(tab, marker.id)) == [marker.id]
+
+
+async def test_tabs_greeted_at_once_show_what_was_missed_in_one_of_them(
+    server: str, writer: Writer
+) -> None:
+    async with Shopper(server) as a:
+        [alert] = await writer.write(a, ["Kindle Kids"])
+        tabs = await asyncio.gather(*(a.connect() for _ in range(5)))
+        aways = [tab.hello["away"] for tab in tabs if tab.hello["away"] is not None]
+        assert aways == [{"alerts": [msgspec.to_builtins(alert)], "more": 0}]
