@@ -198,8 +198,77 @@ function showAlert(alert) {
   listAlert(alert);
 }
 
+// --- product alerts -----------------------------------------------------------------------
+// A separate stream from search alerts: their `seq` is another space, so they never touch
+// `lastSeq`; cards are keyed by `id`, and an alert already shown is not shown again.
+const shownProducts = new Set();
+const changeLabels = { new: "new", price_drop: "price drop", back_in_stock: "back in stock" };
+
+function productCard(alert) {
+  const item = fromTemplate("product-card-template");
+  const product = alert.product;
+  item.dataset.id = alert.id;
+  item.dataset.change = alert.change;
+  item.querySelector(".label").textContent = changeLabels[alert.change] || alert.change;
+  item.querySelector(".name").textContent = product.product_name;
+  item.querySelector(".price").textContent = money.format(product.price);
+  const old = item.querySelector(".old-price");
+  if (alert.change === "price_drop" && product.previous_price !== null && product.previous_price !== undefined) {
+    old.textContent = money.format(product.previous_price);
+    old.hidden = false;
+  }
+  item.querySelector(".brand").textContent = product.brand;
+  item.querySelector(".category").textContent = product.category;
+  if (alert.total > 1) {
+    const names = (alert.more || []).map((card) => card.product_name).join(", ");
+    const more = item.querySelector(".product-more");
+    more.textContent = `and ${alert.total - 1} more` + (names ? `: ${names}` : "");
+    more.hidden = false;
+  }
+  item.querySelector(".product-watch").textContent = `your watch “${alert.watch.terms}”`;
+  const show = item.querySelector(".show");
+  show.setAttribute("aria-label", `Show ${product.product_name}`);
+  show.addEventListener("click", () => {
+    $("q").value = product.product_name;
+    search(product.product_name);
+  });
+  return item;
+}
+
+function showProductAlert(alert) {
+  if (shownProducts.has(alert.id)) return;
+  shownProducts.add(alert.id);
+  $("product-alerts-list").prepend(productCard(alert));
+  while ($("product-alerts-list").children.length > 20) $("product-alerts-list").lastElementChild.remove();
+  $("product-alerts").hidden = false;
+  const label = changeLabels[alert.change] || "product alert";
+  toast(`${label[0].toUpperCase()}${label.slice(1)}: ${alert.product.product_name}`,
+    `${money.format(alert.product.price)} — matches your watch “${alert.watch.terms}”`);
+}
+
+let awayMore = 0;
+
+function showAway(away) {
+  // Newest first, as sent; then how many more there were. A later greeting of this page
+  // (after a reconnect) adds its newer ones above.
+  const cards = away.alerts.filter((alert) => !shownProducts.has(alert.id)).map((alert) => {
+    shownProducts.add(alert.id);
+    return productCard(alert);
+  });
+  $("away-list").prepend(...cards);
+  while ($("away-list").children.length > 20) {
+    $("away-list").lastElementChild.remove();
+    awayMore += 1;
+  }
+  awayMore += away.more;
+  $("away-more").textContent = `and ${awayMore} more`;
+  $("away-more").hidden = awayMore === 0;
+  $("away").hidden = $("away-list").children.length === 0;
+}
+
 function greet(hello) {
   if (hello.watches !== null) renderWatches(hello.watches);
+  if (hello.away) showAway(hello.away);
   if (lastSeq === null) {
     // A fresh page: list this session's recent alerts without toasting them again.
     $("recent").replaceChildren();
@@ -233,6 +302,7 @@ function connect() {
       if (message.type === "hello") greet(message);
       else if (message.type === "watches_changed") renderWatches(message.watches);
       else if (message.type === "alert") showAlert(message);
+      else if (message.type === "product_alert") showProductAlert(message);
     });
     socket.addEventListener("close", () => {
       clearInterval(pinger);

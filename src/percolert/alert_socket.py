@@ -55,7 +55,12 @@ def _resume_position(websocket: WebSocket) -> int | None:
 
 
 async def _greeting(
-    state: State, websocket: WebSocket, user: str, after: int | None, cut: int
+    state: State,
+    websocket: WebSocket,
+    user: str,
+    after: int | None,
+    cut: int,
+    connection: Connection,
 ) -> tuple[Hello, list[Alert]]:
     """The hello message and the alerts missed since the client's `after` position.
 
@@ -77,11 +82,15 @@ async def _greeting(
     except (TransportError, elasticsearch.ApiError) as error:
         logger.warning("greeting without history, Elasticsearch failed: %s", error)
         watches, recent, missed = None, [], []
+    # Apart from the history: product alerts fail (to no `away`) on their own.
+    async with state["greetings"]:
+        away = await state["product_feed"].greet(user, connection)
     hello = Hello(
         coalesce_seconds=state["settings"].coalesce_seconds,
         watches=watches,
         recent=recent,
         last_seq=cut,
+        away=away,
     )
     return hello, missed
 
@@ -141,6 +150,7 @@ async def alerts_socket(websocket: WebSocket) -> None:
     # may deliver a later one while it answers). Nothing is sent twice or skipped.
     broker = state["broker"]
     connection.hold()
+    state["product_feed"].hold(connection)
     hub.add(connection)
     try:
         cut = await broker.connected(user)
@@ -151,7 +161,7 @@ async def alerts_socket(websocket: WebSocket) -> None:
     event(logger, "socket_open", user=user_tag(user), sockets=hub.socket_count())
     close_code, reason = 0, ""
     try:
-        hello, missed = await _greeting(state, websocket, user, after, cut)
+        hello, missed = await _greeting(state, websocket, user, after, cut, connection)
         await websocket.send_text(encode_message(hello))
         for alert in missed:
             await websocket.send_text(encode_message(alert))

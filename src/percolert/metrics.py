@@ -73,6 +73,11 @@ class _Readings(Collector):
                 "searches alert nobody",
             ),
             ("alert_log_rejected", "Alert-log sendings Elasticsearch refused for good (dropped)"),
+            ("product_alerts_sent", "Product alert messages queued to sockets (live)"),
+            (
+                "product_feed_failures",
+                "Reads of new product alerts that failed (Elasticsearch): retried next tick",
+            ),
         ]:
             yield CounterMetricFamily(f"percolert_{name}", help_text, value=values.get(name, 0.0))
         if "broker_spooled" in values:  # a shared broker's (an embedded one is never away)

@@ -21,7 +21,9 @@ from percolert.hub import Hub
 from percolert.messages import ServerMessage
 from percolert.metrics import Metrics
 from percolert.percolator import Percolator
+from percolert.product_feed import ProductFeed
 from percolert.product_matching import ProductAlerting
+from percolert.product_seen import SeenMarks
 from percolert.settings import Settings
 from percolert.supervisor import Supervisor
 from percolert.text import TextNormalizer
@@ -39,6 +41,8 @@ class State(TypedDict):
     alert_log: AlertLog
     # Catalog changes (the admin API) into product alerts.
     product_alerting: ProductAlerting
+    # Product alerts to this instance's sockets (live) and to greetings (`away`).
+    product_feed: ProductFeed
     metrics: Metrics
     # Greetings reading Elasticsearch at once (watches and history of a new socket).
     greetings: anyio.Semaphore
@@ -137,6 +141,9 @@ class Services:
             ).names,
         )
         self.product_alerting = ProductAlerting(client, settings, self.percolator)
+        self.product_feed = ProductFeed(
+            client, settings, hub, SeenMarks(client, indices.alias_for(settings, "product_seen"))
+        )
         # A reconnect storm's greetings queue here, leaving three quarters of the client's
         # connections to searches, percolation and the log.
         self.greetings = anyio.Semaphore(max(1, settings.elasticsearch_connections // 4))
@@ -167,6 +174,7 @@ class Services:
                     services.background.start(group, "dispatcher", services.dispatcher.run)
                     services.background.start(group, "alert_log", services.alert_log.run)
                     services.background.start(group, "event_loop_lag", metrics.watch_event_loop)
+                    services.background.start(group, "product_feed", services.product_feed.run)
                     yield services
                     group.cancel_scope.cancel()
         finally:
@@ -188,6 +196,7 @@ class Services:
             "watches": self.watches,
             "alert_log": self.alert_log,
             "product_alerting": self.product_alerting,
+            "product_feed": self.product_feed,
             "metrics": self.metrics,
             "greetings": self.greetings,
             "background": self.background,
@@ -203,6 +212,8 @@ class Services:
             "alert_log_write_failures": self.alert_log.write_failures,
             "alert_log_rejected": self.alert_log.rejected,
             "percolate_batches_failed": self.percolator.failed_batches,
+            "product_alerts_sent": self.product_feed.delivered,
+            "product_feed_failures": self.product_feed.failures,
         }
         if self.shared is not None:
             readings["broker_spooled"] = self.dispatcher.spooled

@@ -1,0 +1,245 @@
+"""Live product alerts: every server tails the `product_alerts` index and sends each new
+alert to its recipient's sockets held here; a new socket's greeting shows what its user
+missed ("while you were away") and decides which live alerts the socket still needs.
+
+Product alerts are written by other processes (`percolert ingest`, any instance's admin
+API) and are kept: this instance only reads. Each writer numbers its alerts above the
+index's maximum, but two writers' documents can become visible out of position order
+(the one with the lower position may finish its bulk write later). So the tail reads a
+window reaching `OVERLAP_MICROS` below the highest position seen and remembers the ids it
+handled within that window: nothing is missed and nothing sent twice. With several
+instances each one tails on its own; each holds different sockets.
+
+A product alert is shown to a user once: live on each socket open when this instance
+finds it (which raises the user's seen mark first), or in the `away` of the greeting that
+wins moving the mark. A socket being greeted holds live product alerts until its greeting
+knows the mark: those at or below it were shown already (in this greeting's `away`, live
+elsewhere, or by another tab's greeting); the others follow the hello.
+"""
+
+from __future__ import annotations
+
+import logging
+import weakref
+from collections.abc import Iterable
+
+import anyio
+import elasticsearch
+import msgspec
+from elastic_transport import TransportError
+from elasticsearch import AsyncElasticsearch
+
+from percolert import indices
+from percolert.hub import Connection, Hub
+from percolert.messages import Away, ProductAlert
+from percolert.product_alerts import StoredProductAlert, max_seq
+from percolert.product_away import decode_alerts, missed_product_alerts
+from percolert.product_seen import SeenMarks
+from percolert.settings import Settings
+from percolert.wsprotocol import frame_text
+
+logger = logging.getLogger("percolert.product_feed")
+
+# How far below the highest position seen the tail keeps reading (positions are
+# microseconds of the writers' clocks): longer than a writer takes from numbering its
+# alerts to their being visible to search (a bulk write, then a refresh).
+OVERLAP_MICROS = 30_000_000
+# Positions read per search of the window.
+PAGE = 1000
+
+_ES_ERRORS = (TransportError, elasticsearch.ApiError)
+
+
+class _Gate:
+    """Which live product alerts one socket still takes. `held`: the socket is being
+    greeted; what comes meanwhile waits here. Then only positions above `floor` pass."""
+
+    def __init__(self) -> None:
+        self.held: list[tuple[int, str, bytes]] | None = []
+        self.floor = -1
+
+
+class _Entry(msgspec.Struct, frozen=True):
+    id: str
+    seq: int
+    user: str
+
+
+class ProductFeed:
+    def __init__(
+        self, client: AsyncElasticsearch, settings: Settings, hub: Hub, seen: SeenMarks
+    ) -> None:
+        self._client = client
+        self._alias = indices.alias_for(settings, "product_alerts")
+        self._retention_days = settings.product_alert_retention_days
+        self._poll_seconds = settings.product_alert_poll_seconds
+        self._hub = hub
+        self._seen = seen
+        # The highest position seen; None until the start position is read.
+        self._high: int | None = None
+        # Ids handled (sent, or nobody here to send them to) in the window, with positions.
+        self._handled: dict[str, int] = {}
+        self._woken = anyio.Event()
+        self._gates: weakref.WeakKeyDictionary[Connection, _Gate] = weakref.WeakKeyDictionary()
+        self._encoder = msgspec.json.Encoder()
+        # Product alert messages queued to sockets; tail reads that failed.
+        self.delivered = 0
+        self.failures = 0
+
+    @property
+    def started(self) -> bool:
+        """Whether the start position is known: alerts stored from now on are sent live."""
+        return self._high is not None
+
+    def wake(self) -> None:
+        """Look for new alerts at once (a writer in this process has just stored some)."""
+        self._woken.set()
+
+    async def run(self) -> None:
+        while True:
+            self._woken = anyio.Event()
+            try:
+                await self.tick()
+            except _ES_ERRORS as error:
+                # The next tick reads the same window again: nothing is lost meanwhile.
+                self.failures += 1
+                logger.warning("reading new product alerts failed, retrying: %s", error)
+            with anyio.move_on_after(self._poll_seconds):
+                await self._woken.wait()
+
+    async def tick(self) -> None:
+        if self._high is None:
+            # Alerts stored before the start are for greetings; those becoming visible
+            # later (within the window) are new.
+            high = await max_seq(self._client, self._alias)
+            window = await self._window(high - OVERLAP_MICROS)
+            self._handled = {entry.id: entry.seq for entry in window}
+            self._high = high
+            return
+        window = await self._window(self._high - OVERLAP_MICROS)
+        new = [entry for entry in window if entry.id not in self._handled]
+        if new:
+            wanted = [entry.id for entry in new if self._hub.connections(entry.user)]
+            await self._deliver(await self._fetch(wanted))
+            for entry in new:
+                self._handled[entry.id] = entry.seq
+            self._high = max(self._high, max(entry.seq for entry in new))
+        floor = self._high - OVERLAP_MICROS
+        self._handled = {id_: seq for id_, seq in self._handled.items() if seq >= floor}
+
+    async def _window(self, floor: int) -> list[_Entry]:
+        """Ids, positions and recipients of the alerts at or above `floor`, in position
+        order: doc values only, the alerts themselves are fetched for recipients here."""
+        entries: dict[str, _Entry] = {}
+        start = floor
+        while True:
+            response = await self._client.search(
+                index=self._alias,
+                query={"range": {"seq": {"gte": start}}},
+                sort=[{"seq": "asc"}],
+                size=PAGE,
+                source=False,
+                docvalue_fields=[{"field": "seq"}, {"field": "user"}],
+                track_total_hits=False,
+            )
+            hits = response["hits"]["hits"]
+            for hit in hits:
+                fields = hit["fields"]
+                entries[hit["_id"]] = _Entry(
+                    id=hit["_id"], seq=int(fields["seq"][0]), user=fields["user"][0]
+                )
+            last = int(hits[-1]["fields"]["seq"][0]) if hits else start
+            # The next page starts at the last position again (positions may tie across
+            # writers); a page of one position throughout cannot move on.
+            if len(hits) < PAGE or last == start:
+                return sorted(entries.values(), key=lambda entry: (entry.seq, entry.id))
+            start = last
+
+    async def _fetch(self, ids: list[str]) -> list[StoredProductAlert]:
+        found: list[StoredProductAlert] = []
+        for start in range(0, len(ids), PAGE):
+            response = await self._client.mget(index=self._alias, ids=ids[start : start + PAGE])
+            found.extend(
+                decode_alerts(doc["_source"] for doc in response["docs"] if doc.get("found"))
+            )
+        return sorted(found, key=lambda stored: (stored.alert.seq, stored.alert.id))
+
+    async def _deliver(self, alerts: list[StoredProductAlert]) -> None:
+        # First raise the marks of users with a socket taking alerts live, so that a greeting
+        # after the alert arrived does not list it again.
+        marks: dict[str, int] = {}
+        for stored in alerts:
+            if any(self._live(connection) for connection in self._hub.connections(stored.user)):
+                marks[stored.user] = max(marks.get(stored.user, 0), stored.alert.seq)
+        try:
+            await self._seen.raise_to(marks)
+        except _ES_ERRORS as error:
+            # Sent anyway: a later greeting may list it again, which is better than not at all.
+            logger.warning("raising product-seen marks failed: %s", error)
+        for stored in alerts:
+            payload = self._encoder.encode(stored.alert).decode()
+            frame = frame_text(payload)
+            for connection in self._hub.connections(stored.user):
+                self._offer(connection, stored.alert.seq, payload, frame)
+
+    def _live(self, connection: Connection) -> bool:
+        gate = self._gates.get(connection)
+        return gate is None or gate.held is None
+
+    def _offer(self, connection: Connection, seq: int, payload: str, frame: bytes) -> bool:
+        gate = self._gates.get(connection)
+        if gate is not None:
+            if gate.held is not None:
+                gate.held.append((seq, payload, frame))
+                return False
+            if seq <= gate.floor:
+                return False
+        taken = connection.offer(payload, frame)
+        self.delivered += taken
+        return taken
+
+    def hold(self, connection: Connection) -> None:
+        """Before the socket joins the hub: its live product alerts wait for its greeting."""
+        self._gates[connection] = _Gate()
+
+    def _release(self, connection: Connection, floor: int) -> int | None:
+        """The greeting knows the mark: send what was held above it; returns the highest
+        position sent (None if nothing)."""
+        gate = self._gates.get(connection)
+        if gate is None or gate.held is None:
+            return None
+        held, gate.held = gate.held, None
+        gate.floor = floor
+        sent = [seq for seq, payload, frame in held if self._offer(connection, seq, payload, frame)]
+        return max(sent, default=None)
+
+    async def greet(self, user: str, connection: Connection) -> Away | None:
+        """The `away` of a new socket's hello: the product alerts above the user's mark,
+        if this greeting wins moving the mark past them (else None, as when there are none
+        or Elasticsearch fails). Then the socket takes live product alerts above the mark."""
+        away: Away | None = None
+        floor = -1
+        try:
+            mark = await self._seen.read(user)
+            floor = mark.upto
+            missed = await missed_product_alerts(
+                self._client, self._alias, user, mark.upto, retention_days=self._retention_days
+            )
+            if missed is not None and await self._seen.claim(user, mark, missed.newest):
+                floor = missed.newest
+                if missed.alerts:
+                    away = Away(alerts=_alerts(missed.alerts), more=missed.more)
+        except _ES_ERRORS as error:
+            logger.warning("greeting without product alerts, Elasticsearch failed: %s", error)
+        sent = self._release(connection, floor)
+        if sent is not None:
+            # Came while every socket of the user was being greeted: nobody raised the mark.
+            try:
+                await self._seen.raise_to({user: sent})
+            except _ES_ERRORS as error:
+                logger.warning("raising a product-seen mark failed: %s", error)
+        return away
+
+
+def _alerts(stored: Iterable[StoredProductAlert]) -> list[ProductAlert]:
+    return [entry.alert for entry in stored]
