@@ -92,6 +92,10 @@ async def put_product(request: Request) -> Response:
             # The reason may name the cluster: for the log, not for whoever asks.
             logger.error("product %s not stored: %s", product.sku, error)
             raise ApiError(502, "elasticsearch_error", "the product was not stored") from None
+    if run.alerts:
+        # Sockets on this instance get them now rather than at the next poll; the other
+        # instances find them at theirs.
+        state["product_feed"].wake()
     await client.indices.refresh(index=alias)
     events: list[ProductChange] = [] if change is None else [change.change]
     return _json(ProductUpdate(sku=product.sku, events=events, alerts=run.alerts))
