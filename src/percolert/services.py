@@ -166,6 +166,9 @@ class Services:
                     services.background.start(group, "percolator", services.percolator.run)
                     services.background.start(group, "dispatcher", services.dispatcher.run)
                     services.background.start(group, "alert_log", services.alert_log.run)
+                    services.background.start(
+                        group, "product_retention", services.product_alerting.retain
+                    )
                     services.background.start(group, "event_loop_lag", metrics.watch_event_loop)
                     yield services
                     group.cancel_scope.cancel()
@@ -203,6 +206,8 @@ class Services:
             "alert_log_write_failures": self.alert_log.write_failures,
             "alert_log_rejected": self.alert_log.rejected,
             "percolate_batches_failed": self.percolator.failed_batches,
+            "product_changes_percolated": self.product_alerting.changes_percolated,
+            "product_alerts_written": self.product_alerting.alerts_written,
         }
         if self.shared is not None:
             readings["broker_spooled"] = self.dispatcher.spooled
