@@ -213,7 +213,7 @@ async def test_a_new_product_is_news_but_a_drop_soon_after_is_not(
         await w.watch("carol", "kindle")
         await w.watch("carol", "amazon")
         assert (await w.run(new(kindle(100.0)))).alerts == 2
-        assert await w.count("product_notices") == 2
+        assert await w.count("product_notices") == 1  # a document per sku
         assert (await w.run(drop(100.0, 80.0))).alerts == 0
 
 
@@ -237,8 +237,12 @@ async def test_300_products_matching_one_watch_in_one_run_make_one_digest(
             assert alert.change == "new"
             assert alert.product.sku == "kindle-000"
             assert [card.sku for card in alert.more] == [f"kindle-{n:03d}" for n in range(1, 5)]
-        # Every product of the digest counts as told.
-        assert await w.count("product_notices") == 2 * 301
+        # Every product of the digest counts as told, to each watch.
+        assert await w.count("product_notices") == 301
+        notices = indices.alias_for(fresh_settings, "product_notices")
+        notice = await w.client.get(index=notices, id="kindle-299")
+        assert set(notice["_source"]["told"]) == {a.id, b.id}
+        assert (await w.run(drop(129.9, 100.0, "kindle-299"))).alerts == 0
 
 
 async def test_a_digest_counts_a_product_once(fresh_settings: Settings) -> None:

@@ -15,13 +15,21 @@ Who hears of a change:
   wants the new price at or under it).
 - A `price_drop` or `back_in_stock` of one sku reaches one watch at most once per
   `product_alert_min_interval_seconds`, unless the drop crosses the watch's `max_price`
-  (previous > max >= new: news the shopper asked for). The `product_notices` index remembers
-  when each (watch, sku) last alerted: read with one `mget` per percolated batch, written
-  after the run's alerts (so a run that fails to write its alerts does not silence the next
-  one). A `new` product is always news, but leaves a notice too (a drop soon after an
-  arrival is not news again). A run holding more than `_NOTICES_HELD` notices writes them
-  as it goes, to bound its memory; should its alerts then fail to be written, those
-  products stay quiet for one interval.
+  (previous > max >= new: news the shopper asked for). A `new` product is always news, but
+  counts as told (a drop soon after an arrival is not news again).
+
+Notices (the `product_notices` index) remember which watches each sku alerted, and when:
+one document per sku, `{at, price, told: {watch id: epoch ms}}` (`at`, `price`: its latest
+notice). Per sku rather than per (watch, sku): a product matches hundreds of watches when
+there are many (156 on average at 20k benchmark watches), and a document per pair made
+writing the notices cost several times the percolation itself (bench/product_percolation.py).
+Read with one `mget` per percolated batch (the batch's matched skus), written after the
+run's alerts (so a run that fails to write its alerts does not silence the next one). A run
+holding more than `_NOTICES_HELD` (watch, sku) pairs writes them as it goes, to bound its
+memory; should its alerts then fail to be written, those products stay quiet for one
+interval. Expired entries are dropped when their document is written again; a document
+whose latest notice expired is deleted by the retention loop. Two runs writing one sku's
+notices at once may lose one's entries: at worst a watch hears of the product once more.
 
 A digest (one alert per owner and watch and run) holds the first product that matched,
 at most `DIGEST_MORE` more and the total, so a run's memory grows with the (owner, watch)
@@ -96,10 +104,6 @@ def product_card(change: CatalogChange) -> ProductCard:
     )
 
 
-def notice_id(watch_id: str, sku: str) -> str:
-    return f"{watch_id}|{sku}"
-
-
 def drop_is_enough(change: CatalogChange, max_price: float | None, min_percent: float) -> bool:
     """Whether a price drop is news for a watch: with a max price, the percolated query has
     already required the new price at or under it; without, the drop must be at least
@@ -134,6 +138,37 @@ def _seconds(iso: str) -> float:
     return moment.timestamp()
 
 
+class _Notices:
+    """One sku's notices: when each watch was last told of it (epoch seconds), and its
+    latest notice's time and price."""
+
+    def __init__(self) -> None:
+        self.told: dict[str, float] = {}
+        self.at = 0.0
+        self.price = 0.0
+        self.changed = False
+
+    @classmethod
+    def of(cls, source: dict[str, Any], since: float) -> _Notices:
+        notices = cls()
+        notices.at = _seconds(source["at"])
+        notices.price = float(source["price"])
+        told: dict[str, int] = source.get("told") or {}
+        notices.told = {watch: ms / 1000 for watch, ms in told.items() if ms / 1000 > since}
+        return notices
+
+    def tell(self, watch_id: str, at: float, price: float) -> None:
+        self.told[watch_id] = at
+        self.at, self.price, self.changed = at, price, True
+
+    def document(self) -> dict[str, Any]:
+        return {
+            "at": _iso(self.at),
+            "price": self.price,
+            "told": {watch: round(at * 1000) for watch, at in self.told.items()},
+        }
+
+
 class _Digest:
     """What one run found for one (owner, watch)."""
 
@@ -164,8 +199,9 @@ class ProductRun:
     def __init__(self, alerting: ProductAlerting) -> None:
         self._alerting = alerting
         self._digests: dict[tuple[str, str], _Digest] = {}
-        # Notices of this run not yet written: id -> (at, price).
-        self._notices: dict[str, tuple[float, float]] = {}
+        # Notices not yet written, per sku: the watches told (stored ones included).
+        self._notices: dict[str, _Notices] = {}
+        self._held = 0  # (watch, sku) pairs told in `_notices`
         self.changes = 0
         # Product alerts the run wrote (known once it has ended).
         self.alerts = 0
@@ -206,41 +242,40 @@ class ProductRun:
         if not candidates:
             return
         now = self._alerting.clock()
-        # Whether each candidate is subject to the interval (by the candidate, not the pair:
-        # a drop of one product may be limited and a later one of it in the batch cross).
-        limited = [
-            change.change != "new" and not crosses(change, match.max_price)
-            for change, match, _ in candidates
-        ]
-        asked = {
-            notice_id(match.watch_id, change.product.sku)
-            for (change, match, _), limit in zip(candidates, limited, strict=True)
-            if limit
-        }
-        stored = await self._alerting.notices([key for key in asked if key not in self._notices])
         since = now - settings.product_alert_min_interval_seconds
-        for (change, match, owner), limit in zip(candidates, limited, strict=True):
-            key = notice_id(match.watch_id, change.product.sku)
-            if limit:
-                held = self._notices.get(key)
-                last = held[0] if held is not None else stored.get(key)
-                if last is not None and last > since:
-                    continue  # told within the interval
-            self._notices[key] = (now, change.product.price)
+        skus = {change.product.sku for change, _, _ in candidates}
+        stored = await self._alerting.notices(
+            [sku for sku in skus if sku not in self._notices], since
+        )
+        self._notices.update(stored)
+        for change, match, owner in candidates:
+            product = change.product
+            notices = self._notices.setdefault(product.sku, _Notices())
+            last = notices.told.get(match.watch_id)
+            limited = change.change != "new" and not crosses(change, match.max_price)
+            if limited and last is not None and last > since:
+                continue  # told within the interval
+            notices.tell(match.watch_id, now, product.price)
+            self._held += 1
             digest = self._digests.get((owner, match.watch_id))
             if digest is None:
                 self._digests[(owner, match.watch_id)] = _Digest(owner, match, change)
             else:
                 digest.add(change)
-        if len(self._notices) > _NOTICES_HELD:
-            await self._alerting.record(self._notices)
-            self._notices.clear()
+        if self._held > _NOTICES_HELD:
+            await self._write_notices()
+
+    async def _write_notices(self) -> None:
+        await self._alerting.record(
+            {sku: notices for sku, notices in self._notices.items() if notices.changed}
+        )
+        self._notices.clear()
+        self._held = 0
 
     async def finish(self) -> None:
         self.alerts = await self._alerting.write(list(self._digests.values()))
         self._digests.clear()
-        await self._alerting.record(self._notices)
-        self._notices.clear()
+        await self._write_notices()
 
 
 class ProductAlerting:
@@ -278,23 +313,24 @@ class ProductAlerting:
         self.changes_percolated += len(changes)
         return found
 
-    async def notices(self, ids: list[str]) -> dict[str, float]:
-        """When each of these (watch, sku) pairs last alerted, of those that ever did."""
-        if not ids:
+    async def notices(self, skus: list[str], since: float) -> dict[str, _Notices]:
+        """The stored notices of these skus (those that have any), without entries older
+        than `since`."""
+        if not skus:
             return {}
-        response = await self._client.mget(index=self._notices_alias, ids=ids, source=["at"])
+        response = await self._client.mget(index=self._notices_alias, ids=skus)
         docs: list[dict[str, Any]] = response.body["docs"]
-        return {doc["_id"]: _seconds(doc["_source"]["at"]) for doc in docs if doc.get("found")}
+        return {doc["_id"]: _Notices.of(doc["_source"], since) for doc in docs if doc.get("found")}
 
-    async def record(self, notices: dict[str, tuple[float, float]]) -> None:
-        """Write notices: id -> (at, price)."""
+    async def record(self, notices: dict[str, _Notices]) -> None:
+        """Write notices, a document per sku."""
         if not notices:
             return
         actions = (
-            {"_index": self._notices_alias, "_id": key, "_source": {"at": _iso(at), "price": price}}
-            for key, (at, price) in notices.items()
+            {"_index": self._notices_alias, "_id": sku, "_source": held.document()}
+            for sku, held in notices.items()
         )
-        await async_bulk(self._client, actions, chunk_size=2000)
+        await async_bulk(self._client, actions, chunk_size=500)
 
     async def _take_positions(self, count: int) -> int:
         async with self._lock:
