@@ -3,11 +3,12 @@ price drops, products of the sample catalog under fresh skus) percolated against
 watches, on the node of ELASTICSEARCH_URL, under an index prefix of its own (deleted after).
 
     ELASTICSEARCH_URL=http://127.0.0.1:9250 PYTHONPATH=. python bench/product_percolation.py \
-        [--watches 20000] [--changes 5000]
+        [--watches 20000] [--changes 5000] [--configurations 64x1,64x2,128x2,256x2,64x4] \
+        [--rounds 2]
 
 Prints, per (batch size, concurrency), the seconds to percolate and judge the changes (the
-runs' `changed`) and to write their alerts and notices (the end of the run). Two rounds;
-read the second (the first warms the node).
+runs' `changed`) and to write their alerts and notices (the end of the run). Read the
+rounds after the first (it warms the node).
 """
 
 from __future__ import annotations
@@ -29,7 +30,7 @@ from percolert.product_matching import ProductAlerting
 from percolert.settings import Settings
 from percolert.text import TextNormalizer
 
-CONFIGURATIONS = [(64, 1), (64, 2), (128, 2), (256, 2), (64, 4)]
+CONFIGURATIONS = "64x1,64x2,128x2,256x2,64x4"  # batch size x requests at once
 CHUNK = 500  # changes handed to a run at once, as ingest's bulk chunks
 
 
@@ -60,7 +61,9 @@ def changes(count: int, tag: str) -> list[CatalogChange]:
     return made
 
 
-async def measure(url: str, watches: int, count: int) -> None:
+async def measure(
+    url: str, watches: int, count: int, configurations: list[tuple[int, int]], rounds: int
+) -> None:
     settings = Settings(elasticsearch_url=url, index_prefix=f"bench-pm-{uuid.uuid4().hex[:6]}")
     client = es.create_client(settings)
     try:
@@ -73,8 +76,8 @@ async def measure(url: str, watches: int, count: int) -> None:
         percolator = Percolator(
             client, indices.alias_for(settings, "watches"), TextNormalizer(), ignore
         )
-        for round_number in (1, 2):
-            for batch_size, concurrency in CONFIGURATIONS:
+        for round_number in range(1, rounds + 1):
+            for batch_size, concurrency in configurations:
                 alerting = ProductAlerting(
                     client, settings, percolator, batch_size=batch_size, concurrency=concurrency
                 )
@@ -102,9 +105,15 @@ def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--watches", type=int, default=20_000)
     parser.add_argument("--changes", type=int, default=5_000)
+    parser.add_argument("--configurations", default=CONFIGURATIONS)
+    parser.add_argument("--rounds", type=int, default=2)
     args = parser.parse_args()
+    configurations = [
+        (int(size), int(concurrency))
+        for size, concurrency in (item.split("x") for item in args.configurations.split(","))
+    ]
     url = os.environ.get("ELASTICSEARCH_URL", "http://127.0.0.1:9200")
-    asyncio.run(measure(url, args.watches, args.changes))
+    asyncio.run(measure(url, args.watches, args.changes, configurations, args.rounds))
 
 
 if __name__ == "__main__":
