@@ -245,6 +245,23 @@ async def test_300_products_matching_one_watch_in_one_run_make_one_digest(
         assert (await w.run(drop(129.9, 100.0, "kindle-299"))).alerts == 0
 
 
+async def test_a_run_holding_many_notices_writes_them_as_it_goes(
+    fresh_settings: Settings,
+) -> None:
+    async with world(fresh_settings) as w:
+        await w.watch("carol", "kindle")
+        await w.watch("dave", "paperwhite")
+        alerting = ProductAlerting(
+            w.client, fresh_settings, w.percolator, batch_size=1, notices_held=1
+        )
+        async with alerting.run() as run:
+            await run.changed([drop(100.0, 90.0), new(kindle(90.0, "kindle-2"))])
+            assert await w.count("product_notices") == 2  # before the run's end
+            await run.changed([drop(90.0, 80.0)])  # told earlier in this run
+        assert run.alerts == 2
+        assert {s.alert.total for s in await w.alerts()} == {2}
+
+
 async def test_a_digest_counts_a_product_once(fresh_settings: Settings) -> None:
     async with world(fresh_settings) as w:
         await w.watch("alice", "kindle", max_price=150)

@@ -25,7 +25,7 @@ there are many (156 on average at 20k benchmark watches), and a document per pai
 writing the notices cost several times the percolation itself (bench/product_percolation.py).
 Read with one `mget` per percolated batch (the batch's matched skus), written after the
 run's alerts (so a run that fails to write its alerts does not silence the next one). A run
-holding more than `_NOTICES_HELD` (watch, sku) pairs writes them as it goes, to bound its
+holding more than `NOTICES_HELD` (watch, sku) pairs writes them as it goes, to bound its
 memory; should its alerts then fail to be written, those products stay quiet for one
 interval. Expired entries are dropped when their document is written again; a document
 whose latest notice expired is deleted by the retention loop. Two runs writing one sku's
@@ -77,8 +77,8 @@ DIGEST_MORE = 4
 # requests at once gained nothing on this 2-core machine; 64 keeps one request short.
 PERCOLATE_BATCH = 64
 PERCOLATE_CONCURRENCY = 2
-# Notices a run holds before it writes them (see the module's docstring).
-_NOTICES_HELD = 10_000
+# (watch, sku) pairs told a run holds before it writes their notices (module docstring).
+NOTICES_HELD = 10_000
 # How often expired product alerts and notices are deleted.
 PRUNE_SECONDS = 600.0
 
@@ -262,7 +262,7 @@ class ProductRun:
                 self._digests[(owner, match.watch_id)] = _Digest(owner, match, change)
             else:
                 digest.add(change)
-        if self._held > _NOTICES_HELD:
+        if self._held > self._alerting.notices_held:
             await self._write_notices()
 
     async def _write_notices(self) -> None:
@@ -291,6 +291,7 @@ class ProductAlerting:
         batch_size: int = PERCOLATE_BATCH,
         concurrency: int = PERCOLATE_CONCURRENCY,
         clock: Callable[[], float] = time.time,
+        notices_held: int = NOTICES_HELD,
     ) -> None:
         self._client = client
         self.settings = settings
@@ -298,6 +299,7 @@ class ProductAlerting:
         self.batch_size = batch_size
         self.concurrency = concurrency
         self.clock = clock
+        self.notices_held = notices_held
         self._alerts_alias = indices.alias_for(settings, "product_alerts")
         self._notices_alias = indices.alias_for(settings, "product_notices")
         self._positions: Positions | None = None
