@@ -9,6 +9,7 @@ from contextlib import asynccontextmanager
 
 import msgspec
 import pytest
+from elastic_transport import TransportError
 from elasticsearch import AsyncElasticsearch
 
 from percolert import es, indices
@@ -260,6 +261,29 @@ async def test_a_run_holding_many_notices_writes_them_as_it_goes(
             await run.changed([drop(90.0, 80.0)])  # told earlier in this run
         assert run.alerts == 2
         assert {s.alert.total for s in await w.alerts()} == {2}
+
+
+async def test_a_failed_percolation_fails_the_run_with_its_own_error(
+    fresh_settings: Settings,
+) -> None:
+    async with world(fresh_settings) as w:
+        await w.watch("carol", "kindle")
+        # Nothing listens there: every percolate request fails to connect.
+        unreachable = msgspec.structs.replace(
+            fresh_settings, elasticsearch_url="http://127.0.0.1:9"
+        )
+        dead = es.create_client(unreachable)
+        try:
+            percolator = Percolator(
+                dead, indices.alias_for(fresh_settings, "watches"), TextNormalizer(), _ignore
+            )
+            alerting = ProductAlerting(w.client, fresh_settings, percolator, batch_size=1)
+            with pytest.raises(TransportError):
+                async with alerting.run() as run:
+                    await run.changed([new(kindle(90.0)), new(kindle(90.0, "kindle-2"))])
+        finally:
+            await dead.close()
+        assert await w.alerts() == []
 
 
 async def test_a_digest_counts_a_product_once(fresh_settings: Settings) -> None:

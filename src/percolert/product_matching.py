@@ -138,6 +138,11 @@ def _seconds(iso: str) -> float:
     return moment.timestamp()
 
 
+def _first(group: BaseExceptionGroup[BaseException]) -> BaseException:
+    error = group.exceptions[0]
+    return _first(error) if isinstance(error, BaseExceptionGroup) else error
+
+
 class _Notices:
     """One sku's notices: when each watch was last told of it (epoch seconds), and its
     latest notice's time and price."""
@@ -223,9 +228,14 @@ class ProductRun:
             await self._take(batch, found)
             turns[number].set()
 
-        async with anyio.create_task_group() as group:
-            for number, batch in enumerate(batches):
-                group.start_soon(percolate, number, batch)
+        try:
+            async with anyio.create_task_group() as group:
+                for number, batch in enumerate(batches):
+                    group.start_soon(percolate, number, batch)
+        except BaseExceptionGroup as failed:
+            # A failed batch cancels the others: its error reaches the caller as itself
+            # (an Elasticsearch error, say), not wrapped in the task group's.
+            raise _first(failed) from None
 
     async def _take(self, batch: list[CatalogChange], found: list[list[Match]]) -> None:
         settings = self._alerting.settings
