@@ -73,8 +73,10 @@ logger = logging.getLogger("percolert.product_matching")
 # A digest lists the first product and at most this many more; `total` counts them all.
 DIGEST_MORE = 4
 # Changes percolated in one request, and requests in flight at once for one run. Measured
-# (bench/product_percolation.py, 5k changes against 20k watches): larger batches or more
-# requests at once gained nothing on this 2-core machine; 64 keeps one request short.
+# (bench/product_percolation.py, 5k changes against 20k watches, 2 cores shared with other
+# work): 128 or 256 a request, or 4 at once, were within the noise of 64 x 2 (~200-400
+# changes/s, percolation nearly all of it); 2 at once beat 1 in one series of two. 64 keeps
+# one request short, and 2 leave the node room for searches.
 PERCOLATE_BATCH = 64
 PERCOLATE_CONCURRENCY = 2
 # (watch, sku) pairs told a run holds before it writes their notices (module docstring).
