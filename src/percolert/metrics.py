@@ -78,6 +78,14 @@ class _Readings(Collector):
                 "product_feed_failures",
                 "Reads of new product alerts that failed (Elasticsearch): retried next tick",
             ),
+            (
+                "product_changes_percolated",
+                "Catalog changes this process percolated against product watches",
+            ),
+            (
+                "product_alerts_written",
+                "Product alerts this process wrote (one per owner and watch and run: a digest)",
+            ),
         ]:
             yield CounterMetricFamily(f"percolert_{name}", help_text, value=values.get(name, 0.0))
         if "broker_spooled" in values:  # a shared broker's (an embedded one is never away)

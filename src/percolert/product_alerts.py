@@ -94,5 +94,8 @@ async def store(client: AsyncElasticsearch, alias: str, alerts: list[StoredProdu
     actions = (
         {"_index": alias, "_id": stored.alert.id, "_source": stored.document()} for stored in alerts
     )
-    written, _ = await async_bulk(client, actions, chunk_size=1000, refresh="wait_for")
+    # One refresh at the end: `refresh="wait_for"` on each chunk waited up to a refresh
+    # interval per 1,000 alerts (8 s for a run of 7.5k alerts).
+    written, _ = await async_bulk(client, actions, chunk_size=1000)
+    await client.indices.refresh(index=alias)
     return written

@@ -173,6 +173,9 @@ class Services:
                     services.background.start(group, "percolator", services.percolator.run)
                     services.background.start(group, "dispatcher", services.dispatcher.run)
                     services.background.start(group, "alert_log", services.alert_log.run)
+                    services.background.start(
+                        group, "product_retention", services.product_alerting.retain
+                    )
                     services.background.start(group, "event_loop_lag", metrics.watch_event_loop)
                     services.background.start(group, "product_feed", services.product_feed.run)
                     yield services
@@ -214,6 +217,8 @@ class Services:
             "percolate_batches_failed": self.percolator.failed_batches,
             "product_alerts_sent": self.product_feed.delivered,
             "product_feed_failures": self.product_feed.failures,
+            "product_changes_percolated": self.product_alerting.changes_percolated,
+            "product_alerts_written": self.product_alerting.alerts_written,
         }
         if self.shared is not None:
             readings["broker_spooled"] = self.dispatcher.spooled
