@@ -62,6 +62,15 @@ def bench(session: nox.Session) -> None:
 
 
 @nox.session(python=PYTHON)
+def bench_ingest(session: nox.Session) -> None:
+    """Catalog changes: change-detecting ingest with product alerts beside a plain ingest of
+    the same file, and admin price drop to socket latency; `-- --quick` about 2 minutes.
+    Writes docs/benchmarks/product-alerts-results.{json,md}."""
+    session.install("-e", ".[test,bench]")
+    session.run("python", "bench/ingest_changes.py", *session.posargs, env={"PYTHONPATH": "."})
+
+
+@nox.session(python=PYTHON)
 def bench_routing(session: nox.Session) -> None:
     """Per-user Pub/Sub channels versus per-instance inbox streams, on a real redis-server
     (docs/design/multi-instance.md §2)."""
