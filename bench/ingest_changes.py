@@ -151,6 +151,7 @@ async def timed_ingest(
 ) -> tuple[float, catalog.IngestReport, int]:
     """Seconds, the ingest report, and the alerts written."""
     client = es.create_client(settings)
+    percolation_client = es.create_client(settings, raw_json=True)  # as the CLI's
     try:
         products = indices.alias_for(settings, "products")
         if mode == "plain":
@@ -158,7 +159,7 @@ async def timed_ingest(
             report = await catalog.ingest(client, products, update)
             return time.perf_counter() - started, report, 0
         percolator = Percolator(
-            client, indices.alias_for(settings, "watches"), TextNormalizer(), _ignore
+            percolation_client, indices.alias_for(settings, "watches"), TextNormalizer(), _ignore
         )
         alerting = ProductAlerting(client, settings, percolator)
         started = time.perf_counter()
@@ -168,6 +169,7 @@ async def timed_ingest(
             )
         return time.perf_counter() - started, report, run.alerts
     finally:
+        await percolation_client.close()
         await client.close()
 
 

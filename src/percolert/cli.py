@@ -25,7 +25,7 @@ from percolert.localservice import LocalService, LocalServiceError
 from percolert.messages import Watch, WatchSpec
 from percolert.migrations import document_upgrades
 from percolert.percolator import Match, Percolator, SearchEvent
-from percolert.product_matching import ProductAlerting
+from percolert.product_matching import PERCOLATE_CONCURRENCY, ProductAlerting
 from percolert.redisnode import RedisNode
 from percolert.server import build_server
 from percolert.sessions import load_secret
@@ -202,40 +202,47 @@ async def _ingest_with_alerts(
     async def no_search_batches(found: list[tuple[SearchEvent, list[Match]]]) -> None:
         pass  # this percolator serves product runs only, never a queue of searches
 
+    # Its own client, whose responses the percolator decodes from their bytes (Percolator).
+    percolation_client = es.create_client(
+        settings, raw_json=True, connections=PERCOLATE_CONCURRENCY
+    )
     percolator = Percolator(
-        client,
+        percolation_client,
         indices.alias_for(settings, "watches"),
         TextNormalizer(),
         no_search_batches,
         timeout=settings.percolate_timeout,
     )
-    failure: BaseException | None = None
-    report: catalog.IngestReport | None = None
-    run_of_changes = 0
     try:
-        async with ProductAlerting(client, settings, percolator).run() as run:
-            try:
-                report = await load(client, ChangeDetection(client, alias, run))
-            except (TransportError, elasticsearch.ApiError) as error:
-                failure = error  # the run still writes what it found
-            run_of_changes = run.changes
-    except (TransportError, elasticsearch.ApiError) as error:
-        print(
-            f"percolert: the product alerts of {run_of_changes} changes could not be written",
-            file=sys.stderr,
-        )
-        raise (failure or error) from None
-    if failure is not None:
-        if run.alerts:
+        failure: BaseException | None = None
+        report: catalog.IngestReport | None = None
+        run_of_changes = 0
+        try:
+            async with ProductAlerting(client, settings, percolator).run() as run:
+                try:
+                    report = await load(client, ChangeDetection(client, alias, run))
+                except (TransportError, elasticsearch.ApiError) as error:
+                    failure = error  # the run still writes what it found
+                run_of_changes = run.changes
+        except (TransportError, elasticsearch.ApiError) as error:
             print(
-                f"percolert: wrote {run.alerts} product alerts of the products indexed "
-                "before the failure",
+                f"percolert: the product alerts of {run_of_changes} changes could not be written",
                 file=sys.stderr,
             )
-        raise failure
-    assert report is not None
-    report.alerts = run.alerts
-    return report
+            raise (failure or error) from None
+        if failure is not None:
+            if run.alerts:
+                print(
+                    f"percolert: wrote {run.alerts} product alerts of the products indexed "
+                    "before the failure",
+                    file=sys.stderr,
+                )
+            raise failure
+        assert report is not None
+        report.alerts = run.alerts
+        return report
+    finally:
+        await percolation_client.close()
 
 
 def cmd_ingest(settings: Settings, args: argparse.Namespace) -> int:
