@@ -3,6 +3,8 @@ matched back to the right event, and batching that forms under load."""
 
 from __future__ import annotations
 
+import gc
+
 import anyio
 import elasticsearch
 import pytest
@@ -113,6 +115,8 @@ async def test_one_request_matches_each_event_to_its_watches(
             cheap_tv.id: 800.0,
             default.id: None,
         }
+        # Tens of thousands of matches a batch: none of them for the garbage collector.
+        assert not any(gc.is_tracked(match) for matches in results for match in matches)
         assert percolator.batches == 1
         [alone] = await percolator.percolate([SearchEvent(text="kindle", searcher="x")])
         assert alone == [Match(watch_id=kindle.id, terms="kindle", owner="alice")]
