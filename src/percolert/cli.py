@@ -195,17 +195,30 @@ async def _ingest_with_alerts(
     alias: str,
     load: Callable[[AsyncElasticsearch, catalog.ChunkWriter], Awaitable[catalog.IngestReport]],
 ) -> catalog.IngestReport:
-    """Ingest with change detection, the changes percolated for product alerts in one run.
-    Should Elasticsearch fail midway, the alerts of the chunks already indexed are still
+    """Ingest with change detection, the changes percolated for product alerts in one run
+    (through a client of their own, whose responses the percolator decodes from bytes)."""
+    percolation_client = es.create_client(
+        settings, raw_json=True, connections=PERCOLATE_CONCURRENCY
+    )
+    try:
+        return await _ingest_percolating(client, percolation_client, settings, alias, load)
+    finally:
+        await percolation_client.close()
+
+
+async def _ingest_percolating(
+    client: AsyncElasticsearch,
+    percolation_client: AsyncElasticsearch,
+    settings: Settings,
+    alias: str,
+    load: Callable[[AsyncElasticsearch, catalog.ChunkWriter], Awaitable[catalog.IngestReport]],
+) -> catalog.IngestReport:
+    """Should Elasticsearch fail midway, the alerts of the chunks already indexed are still
     written (or the changes whose alerts were not, counted) before the failure is reported."""
 
     async def no_search_batches(found: list[tuple[SearchEvent, list[Match]]]) -> None:
         pass  # this percolator serves product runs only, never a queue of searches
 
-    # Its own client, whose responses the percolator decodes from their bytes (Percolator).
-    percolation_client = es.create_client(
-        settings, raw_json=True, connections=PERCOLATE_CONCURRENCY
-    )
     percolator = Percolator(
         percolation_client,
         indices.alias_for(settings, "watches"),
@@ -213,36 +226,33 @@ async def _ingest_with_alerts(
         no_search_batches,
         timeout=settings.percolate_timeout,
     )
+    failure: BaseException | None = None
+    report: catalog.IngestReport | None = None
+    run_of_changes = 0
     try:
-        failure: BaseException | None = None
-        report: catalog.IngestReport | None = None
-        run_of_changes = 0
-        try:
-            async with ProductAlerting(client, settings, percolator).run() as run:
-                try:
-                    report = await load(client, ChangeDetection(client, alias, run))
-                except (TransportError, elasticsearch.ApiError) as error:
-                    failure = error  # the run still writes what it found
-                run_of_changes = run.changes
-        except (TransportError, elasticsearch.ApiError) as error:
+        async with ProductAlerting(client, settings, percolator).run() as run:
+            try:
+                report = await load(client, ChangeDetection(client, alias, run))
+            except (TransportError, elasticsearch.ApiError) as error:
+                failure = error  # the run still writes what it found
+            run_of_changes = run.changes
+    except (TransportError, elasticsearch.ApiError) as error:
+        print(
+            f"percolert: the product alerts of {run_of_changes} changes could not be written",
+            file=sys.stderr,
+        )
+        raise (failure or error) from None
+    if failure is not None:
+        if run.alerts:
             print(
-                f"percolert: the product alerts of {run_of_changes} changes could not be written",
+                f"percolert: wrote {run.alerts} product alerts of the products indexed "
+                "before the failure",
                 file=sys.stderr,
             )
-            raise (failure or error) from None
-        if failure is not None:
-            if run.alerts:
-                print(
-                    f"percolert: wrote {run.alerts} product alerts of the products indexed "
-                    "before the failure",
-                    file=sys.stderr,
-                )
-            raise failure
-        assert report is not None
-        report.alerts = run.alerts
-        return report
-    finally:
-        await percolation_client.close()
+        raise failure
+    assert report is not None
+    report.alerts = run.alerts
+    return report
 
 
 def cmd_ingest(settings: Settings, args: argparse.Namespace) -> int:
