@@ -153,6 +153,7 @@ async def timed_ingest(
 ) -> tuple[float, catalog.IngestReport, int, float]:
     """Seconds, the ingest report, the alerts written and the percolate requests' time."""
     client = es.create_client(settings)
+    percolation_client = es.create_client(settings, raw_json=True)  # as the CLI's
     try:
         products = indices.alias_for(settings, "products")
         if mode == "plain":
@@ -165,7 +166,7 @@ async def timed_ingest(
             percolating[0] += seconds or 0.0
 
         percolator = Percolator(
-            client,
+            percolation_client,
             indices.alias_for(settings, "watches"),
             TextNormalizer(),
             _ignore,
@@ -179,6 +180,7 @@ async def timed_ingest(
             )
         return time.perf_counter() - started, report, run.alerts, percolating[0]
     finally:
+        await percolation_client.close()
         await client.close()
 
 

@@ -66,6 +66,7 @@ async def measure(
 ) -> None:
     settings = Settings(elasticsearch_url=url, index_prefix=f"bench-pm-{uuid.uuid4().hex[:6]}")
     client = es.create_client(settings)
+    percolation_client = es.create_client(settings, raw_json=True)  # as the server's
     try:
         await indices.setup(client, settings)
         await load_watches(settings, watches)
@@ -74,7 +75,7 @@ async def measure(
             return None
 
         percolator = Percolator(
-            client, indices.alias_for(settings, "watches"), TextNormalizer(), ignore
+            percolation_client, indices.alias_for(settings, "watches"), TextNormalizer(), ignore
         )
         for round_number in range(1, rounds + 1):
             for batch_size, concurrency in configurations:
@@ -98,6 +99,7 @@ async def measure(
         found = await client.indices.get(index=f"{settings.index_prefix}-*")
         for index in found:
             await client.indices.delete(index=index)
+        await percolation_client.close()
         await client.close()
 
 

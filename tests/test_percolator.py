@@ -3,12 +3,16 @@ matched back to the right event, and batching that forms under load."""
 
 from __future__ import annotations
 
+import gc
+
 import anyio
+import elasticsearch
+import msgspec
 import pytest
 
 from percolert import es, indices
 from percolert.messages import WatchSpec
-from percolert.percolator import Match, Percolator, SearchEvent
+from percolert.percolator import Match, Percolator, SearchEvent, _Responses
 from percolert.settings import Settings
 from percolert.text import TextNormalizer
 from percolert.watches import WatchStore, build_query, category_price
@@ -48,8 +52,40 @@ def test_a_category_price_keyword_sorts_as_its_price() -> None:
     assert phrase == {"bool": {"filter": [{"match_phrase": {"search_text": "nois cancel"}}]}}
 
 
-async def test_one_request_matches_each_event_to_its_watches(fresh_settings: Settings) -> None:
+def test_decoding_a_batch_of_many_matches_sets_off_no_garbage_collection() -> None:
+    """A batch of products brings tens of thousands of matches; were each decoded into
+    structs the collector tracks, their allocation would set off collections (over the
+    whole heap, in time) several times per response."""
+    watch_id = "w-" + "0" * 20
+    key = {"watch_id": watch_id, "terms": "kindle", "owner": "alice", "max_price": 9.5}
+    response = {"aggregations": {"matches": {"buckets": [{"key": key}] * 1000}}}
+    body = msgspec.json.encode({"responses": [response] * 50})
+    collections: list[int] = []
+
+    def count(phase: str, info: dict[str, int]) -> None:
+        if phase == "start":
+            collections.append(info["generation"])
+
+    gc.collect()
+    gc.callbacks.append(count)
+    try:
+        decoded = msgspec.json.decode(body, type=_Responses)
+    finally:
+        gc.callbacks.remove(count)
+    assert collections == []
+    assert len(decoded.responses) == 50
+    buckets = decoded.responses[-1].aggregations.matches.buckets
+    assert buckets[-1].key == Match(watch_id=watch_id, terms="kindle", owner="alice", max_price=9.5)
+
+
+@pytest.mark.parametrize("raw_json", [True, False], ids=["raw-json-client", "plain-client"])
+async def test_one_request_matches_each_event_to_its_watches(
+    fresh_settings: Settings, raw_json: bool
+) -> None:
+    """The same matches whether the percolator's client hands on raw bytes (decoded
+    straight into structs) or parsed JSON."""
     client = es.create_client(fresh_settings)
+    percolation_client = es.create_client(fresh_settings, raw_json=raw_json)
     normalizer = TextNormalizer()
     alias = indices.alias_for(fresh_settings, "watches")
     try:
@@ -63,7 +99,7 @@ async def test_one_request_matches_each_event_to_its_watches(fresh_settings: Set
         async def ignore(found: list[tuple[SearchEvent, list[Match]]]) -> None:
             pass
 
-        percolator = Percolator(client, alias, normalizer, ignore)
+        percolator = Percolator(percolation_client, alias, normalizer, ignore)
         events = [
             SearchEvent(text="Kindle Paperwhite", searcher="x"),
             SearchEvent(text="headphones", searcher="x", found=(("audio", 79.0),)),
@@ -99,10 +135,75 @@ async def test_one_request_matches_each_event_to_its_watches(fresh_settings: Set
             cheap_tv.id: "sony",
             default.id: "iphone",
         }
+        prices = {match.watch_id: match.max_price for matches in results for match in matches}
+        assert prices == {
+            kindle.id: None,
+            cheap_audio.id: 100.0,
+            cheap_tv.id: 800.0,
+            default.id: None,
+        }
         assert percolator.batches == 1
         [alone] = await percolator.percolate([SearchEvent(text="kindle", searcher="x")])
         assert alone == [Match(watch_id=kindle.id, terms="kindle", owner="alice")]
     finally:
+        await percolation_client.close()
+        await client.close()
+
+
+async def test_a_raw_json_client_raises_the_errors_a_plain_one_does(
+    fresh_settings: Settings,
+) -> None:
+    """Its error answers are decoded: the same exception class, message and body."""
+    plain = es.create_client(fresh_settings)
+    raw = es.create_client(fresh_settings, raw_json=True)
+    missing = f"{fresh_settings.index_prefix}-missing"
+    try:
+        assert isinstance(raw, es.RawJsonClient)
+        assert (await raw.info()).body.startswith(b"{")  # a success stays bytes
+        failures = []
+        for client in (plain, raw):
+            with pytest.raises(elasticsearch.NotFoundError) as not_found:
+                await client.search(index=missing)
+            with pytest.raises(elasticsearch.BadRequestError) as bad_request:
+                await client.msearch(
+                    searches=[{}, {"query": {"match_all": {}}}], max_concurrent_searches=0
+                )
+            failures.append(
+                [(type(e.value), str(e.value), e.value.body) for e in (not_found, bad_request)]
+            )
+        assert failures[0] == failures[1]
+        assert failures[1][0][1].startswith("NotFoundError(404, 'index_not_found_exception'")
+        assert failures[1][1][2]["error"]["type"] == "illegal_argument_exception"
+    finally:
+        await raw.close()
+        await plain.close()
+
+
+async def test_one_failed_search_in_a_raw_batch_loses_its_alerts_only(
+    fresh_settings: Settings,
+) -> None:
+    """A search Elasticsearch answers with an error inside a successful `_msearch` (here: the
+    watch index is closed) is observed as a failure of one event, through the raw client."""
+    client = es.create_client(fresh_settings)
+    raw = es.create_client(fresh_settings, raw_json=True)
+    alias = indices.alias_for(fresh_settings, "watches")
+    observed: list[tuple[float | None, int]] = []
+
+    async def ignore(found: list[tuple[SearchEvent, list[Match]]]) -> None:
+        pass
+
+    try:
+        await indices.setup(client, fresh_settings)
+        await client.indices.close(index=alias)
+        percolator = Percolator(
+            raw, alias, TextNormalizer(), ignore, observe=lambda *seen: observed.append(seen)
+        )
+        events = [SearchEvent(text="kindle", searcher="x"), SearchEvent(text="tv", searcher="y")]
+        assert await percolator.percolate(events) == [[], []]
+        assert observed[1:] == [(None, 1), (None, 1)]
+    finally:
+        await client.indices.open(index=alias)
+        await raw.close()
         await client.close()
 
 

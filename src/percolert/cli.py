@@ -25,7 +25,7 @@ from percolert.localservice import LocalService, LocalServiceError
 from percolert.messages import Watch, WatchSpec
 from percolert.migrations import document_upgrades
 from percolert.percolator import Match, Percolator, SearchEvent
-from percolert.product_matching import ProductAlerting
+from percolert.product_matching import PERCOLATE_CONCURRENCY, ProductAlerting
 from percolert.redisnode import RedisNode
 from percolert.server import build_server
 from percolert.sessions import load_secret
@@ -195,15 +195,32 @@ async def _ingest_with_alerts(
     alias: str,
     load: Callable[[AsyncElasticsearch, catalog.ChunkWriter], Awaitable[catalog.IngestReport]],
 ) -> catalog.IngestReport:
-    """Ingest with change detection, the changes percolated for product alerts in one run.
-    Should Elasticsearch fail midway, the alerts of the chunks already indexed are still
+    """Ingest with change detection, the changes percolated for product alerts in one run
+    (through a client of their own, whose responses the percolator decodes from bytes)."""
+    percolation_client = es.create_client(
+        settings, raw_json=True, connections=PERCOLATE_CONCURRENCY
+    )
+    try:
+        return await _ingest_percolating(client, percolation_client, settings, alias, load)
+    finally:
+        await percolation_client.close()
+
+
+async def _ingest_percolating(
+    client: AsyncElasticsearch,
+    percolation_client: AsyncElasticsearch,
+    settings: Settings,
+    alias: str,
+    load: Callable[[AsyncElasticsearch, catalog.ChunkWriter], Awaitable[catalog.IngestReport]],
+) -> catalog.IngestReport:
+    """Should Elasticsearch fail midway, the alerts of the chunks already indexed are still
     written (or the changes whose alerts were not, counted) before the failure is reported."""
 
     async def no_search_batches(found: list[tuple[SearchEvent, list[Match]]]) -> None:
         pass  # this percolator serves product runs only, never a queue of searches
 
     percolator = Percolator(
-        client,
+        percolation_client,
         indices.alias_for(settings, "watches"),
         TextNormalizer(),
         no_search_batches,

@@ -10,15 +10,18 @@ from __future__ import annotations
 
 import asyncio
 import re
-from typing import Any
+from collections.abc import Mapping
+from typing import Any, Literal, overload
 
 import elasticsearch
 import msgspec
 from elastic_transport import (
     AiohttpHttpNode,
+    ApiResponse,
     ConnectionError,
     ConnectionTimeout,
     HttpHeaders,
+    JsonSerializer,
     NodeConfig,
     TlsError,
     TransportError,
@@ -129,12 +132,97 @@ class VersionAdaptingNode(AiohttpHttpNode):
             return self._major
 
 
-def create_client(settings: Settings, *, max_retries: int = 1) -> AsyncElasticsearch:
-    """One client for the whole process; it connects lazily, so ES may come up later."""
+class _RawJson(JsonSerializer):
+    """Hands JSON response bodies on as the bytes they came in; requests are encoded as ever."""
+
+    def loads(self, data: bytes) -> Any:
+        return data
+
+
+class RawJsonClient(AsyncElasticsearch):
+    """A client whose JSON responses are their raw bytes (`ApiResponse.body`), for a caller
+    that decodes them straight into typed structs (msgspec) rather than through generic
+    dicts: the percolator, whose responses run to megabytes. An error answer is decoded
+    as usual, so that it raises the same ApiError, with the same message, as elsewhere."""
+
+    async def perform_request(
+        self,
+        method: str,
+        path: str,
+        *,
+        params: Mapping[str, Any] | None = None,
+        headers: Mapping[str, str] | None = None,
+        body: Any | None = None,
+        endpoint_id: str | None = None,
+        path_parts: Mapping[str, Any] | None = None,
+    ) -> ApiResponse[Any]:
+        try:
+            return await super().perform_request(
+                method,
+                path,
+                params=params,
+                headers=headers,
+                body=body,
+                endpoint_id=endpoint_id,
+                path_parts=path_parts,
+            )
+        except elasticsearch.ApiError as error:
+            if not isinstance(error.body, bytes):
+                raise
+            try:
+                decoded = msgspec.json.decode(error.body)
+            except msgspec.DecodeError:
+                decoded = error.body.decode("utf-8", "replace")
+            message = decoded.get("error", decoded) if isinstance(decoded, dict) else decoded
+            if isinstance(message, dict) and "type" in message:
+                message = message["type"]
+            raise type(error)(message=str(message), meta=error.meta, body=decoded) from None
+
+
+@overload
+def create_client(
+    settings: Settings,
+    *,
+    max_retries: int = 1,
+    raw_json: Literal[False] = False,
+    connections: int | None = None,
+) -> AsyncElasticsearch: ...
+
+
+@overload
+def create_client(
+    settings: Settings,
+    *,
+    max_retries: int = 1,
+    raw_json: Literal[True],
+    connections: int | None = None,
+) -> RawJsonClient: ...
+
+
+@overload
+def create_client(
+    settings: Settings,
+    *,
+    max_retries: int = 1,
+    raw_json: bool,
+    connections: int | None = None,
+) -> AsyncElasticsearch: ...
+
+
+def create_client(
+    settings: Settings,
+    *,
+    max_retries: int = 1,
+    raw_json: bool = False,
+    connections: int | None = None,
+) -> AsyncElasticsearch:
+    """One client for the whole process; it connects lazily, so ES may come up later.
+    `raw_json`: a RawJsonClient (JSON responses as bytes). `connections`: per node, instead
+    of `settings.elasticsearch_connections` (a second client need not double them)."""
     options: dict[str, Any] = {
         "node_class": VersionAdaptingNode,
         "request_timeout": settings.elasticsearch_timeout,
-        "connections_per_node": settings.elasticsearch_connections,
+        "connections_per_node": connections or settings.elasticsearch_connections,
         "max_retries": max_retries,
         "retry_on_timeout": False,
     }
@@ -146,6 +234,10 @@ def create_client(settings: Settings, *, max_retries: int = 1) -> AsyncElasticse
         options["ca_certs"] = settings.elasticsearch_ca_certs
     if settings.elasticsearch_url.startswith("https://"):
         options["verify_certs"] = settings.elasticsearch_verify_certs
+    if raw_json:
+        # The compatibility mimetype (what the client asks for) follows application/json.
+        options["serializers"] = {"application/json": _RawJson()}
+        return RawJsonClient(settings.elasticsearch_url, **options)
     return AsyncElasticsearch(settings.elasticsearch_url, **options)
 
 

@@ -22,7 +22,7 @@ from percolert.messages import ServerMessage
 from percolert.metrics import Metrics
 from percolert.percolator import Percolator
 from percolert.product_feed import ProductFeed
-from percolert.product_matching import ProductAlerting
+from percolert.product_matching import PERCOLATE_CONCURRENCY, ProductAlerting
 from percolert.product_seen import SeenMarks
 from percolert.settings import Settings
 from percolert.supervisor import Supervisor
@@ -89,6 +89,7 @@ class Services:
         client: AsyncElasticsearch,
         *,
         percolator_type: type[Percolator] = Percolator,
+        percolation_client: AsyncElasticsearch | None = None,
     ) -> None:
         self.settings = settings
         self.hub = hub
@@ -122,7 +123,7 @@ class Services:
             self.broker, window_seconds=settings.coalesce_seconds, spool=settings.broker_spool
         )
         self.percolator = percolator_type(
-            client,
+            percolation_client or client,
             indices.alias_for(settings, "watches"),
             normalizer,
             self.dispatcher.on_batch,
@@ -160,9 +161,23 @@ class Services:
         percolator_type: type[Percolator] = Percolator,
     ) -> AsyncIterator[Services]:
         client = es.create_client(settings)
+        # Percolation's own client hands its responses on undecoded (see Percolator), with
+        # a connection for each request it may have in flight: searches' and a product run's.
+        percolation_client = es.create_client(
+            settings,
+            raw_json=True,
+            connections=settings.percolate_concurrency + PERCOLATE_CONCURRENCY,
+        )
         shared: RedisBroker | None = None
         try:
-            services = cls(settings, hub, metrics, client, percolator_type=percolator_type)
+            services = cls(
+                settings,
+                hub,
+                metrics,
+                client,
+                percolator_type=percolator_type,
+                percolation_client=percolation_client,
+            )
             shared = services.shared
             if shared is not None:
                 await shared.start()
@@ -183,6 +198,7 @@ class Services:
         finally:
             if shared is not None:
                 await shared.close()
+            await percolation_client.close()
             await client.close()
 
     def _count_restart(self, loop: str) -> None:
