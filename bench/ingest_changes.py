@@ -331,10 +331,14 @@ def main() -> int:
     parser.add_argument("--owners", type=int, default=100, help="connected owners (latency)")
     parser.add_argument("--rate", type=float, default=10.0, help="admin price drops per second")
     parser.add_argument("--seconds", type=float, default=None, help="latency phase length")
+    parser.add_argument(
+        "--warm-up", type=float, default=None, help="seconds of untimed runs on the fresh node"
+    )
     args = parser.parse_args()
     products = args.products or (2_000 if args.quick else 10_000)
     watches = args.watches or (10_000 if args.quick else 100_000)
     seconds = args.seconds or (10.0 if args.quick else 30.0)
+    warm_up = args.warm_up if args.warm_up is not None else (30.0 if args.quick else 60.0)
     report = Report(products=products, watches=watches)
     with tempfile.TemporaryDirectory(prefix="percolert-bench-ingest-") as raw:
         scratch = Path(raw)
@@ -355,11 +359,14 @@ def main() -> int:
             print(f"loading {watches:,} watches", flush=True)
             asyncio.run(load_watches(settings, watches))
             me = psutil.Process()
-            # A fresh node runs its first percolations with cold (interpreted) code: one
-            # untimed run of each mode first, as a node that has served a while would be.
-            for mode in ("changes", "plain"):
-                asyncio.run(reset(settings, base))
-                asyncio.run(timed_ingest(settings, update, mode))
+            # A fresh node percolates 2-4x slower than one that has served a while (its
+            # code not yet compiled: measured on fresh and hour-old nodes): untimed runs
+            # of each mode for `--warm-up` seconds first.
+            warm_until = time.monotonic() + warm_up
+            while time.monotonic() < warm_until:
+                for mode in ("changes", "plain"):
+                    asyncio.run(reset(settings, base))
+                    asyncio.run(timed_ingest(settings, update, mode))
             for number in range(args.rounds):
                 order = ("plain", "changes") if number % 2 == 0 else ("changes", "plain")
                 for mode in order:
