@@ -364,3 +364,40 @@ async def test_tabs_greeted_at_once_show_what_was_missed_in_one_of_them(
         tabs = await asyncio.gather(*(a.connect() for _ in range(5)))
         aways = [tab.hello["away"] for tab in tabs if tab.hello["away"] is not None]
         assert aways == [{"alerts": [msgspec.to_builtins(alert)], "more": 0}]
+
+
+@pytest.fixture
+def quiet_settings(elasticsearch_url: str) -> Iterator[Settings]:
+    """A deployment of its own: no other test's alerts in its window."""
+    settings = make_settings(elasticsearch_url)
+    prepare_indices(settings)
+    yield settings
+    asyncio.run(delete_indices(settings))
+
+
+async def test_an_old_burst_is_not_read_again_at_every_poll(quiet_settings: Settings) -> None:
+    """A large ingest's alerts, numbered longer ago than any write takes to become visible,
+    are no longer in the tail's window: a poll is one search, not a page per thousand of
+    them, however long no later alert comes."""
+    settings = quiet_settings
+    client = es.create_client(settings)
+    alias = indices.alias_for(settings, "product_alerts")
+    try:
+        writer = Writer(settings)
+        numbered = time.time_ns() // 1000 - 2 * 60_000_000  # two minutes ago
+        await writer.write("someone-away", [f"Kindle {n}" for n in range(2 * PAGE)], seq=numbered)
+        feed = ProductFeed(
+            client, settings, Hub(), SeenMarks(client, indices.alias_for(settings, "product_seen"))
+        )
+
+        async def searches() -> int:
+            stats = await client.indices.stats(index=alias, metric="search")
+            return int(stats["_all"]["primaries"]["search"]["query_total"])
+
+        await feed.tick()  # the start
+        before = await searches()
+        for _ in range(3):
+            await feed.tick()
+        assert await searches() - before == 3
+    finally:
+        await client.close()

@@ -6,9 +6,10 @@ Product alerts are written by other processes (`percolert ingest`, any instance'
 API) and are kept: this instance only reads. Each writer numbers its alerts above the
 index's maximum, but two writers' documents can become visible out of position order
 (the one with the lower position may finish its bulk write later). So the tail reads a
-window reaching `OVERLAP_MICROS` below the highest position seen and remembers the ids it
-handled within that window: nothing is missed and nothing sent twice. With several
-instances each one tails on its own; each holds different sockets.
+window reaching `OVERLAP_MICROS` below the highest position seen (or the present, if
+later) and remembers the ids it handled within that window: nothing is missed and
+nothing sent twice. With several instances each one tails on its own; each holds
+different sockets.
 
 A product alert is shown to a user once: live on each socket open when this instance
 finds it (which raises the user's seen mark first), or in the `away` of the greeting that
@@ -20,6 +21,7 @@ elsewhere, or by another tab's greeting); the others follow the hello.
 from __future__ import annotations
 
 import logging
+import time
 import weakref
 from collections.abc import Iterable
 
@@ -40,9 +42,9 @@ from percolert.wsprotocol import frame_text
 
 logger = logging.getLogger("percolert.product_feed")
 
-# How far below the highest position seen the tail keeps reading (positions are
-# microseconds of the writers' clocks): longer than a writer takes from numbering its
-# alerts to their being visible to search (a bulk write, then a refresh).
+# How far below the highest position seen, or the present, the tail keeps reading
+# (positions are microseconds of the writers' clocks): longer than a writer takes from
+# numbering its alerts to their being visible to search (a bulk write, then a refresh).
 OVERLAP_MICROS = 30_000_000
 # Positions read per search of the window.
 PAGE = 1000
@@ -112,11 +114,11 @@ class ProductFeed:
             # Alerts stored before the start are for greetings; those becoming visible
             # later (within the window) are new.
             high = await max_seq(self._client, self._alias)
-            window = await self._window(high - OVERLAP_MICROS)
+            window = await self._window(_floor(high))
             self._handled = {entry.id: entry.seq for entry in window}
             self._high = high
             return
-        window = await self._window(self._high - OVERLAP_MICROS)
+        window = await self._window(_floor(self._high))
         new = [entry for entry in window if entry.id not in self._handled]
         if new:
             wanted = [entry.id for entry in new if self._hub.connections(entry.user)]
@@ -124,7 +126,7 @@ class ProductFeed:
             for entry in new:
                 self._handled[entry.id] = entry.seq
             self._high = max(self._high, max(entry.seq for entry in new))
-        floor = self._high - OVERLAP_MICROS
+        floor = _floor(self._high)
         self._handled = {id_: seq for id_, seq in self._handled.items() if seq >= floor}
 
     async def _window(self, floor: int) -> list[_Entry]:
@@ -239,6 +241,14 @@ class ProductFeed:
             except _ES_ERRORS as error:
                 logger.warning("raising a product-seen mark failed: %s", error)
         return away
+
+
+def _floor(high: int) -> int:
+    """The lowest position an alert not yet visible can have: below the highest seen (a
+    writer that numbered earlier may finish later), but never further back than the present
+    (this process's clock, in step with the writers' as theirs are with each other): after
+    a burst and a quiet spell, a poll does not read the whole burst again."""
+    return max(high, time.time_ns() // 1000) - OVERLAP_MICROS
 
 
 def _alerts(stored: Iterable[StoredProductAlert]) -> list[ProductAlert]:
