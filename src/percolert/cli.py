@@ -216,7 +216,7 @@ async def _ingest_with_alerts(
         async with ProductAlerting(client, settings, percolator).run() as run:
             try:
                 report = await load(client, ChangeDetection(client, alias, run))
-            except (TransportError, elasticsearch.ApiError) as error:
+            except (TransportError, elasticsearch.ApiError, es.ElasticsearchProblem) as error:
                 failure = error  # the run still writes what it found
             run_of_changes = run.changes
     except (TransportError, elasticsearch.ApiError, es.ElasticsearchProblem) as error:
