@@ -18,7 +18,7 @@ import pytest
 
 from percolert import es, indices
 from percolert.hub import Connection, Hub
-from percolert.messages import AlertWatch, ProductAlert, ProductCard
+from percolert.messages import AlertWatch, ProductAlert, ProductCard, ProductChange
 from percolert.product_alerts import StoredProductAlert, product_alert_id, store
 from percolert.product_feed import PAGE, ProductFeed
 from percolert.product_seen import SeenMarks
@@ -72,6 +72,7 @@ class Writer:
         previous_price: float | None = 179.0,
         more: tuple[str, ...] = (),
         seq: int | None = None,
+        change: ProductChange = "price_drop",
     ) -> list[ProductAlert]:
         """Price drops of products named `names` for `recipient` (a shopper, or a user id);
         with `more`, each a digest listing products of those names besides; `seq`: the
@@ -90,7 +91,7 @@ class Writer:
                     id=product_alert_id(seq, "w-1"),
                     seq=seq,
                     watch=AlertWatch(id="w-1", terms="kindle"),
-                    change="price_drop",
+                    change=change,
                     product=ProductCard(
                         sku=f"sku-{seq}",
                         product_name=name,

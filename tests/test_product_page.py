@@ -94,3 +94,23 @@ def test_a_price_drop_shows_as_a_product_card_and_hostile_text_as_text(
         expect(page.locator("#away")).to_be_hidden()
     finally:
         context.close()
+
+
+def test_back_in_stock_at_a_lower_price_strikes_the_old_price_through(
+    browser: Browser, server: str, catalog_settings: Settings
+) -> None:
+    """Back in stock wins over a simultaneous drop and keeps its previous price: the card
+    shows that drop too."""
+    writer = Writer(catalog_settings)
+    context, page = shopper(browser, server)
+    try:
+        [cookie] = [c for c in context.cookies() if c["name"] == COOKIE_NAME]
+        user = writer.user_of_cookie(cookie["value"])
+        run_async(writer.write(user, ["Kindle Kids"], change="back_in_stock"))
+        card = page.locator("#product-alerts-list .product-card")
+        expect(card).to_have_count(1)
+        expect(card.locator(".label")).to_have_text("back in stock")
+        expect(card.locator("del.old-price")).to_have_text("$179.00")
+        expect(card.locator(".price")).to_have_text("$129.00")
+    finally:
+        context.close()
