@@ -11,6 +11,7 @@ import msgspec
 import pytest
 from elastic_transport import TransportError
 from elasticsearch import AsyncElasticsearch
+from elasticsearch.helpers import async_bulk
 
 from percolert import es, indices
 from percolert.catalog import Product
@@ -372,3 +373,24 @@ async def test_expired_product_alerts_and_notices_are_pruned(fresh_settings: Set
 def test_product_alerting_is_measured_by_the_server(server: str) -> None:
     assert metric(server, "percolert_product_alerts_written_total") >= 0
     assert metric(server, "percolert_product_changes_percolated_total") >= 0
+
+
+async def test_a_product_many_shoppers_watch_alerts_every_one_of_them(
+    fresh_settings: Settings,
+) -> None:
+    """More matching watches than one percolation answer holds (a search stops there): a
+    catalog change reads on until every owner has their alert."""
+    owners = 10_001  # one past the watches one answer lists
+    async with world(fresh_settings) as w:
+        documents = [
+            w.watches.prepare(f"shopper-{n}", WatchSpec(terms="kindle")) for n in range(owners)
+        ]
+        alias = indices.alias_for(fresh_settings, "watches")
+        await async_bulk(
+            w.client,
+            ({"_index": alias, "_id": id_, "_source": source} for id_, source in documents),
+            chunk_size=2000,
+            refresh=True,
+        )
+        run = await w.run(new(kindle(99.0)))
+        assert run.alerts == owners
