@@ -404,12 +404,6 @@ async def test_an_old_burst_is_not_read_again_at_every_poll(quiet_settings: Sett
         await client.close()
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="known, not fixed: the seen mark is one position, so a greeting that moves it past "
-    "an alert another writer numbered earlier but has not made visible yet loses that alert "
-    "(the next greeting and the socket's gate both take it as shown); see the review report",
-)
 async def test_an_alert_visible_after_a_greeting_moved_the_mark_past_it_is_still_shown(
     server: str, writer: Writer
 ) -> None:
@@ -424,3 +418,17 @@ async def test_an_alert_visible_after_a_greeting_moved_the_mark_past_it_is_still
         returned = await a.connect()
         assert returned.hello["away"] is not None
         assert ids(returned.hello["away"]["alerts"]) == [earlier.id]
+
+
+async def test_an_alert_visible_after_the_greeting_showed_a_later_one_comes_live(
+    server: str, writer: Writer
+) -> None:
+    async with Shopper(server) as a:
+        numbered_first = time.time_ns() // 1000
+        [later] = await writer.write(a, ["Kindle Oasis"])
+        tab = await a.connect()
+        assert ids(tab.hello["away"]["alerts"]) == [later.id]
+        [earlier] = await writer.write(a, ["Kindle Scribe"], seq=numbered_first)
+        assert ids(await product_alerts_until(tab, earlier.id)) == [earlier.id]
+        await tab.close()
+        assert (await a.connect()).hello["away"] is None

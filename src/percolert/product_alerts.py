@@ -24,6 +24,11 @@ from percolert.catalog import Product, rejection_reason
 from percolert.es import ElasticsearchProblem
 from percolert.messages import ProductAlert, ProductChange
 
+# How long a writer takes at most from numbering alerts to their being visible to search
+# (a bulk write, then a refresh), in positions (microseconds): readers look this far back
+# below what they have seen, for alerts numbered earlier that became visible later.
+VISIBLE_WITHIN_MICROS = 30_000_000
+
 
 class CatalogChange(msgspec.Struct, frozen=True, kw_only=True):
     """A catalog change worth telling watch owners about, as change detection found it:
