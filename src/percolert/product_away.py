@@ -1,5 +1,5 @@
-"""What a returning shopper missed: their product alerts their seen mark does not cover, newest
-and bounded, with a count of the rest (hello's `away`)."""
+"""What a returning shopper missed: their product alerts their seen mark does not cover,
+newest first and bounded, with a count of the rest (hello's `away`)."""
 
 from __future__ import annotations
 
