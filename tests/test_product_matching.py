@@ -11,14 +11,13 @@ import msgspec
 import pytest
 from elastic_transport import TransportError
 from elasticsearch import AsyncElasticsearch
-from elasticsearch.helpers import async_bulk
 
 from percolert import es, indices
 from percolert.catalog import Product
 from percolert.messages import Notify, ProductChange, Watch, WatchSpec
 from percolert.percolator import Match, Percolator, SearchEvent
 from percolert.product_alerts import CatalogChange, StoredProductAlert
-from percolert.product_matching import ProductAlerting, ProductRun
+from percolert.product_matching import ProductAlerting, ProductRun, product_event
 from percolert.settings import Settings
 from percolert.text import TextNormalizer
 from percolert.watches import WatchStore
@@ -379,18 +378,28 @@ async def test_a_product_many_shoppers_watch_alerts_every_one_of_them(
     fresh_settings: Settings,
 ) -> None:
     """More matching watches than one percolation answer holds (a search stops there): a
-    catalog change reads on until every owner has their alert."""
-    owners = 10_001  # one past the watches one answer lists
+    catalog change reads on, page after page, until every owner has their alert."""
     async with world(fresh_settings) as w:
-        documents = [
-            w.watches.prepare(f"shopper-{n}", WatchSpec(terms="kindle")) for n in range(owners)
-        ]
-        alias = indices.alias_for(fresh_settings, "watches")
-        await async_bulk(
-            w.client,
-            ({"_index": alias, "_id": id_, "_source": source} for id_, source in documents),
-            chunk_size=2000,
-            refresh=True,
+        for n in range(12):
+            await w.watch(f"shopper-{n}", "kindle")
+        percolator = Percolator(
+            w.client, indices.alias_for(fresh_settings, "watches"), TextNormalizer(), _ignore
         )
-        run = await w.run(new(kindle(99.0)))
-        assert run.alerts == owners
+        paged = Percolator(
+            w.client,
+            indices.alias_for(fresh_settings, "watches"),
+            TextNormalizer(),
+            _ignore,
+            max_matches=5,  # pages of 5: 5, 5, 2
+        )
+        event = product_event(kindle(99.0), time.time())
+        [whole] = await percolator.percolate([event], audience="products")
+        [read_on] = await paged.percolate([event], audience="products")
+        assert sorted(match.owner or "" for match in read_on) == sorted(
+            match.owner or "" for match in whole
+        )
+        assert len(whole) == 12
+        run = await w.run(
+            new(kindle(99.0)), alerting=ProductAlerting(w.client, fresh_settings, paged)
+        )
+        assert run.alerts == 12

@@ -159,6 +159,7 @@ class Percolator:
         queue_size: int = 10_000,
         timeout: float = 15.0,
         observe: Callable[[float | None, int], None] | None = None,
+        max_matches: int = _MAX_MATCHES,
     ) -> None:
         """`observe(seconds, batch_size)` hears of every percolate request, and of every
         failure as (None, events lost): of a whole request, or of one event's search in it.
@@ -173,6 +174,8 @@ class Percolator:
         self._queue_size = queue_size
         self._timeout = timeout
         self._observe = observe
+        # Matching watches one answer lists (a page, for a catalog change).
+        self._max_matches = max_matches
         self._in_flight = 0
         self._tickets_issued = 0
         self._next_ticket = 0
@@ -292,7 +295,7 @@ class Percolator:
                 if self._observe is not None:
                     self._observe(None, 1)
             buckets = result.aggregations.matches.buckets
-            if len(buckets) >= _MAX_MATCHES and not complete:
+            if len(buckets) >= self._max_matches and not complete:
                 logger.warning(
                     "a search matched %d watches or more; the rest are dropped", len(buckets)
                 )
@@ -312,7 +315,7 @@ class Percolator:
         pending = {
             number: result.aggregations.matches.after_key
             for number, result in enumerate(results)
-            if len(result.aggregations.matches.buckets) >= _MAX_MATCHES
+            if len(result.aggregations.matches.buckets) >= self._max_matches
         }
         while pending:
             numbers = list(pending)
@@ -326,7 +329,7 @@ class Percolator:
                 if page.error is not None:
                     raise _failed(page)
                 matches[number].extend(_matches(page.aggregations.matches.buckets))
-                if len(page.aggregations.matches.buckets) >= _MAX_MATCHES:
+                if len(page.aggregations.matches.buckets) >= self._max_matches:
                     pending[number] = page.aggregations.matches.after_key
 
     async def _search(
@@ -338,10 +341,10 @@ class Percolator:
         """One `_msearch`: a percolation of each document, from its `after` key if given."""
         searches: list[Mapping[str, Any]] = []
         for number, document in enumerate(documents):
-            aggregations: dict[str, Any] = _MATCHES
+            composite = {**_MATCHES["matches"]["composite"], "size": self._max_matches}
             if after is not None and after[number] is not None:
-                composite = {**_MATCHES["matches"]["composite"], "after": after[number]}
-                aggregations = {"matches": {"composite": composite}}
+                composite["after"] = after[number]
+            aggregations = {"matches": {"composite": composite}}
             searches.append({})  # the index is in the path
             percolate = {"percolate": {"field": "query", "document": document}}
             searches.append(
