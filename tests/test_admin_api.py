@@ -193,3 +193,51 @@ def test_without_a_token_the_admin_routes_do_not_exist(server: str) -> None:
         )
         assert answer.status_code == 404
         assert answer.json()["error"]["code"] == "not_found"
+
+
+@pytest.mark.parametrize("sku", ["%2E", "%2E%2E"], ids=["dot", "dots"])
+async def test_a_sku_of_dots_is_refused_before_it_names_an_elasticsearch_endpoint(
+    admin_server: str, admin_settings: Settings, sku: str
+) -> None:
+    # `..` in Elasticsearch's URL would leave the document path (DELETE /<index>/).
+    deleted = httpx.delete(f"{admin_server}/api/admin/products/{sku}", headers=AUTH)
+    assert deleted.status_code == 400, deleted.text
+    assert deleted.json()["error"]["code"] == "invalid_sku"
+    answer = put(admin_server, sku, KINDLE)
+    assert answer.status_code == 400, answer.text
+    assert "$.sku" in answer.json()["error"]["message"]
+    client = es.create_client(admin_settings)
+    try:
+        found = await client.mget(
+            index=indices.alias_for(admin_settings, "products"), ids=[".", ".."]
+        )
+    finally:
+        await client.close()
+    assert not any(doc.get("found") for doc in found["docs"])
+
+
+async def test_product_alerts_elasticsearch_refuses_are_a_clean_error(
+    admin_server: str, admin_settings: Settings
+) -> None:
+    """Elasticsearch refusing the alert documents themselves (here a write block) answers
+    with the one error shape, not an unhandled bulk error."""
+    alerts = indices.alias_for(admin_settings, "product_alerts")
+    client = es.create_client(admin_settings)
+    try:
+        async with Shopper(admin_server) as alice:
+            await alice.watch("kindle oasis", max_price=400)
+            await client.indices.put_settings(index=alerts, settings={"index.blocks.write": True})
+            try:
+                answer = put(
+                    admin_server,
+                    "ER-9105",
+                    {**KINDLE, "product_name": "Kindle Oasis", "price": 199.0},
+                )
+            finally:
+                await client.indices.put_settings(
+                    index=alerts, settings={"index.blocks.write": None}
+                )
+    finally:
+        await client.close()
+    assert answer.status_code == 503, answer.text
+    assert answer.json()["error"]["code"] == "elasticsearch_unavailable"

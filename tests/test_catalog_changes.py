@@ -363,3 +363,27 @@ async def product_alerts_of(settings: Settings) -> int:
         return int((await client.count(index=alias))["count"])
     finally:
         await client.close()
+
+
+def test_stored_products_elasticsearch_cannot_read_end_the_ingest_with_a_message(
+    fresh_settings: Settings,
+) -> None:
+    """The read before the writes failing per document (here: the alias names two indices)
+    ends `percolert ingest` with a one-line message, not a traceback."""
+    assert run_cli(fresh_settings, "setup").returncode == 0
+    alias = indices.alias_for(fresh_settings, "products")
+
+    async def second_index_behind_the_alias() -> None:
+        client = es.create_client(fresh_settings)
+        try:
+            extra = f"{fresh_settings.index_prefix}-products-extra"
+            await client.indices.create(index=extra)
+            await client.indices.put_alias(index=extra, name=alias)
+        finally:
+            await client.close()
+
+    asyncio.run(second_index_behind_the_alias())
+    failed = run_cli(fresh_settings, "ingest", str(SAMPLE_CATALOG))
+    assert failed.returncode == 1
+    assert "Traceback" not in failed.stderr
+    assert failed.stderr.startswith("percolert: "), failed.stderr

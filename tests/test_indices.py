@@ -36,7 +36,7 @@ async def test_setup_creates_aliased_indices_and_is_idempotent(fresh_settings: S
             f"{prefix}-watches -> {prefix}-watches-v5: created",
             f"{prefix}-alerts -> {prefix}-alerts-v2: created",
             f"{prefix}-product_alerts -> {prefix}-product_alerts-v1: created",
-            f"{prefix}-product_seen -> {prefix}-product_seen-v1: created",
+            f"{prefix}-product_seen -> {prefix}-product_seen-v2: created",
             f"{prefix}-product_notices -> {prefix}-product_notices-v1: created",
         ]
         second = await indices.setup(client, fresh_settings)

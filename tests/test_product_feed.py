@@ -18,7 +18,7 @@ import pytest
 
 from percolert import es, indices
 from percolert.hub import Connection, Hub
-from percolert.messages import AlertWatch, ProductAlert, ProductCard
+from percolert.messages import AlertWatch, ProductAlert, ProductCard, ProductChange
 from percolert.product_alerts import StoredProductAlert, product_alert_id, store
 from percolert.product_feed import PAGE, ProductFeed
 from percolert.product_seen import SeenMarks
@@ -72,6 +72,7 @@ class Writer:
         previous_price: float | None = 179.0,
         more: tuple[str, ...] = (),
         seq: int | None = None,
+        change: ProductChange = "price_drop",
     ) -> list[ProductAlert]:
         """Price drops of products named `names` for `recipient` (a shopper, or a user id);
         with `more`, each a digest listing products of those names besides; `seq`: the
@@ -90,7 +91,7 @@ class Writer:
                     id=product_alert_id(seq, "w-1"),
                     seq=seq,
                     watch=AlertWatch(id="w-1", terms="kindle"),
-                    change="price_drop",
+                    change=change,
                     product=ProductCard(
                         sku=f"sku-{seq}",
                         product_name=name,
@@ -364,3 +365,63 @@ async def test_tabs_greeted_at_once_show_what_was_missed_in_one_of_them(
         tabs = await asyncio.gather(*(a.connect() for _ in range(5)))
         aways = [tab.hello["away"] for tab in tabs if tab.hello["away"] is not None]
         assert aways == [{"alerts": [msgspec.to_builtins(alert)], "more": 0}]
+
+
+@pytest.fixture
+def quiet_settings(elasticsearch_url: str) -> Iterator[Settings]:
+    """A deployment of its own: no other test's alerts in its window."""
+    settings = make_settings(elasticsearch_url)
+    prepare_indices(settings)
+    yield settings
+    asyncio.run(delete_indices(settings))
+
+
+async def test_an_old_burst_is_not_read_again_at_every_poll(quiet_settings: Settings) -> None:
+    """A large ingest's alerts, numbered longer ago than any write takes to become visible,
+    are no longer in the tail's window: a poll is one search, not a page per thousand of
+    them, however long no later alert comes."""
+    settings = quiet_settings
+    client = es.create_client(settings)
+    alias = indices.alias_for(settings, "product_alerts")
+    try:
+        writer = Writer(settings)
+        numbered = time.time_ns() // 1000 - 2 * 60_000_000  # two minutes ago
+        await writer.write("someone-away", [f"Kindle {n}" for n in range(2 * PAGE)], seq=numbered)
+        feed = ProductFeed(
+            client, settings, Hub(), SeenMarks(client, indices.alias_for(settings, "product_seen"))
+        )
+
+        async def searches() -> int:
+            stats = await client.indices.stats(index=alias, metric="search")
+            return int(stats["_all"]["primaries"]["search"]["query_total"])
+
+        await feed.tick()  # the start
+        before = await searches()
+        for _ in range(3):
+            await feed.tick()
+        assert await searches() - before == 3
+    finally:
+        await client.close()
+
+
+@pytest.mark.parametrize("open_meanwhile", [False, True], ids=["on-return", "live"])
+async def test_an_alert_visible_after_a_greeting_moved_the_mark_past_it_is_still_shown(
+    server: str, writer: Writer, open_meanwhile: bool
+) -> None:
+    """Another writer's alert, numbered before one a greeting showed but visible only
+    after it: shown once, live on the open socket or on return."""
+    async with Shopper(server) as a:
+        numbered_first = time.time_ns() // 1000
+        [later] = await writer.write(a, ["Kindle Oasis"])
+        tab = await a.connect()
+        assert ids(tab.hello["away"]["alerts"]) == [later.id]
+        if not open_meanwhile:
+            await tab.close()
+        [earlier] = await writer.write(a, ["Kindle Scribe"], seq=numbered_first)
+        if open_meanwhile:
+            assert ids(await product_alerts_until(tab, earlier.id)) == [earlier.id]
+            await tab.close()
+        returned = await a.connect()
+        away = returned.hello["away"]
+        assert (away is None) if open_meanwhile else (ids(away["alerts"]) == [earlier.id])
+        assert (await a.connect()).hello["away"] is None

@@ -17,7 +17,7 @@ from percolert.catalog import Product
 from percolert.messages import Notify, ProductChange, Watch, WatchSpec
 from percolert.percolator import Match, Percolator, SearchEvent
 from percolert.product_alerts import CatalogChange, StoredProductAlert
-from percolert.product_matching import ProductAlerting, ProductRun
+from percolert.product_matching import ProductAlerting, ProductRun, product_event
 from percolert.settings import Settings
 from percolert.text import TextNormalizer
 from percolert.watches import WatchStore
@@ -372,3 +372,34 @@ async def test_expired_product_alerts_and_notices_are_pruned(fresh_settings: Set
 def test_product_alerting_is_measured_by_the_server(server: str) -> None:
     assert metric(server, "percolert_product_alerts_written_total") >= 0
     assert metric(server, "percolert_product_changes_percolated_total") >= 0
+
+
+async def test_a_product_many_shoppers_watch_alerts_every_one_of_them(
+    fresh_settings: Settings,
+) -> None:
+    """More matching watches than one percolation answer holds (a search stops there): a
+    catalog change reads on, page after page, until every owner has their alert."""
+    async with world(fresh_settings) as w:
+        for n in range(12):
+            await w.watch(f"shopper-{n}", "kindle")
+        percolator = Percolator(
+            w.client, indices.alias_for(fresh_settings, "watches"), TextNormalizer(), _ignore
+        )
+        paged = Percolator(
+            w.client,
+            indices.alias_for(fresh_settings, "watches"),
+            TextNormalizer(),
+            _ignore,
+            max_matches=5,  # pages of 5: 5, 5, 2
+        )
+        event = product_event(kindle(99.0), time.time())
+        [whole] = await percolator.percolate([event], audience="products")
+        [read_on] = await paged.percolate([event], audience="products")
+        assert sorted(match.owner or "" for match in read_on) == sorted(
+            match.owner or "" for match in whole
+        )
+        assert len(whole) == 12
+        run = await w.run(
+            new(kindle(99.0)), alerting=ProductAlerting(w.client, fresh_settings, paged)
+        )
+        assert run.alerts == 12

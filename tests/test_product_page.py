@@ -15,9 +15,10 @@ from playwright.sync_api import Browser, expect
 
 from percolert.sessions import COOKIE_NAME
 from percolert.settings import Settings
-from tests.servers import run_server
+from tests.servers import metric, run_server
 from tests.test_browser import browser, screenshot, shopper
 from tests.test_product_feed import Writer
+from tests.waiting import wait_until_sync
 
 __all__ = ["browser"]  # the browser fixture, shared with the page's other tests
 
@@ -59,8 +60,13 @@ def test_a_price_drop_shows_as_a_product_card_and_hostile_text_as_text(
         assert page.locator(".product-card img, .product-card script, .toast img").count() == 0
         assert page.evaluate("window.__xss") is None
         screenshot(page, "product-card-price-drop")
-        # Away meanwhile (the page closed, the session kept): on return, once.
+        # Away meanwhile (the page closed, the session kept): on return, once. Written once
+        # the server has let the closed page's socket go (else it may take them live).
         page.close()
+        wait_until_sync(
+            lambda: metric(server, "percolert_connected_sockets") == 0,
+            what="the closed page's socket to be gone",
+        )
         run_async(writer.write(user, [f"Kindle Filler {n}" for n in range(10)]))
         [away] = run_async(
             writer.write(
@@ -92,5 +98,25 @@ def test_a_price_drop_shows_as_a_product_card_and_hostile_text_as_text(
         page.reload()
         expect(page.locator("#connection")).to_have_attribute("data-state", "live")
         expect(page.locator("#away")).to_be_hidden()
+    finally:
+        context.close()
+
+
+def test_back_in_stock_at_a_lower_price_strikes_the_old_price_through(
+    browser: Browser, server: str, catalog_settings: Settings
+) -> None:
+    """Back in stock wins over a simultaneous drop and keeps its previous price: the card
+    shows that drop too."""
+    writer = Writer(catalog_settings)
+    context, page = shopper(browser, server)
+    try:
+        [cookie] = [c for c in context.cookies() if c["name"] == COOKIE_NAME]
+        user = writer.user_of_cookie(cookie["value"])
+        run_async(writer.write(user, ["Kindle Kids"], change="back_in_stock"))
+        card = page.locator("#product-alerts-list .product-card")
+        expect(card).to_have_count(1)
+        expect(card.locator(".label")).to_have_text("back in stock")
+        expect(card.locator("del.old-price")).to_have_text("$179.00")
+        expect(card.locator(".price")).to_have_text("$129.00")
     finally:
         context.close()

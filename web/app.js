@@ -213,7 +213,9 @@ function productCard(alert) {
   item.querySelector(".name").textContent = product.product_name;
   item.querySelector(".price").textContent = money.format(product.price);
   const old = item.querySelector(".old-price");
-  if (alert.change === "price_drop" && product.previous_price !== null && product.previous_price !== undefined) {
+  // A drop, or back in stock at a lower price than before: the server sends the old price
+  // only when the price fell.
+  if (product.previous_price !== null && product.previous_price !== undefined) {
     old.textContent = money.format(product.previous_price);
     old.hidden = false;
   }

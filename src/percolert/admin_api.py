@@ -17,7 +17,7 @@ from starlette.responses import Response
 from starlette.routing import Route
 
 from percolert import catalog, indices
-from percolert.catalog import Product
+from percolert.catalog import Product, Sku
 from percolert.catalog_changes import ChangeDetection, ProductNotStored
 from percolert.errors import ApiError
 from percolert.messages import ProductChange
@@ -107,6 +107,10 @@ async def delete_product(request: Request) -> Response:
     assert settings.admin_token is not None
     _authorise(request, settings.admin_token.encode())
     sku = request.path_params["sku"]
+    try:
+        msgspec.convert(sku, Sku)  # checked before it reaches Elasticsearch's URL
+    except msgspec.ValidationError as error:
+        raise ApiError(400, "invalid_sku", f"invalid sku {sku!r}: {error}") from None
     alias = indices.alias_for(settings, "products")
     if not await catalog.remove_product(state["client"], alias, sku):
         raise ApiError(404, "product_not_found", f"no product with sku {sku!r}")

@@ -21,7 +21,11 @@ from elasticsearch.helpers import async_streaming_bulk
 
 from percolert.messages import ProductChange
 
-Sku = Annotated[str, msgspec.Meta(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9._-]+$")]
+# A sku is the product's document id, and reaches Elasticsearch's URL (a deletion): one of
+# dots only would name a path segment (`..`), not a document.
+Sku = Annotated[
+    str, msgspec.Meta(min_length=1, max_length=64, pattern=r"^(?!\.+$)[A-Za-z0-9._-]+$")
+]
 Name = Annotated[str, msgspec.Meta(min_length=1, max_length=300)]
 Label = Annotated[str, msgspec.Meta(min_length=1, max_length=100)]
 Price = Annotated[float, msgspec.Meta(ge=0, le=10_000_000)]

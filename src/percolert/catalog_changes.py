@@ -18,6 +18,7 @@ from elasticsearch import AsyncElasticsearch
 from elasticsearch.helpers import async_streaming_bulk
 
 from percolert.catalog import ChunkOutcome, LineError, Product, rejection_reason
+from percolert.es import ElasticsearchProblem
 from percolert.product_alerts import CatalogChange, ChangeSink
 
 # Writes of one product that may lose a race before it is given up (reported as an error).
@@ -119,7 +120,9 @@ class ChangeDetection:
         stored: dict[str, Stored | None] = {}
         for doc in response.body["docs"]:
             if "error" in doc:  # a shard failed to answer: the write fails, not a guess
-                raise ProductNotStored(str(doc["error"]), conflict=False)
+                raise ElasticsearchProblem(
+                    f"Elasticsearch could not read the stored products to compare: {doc['error']}"
+                )
             source = doc.get("_source") or {}
             stored[doc["_id"]] = (
                 Stored(

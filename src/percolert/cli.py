@@ -233,10 +233,10 @@ async def _ingest_percolating(
         async with ProductAlerting(client, settings, percolator).run() as run:
             try:
                 report = await load(client, ChangeDetection(client, alias, run))
-            except (TransportError, elasticsearch.ApiError) as error:
+            except (TransportError, elasticsearch.ApiError, es.ElasticsearchProblem) as error:
                 failure = error  # the run still writes what it found
             run_of_changes = run.changes
-    except (TransportError, elasticsearch.ApiError) as error:
+    except (TransportError, elasticsearch.ApiError, es.ElasticsearchProblem) as error:
         print(
             f"percolert: the product alerts of {run_of_changes} changes could not be written",
             file=sys.stderr,

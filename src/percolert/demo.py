@@ -4,8 +4,6 @@ the exact `curl` that puts a cheaper product, printed once the server answers.""
 from __future__ import annotations
 
 import json
-import os
-import secrets
 import shlex
 import threading
 import time
@@ -13,6 +11,7 @@ import urllib.error
 import urllib.request
 from pathlib import Path
 
+from percolert.sessions import kept_secret
 from percolert.settings import Settings
 
 # What the demo's curl takes off the price: enough for any watch's minimum drop.
@@ -26,13 +25,7 @@ def admin_token(settings: Settings) -> str:
     made once (as the development session secret is)."""
     if settings.admin_token:
         return settings.admin_token
-    path = settings.state_dir / "admin_token"
-    if not path.exists():
-        settings.state_dir.mkdir(parents=True, exist_ok=True)
-        descriptor = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-        with os.fdopen(descriptor, "w") as token_file:
-            token_file.write(secrets.token_urlsafe(32))
-    return path.read_text().strip()
+    return kept_secret(settings.state_dir, "admin_token")
 
 
 def cheaper_product_curl(base_url: str, token: str, catalog: Path) -> str | None:

@@ -25,13 +25,15 @@ from elastic_transport import TransportError
 from elasticsearch import ApiError as ElasticsearchApiError
 from elasticsearch import AsyncElasticsearch
 
+from percolert.es import ElasticsearchProblem
 from percolert.text import TextNormalizer
 from percolert.watches import category_price
 
 logger = logging.getLogger("percolert.percolator")
 
 # More matching watches than this for one search are not delivered (logged); a search that
-# matches so many individual watches is far outside what alerts are for.
+# matches so many individual watches is far outside what alerts are for. A catalog change
+# (many shoppers watching one popular product) reads on, a page of this many at a time.
 _MAX_MATCHES = 10_000
 
 # What percolation returns of each matching watch: its id, terms, owner and max price, read
@@ -116,6 +118,8 @@ class _Bucket(msgspec.Struct, gc=False):
 
 class _Matches(msgspec.Struct, gc=False):
     buckets: list[_Bucket] = msgspec.field(default_factory=list)
+    # Where the next page starts (a composite aggregation's own key, given back as is).
+    after_key: dict[str, Any] | None = None
 
 
 class _Aggregations(msgspec.Struct, gc=False):
@@ -131,6 +135,14 @@ class _Responses(msgspec.Struct, gc=False):
     responses: list[_Response]
 
 
+def _matches(buckets: list[_Bucket]) -> list[Match]:
+    return [bucket.key for bucket in buckets]
+
+
+def _failed(result: _Response) -> ElasticsearchProblem:
+    return ElasticsearchProblem(f"percolating a catalog change failed: {result.error}")
+
+
 class Percolator:
     def __init__(
         self,
@@ -144,6 +156,7 @@ class Percolator:
         queue_size: int = 10_000,
         timeout: float = 15.0,
         observe: Callable[[float | None, int], None] | None = None,
+        max_matches: int = _MAX_MATCHES,
     ) -> None:
         """`observe(seconds, batch_size)` hears of every percolate request, and of every
         failure as (None, events lost): of a whole request, or of one event's search in it.
@@ -165,6 +178,8 @@ class Percolator:
         self._queue_size = queue_size
         self._timeout = timeout
         self._observe = observe
+        # Matching watches one answer lists (a page, for a catalog change).
+        self._max_matches = max_matches
         self._in_flight = 0
         self._tickets_issued = 0
         self._next_ticket = 0
@@ -258,12 +273,84 @@ class Percolator:
         self, events: list[SearchEvent], *, audience: Audience = "searches"
     ) -> list[list[Match]]:
         """Matches for each event, in order (one request for all of them), among the
-        watches of `audience`."""
+        watches of `audience`.
+
+        Catalog changes (`products`) are kept facts a later ingest does not repeat: their
+        percolation is complete (an event matching more watches than one answer holds is
+        read on, page after page) or fails (an `ElasticsearchProblem` for an event's own
+        error), rather than losing some owners' alerts as a search's percolation may."""
         started = time.perf_counter()
+        documents = [self.document(event) for event in events]
+        results = await self._search(documents, audience)
+        self.batches += 1
+        if self._observe is not None:
+            self._observe(time.perf_counter() - started, len(events))
+        if len(results) != len(events):  # not seen; alerts lost rather than misdelivered
+            logger.error("%d percolation results for %d events", len(results), len(events))
+            return [[] for _ in events]
+        complete = audience == "products"
+        matches: list[list[Match]] = []
+        for result in results:
+            if result.error is not None:
+                if complete:
+                    raise _failed(result)
+                # That search's alerts are lost, as when a whole request fails.
+                logger.warning("percolating a search event failed: %s", result.error)
+                if self._observe is not None:
+                    self._observe(None, 1)
+            buckets = result.aggregations.matches.buckets
+            if len(buckets) >= self._max_matches and not complete:
+                logger.warning(
+                    "a search matched %d watches or more; the rest are dropped", len(buckets)
+                )
+            matches.append(_matches(buckets))
+        if complete:
+            await self._read_on(documents, results, matches, audience)
+        return matches
+
+    async def _read_on(
+        self,
+        documents: list[dict[str, Any]],
+        results: list[_Response],
+        matches: list[list[Match]],
+        audience: Audience,
+    ) -> None:
+        """Add to `matches` the pages after the first of each event whose answer was full."""
+        pending = {
+            number: result.aggregations.matches.after_key
+            for number, result in enumerate(results)
+            if len(result.aggregations.matches.buckets) >= self._max_matches
+        }
+        while pending:
+            numbers = list(pending)
+            pages = await self._search(
+                [documents[number] for number in numbers],
+                audience,
+                [pending[number] for number in numbers],
+            )
+            pending = {}
+            for number, page in zip(numbers, pages, strict=True):
+                if page.error is not None:
+                    raise _failed(page)
+                matches[number].extend(_matches(page.aggregations.matches.buckets))
+                if len(page.aggregations.matches.buckets) >= self._max_matches:
+                    pending[number] = page.aggregations.matches.after_key
+
+    async def _search(
+        self,
+        documents: list[dict[str, Any]],
+        audience: Audience,
+        after: list[dict[str, Any] | None] | None = None,
+    ) -> list[_Response]:
+        """One `_msearch`: a percolation of each document, from its `after` key if given."""
         searches: list[Mapping[str, Any]] = []
-        for event in events:
+        for number, document in enumerate(documents):
+            composite = {**_MATCHES["matches"]["composite"], "size": self._max_matches}
+            if after is not None and after[number] is not None:
+                composite["after"] = after[number]
+            aggregations = {"matches": {"composite": composite}}
             searches.append({})  # the index is in the path
-            percolate = {"percolate": {"field": "query", "document": self.document(event)}}
+            percolate = {"percolate": {"field": "query", "document": document}}
             searches.append(
                 {
                     "query": {
@@ -271,7 +358,7 @@ class Percolator:
                     },
                     "size": 0,
                     "track_total_hits": False,
-                    "aggs": _MATCHES,
+                    "aggs": aggregations,
                 }
             )
         response = await self._client.msearch(
@@ -283,33 +370,13 @@ class Percolator:
                 "responses.status",
                 "responses.error",
                 "responses.aggregations.matches.buckets.key",
+                "responses.aggregations.matches.after_key",
             ],
         )
-        self.batches += 1
-        if self._observe is not None:
-            self._observe(time.perf_counter() - started, len(events))
         body = response.body
         if isinstance(body, bytes):
-            results = self._decoder.decode(body).responses
-        else:
-            results = msgspec.convert(body, _Responses).responses
-        if len(results) != len(events):  # not seen; alerts lost rather than misdelivered
-            logger.error("%d percolation results for %d events", len(results), len(events))
-            return [[] for _ in events]
-        matches: list[list[Match]] = []
-        for result in results:
-            if result.error is not None:
-                # That search's alerts are lost, as when a whole request fails.
-                logger.warning("percolating a search event failed: %s", result.error)
-                if self._observe is not None:
-                    self._observe(None, 1)
-            buckets = result.aggregations.matches.buckets
-            if len(buckets) >= _MAX_MATCHES:
-                logger.warning(
-                    "a search matched %d watches or more; the rest are dropped", len(buckets)
-                )
-            matches.append([bucket.key for bucket in buckets])
-        return matches
+            return self._decoder.decode(body).responses
+        return msgspec.convert(body, _Responses).responses
 
     async def _percolate(self, ticket: int, batch: list[SearchEvent]) -> None:
         # Whatever happens, the ticket finishes: every later batch waits for it to be handed on.

@@ -13,14 +13,21 @@ watch) and readers order by (seq, id).
 from __future__ import annotations
 
 import time
+from collections.abc import Iterable
 from typing import Any, Protocol
 
 import msgspec
 from elasticsearch import AsyncElasticsearch
 from elasticsearch.helpers import async_bulk
 
-from percolert.catalog import Product
+from percolert.catalog import Product, rejection_reason
+from percolert.es import ElasticsearchProblem
 from percolert.messages import ProductAlert, ProductChange
+
+# How long a writer takes at most from numbering alerts to their being visible to search
+# (a bulk write, then a refresh), in positions (microseconds): readers look this far back
+# below what they have seen, for alerts numbered earlier that became visible later.
+VISIBLE_WITHIN_MICROS = 30_000_000
 
 
 class CatalogChange(msgspec.Struct, frozen=True, kw_only=True):
@@ -96,6 +103,23 @@ async def store(client: AsyncElasticsearch, alias: str, alerts: list[StoredProdu
     )
     # One refresh at the end: `refresh="wait_for"` on each chunk waited up to a refresh
     # interval per 1,000 alerts (8 s for a run of 7.5k alerts).
-    written, _ = await async_bulk(client, actions, chunk_size=1000)
+    written = await write_all(client, actions, chunk_size=1000, what="product alerts")
     await client.indices.refresh(index=alias)
+    return written
+
+
+async def write_all(
+    client: AsyncElasticsearch, actions: Iterable[dict[str, Any]], *, chunk_size: int, what: str
+) -> int:
+    """Bulk-write documents that must all be stored (alerts, notices); returns how many were.
+    Documents Elasticsearch refuses (a write block, a full queue after retries) raise an
+    `ElasticsearchProblem`, which callers report as Elasticsearch failing (a 503, a CLI
+    message), rather than the helper's own `BulkIndexError`."""
+    written, refused = await async_bulk(
+        client, actions, chunk_size=chunk_size, max_retries=3, raise_on_error=False
+    )
+    if isinstance(refused, list) and refused:
+        raise ElasticsearchProblem(
+            f"Elasticsearch refused {len(refused)} {what}: {rejection_reason(refused[0])}"
+        )
     return written

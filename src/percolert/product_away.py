@@ -1,5 +1,5 @@
-"""What a returning shopper missed: their product alerts above their seen mark, newest first
-and bounded, with a count of the rest (hello's `away`)."""
+"""What a returning shopper missed: their product alerts their seen mark does not cover,
+newest first and bounded, with a count of the rest (hello's `away`)."""
 
 from __future__ import annotations
 
@@ -11,7 +11,8 @@ from typing import Any
 import msgspec
 from elasticsearch import AsyncElasticsearch
 
-from percolert.product_alerts import StoredProductAlert
+from percolert.product_alerts import VISIBLE_WITHIN_MICROS, StoredProductAlert
+from percolert.product_seen import Mark
 
 logger = logging.getLogger("percolert.product_away")
 
@@ -19,28 +20,34 @@ logger = logging.getLogger("percolert.product_away")
 AWAY_LIMIT = 10
 
 
+# Alerts of one greeting whose ids it records as shown (the newest): a user with more
+# product alerts than this within the visibility window may see the oldest of them twice.
+COVERED_LIMIT = 100
+
+
 class Missed(msgspec.Struct, frozen=True, kw_only=True):
     """What a user missed: the newest alerts (those that decode), how many more there are,
-    and the newest position among them (the mark to move to)."""
+    and what the greeting covers (ids by position, the newest ones: the mark moves past
+    them; older ones it covers lie below the mark's visibility window)."""
 
     alerts: list[StoredProductAlert]
     more: int
-    newest: int
+    covered: dict[str, int]
 
 
 async def missed_product_alerts(
     client: AsyncElasticsearch,
     alias: str,
     user: str,
-    above: int,
+    mark: Mark,
     *,
     retention_days: float,
     limit: int = AWAY_LIMIT,
 ) -> Missed | None:
-    """The user's product alerts with `seq` above `above` and within the retention (older
-    ones may not have been pruned yet), newest first, at most `limit`, with how many more
-    there are; None when there are none. One search on the user's own documents: cheap
-    enough for every greeting."""
+    """The user's product alerts the mark does not cover, within the retention (older ones
+    may not have been pruned yet), newest first, at most `limit`, with how many more there
+    are; None when there are none. One search on the user's own documents: cheap enough
+    for every greeting."""
     kept_since = datetime.now(UTC) - timedelta(days=retention_days)
     response = await client.search(
         index=alias,
@@ -48,22 +55,35 @@ async def missed_product_alerts(
             "bool": {
                 "filter": [
                     {"term": {"user": user}},
-                    {"range": {"seq": {"gt": above}}},
+                    {"range": {"seq": {"gt": mark.upto - VISIBLE_WITHIN_MICROS}}},
                     {"range": {"at": {"gte": kept_since.isoformat(timespec="milliseconds")}}},
-                ]
+                ],
+                "must_not": [{"ids": {"values": list(mark.shown)}}] if mark.shown else [],
             }
         },
         sort=[{"seq": "desc"}],
         size=limit,
         track_total_hits=True,
+        # In the same search, so that what the mark moves past is exactly what was counted.
+        aggs={
+            "covered": {
+                "top_hits": {
+                    "size": COVERED_LIMIT,
+                    "sort": [{"seq": "desc"}],
+                    "_source": False,
+                    "docvalue_fields": ["seq"],
+                }
+            }
+        },
     )
     hits = response["hits"]
     if not hits["hits"]:
         return None
+    covered = response["aggregations"]["covered"]["hits"]["hits"]
     return Missed(
         alerts=decode_alerts(hit["_source"] for hit in hits["hits"]),
         more=int(hits["total"]["value"]) - len(hits["hits"]),
-        newest=int(hits["hits"][0]["_source"]["seq"]),
+        covered={hit["_id"]: int(hit["fields"]["seq"][0]) for hit in covered},
     )
 
 

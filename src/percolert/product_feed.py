@@ -6,9 +6,10 @@ Product alerts are written by other processes (`percolert ingest`, any instance'
 API) and are kept: this instance only reads. Each writer numbers its alerts above the
 index's maximum, but two writers' documents can become visible out of position order
 (the one with the lower position may finish its bulk write later). So the tail reads a
-window reaching `OVERLAP_MICROS` below the highest position seen and remembers the ids it
-handled within that window: nothing is missed and nothing sent twice. With several
-instances each one tails on its own; each holds different sockets.
+window reaching `OVERLAP_MICROS` below the highest position seen (or the present, if
+later) and remembers the ids it handled within that window: nothing is missed and
+nothing sent twice. With several instances each one tails on its own; each holds
+different sockets.
 
 A product alert is shown to a user once: live on each socket open when this instance
 finds it (which raises the user's seen mark first), or in the `away` of the greeting that
@@ -20,6 +21,7 @@ elsewhere, or by another tab's greeting); the others follow the hello.
 from __future__ import annotations
 
 import logging
+import time
 import weakref
 from collections.abc import Iterable
 
@@ -32,18 +34,17 @@ from elasticsearch import AsyncElasticsearch
 from percolert import indices
 from percolert.hub import Connection, Hub
 from percolert.messages import Away, ProductAlert
-from percolert.product_alerts import StoredProductAlert, max_seq
+from percolert.product_alerts import VISIBLE_WITHIN_MICROS, StoredProductAlert, max_seq
 from percolert.product_away import decode_alerts, missed_product_alerts
-from percolert.product_seen import SeenMarks
+from percolert.product_seen import Mark, SeenMarks
 from percolert.settings import Settings
 from percolert.wsprotocol import frame_text
 
 logger = logging.getLogger("percolert.product_feed")
 
-# How far below the highest position seen the tail keeps reading (positions are
-# microseconds of the writers' clocks): longer than a writer takes from numbering its
-# alerts to their being visible to search (a bulk write, then a refresh).
-OVERLAP_MICROS = 30_000_000
+# How far below the highest position seen, or the present, the tail keeps reading
+# (positions are microseconds of the writers' clocks).
+OVERLAP_MICROS = VISIBLE_WITHIN_MICROS
 # Positions read per search of the window.
 PAGE = 1000
 
@@ -52,11 +53,12 @@ _ES_ERRORS = (TransportError, elasticsearch.ApiError)
 
 class _Gate:
     """Which live product alerts one socket still takes. `held`: the socket is being
-    greeted; what comes meanwhile waits here. Then only positions above `floor` pass."""
+    greeted; what comes meanwhile waits here. Then only alerts `shown` does not cover pass
+    (None: all)."""
 
     def __init__(self) -> None:
-        self.held: list[tuple[int, str, bytes]] | None = []
-        self.floor = -1
+        self.held: list[tuple[str, int, str, bytes]] | None = []
+        self.shown: Mark | None = None
 
 
 class _Entry(msgspec.Struct, frozen=True):
@@ -112,11 +114,11 @@ class ProductFeed:
             # Alerts stored before the start are for greetings; those becoming visible
             # later (within the window) are new.
             high = await max_seq(self._client, self._alias)
-            window = await self._window(high - OVERLAP_MICROS)
+            window = await self._window(_floor(high))
             self._handled = {entry.id: entry.seq for entry in window}
             self._high = high
             return
-        window = await self._window(self._high - OVERLAP_MICROS)
+        window = await self._window(_floor(self._high))
         new = [entry for entry in window if entry.id not in self._handled]
         if new:
             wanted = [entry.id for entry in new if self._hub.connections(entry.user)]
@@ -124,7 +126,7 @@ class ProductFeed:
             for entry in new:
                 self._handled[entry.id] = entry.seq
             self._high = max(self._high, max(entry.seq for entry in new))
-        floor = self._high - OVERLAP_MICROS
+        floor = _floor(self._high)
         self._handled = {id_: seq for id_, seq in self._handled.items() if seq >= floor}
 
     async def _window(self, floor: int) -> list[_Entry]:
@@ -167,10 +169,10 @@ class ProductFeed:
     async def _deliver(self, alerts: list[StoredProductAlert]) -> None:
         # First raise the marks of users with a socket taking alerts live, so that a greeting
         # after the alert arrived does not list it again.
-        marks: dict[str, int] = {}
+        marks: dict[str, dict[str, int]] = {}
         for stored in alerts:
             if any(self._live(connection) for connection in self._hub.connections(stored.user)):
-                marks[stored.user] = max(marks.get(stored.user, 0), stored.alert.seq)
+                marks.setdefault(stored.user, {})[stored.alert.id] = stored.alert.seq
         try:
             await self._seen.raise_to(marks)
         except _ES_ERRORS as error:
@@ -180,19 +182,21 @@ class ProductFeed:
             payload = self._encoder.encode(stored.alert).decode()
             frame = frame_text(payload)
             for connection in self._hub.connections(stored.user):
-                self._offer(connection, stored.alert.seq, payload, frame)
+                self._offer(connection, stored.alert.id, stored.alert.seq, payload, frame)
 
     def _live(self, connection: Connection) -> bool:
         gate = self._gates.get(connection)
         return gate is None or gate.held is None
 
-    def _offer(self, connection: Connection, seq: int, payload: str, frame: bytes) -> bool:
+    def _offer(
+        self, connection: Connection, alert_id: str, seq: int, payload: str, frame: bytes
+    ) -> bool:
         gate = self._gates.get(connection)
         if gate is not None:
             if gate.held is not None:
-                gate.held.append((seq, payload, frame))
+                gate.held.append((alert_id, seq, payload, frame))
                 return False
-            if seq <= gate.floor:
+            if gate.shown is not None and gate.shown.covers(alert_id, seq):
                 return False
         taken = connection.offer(payload, frame)
         self.delivered += taken
@@ -202,43 +206,57 @@ class ProductFeed:
         """Before the socket joins the hub: its live product alerts wait for its greeting."""
         self._gates[connection] = _Gate()
 
-    def _release(self, connection: Connection, floor: int) -> int | None:
-        """The greeting knows the mark: send what was held above it; returns the highest
-        position sent (None if nothing)."""
+    def _release(self, connection: Connection, shown: Mark | None) -> dict[str, int]:
+        """The greeting knows the mark: send what was held that it does not cover; returns
+        what was sent (ids by position)."""
         gate = self._gates.get(connection)
         if gate is None or gate.held is None:
-            return None
+            return {}
         held, gate.held = gate.held, None
-        gate.floor = floor
-        sent = [seq for seq, payload, frame in held if self._offer(connection, seq, payload, frame)]
-        return max(sent, default=None)
+        gate.shown = shown
+        return {
+            alert_id: seq
+            for alert_id, seq, payload, frame in held
+            if self._offer(connection, alert_id, seq, payload, frame)
+        }
 
     async def greet(self, user: str, connection: Connection) -> Away | None:
-        """The `away` of a new socket's hello: the product alerts above the user's mark,
-        if this greeting wins moving the mark past them (else None, as when there are none
-        or Elasticsearch fails). Then the socket takes live product alerts above the mark."""
+        """The `away` of a new socket's hello: the product alerts the user's mark does not
+        cover, if this greeting wins moving the mark past them (else None, as when there are
+        none or Elasticsearch fails). Then the socket takes the live product alerts the
+        mark does not cover."""
         away: Away | None = None
-        floor = -1
+        shown: Mark | None = None
         try:
             mark = await self._seen.read(user)
-            floor = mark.upto
+            shown = mark
             missed = await missed_product_alerts(
-                self._client, self._alias, user, mark.upto, retention_days=self._retention_days
+                self._client, self._alias, user, mark, retention_days=self._retention_days
             )
-            if missed is not None and await self._seen.claim(user, mark, missed.newest):
-                floor = missed.newest
-                if missed.alerts:
-                    away = Away(alerts=_alerts(missed.alerts), more=missed.more)
+            if missed is not None:
+                moved = await self._seen.claim(user, mark, missed.covered)
+                if moved is not None:
+                    shown = moved
+                    if missed.alerts:
+                        away = Away(alerts=_alerts(missed.alerts), more=missed.more)
         except _ES_ERRORS as error:
             logger.warning("greeting without product alerts, Elasticsearch failed: %s", error)
-        sent = self._release(connection, floor)
-        if sent is not None:
-            # Came while every socket of the user was being greeted: nobody raised the mark.
+        sent = self._release(connection, shown)
+        if sent:
+            # Came while every socket of the user was being greeted: nobody marked them.
             try:
                 await self._seen.raise_to({user: sent})
             except _ES_ERRORS as error:
                 logger.warning("raising a product-seen mark failed: %s", error)
         return away
+
+
+def _floor(high: int) -> int:
+    """The lowest position an alert not yet visible can have: below the highest seen (a
+    writer that numbered earlier may finish later), but never further back than the present
+    (this process's clock, in step with the writers' as theirs are with each other): after
+    a burst and a quiet spell, a poll does not read the whole burst again."""
+    return max(high, time.time_ns() // 1000) - OVERLAP_MICROS
 
 
 def _alerts(stored: Iterable[StoredProductAlert]) -> list[ProductAlert]:

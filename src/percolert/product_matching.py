@@ -52,7 +52,6 @@ import anyio
 from elastic_transport import TransportError
 from elasticsearch import ApiError as ElasticsearchApiError
 from elasticsearch import AsyncElasticsearch
-from elasticsearch.helpers import async_bulk
 
 from percolert import indices
 from percolert.catalog import Product
@@ -65,6 +64,7 @@ from percolert.product_alerts import (
     max_seq,
     product_alert_id,
     store,
+    write_all,
 )
 from percolert.settings import Settings
 
@@ -344,7 +344,7 @@ class ProductAlerting:
             {"_index": self._notices_alias, "_id": sku, "_source": held.document()}
             for sku, held in notices.items()
         )
-        await async_bulk(self._client, actions, chunk_size=500)
+        await write_all(self._client, actions, chunk_size=500, what="product notices")
 
     async def _take_positions(self, count: int) -> int:
         async with self._lock:

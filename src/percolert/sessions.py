@@ -33,21 +33,27 @@ _SCOPE_KEY = "percolert.user"
 _STARTED_KEY = "percolert.session_started"
 
 
+def kept_secret(state_dir: Path, name: str) -> str:
+    """A random secret made once and kept in the state directory as `name`, readable by
+    its owner only (development: the session secret, the demo's admin token)."""
+    path = state_dir / name
+    if not path.exists():
+        state_dir.mkdir(parents=True, exist_ok=True)
+        descriptor = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(descriptor, "w") as secret_file:
+            secret_file.write(secrets.token_urlsafe(32))
+    return path.read_text().strip()
+
+
 def load_secret(settings: Settings) -> str:
     """PERCOLERT_SECRET, or (development) a random secret kept in the state directory."""
     if settings.secret:
         return settings.secret
-    path = settings.state_dir / "secret"
-    if not path.exists():
-        settings.state_dir.mkdir(parents=True, exist_ok=True)
-        descriptor = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-        with os.fdopen(descriptor, "w") as secret_file:
-            secret_file.write(secrets.token_urlsafe(32))
     logger.warning(
         "PERCOLERT_SECRET is not set: using the development secret in %s; set it in production",
-        path,
+        settings.state_dir / "secret",
     )
-    return Path(path).read_text().strip()
+    return kept_secret(settings.state_dir, "secret")
 
 
 class SessionSigner:
