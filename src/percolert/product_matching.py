@@ -19,7 +19,7 @@ Who hears of a change:
   counts as told (a drop soon after an arrival is not news again).
 
 Notices (the `product_notices` index) remember which watches each sku alerted, and when:
-one document per sku, `{at, price, told: {watch id: epoch ms}}` (`at`, `price`: its latest
+one document per sku, `{at, price, told: {epoch ms: "watch id ..."}}` (`at`, `price`: its latest
 notice). Per sku rather than per (watch, sku): a product matches hundreds of watches when
 there are many (156 on average at 20k benchmark watches), and a document per pair made
 writing the notices cost several times the percolation itself (bench/product_percolation.py).
@@ -160,8 +160,12 @@ class _Notices:
         notices = cls()
         notices.at = _seconds(source["at"])
         notices.price = float(source["price"])
-        told: dict[str, int] = source.get("told") or {}
-        notices.told = {watch: ms / 1000 for watch, ms in told.items() if ms / 1000 > since}
+        told: dict[str, str] = source.get("told") or {}
+        for ms, watches in told.items():
+            at = int(ms) / 1000
+            if at > since:
+                for watch in watches.split():
+                    notices.told[watch] = max(at, notices.told.get(watch, at))
         return notices
 
     def tell(self, watch_id: str, at: float, price: float) -> None:
@@ -169,10 +173,16 @@ class _Notices:
         self.at, self.price, self.changed = at, price, True
 
     def document(self) -> dict[str, Any]:
+        # Grouped by when they were told (a run tells all of its watches at one moment):
+        # `{epoch ms: "watch watch ..."}`, a few strings rather than hundreds of keys, which
+        # Elasticsearch parses and stores several times faster (100k watches: ~750 a sku).
+        by_time: dict[int, list[str]] = {}
+        for watch, at in self.told.items():
+            by_time.setdefault(round(at * 1000), []).append(watch)
         return {
             "at": _iso(self.at),
             "price": self.price,
-            "told": {watch: round(at * 1000) for watch, at in self.told.items()},
+            "told": {str(ms): " ".join(watches) for ms, watches in by_time.items()},
         }
 
 
