@@ -168,8 +168,8 @@ class _Notices:
                     notices.told[watch] = max(at, notices.told.get(watch, at))
         return notices
 
-    def tell(self, watch_id: str, at: float, price: float) -> None:
-        self.told[watch_id] = at
+    def tell_at(self, at: float, price: float) -> None:
+        """Watches were told of the product (in `told`) at `at`, at `price`."""
         self.at, self.price, self.changed = at, price, True
 
     def document(self) -> dict[str, Any]:
@@ -205,6 +205,10 @@ class _Digest:
             if listed.product.sku == sku:
                 self.more[position] = change
                 return
+        self.add_new(change)
+
+    def add_new(self, change: CatalogChange) -> None:
+        """A product not yet in the digest."""
         self.total += 1
         if len(self.more) < DIGEST_MORE:
             self.more.append(change)
@@ -215,7 +219,9 @@ class ProductRun:
 
     def __init__(self, alerting: ProductAlerting) -> None:
         self._alerting = alerting
-        self._digests: dict[tuple[str, str], _Digest] = {}
+        self._digests: dict[str, _Digest] = {}  # by watch id
+        # Skus this run has taken matches of: a product seen again may already be listed.
+        self._skus_taken: set[str] = set()
         # Notices not yet written, per sku: the watches told (stored ones included).
         self._notices: dict[str, _Notices] = {}
         self._held = 0  # (watch, sku) pairs told in `_notices`
@@ -250,40 +256,56 @@ class ProductRun:
             raise _first(failed) from None
 
     async def _take(self, batch: list[CatalogChange], found: list[list[Match]]) -> None:
+        # Run once per match (hundreds per product at 100k watches): what depends on the
+        # change alone is decided once per change, and a digest is searched for a product
+        # already in it only when that product came earlier in the run.
         settings = self._alerting.settings
-        candidates: list[tuple[CatalogChange, Match, str]] = []
-        for change, matches in zip(batch, found, strict=True):
-            for match in matches:
-                if match.owner is None:
-                    continue  # not a candidate (audience filter); never alerts on products
-                if change.change == "price_drop" and not drop_is_enough(
-                    change, match.max_price, settings.price_drop_min_percent
-                ):
-                    continue
-                candidates.append((change, match, match.owner))
-        if not candidates:
+        matched = [(change, matches) for change, matches in zip(batch, found, strict=True)]
+        if not any(matches for _, matches in matched):
             return
         now = self._alerting.clock()
         since = now - settings.product_alert_min_interval_seconds
-        skus = {change.product.sku for change, _, _ in candidates}
+        skus = {change.product.sku for change, matches in matched if matches}
         stored = await self._alerting.notices(
             [sku for sku in skus if sku not in self._notices], since
         )
         self._notices.update(stored)
-        for change, match, owner in candidates:
+        digests = self._digests
+        for change, matches in matched:
+            if not matches:
+                continue
             product = change.product
             notices = self._notices.setdefault(product.sku, _Notices())
-            last = notices.told.get(match.watch_id)
-            limited = change.change != "new" and not crosses(change, match.max_price)
-            if limited and last is not None and last > since:
-                continue  # told within the interval
-            notices.tell(match.watch_id, now, product.price)
-            self._held += 1
-            digest = self._digests.get((owner, match.watch_id))
-            if digest is None:
-                self._digests[(owner, match.watch_id)] = _Digest(owner, match, change)
-            else:
-                digest.add(change)
+            told = notices.told
+            drop = change.change == "price_drop"
+            limited = change.change != "new"
+            again = product.sku in self._skus_taken
+            held = self._held
+            for match in matches:
+                owner = match.owner
+                if owner is None:
+                    continue  # not a candidate (audience filter); never alerts on products
+                watch_id = match.watch_id
+                if drop and not drop_is_enough(
+                    change, match.max_price, settings.price_drop_min_percent
+                ):
+                    continue
+                if limited and not crosses(change, match.max_price):
+                    last = told.get(watch_id)
+                    if last is not None and last > since:
+                        continue  # told within the interval
+                told[watch_id] = now
+                self._held += 1
+                digest = digests.get(watch_id)  # a watch has one owner
+                if digest is None:
+                    digests[watch_id] = _Digest(owner, match, change)
+                elif again:
+                    digest.add(change)
+                else:
+                    digest.add_new(change)
+            if self._held > held:
+                notices.tell_at(now, product.price)
+            self._skus_taken.add(product.sku)
         if self._held > self._alerting.notices_held:
             await self._write_notices()
 
