@@ -35,6 +35,7 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import msgspec
 import psutil
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.typing import Origin
@@ -48,9 +49,10 @@ from bench.harness import (
     percentiles,
 )
 from percolert import catalog, es, indices
+from percolert.catalog import Product
 from percolert.catalog_changes import ChangeDetection
 from percolert.percolator import Match, Percolator, SearchEvent
-from percolert.product_matching import ProductAlerting
+from percolert.product_matching import ProductAlerting, product_event
 from percolert.sessions import COOKIE_NAME
 from percolert.settings import Settings
 from percolert.text import TextNormalizer
@@ -84,6 +86,8 @@ class Report:
     latency_samples: int = 0
     latency_missing: int = 0
     latency_rate: float = 0.0
+    # Watches one changed product matches, on average (what percolation's cost follows).
+    matches_per_change: float = 0.0
 
 
 def generate_catalog(
@@ -182,6 +186,24 @@ async def timed_ingest(
     finally:
         await percolation_client.close()
         await client.close()
+
+
+async def matches_per_change(settings: Settings, update: list[dict[str, Any]]) -> float:
+    """Watches a changed product of the update file matches, on average over a sample."""
+    sample = [
+        product_event(msgspec.convert(product, Product), 0.0)
+        for number, product in enumerate(update[:800])
+        if number % 4 in (0, 1)  # new or cheaper
+    ]
+    client = es.create_client(settings, raw_json=True)
+    try:
+        percolator = Percolator(
+            client, indices.alias_for(settings, "watches"), TextNormalizer(), _ignore
+        )
+        found = await percolator.percolate(sample, audience="products")
+    finally:
+        await client.close()
+    return round(sum(len(matches) for matches in found) / len(sample), 1)
 
 
 async def owners_with_sockets(
@@ -287,7 +309,9 @@ def write_report(report: Report, path_md: Path, path_json: Path) -> None:
         "# Product alerts: ingest with change detection and percolation (results)",
         "",
         f"{report.products:,} products (a quarter new, a quarter cheaper, half unchanged) "
-        f"against {report.watches:,} watches; {len(report.rounds) // 2} rounds, alternating "
+        f"against {report.watches:,} watches (a changed product matches "
+        f"{report.matches_per_change:,.0f} of them on average); "
+        f"{len(report.rounds) // 2} rounds, alternating "
         "order, medians. Command: `nox -s bench_ingest` "
         "(`PYTHONPATH=. python bench/ingest_changes.py`).",
         "",
@@ -358,6 +382,8 @@ def main() -> int:
             asyncio.run(setup())
             print(f"loading {watches:,} watches", flush=True)
             asyncio.run(load_watches(settings, watches))
+            report.matches_per_change = asyncio.run(matches_per_change(settings, update_products))
+            print(f"{report.matches_per_change} watches matched per changed product", flush=True)
             me = psutil.Process()
             # A fresh node percolates 2-4x slower than one that has served a while (its
             # code not yet compiled: measured on fresh and hour-old nodes): untimed runs
