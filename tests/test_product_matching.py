@@ -368,6 +368,15 @@ async def test_expired_product_alerts_and_notices_are_pruned(fresh_settings: Set
 
         await wait_until(pruned, timeout=20, what="expired alerts and notices deleted")
         assert {s.alert.product.sku for s in await w.alerts()} == {"recent", "now"}
+        # The prune waited for its deletions: no task result of them is left in `.tasks`.
+        await w.client.indices.refresh(index=".tasks", ignore_unavailable=True)
+        leftovers = await w.client.search(
+            index=".tasks",
+            query={"match_phrase": {"task.description": fresh_settings.index_prefix}},
+            ignore_unavailable=True,
+            size=0,
+        )
+        assert leftovers["hits"]["total"]["value"] == 0
 
 
 def test_product_alerting_is_measured_by_the_server(server: str) -> None:

@@ -32,6 +32,7 @@ from elastic_transport import TransportError
 from elasticsearch import ApiError as ElasticsearchApiError
 from elasticsearch import AsyncElasticsearch
 
+from percolert import es
 from percolert.messages import Alert, AlertWatch
 from percolert.redaction import redact
 
@@ -395,11 +396,11 @@ class AlertLog:
 
     async def prune(self) -> None:
         cutoff = datetime.now(UTC) - self._retention
-        await self._client.delete_by_query(
+        await self._client.options(request_timeout=es.PRUNE_TIMEOUT).delete_by_query(
             index=self._alias,
             query={"range": {"at": {"lt": cutoff.isoformat()}}},
             conflicts="proceed",
-            wait_for_completion=False,
+            wait_for_completion=True,
         )
 
     async def run(self) -> None:

@@ -132,6 +132,12 @@ class VersionAdaptingNode(AiohttpHttpNode):
             return self._major
 
 
+# Background deletions (the retention prunes) wait for their `delete_by_query` up to this
+# long: a deletion run with `wait_for_completion=false` instead leaves its result in the
+# `.tasks` index for good, two more every ten minutes per instance.
+PRUNE_TIMEOUT = 300.0
+
+
 class _RawJson(JsonSerializer):
     """Hands JSON response bodies on as the bytes they came in; requests are encoded as ever."""
 

@@ -53,7 +53,7 @@ from elastic_transport import TransportError
 from elasticsearch import ApiError as ElasticsearchApiError
 from elasticsearch import AsyncElasticsearch
 
-from percolert import indices
+from percolert import es, indices
 from percolert.catalog import Product
 from percolert.messages import AlertWatch, ProductAlert, ProductCard
 from percolert.percolator import FIELD_SEPARATOR, Match, Percolator, SearchEvent
@@ -420,19 +420,18 @@ class ProductAlerting:
 
     async def prune(self) -> None:
         """Delete product alerts older than the retention and notices older than the
-        minimum interval (in the background: Elasticsearch deletes them after this
-        returns)."""
+        minimum interval."""
         now = self.clock()
         expired = [
             (self._alerts_alias, now - self.settings.product_alert_retention_days * 86_400),
             (self._notices_alias, now - self.settings.product_alert_min_interval_seconds),
         ]
         for alias, cutoff in expired:
-            await self._client.delete_by_query(
+            await self._client.options(request_timeout=es.PRUNE_TIMEOUT).delete_by_query(
                 index=alias,
                 query={"range": {"at": {"lt": _iso(cutoff)}}},
                 conflicts="proceed",
-                wait_for_completion=False,
+                wait_for_completion=True,
             )
 
     async def retain(self) -> None:
