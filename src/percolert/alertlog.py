@@ -396,12 +396,7 @@ class AlertLog:
 
     async def prune(self) -> None:
         cutoff = datetime.now(UTC) - self._retention
-        await self._client.options(request_timeout=es.PRUNE_TIMEOUT).delete_by_query(
-            index=self._alias,
-            query={"range": {"at": {"lt": cutoff.isoformat()}}},
-            conflicts="proceed",
-            wait_for_completion=True,
-        )
+        await es.delete_older(self._client, self._alias, cutoff.isoformat())
 
     async def run(self) -> None:
         """Flush every `flush_seconds` and prune every ten minutes, until cancelled; a

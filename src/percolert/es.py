@@ -132,10 +132,21 @@ class VersionAdaptingNode(AiohttpHttpNode):
             return self._major
 
 
-# Background deletions (the retention prunes) wait for their `delete_by_query` up to this
-# long: a deletion run with `wait_for_completion=false` instead leaves its result in the
-# `.tasks` index for good, two more every ten minutes per instance.
-PRUNE_TIMEOUT = 300.0
+# A retention prune waits for its `delete_by_query` up to this long.
+_PRUNE_TIMEOUT = 300.0
+
+
+async def delete_older(client: AsyncElasticsearch, index: str, cutoff: str) -> None:
+    """Delete the documents of `index` whose `at` is before `cutoff` (an ISO time): the
+    retention prunes. It waits for the deletion: one run with `wait_for_completion=false`
+    leaves its result in the `.tasks` index for good (two more every ten minutes per
+    instance, for the alert log's and the product alerts' prunes)."""
+    await client.options(request_timeout=_PRUNE_TIMEOUT).delete_by_query(
+        index=index,
+        query={"range": {"at": {"lt": cutoff}}},
+        conflicts="proceed",
+        wait_for_completion=True,
+    )
 
 
 class _RawJson(JsonSerializer):

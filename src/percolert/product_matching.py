@@ -427,12 +427,7 @@ class ProductAlerting:
             (self._notices_alias, now - self.settings.product_alert_min_interval_seconds),
         ]
         for alias, cutoff in expired:
-            await self._client.options(request_timeout=es.PRUNE_TIMEOUT).delete_by_query(
-                index=alias,
-                query={"range": {"at": {"lt": _iso(cutoff)}}},
-                conflicts="proceed",
-                wait_for_completion=True,
-            )
+            await es.delete_older(self._client, alias, _iso(cutoff))
 
     async def retain(self) -> None:
         """Prune every `PRUNE_SECONDS`, until cancelled; a failed prune waits for the next."""
