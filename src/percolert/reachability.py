@@ -9,8 +9,9 @@ percolation does not filter: product alerts reach owners who are away too.
 The leases are a superset of who is reachable, never less: a stale lease only costs
 percolation, the broker still decides who is alerted. A lease runs for the grace period
 plus a slack; while a user holds a socket here, their lease is renewed once less than the
-grace and half the slack is left (so at every moment it outlasts now + grace: when the last
-socket closes, the watches stay leased through the grace). A socket's hello waits until
+grace and a minute (or half the slack, if shorter) is left, so about once per slack, and at
+every moment it outlasts now + grace: when the last socket closes, the watches stay leased
+through the grace. A socket's hello waits until
 its owner's watches are leased and visible, so that a search after the hello finds them.
 Arrivals are written together (group commit: one search for the watches, one bulk, one
 refresh per flush; whoever arrives during a flush waits for the next), so a reconnect storm
@@ -44,6 +45,8 @@ _BULK = 5_000
 # A lease closer to its end than this is treated as ended: writing it again is made
 # visible at once (a refresh) rather than within the index's refresh interval.
 _MARGIN_SECONDS = 30.0
+# Time left beyond the grace when a lease is renewed (at most half the slack).
+_RENEWAL_MARGIN_SECONDS = 60.0
 # The renewal loop looks at least this often (it also retries users not leased yet).
 _MAX_TICK_SECONDS = 5.0
 
@@ -94,8 +97,12 @@ class Leases:
         self._users = users
         self._clock = clock
         self._length = lease_seconds(settings)
-        # A held user is renewed once less than this is left of their lease.
-        self._renew_below = settings.reconnect_grace_seconds + settings.lease_slack_seconds / 2
+        # A held user is renewed once less than this is left of their lease: the grace and a
+        # margin for the renewal itself, so about once per slack (every renewal reindexes the
+        # watches, percolator query included).
+        self._renew_below = settings.reconnect_grace_seconds + min(
+            settings.lease_slack_seconds / 2, _RENEWAL_MARGIN_SECONDS
+        )
         self._tick = min(settings.lease_slack_seconds / 4, _MAX_TICK_SECONDS)
         self._margin = min(_MARGIN_SECONDS, settings.lease_slack_seconds / 4)
         # How long a connect waits for its lease before greeting without it.

@@ -85,7 +85,7 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     # the reconnect); one away longer gets none until they are back.
     reconnect_grace_seconds: float = 600.0
     # Search percolation verifies only watches whose owner is leased as reachable: a lease
-    # runs for the grace period plus this slack, renewed about every half slack while the
+    # runs for the grace period plus this slack, renewed about once per slack while the
     # owner holds a socket here (see reachability.py). Longer: fewer renewals, more watches
     # of owners already gone still percolated (never fewer than reachable ones).
     lease_slack_seconds: float = 600.0
