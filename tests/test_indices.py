@@ -6,6 +6,8 @@ import json
 import shutil
 import subprocess
 import sys
+import time
+from datetime import datetime
 from pathlib import Path
 
 import pytest
@@ -33,7 +35,7 @@ async def test_setup_creates_aliased_indices_and_is_idempotent(fresh_settings: S
         first = await indices.setup(client, fresh_settings)
         assert first == [
             f"{prefix}-products -> {prefix}-products-v1: created",
-            f"{prefix}-watches -> {prefix}-watches-v5: created",
+            f"{prefix}-watches -> {prefix}-watches-v6: created",
             f"{prefix}-alerts -> {prefix}-alerts-v2: created",
             f"{prefix}-product_alerts -> {prefix}-product_alerts-v1: created",
             f"{prefix}-product_seen -> {prefix}-product_seen-v2: created",
@@ -87,14 +89,17 @@ async def test_watches_stored_before_v5_are_made_current(
 ) -> None:
     """v2 and v3 of the watches mapping added `terms` and `watch_id` (doc values, which are
     all percolation reads), v4 `category_prices` for judging a watch's category and price
-    together, v5 `notify` and `max_price` (doc value); migrating a v1 index fills in the
-    doc values, makes old watches notify of both, and rewrites the queries."""
+    together, v5 `notify` and `max_price` (doc value), v6 `reachable_until` (a lease);
+    migrating a v1 index fills in the doc values, makes old watches notify of both, leases
+    them from the migration on (search percolation verifies only leased watches), and
+    rewrites the queries."""
     old_mappings = tmp_path / "mappings"
     shutil.copytree(ROOT / "mappings", old_mappings)
     definition = json.loads((old_mappings / "watches.json").read_text())
-    assert definition["mappings"]["_meta"]["percolert_version"] == 5
+    assert definition["mappings"]["_meta"]["percolert_version"] == 6
     definition["mappings"]["_meta"]["percolert_version"] = 1
     del definition["mappings"]["properties"]["notify"]
+    del definition["mappings"]["properties"]["reachable_until"]
     del definition["mappings"]["properties"]["max_price"]
     del definition["mappings"]["properties"]["terms"]
     del definition["mappings"]["properties"]["watch_id"]
@@ -118,12 +123,15 @@ async def test_watches_stored_before_v5_are_made_current(
         ]
         await client.index(index=alias, id=tv_id, document=tv, refresh=True)
         assert await indices.needing_setup(client, fresh_settings) == [
-            f"{alias} is at {alias}-v1, not {alias}-v5"
+            f"{alias} is at {alias}-v1, not {alias}-v6"
         ]
 
         lines = await indices.setup(client, fresh_settings, migrations=document_upgrades())
-        assert lines[1] == f"{alias} -> {alias}-v5: migrated from {alias}-v1 (old index kept)"
+        assert lines[1] == f"{alias} -> {alias}-v6: migrated from {alias}-v1 (old index kept)"
         assert await indices.needing_setup(client, fresh_settings) == []
+        leased = (await client.get(index=alias, id=watch_id))["_source"]["reachable_until"]
+        lease = datetime.fromisoformat(leased).timestamp() - time.time()
+        assert 1100 < lease <= 1200  # the default grace and slack, from the migration on
 
         async def ignore(found: list[tuple[SearchEvent, list[Match]]]) -> None:
             pass

@@ -37,11 +37,18 @@ def test_alerts_are_on_by_default() -> None:
         ("PERCOLERT_MAX_SOCKETS_PER_USER", "0", "must be at least 1"),
         ("PERCOLERT_RATE_LIMITS", "sometimes", "must be true or false"),
         ("PERCOLERT_REDIS_URL", "cache:6379", "must start with redis://"),
+        ("PERCOLERT_LEASE_SLACK_SECONDS", "0", "must be at least 0.1"),
     ],
 )
 def test_bad_values_are_refused_by_name(name: str, raw: str, message: str) -> None:
     with pytest.raises(SettingsError, match=message):
         from_environment({**BASE, name: raw})
+
+
+def test_the_lease_slack_comes_from_the_environment() -> None:
+    assert from_environment(BASE).lease_slack_seconds == 600
+    raw = {**BASE, "PERCOLERT_LEASE_SLACK_SECONDS": "90"}
+    assert from_environment(raw).lease_slack_seconds == 90
 
 
 def test_the_client_keeps_as_many_connections_as_configured() -> None:

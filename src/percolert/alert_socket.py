@@ -161,6 +161,8 @@ async def alerts_socket(websocket: WebSocket) -> None:
     event(logger, "socket_open", user=user_tag(user), sockets=hub.socket_count())
     close_code, reason = 0, ""
     try:
+        # Before the hello: a search after it must find this user's watches (reachability.py).
+        await state["reachability"].arrived(user)
         hello, missed = await _greeting(state, websocket, user, after, cut, connection)
         await websocket.send_text(encode_message(hello))
         for alert in missed:

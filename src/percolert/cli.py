@@ -119,7 +119,7 @@ def cmd_redis(settings: Settings, args: argparse.Namespace) -> int:
 def cmd_setup(settings: Settings, args: argparse.Namespace) -> int:
     async def work(client: AsyncElasticsearch) -> list[str]:
         return await indices.setup(
-            client, settings, migrations=document_upgrades(), recreate=args.recreate
+            client, settings, migrations=document_upgrades(settings), recreate=args.recreate
         )
 
     for line in _run_with_client(settings, work):
@@ -382,7 +382,7 @@ def cmd_up(settings: Settings, args: argparse.Namespace) -> int:
         )
         lines = _run_with_client(
             settings,
-            lambda client: indices.setup(client, settings, migrations=document_upgrades()),
+            lambda client: indices.setup(client, settings, migrations=document_upgrades(settings)),
         )
         for line in lines:
             print(line)

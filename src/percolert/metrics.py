@@ -86,6 +86,10 @@ class _Readings(Collector):
                 "product_alerts_written",
                 "Product alerts this process wrote (one per owner and watch and run: a digest)",
             ),
+            ("watch_lease_writes", "Bulk requests leasing watches of connected users"),
+            ("watch_lease_refreshes", "Refreshes making new leases visible before a hello"),
+            ("watch_lease_failures", "Lease writes that failed (the users are retried)"),
+            ("watch_leases_written", "Watch leases written (connects and renewals)"),
         ]:
             yield CounterMetricFamily(f"percolert_{name}", help_text, value=values.get(name, 0.0))
         if "broker_spooled" in values:  # a shared broker's (an embedded one is never away)

@@ -7,16 +7,28 @@ development node has not).
 
 from __future__ import annotations
 
+from functools import partial
 from typing import Any
 
-from percolert import alertlog, watches
+from percolert import alertlog, reachability, watches
 from percolert.indices import Upgrade
+from percolert.settings import Settings
+
+# The lease of migrated watches when no settings are given: the default settings'.
+_DEFAULT_LEASE_SECONDS = 1200.0
 
 
-def upgrade_watch(document_id: str, source: dict[str, Any]) -> dict[str, Any]:
+def upgrade_watch(
+    document_id: str, source: dict[str, Any], *, lease_seconds: float = _DEFAULT_LEASE_SECONDS
+) -> dict[str, Any]:
     """Percolation reads doc values only: `terms` repeats `spec.terms` (watches v2),
     `watch_id` the document id (v3); category and price are judged together (v4); a watch
-    made before `notify` alerts on both, and its max price is a doc value too (v5)."""
+    made before `notify` alerts on both, and its max price is a doc value too (v5). An owned
+    watch is leased as reachable from the migration on (v6), so that nobody within the
+    reconnect grace misses a search alert at the upgrade; owners who stay away drop out of
+    search percolation when it ends."""
+    if source.get("owner") is not None:
+        source.setdefault("reachable_until", reachability.lease_until(lease_seconds))
     source.setdefault("terms", source["spec"]["terms"])
     source.setdefault("watch_id", document_id)
     source.setdefault("notify", "both")
@@ -25,6 +37,11 @@ def upgrade_watch(document_id: str, source: dict[str, Any]) -> dict[str, Any]:
     return watches.upgrade_query(source)
 
 
-def document_upgrades() -> dict[str, Upgrade]:
-    """Upgrades by index name (`indices.INDEX_NAMES`)."""
-    return {"watches": upgrade_watch, "alerts": alertlog.upgrade_v1}
+def document_upgrades(settings: Settings | None = None) -> dict[str, Upgrade]:
+    """Upgrades by index name (`indices.INDEX_NAMES`); `settings` decide the lease of
+    migrated watches (the defaults' if None)."""
+    lease = _DEFAULT_LEASE_SECONDS if settings is None else reachability.lease_seconds(settings)
+    return {
+        "watches": partial(upgrade_watch, lease_seconds=lease),
+        "alerts": alertlog.upgrade_v1,
+    }

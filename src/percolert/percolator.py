@@ -26,6 +26,7 @@ from elasticsearch import ApiError as ElasticsearchApiError
 from elasticsearch import AsyncElasticsearch
 
 from percolert.es import ElasticsearchProblem
+from percolert.reachability import REACHABLE_FILTER
 from percolert.text import TextNormalizer
 from percolert.watches import category_price
 
@@ -66,7 +67,9 @@ _MATCHES = {
 # Whose alerts a percolation is for. Searches reach watches that notify of searches (default
 # watches included); catalog changes only shoppers' own watches that notify of products (a
 # default watch would tell everyone of every arrival). Filters beside the percolate query:
-# a watch they exclude is never a candidate.
+# a watch they exclude is never a candidate. Searches also verify only watches of owners
+# leased as reachable (`REACHABLE_FILTER`, reachability.py); catalog changes reach every
+# owner, away or not.
 Audience = Literal["searches", "products"]
 _AUDIENCE_FILTERS: dict[Audience, list[dict[str, Any]]] = {
     "searches": [{"terms": {"notify": ["searches", "both"]}}],
@@ -157,6 +160,7 @@ class Percolator:
         timeout: float = 15.0,
         observe: Callable[[float | None, int], None] | None = None,
         max_matches: int = _MAX_MATCHES,
+        reachable_only: bool = True,
     ) -> None:
         """`observe(seconds, batch_size)` hears of every percolate request, and of every
         failure as (None, events lost): of a whole request, or of one event's search in it.
@@ -180,6 +184,13 @@ class Percolator:
         self._observe = observe
         # Matching watches one answer lists (a page, for a catalog change).
         self._max_matches = max_matches
+        # Search percolation verifies only watches leased as reachable (off: every watch,
+        # the benchmark's reference).
+        self._filters: dict[Audience, list[dict[str, Any]]] = {
+            **_AUDIENCE_FILTERS,
+            "searches": [*_AUDIENCE_FILTERS["searches"]]
+            + ([REACHABLE_FILTER] if reachable_only else []),
+        }
         self._in_flight = 0
         self._tickets_issued = 0
         self._next_ticket = 0
@@ -354,7 +365,7 @@ class Percolator:
             searches.append(
                 {
                     "query": {
-                        "bool": {"filter": [percolate, *_AUDIENCE_FILTERS[audience]]},
+                        "bool": {"filter": [percolate, *self._filters[audience]]},
                     },
                     "size": 0,
                     "track_total_hits": False,

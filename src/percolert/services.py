@@ -24,6 +24,7 @@ from percolert.percolator import Percolator
 from percolert.product_feed import ProductFeed
 from percolert.product_matching import PERCOLATE_CONCURRENCY, ProductAlerting
 from percolert.product_seen import SeenMarks
+from percolert.reachability import Leases, lease_seconds
 from percolert.settings import Settings
 from percolert.supervisor import Supervisor
 from percolert.text import TextNormalizer
@@ -48,6 +49,8 @@ class State(TypedDict):
     greetings: anyio.Semaphore
     # The background loops: which of them are down (readiness).
     background: Supervisor
+    # Leases of connected users' watches, which search percolation verifies.
+    reachability: Leases
 
 
 def state_of(connection: HTTPConnection) -> State:
@@ -140,6 +143,10 @@ class Services:
             known_categories=catalog.CategoryCache(
                 client, indices.alias_for(settings, "products")
             ).names,
+            lease_seconds=lease_seconds(settings),
+        )
+        self.reachability = Leases(
+            client, indices.alias_for(settings, "watches"), settings, hub.users
         )
         self.product_alerting = ProductAlerting(client, settings, self.percolator)
         self.product_feed = ProductFeed(
@@ -193,6 +200,7 @@ class Services:
                     )
                     services.background.start(group, "event_loop_lag", metrics.watch_event_loop)
                     services.background.start(group, "product_feed", services.product_feed.run)
+                    services.background.start(group, "reachability", services.reachability.run)
                     yield services
                     group.cancel_scope.cancel()
         finally:
@@ -219,6 +227,7 @@ class Services:
             "metrics": self.metrics,
             "greetings": self.greetings,
             "background": self.background,
+            "reachability": self.reachability,
         }
 
     def readings(self) -> dict[str, float]:
@@ -235,6 +244,10 @@ class Services:
             "product_feed_failures": self.product_feed.failures,
             "product_changes_percolated": self.product_alerting.changes_percolated,
             "product_alerts_written": self.product_alerting.alerts_written,
+            "watch_lease_writes": self.reachability.writes,
+            "watch_lease_refreshes": self.reachability.refreshes,
+            "watch_lease_failures": self.reachability.failures,
+            "watch_leases_written": self.reachability.leased,
         }
         if self.shared is not None:
             readings["broker_spooled"] = self.dispatcher.spooled

@@ -84,6 +84,11 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     # A watch owner who left less than this many seconds ago still gets alerts (kept for
     # the reconnect); one away longer gets none until they are back.
     reconnect_grace_seconds: float = 600.0
+    # Search percolation verifies only watches whose owner is leased as reachable: a lease
+    # runs for the grace period plus this slack, renewed about once per slack while the
+    # owner holds a socket here (see reachability.py). Longer: fewer renewals, more watches
+    # of owners already gone still percolated (never fewer than reachable ones).
+    lease_slack_seconds: float = 600.0
     # Off: searches are not percolated and nobody is alerted (search keeps working) — a
     # switch to shed load in an incident, and the benchmark's "alerts off" reference.
     alerts_enabled: bool = True
@@ -316,6 +321,7 @@ def from_environment(
         socket_queue_size=int(_number(env, "PERCOLERT_SOCKET_QUEUE_SIZE", 256, minimum=1)),
         socket_close_seconds=_number(env, "PERCOLERT_SOCKET_CLOSE_SECONDS", 10.0, minimum=0.1),
         reconnect_grace_seconds=_number(env, "PERCOLERT_RECONNECT_GRACE_SECONDS", 600, minimum=0),
+        lease_slack_seconds=_number(env, "PERCOLERT_LEASE_SLACK_SECONDS", 600, minimum=0.1),
         alerts_enabled=_flag(env, "PERCOLERT_ALERTS", True),
         rate_limits_enabled=_flag(env, "PERCOLERT_RATE_LIMITS", True),
         rate_limit_storage=storage,

@@ -28,6 +28,7 @@ from elasticsearch import AsyncElasticsearch
 from elasticsearch.helpers import async_bulk
 
 from percolert.messages import TERMS_MAX_LENGTH, Notify, Watch, WatchSpec
+from percolert.reachability import lease_until
 from percolert.text import TextNormalizer
 
 _SOURCE = ["owner", "is_default", "spec", "created_at", "notify"]
@@ -261,7 +262,10 @@ class WatchStore:
         *,
         max_per_user: int,
         known_categories: Callable[[], Awaitable[Collection[str]]] | None = None,
+        lease_seconds: float = 1200.0,
     ) -> None:
+        """`lease_seconds`: how long a watch its owner adds is leased as reachable
+        (`reachability.lease_seconds`; the default settings' by default)."""
         self._client = client
         self._alias = alias
         self._normalizer = normalizer
@@ -272,6 +276,7 @@ class WatchStore:
         # Count-then-insert must not interleave for one user, or concurrent adds pass the
         # limit together. Locks are dropped when nobody holds them.
         self._locks: dict[str, anyio.Lock] = {}
+        self._lease_seconds = lease_seconds
 
     def prepare(self, owner: str | None, spec: WatchSpec) -> tuple[str, dict[str, Any]]:
         """The id and stored document of a watch (nothing is sent)."""
@@ -309,6 +314,9 @@ class WatchStore:
                 index=self._alias, id=document_id, document=document, refresh=True
             )
         else:
+            # Its owner is here now: the watch is leased as reachable, so that search
+            # percolation matches it at once (reachability.py; the owner's sockets renew it).
+            document["reachable_until"] = lease_until(self._lease_seconds)
             lock = self._locks.setdefault(owner, anyio.Lock())
             try:
                 async with lock:
