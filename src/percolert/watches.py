@@ -17,6 +17,7 @@ from __future__ import annotations
 import hashlib
 import math
 import re
+import time
 from collections.abc import Awaitable, Callable, Collection, Iterable, Iterator
 from datetime import UTC, datetime
 from typing import Any
@@ -66,8 +67,9 @@ class WatchNotFound(WatchError):
         super().__init__("no such watch of yours")
 
 
-class WatchLoadFailed(WatchError):
-    """A bulk load (`add_many`) in which some watches were refused; the others are stored."""
+class WatchLoadFailed(Exception):
+    """A bulk load (`add_many`) in which some watches were refused; the others are stored.
+    Not a WatchError: no HTTP request loads in bulk."""
 
     def __init__(self, report: LoadReport) -> None:
         first = report.errors[0]
@@ -283,6 +285,8 @@ class WatchStore:
         # Count-then-insert must not interleave for one user, or concurrent adds pass the
         # limit together. Locks are dropped when nobody holds them.
         self._locks: dict[str, anyio.Lock] = {}
+        self._stamp_ms = -1
+        self._stamp = ""
 
     def prepare(self, owner: str | None, spec: WatchSpec) -> tuple[str, dict[str, Any]]:
         """The id and stored document of a watch (nothing is sent)."""
@@ -303,12 +307,23 @@ class WatchStore:
             # Doc values for percolation (mappings/watches.json).
             "terms": spec.terms,
             "watch_id": document_id,
-            "created_at": datetime.now(UTC).isoformat(timespec="milliseconds"),
+            "created_at": self._now(),
             "notify": notify,
         }
         if spec.max_price is not None:
             document["max_price"] = spec.max_price
         return document_id, document
+
+    def _now(self) -> str:
+        """The time, to the millisecond, in ISO form: formatted once a millisecond, as a bulk
+        load prepares a watch in about 10 µs and formatting was a fifth of that."""
+        millis = time.time_ns() // 1_000_000
+        if millis != self._stamp_ms:
+            seconds, rest = divmod(millis, 1000)
+            moment = datetime.fromtimestamp(seconds, UTC).replace(microsecond=rest * 1000)
+            self._stamp = moment.isoformat(timespec="milliseconds")
+            self._stamp_ms = millis
+        return self._stamp
 
     async def add(self, owner: str | None, spec: WatchSpec) -> Watch:
         """Store a watch (owner None: a default watch). Raises InvalidWatch, UnknownCategory,
