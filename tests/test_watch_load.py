@@ -230,5 +230,14 @@ async def test_the_refresh_interval_is_off_during_a_load_and_back_after_failure_
         assert refresh_interval(fresh_settings) is None
         count = await store._client.count(index=alias)
         assert count["count"] >= 30  # searchable when the load returns
+
+        # Refresh off already (another load, or the operator): left off, not "put back" on.
+        await store._client.indices.put_settings(
+            index=alias, settings={"index": {"refresh_interval": "-1"}}
+        )
+        report = await store.load(_watches_then(5, iter([None]), "off"))
+        assert report.loaded == 5
+        assert refresh_interval(fresh_settings) == "-1"
+        assert len(await store.owned_by("off-1")) == 1  # the load's own refresh
     finally:
         await store._client.close()

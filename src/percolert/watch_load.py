@@ -266,7 +266,9 @@ def _first(group: BaseExceptionGroup[BaseException]) -> BaseException:
 async def relaxed_refresh(client: AsyncElasticsearch, alias: str) -> AsyncIterator[None]:
     """No periodic refresh of the indices behind `alias` while the block runs: each refresh
     makes a segment that is merged again later. Their own settings (or the default, for an
-    index that had none) are put back when the block ends, also on failure or cancellation."""
+    index that had none) are put back when the block ends, also on failure or cancellation.
+    An index whose refresh is off already (another load running, or the operator's choice)
+    is left alone: putting back what a running load set would leave refresh off for good."""
     found = await client.indices.get_settings(index=alias, name="index.refresh_interval")
     # An index without the setting is absent from the answer: it goes back to the default.
     before = {
@@ -276,14 +278,16 @@ async def relaxed_refresh(client: AsyncElasticsearch, alias: str) -> AsyncIterat
         .get("refresh_interval")
         for index in await indices_behind(client, alias)
     }
-    await client.indices.put_settings(
-        index=alias, settings={"index": {"refresh_interval": _RELAXED}}
-    )
+    relaxed = {index: interval for index, interval in before.items() if interval != _RELAXED}
     try:
+        for index in relaxed:
+            await client.indices.put_settings(
+                index=index, settings={"index": {"refresh_interval": _RELAXED}}
+            )
         yield
     finally:
         with anyio.CancelScope(shield=True), anyio.fail_after(30):
-            for index, interval in before.items():
+            for index, interval in relaxed.items():
                 await client.indices.put_settings(
                     index=index, settings={"index": {"refresh_interval": interval}}
                 )
