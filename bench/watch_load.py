@@ -29,7 +29,7 @@ import tempfile
 import time
 from contextlib import ExitStack
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 from percolert import es, indices
 from percolert.messages import WatchSpec
@@ -83,6 +83,27 @@ async def worker(url: str, prefix: str, variant: str, count: int) -> dict[str, A
         }
     finally:
         await client.close()
+
+
+def prepare_only(count: int) -> float:
+    """CPU µs per watch to prepare and encode the harness's watches, nothing sent (what the
+    loader costs beside HTTP; run under py-spy to see where it goes)."""
+    # Imported here: the `old` worker runs this file on the code before watch_load.py existed.
+    from percolert.watch_load import BulkLoad
+
+    watches = harness_watches(count)
+    store = WatchStore(cast(Any, None), "watches", TextNormalizer(), max_per_user=10**9)
+    bulk = BulkLoad(cast(Any, _NoClient()), "watches")
+    cpu = time.process_time()
+    prepared = ((ref, *store.prepare(owner, spec)) for ref, (owner, spec) in enumerate(watches))
+    for chunk in bulk._chunks(prepared):
+        b"".join(chunk.lines)
+    return (time.process_time() - cpu) / count * 1e6
+
+
+class _NoClient:
+    def options(self, **_: object) -> _NoClient:
+        return self
 
 
 def _options(variant: str) -> list[tuple[str, str]]:
@@ -187,8 +208,14 @@ def main() -> int:
     parser.add_argument("--url", default=None, help="a node to use instead of a fresh one")
     parser.add_argument("--prefix", default=PREFIX, help="index prefix (with --url)")
     parser.add_argument("--json", type=Path, default=None, help="write the results here")
+    parser.add_argument(
+        "--prepare-only", type=int, default=0, help="time preparing N watches, no node"
+    )
     parser.add_argument("--worker", default=None, help=argparse.SUPPRESS)
     args = parser.parse_args()
+    if args.prepare_only:
+        print(f"{prepare_only(args.prepare_only):.2f} µs CPU a watch prepared and encoded")
+        return 0
     if args.worker:
         print(json.dumps(asyncio.run(worker(args.url, args.prefix, args.worker, args.watches))))
         return 0
