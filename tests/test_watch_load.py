@@ -5,6 +5,9 @@ interval put back whatever happens."""
 from __future__ import annotations
 
 import json
+import random
+import re
+import unicodedata
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -241,3 +244,18 @@ async def test_the_refresh_interval_is_off_during_a_load_and_back_after_failure_
         assert len(await store.owned_by("off-1")) == 1  # the load's own refresh
     finally:
         await store._client.close()
+
+
+def test_ascii_text_is_split_as_the_folding_path_splits_it() -> None:
+    """The normaliser's ASCII shortcut (what makes preparing a watch cheap) finds the words
+    the accent-folding path finds."""
+    word = re.compile(r"[^\W_]+(?:'[^\W_]+)?")
+    rng = random.Random(3)
+    alphabet = "abcXYZ019 '_-.,!\t" + "".join(chr(code) for code in range(32, 127))
+    normalizer = TextNormalizer()
+    for _ in range(2000):
+        text = "".join(rng.choice(alphabet) for _ in range(rng.randint(0, 30)))
+        folded = unicodedata.normalize("NFKD", text.casefold())
+        plain = "".join(char for char in folded if not unicodedata.combining(char))
+        assert normalizer.words(text) == word.findall(plain), text
+    assert normalizer.words("Café Ünïcode") == ["cafe", "unicode"]
