@@ -11,8 +11,10 @@ node's peak heap and its old-generation collections during the load.
     PYTHONPATH=. python bench/watch_load.py --watches 1000000 --rounds 2
     PYTHONPATH=. python bench/watch_load.py --variants new,new+async,new+shards2
 
-A variant is `old` or `new`, optionally with `+async` (translog durability async during the
-load), `+shards2` (the index created with 2 shards), `+chunkN` (N watches a request) or
+A variant is `old`, `new` or `cli` (`percolert watches load FILE` of the same watches, the
+file written first, untimed; its time includes the command's start), optionally with
+`+async` (translog durability async during the load), `+shards2` (the index created with 2
+shards), `+chunkN` (N watches a request) or
 `+flightN` (N requests in flight).
 """
 
@@ -23,7 +25,9 @@ import asyncio
 import json
 import os
 import random
+import resource
 import statistics
+import subprocess
 import sys
 import tempfile
 import time
@@ -66,6 +70,8 @@ async def worker(url: str, prefix: str, variant: str, count: int) -> dict[str, A
         client, indices.alias_for(settings, "watches"), TextNormalizer(), max_per_user=10**9
     )
     try:
+        if variant.startswith("cli"):
+            return _cli_load(settings, watches)
         started, cpu = time.perf_counter(), time.process_time()
         if variant.startswith("old"):
             for start in range(0, count, 10_000):
@@ -83,6 +89,34 @@ async def worker(url: str, prefix: str, variant: str, count: int) -> dict[str, A
         }
     finally:
         await client.close()
+
+
+def _cli_load(settings: Settings, watches: list[tuple[str | None, WatchSpec]]) -> dict[str, Any]:
+    """`percolert watches load FILE` of the same watches, written to a file first (untimed)."""
+    with tempfile.TemporaryDirectory(prefix="percolert-watch-file-") as scratch:
+        path = Path(scratch) / "watches.ndjson"
+        with path.open("wb") as file:
+            for owner, spec in watches:
+                file.write(json.dumps({"owner": owner, "terms": spec.terms}).encode() + b"\n")
+        env = {
+            **os.environ,
+            "ELASTICSEARCH_URL": settings.elasticsearch_url,
+            "PERCOLERT_INDEX_PREFIX": settings.index_prefix,
+        }
+        before = resource.getrusage(resource.RUSAGE_CHILDREN)
+        started = time.perf_counter()
+        done = subprocess.run(
+            [sys.executable, "-m", "percolert.cli", "watches", "load", str(path)],
+            env=env,
+            capture_output=True,
+            text=True,
+            check=True,
+        )
+        seconds = time.perf_counter() - started
+        after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    print(done.stdout.strip(), file=sys.stderr)
+    cpu = (after.ru_utime + after.ru_stime) - (before.ru_utime + before.ru_stime)
+    return {"seconds": seconds, "loader_cpu": cpu}
 
 
 def prepare_only(count: int) -> float:
