@@ -29,13 +29,15 @@ from tests.shoppers import Shopper
 pytestmark = pytest.mark.anyio
 
 
-def refresh_interval(settings: Settings) -> Any:
-    """The watches index's own refresh_interval (None: it has none, the default applies)."""
+def refresh_interval(settings: Settings) -> tuple[Any, Any]:
+    """The watches index's own refresh_interval and translog durability (None: it has none
+    of its own, the default applies)."""
     alias = indices.alias_for(settings, "watches")
     response = httpx.get(f"{settings.elasticsearch_url}/{alias}/_settings", timeout=10)
     response.raise_for_status()
     [index_settings] = response.json().values()
-    return index_settings["settings"]["index"].get("refresh_interval")
+    own = index_settings["settings"]["index"]
+    return own.get("refresh_interval"), own.get("translog", {}).get("durability")
 
 
 def store_for(settings: Settings) -> WatchStore:
@@ -106,7 +108,7 @@ async def test_the_cli_loads_the_good_lines_reports_the_bad_and_a_search_alerts_
         assert "max_price" in refused[1]
         assert "never alerts of products" in refused[2]
         assert "surprise" in refused[3]
-        assert refresh_interval(fresh_settings) is None
+        assert refresh_interval(fresh_settings) == (None, None)
 
         listed = (await owner.http.get("/api/watches")).json()["watches"]
         assert sorted(watch["terms"] for watch in listed if not watch["is_default"]) == [
@@ -196,7 +198,7 @@ async def test_the_refresh_interval_is_off_during_a_load_and_back_after_failure_
     fresh_settings = settings
     alias = indices.alias_for(fresh_settings, "watches")
     store = store_for(fresh_settings)
-    seen_during: list[Any] = []
+    seen_during: list[tuple[Any, Any]] = []
 
     def look_then_fail() -> Iterator[None]:
         seen_during.append(refresh_interval(fresh_settings))
@@ -209,8 +211,8 @@ async def test_the_refresh_interval_is_off_during_a_load_and_back_after_failure_
         )
         with pytest.raises(RuntimeError, match="the input broke"):
             await store.load(_watches_then(50, look_then_fail()), chunk_size=10)
-        assert seen_during == ["-1"]
-        assert refresh_interval(fresh_settings) == "7s"
+        assert seen_during == [("-1", "async")]
+        assert refresh_interval(fresh_settings) == ("7s", None)
 
         with anyio.CancelScope() as scope:
 
@@ -221,8 +223,8 @@ async def test_the_refresh_interval_is_off_during_a_load_and_back_after_failure_
 
             await store.load(_watches_then(50, look_then_cancel()), chunk_size=10)
         assert scope.cancelled_caught
-        assert seen_during == ["-1", "-1"]
-        assert refresh_interval(fresh_settings) == "7s"
+        assert seen_during == [("-1", "async")] * 2
+        assert refresh_interval(fresh_settings) == ("7s", None)
 
         # An index that had no interval of its own gets none back (the default).
         await store._client.indices.put_settings(
@@ -230,7 +232,7 @@ async def test_the_refresh_interval_is_off_during_a_load_and_back_after_failure_
         )
         report = await store.load(_watches_then(30, iter([None]), "later"), chunk_size=10)
         assert report.loaded == 30
-        assert refresh_interval(fresh_settings) is None
+        assert refresh_interval(fresh_settings) == (None, None)
         count = await store._client.count(index=alias)
         assert count["count"] >= 30  # searchable when the load returns
 
@@ -240,7 +242,7 @@ async def test_the_refresh_interval_is_off_during_a_load_and_back_after_failure_
         )
         report = await store.load(_watches_then(5, iter([None]), "off"))
         assert report.loaded == 5
-        assert refresh_interval(fresh_settings) == "-1"
+        assert refresh_interval(fresh_settings) == ("-1", None)
         assert len(await store.owned_by("off-1")) == 1  # the load's own refresh
     finally:
         await store._client.close()

@@ -4,8 +4,9 @@ A load of many watches is Elasticsearch indexing percolator documents (each one 
 parse and extract terms from) while this process prepares the next ones, on the same few
 cores. So each document is encoded once with msgspec into the bulk body, the answer is cut
 to each item's status (and error), `in_flight` requests keep Elasticsearch's write threads
-busy while the next chunk is prepared, and the index does not refresh until the load ends
-(its `refresh_interval` is put back afterwards, whatever happened). Measurements:
+busy while the next chunk is prepared, and the index neither refreshes nor syncs its
+translog at each request until the load ends (then one flush and one refresh; its own
+settings are put back afterwards, whatever happened). Measurements:
 docs/benchmarks/watch-load.md.
 
 Documents are written with `create`: a watch already stored (same id: same owner and
@@ -38,7 +39,9 @@ _SERVER_ERROR = 500
 _PASSING_ERRORS = frozenset({"cluster_block_exception"})
 _ATTEMPTS = 4  # an item refused for the cluster's sake is sent at most this often
 _REQUEST_TIMEOUT = 300.0  # a bulk request of thousands of queries under a busy JVM
-_RELAXED = "-1"  # no refresh until the load says so
+# Index settings during a load (docs/benchmarks/watch-load.md: each bought a load of 1M
+# watches about 1.5x on this machine's slow fsync).
+_RELAXED = {"index.refresh_interval": "-1", "index.translog.durability": "async"}
 
 
 class LoadError(msgspec.Struct, frozen=True):
@@ -162,12 +165,12 @@ class BulkLoad:
             self._on_error(error)
 
     async def run(
-        self, prepared: Iterable[Prepared | LoadError], *, relax_refresh: bool = True
+        self, prepared: Iterable[Prepared | LoadError], *, relax: bool = True
     ) -> LoadReport:
         """Write every prepared watch (LoadErrors are reported as they come), then refresh:
         the loaded watches are searchable when this returns."""
         started = time.perf_counter()
-        relaxed = relaxed_refresh(self._client, self._alias) if relax_refresh else None
+        relaxed = relaxed_for_load(self._client, self._alias) if relax else None
         async with relaxed or contextlib.AsyncExitStack():
             try:
                 await self._send_all(prepared)
@@ -175,6 +178,10 @@ class BulkLoad:
                 # Callers handle one failure (Elasticsearch's, or their input's), as from
                 # any other call: the first is the cause, the rest were cancelled by it.
                 raise _first(group) from None
+            if relax:
+                # Durable before the translog is synced per request again: what the report
+                # counts as loaded survives a crash of the node.
+                await self._client.indices.flush(index=self._alias)
         await self._client.indices.refresh(index=self._alias)
         self.report.errors.sort(key=lambda error: error.ref)
         self.report.seconds = time.perf_counter() - started
@@ -263,31 +270,31 @@ def _first(group: BaseExceptionGroup[BaseException]) -> BaseException:
 
 
 @contextlib.asynccontextmanager
-async def relaxed_refresh(client: AsyncElasticsearch, alias: str) -> AsyncIterator[None]:
-    """No periodic refresh of the indices behind `alias` while the block runs: each refresh
-    makes a segment that is merged again later. Their own settings (or the default, for an
-    index that had none) are put back when the block ends, also on failure or cancellation.
-    An index whose refresh is off already (another load running, or the operator's choice)
-    is left alone: putting back what a running load set would leave refresh off for good."""
-    found = await client.indices.get_settings(index=alias, name="index.refresh_interval")
-    # An index without the setting is absent from the answer: it goes back to the default.
-    before = {
-        index: found.body.get(index, {})
-        .get("settings", {})
-        .get("index", {})
-        .get("refresh_interval")
-        for index in await indices_behind(client, alias)
-    }
-    relaxed = {index: interval for index, interval in before.items() if interval != _RELAXED}
+async def relaxed_for_load(client: AsyncElasticsearch, alias: str) -> AsyncIterator[None]:
+    """The indices behind `alias` set for a bulk load while the block runs (`_RELAXED`): no
+    periodic refresh (each refresh makes a segment that is merged again later), and the
+    translog synced every few seconds rather than at each request (the caller flushes when
+    the load is done). Their own settings (or the defaults, for an index that had none) are
+    put back when the block ends, also on failure or cancellation. A setting already at its
+    relaxed value (another load running, or the operator's choice) is left alone: putting
+    back what a running load set would leave it relaxed for good."""
+    found = await client.indices.get_settings(index=alias, name=list(_RELAXED), flat_settings=True)
+    # An index without a setting of its own lacks it in the answer: the default comes back.
+    before: dict[str, dict[str, str | None]] = {}
+    for index in await indices_behind(client, alias):
+        own = found.body.get(index, {}).get("settings", {})
+        changed = {
+            name: own.get(name) for name, value in _RELAXED.items() if own.get(name) != value
+        }
+        if changed:
+            before[index] = changed
     try:
-        for index in relaxed:
+        for index, changed in before.items():
             await client.indices.put_settings(
-                index=index, settings={"index": {"refresh_interval": _RELAXED}}
+                index=index, settings={name: _RELAXED[name] for name in changed}
             )
         yield
     finally:
         with anyio.CancelScope(shield=True), anyio.fail_after(30):
-            for index, interval in relaxed.items():
-                await client.indices.put_settings(
-                    index=index, settings={"index": {"refresh_interval": interval}}
-                )
+            for index, changed in before.items():
+                await client.indices.put_settings(index=index, settings=changed)
