@@ -168,7 +168,8 @@ def catalog_words() -> list[str]:
 
 
 async def load_watches(settings: Settings, count: int) -> None:
-    """`count` background watches of 1-2 catalog words, spread over count/5 users."""
+    """`count` background watches of 1-2 catalog words, spread over count/5 users, through
+    the bulk load (WatchStore.load, as `percolert watches load`); prints its rate."""
     words = catalog_words()
     rng = random.Random(7)
     client = es.create_client(settings)
@@ -176,19 +177,23 @@ async def load_watches(settings: Settings, count: int) -> None:
         store = WatchStore(
             client, indices.alias_for(settings, "watches"), TextNormalizer(), max_per_user=10**9
         )
-        batch: list[tuple[str | None, WatchSpec]] = []
-        for number in range(count):
-            terms = " ".join(rng.sample(words, rng.choice([1, 2, 2])))
-            batch.append((f"background-{number % max(1, count // 5)}", WatchSpec(terms=terms)))
-            if len(batch) == 10_000:
-                await store.add_many(batch)
-                batch = []
-        if batch:
-            await store.add_many(batch)
+        watches = (
+            (
+                number,
+                f"background-{number % max(1, count // 5)}",
+                WatchSpec(terms=" ".join(rng.sample(words, rng.choice([1, 2, 2])))),
+            )
+            for number in range(count)
+        )
+        report = await store.load(watches)
+        print(
+            f"  loaded {report.loaded} watches ({report.duplicates} duplicates) in "
+            f"{report.seconds:.1f} s: {report.rate:.0f} watches/s",
+            flush=True,
+        )
         # As after any bulk load: merge the fresh segments now, so the measurement is not
         # of Elasticsearch merging and warming them in the background.
         alias = indices.alias_for(settings, "watches")
-        await client.indices.refresh(index=alias)
         await client.indices.forcemerge(index=alias, max_num_segments=1)
     finally:
         await client.close()

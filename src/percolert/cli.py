@@ -31,6 +31,7 @@ from percolert.server import build_server
 from percolert.sessions import load_secret
 from percolert.settings import Settings, SettingsError, from_environment
 from percolert.text import TextNormalizer
+from percolert.watch_load import LoadError, LoadReport, read_watch_file
 from percolert.watches import (
     SeedFileError,
     SeedReport,
@@ -280,6 +281,42 @@ def _describe_watch(owner: str | None, watch: Watch) -> str:
     return f"{watch.id}  {who:<30}  {', '.join(conditions)}"
 
 
+def _load_watches(settings: Settings, path: Path, *, chunk_size: int) -> LoadReport:
+    """`watches load`: an NDJSON file of watches in bulk, with a progress bar (bytes read)."""
+    if not path.is_file():
+        raise CliError(f"no such file: {path}")
+    alias = indices.alias_for(settings, "watches")
+    with tqdm(
+        total=path.stat().st_size,
+        unit="B",
+        unit_scale=True,
+        desc=f"load {path.name}",
+        file=sys.stderr,
+        disable=None,
+    ) as bar:
+
+        def report_error(error: LoadError) -> None:
+            tqdm.write(f"{path}:{error.ref}: {error.reason}", file=sys.stderr)
+
+        def advance(consumed: int) -> None:
+            bar.update(consumed)
+
+        async def load(client: AsyncElasticsearch) -> LoadReport:
+            if not await client.indices.exists_alias(name=alias):
+                raise CliError(f"index {alias} does not exist: run `percolert setup` first")
+            watches = read_watch_file(path, on_progress=advance)
+            return await _watch_store(client, settings).load(
+                watches, chunk_size=chunk_size, on_error=report_error
+            )
+
+        report = _run_with_client(settings, load)
+    print(
+        f"loaded {report.loaded}, duplicates {report.duplicates}, refused {report.refused} "
+        f"in {report.seconds:.1f} s ({report.rate:.0f} watches/s) into {alias}"
+    )
+    return report
+
+
 def cmd_watches(settings: Settings, args: argparse.Namespace) -> int:
     if args.action == "seed":
         path = Path(args.file)
@@ -300,6 +337,9 @@ def cmd_watches(settings: Settings, args: argparse.Namespace) -> int:
             f"default watches: {report.added} added, {report.unchanged} unchanged, "
             f"{report.removed} removed"
         )
+    elif args.action == "load":
+        loaded = _load_watches(settings, Path(args.file), chunk_size=args.chunk_size)
+        return 1 if loaded.refused else 0
     elif args.action == "list":
 
         async def listing(client: AsyncElasticsearch) -> list[tuple[str | None, Watch]]:
@@ -517,6 +557,11 @@ def _parser() -> argparse.ArgumentParser:
     actions = watches.add_subparsers(dest="action", required=True, metavar="ACTION")
     seed = actions.add_parser("seed", help="make the default watches exactly those in FILE")
     seed.add_argument("file", help="JSON array of {terms, phrase?, category?, max_price?}")
+    load = actions.add_parser("load", help="bulk-load watches from an NDJSON file")
+    load.add_argument(
+        "file", help="one watch a line: {owner?, terms, phrase?, category?, max_price?, notify?}"
+    )
+    load.add_argument("--chunk-size", type=int, default=2000, help="watches per bulk request")
     listing = actions.add_parser("list", help="list watches (all, one user's, or defaults)")
     who = listing.add_mutually_exclusive_group()
     who.add_argument("--user", help="only this user's watches")

@@ -56,6 +56,10 @@ class TextNormalizer:
         self._stems: dict[str, str] = {}
 
     def words(self, text: str) -> list[str]:
+        if text.isascii():
+            # Nothing to fold: the per-character pass below was most of a bulk watch load's
+            # client time (docs/benchmarks/watch-load.md).
+            return _WORD.findall(text.lower())
         folded = unicodedata.normalize("NFKD", text.casefold())
         plain = "".join(char for char in folded if not unicodedata.combining(char))
         return _WORD.findall(plain)
