@@ -22,6 +22,8 @@ Uses ELASTICSEARCH_URL when set (its own index prefix, set up afresh), else a fr
 from __future__ import annotations
 
 import argparse
+import asyncio
+import ctypes
 import gc
 import json
 import os
@@ -72,13 +74,21 @@ def _probe(_signum: int, _frame: object) -> None:
         name = type(obj).__qualname__
         counts[name] += 1
         sizes[name] += sys.getsizeof(obj)
+    chains = Counter(_await_chain(task) for task in asyncio.all_tasks())
     gc.freeze()
+    rss = psutil.Process().memory_info().rss
+    # What the C allocator holds free (fragmentation left by transient work such as the
+    # greetings) rather than what the sockets hold: the same after giving it back.
+    ctypes.CDLL("libc.so.6").malloc_trim(0)
     report: dict[str, Any] = {
-        "rss": psutil.Process().memory_info().rss,
+        "rss": rss,
+        "rss_trimmed": psutil.Process().memory_info().rss,
+        "blocks": sys.getallocatedblocks(),
         "collect_ms": round(collect_ms, 1),
         "compaction_ms": round(compaction_ms, 1),
         "objects": sum(counts.values()),
         "counts": dict(counts),
+        "chains": dict(chains.most_common(3)),
         "sizes": dict(sizes),
     }
     if tracemalloc.is_tracing():
@@ -87,6 +97,16 @@ def _probe(_signum: int, _frame: object) -> None:
     partial = path.with_suffix(".partial")
     partial.write_text(json.dumps(report))
     partial.rename(path)
+
+
+def _await_chain(task: asyncio.Task[Any]) -> str:
+    """The coroutines a task is suspended in, outermost first."""
+    names: list[str] = []
+    awaited: Any = task.get_coro()
+    while awaited is not None and len(names) < 60:
+        names.append(getattr(awaited, "__qualname__", type(awaited).__qualname__))
+        awaited = getattr(awaited, "cr_await", None) or getattr(awaited, "gi_yieldfrom", None)
+    return " > ".join(names)
 
 
 def serve_probed(port: int) -> int:
@@ -152,7 +172,6 @@ class ProbedServer(Server):
                 raise SystemExit("the server's probe did not answer")
             time.sleep(0.1)
         result: dict[str, Any] = json.loads(self.probe_path.read_text())
-        result["rss"] = self.ps.memory_info().rss  # the same, read from outside
         trace = Path(str(self.probe_path) + ".trace")
         if trace.exists():
             result["trace"] = str(trace.rename(self.probe_path.with_name(f"{label}.trace")))
@@ -189,6 +208,7 @@ def one_round(
         # First use (imports, pools, caches) outside the measurement.
         warm = Subscribers(server, cookies[:50], scratch)
         warm.stop()
+        Path(str(warm.record) + ".ready").unlink()  # the next subscribers' share its name
         settle(server, 0, settle_seconds)
         before = server.probe("before")
         started = time.monotonic()
@@ -227,6 +247,10 @@ def summarize(
         "rss_before_mb": round(before["rss"] / 2**20, 1),
         "rss_after_mb": round(after["rss"] / 2**20, 1),
         "kb_per_socket": round((after["rss"] - before["rss"]) / sockets / 1024, 2),
+        "kb_per_socket_trimmed": round(
+            (after["rss_trimmed"] - before["rss_trimmed"]) / sockets / 1024, 2
+        ),
+        "blocks_per_socket": round((after["blocks"] - before["blocks"]) / sockets, 1),
         "objects_per_socket": round((after["objects"] - before["objects"]) / sockets, 1),
         "python_bytes_per_socket": round(
             (sum(after["sizes"].values()) - sum(before["sizes"].values())) / sockets
@@ -234,6 +258,7 @@ def summarize(
         "collect_ms": [before["collect_ms"], after["collect_ms"]],
         "compaction_ms": [before["compaction_ms"], after["compaction_ms"]],
         "objects_by_type": dict(list(per_socket("counts").items())[:25]),
+        "tasks_after": after["chains"],
         "bytes_by_type": dict(list(per_socket("sizes").items())[:25]),
     }
     if "trace" in after:
@@ -269,7 +294,9 @@ def elasticsearch(scratch: Path) -> Iterator[str]:
 def print_round(label: str, result: dict[str, Any]) -> None:
     print(
         f"{label}: {result['sockets']} sockets, RSS {result['rss_before_mb']} -> "
-        f"{result['rss_after_mb']} MiB: {result['kb_per_socket']} KB/socket; "
+        f"{result['rss_after_mb']} MiB: {result['kb_per_socket']} KB/socket "
+        f"({result['kb_per_socket_trimmed']} after malloc_trim); "
+        f"{result['blocks_per_socket']} allocated blocks/socket, "
         f"{result['objects_per_socket']} tracked objects/socket "
         f"({result['python_bytes_per_socket']} B own size); "
         f"collect {result['collect_ms'][1]} ms, compaction {result['compaction_ms'][1]} ms "
@@ -340,6 +367,8 @@ def main() -> int:
         last = rounds[-1]
         print("    objects per socket by type:", json.dumps(last["objects_by_type"]))
         print("    own bytes per socket by type:", json.dumps(last["bytes_by_type"]))
+        for chain, count in last["tasks_after"].items():
+            print(f"    {count} tasks in: {chain}")
         for line, size in last.get("bytes_by_line", {}).items():
             print(f"    {size:7d} B/socket  {line}")
     if args.report is not None:

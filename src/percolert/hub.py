@@ -56,6 +56,7 @@ class Connection:
         "_held",
         "_queue",
         "_queue_size",
+        "_readable",
         "_send_text",
         "_sending",
         "_wakeup",
@@ -90,6 +91,7 @@ class Connection:
         self._queue: list[str] = []
         self._queue_size = queue_size
         self._wakeup: asyncio.Future[None] | None = None
+        self._readable = False
         self.overflowed = False
         self.finished = False
         self._closed = False
@@ -167,13 +169,26 @@ class Connection:
         self._queue.clear()
         self._wake()
 
-    async def write(self, scope: anyio.CancelScope) -> None:
-        """Send queued messages in order until `finish` (or `scope` is cancelled on overflow)."""
+    def readable(self) -> None:
+        """The client sent something: the writer hands it to its `read` (see `write`)."""
+        self._readable = True
+        self._wake()
+
+    async def write(
+        self, scope: anyio.CancelScope, read: Callable[[], Awaitable[bool]] | None = None
+    ) -> None:
+        """Send queued messages in order until `finish` (or `scope` is cancelled on overflow).
+
+        With `read`, the same task also reads: `read` runs whenever `readable` was called
+        (and once at the start), and returns False when the socket is over. One task per
+        socket instead of a writer and a reader (each with its own chain of coroutines, kept
+        for as long as the socket is open: see docs/benchmarks/socket-memory.md)."""
         self._cancel_scope = scope
         if self.overflowed:
             scope.cancel()
         loop = asyncio.get_running_loop()
         self._write_frame = self._frames_possible
+        self._readable = read is not None
         while True:
             while self._queue:
                 self._sending = True
@@ -183,6 +198,11 @@ class Connection:
                     self._sending = False
             if self.finished or self._closed:
                 return
+            if self._readable and read is not None:
+                self._readable = False
+                if not await read():
+                    return
+                continue
             self._wakeup = loop.create_future()
             try:
                 await self._wakeup

@@ -36,6 +36,8 @@ FRAME_WRITER = "percolert.websocket.write_frame"
 WriteFrame = Callable[[bytes], bool]
 # (code, reason, seconds) -> whether a close frame was queued; see `close_behind`
 CloseBehind = Callable[[int, str, float], bool]
+# (wake) -> a callable saying whether a receive event is waiting; see `receive_listener`
+Listen = Callable[[Callable[[], None]], Callable[[], bool]]
 
 
 def frame_text(text: str) -> bytes:
@@ -47,6 +49,14 @@ def frame_writer(scope: Mapping[str, Any]) -> WriteFrame | None:
     """The fast path of the socket with this ASGI scope, if its server offers one."""
     extension = (scope.get("extensions") or {}).get(FRAME_WRITER)
     return None if extension is None else cast(WriteFrame, extension["write_frame"])
+
+
+def receive_listener(scope: Mapping[str, Any]) -> Listen | None:
+    """`listen` of the socket with this ASGI scope, if its server offers it: `listen(wake)`
+    has `wake()` called whenever a receive event arrives, and returns whether one is
+    waiting (so `receive` would not wait)."""
+    extension = (scope.get("extensions") or {}).get(FRAME_WRITER)
+    return None if extension is None else cast(Listen, extension["listen"])
 
 
 def closer(scope: Mapping[str, Any]) -> CloseBehind | None:
@@ -61,15 +71,20 @@ class _Inbox:
     760 bytes each even when empty, for every open socket, and an idle socket's queue is
     empty. Unbounded, in order; a getter waits on a future made when it has to."""
 
-    __slots__ = ("_getters", "_items")
+    __slots__ = ("_getters", "_items", "listener")
 
     def __init__(self) -> None:
         self._items: list[ASGIReceiveEvent] = []
         self._getters: list[asyncio.Future[None]] = []
+        # Told of every event put: lets the app read only when there is something to read
+        # (`receive_listener`), instead of keeping a reader task waiting per socket.
+        self.listener: Callable[[], None] | None = None
 
     def put_nowait(self, item: ASGIReceiveEvent) -> None:
         self._items.append(item)
         self._wake()
+        if self.listener is not None:
+            self.listener()
 
     def _wake(self) -> None:
         for getter in self._getters:
@@ -147,13 +162,14 @@ class FrameWritingProtocol(WebSocketsSansIOProtocol):
         super().__init__(*args, **kwargs)
         # Every open socket holds these: lighter stand-ins for uvicorn's asyncio queue and
         # event (docs/benchmarks/socket-memory.md).
-        self.queue = _Inbox()  # type: ignore[assignment]
+        self.queue: _Inbox = _Inbox()  # type: ignore[assignment]
         self.writable = _Flag()  # type: ignore[assignment]
 
     async def run_asgi(self) -> None:
         self.scope["extensions"][FRAME_WRITER] = {
             "write_frame": self.write_frame,
             "close_behind": self.close_behind,
+            "listen": self.listen,
         }
         try:
             await super().run_asgi()
@@ -180,8 +196,17 @@ class FrameWritingProtocol(WebSocketsSansIOProtocol):
         if not (self._asgi_done and self.disconnected):
             return
         self.scope["extensions"].pop(FRAME_WRITER, None)  # a bound method of self
+        self.queue.listener = None  # the app's, which holds the app's socket
         self.conn.parser.close()  # a generator whose frame holds the connection
         self.transport = None  # type: ignore[assignment]  # it holds this protocol
+
+    def listen(self, wake: Callable[[], None]) -> Callable[[], bool]:
+        """Call `wake` whenever a receive event arrives; returns whether one is waiting."""
+        self.queue.listener = wake
+        return self.received
+
+    def received(self) -> bool:
+        return not self.queue.empty()
 
     def write_frame(self, frame: bytes) -> bool:
         """Write a frame from `frame_text` now, if the socket is open, uses no extension
