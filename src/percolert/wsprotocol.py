@@ -186,7 +186,8 @@ class FrameWritingProtocol(WebSocketsSansIOProtocol):
         if message["type"] == "websocket.accept" and self.handshake_complete:
             # The handshake's request and response (their headers parsed twice over) are
             # only read until the accept; the app has the request's headers in its scope.
-            del self.request, self.response
+            vars(self).pop("request", None)
+            vars(self).pop("response", None)
         if message["type"] == "websocket.http.response.body" and not message.get("more_body"):
             # A refused handshake's answer is complete: uvicorn would otherwise log "ASGI
             # callable returned without completing handshake" at ERROR for every refusal.
