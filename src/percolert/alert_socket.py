@@ -25,7 +25,7 @@ from percolert.origins import origin_allowed
 from percolert.services import State, encode_message, state_of
 from percolert.sessions import current_user, session_started
 from percolert.settings import Settings
-from percolert.wsprotocol import closer, frame_writer
+from percolert.wsprotocol import closer, frame_writer, receive_listener
 
 logger = logging.getLogger("percolert.socket")
 
@@ -95,30 +95,78 @@ async def _greeting(
     return hello, missed
 
 
-async def _read_until_closed(websocket: WebSocket) -> tuple[int, str]:
-    """Answer pings; returns the close code and reason when the client leaves or misbehaves."""
-    decoder = msgspec.json.Decoder(ClientMessages)
-    pong = encode_message(Pong())
-    while True:
-        message = await websocket.receive()
+class _Reader:
+    """Reads what the client sends: answers pings; a close code and reason once the client
+    leaves or misbehaves."""
+
+    def __init__(self, websocket: WebSocket) -> None:
+        self._websocket = websocket
+        self._decoder = msgspec.json.Decoder(ClientMessages)
+        self._pong = encode_message(Pong())
+        self.close_code, self.reason = 0, ""
+        self.over = False
+
+    async def read_one(self) -> None:
+        """Take one message (waiting for it if need be) and answer it; `over` once the
+        socket is."""
+        message = await self._websocket.receive()
         if message["type"] == "websocket.disconnect":
-            return 0, ""
+            self.over = True
+            return
         text = message.get("text")
         if text is None:
-            return UNSUPPORTED_DATA, "only JSON text messages are accepted"
+            self.close_code, self.reason = UNSUPPORTED_DATA, "only JSON text messages are accepted"
+            self.over = True
+            return
         try:
-            decoded = decoder.decode(text)
+            decoded = self._decoder.decode(text)
         except msgspec.DecodeError:
-            return POLICY_VIOLATION, "malformed message"
+            self.close_code, self.reason = POLICY_VIOLATION, "malformed message"
+            self.over = True
+            return
         match decoded:
             case Ping():
                 # Sent from here, not queued: the queue's bound is for alerts the client fails
                 # to take, and its own pings must not count toward it. A client that pings
                 # without reading is simply not read from until it does.
                 try:
-                    await websocket.send_text(pong)
+                    await self._websocket.send_text(self._pong)
                 except WebSocketDisconnect:
-                    return 0, ""
+                    self.over = True
+
+    async def read_until_closed(self) -> None:
+        while not self.over:
+            await self.read_one()
+
+
+async def _live(websocket: WebSocket, connection: Connection) -> tuple[int, str]:
+    """Alerts out and pings answered until the socket is over; its close code and reason
+    (0 and "" when the client left or the server closes it)."""
+    reader = _Reader(websocket)
+    listen = receive_listener(websocket.scope)
+    if listen is not None:
+        # One task: the writer reads whenever something arrived (nothing waits to read).
+        waiting = listen(connection.readable)
+
+        async def read_waiting() -> bool:
+            while waiting() and not reader.over:
+                await reader.read_one()
+            return not reader.over
+
+        with anyio.CancelScope() as scope:
+            await connection.write(scope, read_waiting)
+        return reader.close_code, reader.reason
+    # Another server's protocol: a reader task beside the writer.
+    async with anyio.create_task_group() as tasks:
+
+        async def read() -> None:
+            await reader.read_until_closed()
+            tasks.cancel_scope.cancel()
+
+        tasks.start_soon(read)
+        await connection.write(tasks.cancel_scope)
+        tasks.cancel_scope.cancel()
+    return reader.close_code, reader.reason
 
 
 async def alerts_socket(websocket: WebSocket) -> None:
@@ -167,17 +215,10 @@ async def alerts_socket(websocket: WebSocket) -> None:
         await websocket.send_text(encode_message(hello))
         for alert in missed:
             await websocket.send_text(encode_message(alert))
-
-        async with anyio.create_task_group() as tasks:
-
-            async def read() -> None:
-                nonlocal close_code, reason
-                close_code, reason = await _read_until_closed(websocket)
-                tasks.cancel_scope.cancel()
-
-            tasks.start_soon(read)
-            await connection.write(tasks.cancel_scope)
-            tasks.cancel_scope.cancel()
+        # Not kept in this frame for as long as the socket is open: the hello lists the
+        # user's watches and recent alerts, `missed` what was replayed.
+        del hello, missed
+        close_code, reason = await _live(websocket, connection)
     except* (WebSocketDisconnect, OSError):
         # The client went away, while greeted or while its writer sent (the task group then
         # raises it in a group): nothing to tell it.

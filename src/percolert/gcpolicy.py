@@ -1,10 +1,11 @@
 """The server process's garbage-collector policy: full collections rare, and cheap.
 
 CPython's cyclic collector walks every tracked object in a full collection, with the event
-loop stopped. An open alert socket keeps ~180 objects alive (uvicorn's protocol, Starlette's
-WebSocket, the app's task group and coroutines, the hub's queue): at 5,000 sockets a full
-collection took 0.5-1 s, and under load one came every ~10 s — the whole p99 of alert
-latency (docs/benchmarks/README.md). So:
+loop stopped. An open alert socket keeps ~150 objects alive (uvicorn's protocol, Starlette's
+WebSocket, the ASGI stack's coroutines, the hub's connection; ~195 before issue 14,
+docs/benchmarks/socket-memory.md): at 5,000 sockets a full collection took 0.5-1 s, and
+under load one came every ~10 s — the whole p99 of alert latency (docs/benchmarks/README.md).
+So:
 
 - the young generation is collected every 10,000 net allocations instead of 700, so that
   objects living as long as a request die young instead of piling up as long-lived;
@@ -16,9 +17,10 @@ latency (docs/benchmarks/README.md). So:
   by `compact_growth` since the last one (garbage is then at most a share of what is
   alive), and at most once per `compact_seconds` (so that such pauses stay rare even while
   sockets keep arriving, which also grows the frozen set); the growth is only looked at
-  then, as counting the frozen set walks it. Closed alert sockets leave no
-  cyclic garbage (`wsprotocol` unties their cycles); a closed HTTP connection leaves ~30
-  objects.
+  then, as counting the frozen set walks it. At 10,000 sockets a compaction walks ~1.5M
+  objects: 4.5-6 s on a busy 2-core machine, once as the sockets arrive. Closed alert
+  sockets leave no cyclic garbage (`wsprotocol` unties their cycles); a closed HTTP
+  connection leaves ~30 objects.
 
 A process-wide setting, so only for a process that is the server (`percolert serve`).
 """

@@ -11,7 +11,6 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections import deque
 from collections.abc import Awaitable, Callable, Collection
 
 import anyio
@@ -41,11 +40,34 @@ class Connection:
 
     A message goes straight to the socket when nothing is queued or being sent for it and
     the socket takes it (`write_frame`); otherwise it is queued for the writer, which sends
-    in order. The queue is a plain deque and the writer sleeps on a future that `offer`
+    in order. The queue is a plain list and the writer sleeps on a future that `offer`
     resolves: measured against an anyio memory stream per socket (which yields to the event
     loop on every receive), this cut the broadcast cost per socket several-fold (see the
-    benchmark notes in docs/benchmarks/).
+    benchmark notes in docs/benchmarks/). A list, not a deque: it is empty almost always,
+    and an empty deque takes 760 bytes against a list's 56, for every open socket (the
+    queue is bounded, so taking from its front stays cheap). Slots for the same reason.
     """
+
+    __slots__ = (
+        "__weakref__",  # the product feed's gates are weakly keyed by connection
+        "_cancel_scope",
+        "_closed",
+        "_frames_possible",
+        "_held",
+        "_queue",
+        "_queue_size",
+        "_readable",
+        "_send_text",
+        "_sending",
+        "_wakeup",
+        "_write_frame",
+        "cut",
+        "finished",
+        "overflowed",
+        "resynced",
+        "session_started",
+        "user",
+    )
 
     def __init__(
         self,
@@ -66,9 +88,10 @@ class Connection:
         self._write_frame: WriteFrame | None = None
         self._frames_possible = write_frame
         self._sending = False
-        self._queue: deque[str] = deque()
+        self._queue: list[str] = []
         self._queue_size = queue_size
         self._wakeup: asyncio.Future[None] | None = None
+        self._readable = False
         self.overflowed = False
         self.finished = False
         self._closed = False
@@ -146,22 +169,40 @@ class Connection:
         self._queue.clear()
         self._wake()
 
-    async def write(self, scope: anyio.CancelScope) -> None:
-        """Send queued messages in order until `finish` (or `scope` is cancelled on overflow)."""
+    def readable(self) -> None:
+        """The client sent something: the writer hands it to its `read` (see `write`)."""
+        self._readable = True
+        self._wake()
+
+    async def write(
+        self, scope: anyio.CancelScope, read: Callable[[], Awaitable[bool]] | None = None
+    ) -> None:
+        """Send queued messages in order until `finish` (or `scope` is cancelled on overflow).
+
+        With `read`, the same task also reads: `read` runs whenever `readable` was called
+        (and once at the start), and returns False when the socket is over. One task per
+        socket instead of a writer and a reader (each with its own chain of coroutines, kept
+        for as long as the socket is open: see docs/benchmarks/socket-memory.md)."""
         self._cancel_scope = scope
         if self.overflowed:
             scope.cancel()
         loop = asyncio.get_running_loop()
         self._write_frame = self._frames_possible
+        self._readable = read is not None
         while True:
             while self._queue:
                 self._sending = True
                 try:
-                    await self._send_text(self._queue.popleft())
+                    await self._send_text(self._queue.pop(0))
                 finally:
                     self._sending = False
             if self.finished or self._closed:
                 return
+            if self._readable and read is not None:
+                self._readable = False
+                if not await read():
+                    return
+                continue
             self._wakeup = loop.create_future()
             try:
                 await self._wakeup

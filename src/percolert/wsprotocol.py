@@ -19,6 +19,7 @@ the versions tested, and tests/test_private_apis.py names whatever moves.
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING, Any, cast
 
@@ -27,7 +28,7 @@ from websockets.frames import Frame, Opcode
 from websockets.protocol import State
 
 if TYPE_CHECKING:  # uvicorn's own names for ASGI messages (typing only)
-    from uvicorn._types import ASGISendEvent
+    from uvicorn._types import ASGIReceiveEvent, ASGISendEvent
 
 # scope["extensions"][FRAME_WRITER] = {"write_frame": <callable(bytes) -> bool>}
 FRAME_WRITER = "percolert.websocket.write_frame"
@@ -35,6 +36,8 @@ FRAME_WRITER = "percolert.websocket.write_frame"
 WriteFrame = Callable[[bytes], bool]
 # (code, reason, seconds) -> whether a close frame was queued; see `close_behind`
 CloseBehind = Callable[[int, str, float], bool]
+# (wake) -> a callable saying whether a receive event is waiting; see `receive_listener`
+Listen = Callable[[Callable[[], None]], Callable[[], bool]]
 
 
 def frame_text(text: str) -> bytes:
@@ -48,10 +51,101 @@ def frame_writer(scope: Mapping[str, Any]) -> WriteFrame | None:
     return None if extension is None else cast(WriteFrame, extension["write_frame"])
 
 
+def receive_listener(scope: Mapping[str, Any]) -> Listen | None:
+    """`listen` of the socket with this ASGI scope, if its server offers it: `listen(wake)`
+    has `wake()` called whenever a receive event arrives, and returns whether one is
+    waiting (so `receive` would not wait)."""
+    extension = (scope.get("extensions") or {}).get(FRAME_WRITER)
+    return None if extension is None else cast(Listen, extension["listen"])
+
+
 def closer(scope: Mapping[str, Any]) -> CloseBehind | None:
     """`close_behind` of the socket with this ASGI scope, if its server offers it."""
     extension = (scope.get("extensions") or {}).get(FRAME_WRITER)
     return None if extension is None else cast(CloseBehind, extension["close_behind"])
+
+
+class _Inbox:
+    """What uvicorn uses of its protocol's `asyncio.Queue` of ASGI receive events
+    (`put_nowait`, `get`, `empty`), without its cost: an asyncio queue holds three deques of
+    760 bytes each even when empty, for every open socket, and an idle socket's queue is
+    empty. Unbounded, in order; a getter waits on a future made when it has to."""
+
+    __slots__ = ("_getters", "_items", "listener")
+
+    def __init__(self) -> None:
+        self._items: list[ASGIReceiveEvent] = []
+        self._getters: list[asyncio.Future[None]] = []
+        # Told of every event put: lets the app read only when there is something to read
+        # (`receive_listener`), instead of keeping a reader task waiting per socket.
+        self.listener: Callable[[], None] | None = None
+
+    def put_nowait(self, item: ASGIReceiveEvent) -> None:
+        self._items.append(item)
+        self._wake()
+        if self.listener is not None:
+            self.listener()
+
+    def _wake(self) -> None:
+        for getter in self._getters:
+            if not getter.done():
+                getter.set_result(None)
+                return
+
+    def empty(self) -> bool:
+        return not self._items
+
+    def qsize(self) -> int:
+        return len(self._items)
+
+    async def get(self) -> ASGIReceiveEvent:
+        while not self._items:
+            getter = asyncio.get_running_loop().create_future()
+            self._getters.append(getter)
+            try:
+                await getter
+            except BaseException:
+                # Woken, then cancelled before taking the item: another getter takes it.
+                if not getter.cancelled() and self._items:
+                    self._wake()
+                raise
+            finally:
+                self._getters.remove(getter)
+        return self._items.pop(0)
+
+
+class _Flag:
+    """What uvicorn uses of its protocol's `writable` `asyncio.Event` (`set`, `clear`,
+    `is_set`, `wait`): the same, without an empty deque of waiters per socket."""
+
+    __slots__ = ("_set", "_waiters")
+
+    def __init__(self) -> None:
+        self._set = True
+        self._waiters: list[asyncio.Future[None]] = []
+
+    def is_set(self) -> bool:
+        return self._set
+
+    def set(self) -> None:
+        self._set = True
+        for waiter in self._waiters:
+            if not waiter.done():
+                waiter.set_result(None)
+
+    def clear(self) -> None:
+        self._set = False
+
+    async def wait(self) -> bool:
+        if self._set:
+            return True
+        waiter = asyncio.get_running_loop().create_future()
+        self._waiters.append(waiter)
+        try:
+            await waiter
+            return True
+        finally:
+            self._waiters.remove(waiter)
 
 
 class FrameWritingProtocol(WebSocketsSansIOProtocol):
@@ -64,10 +158,18 @@ class FrameWritingProtocol(WebSocketsSansIOProtocol):
 
     _asgi_done = False
 
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        # Every open socket holds these: lighter stand-ins for uvicorn's asyncio queue and
+        # event (docs/benchmarks/socket-memory.md).
+        self.queue: _Inbox = _Inbox()  # type: ignore[assignment]
+        self.writable = _Flag()  # type: ignore[assignment]
+
     async def run_asgi(self) -> None:
         self.scope["extensions"][FRAME_WRITER] = {
             "write_frame": self.write_frame,
             "close_behind": self.close_behind,
+            "listen": self.listen,
         }
         try:
             await super().run_asgi()
@@ -81,6 +183,11 @@ class FrameWritingProtocol(WebSocketsSansIOProtocol):
 
     async def send(self, message: ASGISendEvent) -> None:
         await super().send(message)
+        if message["type"] == "websocket.accept" and self.handshake_complete:
+            # The handshake's request and response (their headers parsed twice over) are
+            # only read until the accept; the app has the request's headers in its scope.
+            vars(self).pop("request", None)
+            vars(self).pop("response", None)
         if message["type"] == "websocket.http.response.body" and not message.get("more_body"):
             # A refused handshake's answer is complete: uvicorn would otherwise log "ASGI
             # callable returned without completing handshake" at ERROR for every refusal.
@@ -90,8 +197,17 @@ class FrameWritingProtocol(WebSocketsSansIOProtocol):
         if not (self._asgi_done and self.disconnected):
             return
         self.scope["extensions"].pop(FRAME_WRITER, None)  # a bound method of self
+        self.queue.listener = None  # the app's, which holds the app's socket
         self.conn.parser.close()  # a generator whose frame holds the connection
         self.transport = None  # type: ignore[assignment]  # it holds this protocol
+
+    def listen(self, wake: Callable[[], None]) -> Callable[[], bool]:
+        """Call `wake` whenever a receive event arrives; returns whether one is waiting."""
+        self.queue.listener = wake
+        return self.received
+
+    def received(self) -> bool:
+        return not self.queue.empty()
 
     def write_frame(self, frame: bytes) -> bool:
         """Write a frame from `frame_text` now, if the socket is open, uses no extension
