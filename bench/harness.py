@@ -1155,7 +1155,12 @@ def bench_node(scratch: Path, heap: str = "2g") -> Iterator[tuple[NodeState, Set
     node = DevNode.configured(from_environment(), scratch / "state", heap=heap)
     state, _ = node.start(free_port())
     try:
-        yield state, Settings(elasticsearch_url=state.url, index_prefix=PREFIX)
+        # The harness's own requests (bulk loads of watches) may take long on the shared
+        # machine: a 5 s timeout (the default) cut bulk requests at load average 12.
+        yield (
+            state,
+            Settings(elasticsearch_url=state.url, index_prefix=PREFIX, elasticsearch_timeout=120.0),
+        )
     finally:
         node.stop()
 
