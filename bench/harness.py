@@ -40,7 +40,7 @@ from collections.abc import Callable, Coroutine, Iterator
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 from urllib.parse import urlencode
 
 import httpx
@@ -379,6 +379,16 @@ def build_wsload() -> Path:
     return WSLOAD
 
 
+class Target(Protocol):
+    """What the subscriber sockets need of a server: a Server, or a test's own."""
+
+    url: str
+    name: str
+    design: str
+
+    def tail_of_log(self, lines: int = 30) -> str: ...
+
+
 class Subscribers:
     """The subscriber sockets, held open by one `wsload subscribe` process.
 
@@ -386,7 +396,7 @@ class Subscribers:
     CONNECT_RATE new sockets a second) so that 10k sockets measure the server, not the
     accept queue; `connect` holds wsload's account of it (seconds, greeting times)."""
 
-    def __init__(self, server: Server, cookies: list[str | None], scratch: Path) -> None:
+    def __init__(self, server: Target, cookies: list[str | None], scratch: Path) -> None:
         spec = scratch / f"{server.name}-sockets.json"
         spec.write_text(
             json.dumps(
@@ -1165,6 +1175,68 @@ def bench_node(scratch: Path, heap: str = "2g") -> Iterator[tuple[NodeState, Set
         node.stop()
 
 
+@dataclass
+class Run:
+    """One configuration as it runs: its designs, and the rates each climbs."""
+
+    watches: int
+    sockets: int
+    designs: list[str]
+    rates: dict[str, list[float]]
+    reference: bool = False  # only there to compare percolation cost with a bigger one
+
+
+# At 10k sockets a broadcast writes 10k frames a search: it saturates long before these.
+BIG_BROADCAST_RATES = [2.0, 5.0, 10.0]
+
+
+def plan_runs(
+    configurations: list[tuple[int, int]],
+    designs: list[str],
+    rates: list[float],
+    *,
+    big_rates: list[float] | None = None,
+    broadcast_rates: list[float] | None = None,
+    reference: int = 0,
+    reference_rates: list[float] | None = None,
+) -> list[Run]:
+    """The configurations in the order they run. A configuration of more than `reference`
+    watches gets a reference run before it (the same sockets, `reference` watches,
+    per-user at `reference_rates`), so that one command measures percolation's cost per
+    search at both sizes: watches only grow from one run to the next (each loads the
+    difference). At 10k sockets and more the climb is shorter: `big_rates` when given, and
+    the broadcast designs BIG_BROADCAST_RATES (unless `broadcast_rates` is given)."""
+    plan: list[Run] = []
+    for watches, sockets in configurations:
+        if (
+            reference
+            and watches > reference
+            and (reference, sockets) not in configurations
+            and "percolert-per-user" in designs
+        ):
+            plan.append(
+                Run(
+                    reference,
+                    sockets,
+                    ["percolert-per-user"],
+                    {"percolert-per-user": reference_rates or rates},
+                    reference=True,
+                )
+            )
+        big = sockets >= 10_000
+        own = big_rates if big_rates and big else rates
+        broadcast = broadcast_rates or (BIG_BROADCAST_RATES if big else own)
+        plan.append(
+            Run(
+                watches,
+                sockets,
+                designs,
+                {design: broadcast if design.endswith("broadcast") else own for design in designs},
+            )
+        )
+    return plan
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="one small configuration")
@@ -1241,41 +1313,21 @@ def main() -> int:
         args.designs
         or "percolert-per-user,percolert-alerts-off,percolert-broadcast,baseline-broadcast"
     ).split(",")
-    # (watches, sockets, designs, rates by design, reference?) in the order they run: watches
-    # only grow (each configuration loads the difference), a reference just before the
-    # bigger configuration it is for.
-    plan: list[tuple[int, int, list[str], dict[str, list[float]], bool]] = []
-    for watches, sockets in configurations:
-        if (
-            args.reference
-            and watches > args.reference
-            and (args.reference, sockets) not in configurations
-            and "percolert-per-user" in designs
-        ):
-            reference_rates = [float(rate) for rate in args.reference_rates.split(",")]
-            plan.append(
-                (
-                    args.reference,
-                    sockets,
-                    ["percolert-per-user"],
-                    {"percolert-per-user": reference_rates},
-                    True,
-                )
-            )
-        own = big_rates if big_rates and sockets >= 10_000 else rates
-        broadcast = (
+    plan = plan_runs(
+        configurations,
+        designs,
+        rates,
+        big_rates=big_rates,
+        broadcast_rates=(
             [float(rate) for rate in args.broadcast_rates.split(",")]
             if args.broadcast_rates
-            else [2.0, 5.0, 10.0]
-            if sockets >= 10_000
-            else own
-        )
-        by_design = {
-            design: broadcast if design.endswith("broadcast") else own for design in designs
-        }
-        plan.append((watches, sockets, designs, by_design, False))
+            else None
+        ),
+        reference=args.reference,
+        reference_rates=[float(rate) for rate in args.reference_rates.split(",")],
+    )
     tabs = 2
-    raise_file_limit(max(sockets for _, sockets, *_ in plan) + SPARE_FILES)
+    raise_file_limit(max(run.sockets for run in plan) + SPARE_FILES)
     began, load_at_start = time.monotonic(), os.getloadavg()
     steps: list[Step] = []
     loads: list[dict[str, Any]] = []
@@ -1285,7 +1337,8 @@ def main() -> int:
         with keep_logs(scratch), bench_node(scratch, heap=args.es_heap) as (state, settings):
             loaded = 0
             warm = args.warm_up
-            for watches, sockets, run_designs, rates_by_design, _ in plan:
+            for run in plan:
+                watches, sockets = run.watches, run.sockets
                 if loaded == 0 or loaded > watches:
                     prepare_catalog(state.url, recreate=loaded > watches)
                     loaded = 0
@@ -1295,7 +1348,7 @@ def main() -> int:
                     loaded = watches
                 warm_up(psutil.Process(state.pid), state.url, scratch, warm)
                 warm = min(warm, 20.0)  # the JVM is warm: this warms the new segments
-                for design in run_designs:
+                for design in run.designs:
                     asyncio.run(set_default_watch(settings, design == "percolert-broadcast"))
                     steps += run_design(
                         design,
@@ -1305,21 +1358,22 @@ def main() -> int:
                         watches,
                         sockets,
                         tabs,
-                        rates_by_design[design],
+                        run.rates[design],
                         seconds,
                     )
-    run = {
+    about = {
         "argv": sys.argv[1:],
         "cores": os.cpu_count(),
         "es_heap": args.es_heap,
         "minutes": round((time.monotonic() - began) / 60, 1),
         "load_average_start": [round(value, 2) for value in load_at_start],
         "load_average_end": [round(value, 2) for value in os.getloadavg()],
-        "configurations": [[w, s, reference] for w, s, _, _, reference in plan],
+        "configurations": [[run.watches, run.sockets, run.reference] for run in plan],
     }
-    write_report(steps, [(w, s) for w, s, _, _, reference in plan if not reference], run, loads)
+    configured = [(run.watches, run.sockets) for run in plan if not run.reference]
+    write_report(steps, configured, about, loads)
     print((REPORT_DIR / "results.md").read_text())
-    print(f"{run['minutes']} minutes", flush=True)
+    print(f"{about['minutes']} minutes", flush=True)
     return 0
 
 
