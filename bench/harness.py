@@ -339,12 +339,18 @@ class Server:
             self.process.kill()
 
 
-async def make_users(base: str, users: int, design: str) -> list[tuple[str | None, str | None]]:
-    """(cookie, group word) per user; per-user mode also registers each user's watch."""
+async def make_users(
+    base: str, users: int, design: str, settings: Settings | None = None
+) -> list[tuple[str | None, str | None]]:
+    """(cookie, group word) per user; per-user mode also registers each user's watch: with
+    `settings`, all of them in one bulk load (WatchStore.add_many, as `watches seed` does),
+    else one POST /api/watches each, which refreshes the watches index every time (~600 ms
+    at 100k watches on a busy machine: 5,000 users took ~13 minutes)."""
     if design.startswith("baseline"):
         return [(None, None)] * users
     limits = httpx.Limits(max_connections=50)
     semaphore = asyncio.Semaphore(50)
+    one_by_one = settings is None
 
     async def one(number: int) -> tuple[str | None, str | None]:
         async with semaphore, httpx.AsyncClient(base_url=base, timeout=60, limits=limits) as http:
@@ -352,6 +358,7 @@ async def make_users(base: str, users: int, design: str) -> list[tuple[str | Non
             word = None
             if design in PER_USER:
                 word = GROUP_WORDS[number % len(GROUP_WORDS)]
+            if word is not None and one_by_one:
                 for attempt in range(5):
                     response = await http.post("/api/watches", json={"terms": word})
                     # As a page would: Elasticsearch too slow for once (a busy shared
@@ -363,7 +370,27 @@ async def make_users(base: str, users: int, design: str) -> list[tuple[str | Non
                 response.raise_for_status()
             return http.cookies[COOKIE_NAME], word
 
-    return list(await asyncio.gather(*(one(number) for number in range(users))))
+    made = list(await asyncio.gather(*(one(number) for number in range(users))))
+    if settings is not None and design in PER_USER:
+        client = es.create_client(settings)
+        try:
+            store = WatchStore(
+                client, indices.alias_for(settings, "watches"), TextNormalizer(), max_per_user=10**9
+            )
+            await store.add_many(
+                (user_of(cookie), WatchSpec(terms=word))
+                for cookie, word in made
+                if cookie is not None and word is not None
+            )
+        finally:
+            await client.close()
+    return made
+
+
+def user_of(cookie: str) -> str:
+    """The user id a session cookie carries: its signed value is "<user>.<started ms>"
+    (sessions.SessionSigner; a user id is URL-safe base64, without dots)."""
+    return cookie.split(".", 1)[0]
 
 
 def build_wsload() -> Path:
@@ -643,7 +670,10 @@ def run_design(
     server = Server(design, node_url, scratch)
     steps: list[Step] = []
     try:
-        users = asyncio.run(make_users(server.url, sockets // tabs, design))
+        settings = Settings(
+            elasticsearch_url=node_url, index_prefix=PREFIX, elasticsearch_timeout=120.0
+        )
+        users = asyncio.run(make_users(server.url, sockets // tabs, design, settings))
         cookies = [cookie for cookie, _ in users for _ in range(tabs)]
         sockets_per_word: dict[str, int] = defaultdict(int)
         for _, word in users:

@@ -9,10 +9,12 @@ import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
+import httpx
 import pytest
 
 from bench import harness
 from bench.harness import Run, Step, Subscribers, headline, make_users, plan_runs
+from percolert.sessions import COOKIE_NAME
 from percolert.settings import Settings
 from tests.conftest import SAMPLE_CATALOG, prepare_indices
 from tests.servers import run_server
@@ -145,7 +147,12 @@ def test_the_load_client_paces_the_connect_storm_and_reports_the_greetings(
     prepare_indices(fresh_settings, catalog=SAMPLE_CATALOG)
     monkeypatch.setattr(harness, "CONNECT_RATE", 20.0)
     with run_server(fresh_settings) as base:
-        users = asyncio.run(make_users(base, 15, "percolert-per-user"))
+        # Their watches in one bulk load, under the user ids their cookies carry.
+        users = asyncio.run(make_users(base, 15, "percolert-per-user", fresh_settings))
+        cookie, word = users[3]
+        assert cookie is not None
+        listed = httpx.get(f"{base}/api/watches", cookies={COOKIE_NAME: cookie}).json()
+        assert [watch["terms"] for watch in listed["watches"]] == [word]
         cookies = [cookie for cookie, _ in users for _ in range(2)]
         subscribers = Subscribers(Served(base), cookies, tmp_path)
         try:
