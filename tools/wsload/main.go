@@ -44,6 +44,30 @@ type subscribeSpec struct {
 	DialRetries int `json:"dial_retries"`
 }
 
+// connect dials one socket and, with spec.Hello, reads its hello within greetTimeout.
+// The handshake's duration is returned too.
+func connect(ctx context.Context, spec subscribeSpec, header http.Header, greetTimeout time.Duration) (*websocket.Conn, time.Duration, error) {
+	started := time.Now()
+	dialCtx, dialCancel := context.WithTimeout(ctx, time.Minute)
+	conn, _, err := websocket.Dial(dialCtx, spec.URL, &websocket.DialOptions{HTTPHeader: header})
+	dialCancel()
+	shook := time.Since(started)
+	if err != nil {
+		return nil, shook, err
+	}
+	conn.SetReadLimit(1 << 22)
+	if spec.Hello {
+		helloCtx, helloCancel := context.WithTimeout(ctx, greetTimeout)
+		_, _, err := conn.Read(helloCtx)
+		helloCancel()
+		if err != nil {
+			conn.CloseNow()
+			return nil, shook, fmt.Errorf("no hello within %v: %w", greetTimeout, err)
+		}
+	}
+	return conn, shook, nil
+}
+
 // connectStats is the ready file's content: how the connect storm went.
 type connectStats struct {
 	Sockets        int64              `json:"sockets"`
@@ -258,40 +282,29 @@ func subscribe(specPath, recordPath string) error {
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
+			// A refused or reset dial, or a greeting past GreetTimeout, is tried again (as a
+			// page reconnects), up to DialRetries times; the gate is held until the hello:
+			// the greeting (watches and history read from Elasticsearch) is part of what a
+			// connect costs the server.
 			var conn *websocket.Conn
 			var err error
+			var shook time.Duration
 			started := time.Now()
 			for attempt := 0; ; attempt++ {
-				dialCtx, dialCancel := context.WithTimeout(ctx, time.Minute)
 				started = time.Now()
-				conn, _, err = websocket.Dial(dialCtx, spec.URL, &websocket.DialOptions{HTTPHeader: header})
-				dialCancel()
+				conn, shook, err = connect(ctx, spec, header, greetTimeout)
 				if err == nil || attempt >= spec.DialRetries || ctx.Err() != nil {
 					break
 				}
 				retries.Add(1)
 				time.Sleep(time.Duration(100*(attempt+1)) * time.Millisecond)
 			}
-			shook := time.Since(started)
 			if err != nil {
 				<-gate
 				dialErrors <- err
 				return
 			}
 			defer conn.CloseNow()
-			conn.SetReadLimit(1 << 22)
-			if spec.Hello {
-				// The gate is held until the hello: the greeting (watches and history read
-				// from Elasticsearch) is part of what a connect costs the server.
-				helloCtx, helloCancel := context.WithTimeout(ctx, greetTimeout)
-				_, _, err := conn.Read(helloCtx)
-				helloCancel()
-				if err != nil {
-					<-gate
-					dialErrors <- fmt.Errorf("no hello within %v: %w", greetTimeout, err)
-					return
-				}
-			}
 			<-gate
 			greeted := time.Since(started)
 			timesMu.Lock()
