@@ -1079,8 +1079,11 @@ def headline(
     def times(big: float | None, small: float | None) -> str:
         return "-" if big is None or small is None or not small else f"{big / small:.2f}x"
 
-    label = f"{watches // 1000:,}k watches / {sockets:,} sockets"
-    ref_label = f"{other // 1000:,}k watches / {sockets:,} sockets" if other else "-"
+    def size(count: int) -> str:
+        return f"{count / 1e6:g}M" if count >= 1_000_000 else f"{count / 1000:g}k"
+
+    label = f"{size(watches)} watches / {sockets:,} sockets"
+    ref_label = f"{size(other)} watches / {sockets:,} sockets" if other else "-"
     lines = [
         f"## Headline: {label}" + (f" (beside it: {ref_label})" if other else ""),
         "",

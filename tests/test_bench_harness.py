@@ -109,7 +109,7 @@ def test_the_headline_states_each_goal_with_the_reference_beside() -> None:
         }
     ]
     text = "\n".join(headline(steps, [(1_000_000, 10_000)], {"es_heap": "2g"}, loads))
-    assert "1,000k watches / 10,000 sockets" in text
+    assert "1M watches / 10,000 sockets" in text
     assert "100k watches / 10,000 sockets" in text
     lines = text.splitlines()
     rate = next(line for line in lines if "highest rate sustained" in line)
