@@ -161,8 +161,11 @@ class Step:
     # Milliseconds per second Elasticsearch spent, by "index clock" ("alerts index", ...).
     es_ms_per_s: dict[str, float] = field(default_factory=dict)
     # Percolation's cost per search: Elasticsearch's query + fetch time on the watches index
-    # in the step, divided by the searches sent (its CPU, whatever the batching).
+    # in the step, divided by the searches the server percolated in it (`percolated`; the
+    # searches sent when none finished). Past the sustained rate, percolation lags the
+    # searches: those sent and those percolated in a step then differ.
     es_watches_ms_per_search: float | None = None
+    percolated: int = 0
     es_heap_used_mb: float = 0.0  # the JVM's heap in use at the end of the step
     load_average: float = 0.0  # the machine's 1-minute load average as the step began
     # Per design run (the same in each of its steps): the server's RSS with no socket (users
@@ -764,11 +767,9 @@ def run_design(
                 step.es_young_gc_ms = es_change.pop("young_gc_ms")
                 step.es_old_gcs = int(es_change.pop("old_gcs"))
                 step.es_heap_used_mb, _ = es_heap_mb(node_url)
-                if sent and not design.startswith("baseline"):
-                    watches_ms = es_change.get("watches query", 0.0) + es_change.get(
-                        "watches fetch", 0.0
-                    )
-                    step.es_watches_ms_per_search = round(watches_ms / len(sent), 3)
+                watches_ms = es_change.get("watches query", 0.0) + es_change.get(
+                    "watches fetch", 0.0
+                )
                 step.es_ms_per_s = {
                     name: round(value / wall, 1) for name, value in es_change.items() if value
                 }
@@ -788,6 +789,11 @@ def run_design(
                     step.full_gc_ms = round(1000 * change["full_gc_seconds"], 1)
                     step.loop_lags_over_25ms = int(change["lags_over_25ms"])
                     step.loop_lags_over_100ms = int(change["lags_over_100ms"])
+                    step.percolated = int(change["events"])
+                if sent and not design.startswith("baseline"):
+                    step.es_watches_ms_per_search = round(
+                        watches_ms / (step.percolated or len(sent)), 3
+                    )
                 step.searches = len(sent)
                 step.search_errors = errors
                 step.search_ms = percentiles(search_ms)
