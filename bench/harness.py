@@ -703,11 +703,11 @@ def run_design(
         for _, word in users:
             if word is not None:
                 sockets_per_word[word] += tabs
-        time.sleep(1.0)  # the users' HTTP connections closed
+        time.sleep(0.5)  # the users' HTTP connections closed
         rss_before = server.ps.memory_info().rss
         _, log_start = log_warnings(server, 0)
         subscribers = Subscribers(server, cookies, scratch)
-        time.sleep(2.0)  # connected, greeted and idle
+        time.sleep(1.0)  # connected, greeted and idle
         rss_idle = server.ps.memory_info().rss
         warnings, _ = log_warnings(server, log_start)
         connect = subscribers.connect
