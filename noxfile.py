@@ -55,7 +55,9 @@ def stop(session: nox.Session) -> None:
 def bench(session: nox.Session) -> None:
     """Search-to-alert, Percolert beside the seed design; `nox -s bench -- --quick` < 3 min.
     Writes docs/benchmarks/results.{json,md} and latency_vs_rate.png. Needs Go (the load
-    client in tools/wsload is built on first use). `-- --instances 2 [--quick]`: one
+    client in tools/wsload is built on first use). `-- --configs 1000000:10000`: 1M watches
+    and 10k sockets, after a 100k reference with the same sockets (`--es-heap`, `--reference`;
+    the harness raises its open-file limit for the sockets). `-- --instances 2 [--quick]`: one
     instance versus two sharing one Redis (docs/benchmarks/multi-instance-results.md)."""
     session.install("-e", ".[test,bench]")
     session.run("python", "bench/harness.py", *session.posargs, env={"PYTHONPATH": "."})

@@ -36,10 +36,11 @@ import sys
 import tempfile
 import time
 from collections import defaultdict
-from collections.abc import Iterator
+from collections.abc import Callable, Coroutine, Iterator
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import Any, Protocol
 from urllib.parse import urlencode
 
 import httpx
@@ -56,10 +57,22 @@ from tests.servers import free_port
 
 ROOT = Path(__file__).resolve().parent.parent
 REPORT_DIR = ROOT / "docs" / "benchmarks"
+# The servers' logs of the last run, kept for a look at what went wrong (refused or slow
+# greetings, Elasticsearch errors).
+LOG_DIR = ROOT / ".percolert" / "bench-logs"
 PREFIX = "bench"
 WSLOAD_SOURCE = ROOT / "tools" / "wsload"
 WSLOAD = ROOT / ".percolert" / "bin" / "wsload"
 CLOSED_MARK = "!closed"  # wsload's record line for a socket the server closed
+# The connect storm (wsload subscribe): handshakes and greetings in flight at once, and new
+# sockets a second: 10k sockets in ~10 s, below what the server greets (each greeting reads
+# watches and history from Elasticsearch) on the shared machine.
+CONNECT_CONCURRENCY = 64
+CONNECT_RATE = 1_000.0
+GREET_TIMEOUT_SECONDS = 30.0
+# Open files each process needs beside its sockets (the server's Elasticsearch
+# connections, logs, the load client's record).
+SPARE_FILES = 1_000
 # Designs whose users each register one watch word (alerts-off: the same, not percolated).
 PER_USER = {"percolert-per-user", "percolert-alerts-off", "percolert-redis-1", "percolert-redis-2"}
 # A design stops climbing rates after a step this far past the bar (it only gets worse).
@@ -147,6 +160,26 @@ class Step:
     es_old_gcs: int = 0
     # Milliseconds per second Elasticsearch spent, by "index clock" ("alerts index", ...).
     es_ms_per_s: dict[str, float] = field(default_factory=dict)
+    # Percolation's cost per search: Elasticsearch's query + fetch time on the watches index
+    # in the step, divided by the searches the server percolated in it (`percolated`; the
+    # searches sent when none finished). Past the sustained rate, percolation lags the
+    # searches: those sent and those percolated in a step then differ.
+    es_watches_ms_per_search: float | None = None
+    percolated: int = 0
+    es_heap_used_mb: float = 0.0  # the JVM's heap in use at the end of the step
+    load_average: float = 0.0  # the machine's 1-minute load average as the step began
+    # Per design run (the same in each of its steps): the server's RSS with no socket (users
+    # and watches made), then with every socket connected, greeted and idle, before any
+    # search; the growth divided by the sockets. And how the connect storm went.
+    rss_no_sockets_mb: float = 0.0
+    rss_idle_sockets_mb: float = 0.0
+    rss_per_idle_socket_kb: float = 0.0
+    connect_seconds: float = 0.0
+    greet_ms: dict[str, float] = field(default_factory=dict)
+    greets_over_1s: int = 0
+    dial_retries: int = 0
+    # Warning and error lines the server logged while the sockets connected.
+    connect_log_warnings: int = 0
 
 
 def percentiles(values: list[float]) -> dict[str, float]:
@@ -314,23 +347,67 @@ class Server:
             self.process.kill()
 
 
-async def make_users(base: str, users: int, design: str) -> list[tuple[str | None, str | None]]:
-    """(cookie, group word) per user; per-user mode also registers each user's watch."""
+async def make_users(
+    base: str, users: int, design: str, settings: Settings | None = None
+) -> list[tuple[str | None, str | None]]:
+    """(cookie, group word) per user; per-user mode also registers each user's watch: with
+    `settings`, all of them in one bulk load (WatchStore.add_many, as `watches seed` does),
+    else one POST /api/watches each, which refreshes the watches index every time (~600 ms
+    at 100k watches on a busy machine: 5,000 users took ~13 minutes)."""
     if design.startswith("baseline"):
         return [(None, None)] * users
     limits = httpx.Limits(max_connections=50)
     semaphore = asyncio.Semaphore(50)
+    one_by_one = settings is None
 
     async def one(number: int) -> tuple[str | None, str | None]:
+        word = GROUP_WORDS[number % len(GROUP_WORDS)] if design in PER_USER else None
+        if not one_by_one:
+            # The page starts a session for a request without a cookie. A request built
+            # here and sent as it is carries none from the shared client's jar (`get` would).
+            async with semaphore:
+                issued = await shared.send(httpx.Request("GET", f"{base}/"))
+            cookie = issued.cookies.get(COOKIE_NAME)
+            assert cookie is not None, issued.headers
+            return cookie, word
         async with semaphore, httpx.AsyncClient(base_url=base, timeout=60, limits=limits) as http:
             await http.get("/")  # the page issues the session cookie
-            word = None
-            if design in PER_USER:
-                word = GROUP_WORDS[number % len(GROUP_WORDS)]
-                (await http.post("/api/watches", json={"terms": word})).raise_for_status()
+            if word is not None:
+                for attempt in range(5):
+                    response = await http.post("/api/watches", json={"terms": word})
+                    # As a page would: Elasticsearch too slow for once (a busy shared
+                    # machine) is a 503 with Retry-After, not the end of the run.
+                    if response.status_code != 503 or attempt == 4:
+                        break
+                    print(f"  user {number}: 503 {response.text[:200]}, retrying", flush=True)
+                    await asyncio.sleep(float(response.headers.get("retry-after", "1")))
+                response.raise_for_status()
             return http.cookies[COOKIE_NAME], word
 
-    return list(await asyncio.gather(*(one(number) for number in range(users))))
+    # One client for every session: a client each (its own TLS context, although unused)
+    # cost the harness ~35 ms of CPU per user, 11 users/s on the busy machine.
+    async with httpx.AsyncClient(base_url=base, timeout=60, limits=limits) as shared:
+        made = list(await asyncio.gather(*(one(number) for number in range(users))))
+    if settings is not None and design in PER_USER:
+        client = es.create_client(settings)
+        try:
+            store = WatchStore(
+                client, indices.alias_for(settings, "watches"), TextNormalizer(), max_per_user=10**9
+            )
+            await store.add_many(
+                (user_of(cookie), WatchSpec(terms=word))
+                for cookie, word in made
+                if cookie is not None and word is not None
+            )
+        finally:
+            await client.close()
+    return made
+
+
+def user_of(cookie: str) -> str:
+    """The user id a session cookie carries: its signed value is "<user>.<started ms>"
+    (sessions.SessionSigner; a user id is URL-safe base64, without dots)."""
+    return cookie.split(".", 1)[0]
 
 
 def build_wsload() -> Path:
@@ -346,10 +423,24 @@ def build_wsload() -> Path:
     return WSLOAD
 
 
-class Subscribers:
-    """The subscriber sockets, held open by one `wsload subscribe` process."""
+class Target(Protocol):
+    """What the subscriber sockets need of a server: a Server, or a test's own."""
 
-    def __init__(self, server: Server, cookies: list[str | None], scratch: Path) -> None:
+    url: str
+    name: str
+    design: str
+
+    def tail_of_log(self, lines: int = 30) -> str: ...
+
+
+class Subscribers:
+    """The subscriber sockets, held open by one `wsload subscribe` process.
+
+    The connect storm is paced (CONNECT_CONCURRENCY handshakes and greetings in flight,
+    CONNECT_RATE new sockets a second) so that 10k sockets measure the server, not the
+    accept queue; `connect` holds wsload's account of it (seconds, greeting times)."""
+
+    def __init__(self, server: Target, cookies: list[str | None], scratch: Path) -> None:
         spec = scratch / f"{server.name}-sockets.json"
         spec.write_text(
             json.dumps(
@@ -358,19 +449,36 @@ class Subscribers:
                     "origin": server.url,
                     "cookies": cookies,
                     "hello": not server.design.startswith("baseline"),
+                    "concurrency": CONNECT_CONCURRENCY,
+                    "connect_rate": CONNECT_RATE,
+                    "greet_timeout_s": GREET_TIMEOUT_SECONDS,
+                    "dial_retries": 3,
                 }
             )
         )
         self.record = scratch / f"{server.name}-record.txt"
+        ready = Path(str(self.record) + ".ready")
+        # A design runs once per configuration: the files of the last one must not pass for
+        # this one's (a stale ready file once hid a load client that never connected).
+        self.record.unlink(missing_ok=True)
+        ready.unlink(missing_ok=True)
         self.process = subprocess.Popen([str(WSLOAD), "subscribe", str(spec), str(self.record)])
         self.ps = psutil.Process(self.process.pid)
-        ready = Path(str(self.record) + ".ready")
-        deadline = time.monotonic() + 300
+        # Paced: the storm itself takes len(cookies) / CONNECT_RATE seconds.
+        deadline = time.monotonic() + 300 + 3 * len(cookies) / CONNECT_RATE
         while not ready.exists():
             if time.monotonic() > deadline or self.process.poll() is not None:
                 self.process.kill()
-                raise SystemExit("the load client did not connect its sockets")
+                raise SystemExit(
+                    "the load client did not connect its sockets; the server's log:\n"
+                    + server.tail_of_log()
+                )
             time.sleep(0.2)
+        self.connect: dict[str, Any] = json.loads(ready.read_text())
+
+    def alive(self) -> bool:
+        """False once the load client has exited (all its sockets gone with it)."""
+        return self.process.poll() is None
 
     def arrivals(self) -> tuple[dict[str, list[tuple[float, int]]], list[float]]:
         """What has arrived so far: (arrival time in epoch seconds, seq) by search id, and
@@ -422,6 +530,44 @@ def scrape_metrics(base: str) -> dict[str, float]:
         "full_gcs": values.get('percolert_gc_pause_seconds_count{generation="2"}', 0.0),
         "full_gc_seconds": values.get('percolert_gc_pause_seconds_sum{generation="2"}', 0.0),
     }
+
+
+def es_heap_mb(node_url: str) -> tuple[float, float]:
+    """The Elasticsearch node's heap in use and its maximum, in MiB."""
+    nodes = httpx.get(f"{node_url}/_nodes/_local/stats/jvm", timeout=10).json()["nodes"]
+    heap = next(iter(nodes.values()))["jvm"]["mem"]
+    return (
+        round(heap["heap_used_in_bytes"] / 2**20, 1),
+        round(heap["heap_max_in_bytes"] / 2**20, 1),
+    )
+
+
+def log_warnings(server: Server, start: int) -> tuple[int, int]:
+    """Warning and error lines in the server's log past byte `start`, and its end."""
+    raw = server.log.read_bytes()
+    count = sum(
+        1
+        for line in raw[start:].decode(errors="replace").splitlines()
+        if '"level":"warning"' in line
+        or '"level":"error"' in line
+        or line.startswith(("WARNING:", "ERROR:"))
+    )
+    return count, len(raw)
+
+
+def raise_file_limit(needed: int) -> None:
+    """Let this process and its children (server, load client) open `needed` files: 10k
+    sockets are past the usual soft limit of 1,024."""
+    import resource
+
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft >= needed:
+        return
+    if hard != resource.RLIM_INFINITY and hard < needed:
+        raise SystemExit(
+            f"{needed} open files needed, the hard limit is {hard}: `ulimit -n {needed}` first"
+        )
+    resource.setrlimit(resource.RLIMIT_NOFILE, (needed, hard))
 
 
 def es_stats(node_url: str) -> dict[str, float]:
@@ -545,22 +691,64 @@ def run_design(
     tabs: int,
     rates: list[float],
     seconds: float,
+    *,
+    climb: bool = True,
 ) -> list[Step]:
+    """Every rate of `rates` in turn; with `climb`, no rate after a step far past the bar
+    (a reference run measures every rate: its cost per search is what it is for)."""
     server = Server(design, node_url, scratch)
     steps: list[Step] = []
     try:
-        users = asyncio.run(make_users(server.url, sockets // tabs, design))
+        settings = Settings(
+            elasticsearch_url=node_url, index_prefix=PREFIX, elasticsearch_timeout=120.0
+        )
+        users = asyncio.run(make_users(server.url, sockets // tabs, design, settings))
         cookies = [cookie for cookie, _ in users for _ in range(tabs)]
         sockets_per_word: dict[str, int] = defaultdict(int)
         for _, word in users:
             if word is not None:
                 sockets_per_word[word] += tabs
+        time.sleep(0.5)  # the users' HTTP connections closed
+        rss_before = server.ps.memory_info().rss
+        _, log_start = log_warnings(server, 0)
         subscribers = Subscribers(server, cookies, scratch)
+        time.sleep(1.0)  # connected, greeted and idle
+        rss_idle = server.ps.memory_info().rss
+        warnings, _ = log_warnings(server, log_start)
+        connect = subscribers.connect
+        idle = {
+            "rss_no_sockets_mb": round(rss_before / 2**20, 1),
+            "rss_idle_sockets_mb": round(rss_idle / 2**20, 1),
+            "rss_per_idle_socket_kb": round((rss_idle - rss_before) / 1024 / len(cookies), 2),
+            "connect_seconds": round(connect["connect_seconds"], 1),
+            "greet_ms": connect["greet_ms"],
+            "greets_over_1s": connect["greets_over_1s"],
+            "dial_retries": connect["dial_retries"],
+            "connect_log_warnings": warnings,
+        }
+        print(
+            f"  {design}: {len(cookies)} sockets in {idle['connect_seconds']} s "
+            f"(greeting p50 {connect['greet_ms'].get('p50')} p99 {connect['greet_ms'].get('p99')}"
+            f" max {connect['greet_ms'].get('max')} ms, {connect['greets_over_1s']} over 1 s, "
+            f"{connect['dial_retries']} dials retried, {warnings} server warnings); server RSS "
+            f"{idle['rss_no_sockets_mb']} -> {idle['rss_idle_sockets_mb']} MB: "
+            f"{idle['rss_per_idle_socket_kb']} KB per idle socket",
+            flush=True,
+        )
+        if warnings:
+            print(server.tail_of_log(10), flush=True)
         try:
             # Unrecorded warm-up at the first rate: JIT, caches and connection pools.
             drive(server, rates[0], seconds, f"warm-{design}", scratch)
             for step_number, rate in enumerate(rates):
-                step = Step(design=design, watches=watches, sockets=len(cookies), rate=rate)
+                step = Step(
+                    design=design,
+                    watches=watches,
+                    sockets=len(cookies),
+                    rate=rate,
+                    load_average=round(os.getloadavg()[0], 2),
+                    **idle,
+                )
                 processes = (server.ps, subscribers.ps, node)
                 cpu_before = [cpu_seconds(process) for process in processes]
                 before_wall = time.monotonic()
@@ -583,6 +771,10 @@ def run_design(
                 }
                 step.es_young_gc_ms = es_change.pop("young_gc_ms")
                 step.es_old_gcs = int(es_change.pop("old_gcs"))
+                step.es_heap_used_mb, _ = es_heap_mb(node_url)
+                watches_ms = es_change.get("watches query", 0.0) + es_change.get(
+                    "watches fetch", 0.0
+                )
                 step.es_ms_per_s = {
                     name: round(value / wall, 1) for name, value in es_change.items() if value
                 }
@@ -602,11 +794,19 @@ def run_design(
                     step.full_gc_ms = round(1000 * change["full_gc_seconds"], 1)
                     step.loop_lags_over_25ms = int(change["lags_over_25ms"])
                     step.loop_lags_over_100ms = int(change["lags_over_100ms"])
+                    step.percolated = int(change["events"])
+                if sent and not design.startswith("baseline"):
+                    step.es_watches_ms_per_search = round(
+                        watches_ms / (step.percolated or len(sent)), 3
+                    )
                 step.searches = len(sent)
                 step.search_errors = errors
                 step.search_ms = percentiles(search_ms)
                 received, closed = subscribers.arrivals()
                 step.sockets_closed = sum(1 for at in closed if at >= min(sent.values()))
+                if not subscribers.alive():
+                    print(f"  the load client exited ({subscribers.process.returncode})")
+                    step.sockets_closed = step.sockets
                 latencies: list[float] = []
                 to_dispatch: list[float] = []  # search sent -> alert dispatched (its seq)
                 for rid, at in sent.items():
@@ -636,14 +836,20 @@ def run_design(
                     f"loop lags >25 ms {step.loop_lags_over_25ms} "
                     f">100 ms {step.loop_lags_over_100ms}; "
                     f"ES young GC {step.es_young_gc_ms:g} ms, old GCs {step.es_old_gcs}, "
-                    f"ms/s {step.es_ms_per_s}; "
+                    f"ms/s {step.es_ms_per_s}; watches ms per search "
+                    f"{step.es_watches_ms_per_search}, percolate ms per batch "
+                    f"{step.percolate_ms_per_batch}; "
                     f"CPU server {step.server_cpu_percent}% client {step.client_cpu_percent}% "
-                    f"es {step.es_cpu_percent}%",
+                    f"es {step.es_cpu_percent}%; load {step.load_average}",
                     flush=True,
                 )
-                if step.alerts_expected and (
-                    step.alert_ms.get("p99", float("inf")) > GIVE_UP_P99_MS
-                    or step.alerts_delivered < 0.9 * step.alerts_expected
+                if (
+                    climb
+                    and step.alerts_expected
+                    and (
+                        step.alert_ms.get("p99", float("inf")) > GIVE_UP_P99_MS
+                        or step.alerts_delivered < 0.9 * step.alerts_expected
+                    )
                 ):
                     break
         finally:
@@ -679,10 +885,18 @@ def ratio(ours: float, theirs: float) -> str:
     return f"{ours / theirs:.1f}x"
 
 
-def write_report(steps: list[Step], configurations: list[tuple[int, int]]) -> None:
+def write_report(
+    steps: list[Step],
+    configurations: list[tuple[int, int]],
+    run: dict[str, Any] | None = None,
+    loads: list[dict[str, Any]] | None = None,
+) -> None:
+    """results.json ({"run", "loads", "steps"}), results.md and the plot."""
     REPORT_DIR.mkdir(parents=True, exist_ok=True)
+    run, loads = run or {}, loads or []
     (REPORT_DIR / "results.json").write_text(
-        json.dumps([asdict(s) for s in steps], indent=2) + "\n"
+        json.dumps({"run": run, "loads": loads, "steps": [asdict(s) for s in steps]}, indent=2)
+        + "\n"
     )
     lines = [
         "# Search-to-alert benchmark",
@@ -694,6 +908,12 @@ def write_report(steps: list[Step], configurations: list[tuple[int, int]]) -> No
         "when every search succeeded, no socket was closed, ≥ 99% of the alerts arrived and "
         "the alert p99 is within the bar.",
         "",
+        f"Run: `{' '.join(['nox -s bench --', *run.get('argv', [])])}`, "
+        f"{run.get('minutes', '?')} minutes; Elasticsearch heap {run.get('es_heap', '?')}; "
+        f"load average {run.get('load_average_start', '?')} at the start, "
+        f"{run.get('load_average_end', '?')} at the end (1, 5, 15 minutes).",
+        "",
+        *headline(steps, configurations, run, loads),
         "## Highest sustained search rate",
         "",
         "Per-user: each search reaches only the subscribers watching its word (the baseline "
@@ -751,8 +971,10 @@ def write_report(steps: list[Step], configurations: list[tuple[int, int]]) -> No
         "",
         "| design | watches | sockets | rate/s | alert p50 | p90 | p99 | max | delivered | "
         "alerts/s | search p50 | p99 | CPU server | client | ES | peak RSS "
-        "| percolate ms/batch | events/batch | full GCs (ms) |",
-        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+        "| percolate ms/batch | events/batch | full GCs (ms) | ES watches ms/search "
+        "| ES old GCs | ES heap | loop lags >25/>100 ms | load |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:"
+        "|---:|---:|---:|---:|---:|---:|",
     ]
     for s in steps:
         a, q = s.alert_ms, s.search_ms
@@ -764,10 +986,210 @@ def write_report(steps: list[Step], configurations: list[tuple[int, int]]) -> No
             f"{q.get('p50', '-')} | {q.get('p99', '-')} | {s.server_cpu_percent}% | "
             f"{s.client_cpu_percent}% | {s.es_cpu_percent}% | "
             f"{s.server_peak_rss_mb} MB | {s.percolate_ms_per_batch or '-'} | "
-            f"{s.percolate_events_per_batch or '-'} | {s.full_gcs} ({s.full_gc_ms:g}) |"
+            f"{s.percolate_events_per_batch or '-'} | {s.full_gcs} ({s.full_gc_ms:g}) | "
+            f"{'-' if s.es_watches_ms_per_search is None else s.es_watches_ms_per_search} | "
+            f"{s.es_old_gcs} | {s.es_heap_used_mb:g} MB | "
+            f"{s.loop_lags_over_25ms}/{s.loop_lags_over_100ms} | {s.load_average:g} |"
         )
+    lines += [
+        "",
+        "## Sockets: connect storm and memory per idle socket",
+        "",
+        "Per design run: the server's RSS before any socket and with every socket connected, "
+        "greeted and idle (before any search); the growth divided by the sockets. Greeting: "
+        "from dialling to the hello, as the load client saw it (the storm is paced).",
+        "",
+        "| design | watches | sockets | RSS 0 sockets | RSS idle | KB per idle socket "
+        "| connect s | greeting p50 | p99 | max | over 1 s | dials retried | server warnings |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    seen: set[tuple[str, int, int]] = set()
+    for s in steps:
+        if (s.design, s.watches, s.sockets) in seen or not s.rss_idle_sockets_mb:
+            continue
+        seen.add((s.design, s.watches, s.sockets))
+        g = s.greet_ms
+        lines.append(
+            f"| {s.design} | {s.watches} | {s.sockets} | {s.rss_no_sockets_mb:g} MB "
+            f"| {s.rss_idle_sockets_mb:g} MB | {s.rss_per_idle_socket_kb:g} "
+            f"| {s.connect_seconds:g} | {g.get('p50', '-')} | {g.get('p99', '-')} "
+            f"| {g.get('max', '-')} | {s.greets_over_1s} | {s.dial_retries} "
+            f"| {s.connect_log_warnings} |"
+        )
+    if loads:
+        lines += [
+            "",
+            "## Watch loading",
+            "",
+            "Wall time includes the refresh and force-merge after the bulk load; "
+            "`load_watches`' own rate where it reports one.",
+            "",
+            "| watches | seconds | watches/s (wall) | watches/s (load_watches) "
+            "| ES heap used after | heap max | ES old GCs |",
+            "|---|---:|---:|---:|---:|---:|---:|",
+        ]
+        for entry in loads:
+            lines.append(
+                f"| {entry['watches_from']} → {entry['watches_to']} | {entry['seconds']} "
+                f"| {entry['watches_per_s']} | {entry['reported_watches_per_s'] or '-'} "
+                f"| {entry['es_heap_used_mb']} MB | {entry['es_heap_max_mb']} MB "
+                f"| {entry['es_old_gcs']} |"
+            )
     (REPORT_DIR / "results.md").write_text("\n".join(lines) + "\n")
     plot(steps)
+
+
+def median(values: list[float]) -> float | None:
+    ordered = sorted(values)
+    if not ordered:
+        return None
+    middle = len(ordered) // 2
+    return ordered[middle] if len(ordered) % 2 else (ordered[middle - 1] + ordered[middle]) / 2
+
+
+def headline(
+    steps: list[Step],
+    configurations: list[tuple[int, int]],
+    run: dict[str, Any],
+    loads: list[dict[str, Any]],
+) -> list[str]:
+    """The issue's goals at the biggest configuration, the reference's (and the next smaller
+    configuration's at the same sockets) figures beside: markdown lines."""
+    if not configurations:
+        return []
+    watches, sockets = max(configurations)
+    smaller = sorted(
+        {
+            s.watches
+            for s in steps
+            if s.sockets == sockets and s.watches < watches and s.design == "percolert-per-user"
+        }
+    )
+    other = smaller[-1] if smaller else None
+
+    def at(design: str, w: int, rate: float) -> Step | None:
+        return next(
+            (
+                s
+                for s in steps
+                if (s.design, s.watches, s.sockets, s.rate) == (design, w, sockets, rate)
+                and (s.alert_ms or s.search_ms)
+            ),
+            None,
+        )
+
+    def fmt(value: float | None, unit: str = "", digits: int = 1) -> str:
+        return "-" if value is None else f"{value:,.{digits}f}{unit}"
+
+    def cost(w: int | None, rate: float) -> tuple[float | None, float | None]:
+        step = at("percolert-per-user", w, rate) if w is not None else None
+        if step is None:
+            return None, None
+        return step.es_watches_ms_per_search, step.percolate_ms_per_batch
+
+    def times(big: float | None, small: float | None) -> str:
+        return "-" if big is None or small is None or not small else f"{big / small:.2f}x"
+
+    def size(count: int) -> str:
+        return f"{count / 1e6:g}M" if count >= 1_000_000 else f"{count / 1000:g}k"
+
+    label = f"{size(watches)} watches / {sockets:,} sockets"
+    ref_label = f"{size(other)} watches / {sockets:,} sockets" if other else "-"
+    lines = [
+        f"## Headline: {label}" + (f" (beside it: {ref_label})" if other else ""),
+        "",
+        f"| goal | {label} | {ref_label} | bar |",
+        "|---|---:|---:|---|",
+    ]
+    sustained = [
+        highest_rate(steps, "percolert-per-user", w, sockets, 100.0) if w else None
+        for w in (watches, other)
+    ]
+    lines.append(
+        "| per-user: highest rate sustained at p99 ≤ 100 ms, every alert | "
+        + " | ".join("-" if r is None else f"{r:g}/s" for r in sustained)
+        + " | ≥ 100/s |"
+    )
+    for rate in (100.0, 150.0):
+        cells = []
+        for w in (watches, other):
+            step = at("percolert-per-user", w, rate) if w else None
+            cells.append(
+                "-"
+                if step is None or not step.alert_ms
+                else f"p99 {step.alert_ms['p99']:g} ms, "
+                f"{step.alerts_delivered}/{step.alerts_expected} delivered"
+            )
+        lines.append(
+            f"| per-user at {rate:g}/s: alert p99, delivered | {' | '.join(cells)} | ≤ 100 ms |"
+        )
+    rates = sorted(
+        {s.rate for s in steps if s.design == "percolert-per-user" and s.watches == watches}
+        & {s.rate for s in steps if s.design == "percolert-per-user" and s.watches == other}
+    )
+    for rate in rates:
+        (es_big, batch_big), (es_small, batch_small) = cost(watches, rate), cost(other, rate)
+        lines.append(
+            f"| percolation at {rate:g}/s: ES ms per search on the watches index "
+            f"(ratio {times(es_big, es_small)}) | {fmt(es_big, ' ms', 2)} "
+            f"| {fmt(es_small, ' ms', 2)} | ratio ≤ 2x |"
+        )
+        lines.append(
+            f"| percolation at {rate:g}/s: wall ms per batch "
+            f"(ratio {times(batch_big, batch_small)}) | {fmt(batch_big, ' ms', 2)} "
+            f"| {fmt(batch_small, ' ms', 2)} | ratio ≤ 2x |"
+        )
+    cells = []
+    for w in (watches, other):
+        on = at("percolert-per-user", w, 100.0) if w else None
+        off = at("percolert-alerts-off", w, 100.0) if w else None
+        cells.append(
+            "-"
+            if on is None or off is None or not on.search_ms or not off.search_ms
+            else f"{on.search_ms['p50'] - off.search_ms['p50']:+.2f} ms "
+            f"({on.search_ms['p50']:g} vs {off.search_ms['p50']:g})"
+        )
+    lines.append(f"| search p50 at 100/s, alerts on - off | {' | '.join(cells)} | ≤ 2 ms |")
+    for design in ("percolert-per-user", "percolert-alerts-off", "percolert-broadcast"):
+        cells = []
+        for w in (watches, other):
+            step = next(
+                (
+                    s
+                    for s in steps
+                    if (s.design, s.watches, s.sockets) == (design, w, sockets)
+                    and s.rss_idle_sockets_mb
+                ),
+                None,
+            )
+            cells.append("-" if step is None else f"{step.rss_per_idle_socket_kb:g} KB")
+        if set(cells) != {"-"}:
+            lines.append(
+                f"| server RSS per idle socket ({design}) | {' | '.join(cells)} | ≤ 20 KB |"
+            )
+    cells = []
+    for w in (watches, other):
+        chosen = [s for s in steps if (s.watches, s.sockets) == (w, sockets)]
+        if not chosen:
+            cells.append("-")
+            continue
+        with_old = sum(1 for s in chosen if s.es_old_gcs)
+        heap = max(s.es_heap_used_mb for s in chosen)
+        cells.append(
+            f"{with_old} of {len(chosen)} steps with old GCs; heap used ≤ {heap:g} MB "
+            f"at a step's end"
+        )
+    lines.append(
+        f"| Elasticsearch heap {run.get('es_heap', '?')}: old-generation collections "
+        f"| {' | '.join(cells)} | none |"
+    )
+    for entry in loads:
+        lines.append(
+            f"| loading watches {entry['watches_from']:,} → {entry['watches_to']:,} "
+            f"| {entry['reported_watches_per_s'] or entry['watches_per_s']:,}/s "
+            f"({entry['seconds']} s; heap after {entry['es_heap_used_mb']:g} MB) | | ≥ 10k/s |"
+        )
+    return [*lines, ""]
 
 
 def plot(steps: list[Step]) -> None:
@@ -796,15 +1218,95 @@ def plot(steps: list[Step]) -> None:
 
 
 @contextmanager
-def bench_node(scratch: Path) -> Iterator[tuple[NodeState, Settings]]:
-    """The benchmark's own Elasticsearch node (2 GB heap) under `scratch`, and settings on
-    it; the node stops when the block ends."""
-    node = DevNode.configured(from_environment(), scratch / "state", heap="2g")
+def keep_logs(scratch: Path) -> Iterator[None]:
+    """Copies the servers' logs from `scratch` to LOG_DIR when the block ends, however."""
+    try:
+        yield
+    finally:
+        shutil.rmtree(LOG_DIR, ignore_errors=True)
+        LOG_DIR.mkdir(parents=True)
+        for log in scratch.glob("*.log"):
+            shutil.copy(log, LOG_DIR / log.name)
+        print(f"servers' logs: {LOG_DIR}", flush=True)
+
+
+@contextmanager
+def bench_node(scratch: Path, heap: str = "2g") -> Iterator[tuple[NodeState, Settings]]:
+    """The benchmark's own Elasticsearch node (`heap`: its JVM heap) under `scratch`, and
+    settings on it; the node stops when the block ends."""
+    node = DevNode.configured(from_environment(), scratch / "state", heap=heap)
     state, _ = node.start(free_port())
     try:
-        yield state, Settings(elasticsearch_url=state.url, index_prefix=PREFIX)
+        # The harness's own requests (bulk loads of watches) may take long on the shared
+        # machine: a 5 s timeout (the default) cut bulk requests at load average 12.
+        yield (
+            state,
+            Settings(elasticsearch_url=state.url, index_prefix=PREFIX, elasticsearch_timeout=120.0),
+        )
     finally:
         node.stop()
+
+
+@dataclass
+class Run:
+    """One configuration as it runs: its designs, and the rates each climbs."""
+
+    watches: int
+    sockets: int
+    designs: list[str]
+    rates: dict[str, list[float]]
+    reference: bool = False  # only there to compare percolation cost with a bigger one
+
+
+# At 10k sockets a broadcast writes 10k frames a search: it saturates long before these.
+BIG_BROADCAST_RATES = [2.0, 5.0, 10.0]
+
+
+def plan_runs(
+    configurations: list[tuple[int, int]],
+    designs: list[str],
+    rates: list[float],
+    *,
+    big_rates: list[float] | None = None,
+    broadcast_rates: list[float] | None = None,
+    reference: int = 0,
+    reference_rates: list[float] | None = None,
+) -> list[Run]:
+    """The configurations in the order they run. A configuration of more than `reference`
+    watches gets a reference run before it (the same sockets, `reference` watches,
+    per-user at `reference_rates`), so that one command measures percolation's cost per
+    search at both sizes: watches only grow from one run to the next (each loads the
+    difference). At 10k sockets and more the climb is shorter: `big_rates` when given, and
+    the broadcast designs BIG_BROADCAST_RATES (unless `broadcast_rates` is given)."""
+    plan: list[Run] = []
+    for watches, sockets in configurations:
+        if (
+            reference
+            and watches > reference
+            and (reference, sockets) not in configurations
+            and "percolert-per-user" in designs
+        ):
+            plan.append(
+                Run(
+                    reference,
+                    sockets,
+                    ["percolert-per-user"],
+                    {"percolert-per-user": reference_rates or rates},
+                    reference=True,
+                )
+            )
+        big = sockets >= 10_000
+        own = big_rates if big_rates and big else rates
+        broadcast = broadcast_rates or (BIG_BROADCAST_RATES if big else own)
+        plan.append(
+            Run(
+                watches,
+                sockets,
+                designs,
+                {design: broadcast if design.endswith("broadcast") else own for design in designs},
+            )
+        )
+    return plan
 
 
 def main() -> int:
@@ -831,12 +1333,35 @@ def main() -> int:
         "--configs", default=None, help="comma-separated WATCHES:SOCKETS, e.g. 10000:5000"
     )
     parser.add_argument(
-        "--warm-up", type=float, default=None, help="seconds of warm-up load per configuration"
+        "--warm-up",
+        type=float,
+        default=None,
+        help="seconds of warm-up load for the first configuration (later ones: at most 20)",
+    )
+    parser.add_argument(
+        "--broadcast-rates",
+        default=None,
+        help="rates of the broadcast designs (default: --rates; at 10k sockets and more 2,5,10:"
+        " a broadcast to every socket saturates long before)",
+    )
+    parser.add_argument(
+        "--es-heap", default="2g", help="the bench node's JVM heap (-Xms/-Xmx), e.g. 2g, 4g"
+    )
+    parser.add_argument(
+        "--reference",
+        type=int,
+        default=100_000,
+        help="before a configuration of more watches, the same sockets at this many watches, "
+        "per-user only (percolation cost per search, bigger ÷ reference); 0: none",
+    )
+    parser.add_argument(
+        "--reference-rates", default="50,100", help="rates of the reference configuration"
     )
     args = parser.parse_args()
     build_wsload()
     if args.instances == 2:
         return run_instances(args)
+    big_rates = None  # at 10k sockets and more: a shorter climb
     if args.quick:
         configurations = [(10_000, 1_000)]
         rates = [10.0, 25.0, 50.0, 100.0]
@@ -845,10 +1370,12 @@ def main() -> int:
     else:
         configurations = [(10_000, 1_000), (100_000, 1_000), (100_000, 5_000)]
         rates = [2.0, 5.0, 10.0, 25.0, 50.0, 100.0, 150.0, 200.0]
+        big_rates = [25.0, 50.0, 100.0, 150.0, 200.0]
         seconds = args.seconds or 8.0
         args.warm_up = 60.0 if args.warm_up is None else args.warm_up
     if args.rates:
         rates = [float(rate) for rate in args.rates.split(",")]
+        big_rates = None
     if args.configs:
         configurations = [
             (int(watches), int(sockets))
@@ -858,21 +1385,42 @@ def main() -> int:
         args.designs
         or "percolert-per-user,percolert-alerts-off,percolert-broadcast,baseline-broadcast"
     ).split(",")
+    plan = plan_runs(
+        configurations,
+        designs,
+        rates,
+        big_rates=big_rates,
+        broadcast_rates=(
+            [float(rate) for rate in args.broadcast_rates.split(",")]
+            if args.broadcast_rates
+            else None
+        ),
+        reference=args.reference,
+        reference_rates=[float(rate) for rate in args.reference_rates.split(",")],
+    )
     tabs = 2
+    raise_file_limit(max(run.sockets for run in plan) + SPARE_FILES)
+    began, load_at_start = time.monotonic(), os.getloadavg()
     steps: list[Step] = []
+    loads: list[dict[str, Any]] = []
+    loader: Callable[[Settings, int], Coroutine[Any, Any, object]] = load_watches
     with tempfile.TemporaryDirectory(prefix="percolert-bench-") as scratch_name:
         scratch = Path(scratch_name)
-        with bench_node(scratch) as (state, settings):
+        with keep_logs(scratch), bench_node(scratch, heap=args.es_heap) as (state, settings):
             loaded = 0
-            for watches, sockets in configurations:
+            warm = args.warm_up
+            for run in plan:
+                watches, sockets = run.watches, run.sockets
                 if loaded == 0 or loaded > watches:
                     prepare_catalog(state.url, recreate=loaded > watches)
                     loaded = 0
-                print(f"W={watches} S={sockets}: loading watches...", flush=True)
-                asyncio.run(load_watches(settings, watches - loaded))
-                loaded = watches
-                warm_up(psutil.Process(state.pid), state.url, scratch, args.warm_up)
-                for design in designs:
+                if watches > loaded:
+                    print(f"W={watches} S={sockets}: loading watches...", flush=True)
+                    loads.append(load(loader, settings, state, loaded, watches))
+                    loaded = watches
+                warm_up(psutil.Process(state.pid), state.url, scratch, warm)
+                warm = min(warm, 20.0)  # the JVM is warm: this warms the new segments
+                for design in run.designs:
                     asyncio.run(set_default_watch(settings, design == "percolert-broadcast"))
                     steps += run_design(
                         design,
@@ -882,12 +1430,60 @@ def main() -> int:
                         watches,
                         sockets,
                         tabs,
-                        rates,
+                        run.rates[design],
                         seconds,
+                        climb=not run.reference,
                     )
-    write_report(steps, configurations)
+    about = {
+        "argv": sys.argv[1:],
+        "cores": os.cpu_count(),
+        "es_heap": args.es_heap,
+        "minutes": round((time.monotonic() - began) / 60, 1),
+        "load_average_start": [round(value, 2) for value in load_at_start],
+        "load_average_end": [round(value, 2) for value in os.getloadavg()],
+        "configurations": [[run.watches, run.sockets, run.reference] for run in plan],
+    }
+    configured = [(run.watches, run.sockets) for run in plan if not run.reference]
+    write_report(steps, configured, about, loads)
     print((REPORT_DIR / "results.md").read_text())
+    print(f"{about['minutes']} minutes", flush=True)
     return 0
+
+
+def load(
+    loader: Callable[[Settings, int], Coroutine[Any, Any, object]],
+    settings: Settings,
+    state: NodeState,
+    loaded: int,
+    watches: int,
+) -> dict[str, Any]:
+    """Loads watches `loaded`..`watches` and reports the rate (load_watches' own figure
+    when it returns one, watches a second) and the node's heap after it."""
+    old_gcs = es_stats(state.url)["old_gcs"]
+    started = time.monotonic()
+    reported = asyncio.run(loader(settings, watches - loaded))
+    wall = time.monotonic() - started
+    heap_used, heap_max = es_heap_mb(state.url)
+    record = {
+        "watches_from": loaded,
+        "watches_to": watches,
+        "seconds": round(wall, 1),
+        # Wall time including the refresh and force-merge after the bulk load.
+        "watches_per_s": round((watches - loaded) / wall),
+        "reported_watches_per_s": (
+            round(reported, 1) if isinstance(reported, int | float) else None
+        ),
+        "es_heap_used_mb": heap_used,
+        "es_heap_max_mb": heap_max,
+        "es_old_gcs": int(es_stats(state.url)["old_gcs"] - old_gcs),
+    }
+    print(
+        f"  loaded {watches - loaded} watches in {record['seconds']} s: "
+        f"{record['watches_per_s']}/s (load_watches: {record['reported_watches_per_s']}/s); "
+        f"Elasticsearch heap {heap_used} of {heap_max} MB, {record['es_old_gcs']} old GCs",
+        flush=True,
+    )
+    return record
 
 
 def run_instances(args: argparse.Namespace) -> int:

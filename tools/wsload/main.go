@@ -14,10 +14,12 @@ import (
 	"encoding/json"
 	"fmt"
 	"io"
+	"math"
 	"net/http"
 	"net/http/cookiejar"
 	"os"
 	"os/signal"
+	"sort"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -32,6 +34,60 @@ type subscribeSpec struct {
 	Origin  string    `json:"origin"`
 	Cookies []*string `json:"cookies"`
 	Hello   bool      `json:"hello"`
+	// Connect storm pacing: handshakes in flight at once (default 64) and new sockets a
+	// second (0: no pacing), so that thousands of sockets measure the service rather than
+	// the accept queue; a greeting slower than GreetTimeout fails the run.
+	Concurrency  int     `json:"concurrency"`
+	ConnectRate  float64 `json:"connect_rate"`
+	GreetTimeout float64 `json:"greet_timeout_s"`
+	// Dials refused or reset during the storm are retried this many times (backoff).
+	DialRetries int `json:"dial_retries"`
+}
+
+// connect dials one socket and, with spec.Hello, reads its hello within greetTimeout.
+// The handshake's duration is returned too.
+func connect(ctx context.Context, spec subscribeSpec, header http.Header, greetTimeout time.Duration) (*websocket.Conn, time.Duration, error) {
+	started := time.Now()
+	dialCtx, dialCancel := context.WithTimeout(ctx, time.Minute)
+	conn, _, err := websocket.Dial(dialCtx, spec.URL, &websocket.DialOptions{HTTPHeader: header})
+	dialCancel()
+	shook := time.Since(started)
+	if err != nil {
+		return nil, shook, err
+	}
+	conn.SetReadLimit(1 << 22)
+	if spec.Hello {
+		helloCtx, helloCancel := context.WithTimeout(ctx, greetTimeout)
+		_, _, err := conn.Read(helloCtx)
+		helloCancel()
+		if err != nil {
+			conn.CloseNow()
+			return nil, shook, fmt.Errorf("no hello within %v: %w", greetTimeout, err)
+		}
+	}
+	return conn, shook, nil
+}
+
+// connectStats is the ready file's content: how the connect storm went.
+type connectStats struct {
+	Sockets        int64              `json:"sockets"`
+	ConnectSeconds float64            `json:"connect_seconds"`
+	DialRetries    int64              `json:"dial_retries"`
+	HandshakeMs    map[string]float64 `json:"handshake_ms"`
+	GreetMs        map[string]float64 `json:"greet_ms"`
+	GreetsOver1s   int                `json:"greets_over_1s"`
+}
+
+// percentiles of `values` (milliseconds), as the harness reports them.
+func percentiles(values []float64) map[string]float64 {
+	if len(values) == 0 {
+		return map[string]float64{}
+	}
+	sort.Float64s(values)
+	at := func(fraction float64) float64 {
+		return math.Round(values[int(math.Round(fraction*float64(len(values)-1)))]*100) / 100
+	}
+	return map[string]float64{"p50": at(0.5), "p90": at(0.9), "p99": at(0.99), "max": at(1)}
 }
 
 // message holds the fields of Percolert's alert and the baseline's notification that name
@@ -186,36 +242,76 @@ func subscribe(specPath, recordPath string) error {
 		}
 	}
 
-	// At most 64 handshakes at a time: a storm of thousands at once would measure the
-	// accept queue, not the service.
-	gate := make(chan struct{}, 64)
+	concurrency := spec.Concurrency
+	if concurrency <= 0 {
+		concurrency = 64
+	}
+	greetTimeout := time.Duration(spec.GreetTimeout * float64(time.Second))
+	if greetTimeout <= 0 {
+		greetTimeout = time.Minute
+	}
+	// Handshakes in flight are bounded (and paced by ConnectRate): a storm of thousands at
+	// once would measure the accept queue, not the service.
+	gate := make(chan struct{}, concurrency)
+	var pace <-chan time.Time
+	if spec.ConnectRate > 0 {
+		ticker := time.NewTicker(time.Duration(float64(time.Second) / spec.ConnectRate))
+		defer ticker.Stop()
+		pace = ticker.C
+	}
 	dialErrors := make(chan error, len(spec.Cookies))
+	var retries atomic.Int64
+	var timesMu sync.Mutex
+	handshakeMs := make([]float64, 0, len(spec.Cookies))
+	greetMs := make([]float64, 0, len(spec.Cookies))
+	began := time.Now()
+	var connectSeconds atomic.Int64 // microseconds until the last socket was greeted
 	var wg sync.WaitGroup
 	for _, cookie := range spec.Cookies {
 		header := http.Header{"Origin": {spec.Origin}}
 		if cookie != nil {
 			header.Set("Cookie", "percolert_session="+*cookie)
 		}
+		if pace != nil {
+			select {
+			case <-pace:
+			case <-ctx.Done():
+			}
+		}
+		gate <- struct{}{}
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
-			gate <- struct{}{}
-			dialCtx, dialCancel := context.WithTimeout(ctx, time.Minute)
-			conn, _, err := websocket.Dial(dialCtx, spec.URL, &websocket.DialOptions{HTTPHeader: header})
-			dialCancel()
-			<-gate
+			// A refused or reset dial, or a greeting past GreetTimeout, is tried again (as a
+			// page reconnects), up to DialRetries times; the gate is held until the hello:
+			// the greeting (watches and history read from Elasticsearch) is part of what a
+			// connect costs the server.
+			var conn *websocket.Conn
+			var err error
+			var shook time.Duration
+			started := time.Now()
+			for attempt := 0; ; attempt++ {
+				started = time.Now()
+				conn, shook, err = connect(ctx, spec, header, greetTimeout)
+				if err == nil || attempt >= spec.DialRetries || ctx.Err() != nil {
+					break
+				}
+				retries.Add(1)
+				time.Sleep(time.Duration(100*(attempt+1)) * time.Millisecond)
+			}
 			if err != nil {
+				<-gate
 				dialErrors <- err
 				return
 			}
 			defer conn.CloseNow()
-			conn.SetReadLimit(1 << 22)
-			if spec.Hello {
-				if _, _, err := conn.Read(ctx); err != nil {
-					dialErrors <- fmt.Errorf("no hello: %w", err)
-					return
-				}
-			}
+			<-gate
+			greeted := time.Since(started)
+			timesMu.Lock()
+			handshakeMs = append(handshakeMs, float64(shook.Microseconds())/1000)
+			greetMs = append(greetMs, float64(greeted.Microseconds())/1000)
+			timesMu.Unlock()
+			connectSeconds.Store(time.Since(began).Microseconds())
 			markGreeted()
 			var data bytes.Buffer // reused: one message at a time
 			for {
@@ -249,7 +345,26 @@ func subscribe(specPath, recordPath string) error {
 		return fmt.Errorf("socket: %w", err)
 	case <-ctx.Done():
 	}
-	if err := os.WriteFile(recordPath+".ready", []byte(fmt.Sprint(total)), 0o644); err != nil {
+	timesMu.Lock()
+	stats := connectStats{
+		Sockets:        greeted.Load(),
+		ConnectSeconds: float64(connectSeconds.Load()) / 1e6,
+		DialRetries:    retries.Load(),
+		HandshakeMs:    percentiles(handshakeMs),
+		GreetMs:        percentiles(append([]float64(nil), greetMs...)),
+	}
+	for _, ms := range greetMs {
+		if ms > 1000 {
+			stats.GreetsOver1s++
+		}
+	}
+	timesMu.Unlock()
+	ready, _ := json.Marshal(stats)
+	// Written whole, then renamed: the harness polls for the name.
+	if err := os.WriteFile(recordPath+".ready.tmp", ready, 0o644); err != nil {
+		return err
+	}
+	if err := os.Rename(recordPath+".ready.tmp", recordPath+".ready"); err != nil {
 		return err
 	}
 	<-ctx.Done()

@@ -28,3 +28,21 @@ func TestQuickAlertAgreesWithTheDecoder(t *testing.T) {
 		}
 	}
 }
+
+// percentiles picks the same ranks as the harness's own (bench/harness.py percentiles).
+func TestPercentilesPickTheHarnessRanks(t *testing.T) {
+	values := make([]float64, 0, 101)
+	for i := 100; i >= 0; i-- {
+		values = append(values, float64(i))
+	}
+	got := percentiles(values)
+	want := map[string]float64{"p50": 50, "p90": 90, "p99": 99, "max": 100}
+	for key, value := range want {
+		if got[key] != value {
+			t.Fatalf("percentiles: %s = %v, want %v (all: %v)", key, got[key], value, got)
+		}
+	}
+	if len(percentiles(nil)) != 0 {
+		t.Fatal("percentiles of nothing must be empty")
+	}
+}
