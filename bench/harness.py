@@ -1366,7 +1366,7 @@ def main() -> int:
         configurations = [(10_000, 1_000)]
         rates = [10.0, 25.0, 50.0, 100.0]
         seconds = args.seconds or 3.0
-        args.warm_up = 20.0 if args.warm_up is None else args.warm_up
+        args.warm_up = 10.0 if args.warm_up is None else args.warm_up
     else:
         configurations = [(10_000, 1_000), (100_000, 1_000), (100_000, 5_000)]
         rates = [2.0, 5.0, 10.0, 25.0, 50.0, 100.0, 150.0, 200.0]
