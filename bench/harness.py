@@ -200,9 +200,10 @@ def catalog_words() -> list[str]:
     return sorted(words)
 
 
-async def load_watches(settings: Settings, count: int) -> None:
+async def load_watches(settings: Settings, count: int) -> float:
     """`count` background watches of 1-2 catalog words, spread over count/5 users, through
-    the bulk load (WatchStore.load, as `percolert watches load`); prints its rate."""
+    the bulk load (WatchStore.load, as `percolert watches load`); prints and returns its
+    rate (watches/s, the load alone: the force-merge after it is not counted)."""
     words = catalog_words()
     rng = random.Random(7)
     client = es.create_client(settings)
@@ -230,6 +231,7 @@ async def load_watches(settings: Settings, count: int) -> None:
         await client.indices.forcemerge(index=alias, max_num_segments=1)
     finally:
         await client.close()
+    return report.rate
 
 
 async def set_default_watch(settings: Settings, present: bool) -> None:
