@@ -128,26 +128,41 @@ def cmd_setup(settings: Settings, args: argparse.Namespace) -> int:
     return 0
 
 
+@contextlib.contextmanager
+def _file_progress(
+    path: Path, verb: str
+) -> Iterator[tuple[Callable[[int], None], Callable[[object, str], None]]]:
+    """A progress bar over the bytes of `path` (on stderr, off when it is not a terminal):
+    yields `advance(bytes read)` and `complain(line, reason)`, which prints `FILE:LINE:
+    reason` above the bar."""
+    with tqdm(
+        total=path.stat().st_size,
+        unit="B",
+        unit_scale=True,
+        desc=f"{verb} {path.name}",
+        file=sys.stderr,
+        disable=None,
+    ) as bar:
+
+        def advance(consumed: int) -> None:
+            bar.update(consumed)
+
+        def complain(line: object, reason: str) -> None:
+            tqdm.write(f"{path}:{line}: {reason}", file=sys.stderr)
+
+        yield advance, complain
+
+
 def _ingest(
     settings: Settings, path: Path, *, chunk_size: int = 500, plain: bool = False
 ) -> catalog.IngestReport:
     if not path.is_file():
         raise CliError(f"no such file: {path}")
     alias = indices.alias_for(settings, "products")
-    with tqdm(
-        total=path.stat().st_size,
-        unit="B",
-        unit_scale=True,
-        desc=f"ingest {path.name}",
-        file=sys.stderr,
-        disable=None,
-    ) as bar:
+    with _file_progress(path, "ingest") as (advance, complain):
 
         def report_error(error: catalog.LineError) -> None:
-            tqdm.write(f"{path}:{error.line}: {error.reason}", file=sys.stderr)
-
-        def advance(consumed: int) -> None:
-            bar.update(consumed)
+            complain(error.line, error.reason)
 
         async def load(
             client: AsyncElasticsearch, writer: catalog.ChunkWriter | None
@@ -286,20 +301,10 @@ def _load_watches(settings: Settings, path: Path, *, chunk_size: int) -> LoadRep
     if not path.is_file():
         raise CliError(f"no such file: {path}")
     alias = indices.alias_for(settings, "watches")
-    with tqdm(
-        total=path.stat().st_size,
-        unit="B",
-        unit_scale=True,
-        desc=f"load {path.name}",
-        file=sys.stderr,
-        disable=None,
-    ) as bar:
+    with _file_progress(path, "load") as (advance, complain):
 
         def report_error(error: LoadError) -> None:
-            tqdm.write(f"{path}:{error.ref}: {error.reason}", file=sys.stderr)
-
-        def advance(consumed: int) -> None:
-            bar.update(consumed)
+            complain(error.ref, error.reason)
 
         async def load(client: AsyncElasticsearch) -> LoadReport:
             if not await client.indices.exists_alias(name=alias):
