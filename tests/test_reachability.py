@@ -253,3 +253,42 @@ async def test_elasticsearch_down_at_connect_still_opens_the_socket(
                 assert alert["watch"]["id"] == watch["id"]
     finally:
         proxy.close()
+
+
+async def test_refused_lease_writes_turn_the_lease_filter_off(lease_settings: Settings) -> None:
+    """Elasticsearch refusing writes (a write block, as at the disk's flood stage) while it
+    still answers searches: the leases of connected users run out unrenewed, so searches
+    must percolate every watch until lease writes succeed again."""
+    lease = lease_settings.reconnect_grace_seconds + lease_settings.lease_slack_seconds
+    word = fresh_word("blocked")
+    alias = indices.alias_for(lease_settings, "watches")
+    client = es.create_client(lease_settings)
+    with run_server(lease_settings) as server:
+        async with Shopper(server) as owner, Shopper(server) as searcher:
+            watch = await owner.watch(word)
+            socket = await owner.connect()
+            try:
+                await client.indices.put_settings(
+                    index=alias, settings={"index.blocks.write": True}
+                )
+                blocked = time.monotonic()
+                # Every lease written before the block has run out, and renewals failed.
+                await wait_until(
+                    lambda: (
+                        time.monotonic() - blocked > lease + 0.5
+                        and metric(server, "percolert_watch_lease_failures_total") >= 1
+                    ),
+                    timeout=30,
+                    what="the leases to run out under refused renewals",
+                )
+                assert (await percolated(lease_settings, word))["searches"] == set()
+                await searcher.search(word)
+                alert = await socket.next_alert()
+                assert alert is not None
+                assert alert["watch"]["id"] == watch["id"]
+            finally:
+                await client.indices.put_settings(
+                    index=alias, settings={"index.blocks.write": None}
+                )
+                await client.close()
+            await socket.close()

@@ -161,6 +161,7 @@ class Percolator:
         observe: Callable[[float | None, int], None] | None = None,
         max_matches: int = _MAX_MATCHES,
         reachable_only: bool = True,
+        leases_hold: Callable[[], bool] | None = None,
     ) -> None:
         """`observe(seconds, batch_size)` hears of every percolate request, and of every
         failure as (None, events lost): of a whole request, or of one event's search in it.
@@ -191,6 +192,10 @@ class Percolator:
             "searches": [*_AUDIENCE_FILTERS["searches"]]
             + ([REACHABLE_FILTER] if reachable_only else []),
         }
+        # While `leases_hold()` is False (lease writes failing: reachability.py), every watch
+        # is percolated: an unwritten lease must not hide a reachable owner's watch.
+        self._leases_hold = leases_hold
+        self._every_watch: dict[Audience, list[dict[str, Any]]] = dict(_AUDIENCE_FILTERS)
         self._in_flight = 0
         self._tickets_issued = 0
         self._next_ticket = 0
@@ -355,6 +360,8 @@ class Percolator:
     ) -> list[_Response]:
         """One `_msearch`: a percolation of each document, from its `after` key if given."""
         searches: list[Mapping[str, Any]] = []
+        leased = self._leases_hold is None or self._leases_hold()
+        filters = (self._filters if leased else self._every_watch)[audience]
         for number, document in enumerate(documents):
             composite = {**_MATCHES["matches"]["composite"], "size": self._max_matches}
             if after is not None and after[number] is not None:
@@ -365,7 +372,7 @@ class Percolator:
             searches.append(
                 {
                     "query": {
-                        "bool": {"filter": [percolate, *self._filters[audience]]},
+                        "bool": {"filter": [percolate, *filters]},
                     },
                     "size": 0,
                     "track_total_hits": False,

@@ -19,8 +19,9 @@ is a few requests. After a restart the returning users' leases are still valid: 
 only read. Each instance renews the users it holds sockets for: no coordination.
 
 Elasticsearch failing at a connect does not keep the socket from opening: the user is not
-leased, and the renewal loop tries again until it is (meanwhile searches do not alert that
-user, as they could not have reached Elasticsearch either).
+leased, and the renewal loop tries again until it is; meanwhile (from any failed lease
+write to the next one that succeeds) search percolation does not filter on leases at all
+(`hold`), as it did before leases existed.
 """
 
 from __future__ import annotations
@@ -39,11 +40,11 @@ from percolert.settings import Settings
 
 logger = logging.getLogger("percolert.reachability")
 
-# Watches read per page and lease updates per bulk request.
+# Watches read per page and lease updates per bulk request; users leased per request.
 _PAGE = 10_000
 _BULK = 5_000
-# A lease closer to its end than this is treated as ended: writing it again is made
-# visible at once (a refresh) rather than within the index's refresh interval.
+_USERS_PER_WRITE = 1_000
+# A connecting user whose lease is known to end sooner than this is leased again.
 _MARGIN_SECONDS = 30.0
 # Time left beyond the grace when a lease is renewed (at most half the slack).
 _RENEWAL_MARGIN_SECONDS = 60.0
@@ -117,6 +118,8 @@ class Leases:
         self.writes = 0  # bulk requests of lease updates
         self.refreshes = 0
         self.failures = 0
+        # When lease writes began failing (None: the last one succeeded); see `hold`.
+        self._failing_since: float | None = None
         self.leased = 0  # watch leases written
 
     async def arrived(self, user: str) -> None:
@@ -163,13 +166,32 @@ class Leases:
                 await self._lease(due)
 
     async def _lease(self, users: set[str]) -> None:
-        """Lease the watches of `users` whose lease ends too soon; failures are logged and
-        counted (those users stay unknown, so the renewal loop tries them again)."""
-        try:
-            await self._write(users)
-        except (TransportError, ApiError, LeaseProblem) as error:
-            self.failures += 1
-            logger.warning("leasing the watches of %d users failed: %s", len(users), error)
+        """Lease the watches of `users` whose lease ends too soon, a bounded group of users
+        at a time (a `terms` query takes at most 65,536; a group that fails leaves the
+        others leased); failures are logged and counted (those users stay unknown, so the
+        renewal loop tries them again)."""
+        ordered = sorted(users)
+        for start in range(0, len(ordered), _USERS_PER_WRITE):
+            group = set(ordered[start : start + _USERS_PER_WRITE])
+            try:
+                await self._write(group)
+            except (TransportError, ApiError, LeaseProblem) as error:
+                self.failures += 1
+                if self._failing_since is None:
+                    self._failing_since = self._clock()
+                    logger.warning(
+                        "lease writes failing: searches percolate every watch until one succeeds"
+                    )
+                logger.warning("leasing the watches of %d users failed: %s", len(group), error)
+            else:
+                self._failing_since = None
+
+    def hold(self) -> bool:
+        """Whether the leases can be trusted: False from a failed lease write until the next
+        one succeeds. Elasticsearch may refuse writes while it still answers searches (a
+        disk past its flood stage blocks writes, say); leases would then run out under
+        connected users, so search percolation filters on them only while this is True."""
+        return self._failing_since is None
 
     async def _write(self, users: set[str]) -> None:
         now = self._clock()
@@ -178,12 +200,10 @@ class Leases:
         # The earliest lease end of each user's watches, once written.
         earliest: dict[str, float] = {}
         updates: list[dict[str, Any]] = []
-        ended = False
         async for watch_id, owner, leased in self._watches_of(users):
             if leased - now >= self._renew_below:
                 earliest[owner] = min(earliest.get(owner, leased), leased)
                 continue
-            ended |= leased - now < self._margin
             earliest[owner] = min(earliest.get(owner, until), until)
             updates.append({"update": {"_id": watch_id, "retry_on_conflict": 3}})
             updates.append({"doc": {"reachable_until": stamp}})
@@ -202,9 +222,11 @@ class Leases:
                 if refused:
                     raise LeaseProblem(f"{len(refused)} lease updates refused: {refused[0]}")
         self.leased += len(updates) // 2
-        if ended:
-            # Made visible before the hello: a watch whose lease had ended is not
-            # percolated until a refresh shows its new one.
+        if updates:
+            # Made visible now (one refresh per group): a watch whose lease had ended is not
+            # percolated until a refresh shows its new one, and a renewed lease must be seen
+            # before the old one ends, which the index's periodic refresh does not promise
+            # (a bulk load turns it off).
             await self._client.indices.refresh(index=self._alias)
             self.refreshes += 1
         for user in users:

@@ -125,6 +125,9 @@ class Services:
         self.dispatcher = AlertDispatcher(
             self.broker, window_seconds=settings.coalesce_seconds, spool=settings.broker_spool
         )
+        self.reachability = Leases(
+            client, indices.alias_for(settings, "watches"), settings, hub.users
+        )
         self.percolator = percolator_type(
             percolation_client or client,
             indices.alias_for(settings, "watches"),
@@ -134,6 +137,7 @@ class Services:
             concurrency=settings.percolate_concurrency,
             timeout=settings.percolate_timeout,
             observe=_observe_percolate(metrics),
+            leases_hold=self.reachability.hold,
         )
         self.watches = WatchStore(
             client,
@@ -144,9 +148,6 @@ class Services:
                 client, indices.alias_for(settings, "products")
             ).names,
             lease_seconds=lease_seconds(settings),
-        )
-        self.reachability = Leases(
-            client, indices.alias_for(settings, "watches"), settings, hub.users
         )
         self.product_alerting = ProductAlerting(client, settings, self.percolator)
         self.product_feed = ProductFeed(

@@ -18,6 +18,7 @@ for the cluster's sake (429, 5xx, a write block) are sent again a few times.
 from __future__ import annotations
 
 import contextlib
+import logging
 import time
 from collections.abc import AsyncIterator, Callable, Iterable, Iterator
 from pathlib import Path
@@ -26,10 +27,13 @@ from typing import Annotated, Any, cast
 import anyio
 import msgspec
 from anyio.abc import ObjectReceiveStream
-from elasticsearch import AsyncElasticsearch
+from elastic_transport import TransportError
+from elasticsearch import ApiError, AsyncElasticsearch
 
 from percolert.indices import indices_behind
 from percolert.messages import Category, MaxPrice, Notify, Terms, WatchSpec
+
+logger = logging.getLogger("percolert.watch_load")
 
 Owner = Annotated[str, msgspec.Meta(min_length=1, max_length=200)]
 
@@ -288,6 +292,12 @@ async def relaxed_for_load(client: AsyncElasticsearch, alias: str) -> AsyncItera
         }
         if changed:
             before[index] = changed
+        if len(changed) < len(_RELAXED):
+            logger.warning(
+                "%s is already set for a bulk load (another load is running, or one was "
+                "cut off before it could put its settings back): left as it is",
+                index,
+            )
     try:
         for index, changed in before.items():
             await client.indices.put_settings(
@@ -295,6 +305,17 @@ async def relaxed_for_load(client: AsyncElasticsearch, alias: str) -> AsyncItera
             )
         yield
     finally:
-        with anyio.CancelScope(shield=True), anyio.fail_after(30):
+        # Each index on its own, and a failure told rather than raised: it must not hide the
+        # load's own error, nor keep the other indices relaxed.
+        with anyio.CancelScope(shield=True):
             for index, changed in before.items():
-                await client.indices.put_settings(index=index, settings=changed)
+                try:
+                    with anyio.fail_after(30):
+                        await client.indices.put_settings(index=index, settings=changed)
+                except (TimeoutError, TransportError, ApiError) as error:
+                    logger.warning(
+                        "could not put back %s on %s after a load (%s): set them by hand",
+                        changed,
+                        index,
+                        error,
+                    )
