@@ -19,9 +19,9 @@ is a few requests. After a restart the returning users' leases are still valid: 
 only read. Each instance renews the users it holds sockets for: no coordination.
 
 Elasticsearch failing at a connect does not keep the socket from opening: the user is not
-leased, and the renewal loop tries again until it is; meanwhile (from any failed lease
-write to the next one that succeeds) search percolation does not filter on leases at all
-(`hold`), as it did before leases existed.
+leased, and the renewal loop tries again until it is; meanwhile (while any user's lease
+write has failed and not yet succeeded) search percolation does not filter on leases at
+all (`hold`), as it did before leases existed.
 """
 
 from __future__ import annotations
@@ -118,8 +118,8 @@ class Leases:
         self.writes = 0  # bulk requests of lease updates
         self.refreshes = 0
         self.failures = 0
-        # When lease writes began failing (None: the last one succeeded); see `hold`.
-        self._failing_since: float | None = None
+        # Users whose lease write failed, and since when; see `hold`.
+        self._unleased: dict[str, float] = {}
         self.leased = 0  # watch leases written
 
     async def arrived(self, user: str) -> None:
@@ -177,21 +177,29 @@ class Leases:
                 await self._write(group)
             except (TransportError, ApiError, LeaseProblem) as error:
                 self.failures += 1
-                if self._failing_since is None:
-                    self._failing_since = self._clock()
+                if not self._unleased:
                     logger.warning(
-                        "lease writes failing: searches percolate every watch until one succeeds"
+                        "lease writes failing: searches percolate every watch until they succeed"
                     )
                 logger.warning("leasing the watches of %d users failed: %s", len(group), error)
+                now = self._clock()
+                for user in group:
+                    self._unleased.setdefault(user, now)
             else:
-                self._failing_since = None
+                for user in group:
+                    self._unleased.pop(user, None)
 
     def hold(self) -> bool:
-        """Whether the leases can be trusted: False from a failed lease write until the next
-        one succeeds. Elasticsearch may refuse writes while it still answers searches (a
-        disk past its flood stage blocks writes, say); leases would then run out under
-        connected users, so search percolation filters on them only while this is True."""
-        return self._failing_since is None
+        """Whether the leases can be trusted: False while some user's lease write has failed
+        and not yet succeeded (for at most a lease: the broker gives up on a user gone that
+        long). Elasticsearch may refuse writes while it still answers searches (a disk past
+        its flood stage blocks writes, say); leases would then run out under connected
+        users, so search percolation filters on them only while this is True."""
+        if self._unleased:
+            cutoff = self._clock() - self._length
+            for user in [user for user, since in self._unleased.items() if since < cutoff]:
+                del self._unleased[user]
+        return not self._unleased
 
     async def _write(self, users: set[str]) -> None:
         now = self._clock()
