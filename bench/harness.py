@@ -314,7 +314,11 @@ class Server:
         else:
             command = [sys.executable, "-m", "percolert.cli", "serve", "--port", str(self.port)]
             self.ready_path = "/readyz"
-        # Its log, for the tail printed when something fails (tail_of_log).
+        self.start(command, env, scratch)
+
+    def start(self, command: list[str], env: dict[str, str], scratch: Path) -> None:
+        """Run `command` (its output in a log, for the tail printed when something fails:
+        tail_of_log) and wait until `ready_path` answers."""
         self.log = scratch / f"{self.name}.log"
         with self.log.open("ab") as log:
             self.process = subprocess.Popen(
@@ -329,7 +333,7 @@ class Server:
             except httpx.TransportError:
                 pass
             if time.monotonic() > deadline or self.process.poll() is not None:
-                raise SystemExit(f"{design} server did not start")
+                raise SystemExit(f"{self.name} server did not start:\n{self.tail_of_log()}")
             time.sleep(0.2)
 
     def tail_of_log(self, lines: int = 30) -> str:

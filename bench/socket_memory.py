@@ -144,23 +144,8 @@ class ProbedServer(Server):
         }
         if trace:
             env["PYTHONTRACEMALLOC"] = "1"
-        self.log = scratch / f"{self.name}.log"
         command = [sys.executable, "-m", "bench.socket_memory", "--serve", str(self.port)]
-        with self.log.open("ab") as log:
-            self.process = subprocess.Popen(
-                command, env=env, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT
-            )
-        self.ps = psutil.Process(self.process.pid)
-        deadline = time.monotonic() + 60
-        while True:
-            try:
-                if httpx.get(self.url + self.ready_path, timeout=2).status_code == 200:
-                    break
-            except httpx.TransportError:
-                pass
-            if time.monotonic() > deadline or self.process.poll() is not None:
-                raise SystemExit(f"server did not start:\n{self.tail_of_log()}")
-            time.sleep(0.2)
+        self.start(command, env, scratch)
 
     def probe(self, label: str) -> dict[str, Any]:
         """The probe's report; with tracemalloc, its snapshot is kept as `<label>.trace`."""
