@@ -161,6 +161,16 @@ async def measure(url: str, pid: int, watches: int) -> None:
         await client.close()
 
 
+def batch_of_searches(number: int, size: int) -> list[SearchEvent]:
+    """Batch `number` of `size` search events, each naming the next of GROUP_WORDS."""
+    return [
+        SearchEvent(
+            text=f"{GROUP_WORDS[(number * size + i) % len(GROUP_WORDS)]} x{number}", searcher="s"
+        )
+        for i in range(size)
+    ]
+
+
 async def compare_batches(
     client: AsyncElasticsearch, alias: str, percolator: Percolator, node: psutil.Process
 ) -> None:
@@ -199,13 +209,7 @@ async def compare_batches(
             for number in range(batches + 20):
                 if number == 20:
                     cpu_before, started = cpu_seconds(node), time.perf_counter()
-                events = [
-                    SearchEvent(
-                        text=f"{GROUP_WORDS[(number * size + i) % len(GROUP_WORDS)]} x{number}",
-                        searcher="s",
-                    )
-                    for i in range(size)
-                ]
+                events = batch_of_searches(number, size)
                 sent = time.perf_counter()
                 await send(events)
                 if number >= 20:
@@ -345,13 +349,7 @@ async def compare_reachability(url: str, pid: int, sizes: list[int]) -> None:
         matches: list[int] = []
         cpu_before, es_before = cpu_seconds(node), await query_ms(alias)
         for number in range(batches):
-            events = [
-                SearchEvent(
-                    text=f"{GROUP_WORDS[(number * size + i) % len(GROUP_WORDS)]} x{number}",
-                    searcher="s",
-                )
-                for i in range(size)
-            ]
+            events = batch_of_searches(number, size)
             sent = time.perf_counter()
             found = await percolator.percolate(events)
             walls.append((time.perf_counter() - sent) * 1000)
