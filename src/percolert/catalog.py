@@ -20,6 +20,7 @@ from elasticsearch import AsyncElasticsearch
 from elasticsearch.helpers import async_streaming_bulk
 
 from percolert.messages import ProductChange
+from percolert.ndjson import BadLine, read_lines
 
 # A sku is the product's document id, and reaches Elasticsearch's URL (a deletion): one of
 # dots only would name a path segment (`..`), not a document.
@@ -150,21 +151,11 @@ async def _read_products(
     on_progress: Callable[[int], None] | None,
 ) -> AsyncIterator[tuple[int, Product]]:
     """The file's good products with their line numbers; bad lines go to `fail`."""
-    with path.open("rb") as lines:
-        for number, raw in enumerate(lines, start=1):
-            if on_progress is not None:
-                on_progress(len(raw))
-            if not raw.strip():
-                continue
-            try:
-                product = parse_line(raw)
-            except msgspec.ValidationError as error:
-                fail(number, f"invalid product: {error}")
-                continue
-            except msgspec.DecodeError as error:
-                fail(number, f"not valid JSON: {error}")
-                continue
-            yield number, product
+    for item in read_lines(path, parse_line, "product", on_progress):
+        if isinstance(item, BadLine):
+            fail(item.line, item.reason)
+        else:
+            yield item
 
 
 async def _load_plainly(

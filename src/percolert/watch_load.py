@@ -32,6 +32,7 @@ from elasticsearch import ApiError, AsyncElasticsearch
 
 from percolert.indices import indices_behind
 from percolert.messages import Category, MaxPrice, Notify, Terms, WatchSpec
+from percolert.ndjson import BadLine, read_lines
 
 logger = logging.getLogger("percolert.watch_load")
 
@@ -99,20 +100,11 @@ def read_watch_file(
     """The watches of an NDJSON file as (line number, owner, spec); a line that is not a
     watch as a LoadError in its place. `on_progress` gets the bytes read."""
     decoder = msgspec.json.Decoder(WatchLine)
-    with path.open("rb") as lines:
-        for number, raw in enumerate(lines, start=1):
-            if on_progress is not None:
-                on_progress(len(raw))
-            if not raw.strip():
-                continue
-            try:
-                line = decoder.decode(raw)
-            except msgspec.ValidationError as error:
-                yield LoadError(number, f"invalid watch: {error}")
-                continue
-            except msgspec.DecodeError as error:
-                yield LoadError(number, f"not valid JSON: {error}")
-                continue
+    for item in read_lines(path, decoder.decode, "watch", on_progress):
+        if isinstance(item, BadLine):
+            yield LoadError(item.line, item.reason)
+        else:
+            number, line = item
             yield number, line.owner, line.spec()
 
 
