@@ -14,12 +14,9 @@ from percolert import alertlog, reachability, watches
 from percolert.indices import Upgrade
 from percolert.settings import Settings
 
-# The lease of migrated watches when no settings are given: the default settings'.
-_DEFAULT_LEASE_SECONDS = 1200.0
-
 
 def upgrade_watch(
-    document_id: str, source: dict[str, Any], *, lease_seconds: float = _DEFAULT_LEASE_SECONDS
+    document_id: str, source: dict[str, Any], *, lease_seconds: float
 ) -> dict[str, Any]:
     """Percolation reads doc values only: `terms` repeats `spec.terms` (watches v2),
     `watch_id` the document id (v3); category and price are judged together (v4); a watch
@@ -40,7 +37,7 @@ def upgrade_watch(
 def document_upgrades(settings: Settings | None = None) -> dict[str, Upgrade]:
     """Upgrades by index name (`indices.INDEX_NAMES`); `settings` decide the lease of
     migrated watches (the defaults' if None)."""
-    lease = _DEFAULT_LEASE_SECONDS if settings is None else reachability.lease_seconds(settings)
+    lease = reachability.lease_seconds(settings or Settings())
     return {
         "watches": partial(upgrade_watch, lease_seconds=lease),
         "alerts": alertlog.upgrade_v1,

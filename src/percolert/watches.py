@@ -27,8 +27,9 @@ import elasticsearch
 import msgspec
 from elasticsearch import AsyncElasticsearch
 
+from percolert import reachability
 from percolert.messages import TERMS_MAX_LENGTH, Notify, Watch, WatchSpec
-from percolert.reachability import lease_until
+from percolert.settings import Settings
 from percolert.text import TextNormalizer
 from percolert.watch_load import BulkLoad, LoadError, LoadReport, Prepared
 
@@ -275,10 +276,10 @@ class WatchStore:
         *,
         max_per_user: int,
         known_categories: Callable[[], Awaitable[Collection[str]]] | None = None,
-        lease_seconds: float = 1200.0,
+        lease_seconds: float | None = None,
     ) -> None:
         """`lease_seconds`: how long a watch its owner adds is leased as reachable
-        (`reachability.lease_seconds`; the default settings' by default)."""
+        (`reachability.lease_seconds`; the default settings' if None)."""
         self._client = client
         self._alias = alias
         self._normalizer = normalizer
@@ -289,7 +290,9 @@ class WatchStore:
         # Count-then-insert must not interleave for one user, or concurrent adds pass the
         # limit together. Locks are dropped when nobody holds them.
         self._locks: dict[str, anyio.Lock] = {}
-        self._lease_seconds = lease_seconds
+        self._lease_seconds = (
+            reachability.lease_seconds(Settings()) if lease_seconds is None else lease_seconds
+        )
         self._stamp_ms = -1
         self._stamp = ""
 
@@ -342,7 +345,7 @@ class WatchStore:
         else:
             # Its owner is here now: the watch is leased as reachable, so that search
             # percolation matches it at once (reachability.py; the owner's sockets renew it).
-            document["reachable_until"] = lease_until(self._lease_seconds)
+            document["reachable_until"] = reachability.lease_until(self._lease_seconds)
             lock = self._locks.setdefault(owner, anyio.Lock())
             try:
                 async with lock:
