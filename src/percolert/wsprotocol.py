@@ -47,22 +47,25 @@ def frame_text(text: str) -> bytes:
 
 def frame_writer(scope: Mapping[str, Any]) -> WriteFrame | None:
     """The fast path of the socket with this ASGI scope, if its server offers one."""
-    extension = (scope.get("extensions") or {}).get(FRAME_WRITER)
-    return None if extension is None else cast(WriteFrame, extension["write_frame"])
+    return cast(WriteFrame | None, _offered(scope, "write_frame"))
 
 
 def receive_listener(scope: Mapping[str, Any]) -> Listen | None:
     """`listen` of the socket with this ASGI scope, if its server offers it: `listen(wake)`
     has `wake()` called whenever a receive event arrives, and returns whether one is
     waiting (so `receive` would not wait)."""
-    extension = (scope.get("extensions") or {}).get(FRAME_WRITER)
-    return None if extension is None else cast(Listen, extension["listen"])
+    return cast(Listen | None, _offered(scope, "listen"))
 
 
 def closer(scope: Mapping[str, Any]) -> CloseBehind | None:
     """`close_behind` of the socket with this ASGI scope, if its server offers it."""
+    return cast(CloseBehind | None, _offered(scope, "close_behind"))
+
+
+def _offered(scope: Mapping[str, Any], name: str) -> object:
+    """`name` of this protocol's scope extension, or None under another server."""
     extension = (scope.get("extensions") or {}).get(FRAME_WRITER)
-    return None if extension is None else cast(CloseBehind, extension["close_behind"])
+    return None if extension is None else extension[name]
 
 
 class _Inbox:
