@@ -1,5 +1,10 @@
 """The sessions behind `./dev`: `./dev test` runs `lint` and `tests` (CI runs exactly that),
-`./dev demo` runs `demo`; `nox -s bench` and `nox -s bench_search` measure."""
+`./dev demo` runs `demo`; `nox -s bench` and `nox -s bench_search` measure.
+
+Every session installs exactly what `uv.lock` says (`uv sync --locked`): a fresh clone gets
+the versions the suite last passed on, never whatever is newest that day. `latest` is the one
+exception, on purpose: it resolves the newest versions `pyproject.toml` allows, to see drift
+before `./dev lock --upgrade` takes it (docs/development.md)."""
 
 from __future__ import annotations
 
@@ -7,15 +12,45 @@ import nox
 
 nox.options.sessions = ["lint", "tests"]
 nox.options.reuse_existing_virtualenvs = True
+# Virtual environments made by uv (which ./dev installs beside nox): seconds, not minutes.
+nox.options.default_venv_backend = "uv"
 
 # None: the interpreter nox runs on (./dev makes it the first Python 3.11+ it finds), so a
 # machine with only 3.12 or 3.13 needs nothing more.
 PYTHON = None
 
+STALE_LOCK = (
+    "uv.lock does not match pyproject.toml. Run `./dev lock` (uv lock) and commit uv.lock; "
+    "`./dev lock --upgrade` also moves every package to the newest version the ranges allow."
+)
+
+
+def install_locked(session: nox.Session, *groups: str) -> None:
+    """The project (editable) and the named dependency groups, exactly as locked; anything
+    else in the session's environment is removed."""
+    try:
+        session.run_install("uv", "lock", "--check", "--quiet", silent=True)
+    except nox.command.CommandFailed:
+        session.error(STALE_LOCK)
+    session.run_install(
+        "uv",
+        "sync",
+        "--locked",
+        "--no-default-groups",
+        *(f"--group={group}" for group in groups),
+        env={"UV_PROJECT_ENVIRONMENT": session.virtualenv.location},
+        silent=True,
+    )
+
 
 @nox.session(python=PYTHON)
 def lint(session: nox.Session) -> None:
-    session.install("-e", ".[test,dev]")
+    """Formatting, lint, types and the package's layer contracts (`lint-imports`)."""
+    install_locked(session, "lint")
+    lint_checks(session)
+
+
+def lint_checks(session: nox.Session) -> None:
     session.run("ruff", "format", "--check", "src", "tests", "bench", "noxfile.py")
     session.run("ruff", "check", "src", "tests", "bench", "noxfile.py")
     session.run("mypy")
@@ -24,7 +59,7 @@ def lint(session: nox.Session) -> None:
 @nox.session(python=PYTHON)
 def tests(session: nox.Session) -> None:
     """The whole suite against a real Elasticsearch (ELASTICSEARCH_URL, else a dev node)."""
-    session.install("-e", ".[test]")
+    install_locked(session, "test")
     session.run("pytest", *session.posargs)
 
 
@@ -32,21 +67,21 @@ def tests(session: nox.Session) -> None:
 def demo(session: nox.Session) -> None:
     """Dev node, indices, sample catalog and server at http://127.0.0.1:8000; Ctrl-C stops.
     Arguments go to `percolert up` (`./dev demo --instances 2`: two servers, one dev Redis)."""
-    session.install("-e", ".")
+    install_locked(session)
     session.run("percolert", "up", *session.posargs)
 
 
 @nox.session(python=PYTHON)
 def devnode(session: nox.Session) -> None:
     """`percolert devnode ARGS` for the demo's node."""
-    session.install("-e", ".")
+    install_locked(session)
     session.run("percolert", "devnode", *session.posargs)
 
 
 @nox.session(python=PYTHON)
 def stop(session: nox.Session) -> None:
     """Stop the dev node and the dev Redis left running (`./dev stop`, `./dev reset`)."""
-    session.install("-e", ".")
+    install_locked(session)
     session.run("percolert", "devnode", "stop")
     session.run("percolert", "redis", "stop")
 
@@ -59,7 +94,7 @@ def bench(session: nox.Session) -> None:
     and 10k sockets, after a 100k reference with the same sockets (`--es-heap`, `--reference`;
     the harness raises its open-file limit for the sockets). `-- --instances 2 [--quick]`: one
     instance versus two sharing one Redis (docs/benchmarks/multi-instance-results.md)."""
-    session.install("-e", ".[test,bench]")
+    install_locked(session, "test", "bench")
     session.run("python", "bench/harness.py", *session.posargs, env={"PYTHONPATH": "."})
 
 
@@ -68,7 +103,7 @@ def bench_ingest(session: nox.Session) -> None:
     """Catalog changes: change-detecting ingest with product alerts beside a plain ingest of
     the same file, and admin price drop to socket latency; `-- --quick` about 2 minutes.
     Writes docs/benchmarks/product-alerts-results.{json,md}."""
-    session.install("-e", ".[test,bench]")
+    install_locked(session, "test", "bench")
     session.run("python", "bench/ingest_changes.py", *session.posargs, env={"PYTHONPATH": "."})
 
 
@@ -76,13 +111,13 @@ def bench_ingest(session: nox.Session) -> None:
 def bench_routing(session: nox.Session) -> None:
     """Per-user Pub/Sub channels versus per-instance inbox streams, on a real redis-server
     (docs/design/multi-instance.md §2)."""
-    session.install("-e", ".[test,bench]")
+    install_locked(session, "test", "bench")
     session.run("python", "bench/broker_routing.py", *session.posargs, env={"PYTHONPATH": "."})
 
 
 @nox.session(python=PYTHON)
 def bench_search(session: nox.Session) -> None:
-    session.install("-e", ".[test]")
+    install_locked(session, "test")
     session.run(
         "python",
         "bench/search_latency.py",
@@ -91,3 +126,25 @@ def bench_search(session: nox.Session) -> None:
         *session.posargs,
         env={"PYTHONPATH": "."},
     )
+
+
+@nox.session(python=PYTHON)
+def latest(session: nox.Session) -> None:
+    """Lint and the whole suite on the newest versions the ranges in pyproject.toml allow,
+    ignoring the lock (not part of CI): drift shows here first, on purpose. Arguments go to
+    pytest. When it passes, `./dev lock --upgrade` takes the new versions."""
+    session.run_install(
+        "uv",
+        "pip",
+        "install",
+        "--upgrade",
+        "--refresh",
+        "--resolution=highest",
+        "-e",
+        ".",
+        "--group=lint",
+        env={"VIRTUAL_ENV": session.virtualenv.location},
+    )
+    session.run("uv", "pip", "list", "--format=freeze", silent=False)
+    lint_checks(session)
+    session.run("pytest", *session.posargs)

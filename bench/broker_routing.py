@@ -134,7 +134,7 @@ async def receive(
                 last = time.monotonic()
                 decoder.decode(message["data"])
                 received += 1
-            await pubsub.aclose()  # type: ignore[no-untyped-call]
+            await pubsub.aclose()
         else:
             inbox = f"{PREFIX}:inbox:{instance}"
             ready.set()
