@@ -54,6 +54,7 @@ def lint_checks(session: nox.Session) -> None:
     session.run("ruff", "format", "--check", "src", "tests", "bench", "noxfile.py")
     session.run("ruff", "check", "src", "tests", "bench", "noxfile.py")
     session.run("mypy")
+    session.run("lint-imports")
 
 
 @nox.session(python=PYTHON)

@@ -21,7 +21,7 @@ from starlette.responses import JSONResponse
 from starlette.routing import Route, WebSocketRoute
 from starlette.websockets import WebSocket, WebSocketDisconnect
 
-from percolert.search import build_query
+from percolert.engine.search import build_query
 
 WATCH_LIST = ["kindle", "iphone", "headphones", "macbook", "playstation 5"]
 CONNECTIONS: list[WebSocket] = []  # the article's global list, on purpose

@@ -41,9 +41,9 @@ import msgspec
 import psutil
 import redis.asyncio as aioredis
 
-from percolert.broker import Sending
-from percolert.messages import AlertWatch
-from percolert.redisnode import RedisNode
+from percolert.broker.base import Sending
+from percolert.core.messages import AlertWatch
+from percolert.dev.redisnode import RedisNode
 from tests.servers import free_port
 
 PREFIX = "percolert:{routing}"

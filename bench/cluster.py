@@ -9,7 +9,7 @@ The same Elasticsearch node, watches, users, sockets and searches for every desi
 
 The designs take turns (the order rotates every round), so that a machine shared with other
 work slows them alike; `--repeat` rounds, medians in the report. Redis is one real
-`redis-server` (percolert.redisnode), emptied before each Redis design starts.
+`redis-server` (percolert.dev.redisnode), emptied before each Redis design starts.
 
     python bench/harness.py --instances 2 --quick   # < 3 minutes: 10k watches, 1k sockets
     python bench/harness.py --instances 2           # 100k watches, 5k sockets, 100/s
@@ -46,7 +46,7 @@ from bench.harness import (
     scrape_metrics,
     warm_up,
 )
-from percolert.redisnode import RedisNode
+from percolert.dev.redisnode import RedisNode
 from tests.servers import free_port
 
 DESIGNS = ("percolert-per-user", "percolert-redis-1", "percolert-redis-2")

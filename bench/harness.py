@@ -46,13 +46,13 @@ from urllib.parse import urlencode
 import httpx
 import psutil
 
-from percolert import es, indices
-from percolert.devnode import DevNode, NodeState
-from percolert.messages import WatchSpec
-from percolert.sessions import COOKIE_NAME
-from percolert.settings import Settings, from_environment
-from percolert.text import TextNormalizer
-from percolert.watches import WatchStore
+from percolert.core.messages import WatchSpec
+from percolert.core.settings import Settings, from_environment
+from percolert.core.text import TextNormalizer
+from percolert.dev.devnode import DevNode, NodeState
+from percolert.engine import es, indices
+from percolert.watches.store import WatchStore
+from percolert.web.middleware.sessions import COOKIE_NAME
 from tests.servers import free_port
 
 ROOT = Path(__file__).resolve().parent.parent

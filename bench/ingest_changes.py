@@ -48,14 +48,15 @@ from bench.harness import (
     load_watches,
     percentiles,
 )
-from percolert import catalog, es, indices
-from percolert.catalog import Product
-from percolert.catalog_changes import ChangeDetection
-from percolert.percolator import Match, Percolator, SearchEvent
-from percolert.product_matching import ProductAlerting, product_event
-from percolert.sessions import COOKIE_NAME
-from percolert.settings import Settings
-from percolert.text import TextNormalizer
+from percolert.core.settings import Settings
+from percolert.core.text import TextNormalizer
+from percolert.engine import es, indices
+from percolert.products import catalog
+from percolert.products.catalog import Product
+from percolert.products.changes import ChangeDetection
+from percolert.products.matching import ProductAlerting, product_event
+from percolert.watches.percolator import Match, Percolator, SearchEvent
+from percolert.web.middleware.sessions import COOKIE_NAME
 
 ADMIN_TOKEN = "bench-admin-token-0123456789abcdef"
 # Words no catalog product has: each latency product carries one, watched by one owner.

@@ -26,12 +26,12 @@ from typing import Any
 from elasticsearch import AsyncElasticsearch
 
 from bench.harness import ROOT, catalog_words, load_watches
-from percolert import es, indices
-from percolert.catalog import Product
-from percolert.percolator import Audience, Percolator, SearchEvent
-from percolert.product_matching import product_event
-from percolert.settings import Settings
-from percolert.text import TextNormalizer
+from percolert.core.settings import Settings
+from percolert.core.text import TextNormalizer
+from percolert.engine import es, indices
+from percolert.products.catalog import Product
+from percolert.products.matching import product_event
+from percolert.watches.percolator import Audience, Percolator, SearchEvent
 
 BATCH = 64  # the percolator's default batch size
 

@@ -45,14 +45,14 @@ from bench.harness import (
     load_watches,
     prepare_catalog,
 )
-from percolert import es, indices
-from percolert.devnode import DevNode
-from percolert.messages import WatchSpec
-from percolert.percolator import _MATCHES, Percolator, SearchEvent
-from percolert.reachability import REACHABLE_FILTER, lease_until
-from percolert.settings import Settings, from_environment
-from percolert.text import TextNormalizer
-from percolert.watches import WatchStore
+from percolert.core.messages import WatchSpec
+from percolert.core.settings import Settings, from_environment
+from percolert.core.text import TextNormalizer
+from percolert.dev.devnode import DevNode
+from percolert.engine import es, indices
+from percolert.watches.percolator import _MATCHES, Percolator, SearchEvent
+from percolert.watches.reachability import REACHABLE_FILTER, lease_until
+from percolert.watches.store import WatchStore
 from tests.servers import free_port
 
 SUBSCRIBERS = 5_000  # reachable users with one GROUP_WORDS watch each

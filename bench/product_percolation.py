@@ -22,13 +22,13 @@ import uuid
 from typing import Any
 
 from bench.harness import ROOT, load_watches
-from percolert import es, indices
-from percolert.catalog import Product
-from percolert.percolator import Percolator, SearchEvent
-from percolert.product_alerts import CatalogChange
-from percolert.product_matching import ProductAlerting
-from percolert.settings import Settings
-from percolert.text import TextNormalizer
+from percolert.core.settings import Settings
+from percolert.core.text import TextNormalizer
+from percolert.engine import es, indices
+from percolert.products.alerts import CatalogChange
+from percolert.products.catalog import Product
+from percolert.products.matching import ProductAlerting
+from percolert.watches.percolator import Percolator, SearchEvent
 
 CONFIGURATIONS = "64x1,64x2,128x2,256x2,64x4"  # batch size x requests at once
 CHUNK = 500  # changes handed to a run at once, as ingest's bulk chunks

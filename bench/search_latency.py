@@ -20,8 +20,8 @@ from pathlib import Path
 import httpx
 
 from bench.harness import Server, prepare_catalog
-from percolert.devnode import DevNode
-from percolert.settings import from_environment
+from percolert.core.settings import from_environment
+from percolert.dev.devnode import DevNode
 from tests.servers import free_port
 
 ROOT = Path(__file__).resolve().parent.parent

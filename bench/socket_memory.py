@@ -44,9 +44,9 @@ import httpx
 import psutil
 
 from bench.harness import REPORT_DIR, ROOT, Server, Subscribers, build_wsload
-from percolert.devnode import DevNode
-from percolert.sessions import SessionSigner
-from percolert.settings import from_environment
+from percolert.core.settings import from_environment
+from percolert.dev.devnode import DevNode
+from percolert.web.middleware.sessions import SessionSigner
 from tests.servers import free_port
 
 PREFIX = "sockmem"

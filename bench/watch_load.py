@@ -35,11 +35,11 @@ from contextlib import ExitStack
 from pathlib import Path
 from typing import Any, cast
 
-from percolert import es, indices
-from percolert.messages import WatchSpec
-from percolert.settings import Settings
-from percolert.text import TextNormalizer
-from percolert.watches import WatchStore
+from percolert.core.messages import WatchSpec
+from percolert.core.settings import Settings
+from percolert.core.text import TextNormalizer
+from percolert.engine import es, indices
+from percolert.watches.store import WatchStore
 
 ROOT = Path(__file__).resolve().parent.parent
 PREFIX = "bench"
@@ -123,7 +123,7 @@ def prepare_only(count: int) -> float:
     """CPU µs per watch to prepare and encode the harness's watches, nothing sent (what the
     loader costs beside HTTP; run under py-spy to see where it goes)."""
     # Imported here: the `old` worker runs this file on the code before watch_load.py existed.
-    from percolert.watch_load import BulkLoad
+    from percolert.watches.load import BulkLoad
 
     watches = harness_watches(count)
     store = WatchStore(cast(Any, None), "watches", TextNormalizer(), max_per_user=10**9)

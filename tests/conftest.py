@@ -18,11 +18,11 @@ import msgspec
 import pytest
 from elasticsearch import AsyncElasticsearch
 
-from percolert import es, indices
-from percolert.catalog import ingest
-from percolert.devnode import DevNode
-from percolert.redisnode import RedisNode
-from percolert.settings import Settings, from_environment
+from percolert.core.settings import Settings, from_environment
+from percolert.dev.devnode import DevNode
+from percolert.dev.redisnode import RedisNode
+from percolert.engine import es, indices
+from percolert.products.catalog import ingest
 from tests.servers import free_port, run_server
 
 ROOT = Path(__file__).resolve().parent.parent

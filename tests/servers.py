@@ -14,9 +14,9 @@ import httpx
 from prometheus_client.parser import text_string_to_metric_families
 from starlette.applications import Starlette
 
-from percolert.app import create_app
-from percolert.server import build_server
-from percolert.settings import Settings
+from percolert.core.settings import Settings
+from percolert.server.runner import build_server
+from percolert.web.app import create_app
 
 
 def free_port() -> int:
@@ -34,7 +34,12 @@ def run_server(
     port = port or free_port()
     app = create_app(settings) if app is None else app
     server = build_server(
-        app, "127.0.0.1", port, log_level="warning", trusted_proxies=settings.trusted_proxies
+        app,
+        app.state.drain,
+        "127.0.0.1",
+        port,
+        log_level="warning",
+        trusted_proxies=settings.trusted_proxies,
     )
     thread = threading.Thread(target=server.run, name=f"uvicorn-{port}", daemon=True)
     thread.start()

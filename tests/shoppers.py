@@ -16,12 +16,12 @@ from elasticsearch import AsyncElasticsearch
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.typing import Origin
 
-from percolert import es, indices
-from percolert.messages import Watch, WatchSpec
-from percolert.sessions import COOKIE_NAME
-from percolert.settings import Settings
-from percolert.text import TextNormalizer
-from percolert.watches import WatchStore
+from percolert.core.messages import Watch, WatchSpec
+from percolert.core.settings import Settings
+from percolert.core.text import TextNormalizer
+from percolert.engine import es, indices
+from percolert.watches.store import WatchStore
+from percolert.web.middleware.sessions import COOKIE_NAME
 
 
 @asynccontextmanager

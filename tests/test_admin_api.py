@@ -13,9 +13,9 @@ import httpx
 import msgspec
 import pytest
 
-from percolert import es, indices
-from percolert.catalog import parse_line
-from percolert.settings import Settings
+from percolert.core.settings import Settings
+from percolert.engine import es, indices
+from percolert.products.catalog import parse_line
 from tests.conftest import SAMPLE_CATALOG, delete_indices, make_settings, prepare_indices
 from tests.servers import run_server
 from tests.shoppers import Shopper

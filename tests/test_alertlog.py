@@ -17,11 +17,12 @@ import msgspec
 import pytest
 from elasticsearch import AsyncElasticsearch
 
-from percolert import es, indices
-from percolert.alertlog import AlertLog, AlertRecord
-from percolert.messages import Alert, AlertWatch
-from percolert.migrations import document_upgrades
-from percolert.settings import Settings
+from percolert.alerts.log import AlertLog
+from percolert.core.messages import Alert, AlertWatch
+from percolert.core.records import AlertRecord
+from percolert.core.settings import Settings
+from percolert.engine import es, indices
+from percolert.service.migrations import document_upgrades
 from tests.conftest import ROOT
 
 pytestmark = pytest.mark.anyio

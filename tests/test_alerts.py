@@ -13,7 +13,7 @@ import msgspec
 import pytest
 from websockets.exceptions import InvalidStatus
 
-from percolert.settings import Settings
+from percolert.core.settings import Settings
 from tests.servers import metric, run_server
 from tests.shoppers import Shopper, default_watch
 from tests.waiting import wait_until

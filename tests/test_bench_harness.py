@@ -14,8 +14,8 @@ import pytest
 
 from bench import harness
 from bench.harness import Run, Step, Subscribers, headline, make_users, plan_runs
-from percolert.sessions import COOKIE_NAME
-from percolert.settings import Settings
+from percolert.core.settings import Settings
+from percolert.web.middleware.sessions import COOKIE_NAME
 from tests.conftest import SAMPLE_CATALOG, prepare_indices
 from tests.servers import run_server
 

@@ -10,7 +10,7 @@ import psutil
 
 from bench.broker_routing import VARIANTS, measure, plan
 from bench.cluster import script_commands
-from percolert.redisnode import RedisNode
+from percolert.dev.redisnode import RedisNode
 from tests.servers import free_port
 
 

@@ -11,12 +11,13 @@ from typing import Any
 import pytest
 from elasticsearch import AsyncElasticsearch
 
-from percolert.alertlog import AlertLog, AlertRecord
-from percolert.alerts import followup_sendings
-from percolert.broker import DefaultCandidate, OwnedCandidate, SearchFold, Sending
-from percolert.broker_memory import MemoryBroker
-from percolert.hub import Connection, Hub
-from percolert.messages import AlertWatch
+from percolert.alerts.dispatch import followup_sendings
+from percolert.alerts.log import AlertLog
+from percolert.broker.base import DefaultCandidate, OwnedCandidate, SearchFold, Sending
+from percolert.broker.memory import MemoryBroker
+from percolert.core.messages import AlertWatch
+from percolert.core.records import AlertRecord
+from percolert.realtime.hub import Connection, Hub
 
 pytestmark = pytest.mark.anyio
 

@@ -16,9 +16,8 @@ import pytest
 import redis
 from prometheus_client import CollectorRegistry
 
-from percolert.alertlog import AlertRecord
-from percolert.alerts import AlertDispatcher, followup_sendings
-from percolert.broker import (
+from percolert.alerts.dispatch import AlertDispatcher, followup_sendings
+from percolert.broker.base import (
     Asked,
     BrokerUnavailable,
     DefaultCandidate,
@@ -28,14 +27,15 @@ from percolert.broker import (
     SearchFold,
     Sending,
 )
-from percolert.broker_memory import MemoryBroker
-from percolert.broker_redis import RedisBroker
-from percolert.hub import Connection, Hub
-from percolert.messages import AlertWatch
-from percolert.metrics import BrokerMetrics
-from percolert.percolator import Match, SearchEvent
-from percolert.redisnode import RedisNode
-from percolert.settings import Settings
+from percolert.broker.memory import MemoryBroker
+from percolert.broker.redis import RedisBroker
+from percolert.core.messages import AlertWatch
+from percolert.core.metrics import BrokerMetrics
+from percolert.core.records import AlertRecord
+from percolert.core.settings import Settings
+from percolert.dev.redisnode import RedisNode
+from percolert.realtime.hub import Connection, Hub
+from percolert.watches.percolator import Match, SearchEvent
 from tests.servers import free_port
 from tests.waiting import wait_until
 

@@ -8,9 +8,9 @@ import uuid
 import anyio
 import pytest
 
-from percolert.broker_redis import RedisBroker
-from percolert.hub import Hub
-from percolert.settings import Settings
+from percolert.broker.redis import RedisBroker
+from percolert.core.settings import Settings
+from percolert.realtime.hub import Hub
 from tests.test_broker_redis import Log
 
 pytestmark = pytest.mark.anyio

@@ -17,7 +17,7 @@ import msgspec
 import pytest
 from playwright.sync_api import Browser, BrowserContext, Page, expect, sync_playwright
 
-from percolert.settings import Settings
+from percolert.core.settings import Settings
 from tests.netproxy import DroppableProxy
 from tests.servers import metric, run_server
 from tests.waiting import wait_until_sync

@@ -12,9 +12,9 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
-from percolert.app import create_app
-from percolert.security_headers import content_security_policy
-from percolert.settings import Settings
+from percolert.core.settings import Settings
+from percolert.web.app import create_app
+from percolert.web.middleware.security_headers import content_security_policy
 from tests.servers import run_server
 from tests.shoppers import Shopper
 

@@ -8,9 +8,9 @@ from pathlib import Path
 
 import pytest
 
-from percolert import es, indices
-from percolert.catalog import ingest
-from percolert.settings import Settings
+from percolert.core.settings import Settings
+from percolert.engine import es, indices
+from percolert.products.catalog import ingest
 from tests.conftest import SAMPLE_CATALOG, run_cli
 
 pytestmark = pytest.mark.anyio

@@ -13,14 +13,16 @@ import pytest
 from elastic_transport import TransportError
 from elasticsearch import AsyncElasticsearch
 
-from percolert import catalog, cli, es, indices
-from percolert.catalog import Product
-from percolert.catalog_changes import ChangeDetection, Stored, classify
-from percolert.messages import WatchSpec
-from percolert.product_alerts import CatalogChange
-from percolert.settings import Settings
-from percolert.text import TextNormalizer
-from percolert.watches import WatchStore
+from percolert.cli import admin
+from percolert.core.messages import WatchSpec
+from percolert.core.settings import Settings
+from percolert.core.text import TextNormalizer
+from percolert.engine import es, indices
+from percolert.products import catalog
+from percolert.products.alerts import CatalogChange
+from percolert.products.catalog import Product
+from percolert.products.changes import ChangeDetection, Stored, classify
+from percolert.watches.store import WatchStore
 from tests.conftest import SAMPLE_CATALOG, run_cli
 from tests.netproxy import DroppableProxy
 
@@ -332,7 +334,7 @@ async def test_elasticsearch_failing_midway_still_writes_the_alerts_found_before
 
     try:
         with pytest.raises(TransportError):
-            await cli._ingest_with_alerts(client, through_proxy, alias, load)
+            await admin._ingest_with_alerts(client, through_proxy, alias, load)
     finally:
         await client.close()
         proxy.close()

@@ -14,20 +14,22 @@ import msgspec
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from percolert.cli import load_settings
-from percolert.devnode import NodeState
-from percolert.redisnode import RedisNode
-from percolert.settings import DEFAULT_ELASTICSEARCH_URL, from_environment
+from percolert.cli.common import cluster_line
+from percolert.core.settings import DEFAULT_ELASTICSEARCH_URL, from_environment
+from percolert.dev.devnode import NodeState, recorded_url
+from percolert.dev.redisnode import RedisNode
 from tests.conftest import delete_indices, make_settings, run_cli
 from tests.servers import free_port
 from tests.shoppers import Shopper
 from tests.waiting import wait_until
 
 
-def test_without_elasticsearch_url_commands_use_the_running_dev_node(tmp_path: Path) -> None:
+def test_admin_commands_never_use_a_dev_node_left_running(tmp_path: Path) -> None:
+    """A dev node recorded in the state directory is the demo's; `serve` and the admin
+    commands use ELASTICSEARCH_URL or the default, and say which."""
     home = tmp_path / "devnode"
-    # A process that passes for the recorded node: the check reads the launcher class and
-    # the node's home from its command line (no JVM needed to test the CLI's choice).
+    # A process that passes for the recorded node: the dev tooling's check reads the launcher
+    # class and the node's home from its command line (no JVM needed to test the choice).
     command = [
         sys.executable,
         "-c",
@@ -36,7 +38,12 @@ def test_without_elasticsearch_url_commands_use_the_running_dev_node(tmp_path: P
         "--home",
         str(home),
     ]
-    env = {"PERCOLERT_STATE_DIR": str(tmp_path)}
+    env = {
+        key: value
+        for key, value in os.environ.items()
+        if key not in ("ELASTICSEARCH_URL", "PERCOLERT_INDEX_PREFIX")
+    }
+    env["PERCOLERT_STATE_DIR"] = str(tmp_path)
     with subprocess.Popen(command) as stand_in:
         try:
             node = NodeState(
@@ -48,14 +55,28 @@ def test_without_elasticsearch_url_commands_use_the_running_dev_node(tmp_path: P
                 started_at=0.0,
             )
             (tmp_path / "devnode.json").write_bytes(msgspec.json.encode(node))
-            assert load_settings(env).elasticsearch_url == node.url
-            explicit = {**env, "ELASTICSEARCH_URL": "http://es.internal:9200"}
-            assert load_settings(explicit).elasticsearch_url == "http://es.internal:9200"
-            # Settings alone never look for a dev node.
-            assert from_environment(env).elasticsearch_url == DEFAULT_ELASTICSEARCH_URL
+            assert recorded_url(tmp_path) == node.url  # the dev tooling sees it running
+            listing = subprocess.run(
+                [sys.executable, "-m", "percolert.cli", "watches", "list"],
+                capture_output=True,
+                text=True,
+                env={**env, "PERCOLERT_INDEX_PREFIX": "never-made"},
+                timeout=120,
+                check=False,
+            )
         finally:
             stand_in.kill()
-    assert load_settings(env).elasticsearch_url == DEFAULT_ELASTICSEARCH_URL  # not running
+    said = listing.stderr.splitlines()[0]
+    assert said == (
+        f"percolert: Elasticsearch at {DEFAULT_ELASTICSEARCH_URL} "
+        "(the default: ELASTICSEARCH_URL is not set)"
+    ), listing.stderr
+    assert "9333" not in listing.stdout + listing.stderr
+    explicit = {"ELASTICSEARCH_URL": "http://es.internal:9200"}
+    settings = from_environment(explicit)
+    assert cluster_line(settings, explicit) == (
+        "Elasticsearch at http://es.internal:9200 (ELASTICSEARCH_URL)"
+    )
 
 
 def test_commands_before_setup_say_so_without_a_traceback(

@@ -10,10 +10,11 @@ from collections.abc import Iterator
 import msgspec
 import pytest
 
-from percolert import es, indices
-from percolert.alertlog import AlertLog, AlertRecord
-from percolert.messages import AlertWatch
-from percolert.settings import Settings
+from percolert.alerts.log import AlertLog
+from percolert.core.messages import AlertWatch
+from percolert.core.records import AlertRecord
+from percolert.core.settings import Settings
+from percolert.engine import es, indices
 from tests.conftest import SAMPLE_CATALOG, delete_indices, make_settings, prepare_indices
 from tests.servers import metric, run_server
 from tests.shoppers import Shopper, default_watch

@@ -24,8 +24,8 @@ import pytest
 import redis
 from websockets.exceptions import ConnectionClosed
 
-from percolert import es, indices
-from percolert.settings import Settings
+from percolert.core.settings import Settings
+from percolert.engine import es, indices
 from tests.conftest import SAMPLE_CATALOG, delete_indices, make_settings, prepare_indices
 from tests.servers import free_port, metric, run_server
 from tests.shoppers import Shopper, Socket

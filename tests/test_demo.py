@@ -17,7 +17,7 @@ import httpx
 import pytest
 from msgspec.structs import replace
 
-from percolert import demo
+from percolert.dev import demo
 from tests.conftest import delete_indices, make_settings
 from tests.servers import free_port
 from tests.shoppers import Shopper

@@ -13,16 +13,16 @@ from pathlib import Path
 import httpx
 import pytest
 
-from percolert.devnode import DevNode, DevNodeError, recorded_url
+from percolert.dev.devnode import DevNode, DevNodeError, recorded_url
 from tests.conftest import ROOT, make_settings
 from tests.servers import free_port, run_server
 
 
 def cli(*args: str, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
-    """`percolert ARGS` as an operator without ELASTICSEARCH_URL runs it (even when the test
-    session points at an outside cluster): the commands must find the dev node themselves."""
-    merged = {**os.environ, **env}
-    merged.pop("ELASTICSEARCH_URL", None)
+    """`percolert ARGS` as a developer without ELASTICSEARCH_URL runs it (even when the test
+    session points at an outside cluster), unless `env` sets it."""
+    merged = {key: value for key, value in os.environ.items() if key != "ELASTICSEARCH_URL"}
+    merged.update(env)
     return subprocess.run(
         [sys.executable, "-m", "percolert.cli", *args],
         capture_output=True,
@@ -65,8 +65,16 @@ def test_start_status_idempotent_start_and_stop(tmp_path: Path) -> None:
         assert f"running at http://127.0.0.1:{port}" in running.stdout
         assert str(state.pid) in running.stdout
 
-        # Without ELASTICSEARCH_URL, other commands find the recorded node.
-        setup = cli("setup", env={**env, "PERCOLERT_INDEX_PREFIX": "devnode-test"})
+        # The other commands use ELASTICSEARCH_URL only; start says what to set it to.
+        assert f"export ELASTICSEARCH_URL=http://127.0.0.1:{port}" in first.stdout
+        setup = cli(
+            "setup",
+            env={
+                **env,
+                "PERCOLERT_INDEX_PREFIX": "devnode-test",
+                "ELASTICSEARCH_URL": f"http://127.0.0.1:{port}",
+            },
+        )
         assert setup.returncode == 0, setup.stderr
         assert "devnode-test-products -> devnode-test-products-v1: created" in setup.stdout
         own = httpx.get(f"http://127.0.0.1:{port}/_alias/devnode-test-products", timeout=10)

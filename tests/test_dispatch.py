@@ -12,13 +12,13 @@ import pytest
 from websockets.frames import Frame, Opcode
 from websockets.streams import StreamReader
 
-from percolert.alertlog import AlertRecord
-from percolert.alerts import AlertDispatcher
-from percolert.broker import BrokerStatus, BrokerUnavailable, Hits
-from percolert.broker_memory import MemoryBroker
-from percolert.hub import Connection, Hub
-from percolert.percolator import Match, SearchEvent
-from percolert.wsprotocol import frame_text
+from percolert.alerts.dispatch import AlertDispatcher
+from percolert.broker.base import BrokerStatus, BrokerUnavailable, Hits
+from percolert.broker.memory import MemoryBroker
+from percolert.core.records import AlertRecord
+from percolert.realtime.frames import frame_text
+from percolert.realtime.hub import Connection, Hub
+from percolert.watches.percolator import Match, SearchEvent
 from tests.waiting import wait_until
 
 

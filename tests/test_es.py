@@ -10,8 +10,8 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 import pytest
 from elastic_transport import HttpHeaders
 
-from percolert import es
-from percolert.settings import Settings
+from percolert.core.settings import Settings
+from percolert.engine import es
 from tests.conftest import make_settings
 from tests.servers import free_port
 

@@ -12,8 +12,8 @@ import msgspec
 import pytest
 from websockets.exceptions import ConnectionClosed
 
-from percolert.devnode import DevNode
-from percolert.settings import Settings, from_environment
+from percolert.core.settings import Settings, from_environment
+from percolert.dev.devnode import DevNode
 from tests.conftest import SAMPLE_CATALOG, make_settings, prepare_indices
 from tests.servers import free_port, run_server
 from tests.shoppers import Shopper

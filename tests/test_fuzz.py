@@ -20,7 +20,7 @@ from schemathesis.specs.openapi.checks import (
     status_code_conformance,
 )
 
-from percolert.settings import Settings
+from percolert.core.settings import Settings
 from tests.servers import run_server
 
 

@@ -10,8 +10,8 @@ from collections.abc import Iterator
 
 import pytest
 
-from percolert.gcpolicy import YOUNG_THRESHOLD, GcPolicy
-from percolert.wsprotocol import FrameWritingProtocol
+from percolert.server.gcpolicy import YOUNG_THRESHOLD, GcPolicy
+from percolert.server.wsprotocol import FrameWritingProtocol
 from tests.shoppers import Shopper
 from tests.waiting import wait_until
 

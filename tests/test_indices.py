@@ -12,14 +12,14 @@ from pathlib import Path
 
 import pytest
 
-from percolert import es, indices
-from percolert.catalog import ingest
-from percolert.messages import WatchSpec
-from percolert.migrations import document_upgrades
-from percolert.percolator import Match, Percolator, SearchEvent
-from percolert.settings import Settings
-from percolert.text import TextNormalizer
-from percolert.watches import WatchStore
+from percolert.core.messages import WatchSpec
+from percolert.core.settings import Settings
+from percolert.core.text import TextNormalizer
+from percolert.engine import es, indices
+from percolert.products.catalog import ingest
+from percolert.service.migrations import document_upgrades
+from percolert.watches.percolator import Match, Percolator, SearchEvent
+from percolert.watches.store import WatchStore
 from tests.conftest import ROOT, SAMPLE_CATALOG
 
 pytestmark = pytest.mark.anyio
@@ -181,7 +181,7 @@ def test_every_mapping_declares_its_version() -> None:
 
 def test_the_index_lifecycle_is_handed_its_migrations() -> None:
     """`indices` knows no other module's documents: `setup` is handed their upgrades."""
-    code = "import sys, percolert.indices; print('percolert.alertlog' in sys.modules)"
+    code = "import sys, percolert.engine.indices; print('percolert.alerts.log' in sys.modules)"
     run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert run.stdout.strip() == "False"
     assert set(document_upgrades()) <= set(indices.INDEX_NAMES)

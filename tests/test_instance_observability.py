@@ -16,8 +16,8 @@ import httpx
 import msgspec
 import pytest
 
-from percolert.logs import InstanceFilter, JsonFormatter
-from percolert.settings import Settings
+from percolert.core.settings import Settings
+from percolert.web.logs import InstanceFilter, JsonFormatter
 from tests.servers import free_port, metric, run_server
 from tests.shoppers import Shopper, default_watch
 from tests.waiting import wait_until, wait_until_sync

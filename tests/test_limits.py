@@ -19,9 +19,9 @@ import pytest
 from websockets.exceptions import InvalidStatus
 from websockets.http11 import Response as HandshakeResponse
 
-from percolert.ratelimits import client_address
-from percolert.sessions import COOKIE_NAME
-from percolert.settings import Settings
+from percolert.core.settings import Settings
+from percolert.web.middleware.ratelimits import client_address
+from percolert.web.middleware.sessions import COOKIE_NAME
 from tests.servers import free_port, logged_errors, run_server
 from tests.shoppers import Shopper
 

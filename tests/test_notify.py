@@ -11,9 +11,9 @@ from typing import Any
 import msgspec
 import pytest
 
-from percolert.settings import Settings
-from percolert.text import TextNormalizer
-from percolert.watches import SeedFileError, parse_seed_file
+from percolert.core.settings import Settings
+from percolert.core.text import TextNormalizer
+from percolert.watches.store import SeedFileError, parse_seed_file
 from tests.conftest import run_cli
 from tests.servers import run_server
 from tests.shoppers import Shopper, Socket, default_watch

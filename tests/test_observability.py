@@ -14,9 +14,9 @@ import msgspec
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from percolert.logs import JsonFormatter
-from percolert.metrics import Metrics
-from percolert.settings import Settings
+from percolert.core.metrics import Metrics
+from percolert.core.settings import Settings
+from percolert.web.logs import JsonFormatter
 from tests.servers import run_server
 from tests.shoppers import Shopper
 from tests.waiting import wait_until

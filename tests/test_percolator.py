@@ -10,12 +10,12 @@ import elasticsearch
 import msgspec
 import pytest
 
-from percolert import es, indices
-from percolert.messages import WatchSpec
-from percolert.percolator import Match, Percolator, SearchEvent, _Responses
-from percolert.settings import Settings
-from percolert.text import TextNormalizer
-from percolert.watches import WatchStore, build_query, category_price
+from percolert.core.messages import WatchSpec
+from percolert.core.settings import Settings
+from percolert.core.text import TextNormalizer
+from percolert.engine import es, indices
+from percolert.watches.percolator import Match, Percolator, SearchEvent, _Responses
+from percolert.watches.store import WatchStore, build_query, category_price
 from tests.waiting import wait_until
 
 pytestmark = pytest.mark.anyio

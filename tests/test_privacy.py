@@ -12,8 +12,8 @@ import msgspec
 import pytest
 from elasticsearch import AsyncElasticsearch
 
-from percolert import indices
-from percolert.settings import Settings
+from percolert.core.settings import Settings
+from percolert.engine import indices
 from tests.servers import run_server
 from tests.shoppers import Shopper, default_watch
 from tests.waiting import wait_until

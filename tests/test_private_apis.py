@@ -1,11 +1,12 @@
 """The internals of other packages that Percolert relies on, checked by name.
 
-`percolert.wsprotocol` subclasses uvicorn's websockets-sansio protocol and reads its state,
-`percolert.httpprotocol` subclasses uvicorn's httptools protocol and hooks its parser
-callbacks, `percolert.server` hooks uvicorn's server loop, and `percolert.es` subclasses the
-transport's aiohttp node. None of that is public API, so pyproject.toml caps those packages at the
-versions tested; when a cap is raised, this module says exactly what moved, and in which
-version, before anything fails in a less obvious way.
+`percolert.server.wsprotocol` subclasses uvicorn's websockets-sansio protocol and reads its
+state, `percolert.server.httpprotocol` subclasses uvicorn's httptools protocol and hooks its
+parser callbacks, `percolert.server.runner` hooks uvicorn's server loop, and
+`percolert.engine.es` subclasses the transport's aiohttp node. None of that is public API,
+so pyproject.toml caps those packages at the versions tested; when a cap is raised, this
+module says exactly what moved, and in which version, before anything fails in a less
+obvious way.
 """
 
 from __future__ import annotations
@@ -46,7 +47,7 @@ def require(owner: object, name: str, package: str, user: str) -> typing.Any:
 
 
 def test_uvicorn_protocol_module_and_class() -> None:
-    user = "percolert.wsprotocol"
+    user = "percolert.server.wsprotocol"
     module = "uvicorn.protocols.websockets.websockets_sansio_impl"
     try:
         sansio = importlib.import_module(module)
@@ -61,7 +62,7 @@ def test_uvicorn_protocol_module_and_class() -> None:
 
 
 def test_uvicorn_server_hooks() -> None:
-    user = "percolert.server"
+    user = "percolert.server.runner"
     for method, parameters in [
         ("startup", ["self", "sockets"]),
         ("shutdown", ["self", "sockets"]),
@@ -79,8 +80,9 @@ async def test_the_uvicorn_state_the_socket_fast_path_reads() -> None:
     """A real GracefulServer with FrameWritingProtocol, a real client: every attribute that
     `write_frame` and `_untie` read exists, a frame written directly arrives, the protocol
     lets go of its transport once the socket is over, and uvicorn calls `on_tick`."""
-    from percolert.server import GracefulServer, make_config
-    from percolert.wsprotocol import FrameWritingProtocol, WriteFrame, frame_text, frame_writer
+    from percolert.realtime.frames import WriteFrame, frame_text, frame_writer
+    from percolert.server.runner import GracefulServer, make_config
+    from percolert.server.wsprotocol import FrameWritingProtocol
 
     writers: list[WriteFrame] = []
     ticks: list[int] = []
@@ -110,11 +112,11 @@ async def test_the_uvicorn_state_the_socket_fast_path_reads() -> None:
         async with anyio.create_task_group() as tasks:
             tasks.start_soon(server.serve, [listener])
             await wait_until(lambda: server.started, what="the server to start")
-            require(server, "servers", "uvicorn", "percolert.server")
+            require(server, "servers", "uvicorn", "percolert.server.runner")
             async with connect(f"ws://127.0.0.1:{port}/ws") as client:
                 await wait_until(lambda: writers, what="the socket to be accepted")
                 protocol = typing.cast(FrameWritingProtocol, writers[0].__self__)  # type: ignore[attr-defined]
-                user = "percolert.wsprotocol"
+                user = "percolert.server.wsprotocol"
                 for name in (
                     "handshake_complete",
                     "close_sent",
@@ -147,11 +149,11 @@ async def test_the_uvicorn_state_the_socket_fast_path_reads() -> None:
 
 
 def test_uvicorn_httptools_protocol_hooks() -> None:
-    """`percolert.httpprotocol` overrides these and reads `cycle` (set in `__init__`, and the
+    """`percolert.server.httpprotocol` overrides these and reads `cycle` (set in `__init__`, and the
     header-bound tests in tests/test_limits.py exercise it for real)."""
     from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
-    user = "percolert.httpprotocol"
+    user = "percolert.server.httpprotocol"
     for name in ("data_received", "on_headers_complete", "on_message_complete"):
         require(HttpToolsProtocol, name, "uvicorn", user)
     assert "self.cycle" in inspect.getsource(HttpToolsProtocol.__init__), moved(
@@ -160,7 +162,7 @@ def test_uvicorn_httptools_protocol_hooks() -> None:
 
 
 def test_elastic_transport_node_internals() -> None:
-    user = "percolert.es"
+    user = "percolert.engine.es"
     try:
         node_module = importlib.import_module("elastic_transport._node")
     except ImportError:

@@ -16,7 +16,7 @@ from typing import Any
 import msgspec
 import pytest
 
-from percolert.settings import Settings
+from percolert.core.settings import Settings
 from tests.conftest import SAMPLE_CATALOG, prepare_indices, run_cli
 from tests.servers import run_server
 from tests.shoppers import Shopper, Socket

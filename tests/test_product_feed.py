@@ -16,14 +16,14 @@ import anyio
 import msgspec
 import pytest
 
-from percolert import es, indices
-from percolert.hub import Connection, Hub
-from percolert.messages import AlertWatch, ProductAlert, ProductCard, ProductChange
-from percolert.product_alerts import StoredProductAlert, product_alert_id, store
-from percolert.product_feed import PAGE, ProductFeed
-from percolert.product_seen import SeenMarks
-from percolert.sessions import SessionSigner, load_secret
-from percolert.settings import Settings
+from percolert.core.messages import AlertWatch, ProductAlert, ProductCard, ProductChange
+from percolert.core.settings import Settings
+from percolert.engine import es, indices
+from percolert.products.alerts import StoredProductAlert, product_alert_id, store
+from percolert.products.feed import PAGE, ProductFeed
+from percolert.products.seen import SeenMarks
+from percolert.realtime.hub import Connection, Hub
+from percolert.web.middleware.sessions import SessionSigner, load_secret
 from tests.conftest import delete_indices, make_settings, prepare_indices
 from tests.netproxy import DroppableProxy
 from tests.servers import metric, run_server

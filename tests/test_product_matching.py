@@ -12,15 +12,15 @@ import pytest
 from elastic_transport import TransportError
 from elasticsearch import AsyncElasticsearch
 
-from percolert import es, indices
-from percolert.catalog import Product
-from percolert.messages import Notify, ProductChange, Watch, WatchSpec
-from percolert.percolator import Match, Percolator, SearchEvent
-from percolert.product_alerts import CatalogChange, StoredProductAlert
-from percolert.product_matching import ProductAlerting, ProductRun, product_event
-from percolert.settings import Settings
-from percolert.text import TextNormalizer
-from percolert.watches import WatchStore
+from percolert.core.messages import Notify, ProductChange, Watch, WatchSpec
+from percolert.core.settings import Settings
+from percolert.core.text import TextNormalizer
+from percolert.engine import es, indices
+from percolert.products.alerts import CatalogChange, StoredProductAlert
+from percolert.products.catalog import Product
+from percolert.products.matching import ProductAlerting, ProductRun, product_event
+from percolert.watches.percolator import Match, Percolator, SearchEvent
+from percolert.watches.store import WatchStore
 from tests.servers import metric
 from tests.waiting import wait_until
 

@@ -13,8 +13,8 @@ import msgspec
 import pytest
 from playwright.sync_api import Browser, expect
 
-from percolert.sessions import COOKIE_NAME
-from percolert.settings import Settings
+from percolert.core.settings import Settings
+from percolert.web.middleware.sessions import COOKIE_NAME
 from tests.servers import metric, run_server
 from tests.test_browser import browser, screenshot, shopper
 from tests.test_product_feed import Writer

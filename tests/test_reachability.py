@@ -14,13 +14,13 @@ import anyio
 import msgspec
 import pytest
 
-from percolert import es, indices
-from percolert.messages import WatchSpec
-from percolert.percolator import Match, Percolator, SearchEvent
-from percolert.reachability import lease_until
-from percolert.settings import Settings
-from percolert.text import TextNormalizer
-from percolert.watches import WatchStore
+from percolert.core.messages import WatchSpec
+from percolert.core.settings import Settings
+from percolert.core.text import TextNormalizer
+from percolert.engine import es, indices
+from percolert.watches.percolator import Match, Percolator, SearchEvent
+from percolert.watches.reachability import lease_until
+from percolert.watches.store import WatchStore
 from tests.conftest import SAMPLE_CATALOG, prepare_indices
 from tests.netproxy import DroppableProxy
 from tests.servers import metric, run_server

@@ -8,8 +8,8 @@ from collections.abc import Iterator
 import msgspec
 import pytest
 
-from percolert import indices
-from percolert.settings import Settings
+from percolert.core.settings import Settings
+from percolert.engine import indices
 from tests.servers import metric, run_server
 from tests.shoppers import Shopper, default_watch
 from tests.waiting import wait_until

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from percolert.redaction import MAX_ALERT_QUERY_LENGTH, redact
+from percolert.core.redaction import MAX_ALERT_QUERY_LENGTH, redact
 
 
 @pytest.mark.parametrize(

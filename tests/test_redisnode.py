@@ -14,8 +14,14 @@ import msgspec
 import pytest
 import redis
 
-from percolert.redisnode import MISSING_BINARY, RedisNode, RedisNodeError, RedisState, recorded_url
-from percolert.settings import Settings
+from percolert.core.settings import Settings
+from percolert.dev.redisnode import (
+    MISSING_BINARY,
+    RedisNode,
+    RedisNodeError,
+    RedisState,
+    recorded_url,
+)
 from tests.servers import free_port
 
 

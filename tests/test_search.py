@@ -7,7 +7,7 @@ from typing import Any
 import httpx
 import pytest
 
-from percolert.search import build_query
+from percolert.engine.search import build_query
 
 
 def search(server: str, q: str, **params: Any) -> httpx.Response:

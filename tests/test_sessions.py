@@ -7,7 +7,7 @@ import time
 
 from itsdangerous import TimestampSigner
 
-from percolert.sessions import SessionSigner
+from percolert.web.middleware.sessions import SessionSigner
 
 SECRET = "test-secret"
 

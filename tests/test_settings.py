@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from percolert import es
-from percolert.settings import DEFAULT_ELASTICSEARCH_URL, SettingsError, from_environment
+from percolert.core.settings import DEFAULT_ELASTICSEARCH_URL, SettingsError, from_environment
+from percolert.engine import es
 
 BASE = {"ELASTICSEARCH_URL": "http://127.0.0.1:9200"}
 
@@ -97,8 +97,8 @@ def test_every_variable_is_read_here() -> None:
 def test_settings_import_no_dev_tooling() -> None:
     """Settings are the lowest layer: building them never looks for a dev node."""
     code = (
-        "import sys, percolert.settings; "
-        "print('percolert.devnode' in sys.modules or 'percolert.redisnode' in sys.modules)"
+        "import sys, percolert.core.settings; "
+        "print('percolert.dev.devnode' in sys.modules or 'percolert.dev.redisnode' in sys.modules)"
     )
     run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert run.stdout.strip() == "False"

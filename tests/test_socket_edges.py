@@ -16,8 +16,8 @@ from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed
 from websockets.typing import Origin
 
-from percolert.sessions import COOKIE_NAME
-from percolert.settings import Settings
+from percolert.core.settings import Settings
+from percolert.web.middleware.sessions import COOKIE_NAME
 from tests.servers import logged_errors, metric, run_server
 from tests.shoppers import Shopper
 

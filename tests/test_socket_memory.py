@@ -14,9 +14,9 @@ import pytest
 from websockets.asyncio.client import connect
 from websockets.typing import Origin
 
-from percolert.sessions import COOKIE_NAME
-from percolert.settings import Settings
-from percolert.wsprotocol import FrameWritingProtocol, _Flag, _Inbox
+from percolert.core.settings import Settings
+from percolert.server.wsprotocol import FrameWritingProtocol, _Flag, _Inbox
+from percolert.web.middleware.sessions import COOKIE_NAME
 from tests.servers import run_server
 from tests.shoppers import Shopper
 from tests.waiting import wait_until
@@ -25,7 +25,7 @@ pytestmark = pytest.mark.anyio
 
 
 def _in_alert_socket(task: asyncio.Task[Any]) -> bool:
-    """Whether `task` is suspended inside a coroutine of percolert.alert_socket."""
+    """Whether `task` is suspended inside a coroutine of percolert.web.alert_socket."""
     awaited: Any = task.get_coro()
     while awaited is not None:
         code = getattr(awaited, "cr_code", None)

@@ -17,9 +17,9 @@ import httpx
 import msgspec
 import pytest
 
-from percolert.app import create_app
-from percolert.percolator import Audience, Match, Percolator, SearchEvent
-from percolert.settings import Settings
+from percolert.core.settings import Settings
+from percolert.watches.percolator import Audience, Match, Percolator, SearchEvent
+from percolert.web.app import create_app
 from tests.servers import metric, run_server
 from tests.shoppers import Shopper
 from tests.waiting import wait_until
@@ -96,7 +96,7 @@ async def test_a_batch_that_raises_is_counted_logged_and_skipped(
         assert alert is not None
         assert alert["query"] == "kindle oasis"
         await a.unwatch(watch["id"])
-    logged = [r for r in caplog.records if r.name == "percolert.percolator" and r.exc_info]
+    logged = [r for r in caplog.records if r.name == "percolert.watches.percolator" and r.exc_info]
     assert logged, "the failure is logged with its traceback"
     assert "injected: a bug while percolating" in str(logged[0].exc_info[1])  # type: ignore[index]
 
@@ -136,7 +136,7 @@ async def test_a_crashed_loop_restarts_and_readiness_says_so_while_down(
     assert answers[-1].json()["error"]["code"] == "background_down"
     assert "percolator" in answers[-1].json()["error"]["message"]
     assert metric(server, restarts, loop="percolator") >= 1
-    crashes = [r for r in caplog.records if r.name == "percolert.supervisor" and r.exc_info]
+    crashes = [r for r in caplog.records if r.name == "percolert.core.supervisor" and r.exc_info]
     assert crashes, "the crash is logged with its traceback"
 
     faults.crashing.clear()

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from percolert.text import TextNormalizer
+from percolert.core.text import TextNormalizer
 
 
 @pytest.fixture

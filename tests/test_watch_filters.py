@@ -9,7 +9,7 @@ from collections.abc import Iterator
 import msgspec
 import pytest
 
-from percolert.settings import Settings
+from percolert.core.settings import Settings
 from tests.servers import run_server
 from tests.shoppers import Shopper
 

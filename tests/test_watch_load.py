@@ -16,12 +16,12 @@ import anyio
 import httpx
 import pytest
 
-from percolert import indices
-from percolert.messages import WatchSpec
-from percolert.settings import Settings
-from percolert.text import TextNormalizer
-from percolert.watch_load import LoadError
-from percolert.watches import WatchLoadFailed, WatchStore
+from percolert.core.messages import WatchSpec
+from percolert.core.settings import Settings
+from percolert.core.text import TextNormalizer
+from percolert.engine import indices
+from percolert.watches.load import LoadError
+from percolert.watches.store import WatchLoadFailed, WatchStore
 from tests.conftest import SAMPLE_CATALOG, client_for, prepare_indices, run_cli
 from tests.servers import run_server
 from tests.shoppers import Shopper

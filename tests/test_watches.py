@@ -7,10 +7,11 @@ from pathlib import Path
 
 import pytest
 
-from percolert import errors, watches
-from percolert.messages import WatchSpec
-from percolert.text import TextNormalizer
-from percolert.watches import is_watch_id, meaning, watch_id
+from percolert.core.messages import WatchSpec
+from percolert.core.text import TextNormalizer
+from percolert.watches import store as watches
+from percolert.watches.store import is_watch_id, meaning, watch_id
+from percolert.web import errors
 
 
 @pytest.mark.parametrize("owner", [None, "alice"])
@@ -57,5 +58,6 @@ def test_the_domain_does_not_import_the_http_layer() -> None:
         for alias in node.names
     }
     assert not any(
-        name and (name == "percolert.errors" or name.startswith("starlette")) for name in imported
+        name and (name == "percolert.web.errors" or name.startswith("starlette"))
+        for name in imported
     )

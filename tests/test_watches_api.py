@@ -12,7 +12,7 @@ import httpx
 import msgspec
 import pytest
 
-from percolert.settings import Settings
+from percolert.core.settings import Settings
 from tests.conftest import SAMPLE_CATALOG, delete_indices, make_settings, prepare_indices, run_cli
 from tests.servers import free_port, run_server
 from tests.shoppers import Shopper

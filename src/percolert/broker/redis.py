@@ -1,0 +1,744 @@
+"""The shared broker: instances that share the indices and one Redis act as one service
+(docs/design/multi-instance.md, §2-§7). The only module that speaks to Redis.
+
+- Routing: each instance reads its own inbox stream (`P:inbox:<instance>`); a sending is
+  added to the inboxes of the instances holding a socket of a recipient (presence registry
+  `P:at:<instance>`), a default watch's sending to every instance with sockets: one script
+  call per search either way. An instance hears its own sendings through its inbox too, so
+  every socket gets them in position order.
+- Presence: each instance beats every second (`P:inst`, expiry on Redis's clock); a user is
+  reachable when some instance holds a socket of theirs or they left within the grace.
+- Coalescing: the windows live in Redis and are decided in Lua on Redis `TIME`, so it does
+  not matter which instance served a search. An ended window is claimed under a token and a
+  lease (`P:f:<token>`, `P:leases`) and its follow-up published with the claim, so it goes
+  out exactly once: if the claimer dies first, another instance claims it again when the
+  lease lapses.
+- Positions: one counter (`P:meta` `seq`), raised at start above µs time and the alert
+  log's last position, so positions handed out before stay valid for `after=`.
+- Faults (§7-§8): Redis unreachable marks the broker down (readiness says so); the
+  dispatcher keeps its matches (alerts.py) and sockets stay open; `run` reconnects with
+  backoff, re-asserts this instance's presence and resumes its inbox where it stopped.
+  `P:meta` holds an epoch, minted by whichever script finds none (Redis lost its data) or
+  finds the counter below what its caller saw (a failover lost the tail), with the counter
+  raised above every old position; each inbox entry carries the epoch and the inbox's own
+  count `n`. A missing count, a new epoch or this instance found reaped is a gap: every
+  socket here stops taking alerts live and is closed with 1012 once the log has what it
+  missed, and its page replays from the log with `after=`. So are the sockets opened while
+  Redis was away, if anything was numbered since their cut.
+- Replay: each sending is mirrored in its maker's `P:log:<instance>` until the maker's
+  alert log has written it, so `/ws?after=` on any instance replays it meanwhile. The mirror
+  of an instance reaped after SIGKILL is written to the log by a survivor (`P:orphans`,
+  under a lease) and then deleted.
+
+Not supported: Redis Cluster and Sentinel (key names are built inside the scripts, which pass
+no KEYS; the client follows no redirects).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import random
+import secrets
+import time
+from collections.abc import Callable
+from importlib import resources
+from typing import Any, Protocol, cast
+
+import anyio
+import msgspec
+import redis.asyncio as aioredis
+from anyio.abc import TaskGroup
+from redis.asyncio.retry import Retry
+from redis.backoff import NoBackoff
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import OutOfMemoryError, ReadOnlyError, RedisError
+from redis.exceptions import TimeoutError as RedisTimeoutError
+
+from percolert.broker.base import (
+    Asked,
+    BrokerStatus,
+    BrokerUnavailable,
+    DefaultCandidate,
+    Followup,
+    Hits,
+    OwnedCandidate,
+    SearchFold,
+    Sending,
+)
+from percolert.core.metrics import BrokerMetrics
+from percolert.core.records import AlertRecord
+from percolert.core.settings import Settings
+from percolert.realtime.delivery import Delivery
+from percolert.realtime.hub import RESTART_WINDOW_SECONDS, Connection, Hub
+
+logger = logging.getLogger("percolert.broker.base")
+
+HEARTBEAT_SECONDS = 1.0
+# An instance that missed this long of beats no longer counts as connected anywhere (its
+# users count as reconnecting) ...
+LAPSE_MS = 5_000
+# ... and after this long it is reaped: its registry and inbox are dropped.
+REAP_MS = 30_000
+INBOX_BOUND = 100_000
+# A mirror keeps at most what the alert log's buffer does (AlertLog's max_buffered).
+MIRROR_BOUND = 200_000
+# Replay reads at most this many unwritten sendings (the newest) of each instance.
+REPLAY_COUNT = 5_000
+# A claimed follow-up, or a dead instance's mirror, not done within this long is taken over.
+LEASE_MS = 5_000
+CLAIM_LIMIT = 64
+# Connections to Redis per instance, and how long a call waits for one before it fails.
+MAX_CONNECTIONS = 64
+CONNECTION_WAIT_SECONDS = 10.0
+_READ_COUNT = 500
+_READ_BLOCK_MS = 1_000
+# Reconnecting: the first pause, doubled up to the longest, each with ±50% jitter.
+_BACKOFF_FIRST = 0.1
+_BACKOFF_LONGEST = 2.0
+# Sockets to resync are closed this long after the gap is seen (the alert log flushes every
+# 0.1 s and its bulk write waits for a refresh: then the log holds what they missed), ...
+RESYNC_DELAY_SECONDS = 1.1
+# ... spread over this long, so their pages do not all reconnect at once.
+RESYNC_SPREAD_SECONDS = 1.0
+_REASSERT_BATCH = 1_000
+
+
+# Redis cannot be used now: down, restarting (loading), out of reach, a replica after a
+# failover, or full (`noeviction` refuses writes). Other errors (a script's) are bugs, left
+# to the supervisor by the loops ...
+_UNREACHABLE = (RedisConnectionError, RedisTimeoutError, ReadOnlyError, OutOfMemoryError, OSError)
+# ... but where a search's alerts or a socket's presence are at stake, any refusal is met as
+# an outage: the search is spooled, the presence settled when Redis answers again.
+_REFUSED = (RedisError, OSError)
+
+
+class _Down(Exception):
+    """A call elsewhere found Redis unreachable: the loops start over with a reconnect."""
+
+
+class RecordSink(Protocol):
+    """Where this instance's sendings are recorded (the alert log), and its last position."""
+
+    def append(self, record: AlertRecord) -> None: ...
+
+    async def max_seq(self) -> int: ...
+
+    async def store(self, records: list[AlertRecord]) -> bool:
+        """Write another instance's sendings now; False if some are to be written again."""
+        ...
+
+
+# A stream range as RESP2 gives it, in bytes: [(entry id, {field: value})].
+_Entries = list[tuple[bytes, dict[bytes, bytes]]]
+
+
+class _Fold(msgspec.Struct, frozen=True):
+    """A folded search as a window in Redis keeps it (who skips it is kept beside it)."""
+
+    text: str
+    at: float
+    searcher: str
+
+
+def _script(name: str) -> str:
+    folder = resources.files("percolert.broker").joinpath("lua")
+    return folder.joinpath("_common.lua").read_text() + folder.joinpath(name).read_text()
+
+
+def _text(value: bytes | str) -> str:
+    return value.decode() if isinstance(value, bytes) else value
+
+
+class RedisBroker:
+    def __init__(
+        self,
+        settings: Settings,
+        hub: Hub,
+        sink: RecordSink,
+        *,
+        url: str,
+        instance_id: str,
+        observer: BrokerMetrics | None = None,
+        wall_clock: Callable[[], float] = time.time,
+        resync_delay: float = RESYNC_DELAY_SECONDS,
+    ) -> None:
+        self.instance_id = instance_id
+        self._observer = observer or BrokerMetrics()
+        # Fail fast and never retry (a script whose reply was lost may have run: running it
+        # again would alert twice or lose a claimed follow-up), and never wait on a silent
+        # network for long: `run` reconnects, the dispatcher keeps its matches.
+        # A call waits for a free connection: redis-py's default pool fails at once past 100
+        # calls in flight, as a storm of socket opens (one presence call each) went.
+        self._redis = aioredis.Redis.from_pool(
+            aioredis.BlockingConnectionPool.from_url(
+                url,
+                max_connections=MAX_CONNECTIONS,
+                timeout=CONNECTION_WAIT_SECONDS,
+                socket_connect_timeout=1.0,
+                socket_timeout=_READ_BLOCK_MS / 1000 + 4.0,
+                retry=Retry(NoBackoff(), 0),
+            )
+        )
+        self._hub = hub
+        self._resync_delay = resync_delay
+        self._prefix = f"percolert:{{{settings.index_prefix}}}"
+        self._inbox = f"{self._prefix}:inbox:{instance_id}"
+        self._window_ms = round(settings.coalesce_seconds * 1000)
+        self._grace_ms = round(settings.reconnect_grace_seconds * 1000)
+        self._restart_ms = round(
+            min(settings.reconnect_grace_seconds, RESTART_WINDOW_SECONDS) * 1000
+        )
+        self._sink = sink
+        self._delivery = Delivery(hub)
+        self._wall_clock = wall_clock
+        self._scripts = {
+            name: self._redis.register_script(_script(f"{name}.lua"))
+            for name in (
+                "seed",
+                "heartbeat",
+                "presence",
+                "hits",
+                "claim",
+                "publish",
+                "notify",
+                "reassert",
+                "orphan",
+            )
+        }
+        self._sending_encoder = msgspec.msgpack.Encoder()
+        self._sending_decoder = msgspec.msgpack.Decoder(Sending)
+        self._fold_encoder = msgspec.json.Encoder()
+        self._fold_decoder = msgspec.json.Decoder(_Fold)
+        self._open_windows = 0
+        self._mirror = f"{self._prefix}:log:{instance_id}"
+        # The inbox is new with this instance's id: everything in it is for us.
+        self._last_read = b"0-0"
+        # Whether Redis answers; False until the first successful start or reconnect.
+        self._up = False
+        self._seeded = False
+        self._log_max = 0
+        # The highest position this instance has seen (published, read, or a cut): a
+        # counter below it means Redis lost a tail (the scripts' regression guard).
+        self._last_seen = 0
+        # The epoch and this inbox's count of the last entry read (None: take the next as
+        # it comes, after an epoch change).
+        self._epoch: str | None = None
+        self._last_n: int | None = 0
+        self._beaten = False
+        # What Redis missed while away: users with sockets opened here meanwhile, users
+        # whose last socket here closed meanwhile, watches_changed not yet sent elsewhere.
+        self._unregistered: set[str] = set()
+        self._leaves_owed: set[str] = set()
+        self._notify_owed: dict[str, str] = {}
+        self._reasserting = False
+        self._reassert_lock = anyio.Lock()  # the reader and the heartbeat may both resync
+        self._presence_calls = 0
+        self._closers: TaskGroup | None = None
+
+    async def _call(self, name: str, *args: str | int | bytes) -> Any:
+        # No KEYS: every key is built in the script from P, so a Cluster cannot route them
+        # (README, Several instances).
+        with self._observer.round_trip(name):
+            return await self._scripts[name](keys=[], args=[self._prefix, *self._common(), *args])
+
+    def _common(self) -> list[str | int]:
+        """The epoch's arguments (_common.lua): a fresh epoch in case Redis lost its own,
+        the floor above every position this instance knows of, its last seen, and the
+        restart window."""
+        floor = max(self._last_seen, self._log_max) + 1
+        return [secrets.token_hex(8), floor, self._last_seen, self._restart_ms]
+
+    def _seen(self, position: int) -> None:
+        self._last_seen = max(self._last_seen, position)
+
+    @property
+    def status(self) -> BrokerStatus:
+        return "up" if self._up else "down"
+
+    def _mark_down(self, error: BaseException) -> None:
+        if self._up:
+            logger.warning(
+                "Redis unreachable, the broker is down (search and open sockets go on; "
+                "alerts wait until it is back): %s",
+                error,
+            )
+        self._up = False
+
+    async def start(self) -> None:
+        """Raise the position counter above every position handed out before, and beat once,
+        before the first socket or search. Redis unreachable: start anyway with the broker
+        down (search works; alerts wait), `run` connects when it answers."""
+        self._log_max = await self._sink.max_seq()
+        try:
+            await self._seed()
+            await self.beat()
+        except _UNREACHABLE as error:
+            logger.warning(
+                "Redis unreachable at start: serving with the broker down until it answers "
+                "(search works; alerts wait): %s",
+                error,
+            )
+            return
+        self._up = True
+        logger.info(
+            "broker on Redis as instance %s, position %d", self.instance_id, self._last_seen
+        )
+
+    async def _seed(self) -> None:
+        floor = max(int(self._wall_clock() * 1_000_000), self._log_max + 1)
+        self._seen(int(await self._call("seed", floor, self._restart_ms)))
+        self._seeded = True
+
+    async def close(self) -> None:
+        await self._redis.aclose()
+
+    async def run(self) -> None:
+        """Beat and read this instance's inbox, until cancelled; while Redis is unreachable,
+        try again with backoff, and when it answers, re-assert this instance's presence and
+        resume the inbox where it stopped."""
+        pause = _BACKOFF_FIRST
+        async with anyio.create_task_group() as closers:
+            self._closers = closers
+            while True:
+                try:
+                    if not self._up:
+                        await self._reconnect()
+                        pause = _BACKOFF_FIRST
+                    async with anyio.create_task_group() as tasks:
+                        tasks.start_soon(self._beating)
+                        tasks.start_soon(self._writing_orphans)
+                        await self._read_inbox()
+                except* (*_UNREACHABLE, _Down) as failed:
+                    self._mark_down(failed.exceptions[0])
+                await anyio.sleep(pause * random.uniform(0.5, 1.5))  # noqa: S311 - jitter
+                pause = min(pause * 2, _BACKOFF_LONGEST)
+
+    async def _reconnect(self) -> None:
+        first = not self._seeded
+        if first:
+            await self._seed()
+        await self.beat()
+        for user, payload in list(self._notify_owed.items()):
+            # Sent here already while Redis was away; the other instances' sockets get it now.
+            await self._call("notify", INBOX_BOUND, user, payload, self.instance_id)
+            del self._notify_owed[user]
+        counter = await self._reassert()
+        self._up = True
+        if not first:
+            self._observer.reconnected()
+        logger.info(
+            "Redis answers again, the broker is up (instance %s, position %d)",
+            self.instance_id,
+            counter,
+        )
+
+    async def _reassert(self) -> int:
+        """Set this instance's part of the presence registry to the sockets it holds (one
+        pipeline, batched) and return the counter. Sockets opened meanwhile whose cut is
+        below it may have missed a sending routed elsewhere: they resync."""
+        async with self._reassert_lock:
+            return await self._reassert_once()
+
+    async def _reassert_once(self) -> int:
+        self._reasserting = True  # sockets opening or closing now are settled by the loop
+        try:
+            while self._presence_calls:  # noqa: ASYNC110 - a few ms: the calls in flight
+                await anyio.sleep(0.005)
+            counter, joined = self._last_seen, set[str]()
+            while True:
+                counts = self._hub.socket_counts()
+                owed = set(self._leaves_owed)
+                gone = owed - counts.keys()
+                arguments: list[str | int] = [
+                    value
+                    for user, count in [*counts.items(), *((user, 0) for user in gone)]
+                    for value in (user, count)
+                ]
+                step = 2 * _REASSERT_BATCH
+                async with self._redis.pipeline(transaction=False) as pipe:
+                    for start in range(0, max(len(arguments), 1), step):
+                        await self._scripts["reassert"](
+                            keys=[],
+                            args=[
+                                self._prefix,
+                                *self._common(),
+                                self.instance_id,
+                                *arguments[start : start + step],
+                            ],
+                            client=pipe,
+                        )
+                    replies = await pipe.execute()
+                counter = int(replies[-1])
+                self._seen(counter)
+                self._leaves_owed -= owed  # set absolutely now, whether gone or back
+                joined |= self._unregistered
+                self._unregistered = set()
+                if not (self._unregistered or self._leaves_owed - set(self._hub.users())):
+                    break
+        finally:
+            self._reasserting = False
+        behind = [
+            connection
+            for user in joined
+            for connection in self._hub.connections(user)
+            if connection.cut < counter
+        ]
+        if behind:
+            self._resync("opened while Redis was away", behind)
+        return counter
+
+    def _resync(self, cause: str, connections: list[Connection] | None = None) -> None:
+        """These sockets (all here if None) may have missed a sending: they take no more
+        alerts live, and are closed (1012) once the log holds what they missed; their pages
+        reconnect with `after=` and replay it."""
+        closing = self._hub.connections() if connections is None else connections
+        if connections is None:
+            self._observer.gap(cause)
+        logger.warning(
+            "broker resync (%s): %d sockets here replay from the log", cause, len(closing)
+        )
+        for connection in closing:
+            connection.freeze()
+        if self._closers is None:
+            for connection in closing:
+                connection.resync()
+        else:
+            self._closers.start_soon(self._close_for_resync, closing)
+
+    async def _close_for_resync(self, connections: list[Connection]) -> None:
+        random.shuffle(connections)
+        try:
+            await anyio.sleep(self._resync_delay)
+            for connection in connections:
+                await anyio.sleep(RESYNC_SPREAD_SECONDS / len(connections))
+                connection.resync()
+                self._observer.resync_closed()
+        finally:
+            # Cancelled (shutdown, or a crash of `run`): frozen sockets must not stay open.
+            for connection in connections:
+                connection.resync()
+
+    async def beat(self) -> None:
+        """Keep this instance alive; find a new epoch or this instance reaped (a gap)."""
+        async with self._redis.pipeline(transaction=False) as pipe:
+            pipe.zscore(f"{self._prefix}:inst", self.instance_id)
+            await self._scripts["heartbeat"](
+                keys=[],
+                args=[
+                    self._prefix,
+                    *self._common(),
+                    self.instance_id,
+                    LAPSE_MS,
+                    REAP_MS,
+                    self._grace_ms,
+                ],
+                client=pipe,
+            )
+            pipe.hmget(f"{self._prefix}:meta", "epoch", "seq")
+            # What this instance has read is needed by nobody: without this, an inbox keeps
+            # its last INBOX_BOUND entries (~0.5 GB at 100 searches/s, docs/benchmarks).
+            pipe.xtrim(self._inbox, minid=self._last_read.decode(), approximate=False)
+            with self._observer.round_trip("heartbeat"):
+                score, live, (epoch, seq), _trimmed = await pipe.execute()
+        self._observer.instances(int(live))
+        epoch = _text(epoch)
+        self._seen(int(seq))
+        cause = None
+        if self._epoch is not None and epoch != self._epoch:
+            cause = "epoch"
+            self._last_n = None
+        elif score is None and self._beaten:
+            # Reaped (lapsed for long): our inbox and registry were dropped.
+            cause = "reaped"
+            self._last_n = None
+        self._epoch = epoch
+        self._beaten = True
+        if cause is not None:
+            self._resync(cause)
+            await self._reassert()
+
+    async def _beating(self) -> None:
+        while True:
+            await anyio.sleep(HEARTBEAT_SECONDS)
+            if not self._up:
+                raise _Down
+            await self.beat()
+            if self._unregistered or self._leaves_owed:
+                # Sockets opened or closed while a reassert was under way, or a close whose
+                # call was cut short: settled now, not at the next outage.
+                await self._reassert()
+
+    async def _writing_orphans(self) -> None:
+        # Apart from the heartbeat: writing a dead instance's mirror may take a while, and
+        # an instance that stopped beating meanwhile would lapse (and could be reaped).
+        while True:
+            await anyio.sleep(HEARTBEAT_SECONDS)
+            await self.write_orphans()
+
+    async def write_orphans(self) -> None:
+        """Write the mirrors of reaped instances (what they sent but never wrote) to the
+        alert log, one at a time, each under a lease; delete each once written."""
+        while (orphan := await self._call("orphan", LEASE_MS)) is not None:
+            mirror = f"{self._prefix}:log:{_text(orphan)}"
+            records: list[AlertRecord] = []
+            start = "-"
+            while entries := cast(
+                _Entries, await self._redis.xrange(mirror, min=start, count=REPLAY_COUNT)
+            ):
+                records += (self._mirrored(*entry) for entry in entries)
+                start = f"({entries[-1][0].decode()}"
+            if not await self._sink.store(records):
+                return  # the lease lapses: tried again later, by whichever instance
+            async with self._redis.pipeline(transaction=True) as pipe:
+                pipe.delete(mirror)
+                pipe.zrem(f"{self._prefix}:orphans", orphan)
+                await pipe.execute()
+            logger.info("wrote %d unwritten sendings of %s", len(records), _text(orphan))
+
+    async def _read_inbox(self) -> None:
+        # Resumes where it stopped after a reconnect: nothing is read twice.
+        while True:
+            # RESP2, bytes: [[stream, [(entry id, {field: value})]]].
+            with self._observer.round_trip("xread"):
+                reply = cast(
+                    list[tuple[bytes, list[tuple[bytes, dict[bytes, bytes]]]]],
+                    await self._redis.xread(
+                        {self._inbox: self._last_read}, count=_READ_COUNT, block=_READ_BLOCK_MS
+                    ),
+                )
+            for _stream, entries in reply or ():
+                for entry_id, fields in entries:
+                    self._last_read = entry_id
+                    cause = self._check(fields)
+                    if cause is not None:
+                        # Before delivering: the sockets' last alert must stay the one
+                        # before what they missed, which their replay starts after.
+                        self._resync(cause)
+                        await self._reassert()
+                    self._receive(fields)
+
+    def _check(self, fields: dict[bytes, bytes]) -> str | None:
+        """A gap before this entry: a new epoch, or an entry of this inbox missing."""
+        if b"e" not in fields:
+            return None  # from an instance of an earlier version (a rolling upgrade)
+        epoch, n = fields[b"e"].decode(), int(fields[b"n"])
+        expected = None if self._last_n is None else self._last_n + 1
+        self._last_n = n
+        if epoch != self._epoch:
+            self._epoch = epoch
+            return "epoch"
+        if expected is not None and n != expected:
+            return "inbox"
+        return None
+
+    def _receive(self, fields: dict[bytes, bytes]) -> None:
+        self._observer.received()
+        user = fields.get(b"u")
+        if user is not None:
+            self._delivery.deliver_user(user.decode(), fields[b"p"].decode())
+            return
+        sending = self._sending_decoder.decode(fields[b"m"])
+        seq = int(fields[b"q"])
+        self._seen(seq)
+        self._delivery.deliver(sending.numbered(seq))
+
+    async def connected(self, user: str) -> int:
+        if self._up and not self._reasserting:
+            self._presence_calls += 1
+            try:
+                cut = int(await self._call("presence", self.instance_id, user, "1"))
+            except _REFUSED as error:
+                self._mark_down(error)
+            else:
+                self._seen(cut)
+                return cut
+            finally:
+                self._presence_calls -= 1
+        # Registered when Redis answers again; until then nothing is routed here for this
+        # socket, so it may resync then (`_reassert`). Its cut: the last position known here
+        # (the log's last, if Redis never answered since the start).
+        self._unregistered.add(user)
+        return max(self._last_seen, self._log_max)
+
+    async def disconnected(self, user: str) -> None:
+        if self._up and not self._reasserting:
+            self._presence_calls += 1
+            recorded = False
+            try:
+                await self._call("presence", self.instance_id, user, "0")
+                recorded = True
+            except _REFUSED as error:
+                self._mark_down(error)
+            finally:
+                self._presence_calls -= 1
+                if not recorded:  # refused, or cancelled (the close's time ran out)
+                    self._leaves_owed.add(user)
+            return
+        self._leaves_owed.add(user)
+
+    async def _decide(self, name: str, *args: str | int | bytes) -> Any:
+        """A script the dispatcher needs an answer from: BrokerUnavailable while Redis is
+        unreachable (the dispatcher keeps the search for later)."""
+        if not self._up:
+            raise BrokerUnavailable
+        try:
+            return await self._call(name, *args)
+        except _REFUSED as error:
+            self._mark_down(error)
+            raise BrokerUnavailable from error
+
+    async def hits(
+        self, search: SearchFold, owned: list[OwnedCandidate], default: DefaultCandidate | None
+    ) -> Hits:
+        [decided] = await self.hits_many([Asked(search, owned, default)])
+        return decided
+
+    async def hits_many(self, searches: list[Asked]) -> list[Hits]:
+        # One script call for the whole batch: sequential round trips per search were the
+        # queue that held alerts up under load (docs/benchmarks/multi-instance.md).
+        if not searches:
+            return []
+        args: list[str | int | bytes] = [self._window_ms, self._grace_ms]
+        for search, owned, default in searches:
+            fold = self._fold_encoder.encode(
+                _Fold(text=search.text, at=search.at, searcher=search.searcher)
+            )
+            args += [
+                search.searcher,
+                fold,
+                "" if default is None else default.watch_id,
+                "" if default is None else default.terms,
+                len(owned),
+            ]
+            for candidate in owned:
+                args += [candidate.watch_id, candidate.owner, candidate.terms]
+        decisions = await self._decide("hits", *args)
+        return [
+            Hits(
+                immediate=[asked.owned[index] for index in immediate],
+                covered=frozenset(_text(user) for user in covered),
+                to_everyone=bool(to_everyone),
+                firsts=[_text(user) for user in firsts],
+                coalesced=int(coalesced),
+            )
+            for asked, (immediate, covered, to_everyone, firsts, coalesced) in zip(
+                searches, decisions, strict=True
+            )
+        ]
+
+    def _event(self, raw: bytes) -> SearchFold:
+        skip, fold = raw.split(b"\n", 1)
+        decoded = self._fold_decoder.decode(fold)
+        return SearchFold(
+            text=decoded.text,
+            at=decoded.at,
+            searcher=decoded.searcher,
+            skip=frozenset(json.loads(skip)),
+        )
+
+    async def claim_due(self, *, everything: bool = False) -> list[Followup]:
+        windows, ended = await self._decide(
+            "claim", self._window_ms, CLAIM_LIMIT, "1" if everything else "0", LEASE_MS
+        )
+        self._open_windows = int(windows)
+        return [
+            Followup(
+                watch_id=_text(watch_id),
+                terms=_text(terms),
+                owner=_text(owner) or None,
+                events=[self._event(event) for event in events],
+                not_alerted=frozenset(_text(user) for user in not_alerted),
+                token=_text(token),
+            )
+            for token, watch_id, owner, terms, not_alerted, events in ended
+        ]
+
+    async def publish(
+        self, sendings: list[Sending], *, guard: str | None = None
+    ) -> list[AlertRecord]:
+        args: list[str | int | bytes] = [INBOX_BOUND, self.instance_id, MIRROR_BOUND, guard or ""]
+        for sending in sendings:
+            encoded = self._sending_encoder.encode(sending)
+            if sending.everyone is not None:
+                args += ["e", encoded, 0]
+            else:
+                args += ["u", encoded, len(sending.watches), *sending.watches]
+        seqs = await self._decide("publish", *args)
+        if not seqs:
+            return []  # the claim was no longer ours: another instance sent it
+        self._seen(max(int(seq) for seq in seqs))
+        everyone = sum(1 for sending in sendings if sending.everyone is not None)
+        self._observer.published("everyone", everyone)
+        self._observer.published("user", len(sendings) - everyone)
+        records = [sending.numbered(int(seq)) for sending, seq in zip(sendings, seqs, strict=True)]
+        for record in records:
+            self._sink.append(record)
+        return records
+
+    def _mirrored(self, entry_id: bytes, fields: dict[bytes, bytes]) -> AlertRecord:
+        seq = int(entry_id.split(b"-", 1)[0])
+        return self._sending_decoder.decode(fields[b"m"]).numbered(seq)
+
+    async def unwritten(self, after: int, upto: int) -> list[AlertRecord]:
+        # Whose mirror: every instance registered (alive or lapsed) and every reaped one not
+        # yet written. One whose mirror is deleted between the two reads was written first.
+        if upto <= after or not self._up:
+            # Redis away: a socket opened now is resynced once it is back (its cut then
+            # lies behind), and replays again from the log with every mirror written.
+            return []
+        try:
+            return await self._read_mirrors(after, upto)
+        except _REFUSED as error:
+            self._mark_down(error)
+            return []
+
+    async def _read_mirrors(self, after: int, upto: int) -> list[AlertRecord]:
+        async with self._redis.pipeline(transaction=False) as pipe:
+            pipe.zrange(f"{self._prefix}:inst", 0, -1)
+            pipe.zrange(f"{self._prefix}:orphans", 0, -1)
+            alive, orphans = await pipe.execute()
+        async with self._redis.pipeline(transaction=False) as pipe:
+            for instance in {*alive, *orphans}:
+                pipe.xrevrange(
+                    f"{self._prefix}:log:{_text(instance)}",
+                    max=f"{upto}-0",
+                    min=f"{after + 1}-0",
+                    count=REPLAY_COUNT,
+                )
+            mirrors = await pipe.execute()
+        return [self._mirrored(*entry) for entries in mirrors for entry in cast(_Entries, entries)]
+
+    async def written(self, seqs: list[int]) -> None:
+        """Drop sendings this instance's alert log has written from its mirror (only those:
+        a publish whose answer is still on its way may hold a lower position)."""
+        if not seqs:
+            return
+        try:
+            async with self._redis.pipeline(transaction=False) as pipe:
+                for start in range(0, len(seqs), REPLAY_COUNT):
+                    pipe.xdel(
+                        self._mirror, *(f"{seq}-0" for seq in seqs[start : start + REPLAY_COUNT])
+                    )
+                await pipe.execute()
+        except RedisError as error:
+            # Kept until the mirror's bound drops them; replay merges them by position.
+            logger.warning("could not drop written sendings from the mirror: %s", error)
+
+    async def notify_user(self, user: str, payload: str) -> None:
+        if self._up:
+            try:
+                await self._call("notify", INBOX_BOUND, user, payload, "")
+                self._observer.published("user_message")
+                return
+            except _REFUSED as error:
+                self._mark_down(error)
+        # Here at once; to the user's sockets on other instances when Redis is back (the
+        # latest list only: it replaces the ones before).
+        self._delivery.deliver_user(user, payload)
+        self._notify_owed[user] = payload
+
+    @property
+    def open_windows(self) -> int:
+        """Open windows of the whole service, as of this instance's last claim."""
+        return self._open_windows

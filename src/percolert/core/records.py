@@ -1,0 +1,56 @@
+"""Records shared between layers: what one sending of alerts is, as the broker carries it,
+the log stores it and the hub delivers it. A plain struct, so that a broker out of process
+carries it as it is, and neither the broker nor the hub needs the log to know it."""
+
+from __future__ import annotations
+
+import msgspec
+
+from percolert.core.messages import Alert, AlertWatch
+
+
+def alert_id(seq: int, watch_id: str) -> str:
+    """An alert's id: a user gets at most one alert per position and watch."""
+    return f"{seq}-{watch_id}"
+
+
+class AlertRecord(msgspec.Struct, frozen=True, kw_only=True, gc=False):  # see messages.Alert
+    """The alerts of one sending, logged as one document: the same search text at one
+    position (`seq`) to each recipient in `watches`, through the watch of theirs that
+    matched — or through the default watch `everyone` to every user but `excluded`.
+    `at` is when the (latest) search it tells of was made; `earliest_ms` when the earliest
+    search it counts was (they differ for a follow-up): no session begun after that gets it.
+
+    One document per sending rather than per recipient: a popular search reaches many
+    subscribers at once, and writing a document for each of them was most of what the log
+    cost Elasticsearch (docs/benchmarks/README.md).
+    """
+
+    seq: int
+    at: str
+    earliest_ms: int
+    query: str
+    count: int = 1
+    watches: dict[str, AlertWatch] = msgspec.field(default_factory=dict)
+    everyone: AlertWatch | None = None
+    excluded: tuple[str, ...] = ()
+
+    def watch_for(self, user: str) -> AlertWatch | None:
+        watch = self.watches.get(user)
+        if watch is None and self.everyone is not None and user not in self.excluded:
+            return self.everyone
+        return watch
+
+    def alert(self, watch: AlertWatch) -> Alert:
+        return Alert(
+            id=alert_id(self.seq, watch.id),
+            seq=self.seq,
+            watch=watch,
+            query=self.query,
+            count=self.count,
+            at=self.at,
+        )
+
+    def alert_for(self, user: str) -> Alert | None:
+        watch = self.watch_for(user)
+        return None if watch is None else self.alert(watch)

@@ -1,0 +1,355 @@
+"""Configuration: read once from the environment into one frozen struct, then passed around."""
+
+from __future__ import annotations
+
+import ipaddress
+import os
+import secrets
+from collections.abc import Mapping
+from pathlib import Path
+
+import limits
+import msgspec
+
+DEFAULT_ELASTICSEARCH_URL = "http://127.0.0.1:9200"
+
+
+class SettingsError(ValueError):
+    """An environment variable holds a value Percolert cannot use."""
+
+
+class Settings(msgspec.Struct, frozen=True, kw_only=True):
+    # Where Elasticsearch is and how to authenticate to it.
+    elasticsearch_url: str = DEFAULT_ELASTICSEARCH_URL
+    elasticsearch_api_key: str | None = None
+    elasticsearch_username: str | None = None
+    elasticsearch_password: str | None = None
+    elasticsearch_ca_certs: str | None = None
+    elasticsearch_verify_certs: bool = True
+    # Seconds one Elasticsearch request may take before the caller gets a 503.
+    elasticsearch_timeout: float = 5.0
+    # Connections the client keeps to each node. Requests beyond them wait for one, and that
+    # wait counts against `elasticsearch_timeout`: the client's default of 10 timed out
+    # greetings during a reconnect storm of 5,000 sockets (docs/benchmarks/README.md).
+    elasticsearch_connections: int = 32
+    # Index and alias names start with this, so several deployments (or test runs) can share
+    # a cluster without touching each other's data.
+    index_prefix: str = "percolert"
+    # Dev node pid/port/log files and other local state; git-ignored.
+    state_dir: Path = Path(".percolert")
+    # The dev node's launcher project (default: tools/esnode of the source checkout) and the
+    # JDK it runs on (default: `java` on the PATH).
+    esnode_dir: Path | None = None
+    java_home: Path | None = None
+    # The dev Redis's binary (default: `redis-server` on the PATH).
+    redis_server: Path | None = None
+    # The Redis that instances sharing these indices coordinate through (routing, presence,
+    # coalescing, positions). Unset: one process, everything in memory.
+    redis_url: str | None = None
+    # This instance's name in Redis, logs and metrics. Unset: host:port and a random part,
+    # new on every start (a restarted process never takes over a dead one's inbox).
+    instance_id: str | None = None
+    # Searches whose alerts wait while the shared broker's Redis is unreachable (sent when
+    # it is back); beyond this many the oldest are dropped, counted and logged.
+    broker_spool: int = 100_000
+    # How often the alert log writes what was sent to Elasticsearch (in one bulk request).
+    alert_log_flush_seconds: float = 0.1
+    # Where `percolert serve` listens.
+    host: str = "127.0.0.1"
+    port: int = 8000
+    # Log lines as one JSON object each ("json") or for reading by eye ("text").
+    log_format: str = "json"
+    # Signs session cookies. Unset: a random one is generated once per state directory.
+    secret: str | None = None
+    # Origins, besides the server's own, whose pages may open the WebSocket.
+    allowed_origins: tuple[str, ...] = ()
+    # Mark the session cookie Secure (set when served over https, e.g. behind a proxy).
+    secure_cookies: bool = False
+    max_watches_per_user: int = 50
+    # Repeated matches of one watch for one recipient within this many seconds are folded
+    # into one follow-up alert.
+    coalesce_seconds: float = 2.0
+    # Search events percolated in one request at most; batches form only under load.
+    percolate_batch_size: int = 64
+    # Concurrent percolate requests, so one slow request does not hold up the next batch.
+    percolate_concurrency: int = 2
+    # Seconds one batch's percolation may take; past it the batch is given up (its alerts
+    # lost, counted) so that later batches, handed on in search order, are not held up.
+    # Unset: three Elasticsearch timeouts (a request, its retry, and room to spare).
+    percolate_timeout: float = 15.0
+    # Alerts waiting for one socket; a socket that falls this far behind is closed (1013).
+    socket_queue_size: int = 256
+    # A socket being closed gets this long to take what was sent before the close frame and
+    # to answer it; a client that stopped reading is then cut off without it.
+    socket_close_seconds: float = 10.0
+    # A watch owner who left less than this many seconds ago still gets alerts (kept for
+    # the reconnect); one away longer gets none until they are back.
+    reconnect_grace_seconds: float = 600.0
+    # Search percolation verifies only watches whose owner is leased as reachable: a lease
+    # runs for the grace period plus this slack, renewed about once per slack while the
+    # owner holds a socket here (see reachability.py). Longer: fewer renewals, more watches
+    # of owners already gone still percolated (never fewer than reachable ones).
+    lease_slack_seconds: float = 600.0
+    # Off: searches are not percolated and nobody is alerted (search keeps working) — a
+    # switch to shed load in an incident, and the benchmark's "alerts off" reference.
+    alerts_enabled: bool = True
+    # Rate limits (README "Limits"), each in `limits`' notation ("10/second;300/minute"),
+    # None for no limit. Counted per session (the user id of the cookie) and per client
+    # address; `rate_limits_enabled` off turns them all off (the benchmark drives hundreds
+    # of searches a second from one address).
+    rate_limits_enabled: bool = True
+    # Where the counters live: `limits`' async storage URI. Unset: the shared Redis of
+    # `redis_url` when there is one (so each limit holds across instances), else memory.
+    rate_limit_storage: str | None = None
+    limit_searches_per_session: str | None = "10/second;300/minute"
+    limit_searches_per_address: str | None = "20/second;1200/minute"
+    # Listing watches and categories: each asks Elasticsearch.
+    limit_reads_per_session: str | None = "10/second;300/minute"
+    limit_reads_per_address: str | None = "20/second;1200/minute"
+    limit_watch_changes_per_session: str | None = "30/minute;200/hour"
+    limit_watch_changes_per_address: str | None = "60/minute;600/hour"
+    limit_new_sessions_per_address: str | None = "30/minute;300/hour"
+    limit_sockets_per_session: str | None = "30/minute"
+    limit_sockets_per_address: str | None = "120/minute"
+    # The admin API (no session: per address only; wrong tokens count too).
+    limit_admin_requests_per_address: str | None = "10/second;600/minute"
+    # Sockets one user may have open at once (every tab holds one).
+    max_sockets_per_user: int = 20
+    # Proxies whose X-Forwarded-For / X-Forwarded-Proto are believed (addresses or networks,
+    # "*" for any). Empty: the peer of the connection is the client, whatever it claims.
+    trusted_proxies: tuple[str, ...] = ()
+    # --- product alerts (catalog changes percolated against the same watches) ---
+    # Bearer token of the admin API (/api/admin/...). Unset: those routes do not exist.
+    admin_token: str | None = None
+    # A price drop alerts a watch without a max price only when at least this big (percent).
+    price_drop_min_percent: float = 5.0
+    # One product alerts one watch at most once in this many seconds (price drops, back in
+    # stock), unless a drop crosses the watch's max price.
+    product_alert_min_interval_seconds: float = 86_400.0
+    # Product alerts are kept this long for owners who are away.
+    product_alert_retention_days: float = 30.0
+    # How often each server looks for new product alerts to deliver to its open sockets
+    # (alerts written by another process: `percolert ingest`, another instance).
+    product_alert_poll_seconds: float = 1.0
+
+
+def _optional(environ: Mapping[str, str], name: str) -> str | None:
+    value = environ.get(name, "").strip()
+    return value or None
+
+
+def _number(environ: Mapping[str, str], name: str, default: float, *, minimum: float) -> float:
+    raw = _optional(environ, name)
+    if raw is None:
+        return default
+    try:
+        value = float(raw)
+    except ValueError:
+        raise SettingsError(f"{name} must be a number, got {raw!r}") from None
+    if value < minimum:
+        raise SettingsError(f"{name} must be at least {minimum}, got {raw!r}")
+    return value
+
+
+def _flag(environ: Mapping[str, str], name: str, default: bool) -> bool:
+    raw = _optional(environ, name)
+    if raw is None:
+        return default
+    if raw.lower() in {"1", "true", "yes", "on"}:
+        return True
+    if raw.lower() in {"0", "false", "no", "off"}:
+        return False
+    raise SettingsError(f"{name} must be true or false, got {raw!r}")
+
+
+def _origins(environ: Mapping[str, str], name: str) -> tuple[str, ...]:
+    origins = []
+    for raw in (_optional(environ, name) or "").split(","):
+        origin = raw.strip().rstrip("/")
+        if not origin:
+            continue
+        if not origin.startswith(("http://", "https://")) or origin.count("/") != 2:
+            raise SettingsError(f"{name} takes origins like https://shop.example.com, got {raw!r}")
+        origins.append(origin)
+    return tuple(origins)
+
+
+def _path(environ: Mapping[str, str], name: str) -> Path | None:
+    raw = _optional(environ, name)
+    return None if raw is None else Path(raw)
+
+
+def _choice(environ: Mapping[str, str], name: str, choices: tuple[str, ...]) -> str:
+    raw = (_optional(environ, name) or choices[0]).lower()
+    if raw not in choices:
+        raise SettingsError(f"{name} must be one of {', '.join(choices)}, got {raw!r}")
+    return raw
+
+
+_DURATION_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86_400}
+
+
+def _duration(environ: Mapping[str, str], name: str, default: float) -> float:
+    """Seconds, given as a number of seconds or with a unit: 90s, 30m, 24h, 1d."""
+    raw = _optional(environ, name)
+    if raw is None:
+        return default
+    unit = _DURATION_UNITS.get(raw[-1].lower())
+    number = raw[:-1] if unit is not None else raw
+    try:
+        seconds = float(number) * (unit or 1)
+    except ValueError:
+        seconds = -1.0
+    if not 0 <= seconds < float("inf"):
+        raise SettingsError(f"{name} takes a duration like 86400, 30m, 24h or 1d; got {raw!r}")
+    return seconds
+
+
+_MIN_ADMIN_TOKEN = 16
+
+
+def _admin_token(environ: Mapping[str, str], name: str) -> str | None:
+    token = _optional(environ, name)
+    if token is not None and len(token) < _MIN_ADMIN_TOKEN:
+        raise SettingsError(
+            f"{name} must be at least {_MIN_ADMIN_TOKEN} characters (a random secret, "
+            "e.g. `openssl rand -hex 32`)"
+        )
+    return token
+
+
+def _rate_limit(environ: Mapping[str, str], name: str, default: str | None) -> str | None:
+    raw = _optional(environ, name)
+    if raw is None:
+        return default
+    if raw.lower() == "off":
+        return None
+    try:
+        limits.parse_many(raw)
+    except ValueError:
+        raise SettingsError(
+            f"{name} takes limits like 10/second;300/minute, or off; got {raw!r}"
+        ) from None
+    return raw
+
+
+def _proxies(environ: Mapping[str, str], name: str) -> tuple[str, ...]:
+    proxies = []
+    for raw in (_optional(environ, name) or "").split(","):
+        proxy = raw.strip()
+        if not proxy:
+            continue
+        if proxy != "*":
+            try:
+                ipaddress.ip_network(proxy)
+            except ValueError:
+                raise SettingsError(
+                    f"{name} takes addresses or networks like 10.0.0.0/8, or *; got {raw!r}"
+                ) from None
+        proxies.append(proxy)
+    return tuple(proxies)
+
+
+def from_environment(
+    environ: Mapping[str, str] | None = None,
+    *,
+    default_elasticsearch_url: str = DEFAULT_ELASTICSEARCH_URL,
+) -> Settings:
+    """Build settings from environment variables (see the README's configuration table).
+
+    Without ELASTICSEARCH_URL, the cluster is `default_elasticsearch_url` (the CLI passes the
+    dev node's when one is running).
+    """
+    env = os.environ if environ is None else environ
+    state_dir = Path(_optional(env, "PERCOLERT_STATE_DIR") or ".percolert")
+    url = _optional(env, "ELASTICSEARCH_URL") or default_elasticsearch_url
+    if not url.startswith(("http://", "https://")):
+        raise SettingsError(f"ELASTICSEARCH_URL must start with http:// or https://, got {url!r}")
+    prefix = _optional(env, "PERCOLERT_INDEX_PREFIX") or "percolert"
+    if not prefix.replace("-", "").replace("_", "").isalnum() or prefix != prefix.lower():
+        raise SettingsError(
+            f"PERCOLERT_INDEX_PREFIX must be lowercase letters, digits, '-' or '_', got {prefix!r}"
+        )
+    username = _optional(env, "ELASTICSEARCH_USERNAME")
+    password = _optional(env, "ELASTICSEARCH_PASSWORD")
+    if (username is None) != (password is None):
+        raise SettingsError(
+            "set both ELASTICSEARCH_USERNAME and ELASTICSEARCH_PASSWORD, or neither"
+        )
+    timeout = _number(env, "ELASTICSEARCH_TIMEOUT", 5.0, minimum=0.1)
+    storage = _optional(env, "PERCOLERT_RATE_LIMIT_STORAGE")
+    if storage is not None and not storage.startswith("async+"):
+        raise SettingsError(
+            "PERCOLERT_RATE_LIMIT_STORAGE must be an async storage URI of the `limits` library "
+            f"(async+memory://, async+redis://HOST:PORT), got {storage!r}"
+        )
+    redis_url = _optional(env, "PERCOLERT_REDIS_URL")
+    if redis_url is not None and not redis_url.startswith(("redis://", "rediss://", "unix://")):
+        raise SettingsError(
+            f"PERCOLERT_REDIS_URL must start with redis://, rediss:// or unix://, got {redis_url!r}"
+        )
+    settings = Settings(
+        elasticsearch_url=url.rstrip("/"),
+        elasticsearch_api_key=_optional(env, "ELASTICSEARCH_API_KEY"),
+        elasticsearch_username=username,
+        elasticsearch_password=password,
+        elasticsearch_ca_certs=_optional(env, "ELASTICSEARCH_CA_CERTS"),
+        elasticsearch_verify_certs=_flag(env, "ELASTICSEARCH_VERIFY_CERTS", True),
+        elasticsearch_timeout=timeout,
+        elasticsearch_connections=int(_number(env, "ELASTICSEARCH_CONNECTIONS", 32, minimum=1)),
+        index_prefix=prefix,
+        state_dir=state_dir,
+        esnode_dir=_path(env, "PERCOLERT_ESNODE_DIR"),
+        java_home=_path(env, "JAVA_HOME"),
+        redis_server=_path(env, "PERCOLERT_REDIS_SERVER"),
+        redis_url=redis_url,
+        instance_id=_optional(env, "PERCOLERT_INSTANCE_ID"),
+        broker_spool=int(_number(env, "PERCOLERT_BROKER_SPOOL", 100_000, minimum=1)),
+        alert_log_flush_seconds=_number(
+            env, "PERCOLERT_ALERT_LOG_FLUSH_SECONDS", 0.1, minimum=0.01
+        ),
+        host=_optional(env, "PERCOLERT_HOST") or "127.0.0.1",
+        port=int(_number(env, "PERCOLERT_PORT", 8000, minimum=0)),
+        log_format=_choice(env, "PERCOLERT_LOG_FORMAT", ("json", "text")),
+        secret=_optional(env, "PERCOLERT_SECRET"),
+        allowed_origins=_origins(env, "PERCOLERT_ALLOWED_ORIGINS"),
+        secure_cookies=_flag(env, "PERCOLERT_SECURE_COOKIES", False),
+        max_watches_per_user=int(_number(env, "PERCOLERT_MAX_WATCHES_PER_USER", 50, minimum=1)),
+        coalesce_seconds=_number(env, "PERCOLERT_COALESCE_SECONDS", 2.0, minimum=0),
+        percolate_batch_size=int(_number(env, "PERCOLERT_PERCOLATE_BATCH_SIZE", 64, minimum=1)),
+        percolate_concurrency=int(_number(env, "PERCOLERT_PERCOLATE_CONCURRENCY", 2, minimum=1)),
+        percolate_timeout=_number(env, "PERCOLERT_PERCOLATE_TIMEOUT", 3 * timeout, minimum=0.1),
+        socket_queue_size=int(_number(env, "PERCOLERT_SOCKET_QUEUE_SIZE", 256, minimum=1)),
+        socket_close_seconds=_number(env, "PERCOLERT_SOCKET_CLOSE_SECONDS", 10.0, minimum=0.1),
+        reconnect_grace_seconds=_number(env, "PERCOLERT_RECONNECT_GRACE_SECONDS", 600, minimum=0),
+        lease_slack_seconds=_number(env, "PERCOLERT_LEASE_SLACK_SECONDS", 600, minimum=0.1),
+        alerts_enabled=_flag(env, "PERCOLERT_ALERTS", True),
+        rate_limits_enabled=_flag(env, "PERCOLERT_RATE_LIMITS", True),
+        rate_limit_storage=storage,
+        max_sockets_per_user=int(_number(env, "PERCOLERT_MAX_SOCKETS_PER_USER", 20, minimum=1)),
+        trusted_proxies=_proxies(env, "PERCOLERT_TRUSTED_PROXIES"),
+        admin_token=_admin_token(env, "PERCOLERT_ADMIN_TOKEN"),
+        price_drop_min_percent=_number(env, "PERCOLERT_PRICE_DROP_MIN_PERCENT", 5.0, minimum=0),
+        product_alert_min_interval_seconds=_duration(
+            env, "PERCOLERT_PRODUCT_ALERT_MIN_INTERVAL", 86_400.0
+        ),
+        product_alert_retention_days=_number(
+            env, "PERCOLERT_PRODUCT_ALERT_RETENTION_DAYS", 30.0, minimum=0.001
+        ),
+        product_alert_poll_seconds=_number(
+            env, "PERCOLERT_PRODUCT_ALERT_POLL_SECONDS", 1.0, minimum=0.05
+        ),
+    )
+    # Each rate limit `limit_X` is read from PERCOLERT_LIMIT_X, its default the field's.
+    rate_limits = {
+        field.name: _rate_limit(env, f"PERCOLERT_{field.name.upper()}", field.default)
+        for field in msgspec.structs.fields(Settings)
+        if field.name.startswith("limit_")
+    }
+    return msgspec.structs.replace(settings, **rate_limits)
+
+
+def default_instance_id(settings: Settings) -> str:
+    """An id for an instance that was given none: where it listens, and a random part so
+    that a restart on the same port is another instance."""
+    return f"{settings.host}:{settings.port}:{secrets.token_hex(3)}"

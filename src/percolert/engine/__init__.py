@@ -1,0 +1,3 @@
+"""Elasticsearch itself: the client factory and its adaptation to the server's major
+version (`es`), the indices behind their aliases and their lifecycle (`indices`), catalog
+search (`search`). May import `core` only."""

@@ -1,0 +1,221 @@
+"""uvicorn's WebSocket protocol (websockets, sans-I/O) with one addition: a socket that is
+keeping up can be written a ready-made frame directly, outside the ASGI send path.
+
+An alert goes to many sockets as the same bytes — server frames are not masked — so the hub
+frames it once (`frame_text`) and writes those bytes to every socket whose transport is
+open and not paused. That skips, per socket and message, a writer-task wake-up, Starlette's
+and uvicorn's send coroutines and a frame build: in the broadcast profile those were more
+than half of the server's CPU (docs/benchmarks/README.md). The ASGI path stays for
+everything else, and for a socket that is behind (`write_frame` returns False).
+
+The app finds the fast path as an ASGI scope extension (`percolert.realtime.frames` names it
+and frames the bytes), so it still runs, on the ASGI path only, under any other server or
+protocol. The same extension closes a socket behind what is
+already written to it (`close_behind`): the ASGI close waits, like any send, until the client
+reads, so a client that stopped reading would never be told why it was dropped.
+
+The protocol's state read here is uvicorn's, not public API: pyproject.toml caps uvicorn at
+the versions tested, and tests/test_private_apis.py names whatever moves.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
+
+from uvicorn.protocols.websockets.websockets_sansio_impl import WebSocketsSansIOProtocol
+from websockets.protocol import State
+
+from percolert.realtime.frames import FRAME_WRITER
+
+if TYPE_CHECKING:  # uvicorn's own names for ASGI messages (typing only)
+    from uvicorn._types import ASGIReceiveEvent, ASGISendEvent
+
+
+class _Inbox:
+    """What uvicorn uses of its protocol's `asyncio.Queue` of ASGI receive events
+    (`put_nowait`, `get`, `empty`), without its cost: an asyncio queue holds three deques of
+    760 bytes each even when empty, for every open socket, and an idle socket's queue is
+    empty. Unbounded, in order; a getter waits on a future made when it has to."""
+
+    __slots__ = ("_getters", "_items", "listener")
+
+    def __init__(self) -> None:
+        self._items: list[ASGIReceiveEvent] = []
+        self._getters: list[asyncio.Future[None]] = []
+        # Told of every event put: lets the app read only when there is something to read
+        # (`receive_listener`), instead of keeping a reader task waiting per socket.
+        self.listener: Callable[[], None] | None = None
+
+    def put_nowait(self, item: ASGIReceiveEvent) -> None:
+        self._items.append(item)
+        self._wake()
+        if self.listener is not None:
+            self.listener()
+
+    def _wake(self) -> None:
+        for getter in self._getters:
+            if not getter.done():
+                getter.set_result(None)
+                return
+
+    def empty(self) -> bool:
+        return not self._items
+
+    def qsize(self) -> int:
+        return len(self._items)
+
+    async def get(self) -> ASGIReceiveEvent:
+        while not self._items:
+            getter = asyncio.get_running_loop().create_future()
+            self._getters.append(getter)
+            try:
+                await getter
+            except BaseException:
+                # Woken, then cancelled before taking the item: another getter takes it.
+                if not getter.cancelled() and self._items:
+                    self._wake()
+                raise
+            finally:
+                self._getters.remove(getter)
+        return self._items.pop(0)
+
+
+class _Flag:
+    """What uvicorn uses of its protocol's `writable` `asyncio.Event` (`set`, `clear`,
+    `is_set`, `wait`): the same, without an empty deque of waiters per socket."""
+
+    __slots__ = ("_set", "_waiters")
+
+    def __init__(self) -> None:
+        self._set = True
+        self._waiters: list[asyncio.Future[None]] = []
+
+    def is_set(self) -> bool:
+        return self._set
+
+    def set(self) -> None:
+        self._set = True
+        for waiter in self._waiters:
+            if not waiter.done():
+                waiter.set_result(None)
+
+    def clear(self) -> None:
+        self._set = False
+
+    async def wait(self) -> bool:
+        if self._set:
+            return True
+        waiter = asyncio.get_running_loop().create_future()
+        self._waiters.append(waiter)
+        try:
+            await waiter
+            return True
+        finally:
+            self._waiters.remove(waiter)
+
+
+class FrameWritingProtocol(WebSocketsSansIOProtocol):
+    """Also unties its reference cycles once the socket is over (both the connection and the
+    app are done), so that what a closed socket leaves behind is freed at once by reference
+    counting instead of waiting for a full garbage collection, which the server keeps rare
+    (`percolert.server.gcpolicy`). Measured: ~60 objects per closed socket were cyclic garbage —
+    this protocol and its transport pointing at each other, and the websockets parser
+    generator and its connection (docs/benchmarks/README.md)."""
+
+    _asgi_done = False
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        # Every open socket holds these: lighter stand-ins for uvicorn's asyncio queue and
+        # event (docs/benchmarks/socket-memory.md).
+        self.queue: _Inbox = _Inbox()  # type: ignore[assignment]
+        self.writable = _Flag()  # type: ignore[assignment]
+
+    async def run_asgi(self) -> None:
+        self.scope["extensions"][FRAME_WRITER] = {
+            "write_frame": self.write_frame,
+            "close_behind": self.close_behind,
+            "listen": self.listen,
+        }
+        try:
+            await super().run_asgi()
+        finally:
+            self._asgi_done = True
+            self._untie()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        super().connection_lost(exc)  # sets `disconnected`
+        self._untie()
+
+    async def send(self, message: ASGISendEvent) -> None:
+        await super().send(message)
+        if message["type"] == "websocket.accept" and self.handshake_complete:
+            # The handshake's request and response (their headers parsed twice over) are
+            # only read until the accept; the app has the request's headers in its scope.
+            vars(self).pop("request", None)
+            vars(self).pop("response", None)
+        if message["type"] == "websocket.http.response.body" and not message.get("more_body"):
+            # A refused handshake's answer is complete: uvicorn would otherwise log "ASGI
+            # callable returned without completing handshake" at ERROR for every refusal.
+            self.handshake_complete = True
+
+    def _untie(self) -> None:
+        if not (self._asgi_done and self.disconnected):
+            return
+        self.scope["extensions"].pop(FRAME_WRITER, None)  # a bound method of self
+        self.queue.listener = None  # the app's, which holds the app's socket
+        self.conn.parser.close()  # a generator whose frame holds the connection
+        self.transport = None  # type: ignore[assignment]  # it holds this protocol
+
+    def listen(self, wake: Callable[[], None]) -> Callable[[], bool]:
+        """Call `wake` whenever a receive event arrives; returns whether one is waiting."""
+        self.queue.listener = wake
+        return self.received
+
+    def received(self) -> bool:
+        return not self.queue.empty()
+
+    def write_frame(self, frame: bytes) -> bool:
+        """Write a frame from `frame_text` now, if the socket is open, uses no extension
+        (compression would need its own frame) and its transport is not paused; otherwise
+        write nothing and return False, and the caller queues the message instead."""
+        if (
+            not self.handshake_complete
+            or self.close_sent
+            or self.disconnected
+            or not self.writable.is_set()
+            or self.conn.state is not State.OPEN
+            or self.conn.extensions
+            or self.transport.is_closing()
+        ):
+            return False
+        self.transport.write(frame)
+        return True
+
+    def close_behind(self, code: int, reason: str, seconds: float) -> bool:
+        """Queue a close frame after everything already written, even while the transport is
+        paused, and cut the connection if the closing handshake is not done within `seconds`
+        (a client that never reads again). False if the socket is closing or closed already.
+
+        What uvicorn's ASGI `websocket.close` does, without first waiting for the transport
+        to drain and with an abort instead of a close (which would wait for the drain too)
+        when the time is up; the peer's close reply ends the connection as usual."""
+        if (
+            not self.handshake_complete
+            or self.close_sent
+            or self.disconnected
+            or self.conn.state is not State.OPEN
+            or self.transport.is_closing()
+        ):
+            return False
+        self.queue.put_nowait({"type": "websocket.disconnect", "code": code, "reason": reason})
+        self.conn.send_close(code, reason)
+        self.transport.write(b"".join(self.conn.data_to_send()))
+        self.close_sent = True
+        if self.read_paused:  # the close reply must be read
+            self.read_paused = False
+            self.transport.resume_reading()
+        self.close_timer = self.loop.call_later(seconds, self.transport.abort)
+        return True

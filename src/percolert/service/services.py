@@ -1,0 +1,260 @@
+"""The running services of one app, and the typed state every endpoint reads them through."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
+from typing import TypedDict
+
+import anyio
+import msgspec
+from elasticsearch import AsyncElasticsearch
+
+from percolert.alerts.dispatch import AlertDispatcher
+from percolert.alerts.log import AlertLog
+from percolert.broker.base import Broker
+from percolert.broker.memory import MemoryBroker
+from percolert.broker.redis import RedisBroker
+from percolert.core.messages import ServerMessage
+from percolert.core.metrics import Metrics
+from percolert.core.settings import Settings, default_instance_id
+from percolert.core.supervisor import Supervisor
+from percolert.core.text import TextNormalizer
+from percolert.engine import es, indices
+from percolert.products import catalog
+from percolert.products.feed import ProductFeed
+from percolert.products.matching import PERCOLATE_CONCURRENCY, ProductAlerting
+from percolert.products.seen import SeenMarks
+from percolert.realtime.hub import Hub
+from percolert.watches.percolator import Percolator
+from percolert.watches.reachability import Leases, lease_seconds
+from percolert.watches.store import WatchStore
+
+
+class State(TypedDict):
+    client: AsyncElasticsearch
+    settings: Settings
+    hub: Hub
+    broker: Broker
+    percolator: Percolator
+    dispatcher: AlertDispatcher
+    watches: WatchStore
+    alert_log: AlertLog
+    # Catalog changes (the admin API) into product alerts.
+    product_alerting: ProductAlerting
+    # Product alerts to this instance's sockets (live) and to greetings (`away`).
+    product_feed: ProductFeed
+    metrics: Metrics
+    # Greetings reading Elasticsearch at once (watches and history of a new socket).
+    greetings: anyio.Semaphore
+    # The background loops: which of them are down (readiness).
+    background: Supervisor
+    # Leases of connected users' watches, which search percolation verifies.
+    reachability: Leases
+
+
+def encode_message(message: ServerMessage) -> str:
+    """A WebSocket message as JSON text, encoded once for however many sockets get it."""
+    return msgspec.json.encode(message).decode()
+
+
+def _observe_percolate(metrics: Metrics) -> Callable[[float | None, int], None]:
+    def observe(seconds: float | None, batch_size: int) -> None:
+        if seconds is None:
+            metrics.elasticsearch_errors.labels("percolate").inc()
+            return
+        metrics.percolate_seconds.observe(seconds)
+        metrics.percolate_batch_size.observe(batch_size)
+
+    return observe
+
+
+class Services:
+    """What serves one deployment while the app runs: the Elasticsearch client, the alert log,
+    the broker, the dispatcher, the percolator and the watch store, and the background loops
+    that drive them, each under a supervisor. The hub and the metrics are the app's: they
+    outlive the services (the server drains the hub after they stop; scrapes may come at any
+    time).
+
+    `Services.running(...)` builds and starts them, and stops them and closes the client when
+    its block ends. `percolator_type` is the percolator's class (tests hand one with faults).
+    """
+
+    def __init__(
+        self,
+        settings: Settings,
+        hub: Hub,
+        metrics: Metrics,
+        client: AsyncElasticsearch,
+        *,
+        percolator_type: type[Percolator] = Percolator,
+        percolation_client: AsyncElasticsearch | None = None,
+    ) -> None:
+        self.settings = settings
+        self.hub = hub
+        self.metrics = metrics
+        self.client = client
+        normalizer = TextNormalizer()
+        self.alert_log = AlertLog(
+            client,
+            indices.alias_for(settings, "alerts"),
+            flush_seconds=settings.alert_log_flush_seconds,
+        )
+        # With a shared Redis, instances sharing the indices act as one service; without,
+        # this process is the whole service.
+        self.shared: RedisBroker | None = None
+        self.broker: Broker
+        if settings.redis_url is None:
+            self.broker = MemoryBroker(
+                hub, self.alert_log, window_seconds=settings.coalesce_seconds
+            )
+        else:
+            self.shared = self.broker = RedisBroker(
+                settings,
+                hub,
+                self.alert_log,
+                url=settings.redis_url,
+                instance_id=settings.instance_id or default_instance_id(settings),
+                observer=metrics.broker(),
+            )
+            self.alert_log.mirrored_by(self.shared)
+        self.dispatcher = AlertDispatcher(
+            self.broker, window_seconds=settings.coalesce_seconds, spool=settings.broker_spool
+        )
+        self.reachability = Leases(
+            client, indices.alias_for(settings, "watches"), settings, hub.users
+        )
+        self.percolator = percolator_type(
+            percolation_client or client,
+            indices.alias_for(settings, "watches"),
+            normalizer,
+            self.dispatcher.on_batch,
+            batch_size=settings.percolate_batch_size,
+            concurrency=settings.percolate_concurrency,
+            timeout=settings.percolate_timeout,
+            observe=_observe_percolate(metrics),
+            leases_hold=self.reachability.hold,
+        )
+        self.watches = WatchStore(
+            client,
+            indices.alias_for(settings, "watches"),
+            normalizer,
+            max_per_user=settings.max_watches_per_user,
+            known_categories=catalog.CategoryCache(
+                client, indices.alias_for(settings, "products")
+            ).names,
+            lease_seconds=lease_seconds(settings),
+        )
+        self.product_alerting = ProductAlerting(client, settings, self.percolator)
+        self.product_feed = ProductFeed(
+            client, settings, hub, SeenMarks(client, indices.alias_for(settings, "product_seen"))
+        )
+        # A reconnect storm's greetings queue here, leaving three quarters of the client's
+        # connections to searches, percolation and the log.
+        self.greetings = anyio.Semaphore(max(1, settings.elasticsearch_connections // 4))
+        self.background = Supervisor(on_restart=self._count_restart)
+
+    @classmethod
+    @asynccontextmanager
+    async def running(
+        cls,
+        settings: Settings,
+        hub: Hub,
+        metrics: Metrics,
+        *,
+        percolator_type: type[Percolator] = Percolator,
+    ) -> AsyncIterator[Services]:
+        client = es.create_client(settings)
+        # Percolation's own client hands its responses on undecoded (see Percolator), with
+        # a connection for each request it may have in flight: searches' and a product run's.
+        percolation_client = es.create_client(
+            settings,
+            raw_json=True,
+            connections=settings.percolate_concurrency + PERCOLATE_CONCURRENCY,
+        )
+        shared: RedisBroker | None = None
+        try:
+            services = cls(
+                settings,
+                hub,
+                metrics,
+                client,
+                percolator_type=percolator_type,
+                percolation_client=percolation_client,
+            )
+            shared = services.shared
+            if shared is not None:
+                await shared.start()
+            with metrics.observing_gc():
+                async with anyio.create_task_group() as group:
+                    if shared is not None:
+                        services.background.start(group, "broker", shared.run)
+                    services.background.start(group, "percolator", services.percolator.run)
+                    services.background.start(group, "dispatcher", services.dispatcher.run)
+                    services.background.start(group, "alert_log", services.alert_log.run)
+                    services.background.start(
+                        group, "product_retention", services.product_alerting.retain
+                    )
+                    services.background.start(group, "event_loop_lag", metrics.watch_event_loop)
+                    services.background.start(group, "product_feed", services.product_feed.run)
+                    services.background.start(group, "reachability", services.reachability.run)
+                    yield services
+                    group.cancel_scope.cancel()
+        finally:
+            if shared is not None:
+                await shared.close()
+            await percolation_client.close()
+            await client.close()
+
+    def _count_restart(self, loop: str) -> None:
+        self.metrics.background_restarts.labels(loop).inc()
+
+    def state(self) -> State:
+        return {
+            "client": self.client,
+            "settings": self.settings,
+            "hub": self.hub,
+            "broker": self.broker,
+            "percolator": self.percolator,
+            "dispatcher": self.dispatcher,
+            "watches": self.watches,
+            "alert_log": self.alert_log,
+            "product_alerting": self.product_alerting,
+            "product_feed": self.product_feed,
+            "metrics": self.metrics,
+            "greetings": self.greetings,
+            "background": self.background,
+            "reachability": self.reachability,
+        }
+
+    def readings(self) -> dict[str, float]:
+        """The services' own counters, for a metrics scrape."""
+        readings: dict[str, float] = {
+            "alerts_created": self.dispatcher.alerts,
+            "alerts_coalesced": self.dispatcher.coalesced,
+            "coalescing_windows": self.dispatcher.open_windows,
+            "search_events_dropped": self.percolator.dropped,
+            "alert_log_write_failures": self.alert_log.write_failures,
+            "alert_log_rejected": self.alert_log.rejected,
+            "percolate_batches_failed": self.percolator.failed_batches,
+            "product_alerts_sent": self.product_feed.delivered,
+            "product_feed_failures": self.product_feed.failures,
+            "product_changes_percolated": self.product_alerting.changes_percolated,
+            "product_alerts_written": self.product_alerting.alerts_written,
+            "watch_lease_writes": self.reachability.writes,
+            "watch_lease_refreshes": self.reachability.refreshes,
+            "watch_lease_failures": self.reachability.failures,
+            "watch_leases_written": self.reachability.leased,
+        }
+        if self.shared is not None:
+            readings["broker_spooled"] = self.dispatcher.spooled
+            readings["broker_spool_dropped"] = self.dispatcher.spool_dropped
+        return readings
+
+    async def deliver_pending(self, seconds: float) -> None:
+        """At shutdown: percolate the searches already answered (for `seconds` at most) and
+        send every pending follow-up, so that their alerts reach the sockets still open."""
+        with anyio.move_on_after(seconds):
+            while not self.percolator.idle():  # noqa: ASYNC110
+                await anyio.sleep(0.01)
+        await self.dispatcher.flush_all()

@@ -1,0 +1,543 @@
+"""Watches: a shopper's spec becomes a stored percolator query; create, list, remove, seed.
+
+A watch's query is a conjunction of `term` filters on the app-normalised search text (or one
+`match_phrase` for exact phrases), plus optional category and price filters on what the
+search found. No scoring, no fuzzy or wildcard clauses: the percolator can then pre-select
+candidate watches by their terms alone.
+
+A watch with both a category and a price wants something in that category at or under that
+price. The percolated document carries, per category found, its lowest price as one keyword,
+`<category>\x1f<cents, 10 digits>`; with fixed-width digits, keyword order is price order, so
+the watch is one `range` over its category's keywords. (A nested document per category would
+say the same, but makes every percolation index several Lucene documents.)
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+import re
+import time
+from collections.abc import Awaitable, Callable, Collection, Iterable, Iterator
+from datetime import UTC, datetime
+from typing import Any
+
+import anyio
+import elasticsearch
+import msgspec
+from elasticsearch import AsyncElasticsearch
+
+from percolert.core.messages import TERMS_MAX_LENGTH, Notify, Watch, WatchSpec
+from percolert.core.settings import Settings
+from percolert.core.text import TextNormalizer
+from percolert.watches import reachability
+from percolert.watches.load import BulkLoad, LoadError, LoadReport, Prepared
+
+_SOURCE = ["owner", "is_default", "spec", "created_at", "notify"]
+_MAX_DEFAULTS = 1000
+# The ids `watch_id` issues, and nothing else: an id is checked before it reaches
+# Elasticsearch's URL, where `_search` or `..` would name an endpoint rather than a document.
+_WATCH_ID = re.compile(r"default-[0-9a-f]{16}|w-[0-9a-f]{20}")
+
+
+class WatchError(Exception):
+    """A watch request the domain refuses; the HTTP layer maps each kind to a status."""
+
+
+class InvalidWatch(WatchError):
+    pass
+
+
+class UnknownCategory(WatchError):
+    def __init__(self, category: str, known: Collection[str]) -> None:
+        listed = ", ".join(sorted(known)) if known else "none yet"
+        super().__init__(f"unknown category {category!r}; the catalog's categories: {listed}")
+
+
+class DuplicateWatch(WatchError):
+    def __init__(self) -> None:
+        super().__init__("you already watch exactly this")
+
+
+class TooManyWatches(WatchError):
+    def __init__(self, limit: int) -> None:
+        super().__init__(f"you already have {limit} watches, the most allowed; remove one first")
+
+
+class WatchNotFound(WatchError):
+    def __init__(self) -> None:
+        super().__init__("no such watch of yours")
+
+
+class WatchLoadFailed(Exception):
+    """A bulk load (`add_many`) in which some watches were refused; the others are stored.
+    Not a WatchError: no HTTP request loads in bulk."""
+
+    def __init__(self, report: LoadReport) -> None:
+        first = report.errors[0]
+        super().__init__(
+            f"{report.refused} watches refused; the first, #{first.ref}: {first.reason}"
+        )
+        self.report = report
+
+
+class _StoredSpec(msgspec.Struct):
+    terms: str
+    phrase: bool = False
+    category: str | None = None
+    max_price: float | None = None
+
+
+class _StoredWatch(msgspec.Struct):
+    spec: _StoredSpec
+    owner: str | None = None
+    is_default: bool = False
+    created_at: str = ""
+    notify: Notify = "both"
+
+
+def clean_spec(spec: WatchSpec) -> WatchSpec:
+    """Whitespace trimmed, category lower-cased: two specs that mean the same are equal.
+    The length limit applies to the trimmed words, not to the spaces around them."""
+    terms = " ".join(spec.terms.split())
+    if len(terms) > TERMS_MAX_LENGTH:
+        raise InvalidWatch(f"terms may be at most {TERMS_MAX_LENGTH} characters")
+    category = spec.category.strip().lower() if spec.category else None
+    return WatchSpec(
+        terms=terms,
+        phrase=spec.phrase,
+        category=category or None,
+        max_price=spec.max_price,
+        notify=spec.notify,
+    )
+
+
+_PRICE_DIGITS = 10  # cents: catalog prices stop at 10,000,000.00
+_SEPARATOR = "\x1f"  # in no category name
+
+
+def category_price(category: str, price: float) -> str:
+    """The percolated document's `category_prices` keyword for the lowest `price` found in
+    `category` (rounded to the cent, as the catalog stores prices)."""
+    cents = min(max(round(price * 100), 0), 10**_PRICE_DIGITS - 1)
+    return f"{category}{_SEPARATOR}{cents:0{_PRICE_DIGITS}d}"
+
+
+def _found_filters(category: str | None, max_price: float | None) -> list[dict[str, Any]]:
+    """What the search must have found: something in `category`, at or under `max_price`."""
+    if category is not None and max_price is not None:
+        # Floored to the cent, but not below a price the catalog stores as exactly it
+        # (79.99 * 100 is 7998.999…).
+        cents = min(math.floor(max_price * 100 + 1e-6), 10**_PRICE_DIGITS - 1)
+        within = f"{category}{_SEPARATOR}{cents:0{_PRICE_DIGITS}d}"
+        return [{"range": {"category_prices": {"gte": category + _SEPARATOR, "lte": within}}}]
+    if category is not None:
+        return [{"term": {"categories": category}}]
+    if max_price is not None:
+        return [{"range": {"min_price": {"lte": max_price}}}]
+    return []
+
+
+def meaning(
+    tokens: list[str], *, phrase: bool, category: str | None, max_price: float | None
+) -> tuple[object, ...]:
+    """What a watch matches, as a comparable value: two watches with the same meaning are
+    duplicates. Word order and repeats matter only to a phrase of several words."""
+    ordered = phrase and len(tokens) > 1
+    words = tuple(tokens) if ordered else tuple(sorted(set(tokens)))
+    return (ordered, words, category, max_price)
+
+
+def build_query(
+    tokens: list[str], *, phrase: bool, category: str | None, max_price: float | None
+) -> dict[str, Any]:
+    """The percolator query for a watch, in filter context."""
+    filters: list[dict[str, Any]]
+    if phrase and len(tokens) > 1:
+        filters = [{"match_phrase": {"search_text": " ".join(tokens)}}]
+    else:
+        filters = [{"term": {"search_text": token}} for token in dict.fromkeys(tokens)]
+    filters.extend(_found_filters(category, max_price))
+    return {"bool": {"filter": filters}}
+
+
+def upgrade_query(source: dict[str, Any]) -> dict[str, Any]:
+    """A stored watch of mapping v3 or older made current: its category and price filters
+    judged together (v4), the search-text filters kept as they are."""
+    spec = source["spec"]
+    text_filters = [
+        clause
+        for clause in source["query"]["bool"]["filter"]
+        if "search_text" in next(iter(clause.values()))
+    ]
+    found = _found_filters(spec.get("category"), spec.get("max_price"))
+    source["query"] = {"bool": {"filter": text_filters + found}}
+    return source
+
+
+def watch_id(owner: str | None, tokens: list[str], spec: WatchSpec) -> str:
+    """Deterministic: the same watch twice is the same document, so duplicates collide and
+    seeding the same default again changes nothing."""
+    signature = msgspec.json.encode([owner, tokens, spec.phrase, spec.category, spec.max_price])
+    digest = hashlib.sha256(signature).hexdigest()
+    return f"default-{digest[:16]}" if owner is None else f"w-{digest[:20]}"
+
+
+def is_watch_id(text: str) -> bool:
+    """True for ids of the form `watch_id` issues."""
+    return _WATCH_ID.fullmatch(text) is not None
+
+
+def _to_watch(document_id: str, stored: _StoredWatch) -> Watch:
+    return Watch(
+        id=document_id,
+        terms=stored.spec.terms,
+        phrase=stored.spec.phrase,
+        category=stored.spec.category,
+        max_price=stored.spec.max_price,
+        is_default=stored.is_default,
+        created_at=stored.created_at,
+        notify=stored.notify,
+    )
+
+
+class SeedFileError(ValueError):
+    """A default-watches file that cannot be used; `problems` are (line, reason) pairs."""
+
+    def __init__(self, problems: list[tuple[int, str]]) -> None:
+        super().__init__("; ".join(f"line {line}: {reason}" for line, reason in problems))
+        self.problems = problems
+
+
+def watch_tokens(normalizer: TextNormalizer, spec: WatchSpec) -> list[str]:
+    """The words a (clean) watch matches on; InvalidWatch if its terms have none."""
+    tokens = normalizer.watch_tokens(spec.terms, phrase=spec.phrase)
+    if not tokens:
+        raise InvalidWatch("terms must contain at least one word")
+    return tokens
+
+
+def check_default(spec: WatchSpec) -> None:
+    """InvalidWatch for a default watch that could never alert anyone: default watches do
+    not fire on products (everyone would hear of every arrival)."""
+    if spec.notify == "products":
+        raise InvalidWatch("a default watch never alerts of products: notify searches or both")
+
+
+def parse_seed_file(data: bytes, normalizer: TextNormalizer) -> list[WatchSpec]:
+    """A JSON array of watch specs. Every bad entry is reported with its line number."""
+
+    def line_at(offset: int) -> int:
+        return data.count(b"\n", 0, offset) + 1
+
+    try:
+        entries = msgspec.json.decode(data, type=list[msgspec.Raw])
+    except msgspec.ValidationError as error:
+        raise SeedFileError([(1, f"expected a JSON array of watches ({error})")]) from None
+    except msgspec.DecodeError as error:
+        message = str(error)
+        position = message.rsplit("byte ", 1)[-1].rstrip(")")
+        line = line_at(int(position)) if position.isdigit() else line_at(len(data.rstrip()))
+        raise SeedFileError([(line, f"not valid JSON: {message}")]) from None
+    specs: list[WatchSpec] = []
+    problems: list[tuple[int, str]] = []
+    cursor = 0
+    for raw in entries:
+        start = data.find(bytes(raw), cursor)
+        cursor = start + len(raw)
+        try:
+            spec = msgspec.json.decode(raw, type=WatchSpec)
+            watch_tokens(normalizer, clean_spec(spec))
+            check_default(spec)
+        except (msgspec.ValidationError, InvalidWatch) as error:
+            problems.append((line_at(start), f"invalid watch: {error}"))
+        else:
+            specs.append(spec)
+    if problems:
+        raise SeedFileError(problems)
+    return specs
+
+
+class SeedReport(msgspec.Struct):
+    added: int = 0
+    unchanged: int = 0
+    removed: int = 0
+
+
+class WatchStore:
+    """Watches in the percolator index; every change is refreshed before it returns, so the
+    very next search sees it."""
+
+    def __init__(
+        self,
+        client: AsyncElasticsearch,
+        alias: str,
+        normalizer: TextNormalizer,
+        *,
+        max_per_user: int,
+        known_categories: Callable[[], Awaitable[Collection[str]]] | None = None,
+        lease_seconds: float | None = None,
+    ) -> None:
+        """`lease_seconds`: how long a watch its owner adds is leased as reachable
+        (`reachability.lease_seconds`; the default settings' if None)."""
+        self._client = client
+        self._alias = alias
+        self._normalizer = normalizer
+        self._max_per_user = max_per_user
+        # Where `add` learns which categories exist; None (the admin CLI, which may seed
+        # before the catalog is loaded): any category is taken.
+        self._known_categories = known_categories
+        # Count-then-insert must not interleave for one user, or concurrent adds pass the
+        # limit together. Locks are dropped when nobody holds them.
+        self._locks: dict[str, anyio.Lock] = {}
+        self._lease_seconds = (
+            reachability.lease_seconds(Settings()) if lease_seconds is None else lease_seconds
+        )
+        self._stamp_ms = -1
+        self._stamp = ""
+
+    def prepare(self, owner: str | None, spec: WatchSpec) -> tuple[str, dict[str, Any]]:
+        """The id and stored document of a watch (nothing is sent)."""
+        spec = clean_spec(spec)
+        tokens = watch_tokens(self._normalizer, spec)
+        if owner is None:
+            check_default(spec)
+        document_id = watch_id(owner, tokens, spec)
+        what = msgspec.to_builtins(spec)
+        notify = what.pop("notify")  # a preference, kept beside what the watch means
+        document = {
+            "query": build_query(
+                tokens, phrase=spec.phrase, category=spec.category, max_price=spec.max_price
+            ),
+            "owner": owner,
+            "is_default": owner is None,
+            "spec": what,
+            # Doc values for percolation (mappings/watches.json).
+            "terms": spec.terms,
+            "watch_id": document_id,
+            "created_at": self._now(),
+            "notify": notify,
+        }
+        if spec.max_price is not None:
+            document["max_price"] = spec.max_price
+        return document_id, document
+
+    def _now(self) -> str:
+        """The time, to the millisecond, in ISO form: formatted once a millisecond, as a bulk
+        load prepares a watch in about 10 µs and formatting was a fifth of that."""
+        millis = time.time_ns() // 1_000_000
+        if millis != self._stamp_ms:
+            seconds, rest = divmod(millis, 1000)
+            moment = datetime.fromtimestamp(seconds, UTC).replace(microsecond=rest * 1000)
+            self._stamp = moment.isoformat(timespec="milliseconds")
+            self._stamp_ms = millis
+        return self._stamp
+
+    async def add(self, owner: str | None, spec: WatchSpec) -> Watch:
+        """Store a watch (owner None: a default watch). Raises InvalidWatch, UnknownCategory,
+        DuplicateWatch (the owner has one that means the same) or TooManyWatches."""
+        document_id, document = self.prepare(owner, spec)
+        await self._check_category(document["spec"]["category"])
+        if owner is None:
+            await self._client.index(
+                index=self._alias, id=document_id, document=document, refresh=True
+            )
+        else:
+            # Its owner is here now: the watch is leased as reachable, so that search
+            # percolation matches it at once (reachability.py; the owner's sockets renew it).
+            document["reachable_until"] = reachability.lease_until(self._lease_seconds)
+            lock = self._locks.setdefault(owner, anyio.Lock())
+            try:
+                async with lock:
+                    await self._add_for_user(owner, document_id, document)
+            finally:
+                if not lock.locked() and lock.statistics().tasks_waiting == 0:
+                    self._locks.pop(owner, None)
+        return _to_watch(document_id, msgspec.convert(document, _StoredWatch))
+
+    async def _check_category(self, category: str | None) -> None:
+        """A category the catalog does not have could never match: refused. Elasticsearch
+        failing to tell raises its own error (a 503, as for any other request)."""
+        if category is None or self._known_categories is None:
+            return
+        known = await self._known_categories()
+        if category not in known:
+            raise UnknownCategory(category, known)
+
+    def _meaning_of(self, spec: _StoredSpec) -> tuple[object, ...]:
+        tokens = self._normalizer.watch_tokens(spec.terms, phrase=spec.phrase)
+        return meaning(tokens, phrase=spec.phrase, category=spec.category, max_price=spec.max_price)
+
+    async def _add_for_user(self, owner: str, document_id: str, document: dict[str, Any]) -> None:
+        # Ids follow the words' order, so the same words reordered would not collide: the
+        # owner's watches are compared by meaning (at most `max_per_user` of them).
+        owned = await self._client.search(
+            index=self._alias,
+            query={"term": {"owner": owner}},
+            size=self._max_per_user,
+            source_includes=["spec"],
+            track_total_hits=True,
+        )
+        wanted = self._meaning_of(msgspec.convert(document["spec"], _StoredSpec))
+        for hit in owned["hits"]["hits"]:
+            if self._meaning_of(msgspec.convert(hit["_source"]["spec"], _StoredSpec)) == wanted:
+                raise DuplicateWatch()
+        if owned["hits"]["total"]["value"] >= self._max_per_user:
+            raise TooManyWatches(self._max_per_user)
+        try:
+            await self._client.create(
+                index=self._alias, id=document_id, document=document, refresh=True
+            )
+        except elasticsearch.ConflictError:
+            raise DuplicateWatch() from None
+
+    async def add_many(self, watches: Iterable[tuple[str | None, WatchSpec]]) -> int:
+        """Bulk-load watches (see `load`); returns how many are stored now (loaded, or there
+        already). Raises WatchLoadFailed if any was refused."""
+        report = await self.load((ref, owner, spec) for ref, (owner, spec) in enumerate(watches))
+        if report.errors:
+            raise WatchLoadFailed(report)
+        return report.loaded + report.duplicates
+
+    async def load(
+        self,
+        watches: Iterable[tuple[int, str | None, WatchSpec] | LoadError],
+        *,
+        chunk_size: int = 2000,
+        in_flight: int = 2,
+        on_done: Callable[[int], None] | None = None,
+        on_error: Callable[[LoadError], None] | None = None,
+    ) -> LoadReport:
+        """Bulk-load (ref, owner, spec) watches, each prepared as `add` prepares it (so the
+        same watch twice is the same document: it collides, and is counted as a duplicate),
+        without the per-user limit or the category check (the admin and benchmark path).
+        A watch the domain or Elasticsearch refuses is reported by its ref; the others are
+        loaded, and searchable when this returns (watch_load.py)."""
+
+        def prepared() -> Iterator[Prepared | LoadError]:
+            for item in watches:
+                if isinstance(item, LoadError):
+                    yield item
+                    continue
+                ref, owner, spec = item
+                try:
+                    yield (ref, *self.prepare(owner, spec))
+                except WatchError as error:
+                    yield LoadError(ref, f"invalid watch: {error}")
+
+        bulk = BulkLoad(
+            self._client,
+            self._alias,
+            chunk_size=chunk_size,
+            in_flight=in_flight,
+            on_done=on_done,
+            on_error=on_error,
+        )
+        return await bulk.run(prepared())
+
+    async def _owned(self, owner: str | None, watch_id: str) -> _StoredWatch:
+        """The stored watch `watch_id` if `owner` owns it (None: a default watch);
+        WatchNotFound otherwise, whether it is missing or someone else's."""
+        if not is_watch_id(watch_id):
+            raise WatchNotFound()
+        try:
+            found = await self._client.get(index=self._alias, id=watch_id, source_includes=_SOURCE)
+        except elasticsearch.NotFoundError:
+            raise WatchNotFound() from None
+        stored = msgspec.convert(found["_source"], _StoredWatch)
+        if stored.owner != owner or stored.is_default != (owner is None):
+            raise WatchNotFound()
+        return stored
+
+    async def remove(self, owner: str | None, watch_id: str) -> None:
+        """Delete a watch `owner` owns (None: a default watch); WatchNotFound otherwise."""
+        await self._owned(owner, watch_id)
+        try:
+            await self._client.delete(index=self._alias, id=watch_id, refresh=True)
+        except elasticsearch.NotFoundError:
+            raise WatchNotFound() from None
+
+    async def set_notify(self, owner: str, watch_id: str, notify: Notify) -> Watch:
+        """Make `owner`'s own watch notify of `notify`; WatchNotFound for any other watch
+        (default watches included: they are everyone's, so nobody's to change)."""
+        stored = await self._owned(owner, watch_id)
+        try:
+            # Only `notify` changes: the query, and so the id, stay what they mean.
+            await self._client.update(
+                index=self._alias, id=watch_id, doc={"notify": notify}, refresh=True
+            )
+        except elasticsearch.NotFoundError:  # removed meanwhile
+            raise WatchNotFound() from None
+        return _to_watch(watch_id, msgspec.structs.replace(stored, notify=notify))
+
+    async def _search(
+        self, query: dict[str, Any], size: int, sort: list[dict[str, str]]
+    ) -> list[tuple[str | None, Watch]]:
+        """(owner, watch) for the watches matching `query`."""
+        response = await self._client.search(
+            index=self._alias, query=query, size=size, source_includes=_SOURCE, sort=sort
+        )
+        found = []
+        for hit in response["hits"]["hits"]:
+            stored = msgspec.convert(hit["_source"], _StoredWatch)
+            found.append((stored.owner, _to_watch(hit["_id"], stored)))
+        return found
+
+    async def _find(self, query: dict[str, Any], size: int) -> list[Watch]:
+        newest_first = [{"created_at": "desc"}]
+        return [watch for _, watch in await self._search(query, size, newest_first)]
+
+    async def remove_any(self, watch_id: str) -> None:
+        """Admin removal, whoever owns the watch; WatchNotFound if there is none."""
+        if not is_watch_id(watch_id):
+            raise WatchNotFound()
+        try:
+            await self._client.delete(index=self._alias, id=watch_id, refresh=True)
+        except elasticsearch.NotFoundError:
+            raise WatchNotFound() from None
+
+    async def everything(self, size: int = 10_000) -> list[tuple[str | None, Watch]]:
+        """(owner, watch) for every watch, newest first (the admin listing)."""
+        return await self._search({"match_all": {}}, size, [{"created_at": "desc"}])
+
+    async def owned_by(self, owner: str) -> list[Watch]:
+        return await self._find(
+            {"bool": {"filter": [{"term": {"owner": owner}}]}}, self._max_per_user
+        )
+
+    async def defaults(self) -> list[Watch]:
+        return await self._find(
+            {"bool": {"filter": [{"term": {"is_default": True}}]}}, _MAX_DEFAULTS
+        )
+
+    async def visible_to(self, owner: str) -> list[Watch]:
+        """The user's own watches, newest first, then the default watches — one request,
+        since every socket greeting and every watch change asks for it."""
+        query = {
+            "bool": {
+                "should": [{"term": {"owner": owner}}, {"term": {"is_default": True}}],
+                "minimum_should_match": 1,
+            }
+        }
+        own_then_defaults = [{"is_default": "asc"}, {"created_at": "desc"}]
+        size = self._max_per_user + _MAX_DEFAULTS
+        return [watch for _, watch in await self._search(query, size, own_then_defaults)]
+
+    async def seed_defaults(self, specs: Iterable[WatchSpec]) -> SeedReport:
+        """Make the default watches exactly `specs`: add new ones, drop ones no longer listed."""
+        report = SeedReport()
+        existing = {watch.id for watch in await self.defaults()}
+        wanted: set[str] = set()
+        for spec in specs:
+            document_id, document = self.prepare(None, spec)
+            wanted.add(document_id)
+            if document_id in existing:
+                report.unchanged += 1
+                continue
+            await self._client.index(index=self._alias, id=document_id, document=document)
+            report.added += 1
+        for stale in existing - wanted:
+            await self._client.delete(index=self._alias, id=stale)
+            report.removed += 1
+        await self._client.indices.refresh(index=self._alias)
+        return report

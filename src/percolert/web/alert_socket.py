@@ -1,0 +1,257 @@
+"""WS /ws: the alert socket — handshake checks, hello and replay, then live alerts."""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+
+import anyio
+import elasticsearch
+import msgspec
+from elastic_transport import TransportError
+from starlette.websockets import WebSocket, WebSocketDisconnect
+
+from percolert.core.messages import Alert, ClientMessages, Hello, Ping, Pong, Watch
+from percolert.core.settings import Settings
+from percolert.realtime.frames import closer, frame_writer, receive_listener
+from percolert.realtime.hub import (
+    GOING_AWAY,
+    POLICY_VIOLATION,
+    SERVICE_RESTART,
+    SLOW_CLIENT,
+    UNSUPPORTED_DATA,
+    Connection,
+)
+from percolert.service.services import State, encode_message
+from percolert.web.logs import event, user_tag
+from percolert.web.middleware.sessions import current_user, session_started
+from percolert.web.origins import origin_allowed
+from percolert.web.state import state_of
+
+logger = logging.getLogger("percolert.socket")
+
+
+def _origin_allowed(websocket: WebSocket, settings: Settings) -> bool:
+    return origin_allowed(
+        websocket.headers.get("origin"), websocket.scope, settings.allowed_origins
+    )
+
+
+# Positions are stored in the alert log as Elasticsearch `long`s.
+_MAX_POSITION = 2**63 - 1
+
+
+def _resume_position(websocket: WebSocket) -> int | None:
+    """The `after` query parameter: None when absent; ValueError unless it is a position.
+
+    ASCII digits only: `str.isdigit` also accepts "²" and other digits that `int` refuses,
+    and a number past a `long` would make Elasticsearch reject the replay query.
+    """
+    raw = websocket.query_params.get("after")
+    if raw is None:
+        return None
+    if not (raw.isascii() and raw.isdigit()) or len(raw) > 19 or int(raw) > _MAX_POSITION:
+        raise ValueError(f"after must be the seq of an alert: a whole number up to {_MAX_POSITION}")
+    return int(raw)
+
+
+async def _greeting(
+    state: State,
+    websocket: WebSocket,
+    user: str,
+    after: int | None,
+    cut: int,
+    connection: Connection,
+) -> tuple[Hello, list[Alert]]:
+    """The hello message and the alerts missed since the client's `after` position.
+
+    Neither holds an alert counting a search made before the session began, whatever
+    `after` says: what other shoppers searched before is none of a new session's business.
+    Elasticsearch being down must not keep a page from connecting: the page then gets no
+    watch list (None) and no history, and live alerts as usual.
+    """
+    started = session_started(websocket)
+    try:
+        async with state["greetings"]:
+            watches: list[Watch] | None = await state["watches"].visible_to(user)
+            recent = await state["alert_log"].recent(user, cut, since=started)
+            missed = (
+                []
+                if after is None
+                else await state["alert_log"].missed(user, after, cut, since=started)
+            )
+    except (TransportError, elasticsearch.ApiError) as error:
+        logger.warning("greeting without history, Elasticsearch failed: %s", error)
+        watches, recent, missed = None, [], []
+    # Apart from the history: product alerts fail (to no `away`) on their own.
+    async with state["greetings"]:
+        away = await state["product_feed"].greet(user, connection)
+    hello = Hello(
+        coalesce_seconds=state["settings"].coalesce_seconds,
+        watches=watches,
+        recent=recent,
+        last_seq=cut,
+        away=away,
+    )
+    return hello, missed
+
+
+class _Reader:
+    """Reads what the client sends: answers pings; a close code and reason once the client
+    leaves or misbehaves."""
+
+    def __init__(self, websocket: WebSocket) -> None:
+        self._websocket = websocket
+        self._decoder = msgspec.json.Decoder(ClientMessages)
+        self._pong = encode_message(Pong())
+        self.close_code, self.reason = 0, ""
+        self.over = False
+
+    async def read_one(self) -> None:
+        """Take one message (waiting for it if need be) and answer it; `over` once the
+        socket is."""
+        message = await self._websocket.receive()
+        if message["type"] == "websocket.disconnect":
+            self.over = True
+            return
+        text = message.get("text")
+        if text is None:
+            self.close_code, self.reason = UNSUPPORTED_DATA, "only JSON text messages are accepted"
+            self.over = True
+            return
+        try:
+            decoded = self._decoder.decode(text)
+        except msgspec.DecodeError:
+            self.close_code, self.reason = POLICY_VIOLATION, "malformed message"
+            self.over = True
+            return
+        match decoded:
+            case Ping():
+                # Sent from here, not queued: the queue's bound is for alerts the client fails
+                # to take, and its own pings must not count toward it. A client that pings
+                # without reading is simply not read from until it does.
+                try:
+                    await self._websocket.send_text(self._pong)
+                except WebSocketDisconnect:
+                    self.over = True
+
+    async def read_until_closed(self) -> None:
+        while not self.over:
+            await self.read_one()
+
+
+async def _live(websocket: WebSocket, connection: Connection) -> tuple[int, str]:
+    """Alerts out and pings answered until the socket is over; its close code and reason
+    (0 and "" when the client left or the server closes it)."""
+    reader = _Reader(websocket)
+    listen = receive_listener(websocket.scope)
+    if listen is not None:
+        # One task: the writer reads whenever something arrived (nothing waits to read).
+        waiting = listen(connection.readable)
+
+        async def read_waiting() -> bool:
+            while waiting() and not reader.over:
+                await reader.read_one()
+            return not reader.over
+
+        with anyio.CancelScope() as scope:
+            await connection.write(scope, read_waiting)
+        return reader.close_code, reader.reason
+    # Another server's protocol: a reader task beside the writer.
+    async with anyio.create_task_group() as tasks:
+
+        async def read() -> None:
+            await reader.read_until_closed()
+            tasks.cancel_scope.cancel()
+
+        tasks.start_soon(read)
+        await connection.write(tasks.cancel_scope)
+        tasks.cancel_scope.cancel()
+    return reader.close_code, reader.reason
+
+
+async def alerts_socket(websocket: WebSocket) -> None:
+    state = state_of(websocket)
+    user = current_user(websocket)
+    if user is None or not _origin_allowed(websocket, state["settings"]):
+        # Closing before accepting refuses the handshake (HTTP 403).
+        logger.info("refused a WebSocket handshake: %s", "origin" if user else "no session")
+        await websocket.close(code=POLICY_VIOLATION)
+        return
+    await websocket.accept()
+    try:
+        after = _resume_position(websocket)
+    except ValueError as error:
+        # After the accept, so that the page is told why (a refused handshake says nothing).
+        with contextlib.suppress(WebSocketDisconnect):
+            await websocket.close(code=POLICY_VIOLATION, reason=str(error))
+        return
+    hub = state["hub"]
+    connection = Connection(
+        user,
+        websocket.send_text,
+        state["settings"].socket_queue_size,
+        write_frame=frame_writer(websocket.scope),
+        session_started=session_started(websocket),
+    )
+    # Alerts numbered up to `cut` are replayed from the log; later ones arrive live through
+    # the queue, which starts filling now (held until the cut is known: a shared broker
+    # may deliver a later one while it answers). Nothing is sent twice or skipped.
+    broker = state["broker"]
+    connection.hold()
+    state["product_feed"].hold(connection)
+    hub.add(connection)
+    try:
+        cut = await broker.connected(user)
+    except BaseException:
+        hub.remove(connection)
+        raise
+    connection.release(cut)
+    event(logger, "socket_open", user=user_tag(user), sockets=hub.socket_count())
+    close_code, reason = 0, ""
+    try:
+        # Before the hello: a search after it must find this user's watches (reachability.py).
+        await state["reachability"].arrived(user)
+        hello, missed = await _greeting(state, websocket, user, after, cut, connection)
+        await websocket.send_text(encode_message(hello))
+        for alert in missed:
+            await websocket.send_text(encode_message(alert))
+        # Not kept in this frame for as long as the socket is open: the hello lists the
+        # user's watches and recent alerts, `missed` what was replayed.
+        del hello, missed
+        close_code, reason = await _live(websocket, connection)
+    except* (WebSocketDisconnect, OSError):
+        # The client went away, while greeted or while its writer sent (the task group then
+        # raises it in a group): nothing to tell it.
+        pass
+    finally:
+        hub.remove(connection)
+        connection.close()
+        with anyio.CancelScope(shield=True), anyio.move_on_after(5):
+            await broker.disconnected(user)
+    if connection.overflowed:
+        close_code, reason = SLOW_CLIENT, "too slow: reconnect to catch up"
+    elif connection.resynced:
+        close_code, reason = SERVICE_RESTART, "resync"
+    elif connection.finished:
+        close_code, reason = GOING_AWAY, "server shutting down"
+    event(
+        logger,
+        "socket_close",
+        user=user_tag(user),
+        code=close_code or None,
+        reason=reason or None,
+        sockets=hub.socket_count(),
+    )
+    close_behind = closer(websocket.scope)
+    if close_code and close_behind is not None:
+        # After what is already written, even to a client that stopped reading: it gets the
+        # close frame when it reads again, or is cut off after `socket_close_seconds`.
+        close_behind(close_code, reason, state["settings"].socket_close_seconds)
+    elif close_code:
+        # Bounded: a client that stopped reading may never take the close frame.
+        with (
+            anyio.move_on_after(1),
+            contextlib.suppress(RuntimeError, WebSocketDisconnect, OSError),
+        ):
+            await websocket.close(code=close_code, reason=reason)

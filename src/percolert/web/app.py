@@ -1,0 +1,342 @@
+"""The HTTP and WebSocket application: routes, and the lifespan that owns every service."""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from typing import Any
+
+import msgspec
+from prometheus_client import CONTENT_TYPE_LATEST
+from starlette.applications import Starlette
+from starlette.middleware import Middleware
+from starlette.requests import Request
+from starlette.responses import FileResponse, Response
+from starlette.routing import Mount, Route, WebSocketRoute
+from starlette.staticfiles import StaticFiles
+
+from percolert.core import assets
+from percolert.core.messages import (
+    Categories,
+    Health,
+    Readiness,
+    WatchesChanged,
+    WatchList,
+    WatchSpec,
+    WatchUpdate,
+)
+from percolert.core.metrics import Metrics
+from percolert.core.settings import Settings, default_instance_id
+from percolert.engine import es, indices
+from percolert.engine.search import MAX_QUERY_LENGTH, MAX_SIZE, search_products
+from percolert.products import catalog
+from percolert.realtime.hub import Hub
+from percolert.service.services import Services, State, encode_message
+from percolert.watches.percolator import Percolator, SearchEvent
+from percolert.web import admin_api
+from percolert.web.alert_socket import alerts_socket
+from percolert.web.errors import ApiError, error_response, exception_handlers
+from percolert.web.logs import AccessLogMiddleware, as_instance
+from percolert.web.middleware.admission import Admission, AdmissionMiddleware
+from percolert.web.middleware.bodylimit import BodyLimitMiddleware
+from percolert.web.middleware.browser_guard import BrowserGuardMiddleware
+from percolert.web.middleware.ratelimits import RateLimits
+from percolert.web.middleware.sessions import (
+    SessionMiddleware,
+    SessionSigner,
+    current_user,
+    load_secret,
+)
+from percolert.web.openapi import openapi_document
+from percolert.web.state import state_of
+
+logger = logging.getLogger("percolert.web.app")
+
+_MAX_BODY_BYTES = 4096
+
+
+def json_response(value: Any, status: int = 200) -> Response:
+    return Response(msgspec.json.encode(value), status_code=status, media_type="application/json")
+
+
+def _user(request: Request) -> str:
+    user = current_user(request)
+    if user is None:  # the session middleware gives every HTTP request one
+        raise ApiError(401, "no_session", "no session")
+    return user
+
+
+def _query_text(request: Request) -> str:
+    text = request.query_params.get("q", "").strip()
+    if not text:
+        raise ApiError(400, "invalid_query", "q is required: the text to search for")
+    if len(text) > MAX_QUERY_LENGTH:
+        raise ApiError(
+            400, "invalid_query", f"q is too long: at most {MAX_QUERY_LENGTH} characters"
+        )
+    return text
+
+
+def _size(request: Request) -> int:
+    raw = request.query_params.get("size", "10")
+    # ASCII digits only: int() would also take spaces, signs, "1_0" and other scripts' digits.
+    if not (raw.isascii() and raw.isdigit()):
+        raise ApiError(
+            400, "invalid_size", f"size must be a whole number (digits 0-9), got {raw[:20]!r}"
+        )
+    size = int(raw) if len(raw) <= 4 else 0
+    if not 1 <= size <= MAX_SIZE:
+        raise ApiError(400, "invalid_size", f"size must be between 1 and {MAX_SIZE}")
+    return size
+
+
+async def search(request: Request) -> Response:
+    text = _query_text(request)
+    size = _size(request)
+    user = _user(request)
+    state = state_of(request)
+    alias = indices.alias_for(state["settings"], "products")
+    # When the search was made: a session begun while it ran is not told of it.
+    made_at = time.time()
+    started = time.perf_counter()
+    answer, found = await search_products(state["client"], alias, text, size)
+    state["metrics"].search_seconds.observe(time.perf_counter() - started)
+    # Percolation happens after the answer is composed and never delays it.
+    if state["settings"].alerts_enabled:
+        state["percolator"].submit(SearchEvent(text=text, searcher=user, found=found, at=made_at))
+    return json_response(answer)
+
+
+async def _decode_spec(request: Request) -> WatchSpec:
+    body = await request.body()  # at most _MAX_BODY_BYTES: BodyLimitMiddleware saw to it
+    try:
+        return msgspec.json.decode(body, type=WatchSpec)
+    except msgspec.ValidationError as error:
+        raise ApiError(400, "invalid_watch", f"invalid watch: {error}") from None
+    except msgspec.DecodeError as error:
+        raise ApiError(400, "invalid_json", f"the body is not valid JSON: {error}") from None
+
+
+async def _decode_update(request: Request) -> WatchUpdate:
+    body = await request.body()  # at most _MAX_BODY_BYTES: BodyLimitMiddleware saw to it
+    try:
+        return msgspec.json.decode(body, type=WatchUpdate)
+    except msgspec.ValidationError as error:
+        raise ApiError(
+            400,
+            "invalid_watch",
+            f'invalid watch update: {error}; send {{"notify": "searches", "products" or "both"}}',
+        ) from None
+    except msgspec.DecodeError as error:
+        raise ApiError(400, "invalid_json", f"the body is not valid JSON: {error}") from None
+
+
+async def _watches_changed(state: State, user: str) -> None:
+    watches = await state["watches"].visible_to(user)
+    await state["broker"].notify_user(user, encode_message(WatchesChanged(watches=watches)))
+
+
+async def list_watches(request: Request) -> Response:
+    state = state_of(request)
+    return json_response(WatchList(watches=await state["watches"].visible_to(_user(request))))
+
+
+async def add_watch(request: Request) -> Response:
+    user = _user(request)
+    spec = await _decode_spec(request)
+    state = state_of(request)
+    watch = await state["watches"].add(user, spec)
+    await _watches_changed(state, user)
+    return json_response(watch, status=201)
+
+
+async def remove_watch(request: Request) -> Response:
+    user = _user(request)
+    state = state_of(request)
+    await state["watches"].remove(user, request.path_params["watch_id"])
+    await _watches_changed(state, user)
+    return Response(status_code=204)
+
+
+async def update_watch(request: Request) -> Response:
+    user = _user(request)
+    update = await _decode_update(request)
+    state = state_of(request)
+    watch = await state["watches"].set_notify(user, request.path_params["watch_id"], update.notify)
+    await _watches_changed(state, user)
+    return json_response(watch)
+
+
+async def categories(request: Request) -> Response:
+    state = state_of(request)
+    products = indices.alias_for(state["settings"], "products")
+    return json_response(
+        Categories(categories=await catalog.category_names(state["client"], products))
+    )
+
+
+async def metrics(request: Request) -> Response:
+    return Response(state_of(request)["metrics"].render(), media_type=CONTENT_TYPE_LATEST)
+
+
+async def openapi(request: Request) -> Response:
+    return json_response(openapi_document())
+
+
+async def healthz(request: Request) -> Response:
+    return json_response(Health(status="ok"))
+
+
+async def readyz(request: Request) -> Response:
+    state = state_of(request)
+    settings = state["settings"]
+    down = state["background"].down()
+    if down:
+        return error_response(
+            503, "background_down", f"restarting after a crash: {', '.join(down)}"
+        )
+    broker = state["broker"].status
+    if broker == "down":
+        # Search and open sockets go on; alerts wait until Redis is back. Its address is
+        # for the log (broker_redis), not for whoever asks.
+        return error_response(
+            503, "broker_unavailable", "the alert broker is unavailable; alerts are delayed"
+        )
+    try:
+        version = await es.check_connection(state["client"], settings.elasticsearch_url)
+        needed = await indices.needing_setup(state["client"], settings)
+    except es.ElasticsearchProblem as problem:
+        # The details name the cluster's address: for the log, not for whoever asks.
+        logger.warning("not ready: %s", problem)
+        return error_response(503, "elasticsearch_unavailable", "Elasticsearch is unavailable")
+    if needed:
+        return error_response(503, "not_set_up", f"{'; '.join(needed)}: run `percolert setup`")
+    return json_response(Readiness(status="ready", elasticsearch=version, broker=broker))
+
+
+class _Lifespan:
+    """Runs the services while the app runs. Metric scrapes and the shutdown drain come
+    from outside any request, so they reach the services here: `services` is None before the
+    lifespan starts them and after it has stopped them."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        hub: Hub,
+        metrics: Metrics,
+        percolator_type: type[Percolator],
+        limits: RateLimits,
+    ) -> None:
+        self._settings = settings
+        self._hub = hub
+        self._metrics = metrics
+        self._limits = limits
+        self._percolator_type = percolator_type
+        self.services: Services | None = None
+
+    @asynccontextmanager
+    async def __call__(self, app: Starlette) -> AsyncIterator[State]:
+        assert self._settings.instance_id is not None  # create_app decided it
+        # The background loops start in here, and log as this instance.
+        with as_instance(self._settings.instance_id):
+            async with Services.running(
+                self._settings, self._hub, self._metrics, percolator_type=self._percolator_type
+            ) as services:
+                self.services = services
+                try:
+                    yield services.state()
+                finally:
+                    self.services = None
+                    await self._limits.close()
+
+    def readings(self) -> dict[str, float]:
+        values: dict[str, float] = {
+            "sockets": self._hub.socket_count(),
+            "users": len(self._hub.users()),
+            "alerts_sent": self._hub.delivered,
+            "alerts_dropped_slow_socket": self._hub.slow_closed,
+        }
+        if self.services is not None:
+            values.update(self.services.readings())
+        return values
+
+    async def drain(self, seconds: float) -> None:
+        """Shutdown: deliver what answered searches will still produce, then close sockets."""
+        assert self._settings.instance_id is not None
+        with as_instance(self._settings.instance_id):
+            if self.services is not None:
+                await self.services.deliver_pending(seconds / 2)
+            await self._hub.close_all(seconds / 2)
+
+
+def create_app(settings: Settings, *, percolator_type: type[Percolator] = Percolator) -> Starlette:
+    """The ASGI app for one deployment; everything it needs comes from `settings`
+    (`percolator_type`: the percolator's class; tests hand one with faults injected)."""
+    # One id names this app in its logs, its metrics and (on a shared Redis) the broker.
+    instance_id = settings.instance_id or default_instance_id(settings)
+    settings = msgspec.structs.replace(settings, instance_id=instance_id)
+    with as_instance(instance_id):  # it may warn of a development secret
+        signer = SessionSigner(load_secret(settings))
+    # The hub outlives the lifespan's services: the server drains it before shutting down.
+    hub = Hub(grace_seconds=settings.reconnect_grace_seconds)
+    app_metrics = Metrics(instance_id)
+    limits = RateLimits(settings)
+    admission = Admission(
+        limits,
+        max_sockets_per_user=settings.max_sockets_per_user,
+        on_refused=lambda limit: app_metrics.refused.labels(limit).inc(),
+    )
+    lifespan = _Lifespan(settings, hub, app_metrics, percolator_type, limits)
+    app_metrics.read_from(lifespan.readings)
+
+    web = assets.asset_dir("web")
+
+    async def page(request: Request) -> Response:
+        return FileResponse(web / "index.html")
+
+    routes = [
+        Route("/", page),
+        Route("/api/search", search),
+        Route("/api/watches", list_watches, methods=["GET"]),
+        Route("/api/watches", add_watch, methods=["POST"]),
+        Route("/api/watches/{watch_id}", remove_watch, methods=["DELETE"]),
+        Route("/api/watches/{watch_id}", update_watch, methods=["PATCH"]),
+        Route("/api/categories", categories),
+        Route("/openapi.json", openapi),
+        Route("/metrics", metrics),
+        Route("/healthz", healthz),
+        Route("/readyz", readyz),
+        WebSocketRoute("/ws", alerts_socket),
+        Mount("/static", StaticFiles(directory=web), name="static"),
+        *admin_api.routes(settings),  # none without an admin token
+    ]
+    app = Starlette(
+        routes=routes,
+        lifespan=lifespan,
+        middleware=[
+            Middleware(AccessLogMiddleware, instance_id=instance_id),
+            Middleware(BrowserGuardMiddleware, allowed_origins=settings.allowed_origins),
+            Middleware(
+                BodyLimitMiddleware,
+                max_bytes=_MAX_BODY_BYTES,
+                max_bytes_under={admin_api.PREFIX: admin_api.MAX_BODY_BYTES},
+            ),
+            Middleware(
+                SessionMiddleware,
+                signer=signer,
+                secure=settings.secure_cookies,
+                may_start=admission.may_start_session,
+            ),
+            Middleware(AdmissionMiddleware, admission=admission),
+        ],
+        exception_handlers=exception_handlers(  # type: ignore[arg-type]
+            settings.elasticsearch_url,
+            on_elasticsearch_error=app_metrics.elasticsearch_errors.labels("http").inc,
+        ),
+    )
+
+    app.state.drain = lifespan.drain
+    app.state.instance_id = instance_id
+    return app

@@ -1,0 +1,135 @@
+"""The one error shape, produced in one place for every failure an HTTP client can see."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Mapping
+
+import elasticsearch
+import msgspec
+from elastic_transport import TransportError
+from starlette.exceptions import HTTPException
+from starlette.requests import Request
+from starlette.responses import Response
+
+from percolert.core.messages import ErrorBody, ErrorDetail
+from percolert.engine import es
+from percolert.watches.store import (
+    DuplicateWatch,
+    InvalidWatch,
+    TooManyWatches,
+    UnknownCategory,
+    WatchError,
+    WatchNotFound,
+)
+from percolert.web.middleware.security_headers import security_headers
+
+logger = logging.getLogger("percolert.web.errors")
+
+# How long a client should wait before retrying while Elasticsearch is unavailable.
+RETRY_AFTER_SECONDS = 5
+
+# The watches domain's refusals, as HTTP statuses and the API's stable codes.
+_WATCH_ERRORS: dict[type[WatchError], tuple[int, str]] = {
+    InvalidWatch: (400, "invalid_watch"),
+    UnknownCategory: (400, "unknown_category"),
+    WatchNotFound: (404, "watch_not_found"),
+    DuplicateWatch: (409, "duplicate_watch"),
+    TooManyWatches: (409, "too_many_watches"),
+}
+
+# What a client is told when Elasticsearch fails. The details (the cluster's address among
+# them) go to the server log only.
+_UNAVAILABLE_MESSAGE = "search is unavailable for the moment; try again shortly"
+_FAILED_MESSAGE = "the search backend could not do this; try again later"
+
+
+class ApiError(Exception):
+    """An error to answer with; `code` is stable and machine-readable, `message` for people."""
+
+    def __init__(
+        self, status: int, code: str, message: str, headers: dict[str, str] | None = None
+    ) -> None:
+        super().__init__(message)
+        self.status = status
+        self.code = code
+        self.message = message
+        self.headers = headers
+
+
+def error_response(
+    status: int, code: str, message: str, headers: Mapping[str, str] | None = None
+) -> Response:
+    body = msgspec.json.encode(ErrorBody(ErrorDetail(code=code, message=message)))
+    return Response(body, status_code=status, headers=headers, media_type="application/json")
+
+
+def unavailable(message: str) -> ApiError:
+    return ApiError(
+        503, "elasticsearch_unavailable", message, {"Retry-After": str(RETRY_AFTER_SECONDS)}
+    )
+
+
+async def _api_error(request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, ApiError)
+    return error_response(exc.status, exc.code, exc.message, exc.headers)
+
+
+async def _watch_error(request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, WatchError)
+    # The nearest mapped class: a new subclass answers as its parent until given its own.
+    status, code = next(
+        (_WATCH_ERRORS[kind] for kind in type(exc).__mro__ if kind in _WATCH_ERRORS),
+        (400, "invalid_watch"),
+    )
+    return error_response(status, code, str(exc))
+
+
+async def _http_error(request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, HTTPException)
+    code = {404: "not_found", 405: "method_not_allowed"}.get(exc.status_code, "http_error")
+    return error_response(exc.status_code, code, str(exc.detail), exc.headers)
+
+
+def _elasticsearch_error(url: str, on_error: Callable[[], None]) -> object:
+    async def handle(request: Request, exc: Exception) -> Response:
+        on_error()
+        if es.is_unavailable(exc) or isinstance(exc, es.ElasticsearchProblem):
+            logger.warning("elasticsearch unavailable: %s", es.describe(exc, url))
+            error = unavailable(_UNAVAILABLE_MESSAGE)
+            return error_response(error.status, error.code, error.message, error.headers)
+        if (
+            isinstance(exc, elasticsearch.NotFoundError)
+            and exc.error == "index_not_found_exception"
+        ):
+            return error_response(
+                503,
+                "not_set_up",
+                "the indices do not exist yet: an admin must run `percolert setup`",
+                {"Retry-After": str(RETRY_AFTER_SECONDS)},
+            )
+        logger.error("elasticsearch error: %s", es.describe(exc, url), exc_info=exc)
+        return error_response(502, "elasticsearch_error", _FAILED_MESSAGE)
+
+    return handle
+
+
+async def _unexpected(request: Request, exc: Exception) -> Response:
+    logger.error("unhandled error on %s %s", request.method, request.url.path, exc_info=exc)
+    # Answered by Starlette's outermost middleware, outside the one that adds these.
+    return error_response(500, "internal", "internal server error", security_headers(request.scope))
+
+
+def exception_handlers(
+    elasticsearch_url: str, *, on_elasticsearch_error: Callable[[], None] = lambda: None
+) -> dict[type[Exception] | int, object]:
+    on_elasticsearch = _elasticsearch_error(elasticsearch_url, on_elasticsearch_error)
+    return {
+        ApiError: _api_error,
+        WatchError: _watch_error,
+        HTTPException: _http_error,
+        TransportError: on_elasticsearch,
+        elasticsearch.ApiError: on_elasticsearch,
+        es.ElasticsearchProblem: on_elasticsearch,
+        Exception: _unexpected,
+    }

@@ -1,0 +1,185 @@
+"""Who gets in: rate limits on searches, watch changes, new sessions and new sockets, and the
+cap on one user's open sockets, enforced before a request or handshake reaches its route.
+
+Over a rate limit the answer is 429 `rate_limited` with `Retry-After`; a WebSocket handshake
+is refused the same way (a denial response, before any accept). The client address is the
+connection's peer, or what a trusted proxy says it is (uvicorn's forwarded-header handling,
+`trusted_proxies`): never a header anyone can set.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from starlette.requests import HTTPConnection
+from starlette.types import ASGIApp, Receive, Scope, Send
+
+from percolert.web.admin_api import PREFIX as ADMIN_PREFIX
+from percolert.web.errors import error_response
+from percolert.web.middleware.ratelimits import Action, RateLimits, client_address, retry_after
+from percolert.web.middleware.sessions import current_user
+
+# Set when the session middleware found no session and the address may not start another.
+_SESSION_REFUSED_KEY = "percolert.session_refused_for"
+# For probes and scrapers, which never keep a cookie: served without a session (none issued,
+# none counted), so a load balancer's probes neither use up its address's new-session
+# allowance nor are refused once that is spent.
+_SESSIONLESS_PATHS = frozenset({"/healthz", "/readyz", "/metrics"})
+# WebSocket close codes for servers without the handshake denial extension.
+_POLICY_VIOLATION = 1008
+_TRY_AGAIN_LATER = 1013
+
+
+def _address(scope: Scope) -> str | None:
+    client = scope.get("client")
+    return client_address(client[0] if client else None)
+
+
+def _route_path(scope: Scope) -> str:
+    """The path the app's routes match on: below its mount point (`root_path`), if any."""
+    return str(scope["path"]).removeprefix(scope.get("root_path", ""))
+
+
+def _action(scope: Scope) -> Action | None:
+    """The limited action a request is: the routes of app.py that do work for a session."""
+    if scope["type"] == "websocket":
+        return Action.SOCKET
+    path, method = _route_path(scope), scope["method"]
+    if path.startswith(ADMIN_PREFIX):
+        return Action.ADMIN  # no session: counted per address (attempts with a wrong token too)
+    if path == "/api/search":
+        return Action.SEARCH
+    if path in ("/api/watches", "/api/categories") and method == "GET":
+        return Action.READ  # each asks Elasticsearch
+    if (path == "/api/watches" and method == "POST") or (
+        path.startswith("/api/watches/") and method in ("DELETE", "PATCH")
+    ):
+        return Action.WATCH_CHANGE
+    return None
+
+
+class Admission:
+    """The limits of one app: rate limits, and the open sockets of each user for the cap."""
+
+    def __init__(
+        self,
+        limits: RateLimits,
+        *,
+        max_sockets_per_user: int,
+        on_refused: Callable[[str], None] = lambda reason: None,
+    ) -> None:
+        self._limits = limits
+        self._max_sockets = max_sockets_per_user
+        # Counted here rather than in the hub: a socket holds its place from the handshake
+        # on, so parallel handshakes cannot all slip under the cap before any is registered.
+        self._sockets: dict[str, int] = {}
+        self._on_refused = on_refused
+
+    async def may_start_session(self, scope: Scope) -> bool:
+        """The session middleware asks before issuing a new session to a request without one."""
+        path = _route_path(scope)
+        if path in _SESSIONLESS_PATHS or path.startswith(ADMIN_PREFIX):
+            return False  # the admin API is authorised by its token, never by a cookie
+        wait = await self._limits.admit(Action.NEW_SESSION, session=None, address=_address(scope))
+        if wait is None:
+            return True
+        scope[_SESSION_REFUSED_KEY] = wait
+        self._on_refused(Action.NEW_SESSION)
+        return False
+
+    async def refusal(self, scope: Scope) -> tuple[float, str] | None:
+        """Why a request or handshake may not proceed (seconds to wait, what it is), if so."""
+        wait = scope.get(_SESSION_REFUSED_KEY)
+        if wait is not None:
+            return wait, "too many new sessions from your address"
+        action = _action(scope)
+        if action is None:
+            return None
+        user = current_user(HTTPConnection(scope))
+        wait = await self._limits.admit(action, session=user, address=_address(scope))
+        if wait is None:
+            return None
+        self._on_refused(action)
+        return wait, f"too many {_WHAT[action]}"
+
+    async def open_socket(self, app: ASGIApp, scope: Scope, receive: Receive, send: Send) -> None:
+        user = current_user(HTTPConnection(scope))
+        if user is None:  # refused by the socket endpoint itself
+            await app(scope, receive, send)
+            return
+        open_now = self._sockets.get(user, 0)
+        if open_now >= self._max_sockets:
+            self._on_refused("open_sockets")
+            message = (
+                f"too many open connections for this session: at most {self._max_sockets}; "
+                "close another tab"
+            )
+            await _deny_handshake(scope, receive, send, 429, "too_many_sockets", message, {})
+            return
+        self._sockets[user] = open_now + 1
+        try:
+            await app(scope, receive, send)
+        finally:
+            left = self._sockets[user] - 1
+            if left:
+                self._sockets[user] = left
+            else:
+                del self._sockets[user]
+
+
+_WHAT = {
+    Action.SEARCH: "searches",
+    Action.READ: "requests",
+    Action.WATCH_CHANGE: "watch changes",
+    Action.NEW_SESSION: "new sessions",
+    Action.SOCKET: "new connections",
+    Action.ADMIN: "admin requests from your address",
+}
+
+
+async def _refuse(scope: Scope, receive: Receive, send: Send, wait: float, what: str) -> None:
+    seconds = retry_after(wait)
+    message = f"{what}: try again in {seconds} s"
+    headers = {"Retry-After": seconds}
+    if scope["type"] == "websocket":
+        await _deny_handshake(scope, receive, send, 429, "rate_limited", message, headers)
+        return
+    await error_response(429, "rate_limited", message, headers)(scope, receive, send)
+
+
+async def _deny_handshake(
+    scope: Scope,
+    receive: Receive,
+    send: Send,
+    status: int,
+    code: str,
+    message: str,
+    headers: dict[str, str],
+) -> None:
+    """An HTTP answer instead of the upgrade, where the server can send one; otherwise a close
+    before accepting (the client sees a refused handshake either way)."""
+    if "websocket.http.response" in scope.get("extensions", {}):
+        await error_response(status, code, message, headers)(scope, receive, send)
+        return
+    close_code = _TRY_AGAIN_LATER if code == "rate_limited" else _POLICY_VIOLATION
+    await send({"type": "websocket.close", "code": close_code, "reason": message})
+
+
+class AdmissionMiddleware:
+    """Answers what is over a limit (inside the session middleware: it needs the user)."""
+
+    def __init__(self, app: ASGIApp, admission: Admission) -> None:
+        self.app = app
+        self.admission = admission
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] not in ("http", "websocket"):
+            await self.app(scope, receive, send)
+            return
+        refused = await self.admission.refusal(scope)
+        if refused is not None:
+            await _refuse(scope, receive, send, *refused)
+        elif scope["type"] == "websocket":
+            await self.admission.open_socket(self.app, scope, receive, send)
+        else:
+            await self.app(scope, receive, send)

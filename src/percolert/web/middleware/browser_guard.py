@@ -1,0 +1,75 @@
+"""What browsers are held to and told at the edge: changes only as JSON from the shop's own
+pages (no cross-site writes), and security headers on every response."""
+
+from __future__ import annotations
+
+from collections.abc import Collection
+
+from starlette.datastructures import Headers, MutableHeaders
+from starlette.responses import Response
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from percolert.web.errors import error_response
+from percolert.web.middleware.security_headers import security_headers
+from percolert.web.origins import request_allowed
+
+_UNSAFE_METHODS = frozenset(["POST", "PUT", "PATCH", "DELETE"])
+
+
+def _is_json(content_type: str | None) -> bool:
+    return (content_type or "").split(";", 1)[0].strip().lower() == "application/json"
+
+
+def _has_body(headers: Headers) -> bool:
+    return "transfer-encoding" in headers or headers.get("content-length", "0") != "0"
+
+
+def refusal(scope: Scope, allowed_origins: Collection[str]) -> Response | None:
+    """The answer to a request that may not change anything, or None to let it through.
+
+    A body must be JSON: the content types a form or a plain cross-site `fetch` may send
+    without the browser asking first (text/plain, form-encoded) are refused, whatever the
+    origin. A DELETE needs no body.
+    """
+    method = scope["method"]
+    if method not in _UNSAFE_METHODS:
+        return None
+    if not request_allowed(scope, allowed_origins):
+        return error_response(
+            403, "forbidden_origin", "changes are accepted only from the shop's own pages"
+        )
+    headers = Headers(scope=scope)
+    if (method != "DELETE" or _has_body(headers)) and not _is_json(headers.get("content-type")):
+        return error_response(
+            415, "unsupported_media_type", "send the body as JSON (Content-Type: application/json)"
+        )
+    return None
+
+
+class BrowserGuardMiddleware:
+    """Refuses cross-site and non-JSON writes before anything reads them; adds the security
+    headers to every HTTP response (a route's own value of one wins)."""
+
+    def __init__(self, app: ASGIApp, *, allowed_origins: Collection[str]) -> None:
+        self.app = app
+        self.allowed_origins = tuple(allowed_origins)
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        extra = security_headers(scope)
+
+        async def send_with_headers(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                headers = MutableHeaders(scope=message)
+                for name, value in extra.items():
+                    if name not in headers:
+                        headers[name] = value
+            await send(message)
+
+        refused = refusal(scope, self.allowed_origins)
+        if refused is not None:
+            await refused(scope, receive, send_with_headers)
+            return
+        await self.app(scope, receive, send_with_headers)

@@ -1,0 +1,137 @@
+"""Who a browser is: a random user id in a signed, HttpOnly cookie, issued by the server.
+
+The id is never taken from a parameter. A missing, forged or tampered cookie is no session:
+an HTTP request then gets a fresh one (unless its address has started too many lately), a
+WebSocket handshake is refused.
+
+The signed value also says when the session began (epoch milliseconds): a session never
+hears of searches made before it existed, and only the server can say when that was.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import secrets
+import time
+from collections.abc import Awaitable, Callable
+
+from itsdangerous import BadSignature, TimestampSigner
+from starlette.datastructures import MutableHeaders
+from starlette.requests import HTTPConnection
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from percolert.core.settings import Settings
+from percolert.core.state_dir import kept_secret
+
+logger = logging.getLogger("percolert.web.middleware.sessions")
+
+COOKIE_NAME = "percolert_session"
+_MAX_AGE_SECONDS = 400 * 24 * 3600  # the longest browsers keep a cookie
+_SCOPE_KEY = "percolert.user"
+_STARTED_KEY = "percolert.session_started"
+
+
+def load_secret(settings: Settings) -> str:
+    """PERCOLERT_SECRET, or (development) a random secret kept in the state directory."""
+    if settings.secret:
+        return settings.secret
+    logger.warning(
+        "PERCOLERT_SECRET is not set: using the development secret in %s; set it in production",
+        settings.state_dir / "secret",
+    )
+    return kept_secret(settings.state_dir, "secret")
+
+
+class SessionSigner:
+    def __init__(self, secret: str) -> None:
+        self._signer = TimestampSigner(secret, salt="percolert.session")
+
+    def issue(self, now: float | None = None) -> tuple[str, str]:
+        """A new user id and its cookie value, which says when the session began."""
+        user = secrets.token_urlsafe(16)
+        # Rounded up: the session counts as begun no earlier than it did.
+        started_ms = math.ceil((time.time() if now is None else now) * 1000)
+        return user, self._signer.sign(f"{user}.{started_ms}").decode()
+
+    def verify(self, token: str) -> tuple[str, float] | None:
+        """The user id and when its session began (epoch seconds, whole milliseconds), if
+        genuine."""
+        try:
+            value, signed_at = self._signer.unsign(
+                token, max_age=_MAX_AGE_SECONDS, return_timestamp=True
+            )
+            user, _, started_ms = value.decode().partition(".")
+        except (BadSignature, UnicodeDecodeError):
+            return None
+        if not started_ms:
+            # A cookie from before sessions carried their start: only the signing time, in
+            # whole seconds, is known; the session began before the end of that second.
+            return user, signed_at.timestamp() + 1
+        if not started_ms.isascii() or not started_ms.isdigit():
+            return None
+        return user, int(started_ms) / 1000
+
+
+def current_user(connection: HTTPConnection) -> str | None:
+    """The user id the session middleware established for this request or socket."""
+    user = connection.scope.get(_SCOPE_KEY)
+    return user if isinstance(user, str) else None
+
+
+def session_started(connection: HTTPConnection) -> float:
+    """When the current session began (epoch seconds); without a session, now."""
+    return float(connection.scope.get(_STARTED_KEY, time.time()))
+
+
+# Asked before a new session is issued; False: the request goes on without one.
+SessionGate = Callable[[Scope], Awaitable[bool]]
+
+
+async def _always(scope: Scope) -> bool:
+    return True
+
+
+class SessionMiddleware:
+    """Puts the verified user id in the scope; gives HTTP requests without one a new cookie
+    (if `may_start` allows: new sessions are rate-limited per address)."""
+
+    def __init__(
+        self,
+        app: ASGIApp,
+        signer: SessionSigner,
+        *,
+        secure: bool,
+        may_start: SessionGate = _always,
+    ) -> None:
+        self.app = app
+        self.signer = signer
+        self.secure = secure
+        self.may_start = may_start
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] not in ("http", "websocket"):
+            await self.app(scope, receive, send)
+            return
+        token = HTTPConnection(scope).cookies.get(COOKIE_NAME)
+        verified = self.signer.verify(token) if token else None
+        user, started = verified if verified else (None, time.time())
+        new_cookie: str | None = None
+        if user is None and scope["type"] == "http" and await self.may_start(scope):
+            user, new_cookie = self.signer.issue()
+        scope[_SCOPE_KEY] = user
+        scope[_STARTED_KEY] = started
+        if new_cookie is None:
+            await self.app(scope, receive, send)
+            return
+        cookie = (
+            f"{COOKIE_NAME}={new_cookie}; Path=/; Max-Age={_MAX_AGE_SECONDS}; HttpOnly; "
+            "SameSite=Lax" + ("; Secure" if self.secure else "")
+        )
+
+        async def send_with_cookie(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                MutableHeaders(scope=message).append("set-cookie", cookie)
+            await send(message)
+
+        await self.app(scope, receive, send_with_cookie)

@@ -1,0 +1,163 @@
+"""The HTTP API described as OpenAPI 3.1, its schemas generated from the msgspec structs
+(served at /openapi.json; the fuzz tests read it)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import msgspec
+
+from percolert import __version__
+from percolert.core.messages import (
+    Categories,
+    ErrorBody,
+    Health,
+    Readiness,
+    SearchResponse,
+    Watch,
+    WatchList,
+    WatchSpec,
+    WatchUpdate,
+)
+from percolert.engine.search import MAX_QUERY_LENGTH, MAX_SIZE
+
+_REF = "#/components/schemas/{name}"
+
+
+def _json(name: str) -> dict[str, Any]:
+    return {"application/json": {"schema": {"$ref": _REF.format(name=name)}}}
+
+
+def _ok(name: str, description: str) -> dict[str, Any]:
+    return {"description": description, "content": _json(name)}
+
+
+def _errors(*statuses: int) -> dict[str, Any]:
+    meaning = {
+        400: "bad parameters or body",
+        401: "no session",
+        403: "forbidden_origin: not from the shop's own page",
+        404: "not found",
+        409: "conflict: a duplicate, or over the per-user limit",
+        413: "body too large",
+        415: "unsupported_media_type: the body is not application/json",
+        429: "rate_limited: over a limit of the session or the address; see Retry-After",
+        431: "headers_too_large: request line and headers over 16 KiB",
+        503: "Elasticsearch unavailable or not set up; see Retry-After (/readyz: also "
+        "background_down, or broker_unavailable while the shared broker's Redis is away)",
+    }
+    return {
+        str(status): {"description": meaning[status], "content": _json("ErrorBody")}
+        for status in statuses
+    }
+
+
+def openapi_document() -> dict[str, Any]:
+    _, components = msgspec.json.schema_components(
+        [
+            ErrorBody,
+            SearchResponse,
+            WatchSpec,
+            WatchUpdate,
+            Watch,
+            WatchList,
+            Categories,
+            Health,
+            Readiness,
+        ],
+        ref_template=_REF,
+    )
+    paths: dict[str, Any] = {
+        "/api/search": {
+            "get": {
+                "summary": "Search the catalog (and percolate the search against watches)",
+                "parameters": [
+                    {
+                        "name": "q",
+                        "in": "query",
+                        "required": True,
+                        "schema": {"type": "string", "minLength": 1, "maxLength": MAX_QUERY_LENGTH},
+                    },
+                    {
+                        "name": "size",
+                        "in": "query",
+                        "required": False,
+                        "schema": {"type": "integer", "minimum": 1, "maximum": MAX_SIZE},
+                    },
+                ],
+                "responses": {
+                    "200": _ok("SearchResponse", "ranked results"),
+                    **_errors(400, 429, 431, 503),
+                },
+            }
+        },
+        "/api/watches": {
+            "get": {
+                "summary": "Your watches, then the default ones",
+                "responses": {"200": _ok("WatchList", "watches"), **_errors(503)},
+            },
+            "post": {
+                "summary": "Add a watch",
+                "requestBody": {"required": True, "content": _json("WatchSpec")},
+                "responses": {
+                    "201": _ok("Watch", "the stored watch"),
+                    **_errors(400, 403, 409, 413, 415, 429, 431, 503),
+                },
+            },
+        },
+        "/api/watches/{watch_id}": {
+            "delete": {
+                "summary": "Remove one of your watches",
+                "parameters": [
+                    {
+                        "name": "watch_id",
+                        "in": "path",
+                        "required": True,
+                        "schema": {"type": "string"},
+                    }
+                ],
+                "responses": {
+                    "204": {"description": "removed"},
+                    **_errors(403, 404, 415, 429, 431, 503),
+                },
+            },
+            "patch": {
+                "summary": "Change what one of your watches notifies of (searches, products, "
+                "or both); default watches are not yours to change (404)",
+                "parameters": [
+                    {
+                        "name": "watch_id",
+                        "in": "path",
+                        "required": True,
+                        "schema": {"type": "string"},
+                    }
+                ],
+                "requestBody": {"required": True, "content": _json("WatchUpdate")},
+                "responses": {
+                    "200": _ok("Watch", "the changed watch"),
+                    **_errors(400, 403, 404, 413, 415, 429, 431, 503),
+                },
+            },
+        },
+        "/api/categories": {
+            "get": {
+                "summary": "Categories in the catalog",
+                "responses": {"200": _ok("Categories", "categories"), **_errors(503)},
+            }
+        },
+        "/healthz": {
+            "get": {"summary": "Liveness", "responses": {"200": _ok("Health", "process up")}}
+        },
+        "/readyz": {
+            "get": {
+                "summary": "Readiness",
+                "responses": {"200": _ok("Readiness", "ready"), **_errors(503)},
+            }
+        },
+    }
+    return {
+        "openapi": "3.1.0",
+        "info": {"title": "Percolert", "version": __version__},
+        "paths": paths,
+        "components": {"schemas": components},
+    }
