@@ -149,3 +149,10 @@ def latest(session: nox.Session) -> None:
     session.run("uv", "pip", "list", "--format=freeze", silent=False)
     lint_checks(session)
     session.run("pytest", *session.posargs)
+
+
+@nox.session(python=PYTHON)
+def docs(session: nox.Session) -> None:
+    """The docs site, built strict (a broken link or anchor fails): site/."""
+    install_locked(session, "docs")
+    session.run("mkdocs", "build", "--strict", *session.posargs)

@@ -67,7 +67,7 @@ def make_settings(url: str, **changes: object) -> Settings:
         # Its own state directory, so the generated session secret stays out of the repo.
         state_dir=Path(tempfile.mkdtemp(prefix="percolert-test-state-")),
         # The suite plays many shoppers from one address, far faster than people do:
-        # tests/test_limits.py turns the limits on where it tests them.
+        # tests/web/test_limits.py turns the limits on where it tests them.
         rate_limits_enabled=False,
         max_sockets_per_user=1000,
     )

@@ -27,7 +27,6 @@ from __future__ import annotations
 import logging
 from collections import deque
 from collections.abc import Iterable
-from datetime import UTC, datetime
 from typing import NamedTuple
 
 import anyio
@@ -46,16 +45,13 @@ from percolert.broker.base import (
 )
 from percolert.core.messages import AlertWatch
 from percolert.core.redaction import redact
+from percolert.core.times import iso_from_seconds
 from percolert.watches.percolator import Match, SearchEvent
 
-logger = logging.getLogger("percolert.alerts.dispatch")
+logger = logging.getLogger(__name__)
 
 # At most this many waiting searches go to the broker in one call when it is back.
 _DRAIN_BATCH = 64
-
-
-def _timestamp(epoch: float) -> str:
-    return datetime.fromtimestamp(epoch, UTC).isoformat(timespec="milliseconds")
 
 
 def _sending(
@@ -71,7 +67,7 @@ def _sending(
     user in `watches` through their watch, or through `everyone` to every user but
     `excluded` — of sessions begun by `since`."""
     return Sending(
-        at=_timestamp(search.at),
+        at=iso_from_seconds(search.at),
         earliest_ms=epoch_ms(since),
         query=search.text,
         count=count,

@@ -23,7 +23,7 @@ import math
 import re
 import time
 from collections.abc import Callable, Iterable
-from datetime import UTC, datetime, timedelta
+from datetime import timedelta
 from typing import Any, Protocol, cast
 
 import anyio
@@ -35,25 +35,13 @@ from elasticsearch import AsyncElasticsearch
 from percolert.core.messages import Alert, AlertWatch
 from percolert.core.records import AlertRecord
 from percolert.core.redaction import redact
-from percolert.engine import es
+from percolert.core.times import iso_from_milliseconds, iso_from_seconds, milliseconds_from_iso
+from percolert.engine import bulk, es
 
-logger = logging.getLogger("percolert.alerts.log")
+logger = logging.getLogger(__name__)
 
 
 _PLAIN_ID = re.compile(r"[A-Za-z0-9_-]+")  # session ids (token_urlsafe): safe in a path
-
-# Bulk item failures worth writing again: the cluster was busy, failing or closed to writes
-# for now (a block an operator or the disk monitor lifts), not refusing the document.
-_TOO_MANY_REQUESTS = 429
-_SERVER_ERROR = 500
-_PASSING_ERRORS = frozenset({"cluster_block_exception"})
-
-
-def _worth_retrying(result: dict[str, Any]) -> bool:
-    status = result.get("status", 0)
-    error = result.get("error")
-    kind = error.get("type") if isinstance(error, dict) else None
-    return status == _TOO_MANY_REQUESTS or status >= _SERVER_ERROR or kind in _PASSING_ERRORS
 
 
 def epoch_ms(seconds: float) -> int:
@@ -65,19 +53,6 @@ def epoch_ms(seconds: float) -> int:
 def _session_ms(seconds: float) -> int:
     # Session starts are whole milliseconds already (sessions.py): undo the division.
     return round(seconds * 1000)
-
-
-def _iso(milliseconds: int) -> str:
-    seconds, millis = divmod(milliseconds, 1000)
-    moment = datetime.fromtimestamp(seconds, UTC) + timedelta(milliseconds=millis)
-    return moment.isoformat(timespec="milliseconds")
-
-
-def _milliseconds(iso: str) -> int:
-    moment = datetime.fromisoformat(iso)
-    if moment.tzinfo is None:
-        moment = moment.replace(tzinfo=UTC)
-    return round(moment.timestamp() * 1000)
 
 
 class _Payload(msgspec.Struct, gc=False):
@@ -105,7 +80,7 @@ class _Document(msgspec.Struct, gc=False):
     def of(cls, record: AlertRecord) -> _Document:
         return cls(
             seq=record.seq,
-            at=_iso(record.earliest_ms),
+            at=iso_from_milliseconds(record.earliest_ms),
             recipients=list(record.watches),
             everyone=record.everyone is not None,
             excluded=record.excluded,
@@ -122,7 +97,7 @@ class _Document(msgspec.Struct, gc=False):
         return AlertRecord(
             seq=self.seq,
             at=self.alert.at or self.at,
-            earliest_ms=_milliseconds(self.at),
+            earliest_ms=milliseconds_from_iso(self.at),
             # Documents written before alerts were redacted (no `alert.at` then) hold the text
             # as searched.
             query=self.alert.query if self.alert.at else redact(self.alert.query),
@@ -323,7 +298,7 @@ class AlertLog:
             result = next(iter(item.values()))
             if result.get("status", 0) < 300:
                 continue
-            if _worth_retrying(result):
+            if bulk.worth_retrying(result):
                 again.append(record)
                 again_error = again_error or result.get("error")
             else:
@@ -349,8 +324,8 @@ class AlertLog:
         return again
 
     async def prune(self) -> None:
-        cutoff = datetime.now(UTC) - self._retention
-        await es.delete_older(self._client, self._alias, cutoff.isoformat())
+        cutoff = iso_from_seconds(time.time() - self._retention.total_seconds())
+        await es.delete_older(self._client, self._alias, cutoff)
 
     async def run(self) -> None:
         """Flush every `flush_seconds` and prune every ten minutes, until cancelled; a

@@ -66,13 +66,14 @@ from percolert.broker.base import (
     SearchFold,
     Sending,
 )
+from percolert.core.exception_groups import first_error
 from percolert.core.metrics import BrokerMetrics
 from percolert.core.records import AlertRecord
 from percolert.core.settings import Settings
 from percolert.realtime.delivery import Delivery
 from percolert.realtime.hub import RESTART_WINDOW_SECONDS, Connection, Hub
 
-logger = logging.getLogger("percolert.broker.base")
+logger = logging.getLogger(__name__)
 
 HEARTBEAT_SECONDS = 1.0
 # An instance that missed this long of beats no longer counts as connected anywhere (its
@@ -310,7 +311,7 @@ class RedisBroker:
                         tasks.start_soon(self._writing_orphans)
                         await self._read_inbox()
                 except* (*_UNREACHABLE, _Down) as failed:
-                    self._mark_down(failed.exceptions[0])
+                    self._mark_down(first_error(failed))
                 await anyio.sleep(pause * random.uniform(0.5, 1.5))  # noqa: S311 - jitter
                 pause = min(pause * 2, _BACKOFF_LONGEST)
 

@@ -159,7 +159,7 @@ async def _ingest_percolating(
         indices.alias_for(settings, "watches"),
         TextNormalizer(),
         no_search_batches,
-        timeout=settings.percolate_timeout,
+        timeout=settings.percolate_seconds,
     )
     failure: BaseException | None = None
     report: catalog.IngestReport | None = None

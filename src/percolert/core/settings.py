@@ -75,8 +75,9 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     percolate_concurrency: int = 2
     # Seconds one batch's percolation may take; past it the batch is given up (its alerts
     # lost, counted) so that later batches, handed on in search order, are not held up.
-    # Unset: three Elasticsearch timeouts (a request, its retry, and room to spare).
-    percolate_timeout: float = 15.0
+    # Unset: three Elasticsearch timeouts (a request, its retry, and room to spare); read it
+    # through `percolate_seconds`.
+    percolate_timeout: float | None = None
     # Alerts waiting for one socket; a socket that falls this far behind is closed (1013).
     socket_queue_size: int = 256
     # A socket being closed gets this long to take what was sent before the close frame and
@@ -132,6 +133,13 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     # (alerts written by another process: `percolert ingest`, another instance).
     product_alert_poll_seconds: float = 1.0
 
+    @property
+    def percolate_seconds(self) -> float:
+        """`percolate_timeout`, or three Elasticsearch timeouts when it is not set."""
+        if self.percolate_timeout is not None:
+            return self.percolate_timeout
+        return 3 * self.elasticsearch_timeout
+
 
 def _optional(environ: Mapping[str, str], name: str) -> str | None:
     value = environ.get(name, "").strip()
@@ -149,6 +157,12 @@ def _number(environ: Mapping[str, str], name: str, default: float, *, minimum: f
     if value < minimum:
         raise SettingsError(f"{name} must be at least {minimum}, got {raw!r}")
     return value
+
+
+def _optional_number(environ: Mapping[str, str], name: str, *, minimum: float) -> float | None:
+    if _optional(environ, name) is None:
+        return None
+    return _number(environ, name, 0.0, minimum=minimum)
 
 
 def _flag(environ: Mapping[str, str], name: str, default: bool) -> bool:
@@ -179,8 +193,8 @@ def _path(environ: Mapping[str, str], name: str) -> Path | None:
     return None if raw is None else Path(raw)
 
 
-def _choice(environ: Mapping[str, str], name: str, choices: tuple[str, ...]) -> str:
-    raw = (_optional(environ, name) or choices[0]).lower()
+def _choice(environ: Mapping[str, str], name: str, choices: tuple[str, ...], default: str) -> str:
+    raw = (_optional(environ, name) or default).lower()
     if raw not in choices:
         raise SettingsError(f"{name} must be one of {', '.join(choices)}, got {raw!r}")
     return raw
@@ -261,11 +275,13 @@ def from_environment(
     dev node's when one is running).
     """
     env = os.environ if environ is None else environ
-    state_dir = Path(_optional(env, "PERCOLERT_STATE_DIR") or ".percolert")
+    # Every default is the struct's own, written once there.
+    default = Settings()
+    state_dir = _path(env, "PERCOLERT_STATE_DIR") or default.state_dir
     url = _optional(env, "ELASTICSEARCH_URL") or default_elasticsearch_url
     if not url.startswith(("http://", "https://")):
         raise SettingsError(f"ELASTICSEARCH_URL must start with http:// or https://, got {url!r}")
-    prefix = _optional(env, "PERCOLERT_INDEX_PREFIX") or "percolert"
+    prefix = _optional(env, "PERCOLERT_INDEX_PREFIX") or default.index_prefix
     if not prefix.replace("-", "").replace("_", "").isalnum() or prefix != prefix.lower():
         raise SettingsError(
             f"PERCOLERT_INDEX_PREFIX must be lowercase letters, digits, '-' or '_', got {prefix!r}"
@@ -276,7 +292,7 @@ def from_environment(
         raise SettingsError(
             "set both ELASTICSEARCH_USERNAME and ELASTICSEARCH_PASSWORD, or neither"
         )
-    timeout = _number(env, "ELASTICSEARCH_TIMEOUT", 5.0, minimum=0.1)
+    timeout = _number(env, "ELASTICSEARCH_TIMEOUT", default.elasticsearch_timeout, minimum=0.1)
     storage = _optional(env, "PERCOLERT_RATE_LIMIT_STORAGE")
     if storage is not None and not storage.startswith("async+"):
         raise SettingsError(
@@ -294,9 +310,13 @@ def from_environment(
         elasticsearch_username=username,
         elasticsearch_password=password,
         elasticsearch_ca_certs=_optional(env, "ELASTICSEARCH_CA_CERTS"),
-        elasticsearch_verify_certs=_flag(env, "ELASTICSEARCH_VERIFY_CERTS", True),
+        elasticsearch_verify_certs=_flag(
+            env, "ELASTICSEARCH_VERIFY_CERTS", default.elasticsearch_verify_certs
+        ),
         elasticsearch_timeout=timeout,
-        elasticsearch_connections=int(_number(env, "ELASTICSEARCH_CONNECTIONS", 32, minimum=1)),
+        elasticsearch_connections=int(
+            _number(env, "ELASTICSEARCH_CONNECTIONS", default.elasticsearch_connections, minimum=1)
+        ),
         index_prefix=prefix,
         state_dir=state_dir,
         esnode_dir=_path(env, "PERCOLERT_ESNODE_DIR"),
@@ -304,40 +324,68 @@ def from_environment(
         redis_server=_path(env, "PERCOLERT_REDIS_SERVER"),
         redis_url=redis_url,
         instance_id=_optional(env, "PERCOLERT_INSTANCE_ID"),
-        broker_spool=int(_number(env, "PERCOLERT_BROKER_SPOOL", 100_000, minimum=1)),
+        broker_spool=int(_number(env, "PERCOLERT_BROKER_SPOOL", default.broker_spool, minimum=1)),
         alert_log_flush_seconds=_number(
-            env, "PERCOLERT_ALERT_LOG_FLUSH_SECONDS", 0.1, minimum=0.01
+            env, "PERCOLERT_ALERT_LOG_FLUSH_SECONDS", default.alert_log_flush_seconds, minimum=0.01
         ),
-        host=_optional(env, "PERCOLERT_HOST") or "127.0.0.1",
-        port=int(_number(env, "PERCOLERT_PORT", 8000, minimum=0)),
-        log_format=_choice(env, "PERCOLERT_LOG_FORMAT", ("json", "text")),
+        host=_optional(env, "PERCOLERT_HOST") or default.host,
+        port=int(_number(env, "PERCOLERT_PORT", default.port, minimum=0)),
+        log_format=_choice(env, "PERCOLERT_LOG_FORMAT", ("json", "text"), default.log_format),
         secret=_optional(env, "PERCOLERT_SECRET"),
         allowed_origins=_origins(env, "PERCOLERT_ALLOWED_ORIGINS"),
-        secure_cookies=_flag(env, "PERCOLERT_SECURE_COOKIES", False),
-        max_watches_per_user=int(_number(env, "PERCOLERT_MAX_WATCHES_PER_USER", 50, minimum=1)),
-        coalesce_seconds=_number(env, "PERCOLERT_COALESCE_SECONDS", 2.0, minimum=0),
-        percolate_batch_size=int(_number(env, "PERCOLERT_PERCOLATE_BATCH_SIZE", 64, minimum=1)),
-        percolate_concurrency=int(_number(env, "PERCOLERT_PERCOLATE_CONCURRENCY", 2, minimum=1)),
-        percolate_timeout=_number(env, "PERCOLERT_PERCOLATE_TIMEOUT", 3 * timeout, minimum=0.1),
-        socket_queue_size=int(_number(env, "PERCOLERT_SOCKET_QUEUE_SIZE", 256, minimum=1)),
-        socket_close_seconds=_number(env, "PERCOLERT_SOCKET_CLOSE_SECONDS", 10.0, minimum=0.1),
-        reconnect_grace_seconds=_number(env, "PERCOLERT_RECONNECT_GRACE_SECONDS", 600, minimum=0),
-        lease_slack_seconds=_number(env, "PERCOLERT_LEASE_SLACK_SECONDS", 600, minimum=0.1),
-        alerts_enabled=_flag(env, "PERCOLERT_ALERTS", True),
-        rate_limits_enabled=_flag(env, "PERCOLERT_RATE_LIMITS", True),
+        secure_cookies=_flag(env, "PERCOLERT_SECURE_COOKIES", default.secure_cookies),
+        max_watches_per_user=int(
+            _number(env, "PERCOLERT_MAX_WATCHES_PER_USER", default.max_watches_per_user, minimum=1)
+        ),
+        coalesce_seconds=_number(
+            env, "PERCOLERT_COALESCE_SECONDS", default.coalesce_seconds, minimum=0
+        ),
+        percolate_batch_size=int(
+            _number(env, "PERCOLERT_PERCOLATE_BATCH_SIZE", default.percolate_batch_size, minimum=1)
+        ),
+        percolate_concurrency=int(
+            _number(
+                env, "PERCOLERT_PERCOLATE_CONCURRENCY", default.percolate_concurrency, minimum=1
+            )
+        ),
+        percolate_timeout=_optional_number(env, "PERCOLERT_PERCOLATE_TIMEOUT", minimum=0.1),
+        socket_queue_size=int(
+            _number(env, "PERCOLERT_SOCKET_QUEUE_SIZE", default.socket_queue_size, minimum=1)
+        ),
+        socket_close_seconds=_number(
+            env, "PERCOLERT_SOCKET_CLOSE_SECONDS", default.socket_close_seconds, minimum=0.1
+        ),
+        reconnect_grace_seconds=_number(
+            env, "PERCOLERT_RECONNECT_GRACE_SECONDS", default.reconnect_grace_seconds, minimum=0
+        ),
+        lease_slack_seconds=_number(
+            env, "PERCOLERT_LEASE_SLACK_SECONDS", default.lease_slack_seconds, minimum=0.1
+        ),
+        alerts_enabled=_flag(env, "PERCOLERT_ALERTS", default.alerts_enabled),
+        rate_limits_enabled=_flag(env, "PERCOLERT_RATE_LIMITS", default.rate_limits_enabled),
         rate_limit_storage=storage,
-        max_sockets_per_user=int(_number(env, "PERCOLERT_MAX_SOCKETS_PER_USER", 20, minimum=1)),
+        max_sockets_per_user=int(
+            _number(env, "PERCOLERT_MAX_SOCKETS_PER_USER", default.max_sockets_per_user, minimum=1)
+        ),
         trusted_proxies=_proxies(env, "PERCOLERT_TRUSTED_PROXIES"),
         admin_token=_admin_token(env, "PERCOLERT_ADMIN_TOKEN"),
-        price_drop_min_percent=_number(env, "PERCOLERT_PRICE_DROP_MIN_PERCENT", 5.0, minimum=0),
+        price_drop_min_percent=_number(
+            env, "PERCOLERT_PRICE_DROP_MIN_PERCENT", default.price_drop_min_percent, minimum=0
+        ),
         product_alert_min_interval_seconds=_duration(
-            env, "PERCOLERT_PRODUCT_ALERT_MIN_INTERVAL", 86_400.0
+            env, "PERCOLERT_PRODUCT_ALERT_MIN_INTERVAL", default.product_alert_min_interval_seconds
         ),
         product_alert_retention_days=_number(
-            env, "PERCOLERT_PRODUCT_ALERT_RETENTION_DAYS", 30.0, minimum=0.001
+            env,
+            "PERCOLERT_PRODUCT_ALERT_RETENTION_DAYS",
+            default.product_alert_retention_days,
+            minimum=0.001,
         ),
         product_alert_poll_seconds=_number(
-            env, "PERCOLERT_PRODUCT_ALERT_POLL_SECONDS", 1.0, minimum=0.05
+            env,
+            "PERCOLERT_PRODUCT_ALERT_POLL_SECONDS",
+            default.product_alert_poll_seconds,
+            minimum=0.05,
         ),
     )
     # Each rate limit `limit_X` is read from PERCOLERT_LIMIT_X, its default the field's.

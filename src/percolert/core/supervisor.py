@@ -16,7 +16,7 @@ from collections.abc import Awaitable, Callable
 import anyio
 from anyio.abc import TaskGroup
 
-logger = logging.getLogger("percolert.core.supervisor")
+logger = logging.getLogger(__name__)
 
 Loop = Callable[[], Awaitable[None]]
 

@@ -4,17 +4,18 @@ newest first and bounded, with a count of the rest (hello's `away`)."""
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Iterable
-from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import msgspec
 from elasticsearch import AsyncElasticsearch
 
+from percolert.core.times import iso_from_seconds
 from percolert.products.alerts import VISIBLE_WITHIN_MICROS, StoredProductAlert
 from percolert.products.seen import Mark
 
-logger = logging.getLogger("percolert.products.away")
+logger = logging.getLogger(__name__)
 
 # A greeting lists this many product alerts at most; `more` counts the others.
 AWAY_LIMIT = 10
@@ -48,7 +49,7 @@ async def missed_product_alerts(
     may not have been pruned yet), newest first, at most `limit`, with how many more there
     are; None when there are none. One search on the user's own documents: cheap enough
     for every greeting."""
-    kept_since = datetime.now(UTC) - timedelta(days=retention_days)
+    kept_since = iso_from_seconds(time.time() - retention_days * 86_400)
     response = await client.search(
         index=alias,
         query={
@@ -56,7 +57,7 @@ async def missed_product_alerts(
                 "filter": [
                     {"term": {"user": user}},
                     {"range": {"seq": {"gt": mark.upto - VISIBLE_WITHIN_MICROS}}},
-                    {"range": {"at": {"gte": kept_since.isoformat(timespec="milliseconds")}}},
+                    {"range": {"at": {"gte": kept_since}}},
                 ],
                 "must_not": [{"ids": {"values": list(mark.shown)}}] if mark.shown else [],
             }

@@ -40,7 +40,7 @@ from percolert.products.seen import Mark, SeenMarks
 from percolert.realtime.frames import frame_text
 from percolert.realtime.hub import Connection, Hub
 
-logger = logging.getLogger("percolert.products.feed")
+logger = logging.getLogger(__name__)
 
 # How far below the highest position seen, or the present, the tail keeps reading
 # (positions are microseconds of the writers' clocks).

@@ -45,7 +45,6 @@ import logging
 import time
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
-from datetime import UTC, datetime
 from typing import Any
 
 import anyio
@@ -53,8 +52,10 @@ from elastic_transport import TransportError
 from elasticsearch import ApiError as ElasticsearchApiError
 from elasticsearch import AsyncElasticsearch
 
+from percolert.core.exception_groups import first_error
 from percolert.core.messages import AlertWatch, ProductAlert, ProductCard
 from percolert.core.settings import Settings
+from percolert.core.times import iso_from_seconds, seconds_from_iso
 from percolert.engine import es, indices
 from percolert.products.alerts import (
     CatalogChange,
@@ -68,7 +69,7 @@ from percolert.products.alerts import (
 from percolert.products.catalog import Product
 from percolert.watches.percolator import FIELD_SEPARATOR, Match, Percolator, SearchEvent
 
-logger = logging.getLogger("percolert.products.matching")
+logger = logging.getLogger(__name__)
 
 # A digest lists the first product and at most this many more; `total` counts them all.
 DIGEST_MORE = 4
@@ -129,22 +130,6 @@ def crosses(change: CatalogChange, max_price: float | None) -> bool:
     )
 
 
-def _iso(seconds: float) -> str:
-    return datetime.fromtimestamp(seconds, UTC).isoformat(timespec="milliseconds")
-
-
-def _seconds(iso: str) -> float:
-    moment = datetime.fromisoformat(iso)
-    if moment.tzinfo is None:
-        moment = moment.replace(tzinfo=UTC)
-    return moment.timestamp()
-
-
-def _first(group: BaseExceptionGroup[BaseException]) -> BaseException:
-    error = group.exceptions[0]
-    return _first(error) if isinstance(error, BaseExceptionGroup) else error
-
-
 class _Notices:
     """One sku's notices: when each watch was last told of it (epoch seconds), and its
     latest notice's time and price."""
@@ -158,7 +143,7 @@ class _Notices:
     @classmethod
     def of(cls, source: dict[str, Any], since: float) -> _Notices:
         notices = cls()
-        notices.at = _seconds(source["at"])
+        notices.at = seconds_from_iso(source["at"])
         notices.price = float(source["price"])
         told: dict[str, str] = source.get("told") or {}
         for ms, watches in told.items():
@@ -180,7 +165,7 @@ class _Notices:
         for watch, at in self.told.items():
             by_time.setdefault(round(at * 1000), []).append(watch)
         return {
-            "at": _iso(self.at),
+            "at": iso_from_seconds(self.at),
             "price": self.price,
             "told": {str(ms): " ".join(watches) for ms, watches in by_time.items()},
         }
@@ -253,7 +238,7 @@ class ProductRun:
         except BaseExceptionGroup as failed:
             # A failed batch cancels the others: its error reaches the caller as itself
             # (an Elasticsearch error, say), not wrapped in the task group's.
-            raise _first(failed) from None
+            raise first_error(failed) from None
 
     async def _take(self, batch: list[CatalogChange], found: list[list[Match]]) -> None:
         # Run once per match (hundreds per product at 100k watches): what depends on the
@@ -388,7 +373,7 @@ class ProductAlerting:
         if not digests:
             return 0
         first = await self._take_positions(len(digests))
-        at = _iso(self.clock())
+        at = iso_from_seconds(self.clock())
         alerts = []
         for offset, digest in enumerate(digests):
             seq = first + offset
@@ -427,7 +412,7 @@ class ProductAlerting:
             (self._notices_alias, now - self.settings.product_alert_min_interval_seconds),
         ]
         for alias, cutoff in expired:
-            await es.delete_older(self._client, alias, _iso(cutoff))
+            await es.delete_older(self._client, alias, iso_from_seconds(cutoff))
 
     async def retain(self) -> None:
         """Prune every `PRUNE_SECONDS`, until cancelled; a failed prune waits for the next."""

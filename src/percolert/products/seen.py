@@ -22,7 +22,7 @@ from elasticsearch import AsyncElasticsearch
 
 from percolert.products.alerts import VISIBLE_WITHIN_MICROS
 
-logger = logging.getLogger("percolert.products.seen")
+logger = logging.getLogger(__name__)
 
 # Marks are raised only, never lowered, by conditional writes; when a greeting or another
 # instance wrote meanwhile, the mark is read again and the write retried this many times.

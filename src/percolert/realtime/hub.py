@@ -17,7 +17,7 @@ import anyio
 
 from percolert.realtime.frames import WriteFrame, frame_text
 
-logger = logging.getLogger("percolert.realtime.hub")
+logger = logging.getLogger(__name__)
 
 # WebSocket close codes (RFC 6455 §7.4.1 and the IANA registry).
 GOING_AWAY = 1001  # the server is shutting down

@@ -7,7 +7,7 @@ connection. This protocol counts what arrives until the head is complete and, pa
 has such a bound built in, `h11_max_incomplete_event_size`, but parses several times
 slower.) The hooks are the asyncio protocol's `data_received` and the parser callbacks
 `on_headers_complete` / `on_message_complete`; uvicorn's `cycle` attribute tells whether a
-response is under way (tests/test_private_apis.py fails if that moves).
+response is under way (tests/server/test_private_apis.py fails if that moves).
 """
 
 from __future__ import annotations

@@ -15,7 +15,7 @@ already written to it (`close_behind`): the ASGI close waits, like any send, unt
 reads, so a client that stopped reading would never be told why it was dropped.
 
 The protocol's state read here is uvicorn's, not public API: pyproject.toml caps uvicorn at
-the versions tested, and tests/test_private_apis.py names whatever moves.
+the versions tested, and tests/server/test_private_apis.py names whatever moves.
 """
 
 from __future__ import annotations

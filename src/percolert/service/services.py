@@ -131,7 +131,7 @@ class Services:
             self.dispatcher.on_batch,
             batch_size=settings.percolate_batch_size,
             concurrency=settings.percolate_concurrency,
-            timeout=settings.percolate_timeout,
+            timeout=settings.percolate_seconds,
             observe=_observe_percolate(metrics),
             leases_hold=self.reachability.hold,
         )

@@ -30,18 +30,17 @@ from anyio.abc import ObjectReceiveStream
 from elastic_transport import TransportError
 from elasticsearch import ApiError, AsyncElasticsearch
 
+from percolert.core.exception_groups import first_error
 from percolert.core.messages import Category, MaxPrice, Notify, Terms, WatchSpec
 from percolert.core.ndjson import BadLine, read_lines
+from percolert.engine import bulk
 from percolert.engine.indices import indices_behind
 
-logger = logging.getLogger("percolert.watches.load")
+logger = logging.getLogger(__name__)
 
 Owner = Annotated[str, msgspec.Meta(min_length=1, max_length=200)]
 
 _CONFLICT = 409
-_TOO_MANY_REQUESTS = 429
-_SERVER_ERROR = 500
-_PASSING_ERRORS = frozenset({"cluster_block_exception"})
 _ATTEMPTS = 4  # an item refused for the cluster's sake is sent at most this often
 _REQUEST_TIMEOUT = 300.0  # a bulk request of thousands of queries under a busy JVM
 # Index settings during a load (docs/benchmarks/watch-load.md: each bought a load of 1M
@@ -122,13 +121,6 @@ def _refusal(result: dict[str, Any]) -> str:
     return f"refused by Elasticsearch: status {result.get('status')}"
 
 
-def _worth_retrying(result: dict[str, Any]) -> bool:
-    status = int(result.get("status", 0))
-    error = result.get("error")
-    kind = error.get("type") if isinstance(error, dict) else None
-    return status == _TOO_MANY_REQUESTS or status >= _SERVER_ERROR or kind in _PASSING_ERRORS
-
-
 class BulkLoad:
     """One load into `alias`; `run` writes what it is given and returns the report."""
 
@@ -173,7 +165,7 @@ class BulkLoad:
             except BaseExceptionGroup as group:
                 # Callers handle one failure (Elasticsearch's, or their input's), as from
                 # any other call: the first is the cause, the rest were cancelled by it.
-                raise _first(group) from None
+                raise first_error(group) from None
             if relax:
                 # Durable before the translog is synced per request again: what the report
                 # counts as loaded survives a crash of the node.
@@ -242,7 +234,7 @@ class BulkLoad:
                     loaded += 1
                 elif status == _CONFLICT:
                     duplicates += 1
-                elif _worth_retrying(result) and attempt < _ATTEMPTS:
+                elif bulk.worth_retrying(result) and attempt < _ATTEMPTS:
                     again.refs.append(ref)
                     again.lines.append(line)
                 else:
@@ -258,11 +250,6 @@ class BulkLoad:
         self.report.duplicates += duplicates
         if self._on_done is not None:
             self._on_done(loaded + duplicates)
-
-
-def _first(group: BaseExceptionGroup[BaseException]) -> BaseException:
-    first = group.exceptions[0]
-    return _first(first) if isinstance(first, BaseExceptionGroup) else first
 
 
 @contextlib.asynccontextmanager

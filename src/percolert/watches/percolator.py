@@ -30,7 +30,7 @@ from percolert.engine.es import ElasticsearchProblem
 from percolert.watches.reachability import REACHABLE_FILTER
 from percolert.watches.store import category_price
 
-logger = logging.getLogger("percolert.watches.percolator")
+logger = logging.getLogger(__name__)
 
 # More matching watches than this for one search are not delivered (logged); a search that
 # matches so many individual watches is far outside what alerts are for. A catalog change

@@ -29,7 +29,6 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import AsyncIterator, Callable, Collection
-from datetime import UTC, datetime
 from typing import Any
 
 import anyio
@@ -37,8 +36,9 @@ from elastic_transport import TransportError
 from elasticsearch import ApiError, AsyncElasticsearch
 
 from percolert.core.settings import Settings
+from percolert.core.times import iso_from_seconds
 
-logger = logging.getLogger("percolert.watches.reachability")
+logger = logging.getLogger(__name__)
 
 # Watches read per page and lease updates per bulk request; users leased per request.
 _PAGE = 10_000
@@ -60,7 +60,7 @@ def lease_seconds(settings: Settings) -> float:
 def lease_until(seconds_from_now: float, now: float | None = None) -> str:
     """The `reachable_until` of a lease written now (a date Elasticsearch parses)."""
     at = (time.time() if now is None else now) + seconds_from_now
-    return datetime.fromtimestamp(at, UTC).isoformat(timespec="milliseconds")
+    return iso_from_seconds(at)
 
 
 # What search percolation adds beside the percolate query: default watches (everyone's)

@@ -19,7 +19,6 @@ import math
 import re
 import time
 from collections.abc import Awaitable, Callable, Collection, Iterable, Iterator
-from datetime import UTC, datetime
 from typing import Any
 
 import anyio
@@ -30,6 +29,7 @@ from elasticsearch import AsyncElasticsearch
 from percolert.core.messages import TERMS_MAX_LENGTH, Notify, Watch, WatchSpec
 from percolert.core.settings import Settings
 from percolert.core.text import TextNormalizer
+from percolert.core.times import iso_from_milliseconds
 from percolert.watches import reachability
 from percolert.watches.load import BulkLoad, LoadError, LoadReport, Prepared
 
@@ -327,9 +327,7 @@ class WatchStore:
         load prepares a watch in about 10 µs and formatting was a fifth of that."""
         millis = time.time_ns() // 1_000_000
         if millis != self._stamp_ms:
-            seconds, rest = divmod(millis, 1000)
-            moment = datetime.fromtimestamp(seconds, UTC).replace(microsecond=rest * 1000)
-            self._stamp = moment.isoformat(timespec="milliseconds")
+            self._stamp = iso_from_milliseconds(millis)
             self._stamp_ms = millis
         return self._stamp
 

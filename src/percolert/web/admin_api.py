@@ -23,9 +23,10 @@ from percolert.products import catalog
 from percolert.products.catalog import Product, Sku
 from percolert.products.changes import ChangeDetection, ProductNotStored
 from percolert.web.errors import ApiError
+from percolert.web.responses import json_response
 from percolert.web.state import state_of
 
-logger = logging.getLogger("percolert.web.admin_api")
+logger = logging.getLogger(__name__)
 
 # Where the admin routes live: the edge (sessions, rate limits, body bound) knows them by it.
 PREFIX = "/api/admin/"
@@ -72,10 +73,6 @@ def _product(body: bytes, sku: str) -> Product:
         raise ApiError(400, "invalid_product", f"invalid product: {error}") from None
 
 
-def _json(value: Any, status: int = 200) -> Response:
-    return Response(msgspec.json.encode(value), status_code=status, media_type="application/json")
-
-
 async def put_product(request: Request) -> Response:
     state = state_of(request)
     settings = state["settings"]
@@ -99,7 +96,7 @@ async def put_product(request: Request) -> Response:
         state["product_feed"].wake()
     await client.indices.refresh(index=alias)
     events: list[ProductChange] = [] if change is None else [change.change]
-    return _json(ProductUpdate(sku=product.sku, events=events, alerts=run.alerts))
+    return json_response(ProductUpdate(sku=product.sku, events=events, alerts=run.alerts))
 
 
 async def delete_product(request: Request) -> Response:
@@ -115,7 +112,7 @@ async def delete_product(request: Request) -> Response:
     alias = indices.alias_for(settings, "products")
     if not await catalog.remove_product(state["client"], alias, sku):
         raise ApiError(404, "product_not_found", f"no product with sku {sku!r}")
-    return _json(ProductUpdate(sku=sku, events=[], alerts=0))
+    return json_response(ProductUpdate(sku=sku, events=[], alerts=0))
 
 
 def routes(settings: Settings) -> list[Route]:

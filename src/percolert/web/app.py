@@ -6,7 +6,6 @@ import logging
 import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from typing import Any
 
 import msgspec
 from prometheus_client import CONTENT_TYPE_LATEST
@@ -50,15 +49,12 @@ from percolert.web.middleware.sessions import (
     load_secret,
 )
 from percolert.web.openapi import openapi_document
+from percolert.web.responses import json_response
 from percolert.web.state import state_of
 
-logger = logging.getLogger("percolert.web.app")
+logger = logging.getLogger(__name__)
 
 _MAX_BODY_BYTES = 4096
-
-
-def json_response(value: Any, status: int = 200) -> Response:
-    return Response(msgspec.json.encode(value), status_code=status, media_type="application/json")
 
 
 def _user(request: Request) -> str:

@@ -24,7 +24,7 @@ from percolert.watches.store import (
 )
 from percolert.web.middleware.security_headers import security_headers
 
-logger = logging.getLogger("percolert.web.errors")
+logger = logging.getLogger(__name__)
 
 # How long a client should wait before retrying while Elasticsearch is unavailable.
 RETRY_AFTER_SECONDS = 5

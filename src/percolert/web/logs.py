@@ -15,13 +15,13 @@ import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from contextvars import ContextVar
-from datetime import UTC, datetime
 from typing import Any
 
 import msgspec
 from starlette.requests import HTTPConnection
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from percolert.core.times import iso_from_seconds
 from percolert.web.middleware.sessions import current_user
 
 _encoder = msgspec.json.Encoder()
@@ -58,7 +58,7 @@ def user_tag(user: str | None) -> str | None:
 class JsonFormatter(logging.Formatter):
     def format(self, record: logging.LogRecord) -> str:
         entry: dict[str, Any] = {
-            "at": datetime.fromtimestamp(record.created, UTC).isoformat(timespec="milliseconds"),
+            "at": iso_from_seconds(record.created),
             "level": record.levelname.lower(),
             "logger": record.name,
             "message": record.getMessage(),

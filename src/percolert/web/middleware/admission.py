@@ -18,6 +18,7 @@ from percolert.web.admin_api import PREFIX as ADMIN_PREFIX
 from percolert.web.errors import error_response
 from percolert.web.middleware.ratelimits import Action, RateLimits, client_address, retry_after
 from percolert.web.middleware.sessions import current_user
+from percolert.web.paths import route_path
 
 # Set when the session middleware found no session and the address may not start another.
 _SESSION_REFUSED_KEY = "percolert.session_refused_for"
@@ -35,16 +36,11 @@ def _address(scope: Scope) -> str | None:
     return client_address(client[0] if client else None)
 
 
-def _route_path(scope: Scope) -> str:
-    """The path the app's routes match on: below its mount point (`root_path`), if any."""
-    return str(scope["path"]).removeprefix(scope.get("root_path", ""))
-
-
 def _action(scope: Scope) -> Action | None:
     """The limited action a request is: the routes of app.py that do work for a session."""
     if scope["type"] == "websocket":
         return Action.SOCKET
-    path, method = _route_path(scope), scope["method"]
+    path, method = route_path(scope), scope["method"]
     if path.startswith(ADMIN_PREFIX):
         return Action.ADMIN  # no session: counted per address (attempts with a wrong token too)
     if path == "/api/search":
@@ -77,7 +73,7 @@ class Admission:
 
     async def may_start_session(self, scope: Scope) -> bool:
         """The session middleware asks before issuing a new session to a request without one."""
-        path = _route_path(scope)
+        path = route_path(scope)
         if path in _SESSIONLESS_PATHS or path.startswith(ADMIN_PREFIX):
             return False  # the admin API is authorised by its token, never by a cookie
         wait = await self._limits.admit(Action.NEW_SESSION, session=None, address=_address(scope))

@@ -14,6 +14,7 @@ from starlette.datastructures import Headers
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from percolert.web.errors import ApiError, error_response
+from percolert.web.paths import route_path
 
 
 class BodyLimitMiddleware:
@@ -28,7 +29,7 @@ class BodyLimitMiddleware:
         self.max_bytes_under = dict(max_bytes_under or {})
 
     def _bound(self, scope: Scope) -> int:
-        path = str(scope["path"]).removeprefix(scope.get("root_path", ""))
+        path = route_path(scope)
         for prefix, bound in self.max_bytes_under.items():
             if path.startswith(prefix):
                 return bound

@@ -26,7 +26,7 @@ from limits.storage import storage_from_string
 
 from percolert.core.settings import Settings
 
-logger = logging.getLogger("percolert.web.middleware.ratelimits")
+logger = logging.getLogger(__name__)
 
 # An IPv6 client typically owns a whole /64: its addresses count as one.
 _IPV6_CLIENT_PREFIX = 64

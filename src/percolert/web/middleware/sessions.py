@@ -24,7 +24,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from percolert.core.settings import Settings
 from percolert.core.state_dir import kept_secret
 
-logger = logging.getLogger("percolert.web.middleware.sessions")
+logger = logging.getLogger(__name__)
 
 COOKIE_NAME = "percolert_session"
 _MAX_AGE_SECONDS = 400 * 24 * 3600  # the longest browsers keep a cookie

@@ -22,7 +22,7 @@ from tests.netproxy import DroppableProxy
 from tests.servers import metric, run_server
 from tests.waiting import wait_until_sync
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 SCREENSHOTS = ROOT / "artifacts" / "screenshots"
 # As the machine's own probe runs it: no sandbox as root, and no background networking,
 # whose connections this closed network refuses.

@@ -11,7 +11,7 @@ import pytest
 from percolert.broker.redis import RedisBroker
 from percolert.core.settings import Settings
 from percolert.realtime.hub import Hub
-from tests.test_broker_redis import Log
+from tests.broker.test_broker_redis import Log
 
 pytestmark = pytest.mark.anyio
 

@@ -265,7 +265,7 @@ async def test_every_socket_of_the_user_hears_watches_changed(server: str) -> No
 async def test_cli_seeds_default_watches_idempotently(
     server: str, watch_settings: Settings, tmp_path: Path
 ) -> None:
-    shipped = Path(__file__).resolve().parent.parent / "data" / "default_watches.json"
+    shipped = Path(__file__).resolve().parents[2] / "data" / "default_watches.json"
     count = len(json.loads(shipped.read_text()))
     first = run_cli(watch_settings, "watches", "seed", str(shipped))
     assert first.returncode == 0, first.stderr

@@ -2,13 +2,22 @@
 
 from __future__ import annotations
 
+import ast
+import inspect
 import subprocess
 import sys
 from pathlib import Path
 
+import msgspec
 import pytest
 
-from percolert.core.settings import DEFAULT_ELASTICSEARCH_URL, SettingsError, from_environment
+from percolert.core import settings as settings_module
+from percolert.core.settings import (
+    DEFAULT_ELASTICSEARCH_URL,
+    Settings,
+    SettingsError,
+    from_environment,
+)
 from percolert.engine import es
 
 BASE = {"ELASTICSEARCH_URL": "http://127.0.0.1:9200"}
@@ -88,8 +97,8 @@ def test_every_variable_is_read_here() -> None:
     assert settings.java_home == Path("/opt/jdk")
     assert settings.redis_server == Path("/opt/redis/bin/redis-server")
     assert from_environment(BASE).redis_server is None  # redis-server on the PATH
-    assert settings.percolate_timeout == 6.0  # three Elasticsearch timeouts, unless set
-    assert from_environment({**BASE, "PERCOLERT_PERCOLATE_TIMEOUT": "1.5"}).percolate_timeout == 1.5
+    assert settings.percolate_seconds == 6.0  # three Elasticsearch timeouts, unless set
+    assert from_environment({**BASE, "PERCOLERT_PERCOLATE_TIMEOUT": "1.5"}).percolate_seconds == 1.5
     with pytest.raises(SettingsError, match="PERCOLERT_LOG_FORMAT must be one of json, text"):
         from_environment({**BASE, "PERCOLERT_LOG_FORMAT": "xml"})
 
@@ -125,3 +134,25 @@ def test_rate_limits_read_in_limits_notation_or_off() -> None:
     assert settings.trusted_proxies == ("10.0.0.0/8", "192.0.2.7")
     assert settings.max_sockets_per_user == 4
     assert from_environment({**BASE, "PERCOLERT_RATE_LIMITS": "off"}).rate_limits_enabled is False
+
+
+def test_every_default_is_written_once() -> None:
+    """The environment's defaults are the struct's: no parse of a variable carries a literal
+    default of its own, and a derived default follows what it derives from however the
+    settings were made."""
+    tree = ast.parse(inspect.getsource(settings_module.from_environment))
+    default_at = {"_number": 2, "_flag": 2, "_duration": 2, "_choice": 3}
+    literal_defaults = [
+        ast.unparse(call)
+        for call in ast.walk(tree)
+        if isinstance(call, ast.Call)
+        and isinstance(call.func, ast.Name)
+        and call.func.id in default_at
+        and not ast.unparse(call.args[default_at[call.func.id]]).startswith("default.")
+    ]
+    assert literal_defaults == []
+    for field in msgspec.structs.fields(Settings):
+        assert getattr(from_environment({}), field.name) == getattr(Settings(), field.name), field
+    made = Settings(elasticsearch_timeout=2.0)
+    read = from_environment({"ELASTICSEARCH_TIMEOUT": "2"})
+    assert made.percolate_seconds == read.percolate_seconds == 6.0

@@ -15,10 +15,10 @@ from playwright.sync_api import Browser, expect
 
 from percolert.core.settings import Settings
 from percolert.web.middleware.sessions import COOKIE_NAME
+from tests.products.test_product_feed import Writer
 from tests.servers import metric, run_server
-from tests.test_browser import browser, screenshot, shopper
-from tests.test_product_feed import Writer
 from tests.waiting import wait_until_sync
+from tests.web.test_browser import browser, screenshot, shopper
 
 __all__ = ["browser"]  # the browser fixture, shared with the page's other tests
 

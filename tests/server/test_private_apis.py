@@ -150,7 +150,7 @@ async def test_the_uvicorn_state_the_socket_fast_path_reads() -> None:
 
 def test_uvicorn_httptools_protocol_hooks() -> None:
     """`percolert.server.httpprotocol` overrides these and reads `cycle` (set in `__init__`, and the
-    header-bound tests in tests/test_limits.py exercise it for real)."""
+    header-bound tests in tests/web/test_limits.py exercise it for real)."""
     from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
     user = "percolert.server.httpprotocol"

@@ -17,8 +17,8 @@ from percolert.watches.store import SeedFileError, parse_seed_file
 from tests.conftest import run_cli
 from tests.servers import run_server
 from tests.shoppers import Shopper, Socket, default_watch
-from tests.test_limits import FOREVER, assert_rate_limited, limited
-from tests.test_watches_api import HOSTILE_IDS
+from tests.web.test_limits import FOREVER, assert_rate_limited, limited
+from tests.web.test_watches_api import HOSTILE_IDS
 
 pytestmark = pytest.mark.anyio
 

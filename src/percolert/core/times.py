@@ -1,0 +1,32 @@
+"""Moments as Elasticsearch stores them: ISO 8601 in UTC, to the millisecond (the precision
+its dates keep). One spelling for every index, so that a range query compares like with like."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+
+
+def iso_from_seconds(seconds: float) -> str:
+    """Epoch seconds as an ISO date, to the millisecond."""
+    return datetime.fromtimestamp(seconds, UTC).isoformat(timespec="milliseconds")
+
+
+def iso_from_milliseconds(milliseconds: int) -> str:
+    """Whole epoch milliseconds as an ISO date, exactly (no float in between)."""
+    seconds, millis = divmod(milliseconds, 1000)
+    moment = datetime.fromtimestamp(seconds, UTC) + timedelta(milliseconds=millis)
+    return moment.isoformat(timespec="milliseconds")
+
+
+def _parse(iso: str) -> datetime:
+    moment = datetime.fromisoformat(iso)
+    # A date without a zone is UTC, as Elasticsearch reads it.
+    return moment if moment.tzinfo is not None else moment.replace(tzinfo=UTC)
+
+
+def seconds_from_iso(iso: str) -> float:
+    return _parse(iso).timestamp()
+
+
+def milliseconds_from_iso(iso: str) -> int:
+    return round(_parse(iso).timestamp() * 1000)

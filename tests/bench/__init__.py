@@ -1,0 +1,1 @@
+"""The benchmarks' own checks, and their Go load client."""
