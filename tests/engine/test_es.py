@@ -79,15 +79,21 @@ async def test_connection_refused_is_a_clear_message() -> None:
 
 
 @contextmanager
-def http_stand_in(body: bytes, seen: list[dict[str, str]] | None = None) -> Iterator[str]:
-    """Answers every GET with `body`; records each request's headers in `seen`. Used only to
-    check the version gate and the headers on the wire, never as a search engine."""
+def http_stand_in(
+    body: bytes, seen: list[dict[str, str]] | None = None, *, root_status: int = 200
+) -> Iterator[str]:
+    """Answers every GET with `body` (`GET /` with `root_status`); records each request's
+    path and headers in `seen`. Used only to check the version gate and the headers on the
+    wire, never as a search engine."""
 
     class Handler(BaseHTTPRequestHandler):
         def do_GET(self) -> None:
             if seen is not None:
-                seen.append({name.lower(): value for name, value in self.headers.items()})
-            self.send_response(200)
+                seen.append(
+                    {":path": self.path}
+                    | {name.lower(): value for name, value in self.headers.items()}
+                )
+            self.send_response(root_status if self.path == "/" else 200)
             self.send_header("content-type", "application/json")
             self.send_header("x-elastic-product", "Elasticsearch")
             self.end_headers()
@@ -139,3 +145,20 @@ async def test_requests_ask_for_the_servers_major(major: int) -> None:
     probe, request = seen
     assert probe["accept"] == "application/json"
     assert request["accept"] == f"application/vnd.elasticsearch+json; compatible-with={major}"
+
+
+async def test_a_refused_version_probe_is_not_asked_again_on_every_request() -> None:
+    """A key without the `monitor` privilege may not read `GET /`: requests then go out
+    unadapted, and the probe waits a retry interval instead of preceding each request."""
+    seen: list[dict[str, str]] = []
+    body = b'{"status": "green", "cluster_name": "x"}'
+    with http_stand_in(body, seen, root_status=403) as url:
+        client = es.create_client(Settings(elasticsearch_url=url))
+        try:
+            for _ in range(3):
+                await client.cluster.health()
+        finally:
+            await client.close()
+    paths = [request[":path"] for request in seen]
+    assert paths.count("/") == 1, paths
+    assert paths.count("/_cluster/health") == 3, paths

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import re
+import time
 from collections.abc import Mapping
 from typing import Any, Literal, overload
 
@@ -83,6 +84,10 @@ def rewrite_compatibility(headers: HttpHeaders, major: int) -> HttpHeaders:
     return rewritten
 
 
+# A refused version probe is tried again after this long.
+PROBE_RETRY_SECONDS = 60.0
+
+
 class VersionAdaptingNode(AiohttpHttpNode):
     """An HTTP node that speaks the compatibility dialect of the server behind it."""
 
@@ -90,6 +95,9 @@ class VersionAdaptingNode(AiohttpHttpNode):
         super().__init__(config)
         self._major: int | None = None
         self._probe_lock = asyncio.Lock()
+        # When a refused probe may be tried again (monotonic seconds); until then requests go
+        # out unadapted instead of each waiting on the lock for a probe that is refused again.
+        self._probe_refused_until = 0.0
 
     async def perform_request(  # type: ignore[override]
         self,
@@ -100,7 +108,7 @@ class VersionAdaptingNode(AiohttpHttpNode):
         request_timeout: DefaultType | float | None = DEFAULT,
     ) -> NodeApiResponse:
         major = self._major
-        if major is None:
+        if major is None and time.monotonic() >= self._probe_refused_until:
             major = await self._learn_major(request_timeout)
         if headers is not None and major is not None and major != CLIENT_MAJOR:
             headers = rewrite_compatibility(headers, major)
@@ -108,7 +116,7 @@ class VersionAdaptingNode(AiohttpHttpNode):
 
     async def _learn_major(self, request_timeout: DefaultType | float | None) -> int | None:
         async with self._probe_lock:
-            if self._major is not None:
+            if self._major is not None or time.monotonic() < self._probe_refused_until:
                 return self._major
             # Plain JSON is understood by every version, so the probe itself cannot be refused
             # for its headers.
@@ -120,7 +128,9 @@ class VersionAdaptingNode(AiohttpHttpNode):
             )
             if meta.status != 200:
                 # A key without the `monitor` privilege may not read `GET /`; then assume the
-                # server matches the client and let the real request report what is wrong.
+                # server matches the client and let the real request report what is wrong,
+                # and ask again only after a while (the key's privileges may change).
+                self._probe_refused_until = time.monotonic() + PROBE_RETRY_SECONDS
                 return None
             try:
                 info = msgspec.json.decode(body, type=_ServerInfo)

@@ -147,19 +147,37 @@ async def setup(
     ]
 
 
+def expected_indices(settings: Settings, mappings_dir: Path | None = None) -> dict[str, str]:
+    """The index each alias should point at, by the versions the mappings declare."""
+    return {
+        alias_for(settings, name): index_for(settings, IndexDefinition.load(name, mappings_dir))
+        for name in INDEX_NAMES
+    }
+
+
 async def needing_setup(
-    client: AsyncElasticsearch, settings: Settings, mappings_dir: Path | None = None
+    client: AsyncElasticsearch,
+    settings: Settings,
+    mappings_dir: Path | None = None,
+    *,
+    expected: Mapping[str, str] | None = None,
 ) -> list[str]:
     """What `setup` still has to do, one phrase per index: an alias it has not created, or
-    one behind an older version than the mappings declare (used by readiness)."""
+    one behind an older version than the mappings declare (used by readiness). One request
+    for all the aliases; `expected` (from `expected_indices`) spares reading the mappings."""
+    if expected is None:
+        expected = expected_indices(settings, mappings_dir)
+    # Every index of this prefix with its aliases; a wildcard that matches nothing is {}.
+    found = await client.indices.get_alias(index=f"{settings.index_prefix}-*")
+    behind: dict[str, list[str]] = {}
+    for index, entry in found.body.items():
+        for alias in entry.get("aliases", {}):
+            behind.setdefault(alias, []).append(index)
     needed = []
-    for name in INDEX_NAMES:
-        alias = alias_for(settings, name)
-        behind = await indices_behind(client, alias)
-        if not behind:
+    for alias, target in expected.items():
+        at = sorted(behind.get(alias, []))
+        if not at:
             needed.append(f"{alias} is missing")
-            continue
-        target = index_for(settings, IndexDefinition.load(name, mappings_dir))
-        if behind != [target]:
-            needed.append(f"{alias} is at {', '.join(behind)}, not {target}")
+        elif at != [target]:
+            needed.append(f"{alias} is at {', '.join(at)}, not {target}")
     return needed

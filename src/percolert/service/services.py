@@ -21,6 +21,7 @@ from percolert.core.settings import Settings, default_instance_id
 from percolert.core.supervisor import Supervisor
 from percolert.core.text import TextNormalizer
 from percolert.engine import es, indices
+from percolert.engine.readiness import ClusterReadiness
 from percolert.products import catalog
 from percolert.products.feed import ProductFeed
 from percolert.products.matching import PERCOLATE_CONCURRENCY, ProductAlerting
@@ -51,6 +52,8 @@ class State(TypedDict):
     background: Supervisor
     # Leases of connected users' watches, which search percolation verifies.
     reachability: Leases
+    # What /readyz asks of Elasticsearch, at most once per interval.
+    readiness: ClusterReadiness
 
 
 def encode_message(message: ServerMessage) -> str:
@@ -152,6 +155,7 @@ class Services:
         # A reconnect storm's greetings queue here, leaving three quarters of the client's
         # connections to searches, percolation and the log.
         self.greetings = anyio.Semaphore(max(1, settings.elasticsearch_connections // 4))
+        self.readiness = ClusterReadiness(client, settings)
         self.background = Supervisor(on_restart=self._count_restart)
 
     @classmethod
@@ -225,6 +229,7 @@ class Services:
             "greetings": self.greetings,
             "background": self.background,
             "reachability": self.reachability,
+            "readiness": self.readiness,
         }
 
     def readings(self) -> dict[str, float]:

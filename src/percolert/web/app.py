@@ -187,7 +187,6 @@ async def healthz(request: Request) -> Response:
 
 async def readyz(request: Request) -> Response:
     state = state_of(request)
-    settings = state["settings"]
     down = state["background"].down()
     if down:
         return error_response(
@@ -201,15 +200,15 @@ async def readyz(request: Request) -> Response:
             503, "broker_unavailable", "the alert broker is unavailable; alerts are delayed"
         )
     try:
-        version = await es.check_connection(state["client"], settings.elasticsearch_url)
-        needed = await indices.needing_setup(state["client"], settings)
+        cluster = await state["readiness"].check()
     except es.ElasticsearchProblem as problem:
         # The details name the cluster's address: for the log, not for whoever asks.
         logger.warning("not ready: %s", problem)
         return error_response(503, "elasticsearch_unavailable", "Elasticsearch is unavailable")
-    if needed:
-        return error_response(503, "not_set_up", f"{'; '.join(needed)}: run `percolert setup`")
-    return json_response(Readiness(status="ready", elasticsearch=version, broker=broker))
+    if cluster.needed:
+        needed = "; ".join(cluster.needed)
+        return error_response(503, "not_set_up", f"{needed}: run `percolert setup`")
+    return json_response(Readiness(status="ready", elasticsearch=cluster.version, broker=broker))
 
 
 class _Lifespan:

@@ -1,0 +1,71 @@
+"""What readiness asks of Elasticsearch, asked at most once per interval.
+
+A load balancer or orchestrator polls `/readyz` often, from every instance; each check is a
+version request and one request for the aliases, so answers within `interval` share one
+check (concurrent callers wait for the one in flight). The mapping files are read once.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable
+
+import anyio
+import elasticsearch
+import msgspec
+from elastic_transport import TransportError
+from elasticsearch import AsyncElasticsearch
+
+from percolert.core.settings import Settings
+from percolert.engine import es
+from percolert.engine.indices import expected_indices, needing_setup
+
+
+class ClusterState(msgspec.Struct, frozen=True):
+    version: str
+    # What `percolert setup` still has to do, one phrase per index; empty when set up.
+    needed: tuple[str, ...]
+
+
+class ClusterReadiness:
+    def __init__(
+        self,
+        client: AsyncElasticsearch,
+        settings: Settings,
+        *,
+        interval: float = 2.0,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self._client = client
+        self._settings = settings
+        self._expected = expected_indices(settings)
+        self._interval = interval
+        self._clock = clock
+        self._lock = anyio.Lock()
+        self._checked_at = -math.inf
+        # The last outcome: the cluster's state, or why it could not be had (for the log).
+        self._outcome: ClusterState | str | None = None
+
+    async def check(self) -> ClusterState:
+        """The cluster's state as of at most `interval` ago; ElasticsearchProblem when it
+        could not be reached then."""
+        async with self._lock:
+            if self._outcome is None or self._clock() - self._checked_at >= self._interval:
+                self._outcome = await self._ask()
+                self._checked_at = self._clock()
+            outcome = self._outcome
+        if isinstance(outcome, str):
+            raise es.ElasticsearchProblem(outcome)
+        return outcome
+
+    async def _ask(self) -> ClusterState | str:
+        url = self._settings.elasticsearch_url
+        try:
+            version = await es.check_connection(self._client, url)
+            needed = await needing_setup(self._client, self._settings, expected=self._expected)
+        except es.ElasticsearchProblem as problem:
+            return str(problem)
+        except (TransportError, elasticsearch.ApiError) as error:
+            return es.describe(error, url)
+        return ClusterState(version=version, needed=tuple(needed))
