@@ -1,6 +1,8 @@
 """A TCP proxy on loopback whose "network" the test can cut and restore: dropping closes
 every connection through it and refuses new ones until restored. Pages loaded through it
-lose their WebSocket the way they would on a real network drop."""
+lose their WebSocket the way they would on a real network drop. Hanging instead accepts
+connections and holds every byte until restored, as a paused or black-holed server does;
+`sent` keeps what clients sent toward the target."""
 
 from __future__ import annotations
 
@@ -18,6 +20,9 @@ class DroppableProxy:
         self._open: set[socket.socket] = set()
         self._dropped = False
         self._closed = False
+        self._flowing = threading.Event()
+        self._flowing.set()
+        self.sent = bytearray()
         threading.Thread(target=self._accept, daemon=True).start()
 
     @property
@@ -33,12 +38,17 @@ class DroppableProxy:
                 sock.close()
             self._open.clear()
 
+    def hang(self) -> None:
+        self._flowing.clear()
+
     def restore(self) -> None:
         with self._lock:
             self._dropped = False
+        self._flowing.set()
 
     def close(self) -> None:
         self._closed = True
+        self._flowing.set()
         self.drop()
         self._listener.close()
 
@@ -59,11 +69,17 @@ class DroppableProxy:
                     continue
                 self._open.update((client, upstream))
             for source, sink in ((client, upstream), (upstream, client)):
-                threading.Thread(target=self._pump, args=(source, sink), daemon=True).start()
+                threading.Thread(
+                    target=self._pump, args=(source, sink, source is client), daemon=True
+                ).start()
 
-    def _pump(self, source: socket.socket, sink: socket.socket) -> None:
+    def _pump(self, source: socket.socket, sink: socket.socket, from_client: bool) -> None:
         try:
             while chunk := source.recv(65536):
+                if from_client:
+                    with self._lock:
+                        self.sent += chunk
+                self._flowing.wait()
                 sink.sendall(chunk)
         except OSError:
             pass

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Mapping
 from contextlib import asynccontextmanager
 from typing import TypedDict
 
@@ -15,10 +15,11 @@ from percolert.alerts.log import AlertLog
 from percolert.broker.base import Broker
 from percolert.broker.memory import MemoryBroker
 from percolert.broker.redis import RedisBroker
+from percolert.core.breaker import Breaker
 from percolert.core.messages import ServerMessage
 from percolert.core.metrics import Metrics
 from percolert.core.settings import Settings, default_instance_id
-from percolert.core.supervisor import Supervisor
+from percolert.core.supervisor import Loop, Supervisor
 from percolert.core.text import TextNormalizer
 from percolert.engine import es, indices
 from percolert.engine.readiness import ClusterReadiness
@@ -54,6 +55,8 @@ class State(TypedDict):
     reachability: Leases
     # What /readyz asks of Elasticsearch, at most once per interval.
     readiness: ClusterReadiness
+    # Open while the cluster is known to hang: the API answers 503 at once.
+    cluster: Breaker
 
 
 def encode_message(message: ServerMessage) -> str:
@@ -92,8 +95,11 @@ class Services:
         *,
         percolator_type: type[Percolator] = Percolator,
         percolation_client: AsyncElasticsearch | None = None,
+        cluster: Breaker | None = None,
     ) -> None:
         self.settings = settings
+        # Whether the cluster is known to hang (tripped by the HTTP edge), probed by a loop.
+        self.cluster = cluster or Breaker("Elasticsearch")
         self.hub = hub
         self.metrics = metrics
         self.client = client
@@ -167,7 +173,12 @@ class Services:
         metrics: Metrics,
         *,
         percolator_type: type[Percolator] = Percolator,
+        cluster: Breaker | None = None,
+        loops: Mapping[str, Loop] | None = None,
     ) -> AsyncIterator[Services]:
+        """The services, running until the block ends. `cluster` is tripped by callers that
+        saw the cluster hang; here it is probed until it answers. `loops` are the caller's
+        own background loops, run and supervised with the services'."""
         client = es.create_client(settings)
         # Percolation's own client hands its responses on undecoded (see Percolator), with
         # a connection for each request it may have in flight: searches' and a product run's.
@@ -185,6 +196,7 @@ class Services:
                 client,
                 percolator_type=percolator_type,
                 percolation_client=percolation_client,
+                cluster=cluster,
             )
             shared = services.shared
             if shared is not None:
@@ -202,6 +214,11 @@ class Services:
                     services.background.start(group, "event_loop_lag", metrics.watch_event_loop)
                     services.background.start(group, "product_feed", services.product_feed.run)
                     services.background.start(group, "reachability", services.reachability.run)
+                    services.background.start(
+                        group, "cluster_probe", lambda: services.cluster.run(services.probe_cluster)
+                    )
+                    for name, loop in (loops or {}).items():
+                        services.background.start(group, name, loop)
                     yield services
                     group.cancel_scope.cancel()
         finally:
@@ -209,6 +226,11 @@ class Services:
                 await shared.close()
             await percolation_client.close()
             await client.close()
+
+    async def probe_cluster(self) -> None:
+        """Whether the cluster answers again: one cheap request, on a short timeout."""
+        timeout = min(1.0, self.settings.elasticsearch_timeout)
+        await self.client.options(request_timeout=timeout, max_retries=0).info()
 
     def _count_restart(self, loop: str) -> None:
         self.metrics.background_restarts.labels(loop).inc()
@@ -230,6 +252,7 @@ class Services:
             "background": self.background,
             "reachability": self.reachability,
             "readiness": self.readiness,
+            "cluster": self.cluster,
         }
 
     def readings(self) -> dict[str, float]:

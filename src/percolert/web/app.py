@@ -17,6 +17,7 @@ from starlette.routing import Mount, Route, WebSocketRoute
 from starlette.staticfiles import StaticFiles
 
 from percolert.core import assets
+from percolert.core.breaker import Breaker
 from percolert.core.messages import (
     Categories,
     Health,
@@ -41,6 +42,7 @@ from percolert.web.logs import AccessLogMiddleware, as_instance
 from percolert.web.middleware.admission import Admission, AdmissionMiddleware
 from percolert.web.middleware.bodylimit import BodyLimitMiddleware
 from percolert.web.middleware.browser_guard import BrowserGuardMiddleware
+from percolert.web.middleware.cluster_breaker import ClusterBreakerMiddleware
 from percolert.web.middleware.ratelimits import RateLimits
 from percolert.web.middleware.sessions import (
     SessionMiddleware,
@@ -199,6 +201,8 @@ async def readyz(request: Request) -> Response:
         return error_response(
             503, "broker_unavailable", "the alert broker is unavailable; alerts are delayed"
         )
+    if state["cluster"].open:
+        return error_response(503, "elasticsearch_unavailable", "Elasticsearch is unavailable")
     try:
         cluster = await state["readiness"].check()
     except es.ElasticsearchProblem as problem:
@@ -223,8 +227,10 @@ class _Lifespan:
         metrics: Metrics,
         percolator_type: type[Percolator],
         limits: RateLimits,
+        cluster: Breaker,
     ) -> None:
         self._settings = settings
+        self._cluster = cluster
         self._hub = hub
         self._metrics = metrics
         self._limits = limits
@@ -237,7 +243,12 @@ class _Lifespan:
         # The background loops start in here, and log as this instance.
         with as_instance(self._settings.instance_id):
             async with Services.running(
-                self._settings, self._hub, self._metrics, percolator_type=self._percolator_type
+                self._settings,
+                self._hub,
+                self._metrics,
+                percolator_type=self._percolator_type,
+                cluster=self._cluster,
+                loops={"rate_limit_store": self._limits.watch_store},
             ) as services:
                 self.services = services
                 try:
@@ -278,12 +289,14 @@ def create_app(settings: Settings, *, percolator_type: type[Percolator] = Percol
     hub = Hub(grace_seconds=settings.reconnect_grace_seconds)
     app_metrics = Metrics(instance_id)
     limits = RateLimits(settings)
+    # Known to hang after a request timed out: the API answers 503 at once until it answers.
+    cluster = Breaker("Elasticsearch")
     admission = Admission(
         limits,
         max_sockets_per_user=settings.max_sockets_per_user,
         on_refused=lambda limit: app_metrics.refused.labels(limit).inc(),
     )
-    lifespan = _Lifespan(settings, hub, app_metrics, percolator_type, limits)
+    lifespan = _Lifespan(settings, hub, app_metrics, percolator_type, limits, cluster)
     app_metrics.read_from(lifespan.readings)
 
     web = assets.asset_dir("web")
@@ -325,10 +338,12 @@ def create_app(settings: Settings, *, percolator_type: type[Percolator] = Percol
                 may_start=admission.may_start_session,
             ),
             Middleware(AdmissionMiddleware, admission=admission),
+            Middleware(ClusterBreakerMiddleware, breaker=cluster),
         ],
         exception_handlers=exception_handlers(  # type: ignore[arg-type]
             settings.elasticsearch_url,
             on_elasticsearch_error=app_metrics.elasticsearch_errors.labels("http").inc,
+            on_elasticsearch_timeout=cluster.trip,
         ),
     )
 

@@ -7,7 +7,7 @@ from collections.abc import Callable, Mapping
 
 import elasticsearch
 import msgspec
-from elastic_transport import TransportError
+from elastic_transport import ConnectionTimeout, TransportError
 from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import Response
@@ -40,7 +40,7 @@ _WATCH_ERRORS: dict[type[WatchError], tuple[int, str]] = {
 
 # What a client is told when Elasticsearch fails. The details (the cluster's address among
 # them) go to the server log only.
-_UNAVAILABLE_MESSAGE = "search is unavailable for the moment; try again shortly"
+UNAVAILABLE_MESSAGE = "search is unavailable for the moment; try again shortly"
 _FAILED_MESSAGE = "the search backend could not do this; try again later"
 
 
@@ -91,12 +91,17 @@ async def _http_error(request: Request, exc: Exception) -> Response:
     return error_response(exc.status_code, code, str(exc.detail), exc.headers)
 
 
-def _elasticsearch_error(url: str, on_error: Callable[[], None]) -> object:
+def _elasticsearch_error(
+    url: str, on_error: Callable[[], None], on_timeout: Callable[[str], None]
+) -> object:
     async def handle(request: Request, exc: Exception) -> Response:
         on_error()
+        if isinstance(exc, ConnectionTimeout):
+            # Not refused but not answering: later requests need not wait for it too.
+            on_timeout(es.describe(exc, url))
         if es.is_unavailable(exc) or isinstance(exc, es.ElasticsearchProblem):
             logger.warning("elasticsearch unavailable: %s", es.describe(exc, url))
-            error = unavailable(_UNAVAILABLE_MESSAGE)
+            error = unavailable(UNAVAILABLE_MESSAGE)
             return error_response(error.status, error.code, error.message, error.headers)
         if (
             isinstance(exc, elasticsearch.NotFoundError)
@@ -121,9 +126,14 @@ async def _unexpected(request: Request, exc: Exception) -> Response:
 
 
 def exception_handlers(
-    elasticsearch_url: str, *, on_elasticsearch_error: Callable[[], None] = lambda: None
+    elasticsearch_url: str,
+    *,
+    on_elasticsearch_error: Callable[[], None] = lambda: None,
+    on_elasticsearch_timeout: Callable[[str], None] = lambda reason: None,
 ) -> dict[type[Exception] | int, object]:
-    on_elasticsearch = _elasticsearch_error(elasticsearch_url, on_elasticsearch_error)
+    on_elasticsearch = _elasticsearch_error(
+        elasticsearch_url, on_elasticsearch_error, on_elasticsearch_timeout
+    )
     return {
         ApiError: _api_error,
         WatchError: _watch_error,

@@ -6,7 +6,9 @@ process memory. Sliding-window counters cost two numbers per key, and an attempt
 costs nothing, so a client hammering past its limit does not push its own reset further away.
 
 A shared store that does not answer admits the attempt: a Redis outage must not take search
-down with it, and limits are there against abuse, not for correctness.
+down with it, and limits are there against abuse, not for correctness. After one failure the
+store is known to be down (a breaker): attempts are admitted at once, without waiting for it,
+while `watch_store` probes it in the background until it answers again.
 """
 
 from __future__ import annotations
@@ -18,12 +20,14 @@ import math
 import time
 from typing import Any
 
+import anyio
 import redis.asyncio as aioredis
 from limits import RateLimitItem, parse_many
 from limits.aio.strategies import SlidingWindowCounterRateLimiter
 from limits.errors import StorageError
 from limits.storage import storage_from_string
 
+from percolert.core.breaker import Breaker
 from percolert.core.settings import Settings
 
 logger = logging.getLogger(__name__)
@@ -126,26 +130,34 @@ class RateLimits:
             if self._rules
             else None
         )
-        self._store_failing = False
+        self._store = Breaker("rate limits: their store")
 
     async def admit(
         self, action: Action, *, session: str | None, address: str | None
     ) -> float | None:
         """None if the attempt is within every limit (it is counted); otherwise the seconds
         until it would be (it is not counted). Admitted when the store does not answer."""
-        try:
-            wait = await self._admit(action, session=session, address=address)
-        except StorageError as error:
-            if not self._store_failing:  # once per outage, not once per request
-                logger.warning(
-                    "rate limits not enforced: their store fails: %s", error.storage_error
-                )
-            self._store_failing = True
+        if self._store.open:
             return None
-        if self._store_failing:
-            logger.warning("rate limits enforced again: their store answers")
-            self._store_failing = False
-        return wait
+        try:
+            return await self._admit(action, session=session, address=address)
+        except StorageError as error:
+            self._store.trip(f"rate limits not enforced: {error.storage_error!r}")
+            return None
+
+    async def watch_store(self) -> None:
+        """Until cancelled: while the store is known to be down, probe it (in the background
+        of requests) until it answers; then limits are enforced again."""
+        if self._limiter is None:
+            await anyio.sleep_forever()
+            return
+        limiter = self._limiter
+
+        async def probe() -> None:
+            if not await limiter.storage.check():
+                raise StorageError(ConnectionError("the rate limits' store does not answer"))
+
+        await self._store.run(probe)
 
     async def close(self) -> None:
         """Close the connections to a shared store (they belong to the app's event loop)."""
