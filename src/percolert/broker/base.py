@@ -28,6 +28,16 @@ class BrokerUnavailable(Exception):
     """The shared broker cannot be reached now: nothing was decided or sent; try later."""
 
 
+class TooManySockets(Exception):
+    """The user already holds the most sockets allowed, on all instances together."""
+
+    def __init__(self, limit: int) -> None:
+        super().__init__(
+            f"too many open connections for this session: at most {limit}; close another tab"
+        )
+        self.limit = limit
+
+
 class OwnedCandidate(msgspec.Struct, frozen=True, kw_only=True):
     """A user's own watch that matched a search they did not make (their first one)."""
 
@@ -127,9 +137,11 @@ class Broker(Protocol):
         `publish` raise `BrokerUnavailable`."""
         ...
 
-    async def connected(self, user: str) -> int:
+    async def connected(self, user: str, *, max_sockets: int | None = None) -> int:
         """A socket of `user` opened here: count them reachable and return the cut, the
-        last position the socket's greeting replays (later ones reach it live)."""
+        last position the socket's greeting replays (later ones reach it live). A shared
+        broker raises TooManySockets when the user already holds `max_sockets` on all
+        instances together (registering nothing); one process counts its own at the door."""
         ...
 
     async def disconnected(self, user: str) -> None:

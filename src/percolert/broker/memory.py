@@ -78,7 +78,7 @@ class MemoryBroker:
     def status(self) -> BrokerStatus:
         return "memory"
 
-    async def connected(self, user: str) -> int:
+    async def connected(self, user: str, *, max_sockets: int | None = None) -> int:
         # Sendings are delivered as they are numbered, so the hub already has every later one.
         return self._sink.last_seq
 

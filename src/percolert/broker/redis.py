@@ -36,12 +36,14 @@ no KEYS; the client follows no redirects).
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import random
 import secrets
 import time
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
 from importlib import resources
 from typing import Any, Protocol, cast
 
@@ -52,7 +54,7 @@ from anyio.abc import TaskGroup
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import OutOfMemoryError, ReadOnlyError, RedisError
+from redis.exceptions import LockError, OutOfMemoryError, ReadOnlyError, RedisError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from percolert.broker.base import (
@@ -65,8 +67,10 @@ from percolert.broker.base import (
     OwnedCandidate,
     SearchFold,
     Sending,
+    TooManySockets,
 )
 from percolert.core.exception_groups import first_error
+from percolert.core.locks import LocalLocks
 from percolert.core.metrics import BrokerMetrics
 from percolert.core.records import AlertRecord
 from percolert.core.settings import Settings
@@ -91,6 +95,9 @@ LEASE_MS = 5_000
 CLAIM_LIMIT = 64
 # Connections to Redis per instance, and how long a call waits for one before it fails.
 MAX_CONNECTIONS = 64
+# A lock of `exclusive` frees itself after this long if its holder died holding it; a taker
+# waits at most this long for it.
+_LOCK_SECONDS = 10.0
 CONNECTION_WAIT_SECONDS = 10.0
 _READ_COUNT = 500
 _READ_BLOCK_MS = 1_000
@@ -235,6 +242,8 @@ class RedisBroker:
         self._reasserting = False
         self._reassert_lock = anyio.Lock()  # the reader and the heartbeat may both resync
         self._presence_calls = 0
+        # `exclusive` while Redis does not answer.
+        self._local_locks = LocalLocks()
         self._closers: TaskGroup | None = None
 
     async def _call(self, name: str, *args: str | int | bytes) -> Any:
@@ -544,14 +553,42 @@ class RedisBroker:
         self._seen(seq)
         self._delivery.deliver(sending.numbered(seq))
 
-    async def connected(self, user: str) -> int:
+    @asynccontextmanager
+    async def exclusive(self, name: str) -> AsyncIterator[None]:
+        """Held by one instance at a time: Redis's lock, which expires so that a holder that
+        died frees it. While Redis does not answer, held within this instance only: an add
+        must not fail because the broker is away (the cap may then be passed by a few)."""
+        lock = self._redis.lock(
+            f"{self._prefix}:lock:{name}",
+            timeout=_LOCK_SECONDS,
+            blocking_timeout=_LOCK_SECONDS,
+        )
+        try:
+            acquired = bool(await lock.acquire())
+        except _REFUSED as error:
+            logger.warning("lock %s held on this instance only: Redis refused: %r", name, error)
+            acquired = False
+        if not acquired:
+            async with self._local_locks(name):
+                yield
+            return
+        try:
+            yield
+        finally:
+            with contextlib.suppress(*_REFUSED, LockError):  # expired: nothing left to free
+                await lock.release()
+
+    async def connected(self, user: str, *, max_sockets: int | None = None) -> int:
         if self._up and not self._reasserting:
             self._presence_calls += 1
             try:
-                cut = int(await self._call("presence", self.instance_id, user, "1"))
+                cap = "" if max_sockets is None else str(max_sockets)
+                cut = int(await self._call("presence", self.instance_id, user, "1", cap))
             except _REFUSED as error:
                 self._mark_down(error)
             else:
+                if cut < 0:
+                    raise TooManySockets(max_sockets or 0)
                 self._seen(cut)
                 return cut
             finally:
@@ -567,7 +604,7 @@ class RedisBroker:
             self._presence_calls += 1
             recorded = False
             try:
-                await self._call("presence", self.instance_id, user, "0")
+                await self._call("presence", self.instance_id, user, "0", "")
                 recorded = True
             except _REFUSED as error:
                 self._mark_down(error)

@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 from collections.abc import AsyncIterator, Callable, Mapping
-from contextlib import asynccontextmanager
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
+from functools import partial
 from typing import TypedDict
 
 import anyio
@@ -62,6 +63,10 @@ class State(TypedDict):
 def encode_message(message: ServerMessage) -> str:
     """A WebSocket message as JSON text, encoded once for however many sockets get it."""
     return msgspec.json.encode(message).decode()
+
+
+def _watch_lock(broker: RedisBroker, owner: str) -> AbstractAsyncContextManager[None]:
+    return broker.exclusive(f"watches:{owner}")
 
 
 def _observe_percolate(metrics: Metrics) -> Callable[[float | None, int], None]:
@@ -153,6 +158,8 @@ class Services:
                 client, indices.alias_for(settings, "products")
             ).names,
             lease_seconds=lease_seconds(settings),
+            # With several instances, one owner's adds are held apart across all of them.
+            owner_lock=(None if self.shared is None else partial(_watch_lock, self.shared)),
         )
         self.product_alerting = ProductAlerting(client, settings, self.percolator)
         self.product_feed = ProductFeed(

@@ -19,13 +19,14 @@ import math
 import re
 import time
 from collections.abc import Awaitable, Callable, Collection, Iterable, Iterator
+from contextlib import AbstractAsyncContextManager
 from typing import Any
 
-import anyio
 import elasticsearch
 import msgspec
 from elasticsearch import AsyncElasticsearch
 
+from percolert.core.locks import LocalLocks
 from percolert.core.messages import TERMS_MAX_LENGTH, Notify, Watch, WatchSpec
 from percolert.core.settings import Settings
 from percolert.core.text import TextNormalizer
@@ -264,6 +265,10 @@ class SeedReport(msgspec.Struct):
     removed: int = 0
 
 
+# owner -> a context in which no other add of the owner's runs
+OwnerLock = Callable[[str], AbstractAsyncContextManager[None]]
+
+
 class WatchStore:
     """Watches in the percolator index; every change is refreshed before it returns, so the
     very next search sees it."""
@@ -277,9 +282,12 @@ class WatchStore:
         max_per_user: int,
         known_categories: Callable[[], Awaitable[Collection[str]]] | None = None,
         lease_seconds: float | None = None,
+        owner_lock: OwnerLock | None = None,
     ) -> None:
         """`lease_seconds`: how long a watch its owner adds is leased as reachable
-        (`reachability.lease_seconds`; the default settings' if None)."""
+        (`reachability.lease_seconds`; the default settings' if None). `owner_lock(owner)`
+        holds one owner's adds apart (count, then insert); by default within this process,
+        with several instances across them (the shared broker's lock)."""
         self._client = client
         self._alias = alias
         self._normalizer = normalizer
@@ -288,8 +296,8 @@ class WatchStore:
         # before the catalog is loaded): any category is taken.
         self._known_categories = known_categories
         # Count-then-insert must not interleave for one user, or concurrent adds pass the
-        # limit together. Locks are dropped when nobody holds them.
-        self._locks: dict[str, anyio.Lock] = {}
+        # limit together.
+        self._owner_lock = owner_lock or LocalLocks()
         self._lease_seconds = (
             reachability.lease_seconds(Settings()) if lease_seconds is None else lease_seconds
         )
@@ -344,13 +352,8 @@ class WatchStore:
             # Its owner is here now: the watch is leased as reachable, so that search
             # percolation matches it at once (reachability.py; the owner's sockets renew it).
             document["reachable_until"] = reachability.lease_until(self._lease_seconds)
-            lock = self._locks.setdefault(owner, anyio.Lock())
-            try:
-                async with lock:
-                    await self._add_for_user(owner, document_id, document)
-            finally:
-                if not lock.locked() and lock.statistics().tasks_waiting == 0:
-                    self._locks.pop(owner, None)
+            async with self._owner_lock(owner):
+                await self._add_for_user(owner, document_id, document)
         return _to_watch(document_id, msgspec.convert(document, _StoredWatch))
 
     async def _check_category(self, category: str | None) -> None:

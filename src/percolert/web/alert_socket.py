@@ -11,6 +11,7 @@ import msgspec
 from elastic_transport import TransportError
 from starlette.websockets import WebSocket, WebSocketDisconnect
 
+from percolert.broker.base import TooManySockets
 from percolert.core.messages import Alert, ClientMessages, Hello, Ping, Pong, Watch
 from percolert.core.settings import Settings
 from percolert.realtime.frames import closer, frame_writer, receive_listener
@@ -202,7 +203,14 @@ async def alerts_socket(websocket: WebSocket) -> None:
     state["product_feed"].hold(connection)
     hub.add(connection)
     try:
-        cut = await broker.connected(user)
+        cut = await broker.connected(user, max_sockets=state["settings"].max_sockets_per_user)
+    except TooManySockets as refused:
+        # This instance let it in; together with the user's sockets on the others it is one
+        # too many. Told after the accept, as other refusals that need a look are.
+        hub.remove(connection)
+        with contextlib.suppress(WebSocketDisconnect):
+            await websocket.close(code=POLICY_VIOLATION, reason=str(refused))
+        return
     except BaseException:
         hub.remove(connection)
         raise

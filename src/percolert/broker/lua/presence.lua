@@ -1,8 +1,19 @@
--- ARGV: P, me, user, '1' (a socket opened) or '0' (one closed). An open returns the cut:
--- read in the same step as the registration, so every later sending is routed here and
--- every earlier one is at or below the cut (replayed from the log).
+-- ARGV: P, me, user, '1' (a socket opened) or '0' (one closed), and for an open the most
+-- sockets the user may hold on all instances together ('' for no cap). An open returns the
+-- cut: read in the same step as the registration, so every later sending is routed here and
+-- every earlier one is at or below the cut (replayed from the log). An open past the cap
+-- registers nothing and returns '-1'.
 local at, user = P .. ':at:' .. ARGV[2], ARGV[3]
 if ARGV[4] == '1' then
+  local cap = tonumber(ARGV[5])
+  if cap then
+    local open = 0
+    -- Live instances only: a dead one's sockets are gone, though it is not reaped yet.
+    for _, inst in ipairs(redis.call('ZRANGEBYSCORE', P .. ':inst', now, '+inf')) do
+      open = open + tonumber(redis.call('HGET', P .. ':at:' .. inst, user) or '0')
+    end
+    if open >= cap then return '-1' end
+  end
   redis.call('HINCRBY', at, user, 1)
   redis.call('ZREM', P .. ':left', user)
   return redis.call('HGET', P .. ':meta', 'seq') or '0'
