@@ -425,3 +425,55 @@ async def test_an_alert_visible_after_a_greeting_moved_the_mark_past_it_is_still
         away = returned.hello["away"]
         assert (away is None) if open_meanwhile else (ids(away["alerts"]) == [earlier.id])
         assert (await a.connect()).hello["away"] is None
+
+
+async def test_more_alerts_at_one_position_than_a_page_are_all_read(
+    feed_settings: Settings,
+) -> None:
+    """One run's alerts may share a position; more of them than a page of the tail still
+    reach their owners, the last one written included."""
+    settings = msgspec.structs.replace(feed_settings, product_alert_poll_seconds=3600.0)
+    client = es.create_client(settings)
+    hub = Hub()
+    feed = ProductFeed(
+        client, settings, hub, SeenMarks(client, indices.alias_for(settings, "product_seen"))
+    )
+    received: list[str] = []
+
+    async def send_text(text: str) -> None:
+        received.append(text)
+
+    connection = Connection("tied-user", send_text, 16)
+    hub.add(connection)
+
+    def alert(seq: int, watch: str) -> ProductAlert:
+        return ProductAlert(
+            id=product_alert_id(seq, watch),
+            seq=seq,
+            watch=AlertWatch(id=watch, terms="kindle"),
+            change="new",
+            product=ProductCard(
+                sku="kindle-1", product_name="Kindle", price=99.0, category="e", brand="Amazon"
+            ),
+            at=datetime.now(UTC).isoformat(timespec="milliseconds"),
+            total=1,
+        )
+
+    try:
+        async with anyio.create_task_group() as tasks:
+            tasks.start_soon(feed.run)
+            tasks.start_soon(connection.write, tasks.cancel_scope)
+            await wait_until(lambda: feed.started, what="the tail to start")
+            seq = time.time_ns() // 1000
+            others = [
+                StoredProductAlert(user="someone-away", alert=alert(seq, f"w-{n}"))
+                for n in range(PAGE + 200)
+            ]
+            mine = StoredProductAlert(user="tied-user", alert=alert(seq, "w-mine"))
+            await store(client, indices.alias_for(settings, "product_alerts"), [*others, mine])
+            feed.wake()
+            await wait_until(lambda: received, what="the owner's alert to be sent")
+            assert [json.loads(text)["id"] for text in received] == [mine.alert.id]
+            tasks.cancel_scope.cancel()
+    finally:
+        await client.close()

@@ -20,10 +20,12 @@ elsewhere, or by another tab's greeting); the others follow the hello.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import time
 import weakref
 from collections.abc import Iterable
+from typing import Any
 
 import anyio
 import elasticsearch
@@ -145,17 +147,55 @@ class ProductFeed:
                 track_total_hits=False,
             )
             hits = response["hits"]["hits"]
-            for hit in hits:
-                fields = hit["fields"]
-                entries[hit["_id"]] = _Entry(
-                    id=hit["_id"], seq=int(fields["seq"][0]), user=fields["user"][0]
-                )
+            self._take(hits, entries)
             last = int(hits[-1]["fields"]["seq"][0]) if hits else start
-            # The next page starts at the last position again (positions may tie across
-            # writers); a page of one position throughout cannot move on.
-            if len(hits) < PAGE or last == start:
+            if len(hits) < PAGE:
                 return sorted(entries.values(), key=lambda entry: (entry.seq, entry.id))
-            start = last
+            if last == start:
+                # A page of one position throughout (a run's alerts may share one): read
+                # that position through, then go on above it.
+                await self._one_position(start, entries)
+                start += 1
+            else:
+                # The next page starts at the last position again (positions may tie across
+                # writers, and a tie may straddle pages).
+                start = last
+
+    async def _one_position(self, seq: int, entries: dict[str, _Entry]) -> None:
+        """Every alert at position `seq`, in pages ordered within a point in time (by the
+        shard's own document order, so that ties have an order and none is skipped)."""
+        opened = await self._client.open_point_in_time(index=self._alias, keep_alive="1m")
+        pit = opened["id"]
+        try:
+            after: list[Any] | None = None
+            while True:
+                response = await self._client.search(
+                    pit={"id": pit, "keep_alive": "1m"},
+                    query={"term": {"seq": seq}},
+                    sort=[{"_shard_doc": "asc"}],
+                    size=PAGE,
+                    source=False,
+                    docvalue_fields=[{"field": "seq"}, {"field": "user"}],
+                    track_total_hits=False,
+                    search_after=after,
+                )
+                hits = response["hits"]["hits"]
+                pit = response.get("pit_id", pit)
+                self._take(hits, entries)
+                if len(hits) < PAGE:
+                    return
+                after = hits[-1]["sort"]
+        finally:
+            with contextlib.suppress(*_ES_ERRORS):
+                await self._client.close_point_in_time(id=pit)
+
+    @staticmethod
+    def _take(hits: list[dict[str, Any]], entries: dict[str, _Entry]) -> None:
+        for hit in hits:
+            fields = hit["fields"]
+            entries[hit["_id"]] = _Entry(
+                id=hit["_id"], seq=int(fields["seq"][0]), user=fields["user"][0]
+            )
 
     async def _fetch(self, ids: list[str]) -> list[StoredProductAlert]:
         found: list[StoredProductAlert] = []

@@ -181,22 +181,26 @@ class _Digest:
         self.more: list[CatalogChange] = []
         self.total = 1
 
-    def add(self, change: CatalogChange) -> None:
+    def add(self, change: CatalogChange) -> bool:
+        """A product that may be listed already (its latest change replaces the listed one);
+        whether it is listed now."""
         sku = change.product.sku
         if self.first.product.sku == sku:
             self.first = change
-            return
+            return True
         for position, listed in enumerate(self.more):
             if listed.product.sku == sku:
                 self.more[position] = change
-                return
-        self.add_new(change)
+                return True
+        return self.add_new(change)
 
-    def add_new(self, change: CatalogChange) -> None:
-        """A product not yet in the digest."""
+    def add_new(self, change: CatalogChange) -> bool:
+        """A product not yet in the digest; whether it is listed (else only counted)."""
         self.total += 1
         if len(self.more) < DIGEST_MORE:
             self.more.append(change)
+            return True
+        return False
 
 
 class ProductRun:
@@ -205,14 +209,22 @@ class ProductRun:
     def __init__(self, alerting: ProductAlerting) -> None:
         self._alerting = alerting
         self._digests: dict[str, _Digest] = {}  # by watch id
-        # Skus this run has taken matches of: a product seen again may already be listed.
-        self._skus_taken: set[str] = set()
+        # Skus some digest of this run lists: a product seen again may be listed, and its
+        # latest change must replace the listed one. Only listed ones: a digest lists a few
+        # products, so this stays small however many products a run changes.
+        self._listed: set[str] = set()
         # Notices not yet written, per sku: the watches told (stored ones included).
         self._notices: dict[str, _Notices] = {}
         self._held = 0  # (watch, sku) pairs told in `_notices`
         self.changes = 0
         # Product alerts the run wrote (known once it has ended).
         self.alerts = 0
+
+    @property
+    def skus_listed(self) -> int:
+        """How many products the run's digests list (what it keeps to recognise one seen
+        again: bounded by the digests, not by the products changed)."""
+        return len(self._listed)
 
     async def changed(self, changes: list[CatalogChange]) -> None:
         """Percolate `changes` (in batches, a few requests at once) and take what they
@@ -264,7 +276,8 @@ class ProductRun:
             told = notices.told
             drop = change.change == "price_drop"
             limited = change.change != "new"
-            again = product.sku in self._skus_taken
+            again = product.sku in self._listed
+            listed = False
             held = self._held
             for match in matches:
                 owner = match.owner
@@ -284,13 +297,15 @@ class ProductRun:
                 digest = digests.get(watch_id)  # a watch has one owner
                 if digest is None:
                     digests[watch_id] = _Digest(owner, match, change)
+                    listed = True
                 elif again:
-                    digest.add(change)
+                    listed = digest.add(change) or listed
                 else:
-                    digest.add_new(change)
+                    listed = digest.add_new(change) or listed
             if self._held > held:
                 notices.tell_at(now, product.price)
-            self._skus_taken.add(product.sku)
+            if listed:
+                self._listed.add(product.sku)
         if self._held > self._alerting.notices_held:
             await self._write_notices()
 
