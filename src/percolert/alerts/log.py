@@ -108,6 +108,8 @@ class _Document(msgspec.Struct, gc=False):
         )
 
 
+# Compatibility shim, removed in 0.2.0: by then every deployment has run `percolert setup`
+# on alerts v2, and v1 documents are past the log's retention anyway.
 def upgrade_v1(document_id: str, source: dict[str, Any]) -> dict[str, Any]:
     """alerts v1 (one document per recipient, the whole alert stored) as a v2 record."""
     alert = source["alert"]

@@ -531,7 +531,9 @@ class RedisBroker:
     def _check(self, fields: dict[bytes, bytes]) -> str | None:
         """A gap before this entry: a new epoch, or an entry of this inbox missing."""
         if b"e" not in fields:
-            return None  # from an instance of an earlier version (a rolling upgrade)
+            # Compatibility shim, removed in 0.2.0: from an instance of a version before
+            # epochs, during a rolling upgrade.
+            return None
         epoch, n = fields[b"e"].decode(), int(fields[b"n"])
         expected = None if self._last_n is None else self._last_n + 1
         self._last_n = n

@@ -65,8 +65,9 @@ class SessionSigner:
         except (BadSignature, UnicodeDecodeError):
             return None
         if not started_ms:
-            # A cookie from before sessions carried their start: only the signing time, in
-            # whole seconds, is known; the session began before the end of that second.
+            # Compatibility shim, removed in 0.2.0: a cookie from before sessions carried
+            # their start. Only the signing time, in whole seconds, is known; the session
+            # began before the end of that second.
             return user, signed_at.timestamp() + 1
         if not started_ms.isascii() or not started_ms.isdigit():
             return None
