@@ -7,7 +7,7 @@ random users. The publisher (this process) sends each search's alerts the way th
 routes them, one search after the other as the dispatcher does:
 - `channels`: one `PUBLISH` per recipient to `u:<user>`, pipelined per search; each receiver
   `SUBSCRIBE`s to the channels of its users and decodes every message;
-- `inboxes`: one call of the broker's own `publish.lua` (percolert/redis_lua) per search,
+- `inboxes`: one call of the broker's own `publish.lua` (percolert/broker/lua) per search,
   which adds the sending once to the inbox stream of each instance holding a recipient
   (its presence hash `P:at:<instance>`); each receiver `XREAD`s its inbox, decodes each
   sending once and picks out its own users.
@@ -103,7 +103,7 @@ PUBLISH_ARGS: list[str | int] = ["bench-epoch", 0, 0, 0, INBOX_BOUND, "publisher
 
 def publish_script() -> str:
     """The broker's own script, as broker_redis.py loads it."""
-    folder = resources.files("percolert").joinpath("redis_lua")
+    folder = resources.files("percolert.broker").joinpath("lua")
     return folder.joinpath("_common.lua").read_text() + folder.joinpath("publish.lua").read_text()
 
 

@@ -16,7 +16,8 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from percolert.cli.common import cluster_line
 from percolert.core.settings import DEFAULT_ELASTICSEARCH_URL, from_environment
-from percolert.dev.devnode import NodeState, recorded_url
+from percolert.dev.devnode import recorded_url
+from percolert.dev.localservice import ServiceState
 from percolert.dev.redisnode import RedisNode
 from tests.conftest import delete_indices, make_settings, run_cli
 from tests.servers import free_port
@@ -46,7 +47,7 @@ def test_admin_commands_never_use_a_dev_node_left_running(tmp_path: Path) -> Non
     env["PERCOLERT_STATE_DIR"] = str(tmp_path)
     with subprocess.Popen(command) as stand_in:
         try:
-            node = NodeState(
+            node = ServiceState(
                 pid=stand_in.pid,
                 port=9333,
                 url="http://127.0.0.1:9333",

@@ -29,7 +29,7 @@ def _in_alert_socket(task: asyncio.Task[Any]) -> bool:
     awaited: Any = task.get_coro()
     while awaited is not None:
         code = getattr(awaited, "cr_code", None)
-        if code is not None and code.co_filename.endswith("percolert/alert_socket.py"):
+        if code is not None and code.co_filename.endswith("percolert/web/alert_socket.py"):
             return True
         awaited = getattr(awaited, "cr_await", None) or getattr(awaited, "gi_yieldfrom", None)
     return False
