@@ -34,7 +34,7 @@ from pathlib import Path
 import psutil
 import redis
 
-from bench.harness import (
+from bench.rig import (
     REPORT_DIR,
     Server,
     Subscribers,
@@ -109,7 +109,7 @@ class ClusterStep:
 def script_commands() -> set[str]:
     """The commands the broker's Lua scripts run inside Redis: counted by `INFO
     commandstats` like any other, but no round trip of their own."""
-    folder = resources.files("percolert").joinpath("redis_lua")
+    folder = resources.files("percolert.broker").joinpath("lua")
     found: set[str] = set()
     for script in folder.iterdir():
         if script.name.endswith(".lua"):

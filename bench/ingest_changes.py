@@ -40,14 +40,8 @@ import psutil
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.typing import Origin
 
-from bench.harness import (
-    REPORT_DIR,
-    ROOT,
-    Server,
-    bench_node,
-    load_watches,
-    percentiles,
-)
+from bench.harness import bench_node, load_watches
+from bench.rig import REPORT_DIR, ROOT, Server, percentiles
 from percolert.core.settings import Settings
 from percolert.core.text import TextNormalizer
 from percolert.engine import es, indices

@@ -25,7 +25,8 @@ from typing import Any
 
 from elasticsearch import AsyncElasticsearch
 
-from bench.harness import ROOT, catalog_words, load_watches
+from bench.harness import catalog_words, load_watches
+from bench.rig import ROOT
 from percolert.core.settings import Settings
 from percolert.core.text import TextNormalizer
 from percolert.engine import es, indices

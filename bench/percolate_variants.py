@@ -37,14 +37,8 @@ import msgspec
 import psutil
 from elasticsearch import AsyncElasticsearch
 
-from bench.harness import (
-    GROUP_WORDS,
-    PREFIX,
-    catalog_words,
-    cpu_seconds,
-    load_watches,
-    prepare_catalog,
-)
+from bench.harness import catalog_words, load_watches, prepare_catalog
+from bench.rig import GROUP_WORDS, PREFIX, cpu_seconds
 from percolert.core.messages import WatchSpec
 from percolert.core.settings import Settings, from_environment
 from percolert.core.text import TextNormalizer

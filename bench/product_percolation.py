@@ -21,7 +21,8 @@ import time
 import uuid
 from typing import Any
 
-from bench.harness import ROOT, load_watches
+from bench.harness import load_watches
+from bench.rig import ROOT
 from percolert.core.settings import Settings
 from percolert.core.text import TextNormalizer
 from percolert.engine import es, indices

@@ -19,7 +19,8 @@ from pathlib import Path
 
 import httpx
 
-from bench.harness import Server, prepare_catalog
+from bench.harness import prepare_catalog
+from bench.rig import Server
 from percolert.core.settings import from_environment
 from percolert.dev.devnode import DevNode
 from tests.servers import free_port

@@ -43,7 +43,7 @@ from typing import Any
 import httpx
 import psutil
 
-from bench.harness import REPORT_DIR, ROOT, Server, Subscribers, build_wsload
+from bench.rig import REPORT_DIR, ROOT, Server, Subscribers, build_wsload
 from percolert.core.settings import from_environment
 from percolert.dev.devnode import DevNode
 from percolert.web.middleware.sessions import SessionSigner

@@ -4,11 +4,8 @@ asserting who receives what and who does not."""
 from __future__ import annotations
 
 import json
-import statistics
-import time
 from collections.abc import Iterator
 
-import anyio
 import msgspec
 import pytest
 from websockets.exceptions import InvalidStatus
@@ -249,27 +246,21 @@ async def test_phrase_watches_need_the_words_together(server: str) -> None:
         await a.unwatch(watch["id"])
 
 
-async def test_search_latency_does_not_grow_with_connected_sockets(server: str) -> None:
-    """B's search answers as fast with hundreds of sockets alerted as with one."""
-
-    async def median_search_ms(b: Shopper) -> float:
-        timings = []
-        for _ in range(30):
-            started = time.perf_counter()
-            await b.search("kindle oasis")
-            timings.append((time.perf_counter() - started) * 1000)
-            await anyio.sleep(0.01)
-        return statistics.median(timings)
-
+async def test_one_search_alerts_each_of_hundreds_of_open_sockets(server: str) -> None:
+    """300 open tabs of the watcher each get the alert of one search, and the search is
+    answered. How fast, and whether searches slow down as sockets grow, is a benchmark's
+    question, not a unit test's on a shared machine: bench/harness.py records search and
+    alert latency for every design at 1k-10k sockets (`percolert-broadcast`: each search
+    alerts every socket; search p50/p99 per step in docs/benchmarks/results.md, summed up
+    under "Equal work (broadcast)" in docs/benchmarks/README.md)."""
     async with Shopper(server) as a, Shopper(server) as b:
         watch = await a.watch("oasis")
-        await a.connect()
-        one = await median_search_ms(b)
-        for _ in range(299):
-            await a.connect()
-        many = await median_search_ms(b)
-        print(f"median search: {one:.1f} ms with 1 socket, {many:.1f} ms with 300")
-        assert many < max(3 * one, one + 20)
+        tabs = [await a.connect() for _ in range(300)]
+        await b.search("kindle oasis")
+        alerts = [alert for tab in tabs if (alert := await tab.next_alert()) is not None]
+        assert len(alerts) == len(tabs)
+        assert len({alert["id"] for alert in alerts}) == 1  # the same alert on every tab
+        assert {alert["query"] for alert in alerts} == {"kindle oasis"}
         await a.unwatch(watch["id"])
 
 

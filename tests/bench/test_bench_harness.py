@@ -12,8 +12,9 @@ from pathlib import Path
 import httpx
 import pytest
 
-from bench import harness
-from bench.harness import Run, Step, Subscribers, headline, make_users, plan_runs
+from bench import rig
+from bench.harness import Run, Step, headline, plan_runs
+from bench.rig import Subscribers, make_users
 from percolert.core.settings import Settings
 from percolert.web.middleware.sessions import COOKIE_NAME
 from tests.conftest import SAMPLE_CATALOG, prepare_indices
@@ -143,9 +144,9 @@ def test_the_load_client_paces_the_connect_storm_and_reports_the_greetings(
 ) -> None:
     if shutil.which("go") is None:
         pytest.skip("Go is not installed: the load client (tools/wsload) needs it")
-    harness.build_wsload()
+    rig.build_wsload()
     prepare_indices(fresh_settings, catalog=SAMPLE_CATALOG)
-    monkeypatch.setattr(harness, "CONNECT_RATE", 20.0)
+    monkeypatch.setattr(rig, "CONNECT_RATE", 20.0)
     with run_server(fresh_settings) as base:
         # Their watches in one bulk load, under the user ids their cookies carry.
         users = asyncio.run(make_users(base, 15, "percolert-per-user", fresh_settings))

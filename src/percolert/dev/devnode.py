@@ -23,8 +23,6 @@ from percolert.dev.localservice import LocalService, LocalServiceError, ServiceS
 _STATE_FILE = "devnode.json"
 _MAIN_CLASS = "io.percolert.esnode.EsNode"
 
-NodeState = ServiceState
-
 
 class DevNodeError(LocalServiceError):
     """Starting or stopping the dev node failed; the message says why and what to check."""
@@ -91,7 +89,7 @@ class DevNode(LocalService):
         except (urllib.error.URLError, OSError):
             return False
 
-    def start(self, port: int = 9200, *, timeout: float = 180.0) -> tuple[NodeState, bool]:
+    def start(self, port: int = 9200, *, timeout: float = 180.0) -> tuple[ServiceState, bool]:
         """Start the node unless it already runs; returns its state and whether it started."""
         running = self.status()
         if running is not None:
