@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import nox
 
-nox.options.sessions = ["lint", "docs", "tests"]
+nox.options.sessions = ["lint", "docs", "tests", "tests_redis"]
 nox.options.reuse_existing_virtualenvs = True
 # Virtual environments made by uv (which ./dev installs beside nox): seconds, not minutes.
 nox.options.default_venv_backend = "uv"
@@ -62,6 +62,29 @@ def tests(session: nox.Session) -> None:
     """The whole suite against a real Elasticsearch (ELASTICSEARCH_URL, else a dev node)."""
     install_locked(session, "test")
     session.run("pytest", *session.posargs)
+
+
+# What a shared broker changes: delivery, sockets, watches and product alerts as shoppers see
+# them. The rest of the suite does not depend on the broker (or runs on Redis already:
+# tests/broker, tests/cluster).
+ON_EITHER_BROKER = [
+    "tests/alerts",
+    "tests/realtime",
+    "tests/web",
+    "tests/products",
+    "tests/watches",
+]
+
+
+@nox.session(python=PYTHON)
+def tests_redis(session: nox.Session) -> None:
+    """The tests of what a shared broker changes, again with every server on the Redis
+    broker (PERCOLERT_TEST_BROKER=redis): the same behaviour is expected of it. Arguments go
+    to pytest in place of the folders."""
+    install_locked(session, "test")
+    session.run(
+        "pytest", *(session.posargs or ON_EITHER_BROKER), env={"PERCOLERT_TEST_BROKER": "redis"}
+    )
 
 
 @nox.session(python=PYTHON)
