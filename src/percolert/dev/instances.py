@@ -72,8 +72,12 @@ def run(planned: list[tuple[Instance, Settings]]) -> int:
     """Run the planned instances until Ctrl-C or SIGTERM (then 0) or until one of them exits
     on its own (then 1, after stopping the others)."""
     processes: list[subprocess.Popen[bytes]] = []
-    # A supervisor's or `kill`'s SIGTERM stops them as Ctrl-C does, not leaving them orphaned.
-    previous = signal.signal(signal.SIGTERM, _interrupt)
+    # A supervisor's or `kill`'s SIGTERM stops them as Ctrl-C does, not leaving them orphaned;
+    # and Ctrl-C (SIGINT) does, even when started with it ignored (as a shell's background job
+    # is, which Python then leaves ignored).
+    previous = {
+        signum: signal.signal(signum, _interrupt) for signum in (signal.SIGTERM, signal.SIGINT)
+    }
     try:
         for _, settings in planned:
             processes.append(
@@ -97,7 +101,8 @@ def run(planned: list[tuple[Instance, Settings]]) -> int:
         return 0
     finally:
         _stop(processes)
-        signal.signal(signal.SIGTERM, previous)
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
 
 
 def _stop(processes: list[subprocess.Popen[bytes]]) -> None:
