@@ -1,5 +1,6 @@
-"""The sessions behind `./dev`: `./dev test` runs `lint` and `tests` (CI runs exactly that),
-`./dev demo` runs `demo`; `nox -s bench` and `nox -s bench_search` measure.
+"""The sessions behind `./dev`: `./dev test` runs `lint`, `docs`, `tests` and `tests_redis`
+(CI runs exactly that), `./dev demo` runs `demo`; `nox -s bench` and `nox -s bench_search`
+measure.
 
 Every session installs exactly what `uv.lock` says (`uv sync --locked`): a fresh clone gets
 the versions the suite last passed on, never whatever is newest that day. `latest` is the one
@@ -80,11 +81,12 @@ ON_EITHER_BROKER = [
 def tests_redis(session: nox.Session) -> None:
     """The tests of what a shared broker changes, again with every server on the Redis
     broker (PERCOLERT_TEST_BROKER=redis): the same behaviour is expected of it. Arguments go
-    to pytest in place of the folders."""
+    to pytest; test paths among them replace the folders."""
     install_locked(session, "test")
-    session.run(
-        "pytest", *(session.posargs or ON_EITHER_BROKER), env={"PERCOLERT_TEST_BROKER": "redis"}
-    )
+    # Paths among the arguments choose the tests; options alone (-x, -k NAME) apply to these.
+    chosen = any(arg.startswith("tests") for arg in session.posargs)
+    folders = [] if chosen else ON_EITHER_BROKER
+    session.run("pytest", *folders, *session.posargs, env={"PERCOLERT_TEST_BROKER": "redis"})
 
 
 @nox.session(python=PYTHON)

@@ -294,15 +294,18 @@ function connect() {
     const resume = lastSeq === null ? "" : `?after=${lastSeq}`;
     const socket = new WebSocket(`${scheme}://${location.host}/ws${resume}`);
     socket.addEventListener("open", () => {
-      retryDelay = 1000;
       setConnection("live", "Live");
       pinger = setInterval(() => socket.send(JSON.stringify({ type: "ping" })), 25000);
     });
     socket.addEventListener("message", (event) => {
       let message;
       try { message = JSON.parse(event.data); } catch { return; }
-      if (message.type === "hello") greet(message);
-      else if (message.type === "watches_changed") renderWatches(message.watches);
+      if (message.type === "hello") {
+        // Connected for real only once greeted: a socket the server closes right after the
+        // handshake (too many open tabs, say) keeps backing off.
+        retryDelay = 1000;
+        greet(message);
+      } else if (message.type === "watches_changed") renderWatches(message.watches);
       else if (message.type === "alert") showAlert(message);
       else if (message.type === "product_alert") showProductAlert(message);
     });

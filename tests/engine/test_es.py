@@ -8,7 +8,7 @@ from contextlib import contextmanager
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
-from elastic_transport import HttpHeaders
+from elastic_transport import HttpHeaders, TransportError
 
 from percolert.core.settings import Settings
 from percolert.engine import es
@@ -162,3 +162,38 @@ async def test_a_refused_version_probe_is_not_asked_again_on_every_request() -> 
     paths = [request[":path"] for request in seen]
     assert paths.count("/") == 1, paths
     assert paths.count("/_cluster/health") == 3, paths
+
+
+async def test_a_version_probe_that_failed_for_another_reason_is_asked_again() -> None:
+    """A proxy's 502 during a node restart is not a refusal: the next request probes again
+    (backing off would send the client's own major to an older server for a minute)."""
+    seen: list[dict[str, str]] = []
+    body = b'{"status": "green", "cluster_name": "x"}'
+    with http_stand_in(body, seen, root_status=502) as url:
+        client = es.create_client(Settings(elasticsearch_url=url))
+        try:
+            for _ in range(3):
+                await client.cluster.health()
+        finally:
+            await client.close()
+    paths = [request[":path"] for request in seen]
+    assert paths.count("/") == 3, paths
+
+
+async def test_any_answer_to_the_breakers_probe_is_an_answer() -> None:
+    """A refusal (an API key without the privilege, an index gone) answers; no answer does
+    not (the cluster still hangs or is gone)."""
+    version = b'{"version": {"number": "8.17.0"}}'
+    with http_stand_in(version) as url:  # refuses the search: it answers GET only
+        client = es.create_client(Settings(elasticsearch_url=url))
+        try:
+            await es.answers_searches(client, "products", request_timeout=1.0)
+        finally:
+            await client.close()
+    nowhere = f"http://127.0.0.1:{free_port()}"
+    client = es.create_client(Settings(elasticsearch_url=nowhere))
+    try:
+        with pytest.raises(TransportError):
+            await es.answers_searches(client, "products", request_timeout=1.0)
+    finally:
+        await client.close()

@@ -95,9 +95,11 @@ LEASE_MS = 5_000
 CLAIM_LIMIT = 64
 # Connections to Redis per instance, and how long a call waits for one before it fails.
 MAX_CONNECTIONS = 64
-# A lock of `exclusive` frees itself after this long if its holder died holding it; a taker
-# waits at most this long for it.
-_LOCK_SECONDS = 10.0
+# A lock of `exclusive` frees itself after `_LOCK_SECONDS` if its holder died holding it:
+# longer than what it guards may take (a watch add: two Elasticsearch requests, each with
+# its retry). A taker waits at most `_LOCK_WAIT_SECONDS` for it.
+_LOCK_SECONDS = 30.0
+_LOCK_WAIT_SECONDS = 10.0
 CONNECTION_WAIT_SECONDS = 10.0
 _READ_COUNT = 500
 _READ_BLOCK_MS = 1_000
@@ -559,21 +561,26 @@ class RedisBroker:
     async def exclusive(self, name: str) -> AsyncIterator[None]:
         """Held by one instance at a time: Redis's lock, which expires so that a holder that
         died frees it. While Redis does not answer, held within this instance only: an add
-        must not fail because the broker is away (the cap may then be passed by a few)."""
+        must not fail because the broker is away (the cap may then be passed by a few).
+        Raises BrokerUnavailable when another instance holds it too long."""
+        if not self._up:
+            async with self._local_locks(name):
+                yield
+            return
         lock = self._redis.lock(
             f"{self._prefix}:lock:{name}",
             timeout=_LOCK_SECONDS,
-            blocking_timeout=_LOCK_SECONDS,
+            blocking_timeout=_LOCK_WAIT_SECONDS,
         )
         try:
             acquired = bool(await lock.acquire())
         except _REFUSED as error:
             logger.warning("lock %s held on this instance only: Redis refused: %r", name, error)
-            acquired = False
-        if not acquired:
             async with self._local_locks(name):
                 yield
             return
+        if not acquired:
+            raise BrokerUnavailable(f"{name} is busy on another instance; try again")
         try:
             yield
         finally:

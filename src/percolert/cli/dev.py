@@ -52,12 +52,12 @@ def _local_service(service: LocalService, name: str, args: argparse.Namespace) -
 def cmd_devnode(settings: Settings, args: argparse.Namespace) -> int:
     if args.action == "start":
         print("starting the dev node (the first start downloads Elasticsearch with Maven)...")
-    code = _local_service(_dev_node(settings, args), "dev node", args)
-    if args.action == "start" and code == 0:
-        url = f"http://127.0.0.1:{args.port}"
-        if url != settings.elasticsearch_url:
-            # The other commands use ELASTICSEARCH_URL only, never a node recorded here.
-            print(f"for the other commands: export ELASTICSEARCH_URL={url}")
+    node = _dev_node(settings, args)
+    code = _local_service(node, "dev node", args)
+    running = node.status() if args.action == "start" and code == 0 else None
+    if running is not None and running.url != settings.elasticsearch_url:
+        # The other commands use ELASTICSEARCH_URL only, never a node recorded here.
+        print(f"for the other commands: export ELASTICSEARCH_URL={running.url}")
     return code
 
 

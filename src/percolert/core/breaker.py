@@ -46,17 +46,21 @@ class Breaker:
 
     async def run(self, probe: Probe) -> None:
         """Until cancelled: whenever the breaker is open, `probe()` every `probe_interval`
-        until it returns (any exception is a failed probe); then close it."""
+        (the first after one interval) until it returns (any exception is a failed probe);
+        then close it."""
         while True:
             if not self._open:
                 self._tripped = anyio.Event()
                 await self._tripped.wait()
             while True:
+                # Open for at least an interval: a dependency that answers the probe but not
+                # the calls that tripped it (a busy search pool, a read-only Redis) is asked
+                # at most once an interval, not by every caller.
+                await anyio.sleep(self._probe_interval)
                 try:
                     await probe()
                 except Exception as error:  # any failure: still down
                     logger.debug("%s probe failed: %r", self._name, error)
-                    await anyio.sleep(self._probe_interval)
                     continue
                 break
             self._open = False

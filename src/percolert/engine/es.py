@@ -129,8 +129,10 @@ class VersionAdaptingNode(AiohttpHttpNode):
             if meta.status != 200:
                 # A key without the `monitor` privilege may not read `GET /`; then assume the
                 # server matches the client and let the real request report what is wrong,
-                # and ask again only after a while (the key's privileges may change).
-                self._probe_refused_until = time.monotonic() + PROBE_RETRY_SECONDS
+                # and ask again only after a while (the key's privileges may change). Any
+                # other answer (a proxy's 502 during a restart) is asked again next time.
+                if meta.status in (401, 403):
+                    self._probe_refused_until = time.monotonic() + PROBE_RETRY_SECONDS
                 return None
             try:
                 info = msgspec.json.decode(body, type=_ServerInfo)
@@ -303,6 +305,20 @@ def describe(error: BaseException, url: str) -> str:
     if isinstance(error, TransportError):
         return f"talking to Elasticsearch at {url} failed: {error.message}"
     return f"unexpected error talking to Elasticsearch at {url}: {error!r}"
+
+
+async def answers_searches(
+    client: AsyncElasticsearch, index: str, *, request_timeout: float
+) -> None:
+    """Returns once the cluster answers an empty search of `index` within `request_timeout`;
+    raises TransportError when it does not answer. Any answer counts, a refusal too (an API
+    key may not be allowed what is asked, the index may be gone): only no answer is down."""
+    try:
+        await client.options(request_timeout=request_timeout, max_retries=0).search(
+            index=index, size=0, track_total_hits=False
+        )
+    except elasticsearch.ApiError:
+        return
 
 
 async def check_connection(client: AsyncElasticsearch, url: str) -> str:

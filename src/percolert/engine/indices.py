@@ -168,9 +168,12 @@ async def needing_setup(
     if expected is None:
         expected = expected_indices(settings, mappings_dir)
     # Every index of this prefix with its aliases; a wildcard that matches nothing is {}.
-    found = await client.indices.get_alias(index=f"{settings.index_prefix}-*")
+    try:
+        found = dict((await client.indices.get_alias(index=f"{settings.index_prefix}-*")).body)
+    except elasticsearch.NotFoundError:  # some secured clusters answer no match with a 404
+        found = {}
     behind: dict[str, list[str]] = {}
-    for index, entry in found.body.items():
+    for index, entry in found.items():
         for alias in entry.get("aliases", {}):
             behind.setdefault(alias, []).append(index)
     needed = []

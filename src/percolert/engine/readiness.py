@@ -14,7 +14,7 @@ from collections.abc import Callable
 import anyio
 import elasticsearch
 import msgspec
-from elastic_transport import TransportError
+from elastic_transport import ConnectionTimeout, TransportError
 from elasticsearch import AsyncElasticsearch
 
 from percolert.core.settings import Settings
@@ -36,12 +36,16 @@ class ClusterReadiness:
         *,
         interval: float = 2.0,
         clock: Callable[[], float] = time.monotonic,
+        on_timeout: Callable[[str], None] = lambda reason: None,
     ) -> None:
+        """`on_timeout(reason)` hears of a check that timed out: the cluster hangs, which
+        callers that share the breaker need not wait to learn."""
         self._client = client
         self._settings = settings
         self._expected = expected_indices(settings)
         self._interval = interval
         self._clock = clock
+        self._on_timeout = on_timeout
         self._lock = anyio.Lock()
         self._checked_at = -math.inf
         # The last outcome: the cluster's state, or why it could not be had (for the log).
@@ -65,7 +69,11 @@ class ClusterReadiness:
             version = await es.check_connection(self._client, url)
             needed = await needing_setup(self._client, self._settings, expected=self._expected)
         except es.ElasticsearchProblem as problem:
+            if isinstance(problem.__cause__, ConnectionTimeout):
+                self._on_timeout(str(problem))
             return str(problem)
         except (TransportError, elasticsearch.ApiError) as error:
+            if isinstance(error, ConnectionTimeout):
+                self._on_timeout(es.describe(error, url))
             return es.describe(error, url)
         return ClusterState(version=version, needed=tuple(needed))

@@ -186,7 +186,12 @@ class ProductFeed:
                     return
                 after = hits[-1]["sort"]
         finally:
-            with contextlib.suppress(*_ES_ERRORS):
+            # Closed even when the tick is cancelled, briefly: else it lingers a minute.
+            with (
+                anyio.CancelScope(shield=True),
+                anyio.move_on_after(2),
+                contextlib.suppress(*_ES_ERRORS),
+            ):
                 await self._client.close_point_in_time(id=pit)
 
     @staticmethod

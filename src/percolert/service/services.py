@@ -168,7 +168,7 @@ class Services:
         # A reconnect storm's greetings queue here, leaving three quarters of the client's
         # connections to searches, percolation and the log.
         self.greetings = anyio.Semaphore(max(1, settings.elasticsearch_connections // 4))
-        self.readiness = ClusterReadiness(client, settings)
+        self.readiness = ClusterReadiness(client, settings, on_timeout=self.cluster.trip)
         self.background = Supervisor(on_restart=self._count_restart)
 
     @classmethod
@@ -235,9 +235,12 @@ class Services:
             await client.close()
 
     async def probe_cluster(self) -> None:
-        """Whether the cluster answers again: one cheap request, on a short timeout."""
-        timeout = min(1.0, self.settings.elasticsearch_timeout)
-        await self.client.options(request_timeout=timeout, max_retries=0).info()
+        """Whether the cluster answers searches again (the breaker's probe)."""
+        await es.answers_searches(
+            self.client,
+            indices.alias_for(self.settings, "products"),
+            request_timeout=min(1.0, self.settings.elasticsearch_timeout),
+        )
 
     def _count_restart(self, loop: str) -> None:
         self.metrics.background_restarts.labels(loop).inc()

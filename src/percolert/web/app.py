@@ -6,6 +6,7 @@ import logging
 import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from functools import partial
 
 import msgspec
 from prometheus_client import CONTENT_TYPE_LATEST
@@ -277,6 +278,13 @@ class _Lifespan:
             await self._hub.close_all(seconds / 2)
 
 
+def _trip_unless_admin(cluster: Breaker, path: str, reason: str) -> None:
+    """A shopper's request timed out: the cluster hangs. An admin's may be slow for its own
+    sake (a price change percolated against many watches): it trips nothing."""
+    if not path.startswith(admin_api.PREFIX):
+        cluster.trip(reason)
+
+
 def create_app(settings: Settings, *, percolator_type: type[Percolator] = Percolator) -> Starlette:
     """The ASGI app for one deployment; everything it needs comes from `settings`
     (`percolator_type`: the percolator's class; tests hand one with faults injected)."""
@@ -343,7 +351,7 @@ def create_app(settings: Settings, *, percolator_type: type[Percolator] = Percol
         exception_handlers=exception_handlers(  # type: ignore[arg-type]
             settings.elasticsearch_url,
             on_elasticsearch_error=app_metrics.elasticsearch_errors.labels("http").inc,
-            on_elasticsearch_timeout=cluster.trip,
+            on_elasticsearch_timeout=partial(_trip_unless_admin, cluster),
         ),
     )
 

@@ -12,6 +12,7 @@ from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import Response
 
+from percolert.broker.base import BrokerUnavailable
 from percolert.core.messages import ErrorBody, ErrorDetail
 from percolert.engine import es
 from percolert.watches.store import (
@@ -23,6 +24,7 @@ from percolert.watches.store import (
     WatchNotFound,
 )
 from percolert.web.middleware.security_headers import security_headers
+from percolert.web.paths import route_path
 
 logger = logging.getLogger(__name__)
 
@@ -92,13 +94,13 @@ async def _http_error(request: Request, exc: Exception) -> Response:
 
 
 def _elasticsearch_error(
-    url: str, on_error: Callable[[], None], on_timeout: Callable[[str], None]
+    url: str, on_error: Callable[[], None], on_timeout: Callable[[str, str], None]
 ) -> object:
     async def handle(request: Request, exc: Exception) -> Response:
         on_error()
         if isinstance(exc, ConnectionTimeout):
             # Not refused but not answering: later requests need not wait for it too.
-            on_timeout(es.describe(exc, url))
+            on_timeout(route_path(request.scope), es.describe(exc, url))
         if es.is_unavailable(exc) or isinstance(exc, es.ElasticsearchProblem):
             logger.warning("elasticsearch unavailable: %s", es.describe(exc, url))
             error = unavailable(UNAVAILABLE_MESSAGE)
@@ -119,6 +121,17 @@ def _elasticsearch_error(
     return handle
 
 
+async def _broker_unavailable(request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, BrokerUnavailable)
+    logger.warning("broker unavailable on %s: %s", request.url.path, exc)
+    return error_response(
+        503,
+        "broker_unavailable",
+        "busy for a moment; try again shortly",
+        {"Retry-After": str(RETRY_AFTER_SECONDS)},
+    )
+
+
 async def _unexpected(request: Request, exc: Exception) -> Response:
     logger.error("unhandled error on %s %s", request.method, request.url.path, exc_info=exc)
     # Answered by Starlette's outermost middleware, outside the one that adds these.
@@ -129,7 +142,7 @@ def exception_handlers(
     elasticsearch_url: str,
     *,
     on_elasticsearch_error: Callable[[], None] = lambda: None,
-    on_elasticsearch_timeout: Callable[[str], None] = lambda reason: None,
+    on_elasticsearch_timeout: Callable[[str, str], None] = lambda path, reason: None,
 ) -> dict[type[Exception] | int, object]:
     on_elasticsearch = _elasticsearch_error(
         elasticsearch_url, on_elasticsearch_error, on_elasticsearch_timeout
@@ -141,5 +154,6 @@ def exception_handlers(
         TransportError: on_elasticsearch,
         elasticsearch.ApiError: on_elasticsearch,
         es.ElasticsearchProblem: on_elasticsearch,
+        BrokerUnavailable: _broker_unavailable,
         Exception: _unexpected,
     }
