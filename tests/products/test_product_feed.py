@@ -8,13 +8,15 @@ from __future__ import annotations
 import asyncio
 import json
 import time
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
+from contextlib import asynccontextmanager
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import anyio
 import msgspec
 import pytest
+from elasticsearch import AsyncElasticsearch
 
 from percolert.core.messages import AlertWatch, ProductAlert, ProductCard, ProductChange
 from percolert.core.settings import Settings
@@ -297,9 +299,12 @@ async def test_a_stored_alert_that_does_not_decode_is_skipped_not_fatal(
         assert ids(await product_alerts_until(tab, live.id)) == [live.id]
 
 
-async def test_wake_makes_the_tail_look_at_once(feed_settings: Settings, writer: Writer) -> None:
-    """A writer in the same process (the admin API) wakes the tail: its alert goes out
-    without waiting for the next poll, here an hour away."""
+@asynccontextmanager
+async def tail_for(
+    feed_settings: Settings, user: str
+) -> AsyncIterator[tuple[AsyncElasticsearch, ProductFeed, list[str]]]:
+    """A running product feed of its own, polling only once an hour (so that only `wake`
+    makes it look), with one socket of `user` whose sent texts are listed."""
     settings = msgspec.structs.replace(feed_settings, product_alert_poll_seconds=3600.0)
     client = es.create_client(settings)
     hub = Hub()
@@ -311,20 +316,27 @@ async def test_wake_makes_the_tail_look_at_once(feed_settings: Settings, writer:
     async def send_text(text: str) -> None:
         received.append(text)
 
-    connection = Connection("wakeful-user", send_text, 16)
+    connection = Connection(user, send_text, 16)
     hub.add(connection)
     try:
         async with anyio.create_task_group() as tasks:
             tasks.start_soon(feed.run)
             tasks.start_soon(connection.write, tasks.cancel_scope)
             await wait_until(lambda: feed.started, what="the tail to start")
-            [alert] = await writer.write("wakeful-user", ["Kindle Paperwhite"])
-            feed.wake()
-            await wait_until(lambda: received, what="the alert to be sent")
-            assert [json.loads(text)["id"] for text in received] == [alert.id]
+            yield client, feed, received
             tasks.cancel_scope.cancel()
     finally:
         await client.close()
+
+
+async def test_wake_makes_the_tail_look_at_once(feed_settings: Settings, writer: Writer) -> None:
+    """A writer in the same process (the admin API) wakes the tail: its alert goes out
+    without waiting for the next poll, here an hour away."""
+    async with tail_for(feed_settings, "wakeful-user") as (_, feed, received):
+        [alert] = await writer.write("wakeful-user", ["Kindle Paperwhite"])
+        feed.wake()
+        await wait_until(lambda: received, what="the alert to be sent")
+        assert [json.loads(text)["id"] for text in received] == [alert.id]
 
 
 async def test_a_burst_larger_than_a_page_of_the_tail_is_read_through(
@@ -432,19 +444,6 @@ async def test_more_alerts_at_one_position_than_a_page_are_all_read(
 ) -> None:
     """One run's alerts may share a position; more of them than a page of the tail still
     reach their owners, the last one written included."""
-    settings = msgspec.structs.replace(feed_settings, product_alert_poll_seconds=3600.0)
-    client = es.create_client(settings)
-    hub = Hub()
-    feed = ProductFeed(
-        client, settings, hub, SeenMarks(client, indices.alias_for(settings, "product_seen"))
-    )
-    received: list[str] = []
-
-    async def send_text(text: str) -> None:
-        received.append(text)
-
-    connection = Connection("tied-user", send_text, 16)
-    hub.add(connection)
 
     def alert(seq: int, watch: str) -> ProductAlert:
         return ProductAlert(
@@ -459,21 +458,15 @@ async def test_more_alerts_at_one_position_than_a_page_are_all_read(
             total=1,
         )
 
-    try:
-        async with anyio.create_task_group() as tasks:
-            tasks.start_soon(feed.run)
-            tasks.start_soon(connection.write, tasks.cancel_scope)
-            await wait_until(lambda: feed.started, what="the tail to start")
-            seq = time.time_ns() // 1000
-            others = [
-                StoredProductAlert(user="someone-away", alert=alert(seq, f"w-{n}"))
-                for n in range(PAGE + 200)
-            ]
-            mine = StoredProductAlert(user="tied-user", alert=alert(seq, "w-mine"))
-            await store(client, indices.alias_for(settings, "product_alerts"), [*others, mine])
-            feed.wake()
-            await wait_until(lambda: received, what="the owner's alert to be sent")
-            assert [json.loads(text)["id"] for text in received] == [mine.alert.id]
-            tasks.cancel_scope.cancel()
-    finally:
-        await client.close()
+    async with tail_for(feed_settings, "tied-user") as (client, feed, received):
+        seq = time.time_ns() // 1000
+        others = [
+            StoredProductAlert(user="someone-away", alert=alert(seq, f"w-{n}"))
+            for n in range(PAGE + 200)
+        ]
+        mine = StoredProductAlert(user="tied-user", alert=alert(seq, "w-mine"))
+        alias = indices.alias_for(feed_settings, "product_alerts")
+        await store(client, alias, [*others, mine])
+        feed.wake()
+        await wait_until(lambda: received, what="the owner's alert to be sent")
+        assert [json.loads(text)["id"] for text in received] == [mine.alert.id]
