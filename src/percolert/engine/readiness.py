@@ -7,16 +7,15 @@ check (concurrent callers wait for the one in flight). The mapping files are rea
 
 from __future__ import annotations
 
-import math
 import time
 from collections.abc import Callable
 
-import anyio
 import elasticsearch
 import msgspec
 from elastic_transport import ConnectionTimeout, TransportError
 from elasticsearch import AsyncElasticsearch
 
+from percolert.core.cached import Cached
 from percolert.core.settings import Settings
 from percolert.engine import es
 from percolert.engine.indices import expected_indices, needing_setup
@@ -43,22 +42,14 @@ class ClusterReadiness:
         self._client = client
         self._settings = settings
         self._expected = expected_indices(settings)
-        self._interval = interval
-        self._clock = clock
         self._on_timeout = on_timeout
-        self._lock = anyio.Lock()
-        self._checked_at = -math.inf
         # The last outcome: the cluster's state, or why it could not be had (for the log).
-        self._outcome: ClusterState | str | None = None
+        self._outcome = Cached(self._ask, ttl_seconds=interval, clock=clock)
 
     async def check(self) -> ClusterState:
         """The cluster's state as of at most `interval` ago; ElasticsearchProblem when it
         could not be reached then."""
-        async with self._lock:
-            if self._outcome is None or self._clock() - self._checked_at >= self._interval:
-                self._outcome = await self._ask()
-                self._checked_at = self._clock()
-            outcome = self._outcome
+        outcome = await self._outcome.get()
         if isinstance(outcome, str):
             raise es.ElasticsearchProblem(outcome)
         return outcome

@@ -13,12 +13,12 @@ from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Annotated, Any, Protocol
 
-import anyio
 import elasticsearch
 import msgspec
 from elasticsearch import AsyncElasticsearch
 from elasticsearch.helpers import async_streaming_bulk
 
+from percolert.core.cached import Cached
 from percolert.core.messages import ProductChange
 from percolert.core.ndjson import BadLine, read_lines
 
@@ -244,19 +244,13 @@ class CategoryCache:
     def __init__(
         self, client: AsyncElasticsearch, index: str, *, ttl_seconds: float = 30.0
     ) -> None:
-        self._client = client
-        self._index = index
-        self._ttl_seconds = ttl_seconds
-        self._names: frozenset[str] = frozenset()
-        self._read_at = -float("inf")
-        self._lock = anyio.Lock()
+        async def read() -> frozenset[str]:
+            return frozenset(await category_names(client, index))
 
-    def _fresh(self) -> bool:
-        return time.monotonic() - self._read_at < self._ttl_seconds
+        self._names = Cached(read, ttl_seconds=ttl_seconds)
 
     async def names(self) -> frozenset[str]:
-        if self._fresh():
-            return self._names
+        return await self._names.get()
         async with self._lock:  # one aggregation for everyone who finds the list stale
             if not self._fresh():
                 self._names = frozenset(await category_names(self._client, self._index))
