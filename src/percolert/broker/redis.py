@@ -575,12 +575,13 @@ class RedisBroker:
         try:
             acquired = bool(await lock.acquire())
         except _REFUSED as error:
-            logger.warning("lock %s held on this instance only: Redis refused: %r", name, error)
+            # Not the name: it may hold a user's id, which logs show only hashed.
+            logger.warning("a lock held on this instance only: Redis refused: %r", error)
             async with self._local_locks(name):
                 yield
             return
         if not acquired:
-            raise BrokerUnavailable(f"{name} is busy on another instance; try again")
+            raise BrokerUnavailable("a lock is held on another instance; try again")
         try:
             yield
         finally:
