@@ -42,7 +42,7 @@ import psutil
 import redis.asyncio as aioredis
 
 from percolert.broker.base import Sending
-from percolert.core.messages import AlertWatch
+from percolert.core.messages import AlertWatch, ProductCard
 from percolert.dev.redisnode import RedisNode
 from tests.servers import free_port
 
@@ -87,7 +87,15 @@ def sending(search: int, recipients: list[int]) -> Sending:
     return Sending(
         at="2026-12-01T12:00:00.000Z",
         earliest_ms=1_764_590_400_000,
-        query=f"sony wh-1000xm5 wireless headphones {search}",
+        found=(
+            ProductCard(
+                sku=f"sku-{search}",
+                product_name="Sony WH-1000XM5 wireless headphones",
+                price=349.0,
+                category="audio",
+                brand="Sony",
+            ),
+        ),
         watches={
             user_name(user): AlertWatch(id=f"watch-{user:06d}", terms="sony headphones")
             for user in recipients

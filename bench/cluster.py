@@ -133,9 +133,10 @@ def wait_for_alerts(subscribers: list[Subscribers], prefix: str, expected: int) 
     while time.monotonic() - last_change < LATE_SECONDS:
         time.sleep(0.5)
         now = sum(
-            line.startswith(prefix)
+            len(arrived)
             for subscriber in subscribers
-            for line in subscriber.record.read_text().splitlines()
+            for rid, arrived in subscriber.arrivals()[0].items()
+            if rid.startswith(prefix)
         )
         if now >= expected:
             return
@@ -335,9 +336,10 @@ def run_design(
         wait_for_alerts(subscribers, f"{tag}s", sum(s.alerts_expected for s in steps))
         for step, rids in zip(steps, sent_by_step, strict=True):
             step.alerts_arrived_by_end = sum(
-                line.split(" ", 1)[0] in rids
+                len(arrived)
                 for subscriber in subscribers
-                for line in subscriber.record.read_text().splitlines()
+                for rid, arrived in subscriber.arrivals()[0].items()
+                if rid in rids
             )
     finally:
         for subscriber in subscribers:

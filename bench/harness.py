@@ -63,7 +63,7 @@ from bench.rig import (
 )
 from percolert.core.messages import WatchSpec
 from percolert.core.settings import Settings, from_environment
-from percolert.core.text import TextNormalizer
+from percolert.core.text import STOP_WORDS, TextNormalizer
 from percolert.dev.devnode import DevNode
 from percolert.dev.localservice import ServiceState
 from percolert.engine import es, indices
@@ -141,18 +141,27 @@ class Step:
 
 
 def catalog_words() -> list[str]:
+    """Words of the sample catalog's names a watch may be made of (stop words name nothing)."""
     words: set[str] = set()
     for line in (ROOT / "data/products.ndjson").read_text().splitlines():
         words.update(re.findall(r"[a-z]{3,}", json.loads(line)["product_name"].lower()))
-    return sorted(words)
+    return sorted(words - STOP_WORDS)
 
 
-async def load_watches(settings: Settings, count: int) -> float:
+def catalog_categories() -> list[str]:
+    lines = (ROOT / "data/products.ndjson").read_text().splitlines()
+    return sorted({json.loads(line)["category"] for line in lines})
+
+
+async def load_watches(settings: Settings, count: int, *, category_share: float = 0.0) -> float:
     """`count` background watches of 1-2 catalog words, spread over count/5 users, through
     the bulk load (WatchStore.load, as `percolert watches load`); prints and returns its
-    rate (watches/s, the load alone: the force-merge after it is not counted)."""
+    rate (watches/s, the load alone: the force-merge after it is not counted).
+    `category_share`: about this share of them names a catalog category too."""
     words = catalog_words()
+    categories = catalog_categories()
     rng = random.Random(7)
+    chosen = random.Random(8)  # apart, so that the words drawn stay those of every run
     client = es.create_client(settings)
     try:
         store = WatchStore(
@@ -162,7 +171,12 @@ async def load_watches(settings: Settings, count: int) -> float:
             (
                 number,
                 f"background-{number % max(1, count // 5)}",
-                WatchSpec(terms=" ".join(rng.sample(words, rng.choice([1, 2, 2])))),
+                WatchSpec(
+                    terms=" ".join(rng.sample(words, rng.choice([1, 2, 2]))),
+                    category=(
+                        chosen.choice(categories) if chosen.random() < category_share else None
+                    ),
+                ),
             )
             for number in range(count)
         )

@@ -210,7 +210,7 @@ async def owners_with_sockets(
     owners = []
     for number in range(count):
         http = httpx.AsyncClient(base_url=base_url, timeout=15)
-        await http.get("/")
+        await http.post("/api/session", json={})
         word = f"{LATENCY_WORD}{chr(ord('a') + number % 26)}{chr(ord('a') + number // 26)}"
         response = await http.post("/api/watches", json={"terms": word, "max_price": 200})
         response.raise_for_status()

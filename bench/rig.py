@@ -15,6 +15,7 @@ import subprocess
 import sys
 import time
 from collections import defaultdict
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, Protocol
 from urllib.parse import urlencode
@@ -210,15 +211,15 @@ async def make_users(
     async def one(number: int) -> tuple[str | None, str | None]:
         word = GROUP_WORDS[number % len(GROUP_WORDS)] if design in PER_USER else None
         if not one_by_one:
-            # The page starts a session for a request without a cookie. A request built
-            # here and sent as it is carries none from the shared client's jar (`get` would).
+            # POST /api/session starts a session for a request without a cookie. A request
+            # built here and sent as it is carries none from the shared client's jar.
             async with semaphore:
-                issued = await shared.send(httpx.Request("GET", f"{base}/"))
+                issued = await shared.send(httpx.Request("POST", f"{base}/api/session", json={}))
             cookie = issued.cookies.get(COOKIE_NAME)
             assert cookie is not None, issued.headers
             return cookie, word
         async with semaphore, httpx.AsyncClient(base_url=base, timeout=60, limits=limits) as http:
-            await http.get("/")  # the page issues the session cookie
+            await http.post("/api/session", json={})  # as the page does, first
             if word is not None:
                 for attempt in range(5):
                     response = await http.post("/api/watches", json={"terms": word})
@@ -304,6 +305,7 @@ class Subscribers:
             )
         )
         self.record = scratch / f"{server.name}-record.txt"
+        self.scratch = scratch  # where `drive` writes what each search's answer said
         ready = Path(str(self.record) + ".ready")
         # A design runs once per configuration: the files of the last one must not pass for
         # this one's (a stale ready file once hid a load client that never connected).
@@ -329,15 +331,17 @@ class Subscribers:
 
     def arrivals(self) -> tuple[dict[str, list[tuple[float, int]]], list[float]]:
         """What has arrived so far: (arrival time in epoch seconds, seq) by search id, and
-        the times at which the server closed a socket."""
+        the times at which the server closed a socket. A Percolert alert names its search
+        by when it was made, as the search's answer did (`drive`'s result files)."""
+        rids = searches_by_time(self.scratch)
         received: dict[str, list[tuple[float, int]]] = defaultdict(list)
         closed: list[float] = []
         for line in self.record.read_text().splitlines():
-            rid, at, seq = line.split()
-            if rid == CLOSED_MARK:
+            search, at, seq = line.split()
+            if search == CLOSED_MARK:
                 closed.append(float(at))
             else:
-                received[rid].append((float(at), int(seq)))
+                received[rids.get(search, search)].append((float(at), int(seq)))
         return received, closed
 
     def stop(self) -> None:
@@ -406,8 +410,21 @@ def es_stats(node_url: str) -> dict[str, float]:
     return values
 
 
+def searches_by_time(scratch: Path) -> dict[str, str]:
+    """Search ids by when the server made each search (its answer's `at`), from every
+    result file `drive` wrote in `scratch`."""
+    rids: dict[str, str] = {}
+    for result in scratch.glob("*-searches.txt"):
+        for line in result.read_text().splitlines():
+            rid, _, _, _, made = line.split()
+            if made != "-":
+                rids[made] = rid
+    return rids
+
+
 def search_path(design: str, number: int, rid: str) -> tuple[str, str]:
-    """(path, group word) of search `number`; its text ends with `rid` so alerts name it."""
+    """(path, group word) of search `number`; the baseline echoes `rid` in its notification,
+    Percolert's alerts name the search by when it was made (`searches_by_time`)."""
     if design.startswith("baseline"):
         return "/search?" + urlencode({"q": "kindle", "rid": rid}), "kindle"
     word = GROUP_WORDS[number % len(GROUP_WORDS)] if design in PER_USER else "kindle"
@@ -415,13 +432,13 @@ def search_path(design: str, number: int, rid: str) -> tuple[str, str]:
 
 
 def drive(
-    server: Server,
+    server: Target,
     rate: float,
     seconds: float,
     tag: str,
     scratch: Path,
     *,
-    also: list[Server] | None = None,
+    also: Sequence[Target] | None = None,
 ) -> tuple[dict[str, float], dict[str, str], list[float], int]:
     """Open-loop searches by `wsload search`: send times and words by search id, search
     latencies (ms) and the number of failed searches. With `also`, the searches alternate
@@ -436,7 +453,8 @@ def drive(
             path = targets[number % len(targets)].url + path
         requests.append({"rid": rid, "path": path})
     plan, result = scratch / f"{tag}-plan.json", scratch / f"{tag}-searches.txt"
-    warmup = "" if server.design.startswith("baseline") else "/"
+    # One session for all: the page's own call for it (the page itself starts none).
+    warmup = "" if server.design.startswith("baseline") else "/api/watches"
     base = server.url
     if also:  # wsload requests base + path: the paths carry their instance's address
         base, warmup = "", server.url + warmup
@@ -448,7 +466,7 @@ def drive(
     latencies: list[float] = []
     errors = 0
     for line in result.read_text().splitlines():
-        rid, at, ms, status = line.split()
+        rid, at, ms, status, _ = line.split()
         sent[rid] = float(at)
         if status == "200":
             latencies.append(float(ms))

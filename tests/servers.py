@@ -38,6 +38,8 @@ def run_server(
         app.state.drain,
         "127.0.0.1",
         port,
+        head_timeout=settings.head_timeout_seconds,
+        body_timeout=settings.body_timeout_seconds,
         log_level="warning",
         trusted_proxies=settings.trusted_proxies,
     )

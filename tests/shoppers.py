@@ -100,7 +100,8 @@ class Shopper:
         self.sockets: list[Socket] = []
 
     async def __aenter__(self) -> Shopper:
-        response = await self.http.get("/")  # the page issues the session cookie
+        # As the page does before its first API call: the page itself starts no session.
+        response = await self.http.post("/api/session", json={})
         response.raise_for_status()
         return self
 

@@ -11,7 +11,29 @@ function setStatus(element, text, isError = false) {
   element.classList.toggle("error", isError);
 }
 
+// The page loads without a session; it asks for one here before its first API call and
+// before each socket (a handshake cannot be relied on to set a cookie). Calls made together
+// share one request, so that they do not start a session each.
+let session = null;
+
+function ensureSession(again = false) {
+  if (session === null || again) {
+    session = fetch("/api/session", {
+      method: "POST",
+      credentials: "same-origin",
+      headers: { "Content-Type": "application/json" },
+    }).then(async (reply) => {
+      if (reply.ok) return;
+      const body = await reply.json().catch(() => ({}));
+      throw new Error(body.error ? body.error.message : `request failed (${reply.status})`);
+    });
+    session.catch(() => { session = null; }); // asked again by the next call
+  }
+  return session;
+}
+
 async function api(path, options = {}) {
+  await ensureSession();
   const reply = await fetch(path, { credentials: "same-origin", ...options });
   if (reply.status === 204) return null;
   const body = await reply.json().catch(() => ({}));
@@ -180,12 +202,23 @@ function toast(title, text) {
 // replays exactly what was missed. Alerts at or below it are never shown twice.
 let lastSeq = null;
 
+// A search alert says what matched (protocol 2): the watch, how many searches, and the
+// products they found that fit the watch — never what anyone typed.
+function matchedText(alert) {
+  const searches = alert.count === 1 ? "A search" : `${alert.count} searches`;
+  return `${searches} matched your watch “${alert.watch.terms}”`;
+}
+
+function foundText(alert) {
+  if (alert.found.length === 0) return "nothing that fits it among the first results";
+  return alert.found.map((p) => `${p.product_name} — ${money.format(p.price)}`).join(" · ");
+}
+
 function listAlert(alert) {
-  const more = alert.count > 1 ? ` (${alert.count} searches)` : "";
   const item = document.createElement("li");
   item.className = "recent-alert";
   const time = new Date(alert.at).toLocaleTimeString();
-  item.textContent = `${time} — “${alert.query}” matched “${alert.watch.terms}”${more}`;
+  item.textContent = `${time} — ${matchedText(alert)}: ${foundText(alert)}`;
   $("recent").prepend(item);
   while ($("recent").children.length > 20) $("recent").lastElementChild.remove();
 }
@@ -193,9 +226,16 @@ function listAlert(alert) {
 function showAlert(alert) {
   if (lastSeq !== null && alert.seq <= lastSeq) return;
   lastSeq = alert.seq;
-  const more = alert.count > 1 ? ` (${alert.count} searches)` : "";
-  toast(`Someone searched “${alert.query}”${more}`, `matches your watch “${alert.watch.terms}”`);
+  toast(matchedText(alert), foundText(alert));
   listAlert(alert);
+}
+
+function showTooBroad(notice) {
+  const until = new Date(notice.until).toLocaleTimeString();
+  toast(
+    `Your watch “${notice.watch.terms}” is too broad`,
+    `it matched ${Math.round(notice.share * 100)}% of recent searches: its search alerts pause until ${until}; add a word to narrow it`,
+  );
 }
 
 // --- product alerts -----------------------------------------------------------------------
@@ -268,7 +308,18 @@ function showAway(away) {
   $("away").hidden = $("away-list").children.length === 0;
 }
 
+// The message shapes this page reads; a server speaking another protocol has a newer page.
+const PROTOCOL = 2;
+
 function greet(hello) {
+  if (hello.protocol !== PROTOCOL) {
+    // Once per tab: a page still stale after reloading shows what it can rather than loop.
+    if (!sessionStorage.getItem("percolert-reloaded")) {
+      sessionStorage.setItem("percolert-reloaded", "1");
+      location.reload();
+      return;
+    }
+  }
   if (hello.watches !== null) renderWatches(hello.watches);
   if (hello.away) showAway(hello.away);
   if (lastSeq === null) {
@@ -287,9 +338,14 @@ function setConnection(state, text) {
 function connect() {
   let retryDelay = 1000;
   let pinger = null;
+  let opened = false;
 
-  const open = () => {
+  const open = async () => {
     setConnection("connecting", "Connecting…");
+    // On a reconnect, asked again: the cookie may have expired or the secret changed. A
+    // refusal leaves the socket to fail and back off.
+    await ensureSession(opened).catch(() => {});
+    opened = true;
     const scheme = location.protocol === "https:" ? "wss" : "ws";
     const resume = lastSeq === null ? "" : `?after=${lastSeq}`;
     const socket = new WebSocket(`${scheme}://${location.host}/ws${resume}`);
@@ -308,6 +364,7 @@ function connect() {
       } else if (message.type === "watches_changed") renderWatches(message.watches);
       else if (message.type === "alert") showAlert(message);
       else if (message.type === "product_alert") showProductAlert(message);
+      else if (message.type === "watch_too_broad") showTooBroad(message);
     });
     socket.addEventListener("close", () => {
       clearInterval(pinger);

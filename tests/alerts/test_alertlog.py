@@ -2,8 +2,9 @@
 recipient their own alert out of a shared sending), a write Elasticsearch refuses for now
 keeps the sendings buffered (and replayable) for the next one while one it refuses for good
 is dropped, a flush during a replay loses nothing, a session is never replayed what came
-before it, and a log of the old layout (one document per recipient) is migrated by
-`percolert setup`."""
+before it, a log of the old layout (one document per recipient) is migrated by
+`percolert setup`, and documents of protocol 1 (which held the search text) are replayed
+without it."""
 
 from __future__ import annotations
 
@@ -18,11 +19,12 @@ import pytest
 from elasticsearch import AsyncElasticsearch
 
 from percolert.alerts.log import AlertLog
-from percolert.core.messages import Alert, AlertWatch
+from percolert.core.messages import Alert, AlertWatch, ProductCard
 from percolert.core.records import AlertRecord
 from percolert.core.settings import Settings
 from percolert.engine import es, indices
 from percolert.service.migrations import document_upgrades
+from tests.broker.test_broker_memory import card
 from tests.conftest import ROOT
 
 pytestmark = pytest.mark.anyio
@@ -47,31 +49,36 @@ OWN = AlertWatch(id="w-1", terms="kindle")
 
 def sending(
     log: AlertLog,
-    query: str,
+    found: str | tuple[ProductCard, ...],
     watches: dict[str, AlertWatch] | None = None,
     *,
     everyone: AlertWatch | None = None,
     excluded: tuple[str, ...] = (),
 ) -> AlertRecord:
+    """The next sending; `found` (a label: one product of that sku) what its search found."""
     return AlertRecord(
         seq=log.next_seq(),
         at=AT,
         earliest_ms=AT_MS,
-        query=query,
+        found=(card(found),) if isinstance(found, str) else found,
         watches=watches or {},
         everyone=everyone,
         excluded=excluded,
     )
 
 
-def alert(record: AlertRecord, watch: AlertWatch) -> Alert:
+def alert(record: AlertRecord, watch: AlertWatch, shows: list[str] | None = None) -> Alert:
+    """`record` as `watch`'s owner gets it: showing the products of skus `shows` (all it
+    found, unless given)."""
+    found = [product for product in record.found if shows is None or product.sku in shows]
+    assert shows is None or [product.sku for product in found] == shows
     return Alert(
         id=f"{record.seq}-{watch.id}",
         seq=record.seq,
         watch=watch,
-        query=record.query,
         count=record.count,
         at=AT,
+        found=found,
     )
 
 
@@ -80,11 +87,17 @@ async def test_flushed_alerts_are_replayed_from_elasticsearch(
 ) -> None:
     log = AlertLog(client, indices.alias_for(fresh_settings, "alerts"))
     start = log.last_seq
-    bobs = AlertWatch(id="w-2", terms="kindle paperwhite")
-    odd = AlertWatch(id="w-3", terms="paperwhite")
+    bobs = AlertWatch(id="w-2", terms="kindle paperwhite", category="ereaders", max_price=150.0)
+    odd = AlertWatch(id="w-3", terms="paperwhite", category="cases")
     # One search, three owners: one sending (one position, one document). "d.v*" is not
-    # a plain path segment, so its replay reads every recipient's watch and picks its own.
-    shared = sending(log, 'kindle "paperwhite" <b>', {"alice": OWN, "bob": bobs, "d.v*": odd})
+    # a plain path segment, so its replay reads every recipient's watch and picks its own,
+    # and each is shown only the products its watch's filters fit.
+    found = (
+        card("paperwhite"),
+        card("paperwhite-case", category="cases", price=15.0),
+        card("oasis", price=250.0),
+    )
+    shared = sending(log, found, {"alice": OWN, "bob": bobs, "d.v*": odd})
     to_bob = sending(log, "kindle", {"bob": bobs})
     default = AlertWatch(id="default-1", terms="kindle oasis")
     to_all_but_carol = sending(log, "kindle oasis", everyone=default, excluded=("carol",))
@@ -101,7 +114,7 @@ async def test_flushed_alerts_are_replayed_from_elasticsearch(
         alert(to_all_but_carol, default),
     ]
     assert await reader.missed("d.v*", start, end, since=OLD_SESSION) == [
-        alert(shared, odd),
+        alert(shared, odd, ["paperwhite-case"]),
         alert(to_all_but_carol, default),
     ]
     assert await reader.missed("carol", start, end, since=OLD_SESSION) == []
@@ -115,7 +128,7 @@ async def test_flushed_alerts_are_replayed_from_elasticsearch(
     ]
     # Up to a greeting's position only: what comes later reaches its socket live.
     assert await reader.recent("bob", to_bob.seq, since=0) == [
-        alert(shared, bobs),
+        alert(shared, bobs, ["paperwhite"]),
         alert(to_bob, bobs),
     ]
 
@@ -231,14 +244,14 @@ async def test_nothing_counting_a_search_older_than_the_session_is_replayed(
     default = AlertWatch(id="default-1", terms="kindle")
     session = AT_MS / 1000  # the session began at AT
 
-    def made(earliest_ms: int, query: str) -> AlertRecord:
+    def made(earliest_ms: int, label: str) -> AlertRecord:
         return msgspec.structs.replace(
-            sending(log, query, everyone=default), earliest_ms=earliest_ms
+            sending(log, label, everyone=default), earliest_ms=earliest_ms
         )
 
     # A follow-up counting one search from a millisecond before the session; alerts
     # about searches made as the session began and after.
-    older = made(AT_MS - 1, "kindle for my divorce lawyer")
+    older = made(AT_MS - 1, "kindle 1")
     as_it_began = made(AT_MS, "kindle 2")
     later = made(AT_MS + 60_000, "kindle 3")
     newer = [alert(as_it_began, default), alert(later, default)]
@@ -280,38 +293,120 @@ async def test_a_v1_log_is_migrated_and_still_replayed(
         await indices.setup(client, fresh_settings, mappings_dir=old_mappings)
         log = AlertLog(client, alias)
         start = log.last_seq
+        # Alerts of protocol 1, as sent then: with the search text as `query`.
         old = [
-            Alert(id="a1", seq=log.next_seq(), watch=OWN, query="kindle", count=3, at=AT),
-            Alert(id="a2", seq=log.next_seq(), watch=OWN, query="oasis", count=1, at=AT),
+            {"id": "a1", "seq": log.next_seq(), "query": "kindle for my divorce", "count": 3},
+            {"id": "a2", "seq": log.next_seq(), "query": "oasis at 12 Elm St", "count": 1},
         ]
         for recipient, sent in zip(["alice", None], old, strict=True):
             document = {
-                "seq": sent.seq,
+                "seq": sent["seq"],
                 "recipient": recipient,
                 "everyone": recipient is None,
                 "excluded": ["carol"] if recipient is None else [],
                 "at": AT,
                 "alert": {
-                    "id": sent.id,
-                    "seq": sent.seq,
+                    **sent,
                     "watch": {"id": OWN.id, "terms": OWN.terms},
-                    "query": sent.query,
-                    "count": sent.count,
                     "at": AT,
                 },
             }
-            await client.index(index=alias, id=str(sent.seq), document=document, refresh=True)
+            await client.index(index=alias, id=str(sent["seq"]), document=document, refresh=True)
 
         lines = await indices.setup(client, fresh_settings, migrations=document_upgrades())
         assert lines[2] == f"{alias} -> {alias}-v2: migrated from {alias}-v1 (old index kept)"
         replayed = await log.missed("alice", start, log.last_seq, since=OLD_SESSION)
-        # The same alerts, under ids of the new form.
-        assert [(a.seq, a.watch, a.query, a.count) for a in replayed] == [
-            (a.seq, a.watch, a.query, a.count) for a in old
+        # The same alerts, under ids of the new form, without the text they were sent with.
+        assert [(a.seq, a.watch, a.count, a.found) for a in replayed] == [
+            (sent["seq"], OWN, sent["count"], []) for sent in old
         ]
+        for replayed_alert in replayed:
+            assert "query" not in msgspec.to_builtins(replayed_alert)
+            assert b"divorce" not in msgspec.json.encode(replayed_alert)
+            assert b"Elm St" not in msgspec.json.encode(replayed_alert)
+        migrated = await client.search(index=alias, query={"match_all": {}})
+        assert [hit["_source"]["alert"] for hit in migrated["hits"]["hits"]]  # some documents
+        for hit in migrated["hits"]["hits"]:
+            assert "query" not in hit["_source"]["alert"]  # not copied into the new index
         assert await log.missed("carol", start, log.last_seq, since=OLD_SESSION) == []
     finally:
         await client.close()
+
+
+async def test_a_document_of_protocol_1_is_replayed_without_its_search_text(
+    fresh_settings: Settings, client: AsyncElasticsearch
+) -> None:
+    """Protocol 1 logged the search text in the payload (`alert.query`) and no products:
+    such a document is read as an alert of the current shape, showing no text and nothing
+    found (to its own recipients, and through a default watch to everyone else)."""
+    alias = indices.alias_for(fresh_settings, "alerts")
+    log = AlertLog(client, alias)
+    start = log.last_seq
+    default = AlertWatch(id="default-1", terms="kindle oasis")
+    own, to_everyone, before_redaction = log.next_seq(), log.next_seq(), log.next_seq()
+    documents = {
+        own: {
+            "seq": own,
+            "at": AT,
+            "recipients": ["alice"],
+            "everyone": False,
+            "excluded": [],
+            "alert": {
+                "query": "kindle for my divorce lawyer",
+                "count": 2,
+                "watches": {"alice": {"id": OWN.id, "terms": OWN.terms}},
+                "at": AT,
+            },
+        },
+        to_everyone: {
+            "seq": to_everyone,
+            "at": AT,
+            "recipients": [],
+            "everyone": True,
+            "excluded": ["carol"],
+            "alert": {
+                "query": "kindle oasis to 12 Elm St",
+                "count": 1,
+                "everyone": {"id": default.id, "terms": default.terms},
+                "at": AT,
+            },
+        },
+        # Older still: written before alerts were redacted, with no `alert.at`.
+        before_redaction: {
+            "seq": before_redaction,
+            "at": AT,
+            "recipients": ["alice"],
+            "everyone": False,
+            "excluded": [],
+            "alert": {
+                "query": "kindle call me on 555-0100",
+                "count": 1,
+                "watches": {"alice": {"id": OWN.id, "terms": OWN.terms}},
+            },
+        },
+    }
+    for seq, document in documents.items():
+        await client.index(index=alias, id=str(seq), document=document, refresh=True)
+
+    def shown(seq: int, watch: AlertWatch, count: int) -> Alert:
+        return Alert(id=f"{seq}-{watch.id}", seq=seq, watch=watch, count=count, at=AT, found=[])
+
+    expected = [shown(own, OWN, 2), shown(to_everyone, default, 1), shown(before_redaction, OWN, 1)]
+    reader = AlertLog(client, alias)
+    end = log.last_seq
+    assert await reader.missed("alice", start, end, since=OLD_SESSION) == expected
+    assert await reader.recent("alice", end, since=OLD_SESSION) == expected
+    assert await reader.missed("bob", start, end, since=OLD_SESSION) == [
+        shown(to_everyone, default, 1)
+    ]
+    assert await reader.missed("carol", start, end, since=OLD_SESSION) == []
+    for replayed in await reader.missed("alice", start, end, since=OLD_SESSION):
+        as_sent = msgspec.to_builtins(replayed)
+        assert "query" not in as_sent
+        assert as_sent["found"] == []
+        encoded = msgspec.json.encode(replayed)
+        for text in (b"divorce", b"Elm St", b"555-0100"):
+            assert text not in encoded
 
 
 class OtherInstances:

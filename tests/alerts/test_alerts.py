@@ -50,7 +50,9 @@ async def test_only_the_watcher_is_alerted_about_someone_elses_search(server: st
         alert = await a_socket.next_alert()
         assert alert is not None
         assert alert["watch"] == {"id": watch["id"], "terms": "kindle"}
-        assert alert["query"] == "Kindle Paperwhite"
+        # What the search found, as the catalog has it: never the words typed.
+        assert alert["found"][0]["product_name"].startswith("Kindle Paperwhite")
+        assert "query" not in alert
         assert alert["count"] == 1
         assert await a.alerts_before_marker(a_socket, c) == []  # exactly one
         assert await b.alerts_before_marker(b_socket, c) == []
@@ -119,13 +121,15 @@ async def test_repeats_within_the_window_coalesce_into_one_alert_with_a_count(
         first = await socket.next_alert()
         assert first is not None
         assert first["count"] == 1
-        assert first["query"] == "sony headphones"
+        assert first["found"][0]["brand"] == "Sony"
         for text in ("bose headphones", "headphones", "jbl headphones", "beats headphones"):
             await (b if text != "headphones" else c).search(text)
         follow_up = await socket.next_alert(timeout=WINDOW + 2)
         assert follow_up is not None
         assert follow_up["count"] == 4
-        assert follow_up["query"] == "beats headphones"  # the latest of the folded searches
+        # What the folded searches found, the latest search's first, at most three.
+        assert follow_up["found"][0]["brand"] == "Beats"
+        assert len(follow_up["found"]) == 3
         await every_window_closed(server)
         assert await a.alerts_before_marker(socket, b) == []  # nothing more: the flood is over
         await a.unwatch(watch["id"])
@@ -163,7 +167,7 @@ async def test_the_alert_names_the_search_never_the_searcher(server: str) -> Non
         await b.search("iphone 16 pro")
         alert = await socket.next_alert()
         assert alert is not None
-        assert set(alert) == {"type", "id", "seq", "watch", "query", "count", "at"}
+        assert set(alert) == {"type", "id", "seq", "watch", "found", "count", "at"}
         text = json.dumps(alert)
         assert b_user_hint not in text
         assert b.cookie not in text
@@ -260,7 +264,7 @@ async def test_one_search_alerts_each_of_hundreds_of_open_sockets(server: str) -
         alerts = [alert for tab in tabs if (alert := await tab.next_alert()) is not None]
         assert len(alerts) == len(tabs)
         assert len({alert["id"] for alert in alerts}) == 1  # the same alert on every tab
-        assert {alert["query"] for alert in alerts} == {"kindle oasis"}
+        assert {alert["found"][0]["sku"] for alert in alerts} == {"ER-0004"}
         await a.unwatch(watch["id"])
 
 

@@ -19,6 +19,7 @@ from percolert.core.records import AlertRecord
 from percolert.realtime.frames import frame_text
 from percolert.realtime.hub import Connection, Hub
 from percolert.watches.percolator import Match, SearchEvent
+from tests.broker.test_broker_memory import card
 from tests.waiting import wait_until
 
 
@@ -65,8 +66,14 @@ class Inbox:
             connection.close()
 
 
-def event(text: str, searcher: str) -> SearchEvent:
-    return SearchEvent(text=text, searcher=searcher, at=1_700_000_000.0)
+def event(label: str, searcher: str) -> SearchEvent:
+    """A search that found one product, of sku `label` (its text too: never sent)."""
+    return SearchEvent(text=label, searcher=searcher, at=1_700_000_000.0, products=(card(label),))
+
+
+def found(alert: dict[str, Any]) -> list[str]:
+    """The skus of the products an alert shows, in order."""
+    return [product["sku"] for product in alert["found"]]
 
 
 def dispatcher_for(hub: Hub, sink: Any, *, window_seconds: float, clock: Clock) -> AlertDispatcher:
@@ -91,14 +98,17 @@ def setup() -> Any:
 async def test_first_match_at_once_then_one_follow_up_per_window(setup: Any) -> None:
     dispatcher, inbox, clock = setup
     await dispatcher.dispatch(event("kindle one", "b"), [KINDLE_OF_A])
-    assert [(m["count"], m["query"]) for m in inbox.take("a")] == [(1, "kindle one")]
+    assert [(m["count"], found(m)) for m in inbox.take("a")] == [(1, ["kindle one"])]
     for number in range(5):
         clock.now += 0.1
         await dispatcher.dispatch(event(f"kindle {number}", "c"), [KINDLE_OF_A])
     assert inbox.take("a") == []
     clock.now += 2.0
     await dispatcher.flush_due()
-    assert [(m["count"], m["query"]) for m in inbox.take("a")] == [(5, "kindle 4")]
+    # What the folded searches found, the latest first, at most three.
+    assert [(m["count"], found(m)) for m in inbox.take("a")] == [
+        (5, ["kindle 4", "kindle 3", "kindle 2"])
+    ]
     clock.now += 2.1  # a quiet window closes without another alert
     await dispatcher.flush_due()
     assert inbox.take("a") == []
@@ -106,6 +116,45 @@ async def test_first_match_at_once_then_one_follow_up_per_window(setup: Any) -> 
     assert [m["count"] for m in inbox.take("a")] == [1]  # a new flood starts at once
     assert inbox.take("b") == []
     assert inbox.take("c") == []
+
+
+@pytest.mark.anyio
+async def test_an_alert_shows_only_what_its_watch_asks_for_and_never_the_text(
+    setup: Any,
+) -> None:
+    """Each recipient is shown the products the searches found in their watch's category
+    and at or under its price; the text typed reaches no one."""
+    dispatcher, inbox, clock = setup
+    cheap_readers = Match(
+        watch_id="w-a", terms="kindle", owner="a", category="ereaders", max_price=100.0
+    )
+    everyone = Match(watch_id="default-1", terms="kindle", owner=None)
+
+    def searched(text: str) -> SearchEvent:
+        products = (
+            card("basic", price=90.0),
+            card("cover", category="cases", price=20.0),
+            card("scribe", price=400.0),
+            card("kids", price=100.0),
+        )
+        return SearchEvent(text=text, searcher="b", at=1_700_000_000.0, products=products)
+
+    await dispatcher.dispatch(searched("kindle for alice@example.com"), [cheap_readers, everyone])
+    [to_a] = inbox.take("a")
+    [to_c] = inbox.take("c")
+    assert (to_a["watch"]["category"], to_a["watch"]["max_price"]) == ("ereaders", 100.0)
+    assert found(to_a) == ["basic", "kids"]
+    assert found(to_c) == ["basic", "cover", "scribe"]  # no filter: the first three
+    clock.now += 0.1
+    await dispatcher.dispatch(searched("kindle 12 Elm St"), [cheap_readers])
+    clock.now += 2.0
+    await dispatcher.flush_due()
+    [followup] = inbox.take("a")
+    assert (followup["count"], found(followup)) == (1, ["basic", "kids"])
+    for alert in (to_a, to_c, followup):
+        assert "query" not in alert
+        assert "alice@example.com" not in json.dumps(alert)
+        assert "Elm St" not in json.dumps(alert)
 
 
 @pytest.mark.anyio
@@ -128,22 +177,22 @@ async def test_default_watch_excludes_the_searcher_and_they_get_the_next_at_once
     await dispatcher.dispatch(event("iphone 16", "a"), [DEFAULT])
     assert inbox.take("a") == []
     first_b, first_c = inbox.take("b"), inbox.take("c")
-    assert [m["query"] for m in first_b] == [m["query"] for m in first_c] == ["iphone 16"]
+    assert [found(m) for m in first_b] == [found(m) for m in first_c] == [["iphone 16"]]
     assert first_b[0]["id"] == first_c[0]["id"]  # one alert, encoded once, sent to both
 
     clock.now += 0.5
     await dispatcher.dispatch(event("iphone 15", "b"), [DEFAULT])
     # a has had nothing in this window, so b's search reaches a at once; c waits.
-    assert [(m["count"], m["query"]) for m in inbox.take("a")] == [(1, "iphone 15")]
+    assert [(m["count"], found(m)) for m in inbox.take("a")] == [(1, ["iphone 15"])]
     assert inbox.take("c") == []
     clock.now += 0.5
     await dispatcher.dispatch(event("iphone pro", "c"), [DEFAULT])
     clock.now += 1.5
     await dispatcher.flush_due()
     # Follow-ups count only searches each user has not heard about and did not make.
-    assert [(m["count"], m["query"]) for m in inbox.take("a")] == [(1, "iphone pro")]
-    assert [(m["count"], m["query"]) for m in inbox.take("b")] == [(1, "iphone pro")]
-    assert [(m["count"], m["query"]) for m in inbox.take("c")] == [(1, "iphone 15")]
+    assert [(m["count"], found(m)) for m in inbox.take("a")] == [(1, ["iphone pro"])]
+    assert [(m["count"], found(m)) for m in inbox.take("b")] == [(1, ["iphone pro"])]
+    assert [(m["count"], found(m)) for m in inbox.take("c")] == [(1, ["iphone 15"])]
 
 
 @pytest.mark.anyio
@@ -231,13 +280,13 @@ async def test_a_follow_up_never_counts_a_search_heard_of_through_ones_own_watch
         clock.now += 0.1
     clock.now += 2.0
     await dispatcher.flush_due()
-    assert [(m["watch"]["id"], m["count"], m["query"]) for m in inbox.take("a")] == [
-        ("w-a", 1, "kindle one"),
-        ("w-a", 2, "kindle three"),
+    assert [(m["watch"]["id"], m["count"], found(m)) for m in inbox.take("a")] == [
+        ("w-a", 1, ["kindle one"]),
+        ("w-a", 2, ["kindle three", "kindle two"]),
     ]
-    assert [(m["watch"]["id"], m["count"], m["query"]) for m in inbox.take("c")] == [
-        ("default-k", 1, "kindle one"),
-        ("default-k", 2, "kindle three"),
+    assert [(m["watch"]["id"], m["count"], found(m)) for m in inbox.take("c")] == [
+        ("default-k", 1, ["kindle one"]),
+        ("default-k", 2, ["kindle three", "kindle two"]),
     ]
     assert inbox.take("b") == []
 
@@ -258,14 +307,14 @@ async def test_a_default_follow_up_counts_what_ones_own_watch_did_not(setup: Any
     clock.now += 2.0
     await dispatcher.flush_due()
     # Three searches, three alerts: two through a's own watch, one through the default.
-    assert sorted((m["watch"]["id"], m["count"], m["query"]) for m in inbox.take("a")) == [
-        ("default-k", 1, "kindle oasis"),
-        ("w-pw", 1, "kindle paperwhite"),
-        ("w-pw", 1, "kindle paperwhite signature"),
+    assert sorted((m["watch"]["id"], m["count"], found(m)) for m in inbox.take("a")) == [
+        ("default-k", 1, ["kindle oasis"]),
+        ("w-pw", 1, ["kindle paperwhite"]),
+        ("w-pw", 1, ["kindle paperwhite signature"]),
     ]
-    assert [(m["count"], m["query"]) for m in inbox.take("c")] == [
-        (1, "kindle paperwhite"),
-        (2, "kindle paperwhite signature"),
+    assert [(m["count"], found(m)) for m in inbox.take("c")] == [
+        (1, ["kindle paperwhite"]),
+        (2, ["kindle paperwhite signature", "kindle oasis"]),
     ]
 
 
@@ -443,6 +492,6 @@ async def test_matches_wait_in_order_while_the_broker_is_down_and_the_oldest_ove
     assert inbox.take("a") == []
     broker.down = False
     await dispatcher.flush_all()  # drains what waited, as `run` does when the broker is back
-    assert [alert["query"] for alert in inbox.take("a")] == ["kindle 2", "kindle 3", "kindle 4"]
+    assert [found(alert) for alert in inbox.take("a")] == [["kindle 2"], ["kindle 3"], ["kindle 4"]]
     assert dispatcher.spooled == 0
     inbox.close()

@@ -1,9 +1,11 @@
 """What shoppers learn of each other's searches, end to end: nothing from before their
-session began (by replay, the hello's `recent`, or a follow-up), and no personal details in
-what they do learn — not even in the alert log."""
+session began (by replay, the hello's `recent`, or a follow-up), and never a word another
+shopper typed — only what matched: their watch, how many searches, and the products those
+searches found that fit it. Not in the alert, not in the alert log."""
 
 from __future__ import annotations
 
+import json
 import time
 from collections.abc import Iterator
 from typing import Any
@@ -39,21 +41,37 @@ def position_now() -> int:
     return int(time.time() * 1_000_000)
 
 
-async def logged_queries(client: AsyncElasticsearch, settings: Settings, after: int) -> list[str]:
-    """The search text of every sending in the alert log after position `after`, as stored."""
+async def logged_alerts(
+    client: AsyncElasticsearch, settings: Settings, after: int
+) -> list[dict[str, Any]]:
+    """Every sending in the alert log after position `after`, as stored."""
     alias = indices.alias_for(settings, "alerts")
     await client.indices.refresh(index=alias)
     response = await client.search(index=alias, size=1000, query={"range": {"seq": {"gt": after}}})
-    return [hit["_source"]["alert"]["query"] for hit in response["hits"]["hits"]]
+    return [hit["_source"] for hit in response["hits"]["hits"]]
 
 
 async def wait_until_logged(
-    client: AsyncElasticsearch, settings: Settings, after: int, text: str
-) -> None:
-    async def logged() -> bool:
-        return text in await logged_queries(client, settings, after)
+    client: AsyncElasticsearch, settings: Settings, after: int, count: int = 1
+) -> list[dict[str, Any]]:
+    logged: list[dict[str, Any]] = []
 
-    await wait_until(logged, what=f"{text!r} in the alert log")
+    async def enough() -> bool:
+        nonlocal logged
+        logged = await logged_alerts(client, settings, after)
+        return len(logged) >= count
+
+    await wait_until(enough, what=f"{count} sendings in the alert log")
+    return logged
+
+
+def skus(alert: dict[str, Any]) -> list[str]:
+    return [product["sku"] for product in alert["found"]]
+
+
+def words_in(document: object) -> str:
+    """Everything a document says, as one lower-cased text to look for words in."""
+    return json.dumps(document).lower()
 
 
 async def test_a_new_session_is_never_told_of_searches_made_before_it(
@@ -65,8 +83,8 @@ async def test_a_new_session_is_never_told_of_searches_made_before_it(
         Shopper(server) as searcher,
     ):
         before = position_now()
-        await searcher.search("iphone for my divorce lawyer")  # nobody is connected
-        await wait_until_logged(client, settings, before, "iphone for my divorce lawyer")
+        await searcher.search("iphone 16 pro max")  # nobody is connected
+        await wait_until_logged(client, settings, before)
 
         async with Shopper(server) as newcomer:
             socket = await newcomer.connect(after=0)
@@ -74,8 +92,14 @@ async def test_a_new_session_is_never_told_of_searches_made_before_it(
             assert await socket.messages_before_pong() == []  # the replay comes before it
 
         # The same log does replay it to a session that existed when the search was made.
-        replayed = await (await earlier.connect(after=0)).messages_before_pong()
-        assert "iphone for my divorce lawyer" in [alert["query"] for alert in replayed]
+        greeted = await earlier.connect(after=0)
+        replayed = await greeted.messages_before_pong()
+        assert ["PH-0001"] in [skus(alert)[:1] for alert in replayed]
+        assert greeted.hello["recent"] == []  # replayed, so not listed as well
+        listed = await earlier.connect()  # a fresh page: listed, nothing replayed
+        assert [alert["id"] for alert in listed.hello["recent"]] == [
+            alert["id"] for alert in replayed
+        ]
 
 
 async def test_a_follow_up_does_not_reach_a_session_begun_during_its_window(
@@ -90,13 +114,13 @@ async def test_a_follow_up_does_not_reach_a_session_begun_during_its_window(
         await searcher.search("roomba j7")  # at once to everyone connected; opens the window
         first = await listening.next_alert()
         assert first is not None
-        await searcher.search("roomba for the flat on 5 Elm Street")  # folded
+        await searcher.search("roomba combo")  # folded
         async with Shopper(server) as newcomer:
             arriving = await newcomer.connect(after=first["seq"] - 1)
             await searcher.search("roomba s8")  # folded too, after the newcomer arrived
             follow_up = await listening.next_alert(timeout=WINDOW + 3)
             assert follow_up is not None
-            assert (follow_up["count"], follow_up["query"]) == (2, "roomba s8")
+            assert follow_up["count"] == 2
             # It counts a search from before the newcomer's session: not theirs to hear of.
             again = await newcomer.connect(after=0)
             assert again.hello["recent"] == []
@@ -104,23 +128,111 @@ async def test_a_follow_up_does_not_reach_a_session_begun_during_its_window(
             assert await newcomer.alerts_before_marker(arriving, searcher) == []
 
 
-async def test_personal_details_never_leave_the_server(server: str, settings: Settings) -> None:
+PERSONAL = ["john", "smith", "221b", "baker", "street", "london", "wife", "4111"]
+
+
+async def test_an_alert_carries_no_word_a_stranger_typed(server: str, settings: Settings) -> None:
+    """Names and addresses cannot be told by pattern: nothing typed is carried at all."""
     async with (
-        default_watch(settings, "kindle") as (_, client),
+        default_watch(settings, "iphone") as (_, client),
         Shopper(server) as recipient,
         Shopper(server) as searcher,
     ):
         socket = await recipient.connect()
-        position = socket.hello["last_seq"]
-        await searcher.search("kindle for jane@example.com")
+        before = position_now()
+        await searcher.search(
+            "iphone case for the wife of John Smith at 221B Baker Street London 4111 1111"
+        )
         alert = await socket.next_alert()
         assert alert is not None
-        assert alert["query"] == "kindle for [email]"
+        assert (alert["watch"]["terms"], alert["count"]) == ("iphone", 1)
+        assert "query" not in alert
+        assert [word for word in PERSONAL if word in words_in(alert)] == []
 
-        replayed: list[dict[str, Any]] = await (
-            await recipient.connect(after=position)
-        ).messages_before_pong()
-        assert [item["query"] for item in replayed] == ["kindle for [email]"]
-        await wait_until_logged(client, settings, position, "kindle for [email]")
-        logged = await logged_queries(client, settings, position)
-        assert [text for text in logged if "jane" in text] == []
+        again = await recipient.connect(after=0)
+        assert again.hello["recent"] == []  # replayed, so not listed as well
+        [replayed] = await again.messages_before_pong()
+        assert replayed["id"] == alert["id"]
+        [listed] = (await recipient.connect()).hello["recent"]
+        assert [word for word in PERSONAL if word in words_in([replayed, listed])] == []
+        logged = await wait_until_logged(client, settings, before)
+        assert [word for word in PERSONAL if word in words_in(logged)] == []
+
+
+async def test_phishing_text_reaches_nobody(server: str, settings: Settings) -> None:
+    async with (
+        default_watch(settings, "pixel"),
+        Shopper(server) as recipient,
+        Shopper(server) as searcher,
+    ):
+        socket = await recipient.connect()
+        for text in (
+            "pixel FREE giveaway claim at apple-gift.shop now",
+            "pixel login evil\u3002com/verify",
+            "pixel evil[.]com/reset jane(at)example(dot)com",
+        ):
+            await searcher.search(text)
+        alerts = await socket.alerts_during(WINDOW + 2)  # the first, then a follow-up
+        assert [alert["count"] for alert in alerts] == [1, 2]
+        said = words_in(alerts)
+        for word in ("giveaway", "apple-gift", "evil", "verify", "reset", "jane", "example"):
+            assert word not in said
+
+
+async def test_an_alert_shows_what_the_searches_found_that_fits_the_watch(
+    server: str, settings: Settings
+) -> None:
+    async with Shopper(server) as owner, Shopper(server) as searcher:
+        await owner.watch("iphone", max_price=900)
+        await owner.watch("kindle", category="e-readers")
+        socket = await owner.connect()
+
+        await searcher.search("iphone 16")
+        alert = await socket.next_alert()
+        assert alert is not None
+        assert alert["watch"]["max_price"] == 900
+        # It found $799, $999, $899 and $1199 iPhones: those under the watch's price show.
+        assert skus(alert) == ["PH-0004", "PH-0003"]
+
+        await searcher.search("kindle paperwhite")
+        alert = await socket.next_alert()
+        assert alert is not None
+        assert alert["watch"]["category"] == "e-readers"
+        assert {"ER-0001", "ER-0002"} & set(skus(alert))  # the Paperwhites it found
+        assert {product["category"] for product in alert["found"]} == {"e-readers"}
+        assert len(alert["found"]) <= 3
+
+
+async def test_a_brand_new_session_hears_only_what_matched(server: str, settings: Settings) -> None:
+    """A session with no watches of its own, reached through a default watch."""
+    async with (
+        default_watch(settings, "kindle"),
+        Shopper(server) as newcomer,
+        Shopper(server) as searcher,
+    ):
+        socket = await newcomer.connect()
+        assert socket.hello["protocol"] == 2
+        await searcher.search("kindle for jane@example.com at 5 Elm Street")
+        alert = await socket.next_alert()
+        assert alert is not None
+        assert sorted(alert) == ["at", "count", "found", "id", "seq", "type", "watch"]
+        assert [word for word in ("jane", "example", "elm") if word in words_in(alert)] == []
+
+
+async def test_positions_tell_nothing_of_other_shoppers_alerts(
+    server: str, settings: Settings
+) -> None:
+    """The hello's `last_seq` is the newest of the user's own alerts, not the service's."""
+    async with (
+        Shopper(server) as idle,
+        Shopper(server) as busy,
+        Shopper(server) as searcher,
+    ):
+        first = await idle.connect()
+        assert first.hello["last_seq"] == 0
+        await busy.watch("roomba")
+        listening = await busy.connect()
+        await searcher.search("roomba j7")
+        assert await listening.next_alert() is not None
+        again = await idle.connect(after=first.hello["last_seq"])
+        assert again.hello["last_seq"] == 0

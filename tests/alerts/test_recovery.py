@@ -4,6 +4,7 @@ its recent alerts; default-watch alerts are stored once."""
 from __future__ import annotations
 
 from collections.abc import Iterator
+from typing import Any
 
 import msgspec
 import pytest
@@ -24,6 +25,22 @@ def settings(catalog_settings: Settings) -> Settings:
     return msgspec.structs.replace(catalog_settings, coalesce_seconds=WINDOW)
 
 
+async def best_hit(searcher: Shopper, text: str) -> str:
+    """Search as `searcher`; the sku of the best product found (the first an alert about
+    the search shows a watch without filters)."""
+    results = (await searcher.search(text)).json()["results"]
+    assert results, f"the catalog has nothing for {text!r}"
+    sku: str = results[0]["id"]
+    return sku
+
+
+def first_found(alert: dict[str, Any] | None) -> str:
+    assert alert is not None
+    assert "query" not in alert  # what matched, never what was typed
+    sku: str = alert["found"][0]["sku"]
+    return sku
+
+
 @pytest.fixture(scope="module")
 def server(settings: Settings) -> Iterator[str]:
     with run_server(settings) as url:
@@ -34,13 +51,15 @@ async def test_missed_alerts_are_replayed_in_order_then_live_ones_follow(server:
     async with Shopper(server) as a, Shopper(server) as b:
         watch = await a.watch("pixel")
         first = await a.connect()
+        # A's own position, before any alert of theirs: never anyone else's.
         position = first.hello["last_seq"]
+        assert position == 0
         await first.close()
 
         created = metric(server, "percolert_alerts_created_total")
-        await b.search("pixel 9 pro")  # sent at once, to nobody connected
+        pro = await best_hit(b, "pixel 9 pro")  # sent at once, to nobody connected
         await b.search("pixel tablet")  # folded into the follow-up
-        await b.search("pixel buds")
+        buds = await best_hit(b, "pixel buds")
         await wait_until(
             lambda: metric(server, "percolert_alerts_created_total") >= created + 2,
             what="the alert and its follow-up, made while A is away",
@@ -48,29 +67,35 @@ async def test_missed_alerts_are_replayed_in_order_then_live_ones_follow(server:
 
         back = await a.connect(after=position)
         missed = [await back.next_alert(), await back.next_alert()]
-        assert [(alert["query"], alert["count"]) for alert in missed if alert] == [
-            ("pixel 9 pro", 1),
-            ("pixel buds", 2),
+        # The follow-up shows what the latest of its searches found first.
+        assert [(first_found(alert), alert["count"]) for alert in missed if alert] == [
+            (pro, 1),
+            (buds, 2),
         ]
         seqs = [alert["seq"] for alert in missed if alert]
         assert seqs == sorted(seqs)
         assert all(seq > position for seq in seqs)
         assert all(alert and alert["watch"]["id"] == watch["id"] for alert in missed)
+        # Replayed, so not listed as well; the position covers the replay.
+        assert back.hello["recent"] == []
+        assert back.hello["last_seq"] == seqs[-1]
 
-        await b.search("pixel watch")  # live now (at once, or as the next follow-up)
+        watch_sku = await best_hit(b, "pixel watch")  # live now (at once, or a follow-up)
         live = await back.next_alert()
         assert live is not None
-        assert live["query"] == "pixel watch"  # the replay was those two, nothing more
+        assert first_found(live) == watch_sku  # the replay was those two, nothing more
         assert live["seq"] > seqs[-1]
 
         # Reconnecting from the newest position brings nothing old back, and nothing is
         # replayed twice: the next alert on either socket is the next search's.
         again = await a.connect(after=live["seq"])
-        await b.search("pixel fold")
+        assert again.hello["last_seq"] == live["seq"]
+        fold = await best_hit(b, "pixel fold")
         for socket in (back, again):
             following = await socket.next_alert()
             assert following is not None
-            assert (following["query"], following["count"]) == ("pixel fold", 1)
+            assert (first_found(following), following["count"]) == (fold, 1)
+            assert following["seq"] > live["seq"]
         await a.unwatch(watch["id"])
 
 
@@ -82,15 +107,20 @@ async def test_a_reloaded_page_gets_its_recent_alerts_in_hello(server: str) -> N
         alert = await socket.next_alert()
         assert alert is not None
         reloaded = await a.connect()  # a fresh page: no position to resume from
-        assert [item["id"] for item in reloaded.hello["recent"]] == [alert["id"]]
-        assert reloaded.hello["last_seq"] >= alert["seq"]
-        await b.search("oura ring gen3")
+        assert reloaded.hello["recent"] == [alert]
+        assert reloaded.hello["last_seq"] == alert["seq"]  # the newest alert it lists
+        gen3 = await best_hit(b, "oura ring for sleep")
         following = await reloaded.next_alert()
         assert following is not None
-        assert following["query"] == "oura ring gen3"  # listed, not replayed as a new alert
+        # Listed, not replayed as a new alert: the next one is the next search's.
+        assert following["id"] != alert["id"]
+        assert following["seq"] > alert["seq"]
+        assert first_found(following) == gen3
         newcomer = Shopper(server)
         async with newcomer:
-            assert (await newcomer.connect()).hello["recent"] == []  # never someone else's
+            greeted = (await newcomer.connect()).hello
+            assert greeted["recent"] == []  # never someone else's
+            assert greeted["last_seq"] == 0  # nor anyone else's position
         await a.unwatch(watch["id"])
 
 
@@ -118,11 +148,12 @@ async def test_default_watch_alerts_are_stored_once_and_recovered_by_everyone(
         b_socket = await b.connect(after=c_position)
         # The next search's alert is the next each gets: c's replay was that one alert, and
         # the searcher b never gets their own.
-        await a.search("Roomba combo")
+        combo = await best_hit(a, "Roomba robot vacuum")
         for socket in (c_back, b_socket):
             following = await socket.next_alert()
             assert following is not None
-            assert following["query"] == "Roomba combo"
+            assert following["seq"] > live["seq"]
+            assert first_found(following) == combo
 
         async def stored() -> int:
             await client.indices.refresh(index=alerts_alias)

@@ -19,6 +19,7 @@ from percolert.core.settings import Settings
 from percolert.web.middleware.sessions import COOKIE_NAME
 from tests.conftest import SAMPLE_CATALOG, prepare_indices
 from tests.servers import run_server
+from tests.waiting import wait_until_sync
 
 DESIGNS = [
     "percolert-per-user",
@@ -158,6 +159,16 @@ def test_the_load_client_paces_the_connect_storm_and_reports_the_greetings(
         subscribers = Subscribers(Served(base), cookies, tmp_path)
         try:
             connect = subscribers.connect
+            # Alerts carry no search text: the harness knows each by when it was made.
+            sent, words, _, errors = rig.drive(Served(base), 20.0, 0.5, "join", tmp_path)
+            expected = {rid for rid, word in words.items() if word in {w for _, w in users}}
+            assert errors == 0
+            assert expected
+            wait_until_sync(
+                lambda: set(subscribers.arrivals()[0]) >= expected,
+                what="an alert for every search a subscriber watches, joined to its id",
+            )
+            assert set(subscribers.arrivals()[0]) <= set(sent)
         finally:
             subscribers.stop()
     assert connect["sockets"] == 30

@@ -15,7 +15,7 @@ from percolert.alerts.dispatch import followup_sendings
 from percolert.alerts.log import AlertLog
 from percolert.broker.base import DefaultCandidate, OwnedCandidate, SearchFold, Sending
 from percolert.broker.memory import MemoryBroker
-from percolert.core.messages import AlertWatch
+from percolert.core.messages import AlertWatch, ProductCard
 from percolert.core.records import AlertRecord
 from percolert.realtime.hub import Connection, Hub
 
@@ -64,15 +64,25 @@ def queued(connection: Connection) -> list[Any]:
     return [json.loads(payload) for payload in connection._queue]
 
 
-def search(text: str, searcher: str, at: float = 1_700_000_000.0) -> SearchFold:
-    return SearchFold(text=text, at=at, searcher=searcher)
+def card(label: str, *, category: str = "ereaders", price: float = 99.0) -> ProductCard:
+    """A product whose sku (and name) is `label`: what a search, or a sending, found."""
+    return ProductCard(sku=label, product_name=label, price=price, category=category, brand="acme")
 
 
-def sending(text: str, user: str) -> Sending:
+def skus(products: tuple[ProductCard, ...] | list[ProductCard]) -> list[str]:
+    return [product.sku for product in products]
+
+
+def search(label: str, searcher: str, at: float = 1_700_000_000.0) -> SearchFold:
+    """A search that found one product, `label`."""
+    return SearchFold(found=(card(label),), at=at, searcher=searcher)
+
+
+def sending(label: str, user: str) -> Sending:
     return Sending(
         at="2023-11-14T22:13:20.000+00:00",
         earliest_ms=0,
-        query=text,
+        found=(card(label),),
         watches={user: AlertWatch(id="w-" + user, terms="kindle")},
     )
 
@@ -103,9 +113,15 @@ async def test_a_window_gives_one_immediate_alert_then_one_follow_up_with_the_co
     clock.now += WINDOW
     [followup] = await broker.claim_due()
     assert (followup.owner, followup.watch_id, followup.terms) == ("a", "w-a", "kindle")
-    assert [event.text for event in followup.events] == ["kindle 0", "kindle 1", "kindle 2"]
+    assert [skus(event.found) for event in followup.events] == [
+        ["kindle 0"],
+        ["kindle 1"],
+        ["kindle 2"],
+    ]
     [follow_up_sending] = followup_sendings(followup)
-    assert (follow_up_sending.count, follow_up_sending.query) == (3, "kindle 2")
+    # What the folded searches found, the latest search's first.
+    assert follow_up_sending.count == 3
+    assert skus(follow_up_sending.found) == ["kindle 2", "kindle 1", "kindle 0"]
     # The next window started with the follow-up; quiet, it ends with nothing due.
     assert broker.open_windows == 1
     clock.now += WINDOW
@@ -122,7 +138,7 @@ async def test_an_ended_window_is_due_before_the_search_that_finds_it_ended(
     await broker.hits(search("kindle two", "b"), [KINDLE_OF_A], None)
     clock.now += WINDOW
     hits = await broker.hits(search("kindle three", "b"), [KINDLE_OF_A], None)
-    assert [followup.events[-1].text for followup in hits.due] == ["kindle two"]
+    assert [skus(followup.events[-1].found) for followup in hits.due] == [["kindle two"]]
     assert hits.immediate == []  # folded into the window the follow-up started
     assert hits.coalesced == 1
 
@@ -144,13 +160,18 @@ async def test_a_default_window_reaches_everyone_once_and_the_searcher_next(
     clock.now += WINDOW
     [followup] = await broker.claim_due()
     assert followup.owner is None
-    assert [(event.text, set(event.skip)) for event in followup.events] == [
-        ("iphone 15", {"x", "y"}),
-        ("iphone pro", {"y"}),
+    assert [(skus(event.found), set(event.skip)) for event in followup.events] == [
+        (["iphone 15"], {"x", "y"}),
+        (["iphone pro"], {"y"}),
     ]
     everyone, *to_x = followup_sendings(followup)
-    assert (everyone.count, everyone.query, set(everyone.excluded)) == (2, "iphone pro", {"x", "y"})
-    assert [(set(s.watches), s.count, s.query) for s in to_x] == [({"x"}, 1, "iphone pro")]
+    assert (everyone.count, skus(everyone.found), set(everyone.excluded)) == (
+        2,
+        ["iphone pro", "iphone 15"],
+        {"x", "y"},
+    )
+    # x heard of "iphone 15" at once: its follow-up counts, and shows, only the other search.
+    assert [(set(s.watches), s.count, skus(s.found)) for s in to_x] == [({"x"}, 1, ["iphone pro"])]
     # y made every search of the window: y has had nothing of it, and hears the next at once.
     fourth = await broker.hits(search("iphone mini", "z"), [], DEFAULT)
     assert fourth.firsts == ["y"]
@@ -171,7 +192,7 @@ async def test_every_window_ends_at_shutdown(broker: MemoryBroker, clock: Clock)
     await broker.hits(search("kindle two", "b"), [KINDLE_OF_A], None)
     assert await broker.claim_due() == []
     [followup] = await broker.claim_due(everything=True)
-    assert [event.text for event in followup.events] == ["kindle two"]
+    assert [skus(event.found) for event in followup.events] == [["kindle two"]]
 
 
 @pytest.fixture
@@ -195,9 +216,10 @@ async def test_positions_come_from_the_alert_log_and_increase(
     assert seqs == sorted(set(seqs))
     assert seqs[0] > start
     assert log.last_seq == seqs[-1]
-    assert [(alert["seq"], alert["query"]) for alert in queued(socket)] == [
-        (record.seq, record.query) for record in records
-    ]
+    assert [
+        (alert["seq"], [product["sku"] for product in alert["found"]]) for alert in queued(socket)
+    ] == [(record.seq, [f"kindle {n}"]) for n, record in enumerate(records)]
+    assert all("query" not in alert for alert in queued(socket))
     socket.close()
 
 

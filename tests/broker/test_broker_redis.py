@@ -36,6 +36,7 @@ from percolert.core.settings import Settings
 from percolert.dev.redisnode import RedisNode
 from percolert.realtime.hub import Connection, Hub
 from percolert.watches.percolator import Match, SearchEvent
+from tests.broker.test_broker_memory import card, skus
 from tests.servers import free_port
 from tests.waiting import wait_until
 
@@ -96,7 +97,9 @@ def _ended(followups: list[Followup]) -> list[tuple[object, ...]]:
             f.watch_id,
             f.owner or "",
             f.terms,
-            [(e.text, e.at, e.searcher, e.skip) for e in f.events],
+            f.category or "",
+            f.max_price or 0.0,
+            [(skus(e.found), e.at, e.searcher, e.skip) for e in f.events],
             f.not_alerted,
         )
         for f in followups
@@ -108,12 +111,15 @@ async def test_windows_open_fold_and_end_as_in_the_embedded_broker(redis_url: st
     shared = await _redis_broker(redis_url, Log())
     default = DefaultCandidate(watch_id="d", terms="phone")
     other = DefaultCandidate(watch_id="e", terms="phone")
-    mine = OwnedCandidate(watch_id="w1", owner="u1", terms="phone case")
+    # A watch's filters go into its window and come back with its follow-up.
+    mine = OwnedCandidate(
+        watch_id="w1", owner="u1", terms="phone case", category="cases", max_price=20.0
+    )
     theirs = OwnedCandidate(watch_id="w2", owner="u2", terms="phone")
     at = time.time()
 
     def search(n: int, searcher: str) -> SearchFold:
-        return SearchFold(text=f"phone {n}", at=at + n / 1000, searcher=searcher)
+        return SearchFold(found=(card(f"phone {n}"),), at=at + n / 1000, searcher=searcher)
 
     steps: list[tuple[SearchFold, list[OwnedCandidate], DefaultCandidate | None]] = [
         (search(1, "s1"), [], default),  # opens the default window: to everyone
@@ -132,11 +138,13 @@ async def test_windows_open_fold_and_end_as_in_the_embedded_broker(redis_url: st
             for fold, owned, candidate in steps:
                 expected = await memory.hits(fold, owned, candidate)
                 got = await shared.hits(fold, owned, candidate)
-                assert _decisions(got) == _decisions(expected), (round_, fold.text)
+                assert _decisions(got) == _decisions(expected), (round_, skus(fold.found))
             expected_end = await memory.claim_due(everything=True)
             got_end = await shared.claim_due(everything=True)
             assert _ended(got_end) == _ended(expected_end), round_
             assert len(got_end) == 4
+            [ended_mine] = [f for f in got_end if f.owner == "u1"]
+            assert ended_mine.watch == mine.watch
         assert shared.open_windows == memory.open_windows == 4
         await memory.claim_due(everything=True)
         await shared.claim_due(everything=True)  # nothing folded since: every window closes
@@ -150,11 +158,11 @@ async def test_positions_increase_from_above_the_logs_last(redis_url: str) -> No
     log = Log(last=ahead)
     broker = await _redis_broker(redis_url, log)
     watch = AlertWatch(id="w", terms="q")
-    sending = Sending(at="2026-01-01T00:00:00.000+00:00", earliest_ms=0, query="q")
+    sending = Sending(at="2026-01-01T00:00:00.000+00:00", earliest_ms=0, found=(card("q"),))
     try:
         first = await broker.publish([sending, sending])
         second = await broker.publish(
-            [Sending(at=sending.at, earliest_ms=0, query="q", everyone=watch)]
+            [Sending(at=sending.at, earliest_ms=0, found=(card("q"),), everyone=watch)]
         )
         seqs = [record.seq for record in [*first, *second]]
         assert seqs == sorted(set(seqs))
@@ -185,7 +193,7 @@ async def test_a_lapsed_instance_is_reaped_and_its_users_count_as_having_left_th
     }
     raw = redis.Redis.from_url(redis_url)
     key = f"percolert:{{{settings.index_prefix}}}"
-    search = SearchFold(text="phone", at=time.time(), searcher="s")
+    search = SearchFold(found=(card("phone"),), at=time.time(), searcher="s")
 
     async def alerted(broker: str, owner: str) -> bool:
         owned = [OwnedCandidate(watch_id=f"w-{uuid.uuid4().hex}", owner=owner, terms="phone")]
@@ -235,9 +243,10 @@ class _Gap:
     async def _send(self, text: str) -> None:
         self.sent.append(text)
 
-    async def publish(self, query: str) -> int:
+    async def publish(self, label: str) -> int:
+        """An alert to "u" about a search that found one product, `label`."""
         watch = {"u": AlertWatch(id="w", terms="q")}
-        sending = Sending(at="2026-01-01T00:00:00.000+00:00", earliest_ms=0, query=query)
+        sending = Sending(at="2026-01-01T00:00:00.000+00:00", earliest_ms=0, found=(card(label),))
         [record] = await self.broker.publish([msgspec.structs.replace(sending, watches=watch)])
         return record.seq
 
@@ -275,8 +284,9 @@ async def _reading(redis_url: str) -> AsyncIterator[_Gap]:
         await gap.broker.close()
 
 
-def _queries(gap: _Gap) -> list[str]:
-    return [json.loads(text)["query"] for text in gap.sent]
+def _labels(gap: _Gap) -> list[str]:
+    """What each alert the socket got found (its one product's sku), in order."""
+    return [",".join(product["sku"] for product in json.loads(text)["found"]) for text in gap.sent]
 
 
 async def test_the_inbox_keeps_only_what_its_reader_has_not_read(redis_url: str) -> None:
@@ -289,7 +299,7 @@ async def test_the_inbox_keeps_only_what_its_reader_has_not_read(redis_url: str)
         await gap.broker.beat()
         assert gap.raw.xlen(inbox) == 1  # the last read stays: the reader resumes after it
         await gap.publish("later")
-        await wait_until(lambda: _queries(gap)[-1] == "later", what="an alert after the trim")
+        await wait_until(lambda: _labels(gap)[-1] == "later", what="an alert after the trim")
 
 
 async def test_a_missing_inbox_entry_resyncs_the_sockets(redis_url: str) -> None:
@@ -297,12 +307,12 @@ async def test_a_missing_inbox_entry_resyncs_the_sockets(redis_url: str) -> None
     after the gap and is closed for a resync; its page replays from the log."""
     async with _reading(redis_url) as gap:
         await gap.publish("before")
-        await wait_until(lambda: _queries(gap) == ["before"], what="the first alert")
+        await wait_until(lambda: _labels(gap) == ["before"], what="the first alert")
         gap.raw.hincrby(gap.meta, "n:one", 1)  # an entry the reader never sees
         await gap.publish("after")
         await wait_until(lambda: gap.socket.resynced, what="the socket to resync")
         assert gap.gaps == 1
-        assert _queries(gap) == ["before"]  # the page's last alert stays the one before
+        assert _labels(gap) == ["before"]  # the page's last alert stays the one before
 
 
 async def test_a_counter_below_what_an_instance_saw_starts_a_new_epoch(redis_url: str) -> None:
@@ -352,7 +362,8 @@ async def test_a_claimed_follow_up_whose_claimer_never_publishes_is_claimed_agai
         await one.start()
         await two.start()
         for n in range(3):  # s1 opens both windows, then folds twice into each
-            await one.hits(SearchFold(text=f"phone {n}", at=at + n, searcher="s1"), owned, default)
+            search = SearchFold(found=(card(f"phone {n}"),), at=at + n, searcher="s1")
+            await one.hits(search, owned, default)
         claimed = await one.claim_due(everything=True)
         assert sorted(f.owner or "" for f in claimed) == ["", "u"]
         assert all(f.token for f in claimed)
@@ -387,7 +398,10 @@ async def test_unwritten_sendings_are_read_from_each_makers_mirror_until_written
     two = RedisBroker(settings, Hub(), Log(), url=redis_url, instance_id="two")
     watch = AlertWatch(id="w", terms="q")
     sending = Sending(
-        at="2026-01-01T00:00:00.000+00:00", earliest_ms=0, query="q", watches={"u": watch}
+        at="2026-01-01T00:00:00.000+00:00",
+        earliest_ms=0,
+        found=(card("q"),),
+        watches={"u": watch},
     )
     try:
         await one.start()
@@ -417,7 +431,7 @@ async def test_a_reaped_instances_unwritten_sendings_are_written_by_a_survivor(
     )
     raw = redis.Redis.from_url(redis_url)
     key = f"percolert:{{{settings.index_prefix}}}"
-    sending = Sending(at="2026-01-01T00:00:00.000+00:00", earliest_ms=0, query="q")
+    sending = Sending(at="2026-01-01T00:00:00.000+00:00", earliest_ms=0, found=(card("q"),))
     try:
         await dead.start()
         await alive.start()
@@ -451,7 +465,12 @@ async def test_a_batch_costs_one_hits_and_one_publish_call_and_alerts_as_one_by_
     at = time.time()
 
     def event(n: int, searcher: str) -> SearchEvent:
-        return SearchEvent(text=f"phone {n}", searcher=searcher, at=at + n / 1000)
+        return SearchEvent(
+            text=f"phone {n}",
+            searcher=searcher,
+            at=at + n / 1000,
+            products=(card(f"phone {n}"),),
+        )
 
     batch = [
         (event(1, "s1"), [phone, everyone]),  # u1 at once, the default to everyone
@@ -498,12 +517,14 @@ async def test_a_batch_costs_one_hits_and_one_publish_call_and_alerts_as_one_by_
     assert calls == [(1.0, 1.0), (4.0, 2.0)]  # one by one: two searches were all folded
     batched_log, one_by_one_log = logs
     assert batched_log == one_by_one_log
-    summary = [(r.query, r.count, sorted(r.watches), r.everyone is not None) for r in batched_log]
+    summary = [
+        (skus(r.found), r.count, sorted(r.watches), r.everyone is not None) for r in batched_log
+    ]
     assert summary[:4] == [
-        ("phone 1", 1, ["u1"], False),
-        ("phone 1", 1, [], True),
-        ("phone 2", 1, ["u2"], False),
-        ("phone 2", 1, ["s1"], False),
+        (["phone 1"], 1, ["u1"], False),
+        (["phone 1"], 1, [], True),
+        (["phone 2"], 1, ["u2"], False),
+        (["phone 2"], 1, ["s1"], False),
     ]
     assert len(summary) > 4  # and the follow-ups of the folded searches
 
@@ -517,7 +538,7 @@ async def test_hits_many_decides_as_that_many_hits_one_after_another(redis_url: 
     at = time.time()
 
     def search(n: int, searcher: str) -> SearchFold:
-        return SearchFold(text=f"phone {n}", at=at + n / 1000, searcher=searcher)
+        return SearchFold(found=(card(f"phone {n}"),), at=at + n / 1000, searcher=searcher)
 
     batch = [
         Asked(search(1, "s1"), [], default),
@@ -548,7 +569,7 @@ async def test_a_full_redis_is_met_as_an_outage(tmp_path: Path) -> None:
     state, _ = node.start(free_port())
     broker = RedisBroker(_settings(state.url), Hub(), Log(), url=state.url, instance_id="one")
     raw = redis.Redis.from_url(state.url)
-    sending = Sending(at="2026-01-01T00:00:00.000+00:00", earliest_ms=0, query="q")
+    sending = Sending(at="2026-01-01T00:00:00.000+00:00", earliest_ms=0, found=(card("q"),))
     try:
         await broker.start()
         raw.config_set("maxmemory-policy", "noeviction")

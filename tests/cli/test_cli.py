@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import os
 import signal
 import socket
@@ -19,6 +20,7 @@ from percolert.core.settings import DEFAULT_ELASTICSEARCH_URL, from_environment
 from percolert.dev.devnode import recorded_url
 from percolert.dev.localservice import ServiceState
 from percolert.dev.redisnode import RedisNode
+from percolert.engine import es, indices
 from tests.conftest import delete_indices, make_settings, run_cli
 from tests.servers import free_port
 from tests.shoppers import Shopper
@@ -185,3 +187,50 @@ async def test_up_runs_two_instances_that_alert_each_other_and_ctrl_c_stops_all(
         assert RedisNode(settings.state_dir).status() is None  # it stopped the Redis it started
     finally:
         await delete_indices(settings)
+
+
+def test_setup_reports_stored_products_with_bad_text_and_still_succeeds(
+    elasticsearch_url: str,
+) -> None:
+    """Products stored before the catalog checked its text (written here straight to the
+    index): `setup` names how many, a few skus and what to do, and does its work all the same."""
+    settings = make_settings(elasticsearch_url)
+    try:
+        first = run_cli(settings, "setup")
+        assert first.returncode == 0, first.stderr
+        assert "warning" not in first.stderr
+
+        async def store_bad_products() -> None:
+            client = es.create_client(settings)
+            alias = indices.alias_for(settings, "products")
+            product = {"product_name": "Speaker", "price": 500.0, "brand": "Acme"}
+            try:
+                for sku, category in [
+                    ("FORGED-1", "audio\x1f0000000001"),
+                    ("FORGED-2", "audio\x1e"),
+                    ("CASED-1", "Audio"),
+                    ("GOOD-1", "audio"),
+                ]:
+                    await client.index(
+                        index=alias, id=sku, document={**product, "sku": sku, "category": category}
+                    )
+                await client.indices.refresh(index=alias)
+            finally:
+                await client.close()
+
+        asyncio.run(store_bad_products())
+        again = run_cli(settings, "setup")
+        assert again.returncode == 0, again.stderr
+        assert "up to date" in again.stdout
+        warnings = [line for line in again.stderr.splitlines() if "warning" in line]
+        assert len(warnings) == 2, again.stderr
+        alias = indices.alias_for(settings, "products")
+        assert warnings[0].startswith(f"percolert: warning: 2 products in {alias} hold control")
+        assert "'FORGED-1' (category)" in warnings[0]
+        assert "'FORGED-2' (category)" in warnings[0]
+        assert "ingest it again" in warnings[0]
+        assert "\x1f" not in again.stderr  # named by escape, never written to the terminal
+        assert warnings[1].startswith(f"percolert: warning: categories in {alias} not trimmed")
+        assert "'Audio'" in warnings[1]
+    finally:
+        asyncio.run(delete_indices(settings))

@@ -15,6 +15,7 @@ from percolert.core.messages import AlertWatch
 from percolert.core.records import AlertRecord
 from percolert.core.settings import Settings
 from percolert.engine import es, indices
+from tests.alerts.test_recovery import best_hit, first_found
 from tests.conftest import SAMPLE_CATALOG, delete_indices, make_settings, prepare_indices
 from tests.servers import metric, run_server
 from tests.shoppers import Shopper, default_watch
@@ -129,16 +130,22 @@ async def test_a_window_spans_the_instances_one_alert_and_one_follow_up_with_the
         watch = await a.watch("headphones")
         sockets = [await a.connect(), await a.connect(base_url=two)]
         texts = ["sony headphones", "bose headphones", "jbl headphones", "beats headphones"]
-        texts.append("akg headphones")
+        texts.append("sennheiser headphones")
+        found = []
         for index, text in enumerate(texts):
-            await (b if index % 2 == 0 else d).search(text)  # instance 1, 2, 1, 2, 1
+            # Instance 1, 2, 1, 2, 1; each search finds its brand's headphones first.
+            found.append(await best_hit(b if index % 2 == 0 else d, text))
+        assert len(set(found)) == len(texts)
         for socket in sockets:
             first = await socket.next_alert()
             follow_up = await socket.next_alert(timeout=WINDOW + 5)
             assert first is not None
             assert follow_up is not None
             assert (first["count"], follow_up["count"]) == (1, len(texts) - 1)
-            assert {first["query"], follow_up["query"]} <= set(texts)
+            # About one search, then (what the latest found first) the others.
+            assert first_found(first) in found
+            assert first_found(follow_up) in found
+            assert first_found(first) != first_found(follow_up)
         await every_window_closed(one)
         await every_window_closed(two)
         # No second immediate alert, no second follow-up.
@@ -168,17 +175,20 @@ async def test_a_page_resumes_on_the_other_instance_from_the_log(
     async with Shopper(one) as a, Shopper(two) as b:
         watch = await a.watch("macbook")
         socket = await a.connect()
-        last_seq = socket.hello["last_seq"]
+        last_seq = socket.hello["last_seq"]  # A's own position: none yet
+        assert last_seq == 0
         await socket.close()
-        await b.search("MacBook Air")  # A is away but within the grace: the alert is kept
+        air = await best_hit(b, "MacBook Air")  # A is away but within the grace: kept
 
         client = es.create_client(cluster_settings)
         try:
 
             async def logged() -> bool:
+                # The newest sendings: the log is shared with this module's other tests.
                 found = await client.search(
                     index=indices.alias_for(cluster_settings, "alerts"),
-                    query={"range": {"seq": {"gt": last_seq}}},
+                    sort=[{"seq": "desc"}],
+                    size=100,
                     source_includes=["alert.watches"],
                 )
                 return any(
@@ -194,6 +204,7 @@ async def test_a_page_resumes_on_the_other_instance_from_the_log(
         assert alert is not None
         assert alert["watch"]["id"] == watch["id"]
         assert alert["seq"] > last_seq
+        assert first_found(alert) == air
         assert await a.alerts_before_marker(resumed, b) == []
         await a.unwatch(watch["id"])
 
@@ -213,7 +224,6 @@ def test_positions_start_above_the_logs_last(redis_url: str, elasticsearch_url: 
                 seq=ahead,
                 at="2026-01-01T00:00:00.000+00:00",
                 earliest_ms=0,
-                query="q",
                 watches={"someone": AlertWatch(id="w", terms="q")},
             )
         )
@@ -224,11 +234,16 @@ def test_positions_start_above_the_logs_last(redis_url: str, elasticsearch_url: 
     try:
         with run_server(settings) as one:
 
-            async def hello_seq() -> int:
-                async with Shopper(one) as shopper:
-                    socket = await shopper.connect()
-                    return int(socket.hello["last_seq"])
+            async def first_alert_seq() -> int:
+                async with Shopper(one) as owner, Shopper(one) as searcher:
+                    await owner.watch("kindle")
+                    socket = await owner.connect()
+                    assert socket.hello["last_seq"] == 0  # none of the owner's own yet
+                    await searcher.search("kindle oasis")
+                    alert = await socket.next_alert()
+                    assert alert is not None
+                    return int(alert["seq"])
 
-            assert asyncio.run(hello_seq()) >= ahead
+            assert asyncio.run(first_alert_seq()) > ahead
     finally:
         asyncio.run(delete_indices(settings))

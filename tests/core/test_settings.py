@@ -47,11 +47,30 @@ def test_alerts_are_on_by_default() -> None:
         ("PERCOLERT_RATE_LIMITS", "sometimes", "must be true or false"),
         ("PERCOLERT_REDIS_URL", "cache:6379", "must start with redis://"),
         ("PERCOLERT_LEASE_SLACK_SECONDS", "0", "must be at least 0.1"),
+        ("PERCOLERT_BROAD_WATCH_SHARE", "0", "must be at least 0.01"),
+        ("PERCOLERT_BROAD_WATCH_MIN_SEARCHES", "0", "must be at least 1"),
     ],
 )
 def test_bad_values_are_refused_by_name(name: str, raw: str, message: str) -> None:
     with pytest.raises(SettingsError, match=message):
         from_environment({**BASE, name: raw})
+
+
+def test_the_broad_watch_bound_comes_from_the_environment() -> None:
+    default = from_environment(BASE)
+    assert (default.broad_watch_share, default.broad_watch_min_searches) == (0.2, 200)
+    raw = {
+        **BASE,
+        "PERCOLERT_BROAD_WATCH_SHARE": "0.5",
+        "PERCOLERT_BROAD_WATCH_MIN_SEARCHES": "50",
+        "PERCOLERT_BROAD_WATCH_PERIOD_SECONDS": "60",
+    }
+    configured = from_environment(raw)
+    assert (
+        configured.broad_watch_share,
+        configured.broad_watch_min_searches,
+        configured.broad_watch_period_seconds,
+    ) == (0.5, 50, 60)
 
 
 def test_the_lease_slack_comes_from_the_environment() -> None:

@@ -20,6 +20,7 @@ import pytest
 from percolert.core.settings import Settings
 from percolert.watches.percolator import Audience, Match, Percolator, SearchEvent
 from percolert.web.app import create_app
+from tests.alerts.test_recovery import best_hit, first_found
 from tests.servers import metric, run_server
 from tests.shoppers import Shopper
 from tests.waiting import wait_until
@@ -91,10 +92,9 @@ async def test_a_batch_that_raises_is_counted_logged_and_skipped(
             timeout=20,
             what="the failed batch counted",
         )
-        await b.search("kindle oasis")
+        oasis = await best_hit(b, "kindle oasis")
         alert = await socket_a.next_alert(timeout=10)
-        assert alert is not None
-        assert alert["query"] == "kindle oasis"
+        assert first_found(alert) == oasis
         await a.unwatch(watch["id"])
     logged = [r for r in caplog.records if r.name == "percolert.watches.percolator" and r.exc_info]
     assert logged, "the failure is logged with its traceback"
@@ -111,10 +111,9 @@ async def test_a_batch_that_never_finishes_is_given_up(server: str, faults: Faul
         await wait_until(faults.hanging.is_set, timeout=20, what="the batch to hang")
         # Percolated beside the hung batch, handed on after it in search order: once the
         # hung one is given up (percolate_timeout), not never.
-        await b.search("kindle scribe")
+        scribe = await best_hit(b, "kindle scribe")
         alert = await socket_a.next_alert(timeout=10)
-        assert alert is not None
-        assert alert["query"] == "kindle scribe"
+        assert first_found(alert) == scribe
         assert metric(server, failed) == before + 1
         await a.unwatch(watch["id"])
 
@@ -149,8 +148,7 @@ async def test_a_crashed_loop_restarts_and_readiness_says_so_while_down(
     async with Shopper(server) as a, Shopper(server) as b:
         watch = await a.watch("kindle")
         socket_a = await a.connect()
-        await b.search("kindle paperwhite")
+        paperwhite = await best_hit(b, "kindle paperwhite")
         alert = await socket_a.next_alert(timeout=10)
-        assert alert is not None
-        assert alert["query"] == "kindle paperwhite"
+        assert first_found(alert) == paperwhite
         await a.unwatch(watch["id"])

@@ -35,7 +35,7 @@ async def test_setup_creates_aliased_indices_and_is_idempotent(fresh_settings: S
         first = await indices.setup(client, fresh_settings)
         assert first == [
             f"{prefix}-products -> {prefix}-products-v1: created",
-            f"{prefix}-watches -> {prefix}-watches-v6: created",
+            f"{prefix}-watches -> {prefix}-watches-v7: created",
             f"{prefix}-alerts -> {prefix}-alerts-v2: created",
             f"{prefix}-product_alerts -> {prefix}-product_alerts-v1: created",
             f"{prefix}-product_seen -> {prefix}-product_seen-v2: created",
@@ -84,20 +84,22 @@ async def test_a_new_mapping_version_migrates_documents_and_moves_the_alias(
         await client.close()
 
 
-async def test_watches_stored_before_v5_are_made_current(
+async def test_watches_stored_before_v7_are_made_current(
     fresh_settings: Settings, tmp_path: Path
 ) -> None:
     """v2 and v3 of the watches mapping added `terms` and `watch_id` (doc values, which are
     all percolation reads), v4 `category_prices` for judging a watch's category and price
-    together, v5 `notify` and `max_price` (doc value), v6 `reachable_until` (a lease);
+    together, v5 `notify` and `max_price` (doc value), v6 `reachable_until` (a lease), v7
+    `category` (doc value, so that alerts show only the products that fit the watch);
     migrating a v1 index fills in the doc values, makes old watches notify of both, leases
     them from the migration on (search percolation verifies only leased watches), and
     rewrites the queries."""
     old_mappings = tmp_path / "mappings"
     shutil.copytree(ROOT / "mappings", old_mappings)
     definition = json.loads((old_mappings / "watches.json").read_text())
-    assert definition["mappings"]["_meta"]["percolert_version"] == 6
+    assert definition["mappings"]["_meta"]["percolert_version"] == 7
     definition["mappings"]["_meta"]["percolert_version"] = 1
+    del definition["mappings"]["properties"]["category"]
     del definition["mappings"]["properties"]["notify"]
     del definition["mappings"]["properties"]["reachable_until"]
     del definition["mappings"]["properties"]["max_price"]
@@ -116,18 +118,18 @@ async def test_watches_stored_before_v5_are_made_current(
         del document["terms"], document["watch_id"], document["notify"]
         await client.index(index=alias, id=watch_id, document=document, refresh=True)
         tv_id, tv = store.prepare("bob", WatchSpec(terms="sony", category="tv", max_price=800))
-        del tv["terms"], tv["watch_id"], tv["notify"], tv["max_price"]
+        del tv["terms"], tv["watch_id"], tv["notify"], tv["max_price"], tv["category"]
         tv["query"]["bool"]["filter"][1:] = [  # category and price apart, as before v4
             {"term": {"categories": "tv"}},
             {"range": {"min_price": {"lte": 800}}},
         ]
         await client.index(index=alias, id=tv_id, document=tv, refresh=True)
         assert await indices.needing_setup(client, fresh_settings) == [
-            f"{alias} is at {alias}-v1, not {alias}-v6"
+            f"{alias} is at {alias}-v1, not {alias}-v7"
         ]
 
         lines = await indices.setup(client, fresh_settings, migrations=document_upgrades())
-        assert lines[1] == f"{alias} -> {alias}-v6: migrated from {alias}-v1 (old index kept)"
+        assert lines[1] == f"{alias} -> {alias}-v7: migrated from {alias}-v1 (old index kept)"
         assert await indices.needing_setup(client, fresh_settings) == []
         leased = (await client.get(index=alias, id=watch_id))["_source"]["reachable_until"]
         lease = datetime.fromisoformat(leased).timestamp() - time.time()
@@ -147,7 +149,7 @@ async def test_watches_stored_before_v5_are_made_current(
         ]
         assert await percolator.percolate(sony) == [
             [],
-            [Match(watch_id=tv_id, terms="sony", owner="bob", max_price=800.0)],
+            [Match(watch_id=tv_id, terms="sony", owner="bob", max_price=800.0, category="tv")],
         ]
         assert {watch.notify for watch in await store.owned_by("bob")} == {"both"}
         [product_matches] = await percolator.percolate(

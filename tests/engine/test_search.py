@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
 import httpx
 import pytest
 
-from percolert.engine.search import build_query
+from percolert.core.settings import Settings
+from percolert.engine import es, indices
+from percolert.engine.search import ALERT_TOP_HITS, build_query, search_products
+from tests.conftest import SAMPLE_CATALOG
 
 
 def search(server: str, q: str, **params: Any) -> httpx.Response:
@@ -179,3 +183,40 @@ def test_page_is_served(server: str) -> None:
 def test_built_query_keeps_the_text_as_text() -> None:
     query = build_query('{"match_all": {}}')
     assert query["bool"]["must"]["match"]["all_text"]["query"] == '{"match_all": {}}'
+
+
+@pytest.mark.anyio
+async def test_an_alert_may_show_the_best_hits_then_each_categorys_cheapest(
+    catalog_settings: Settings,
+) -> None:
+    """Besides the shopper's answer, a search gives what an alert about it may show: catalog
+    data of its best few hits, then of the cheapest product in each category it found (the
+    one a watch on that category under a price matched through), each product once."""
+    catalog = {
+        product["sku"]: product
+        for product in map(json.loads, SAMPLE_CATALOG.read_text().splitlines())
+    }
+    client = es.create_client(catalog_settings)
+    try:
+        answer, found, products = await search_products(
+            client, indices.alias_for(catalog_settings, "products"), "pixel", 10
+        )
+    finally:
+        await client.close()
+    skus = [product.sku for product in products]
+    assert len(skus) == len(set(skus))
+    assert skus[:ALERT_TOP_HITS] == [hit.id for hit in answer.results[:ALERT_TOP_HITS]]
+    assert len(found) > 1  # phones, audio, tablets...
+    for category, cheapest in found:
+        assert any(
+            product.category == category and product.price == cheapest for product in products
+        ), (category, cheapest)
+    for product in products:
+        entry = catalog[product.sku]
+        assert (product.product_name, product.price, product.category, product.brand) == (
+            entry["product_name"],
+            entry["price"],
+            entry["category"],
+            entry["brand"],
+        )
+        assert product.previous_price is None

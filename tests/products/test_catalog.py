@@ -10,7 +10,14 @@ import pytest
 
 from percolert.core.settings import Settings
 from percolert.engine import es, indices
-from percolert.products.catalog import ingest
+from percolert.products.catalog import (
+    BadProduct,
+    Product,
+    StoredTextReport,
+    category_names,
+    ingest,
+    stored_text_problems,
+)
 from tests.conftest import SAMPLE_CATALOG, run_cli
 
 pytestmark = pytest.mark.anyio
@@ -144,3 +151,86 @@ def test_cli_reports_an_unreachable_cluster_in_one_line(fresh_settings: Settings
         .startswith("percolert: error: cannot reach Elasticsearch at")
     )
     assert "Traceback" not in result.stderr
+
+
+# Text a product may not hold (`core.fields`): a separator Percolert builds keywords with, a
+# control character, a bidi override, a line break in a one-line field.
+TEXT_FILE_LINES = [
+    line(sku="U-1", category=" Audio "),  # 1 good: stored trimmed and lower-cased
+    line(sku="U-2", category="audio\u001f0000000001"),  # 2 forges a price range
+    line(sku="U-3", brand="Amazon\u202e"),  # 3 bidi override
+    line(sku="U-4", product_name="Kindle\nTest"),  # 4 line break in a name
+    line(sku="U-5", description="line one\n\tline two"),  # 5 good: running text
+    line(sku="U-6", description="forged\u001efield"),  # 6 separator in a description
+    line(sku="U-7", category="\u001f "),  # 7 trimming must not hide it
+    line(sku="U-8", category="   "),  # 8 blank once trimmed
+]
+
+
+async def test_text_with_control_or_separator_characters_is_a_bad_line(
+    fresh_settings: Settings, tmp_path: Path
+) -> None:
+    path = tmp_path / "text.ndjson"
+    path.write_text("\n".join(TEXT_FILE_LINES) + "\n")
+    client = es.create_client(fresh_settings)
+    alias = indices.alias_for(fresh_settings, "products")
+    try:
+        await indices.setup(client, fresh_settings)
+        report = await ingest(client, alias, path)
+        reasons = {error.line: error.reason for error in report.errors}
+        assert sorted(reasons) == [2, 3, 4, 6, 7, 8]
+        assert report.loaded == 2
+        assert reasons[2] == (
+            "invalid product: category may not contain U+001F, a control character Percolert "
+            "uses as a separator (character 6)"
+        )
+        assert reasons[3].startswith("invalid product: brand may not contain U+202E")
+        assert reasons[4].startswith("invalid product: product_name may not contain U+000A")
+        assert reasons[6].startswith("invalid product: description may not contain U+001E")
+        assert reasons[7].startswith("invalid product: category may not contain U+001F")
+        assert reasons[8] == "invalid product: category may not be blank"
+        normalised = await client.get(index=alias, id="U-1")
+        assert normalised["_source"]["category"] == "audio"
+        multiline = await client.get(index=alias, id="U-5")
+        assert multiline["_source"]["description"] == "line one\n\tline two"
+        assert await category_names(client, alias) == ["audio", "e-readers"]
+    finally:
+        await client.close()
+
+
+def test_a_product_built_in_code_is_checked_too() -> None:
+    fields = {**GOOD, "category": "audio\x1f0000000001"}
+    with pytest.raises(ValueError, match="category may not contain U\\+001F"):
+        Product(**fields)  # type: ignore[arg-type]
+    assert Product(**{**GOOD, "category": "E-Readers "}).category == "e-readers"  # type: ignore[arg-type]
+
+
+async def test_stored_products_with_bad_text_are_found(fresh_settings: Settings) -> None:
+    """What was stored before the catalog checked its text: found by a search over the
+    keyword fields, written here straight to the index as an older Percolert could."""
+    client = es.create_client(fresh_settings)
+    alias = indices.alias_for(fresh_settings, "products")
+    try:
+        await indices.setup(client, fresh_settings)
+        assert await stored_text_problems(client, alias) == StoredTextReport()
+        documents = {
+            "OK-1": GOOD,
+            "BAD-1": {**GOOD, "category": "audio\x1f0000000001"},
+            "BAD-2": {**GOOD, "product_name": "Kindle\u202e", "brand": "Ama\x00zon"},
+            "BAD\x1f3": GOOD,
+            "OK-2": {**GOOD, "category": "Audio"},
+        }
+        for sku, source in documents.items():
+            await client.index(index=alias, id=sku, document={**source, "sku": sku})
+        await client.indices.refresh(index=alias)
+        found = await stored_text_problems(client, alias)
+        assert found.products == 3
+        assert sorted(found.examples, key=lambda bad: bad.sku) == [
+            BadProduct(sku="BAD\x1f3", fields=["sku"]),
+            BadProduct(sku="BAD-1", fields=["category"]),
+            BadProduct(sku="BAD-2", fields=["product_name", "brand"]),
+        ]
+        assert found.uncased_categories == ["Audio"]
+        assert len((await stored_text_problems(client, alias, examples=1)).examples) == 1
+    finally:
+        await client.close()

@@ -389,3 +389,25 @@ def test_stored_products_elasticsearch_cannot_read_end_the_ingest_with_a_message
     assert failed.returncode == 1
     assert "Traceback" not in failed.stderr
     assert failed.stderr.startswith("percolert: "), failed.stderr
+
+
+def test_a_category_forging_a_price_range_is_a_bad_line_and_alerts_nobody(
+    fresh_settings: Settings, tmp_path: Path
+) -> None:
+    """Issue 22: a watch's category and price are one range over keywords `category U+001F
+    cents`, so a category ending in U+001F and digits made a $500 product look like one
+    under $5. Such a line is refused with its number; the good lines still load."""
+    assert run_cli(fresh_settings, "setup").returncode == 0
+    asyncio.run(
+        watch(fresh_settings, "alice", WatchSpec(terms="kindle", category="e-readers", max_price=5))
+    )
+    forged = {**_fields(product("FORGED", 500.0)), "category": "e-readers\x1f0000000001"}
+    path = tmp_path / "forged.ndjson"
+    path.write_text(
+        json.dumps(_fields(product("HONEST", 500.0))) + "\n" + json.dumps(forged) + "\n"
+    )
+    result = run_cli(fresh_settings, "ingest", str(path))
+    assert result.returncode == 1
+    assert "loaded 1, failed 1" in result.stdout
+    assert "; 1 change (1 new, 0 price drops, 0 back in stock), 0 alerts" in result.stdout
+    assert f"{path}:2: invalid product: category may not contain U+001F" in result.stderr

@@ -71,12 +71,12 @@ async def search_until_dropped(server: str, searcher: Shopper, dropped: float) -
     """Search (each search alerts the stalled watcher) until the server has dropped this
     many sockets for being slow since it started."""
     with anyio.fail_after(90):
-        number = 0
         while slow_socket_drops(server) < dropped:
             async with anyio.create_task_group() as tasks:
                 for _ in range(16):
-                    number += 1
-                    tasks.start_soon(searcher.search, f"bose {'x' * 150} {number}")
+                    # A search that finds several products: each alert shows three of them,
+                    # a few hundred bytes that fill the stalled socket's buffers.
+                    tasks.start_soon(searcher.search, "bose")
 
 
 # --- item: `after` must be a position --------------------------------------------------------
@@ -104,6 +104,24 @@ async def test_a_bad_resume_position_is_a_clear_policy_close(server: str, after:
         assert closed.value.rcvd is not None, "closed without a close frame"
         assert closed.value.rcvd.code == 1008
         assert "after" in closed.value.rcvd.reason
+
+
+async def test_a_message_nested_too_deep_is_a_policy_close_not_a_crash(
+    server: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    async with Shopper(server) as a:
+        socket = await a.connect()
+        await socket.connection.send("[" * 16_000)  # under the frame bound, past the decoder
+
+        async def read_until_closed() -> None:
+            while True:
+                await socket.connection.recv()
+
+        with pytest.raises(ConnectionClosed) as closed:
+            await read_until_closed()
+        assert closed.value.rcvd is not None, "closed without a close frame"
+        assert (closed.value.rcvd.code, closed.value.rcvd.reason) == (1008, "malformed message")
+        assert "RecursionError" not in caplog.text
 
 
 async def test_the_largest_position_is_accepted(server: str) -> None:
@@ -158,11 +176,14 @@ def server_side_state(server: str, client: socket.socket) -> str | None:
 
 
 def slow_client_settings(catalog_settings: Settings, close_seconds: float) -> Settings:
+    # Every search alerts the same watch, which is what a too broad watch does: the bound on
+    # breadth is off (a share of 1), or it would pause the watch before the socket fell behind.
     return msgspec.structs.replace(
         catalog_settings,
         coalesce_seconds=0.0,
         socket_queue_size=QUEUE,
         socket_close_seconds=close_seconds,
+        broad_watch_share=1.0,
     )
 
 
@@ -226,7 +247,10 @@ async def test_clients_leaving_while_alerts_flow_leave_no_error_in_the_log(
     """Each page is greeted with a long replay and leaves at once, while searches go on
     alerting it: its writer's send fails, and that is the client's leaving, not a server
     error (uvicorn logs what escapes the app as "Exception in ASGI application")."""
-    settings = msgspec.structs.replace(catalog_settings, coalesce_seconds=0.0)
+    # Every search alerts the one watch: with the bound on breadth on, it would pause it.
+    settings = msgspec.structs.replace(
+        catalog_settings, coalesce_seconds=0.0, broad_watch_share=1.0
+    )
     with run_server(settings) as server, logged_errors() as errors:
         async with Shopper(server) as a, Shopper(server) as b:
             await a.watch("bose")

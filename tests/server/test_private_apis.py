@@ -108,7 +108,10 @@ async def test_the_uvicorn_state_the_socket_fast_path_reads() -> None:
     with socket.socket() as listener:
         listener.bind(("127.0.0.1", 0))
         port = listener.getsockname()[1]
-        server = TickCounting(make_config(app, "127.0.0.1", port, log_level="warning"), drain)
+        config = make_config(
+            app, "127.0.0.1", port, head_timeout=10, body_timeout=60, log_level="warning"
+        )
+        server = TickCounting(config, drain)
         async with anyio.create_task_group() as tasks:
             tasks.start_soon(server.serve, [listener])
             await wait_until(lambda: server.started, what="the server to start")
@@ -149,15 +152,72 @@ async def test_the_uvicorn_state_the_socket_fast_path_reads() -> None:
 
 
 def test_uvicorn_httptools_protocol_hooks() -> None:
-    """`percolert.server.httpprotocol` overrides these and reads `cycle` (set in `__init__`, and the
-    header-bound tests in tests/web/test_limits.py exercise it for real)."""
-    from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
+    """`percolert.server.httpprotocol` overrides these and reads `cycle`, `flow`, `loop` and
+    `server_state` (set in `__init__`; the head and body bounds of tests/web/test_limits.py
+    and tests/web/test_hostile_edge.py exercise them for real)."""
+    from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol, RequestResponseCycle
 
     user = "percolert.server.httpprotocol"
-    for name in ("data_received", "on_headers_complete", "on_message_complete"):
-        require(HttpToolsProtocol, name, "uvicorn", user)
-    assert "self.cycle" in inspect.getsource(HttpToolsProtocol.__init__), moved(
-        "uvicorn", "HttpToolsProtocol no longer sets self.cycle in __init__", user
+    for name in (
+        "connection_made",
+        "connection_lost",
+        "data_received",
+        "on_message_begin",
+        "on_headers_complete",
+        "on_message_complete",
+        "send_400_response",
+        "handle_websocket_upgrade",
+    ):
+        assert name in vars(HttpToolsProtocol), moved(
+            "uvicorn", f"HttpToolsProtocol does not define {name}", user
+        )
+    assert list(inspect.signature(HttpToolsProtocol.send_400_response).parameters) == [
+        "self",
+        "msg",
+    ], moved("uvicorn", "HttpToolsProtocol.send_400_response takes other arguments", user)
+    setup = inspect.getsource(HttpToolsProtocol.__init__)
+    for name in ("cycle", "flow", "loop", "server_state"):
+        assert f"self.{name}" in setup, moved(
+            "uvicorn", f"HttpToolsProtocol no longer sets self.{name} in __init__", user
+        )
+    # A body that stopped arriving: the cycle is marked disconnected, its waiter woken.
+    cycle_setup = inspect.getsource(RequestResponseCycle.__init__)
+    for name in (
+        "disconnected",
+        "message_event",
+        "response_started",
+        "response_complete",
+        "waiting_for_100_continue",
+    ):
+        assert f"self.{name}" in cycle_setup, moved(
+            "uvicorn", f"RequestResponseCycle no longer sets self.{name} in __init__", user
+        )
+    from uvicorn.protocols.http.flow_control import FlowControl
+
+    require(FlowControl(None), "read_paused", "uvicorn", user)  # type: ignore[arg-type]
+
+
+def test_the_websocket_protocol_s_connection_is_a_plain_server_protocol() -> None:
+    """`percolert.server.wsprotocol` turns uvicorn's `conn` into a subclass that only
+    overrides `reject`: that needs `conn` to be exactly websockets' ServerProtocol, and
+    `reject` to build the refusals uvicorn sends."""
+    from uvicorn.protocols.websockets import websockets_sansio_impl
+    from websockets.server import ServerProtocol
+
+    user = "percolert.server.wsprotocol"
+    built = getattr(websockets_sansio_impl, "ServerProtocol", None)
+    assert built is ServerProtocol, moved(
+        "uvicorn", "WebSocketsSansIOProtocol's conn is not websockets' ServerProtocol", user
+    )
+    source = inspect.getsource(websockets_sansio_impl.WebSocketsSansIOProtocol)
+    assert "self.conn = ServerProtocol(" in source, moved(
+        "uvicorn", "WebSocketsSansIOProtocol no longer builds self.conn = ServerProtocol(...)", user
+    )
+    assert "self.conn.reject(" in source, moved(
+        "uvicorn", "WebSocketsSansIOProtocol no longer refuses through conn.reject", user
+    )
+    assert "self.reject(" in inspect.getsource(ServerProtocol.accept), moved(
+        "websockets", "ServerProtocol.accept no longer refuses through reject", user
     )
 
 

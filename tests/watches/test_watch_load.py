@@ -22,6 +22,7 @@ from percolert.core.text import TextNormalizer
 from percolert.engine import indices
 from percolert.watches.load import LoadError
 from percolert.watches.store import WatchLoadFailed, WatchStore
+from tests.alerts.test_recovery import best_hit, first_found
 from tests.conftest import SAMPLE_CATALOG, client_for, prepare_indices, run_cli
 from tests.servers import run_server
 from tests.shoppers import Shopper
@@ -89,9 +90,10 @@ async def test_the_cli_loads_the_good_lines_reports_the_bad_and_a_search_alerts_
             {"owner": user, "terms": "lego", "max_price": -3},
             {"owner": "someone-away", "terms": "kindle paperwhite", "notify": "searches"},
             {"owner": user, "terms": "KINDLE"},  # the first line again, as words
-            {"terms": "of the", "notify": "products"},  # a default for products: refused
+            {"terms": "tablet", "notify": "products"},  # a default for products: refused
             {"terms": "headphones", "category": "Audio"},  # a default watch
             {"owner": user, "terms": "kindle", "surprise": 1},
+            {"owner": user, "terms": "of the 5 x"},  # names nothing: refused
         ]
         path = tmp_path / "watches.ndjson"
         path.write_text(
@@ -101,13 +103,14 @@ async def test_the_cli_loads_the_good_lines_reports_the_bad_and_a_search_alerts_
         done = run_cli(fresh_settings, "watches", "load", str(path))
 
         assert done.returncode == 1, done.stderr  # some lines were refused
-        assert "loaded 3, duplicates 2, refused 4" in done.stdout
+        assert "loaded 3, duplicates 2, refused 5" in done.stdout
         refused = [line for line in done.stderr.splitlines() if line.startswith(str(path))]
-        assert [line.split(":")[1] for line in refused] == ["2", "4", "7", "9"]
+        assert [line.split(":")[1] for line in refused] == ["2", "4", "7", "9", "10"]
         assert "not valid JSON" in refused[0]
         assert "max_price" in refused[1]
         assert "never alerts of products" in refused[2]
         assert "surprise" in refused[3]
+        assert "terms must name something" in refused[4]
         assert refresh_interval(fresh_settings) == (None, None)
 
         listed = (await owner.http.get("/api/watches")).json()["watches"]
@@ -118,16 +121,16 @@ async def test_the_cli_loads_the_good_lines_reports_the_bad_and_a_search_alerts_
         assert [watch["terms"] for watch in listed if watch["is_default"]] == ["headphones"]
 
         socket = await owner.connect()
-        await searcher.search("Kindle Paperwhite")
+        paperwhite = await best_hit(searcher, "Kindle Paperwhite")
         alert = await socket.next_alert()
         assert alert is not None
         kindle = next(watch for watch in listed if watch["terms"] == "kindle")
         assert alert["watch"] == {"id": kindle["id"], "terms": "kindle"}
-        assert alert["query"] == "Kindle Paperwhite"
+        assert first_found(alert) == paperwhite
 
         # The same file again: every watch collides with itself, nothing changes.
         again = run_cli(fresh_settings, "watches", "load", str(path))
-        assert "loaded 0, duplicates 5, refused 4" in again.stdout
+        assert "loaded 0, duplicates 5, refused 5" in again.stdout
 
 
 async def test_a_document_elasticsearch_refuses_does_not_lose_the_others(
@@ -156,9 +159,10 @@ async def test_a_document_elasticsearch_refuses_does_not_lose_the_others(
 
         with pytest.raises(WatchLoadFailed) as failed:
             await store.add_many(
-                [("dan", WatchSpec(terms="lego")), (immense, WatchSpec(terms="x"))]
+                [("dan", WatchSpec(terms="lego")), (immense, WatchSpec(terms="xbox"))]
             )
         assert failed.value.report.loaded == 1
+        assert "refused by Elasticsearch" in failed.value.report.errors[0].reason
         assert [watch.terms for watch in await store.owned_by("dan")] == ["lego"]
     finally:
         await store._client.close()

@@ -8,6 +8,7 @@ import asyncio
 import json
 from collections.abc import Iterator
 from typing import Any
+from unittest.mock import ANY
 
 import httpx
 import msgspec
@@ -183,16 +184,56 @@ async def test_admin_requests_are_rate_limited_per_address(admin_settings: Setti
     assert "retry-after" in answers[2].headers
 
 
-def test_without_a_token_the_admin_routes_do_not_exist(server: str) -> None:
-    for method in ("PUT", "DELETE"):
-        answer = httpx.request(
-            method,
-            f"{server}/api/admin/products/ER-0001",
-            content=json.dumps(KINDLE),
-            headers={"Content-Type": "application/json", **AUTH},
-        )
-        assert answer.status_code == 404
-        assert answer.json()["error"]["code"] == "not_found"
+def _admin_answer(url: str, method: str, path: str, headers: dict[str, str]) -> tuple[Any, ...]:
+    """What a client learns of one admin request: status, the headers that matter, body."""
+    answer = httpx.request(
+        method,
+        f"{url}/api/admin/{path}",
+        content=json.dumps(KINDLE) if method in ("POST", "PUT", "PATCH") else None,
+        headers={"Content-Type": "application/json", **headers},
+        timeout=10,
+    )
+    return (
+        answer.status_code,
+        answer.headers.get("www-authenticate"),
+        answer.headers.get("allow"),
+        "set-cookie" in answer.headers,
+        answer.content,
+    )
+
+
+@pytest.mark.parametrize(
+    ("headers", "on_too"),
+    [({}, True), ({"Authorization": "Bearer wrong-token-wrong-token-wrong"}, True), (AUTH, False)],
+    ids=["none", "wrong", "another-deployments-token"],
+)
+def test_without_the_token_every_admin_request_gets_one_answer_enabled_or_not(
+    server: str, admin_server: str, headers: dict[str, str], on_too: bool
+) -> None:
+    """Whatever the method, the path below /api/admin/ (a route or none) and whether the API
+    is on (`admin_server`) or off (`server`, no token configured, so none is right): one 401,
+    so nothing shows which routes there are or whether there is an admin API at all."""
+    urls = [server, admin_server] if on_too else [server]
+    answers = {
+        (url, method, path): _admin_answer(url, method, path, headers)
+        for url in urls
+        for method in ("GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS")
+        for path in ("products/ER-0001", "products", "products/ER-0001/more", "nothing", "")
+    }
+    body = {"error": {"code": "unauthorized", "message": ANY}}
+    for key, (status, authenticate, allow, cookie, content) in answers.items():
+        assert status == 401, key
+        assert authenticate == "Bearer", key
+        assert allow is None, key
+        assert not cookie, key
+        if key[1] != "HEAD":
+            assert json.loads(content) == body, key
+    assert len({answer for (_, method, _), answer in answers.items() if method != "HEAD"}) == 1
+
+
+def test_with_the_token_the_admin_routes_say_what_they_take(admin_server: str) -> None:
+    assert _admin_answer(admin_server, "GET", "products/ER-0001", AUTH)[0] == 405
+    assert _admin_answer(admin_server, "PUT", "nothing", AUTH)[0] == 404
 
 
 @pytest.mark.parametrize("sku", ["%2E", "%2E%2E"], ids=["dot", "dots"])
@@ -241,3 +282,75 @@ async def test_product_alerts_elasticsearch_refuses_are_a_clean_error(
         await client.close()
     assert answer.status_code == 503, answer.text
     assert answer.json()["error"]["code"] == "elasticsearch_unavailable"
+
+
+async def test_a_category_forging_a_price_range_is_400_and_never_stored(
+    admin_server: str, admin_settings: Settings
+) -> None:
+    """Issue 22, row 7: a category `audio U+001F 0000000001` sorted among audio's prices
+    under $0.02 (a watch's category and price are one range over `category U+001F cents`),
+    so a $500 product fired watches on audio under $5 and was listed as a category."""
+    async with Shopper(admin_server) as alice:
+        await alice.watch("speaker", category="audio", max_price=5)
+        forged = {
+            **KINDLE,
+            "product_name": "Forged Speaker",
+            "category": "audio\u001f0000000001",
+            "price": 500.0,
+        }
+        answer = put(admin_server, "AU-FORGED", forged)
+        assert answer.status_code == 400, answer.text
+        assert answer.json() == {
+            "error": {
+                "code": "invalid_product",
+                "message": "invalid product: category may not contain U+001F, a control "
+                "character Percolert uses as a separator (character 6)",
+            }
+        }
+        assert await stored(admin_settings, "AU-FORGED") is None
+        listed = (await alice.http.get("/api/categories")).json()["categories"]
+        assert "audio" in listed
+        assert all(category.isprintable() for category in listed)
+        # Nor may a watch name such a category (every decoder of a watch refuses it).
+        refused = await alice.http.post(
+            "/api/watches",
+            json={"terms": "speaker", "category": "audio\u001f0000000001", "max_price": 5},
+        )
+        assert refused.status_code == 400, refused.text
+        assert refused.json()["error"]["code"] == "invalid_watch"
+        assert "$.category" in refused.json()["error"]["message"]
+
+
+@pytest.mark.parametrize(
+    ("field", "value", "refused"),
+    [
+        ("brand", "Amazon\u202e", "U+202E"),
+        ("product_name", "Kindle\nPaperwhite", "U+000A"),
+        ("category", "e-readers\u001e", "U+001E"),
+        ("description", "glare-free\u001edisplay", "U+001E"),
+        ("description", "glare-free\x00display", "U+0000"),
+    ],
+)
+async def test_a_product_with_a_control_character_is_400_naming_the_field(
+    admin_server: str, admin_settings: Settings, field: str, value: str, refused: str
+) -> None:
+    before = await stored(admin_settings, "ER-0002")
+    answer = put(admin_server, "ER-0002", {**KINDLE, field: value})
+    assert answer.status_code == 400, answer.text
+    error = answer.json()["error"]
+    assert error["code"] == "invalid_product"
+    assert error["message"].startswith(f"invalid product: {field} may not contain {refused}")
+    assert await stored(admin_settings, "ER-0002") == before
+
+
+async def test_a_put_category_is_stored_trimmed_and_lower_cased_and_text_keeps_lines(
+    admin_server: str, admin_settings: Settings
+) -> None:
+    description = "Glare-free display.\n\tWaterproof."
+    answer = put(
+        admin_server, "ER-9722", {**KINDLE, "category": " E-Readers ", "description": description}
+    )
+    assert answer.status_code == 200, answer.text
+    source = await stored(admin_settings, "ER-9722")
+    assert source is not None
+    assert (source["category"], source["description"]) == ("e-readers", description)

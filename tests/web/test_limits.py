@@ -1,7 +1,8 @@
 """Limits on abuse, against a real server: rate limits per session and per address (429 with
-Retry-After), new sessions per address, the per-user socket cap, request bodies refused as
-they stream in, bounded request heads, and forwarded addresses believed only from a trusted
-proxy. Limits use a window no test outlives, so nothing resets mid-test."""
+Retry-After), new sessions per address (a token bucket that never keeps a page from loading),
+the per-user socket cap, request bodies refused as they stream in, bounded request heads, and
+forwarded addresses believed only from a trusted proxy. Limits use a window (or a refill) no
+test outlives, so nothing resets mid-test, unless the test is about the refill."""
 
 from __future__ import annotations
 
@@ -24,12 +25,15 @@ from percolert.web.middleware.ratelimits import client_address
 from percolert.web.middleware.sessions import COOKIE_NAME
 from tests.servers import free_port, logged_errors, run_server
 from tests.shoppers import Shopper
+from tests.waiting import wait_until
 
 pytestmark = pytest.mark.anyio
 
 # Longer than any test, shorter than the time since 1970 (the sliding windows are aligned to
 # multiples of their length since the epoch; `limits` mixes up the first two).
 FOREVER = "10 years"
+# A refill of the new-session bucket no test outlives.
+NEVER_SECONDS = 10 * 365 * 86_400.0
 _LIMITS = (
     "limit_searches_per_session",
     "limit_searches_per_address",
@@ -37,10 +41,10 @@ _LIMITS = (
     "limit_reads_per_address",
     "limit_watch_changes_per_session",
     "limit_watch_changes_per_address",
-    "limit_new_sessions_per_address",
     "limit_sockets_per_session",
     "limit_sockets_per_address",
     "limit_admin_requests_per_address",
+    "limit_monitoring_refusals_per_address",
 )
 
 
@@ -49,6 +53,7 @@ def limited(settings: Settings, **changes: Any) -> Settings:
     each server alone (in memory), even on the Redis broker, unless `changes` say otherwise."""
     limits: dict[str, Any] = dict.fromkeys(_LIMITS)
     limits["rate_limit_storage"] = "async+memory://"
+    limits["new_sessions_burst"] = 0  # off
     limits.update(changes)
     return msgspec.structs.replace(settings, rate_limits_enabled=True, **limits)
 
@@ -161,16 +166,30 @@ async def test_the_address_limit_holds_across_sessions(catalog_settings: Setting
                 await shopper.__aexit__()
 
 
+def new_session(url: str, **headers: str) -> httpx.Response:
+    """What the page asks first, from a client without a cookie."""
+    return httpx.post(f"{url}/api/session", json={}, headers=headers, timeout=10)
+
+
+def sessions_bucket(
+    settings: Settings, burst: int, refill_seconds: float = NEVER_SECONDS
+) -> Settings:
+    return limited(settings, new_sessions_burst=burst, new_sessions_refill_seconds=refill_seconds)
+
+
 async def test_an_address_cannot_mint_sessions_past_its_limit(catalog_settings: Settings) -> None:
     """Minting sessions is how one client would get around the per-user watch cap."""
-    settings = limited(catalog_settings, limit_new_sessions_per_address=f"3/{FOREVER}")
-    with run_server(settings) as url:
+    with run_server(sessions_bucket(catalog_settings, 3)) as url:
         cookies = []
-        for _ in range(3):
-            response = httpx.get(f"{url}/api/categories", timeout=10)
-            assert response.status_code == 200
+        for response in (
+            new_session(url),
+            httpx.get(f"{url}/api/categories", timeout=10),  # any API call starts one
+            httpx.get(f"{url}/api/search?q=kindle", timeout=10),
+        ):
+            assert response.status_code in (200, 204), response.text
             cookies.append(response.cookies[COOKIE_NAME])
-        for path in ("/api/categories", "/", "/api/search?q=kindle"):
+        assert len(set(cookies)) == 3
+        for path in ("/api/categories", "/api/search?q=kindle"):
             refused = httpx.post(
                 f"{url}/api/watches", json={"terms": "kindle"}, headers={"Origin": url}, timeout=10
             )
@@ -178,37 +197,114 @@ async def test_an_address_cannot_mint_sessions_past_its_limit(catalog_settings: 
             refused = httpx.get(f"{url}{path}", timeout=10)
             assert_rate_limited(refused)
             assert "set-cookie" not in refused.headers
-        # Probes never keep a cookie: they are answered, without a session.
-        probe = httpx.get(f"{url}/healthz", timeout=10)
-        assert probe.status_code == 200
-        assert "set-cookie" not in probe.headers
+        refused = new_session(url)
+        assert "new sessions" in refused.json()["error"]["message"]
+        assert assert_rate_limited(refused) > 3600  # a refill no test outlives
         # Sessions already issued carry on.
         with httpx.Client(base_url=url, cookies={COOKIE_NAME: cookies[0]}, timeout=10) as first:
             assert first.get("/api/search", params={"q": "kindle"}).status_code == 200
             assert "set-cookie" not in first.get("/api/categories").headers
+            assert first.post("/api/session", json={}).status_code == 204
 
 
-async def test_probes_get_no_session_and_spend_no_new_session_allowance(
+async def test_many_new_sessions_from_one_address_never_keep_the_page_from_loading(
+    catalog_settings: Settings,
+) -> None:
+    """Issue 22: one client behind a shared address (a NAT) asking for 40 sessions in a few
+    seconds. The page and its script still load for everyone there (they need no session),
+    the client itself is limited, and it waits for a refill of the bucket, not for an hour.
+    With the default limits: only the counting store is this server's own."""
+    settings = msgspec.structs.replace(
+        catalog_settings, rate_limits_enabled=True, rate_limit_storage="async+memory://"
+    )
+    with run_server(settings) as url:
+        answers = [
+            new_session(url) if number % 2 else httpx.get(f"{url}/api/categories", timeout=10)
+            for number in range(40)
+        ]
+        for path in ("/", "/static/app.js", "/static/style.css"):
+            page = httpx.get(f"{url}{path}", timeout=10)
+            assert page.status_code == 200, (path, page.text)
+            assert "set-cookie" not in page.headers
+        started = [answer for answer in answers if COOKIE_NAME in answer.cookies]
+        refused = [answer for answer in answers if answer.status_code == 429]
+        assert len(started) >= settings.new_sessions_burst
+        assert refused, "40 new sessions at once were all admitted"
+        assert len(started) + len(refused) == 40
+        # Still limited (a token may have come back meanwhile: then the next one is refused),
+        # and told to wait for one refill at most.
+        for _ in range(3):
+            again = new_session(url)
+            if again.status_code == 429:
+                break
+        assert assert_rate_limited(again) <= settings.new_sessions_refill_seconds
+
+
+async def test_the_bucket_refills_one_new_session_at_a_time(catalog_settings: Settings) -> None:
+    with run_server(sessions_bucket(catalog_settings, 2, refill_seconds=0.5)) as url:
+        for _ in range(2):
+            assert new_session(url).status_code == 204
+        # Refused until a token is back: then one session, and refused again, as no window
+        # of the old kind would (it admits a whole allowance once it has passed).
+        await wait_until(lambda: new_session(url).status_code == 204, what="a token to come back")
+        refused = new_session(url)
+        if refused.status_code == 204:  # a slow machine: another token came back meanwhile
+            refused = new_session(url)
+        assert assert_rate_limited(refused) == 1  # half a second, in whole seconds
+
+
+async def test_instances_sharing_a_redis_share_the_new_session_bucket(
+    catalog_settings: Settings, redis_url: str
+) -> None:
+    settings = msgspec.structs.replace(
+        sessions_bucket(msgspec.structs.replace(catalog_settings, redis_url=redis_url), 2),
+        rate_limit_storage=None,  # the Redis the instances share
+    )
+    with run_server(settings) as one, run_server(settings) as two:
+        assert new_session(one).status_code == 204
+        assert new_session(two).status_code == 204
+        for url in (one, two):
+            refused = new_session(url)
+            assert assert_rate_limited(refused) > 3600
+            assert "set-cookie" not in refused.headers
+
+
+async def test_probes_the_page_and_its_files_get_no_session_and_spend_no_allowance(
     catalog_settings: Settings,
 ) -> None:
     """A load balancer probing every few seconds would otherwise lock its address's shoppers
-    out once the new-session limit is spent."""
-    settings = limited(catalog_settings, limit_new_sessions_per_address=f"2/{FOREVER}")
-    with run_server(settings) as url:
+    out once the new-session limit is spent; a page that could not load could not even say
+    why."""
+    with run_server(sessions_bucket(catalog_settings, 2)) as url:
         for _ in range(10):
-            for path in ("/healthz", "/readyz", "/metrics"):
-                probe = httpx.get(f"{url}{path}", timeout=10)
-                assert probe.status_code == 200, (path, probe.text)
-                assert "set-cookie" not in probe.headers
+            for path in ("/", "/static/app.js", "/openapi.json", "/healthz", "/readyz", "/metrics"):
+                answer = httpx.get(f"{url}{path}", timeout=10)
+                assert answer.status_code == 200, (path, answer.text)
+                assert "set-cookie" not in answer.headers
         for _ in range(2):
-            assert COOKIE_NAME in httpx.get(f"{url}/", timeout=10).cookies
+            assert COOKIE_NAME in new_session(url).cookies
+
+
+async def test_another_sites_page_cannot_spend_an_addresss_new_sessions(
+    catalog_settings: Settings,
+) -> None:
+    """`<img src="https://shop/api/categories">` on another site reaches the shop without its
+    (SameSite) cookie: it is answered, but starts no session."""
+    with run_server(sessions_bucket(catalog_settings, 2)) as url:
+        for _ in range(5):
+            answer = httpx.get(
+                f"{url}/api/categories", headers={"Sec-Fetch-Site": "cross-site"}, timeout=10
+            )
+            assert answer.status_code == 200
+            assert "set-cookie" not in answer.headers
+        for _ in range(2):
+            assert COOKIE_NAME in new_session(url, **{"Sec-Fetch-Site": "same-origin"}).cookies
 
 
 async def test_x_forwarded_for_is_ignored_without_a_trusted_proxy(
     catalog_settings: Settings,
 ) -> None:
-    settings = limited(catalog_settings, limit_new_sessions_per_address=f"2/{FOREVER}")
-    with run_server(settings) as url:
+    with run_server(sessions_bucket(catalog_settings, 2)) as url:
         answers = [
             httpx.get(f"{url}/api/categories", headers={"X-Forwarded-For": f"203.0.113.{n}"})
             for n in range(3)
@@ -218,7 +314,7 @@ async def test_x_forwarded_for_is_ignored_without_a_trusted_proxy(
 
 async def test_a_trusted_proxy_says_who_the_client_is(catalog_settings: Settings) -> None:
     settings = msgspec.structs.replace(
-        limited(catalog_settings, limit_new_sessions_per_address=f"2/{FOREVER}"),
+        sessions_bucket(catalog_settings, 2),
         trusted_proxies=("127.0.0.1",),
     )
     with run_server(settings) as url:

@@ -1,4 +1,5 @@
-"""Metrics in Prometheus format, and structured logs without secrets."""
+"""Metrics in Prometheus format, only for the scraper and the load balancer; structured logs
+without secrets."""
 
 from __future__ import annotations
 
@@ -22,6 +23,11 @@ from tests.shoppers import Shopper
 from tests.waiting import wait_until
 
 pytestmark = pytest.mark.anyio
+
+
+METRICS_TOKEN = "metrics-token-for-the-tests-0123456789"
+# Clients on another machine, as a trusted proxy on this one says they are.
+ELSEWHERE = {"X-Forwarded-For": "203.0.113.9"}
 
 
 @pytest.fixture(scope="module")
@@ -129,3 +135,73 @@ async def test_a_blocked_event_loop_shows_as_lag() -> None:
     assert count >= 3
     assert samples[("percolert_event_loop_lag_seconds_bucket", "0.05")] < count
     assert samples[("percolert_event_loop_lag_seconds_sum", None)] >= 0.07
+
+
+def assert_unauthorized(answer: httpx.Response) -> None:
+    assert answer.status_code == 401, answer.text
+    assert answer.headers["www-authenticate"] == "Bearer"
+    assert answer.json()["error"]["code"] == "unauthorized"
+    assert "percolert_" not in answer.text
+
+
+def test_without_a_token_metrics_and_readiness_answer_only_this_machine(
+    catalog_settings: Settings,
+) -> None:
+    """The load balancer's probe and the dev tooling poll from this machine; a client
+    elsewhere (or one a proxy forwarded, trusted or not) gets 401. /healthz is for anyone."""
+    proxied = msgspec.structs.replace(catalog_settings, trusted_proxies=("127.0.0.1",))
+    with run_server(proxied) as url:
+        for path in ("/metrics", "/readyz"):
+            assert httpx.get(f"{url}{path}", timeout=10).status_code == 200, path
+            assert_unauthorized(httpx.get(f"{url}{path}", headers=ELSEWHERE, timeout=10))
+            # Another client of this machine's, forwarded by the proxy: still from elsewhere.
+            forwarded = {"X-Forwarded-For": "127.0.0.1"}
+            assert_unauthorized(httpx.get(f"{url}{path}", headers=forwarded, timeout=10))
+        assert httpx.get(f"{url}/healthz", headers=ELSEWHERE, timeout=10).status_code == 200
+    with run_server(catalog_settings) as url:  # no trusted proxy: the header says forwarded
+        assert_unauthorized(httpx.get(f"{url}/metrics", headers=ELSEWHERE, timeout=10))
+
+
+def test_with_a_token_metrics_and_readiness_need_it_from_everyone(
+    catalog_settings: Settings,
+) -> None:
+    settings = msgspec.structs.replace(catalog_settings, metrics_token=METRICS_TOKEN)
+    with run_server(settings) as url:
+        for path in ("/metrics", "/readyz"):
+            for headers in (
+                {},
+                {"Authorization": "Bearer wrong-token-wrong-token-wrong"},
+                {"Authorization": f"Bearer {METRICS_TOKEN}x"},
+                {"Authorization": f"Basic {METRICS_TOKEN}"},
+            ):
+                assert_unauthorized(httpx.get(f"{url}{path}", headers=headers, timeout=10))
+        authorised = {"Authorization": f"Bearer {METRICS_TOKEN}"}
+        scraped = httpx.get(f"{url}/metrics", headers={**authorised, **ELSEWHERE}, timeout=10)
+        assert scraped.status_code == 200
+        assert "percolert_connected_sockets" in scraped.text
+        ready = httpx.get(f"{url}/readyz", headers=authorised, timeout=10)
+        assert ready.status_code == 200
+        assert ready.json()["status"] == "ready"
+        assert httpx.get(f"{url}/healthz", timeout=10).json() == {"status": "ok"}
+
+
+def test_refused_scrapes_are_rate_limited_per_address_but_the_tokens_holder_never_is(
+    catalog_settings: Settings,
+) -> None:
+    """Today's /readyz answered 400 requests at 176 a second, each may ask Elasticsearch."""
+    settings = msgspec.structs.replace(
+        catalog_settings,
+        metrics_token=METRICS_TOKEN,
+        rate_limits_enabled=True,
+        rate_limit_storage="async+memory://",
+        limit_monitoring_refusals_per_address="3/10 years",
+    )
+    with run_server(settings) as url:
+        answers = [httpx.get(f"{url}/readyz", timeout=10) for _ in range(4)]
+        assert [answer.status_code for answer in answers] == [401, 401, 401, 429]
+        assert answers[3].json()["error"]["code"] == "rate_limited"
+        assert int(answers[3].headers["retry-after"]) > 0
+        authorised = {"Authorization": f"Bearer {METRICS_TOKEN}"}
+        for _ in range(5):
+            assert httpx.get(f"{url}/readyz", headers=authorised, timeout=10).status_code == 200
+        assert httpx.get(f"{url}/metrics", timeout=10).status_code == 429

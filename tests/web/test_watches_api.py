@@ -75,6 +75,12 @@ async def test_add_list_and_remove_own_watches(server: str) -> None:
         ({"terms": "kindle", "max_price": "cheap"}, 400, "invalid_watch"),
         ({"terms": "kindle", "query": {"match_all": {}}}, 400, "invalid_watch"),
         ({"terms": ["kindle"]}, 400, "invalid_watch"),
+        # Watches must name something: not stop words, lone letters or bare numbers only.
+        ({"terms": "the"}, 400, "invalid_watch"),
+        ({"terms": "a"}, 400, "invalid_watch"),
+        ({"terms": "5"}, 400, "invalid_watch"),
+        ({"terms": "the a 5 of x 2026"}, 400, "invalid_watch"),
+        ({"terms": "for the", "phrase": True}, 400, "invalid_watch"),
     ],
 )
 async def test_bad_specs_are_refused_clearly(
@@ -319,6 +325,9 @@ def test_cli_add_list_and_remove(watch_settings: Settings) -> None:
     empty = run_cli(watch_settings, "watches", "add", "--default", "...")
     assert empty.returncode == 1
     assert "at least one word" in empty.stderr
+    stop_words = run_cli(watch_settings, "watches", "add", "--default", "the 5")
+    assert stop_words.returncode == 1
+    assert "must name something" in stop_words.stderr
     for foreign in ("_search", "..", "x" * 2000):
         refused = run_cli(watch_settings, "watches", "rm", foreign)
         assert refused.returncode == 1
@@ -327,17 +336,17 @@ def test_cli_add_list_and_remove(watch_settings: Settings) -> None:
 
 
 def test_session_cookie_is_issued_httponly_and_lax(server: str) -> None:
-    response = httpx.get(f"{server}/", timeout=10)
+    response = httpx.post(f"{server}/api/session", json={}, timeout=10)
     cookie = response.headers["set-cookie"]
     assert cookie.startswith("percolert_session=")
     assert "HttpOnly" in cookie
     assert "SameSite=Lax" in cookie
     # A client that keeps its cookie keeps its identity; a tampered cookie gets a new one.
     with httpx.Client(base_url=server, timeout=10) as browser:
-        browser.get("/")
+        browser.post("/api/session", json={})
         token = browser.cookies["percolert_session"]
-        assert "set-cookie" not in browser.get("/").headers
+        assert "set-cookie" not in browser.post("/api/session", json={}).headers
         middle = len(token) - 10  # inside the signature; every bit of that character counts
         forged = token[:middle] + ("x" if token[middle] != "x" else "y") + token[middle + 1 :]
         browser.cookies.set("percolert_session", forged)
-        assert "set-cookie" in browser.get("/").headers
+        assert "set-cookie" in browser.post("/api/session", json={}).headers

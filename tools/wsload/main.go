@@ -3,8 +3,12 @@
 // side costs little CPU on the shared 2-core machine and the server's own limit is what the
 // benchmark sees; the Python load generator it replaced was the ceiling.
 //
-//	wsload subscribe SPEC.json RECORD.txt   # sockets; "<rid> <epoch s> <seq>" per alert, as they come
-//	wsload search PLAN.json RESULT.txt      # "<rid> <sent epoch s> <ms> <status>" per search
+//	wsload subscribe SPEC.json RECORD.txt   # sockets; "<search> <epoch s> <seq>" per alert, as they come
+//	wsload search PLAN.json RESULT.txt      # "<rid> <sent epoch s> <ms> <status> <at>" per search
+//
+// An alert names its search by when the search was made (`at`, to the microsecond: Percolert's
+// alerts carry no search text), which the search's answer gives too: the harness joins the two
+// files on it. The baseline's notification echoes the search's `rid` instead.
 package main
 
 import (
@@ -91,15 +95,15 @@ func percentiles(values []float64) map[string]float64 {
 }
 
 // message holds the fields of Percolert's alert and the baseline's notification that name
-// the search: Percolert's alert carries the search text, whose last word is the search id;
-// the baseline echoes `rid`.
+// the search: Percolert's alert carries when the search was made (`at`), the baseline
+// echoes `rid`.
 // Percolert's `seq` is the alert's position: microseconds since the epoch when the alert
 // was dispatched, which splits the latency into before and after the server's fan-out.
 type message struct {
-	Type  string `json:"type"`
-	Query string `json:"query"`
-	Rid   string `json:"rid"`
-	Seq   int64  `json:"seq"`
+	Type string `json:"type"`
+	At   string `json:"at"`
+	Rid  string `json:"rid"`
+	Seq  int64  `json:"seq"`
 }
 
 // closedMark is recorded, in place of a search id, when the server closes a socket.
@@ -114,14 +118,14 @@ type arrival struct {
 var (
 	alertStart = []byte(`{"type":"alert",`)
 	seqKey     = []byte(`"seq":`)
-	queryKey   = []byte(`"query":"`)
+	atKey      = []byte(`"at":"`)
 )
 
-// quickAlert reads the search id and seq of an alert as Percolert encodes it (msgspec: no
+// quickAlert reads the search time and seq of an alert as Percolert encodes it (msgspec: no
 // spaces, fields in declaration order) without decoding the JSON, which was most of this
 // client's CPU per alert; ok is false for anything else (decoded in full by searchID). An
-// unescaped `"seq":` or `"query":"` can only be a key: inside a string value its quotes
-// would be escaped.
+// unescaped `"seq":` or `"at":"` can only be a key: inside a string value its quotes would
+// be escaped.
 func quickAlert(raw []byte) (string, int64, bool) {
 	if !bytes.HasPrefix(raw, alertStart) {
 		return "", 0, false
@@ -136,11 +140,11 @@ func quickAlert(raw []byte) (string, int64, bool) {
 		seq = seq*10 + int64(raw[i]-'0')
 		digits++
 	}
-	at = bytes.Index(raw, queryKey)
+	at = bytes.Index(raw, atKey)
 	if digits == 0 || at < 0 {
 		return "", 0, false
 	}
-	start := at + len(queryKey)
+	start := at + len(atKey)
 	end := start
 	for end < len(raw) && raw[end] != '"' {
 		if raw[end] == '\\' {
@@ -151,15 +155,15 @@ func quickAlert(raw []byte) (string, int64, bool) {
 	if end >= len(raw) {
 		return "", 0, false
 	}
-	query := raw[start:end]
-	rid := query[bytes.LastIndexByte(query, ' ')+1:]
-	if len(rid) == 0 || bytes.IndexByte(rid, '\\') >= 0 {
+	made := raw[start:end]
+	if len(made) == 0 || bytes.IndexByte(made, '\\') >= 0 || bytes.IndexByte(made, ' ') >= 0 {
 		return "", 0, false
 	}
-	return string(rid), seq, true
+	return string(made), seq, true
 }
 
-// searchID names the search an alert answers, and the alert's seq (0 for the baseline).
+// searchID names the search an alert answers (when it was made; the baseline: its rid),
+// and the alert's seq (0 for the baseline).
 func searchID(raw []byte) (string, int64, bool) {
 	if rid, seq, ok := quickAlert(raw); ok {
 		return rid, seq, true
@@ -175,11 +179,10 @@ func decoded(raw []byte) (string, int64, bool) {
 	}
 	switch m.Type {
 	case "alert":
-		words := strings.Fields(m.Query)
-		if len(words) == 0 {
+		if m.At == "" || strings.ContainsAny(m.At, " \n") {
 			return "", 0, false
 		}
-		return words[len(words)-1], m.Seq, true
+		return m.At, m.Seq, true
 	case "notification":
 		return m.Rid, 0, true
 	}
@@ -422,15 +425,23 @@ func search(planPath, resultPath string) error {
 			defer wg.Done()
 			sent := time.Now()
 			status := 0
+			made := "-" // when the server made the search (its answer's `at`), as alerts name it
 			response, err := client.Get(plan.Base + request.Path)
 			if err == nil {
-				io.Copy(io.Discard, response.Body)
+				var answer struct {
+					At string `json:"at"`
+				}
+				body, _ := io.ReadAll(response.Body)
 				response.Body.Close()
 				status = response.StatusCode
+				if json.Unmarshal(body, &answer) == nil && answer.At != "" &&
+					!strings.ContainsAny(answer.At, " \n") {
+					made = answer.At
+				}
 			}
 			elapsed := time.Since(sent)
-			lines[i] = fmt.Sprintf("%s %.6f %.3f %d\n", request.Rid,
-				float64(sent.UnixMicro())/1e6, float64(elapsed.Microseconds())/1000, status)
+			lines[i] = fmt.Sprintf("%s %.6f %.3f %d %s\n", request.Rid,
+				float64(sent.UnixMicro())/1e6, float64(elapsed.Microseconds())/1000, status, made)
 		}()
 	}
 	wg.Wait()

@@ -9,9 +9,9 @@ func TestQuickAlertAgreesWithTheDecoder(t *testing.T) {
 		raw   string
 		quick bool
 	}{
-		{`{"type":"alert","id":"17-w-1","seq":1795522094274001,"watch":{"id":"w-1","terms":"sony"},"query":"sony pp0-17","count":1,"at":"2026-11-24T12:00:00.000+00:00"}`, true},
-		{`{"type":"alert","id":"1-w","seq":5,"watch":{"id":"w","terms":"say \"query\":\"x y\""},"query":"a \"quoted\" pp1-3","count":1,"at":"x"}`, true},
-		{`{"type":"alert","id":"1-w","seq":5,"watch":{"id":"w","terms":"t"},"query":"ends in escape pp\u00e9","count":1,"at":"x"}`, false},
+		{`{"type":"alert","id":"17-w-1","seq":1795522094274001,"watch":{"id":"w-1","terms":"sony"},"count":1,"at":"2026-11-24T12:00:00.123456+00:00","found":[]}`, true},
+		{`{"type":"alert","id":"1-w","seq":5,"watch":{"id":"w","terms":"say \"at\":\"x y\""},"count":1,"at":"2026-11-24T12:00:00.000001+00:00","found":[{"sku":"A","product_name":"\"at\":\"no\"","price":1.0,"previous_price":null,"category":"c","brand":"b"}]}`, true},
+		{`{"type":"alert","id":"1-w","seq":5,"watch":{"id":"w","terms":"t"},"count":1,"at":"\u0032026","found":[]}`, false},
 		{`{"type": "notification", "rid": "bb0-4"}`, false},
 	}
 	for _, c := range cases {

@@ -4,15 +4,19 @@ Recipients of a match are the watch's owner if they are connected or were a mome
 hub's grace period; an alert for them is kept for their reconnect) — or, for a default
 watch, every connected user — never the searcher. Per (recipient, watch) the first match
 goes out at once; further matches within the window are folded into one follow-up alert
-carrying their count (and the latest search text), sent when the window ends. A flood
-therefore costs each recipient at most one alert per window and watch. Each alert is
+carrying their count (and the products their searches found), sent when the window ends.
+A flood therefore costs each recipient at most one alert per window and watch. Each alert is
 encoded once and the same text goes to every recipient socket.
+
+An alert says what matched, never what was typed: the watch, how many searches, and the
+products those searches found that fit the watch (its category and price). No pattern can
+redact a stranger's name, address or phishing text, so search text never leaves percolation:
+not in windows, not in the broker, not in the log.
 
 One alert per person per search holds for follow-ups too: a search a recipient heard of
 through their own watch, or made, is not counted again in a default watch's follow-up.
 An alert reaches no session begun after the earliest search it counts (a session that
-begins during a window hears of its searches from the next alert on), and the search text
-it carries is redacted (redaction.py).
+begins during a window hears of its searches from the next alert on).
 
 The dispatcher chooses the candidates; the broker (broker.py) keeps the windows, decides
 what each search opens or folds, numbers the sendings and delivers them: a percolated batch
@@ -24,13 +28,16 @@ are decided then, on the broker's clock; a full spool drops its oldest, counted 
 
 from __future__ import annotations
 
+import contextlib
 import logging
 from collections import deque
 from collections.abc import Iterable
 from typing import NamedTuple
 
 import anyio
+import msgspec
 
+from percolert.alerts.breadth import Breadth, BroadWatch
 from percolert.alerts.log import epoch_ms
 from percolert.broker.base import (
     Asked,
@@ -43,9 +50,9 @@ from percolert.broker.base import (
     SearchFold,
     Sending,
 )
-from percolert.core.messages import AlertWatch
-from percolert.core.redaction import redact
-from percolert.core.times import iso_from_seconds
+from percolert.core.messages import ALERT_FOUND_LIMIT, AlertWatch, ProductCard, WatchTooBroad
+from percolert.core.records import fits
+from percolert.core.times import iso_from_seconds, iso_to_microsecond
 from percolert.watches.percolator import Match, SearchEvent
 
 logger = logging.getLogger(__name__)
@@ -54,23 +61,37 @@ logger = logging.getLogger(__name__)
 _DRAIN_BATCH = 64
 
 
+def _found_in(events: list[SearchFold], watch: AlertWatch) -> tuple[ProductCard, ...]:
+    """What a follow-up through `watch` shows: products its folded searches found that fit
+    the watch, the latest search's first, each once."""
+    products: dict[str, ProductCard] = {}
+    for event in reversed(events):
+        for product in event.found:
+            if fits(product, watch):
+                products.setdefault(product.sku, product)
+                if len(products) == ALERT_FOUND_LIMIT:
+                    return tuple(products.values())
+    return tuple(products.values())
+
+
 def _sending(
     search: SearchFold,
     count: int,
+    found: tuple[ProductCard, ...],
     *,
     since: float,
     watches: dict[str, AlertWatch] | None = None,
     everyone: AlertWatch | None = None,
     excluded: Iterable[str] = (),
 ) -> Sending:
-    """One sending about `search`, counting `count` searches made from `since` on: to each
-    user in `watches` through their watch, or through `everyone` to every user but
-    `excluded` — of sessions begun by `since`."""
+    """One sending about `search`, counting `count` searches made from `since` on, which
+    found `found`: to each user in `watches` through their watch, or through `everyone` to
+    every user but `excluded` — of sessions begun by `since`."""
     return Sending(
-        at=iso_from_seconds(search.at),
+        at=iso_to_microsecond(search.at),  # as the search's answer says it
         earliest_ms=epoch_ms(since),
-        query=search.text,
         count=count,
+        found=found,
         watches=watches or {},
         everyone=everyone,
         excluded=tuple(excluded),
@@ -81,22 +102,35 @@ def followup_sendings(followup: Followup) -> list[Sending]:
     """The follow-up of an ended window: to its owner, the count and latest of what it
     folded; for a default watch, the same to everyone else, and to each user who heard of
     some of its searches otherwise, a count of only the others."""
-    watch = AlertWatch(id=followup.watch_id, terms=followup.terms)
+    watch = followup.watch
     events = followup.events
     latest = events[-1]
+    found = _found_in(events, watch)
     # Batches percolated side by side may finish out of order: the earliest is looked for.
     earliest = min(event.at for event in events)
     if followup.owner is not None:
-        return [_sending(latest, len(events), since=earliest, watches={followup.owner: watch})]
+        return [
+            _sending(latest, len(events), found, since=earliest, watches={followup.owner: watch})
+        ]
     special = set(followup.not_alerted)
     for event in events:
         special |= event.skip
-    sendings = [_sending(latest, len(events), since=earliest, everyone=watch, excluded=special)]
+    sendings = [
+        _sending(latest, len(events), found, since=earliest, everyone=watch, excluded=special)
+    ]
     for user in special:
         counted = [event for event in events if user not in event.skip]
         if counted:
             since = min(event.at for event in counted)
-            sendings.append(_sending(counted[-1], len(counted), since=since, watches={user: watch}))
+            sendings.append(
+                _sending(
+                    counted[-1],
+                    len(counted),
+                    _found_in(counted, watch),
+                    since=since,
+                    watches={user: watch},
+                )
+            )
     return sendings
 
 
@@ -110,11 +144,22 @@ def _candidates(
     for match in matches:
         if match.owner is None:
             if default is None:
-                default = DefaultCandidate(watch_id=match.watch_id, terms=match.terms)
+                default = DefaultCandidate(
+                    watch_id=match.watch_id,
+                    terms=match.terms,
+                    category=match.category,
+                    max_price=match.max_price,
+                )
         elif match.owner not in owners:
             owners.add(match.owner)
             owned.append(
-                OwnedCandidate(watch_id=match.watch_id, owner=match.owner, terms=match.terms)
+                OwnedCandidate(
+                    watch_id=match.watch_id,
+                    owner=match.owner,
+                    terms=match.terms,
+                    category=match.category,
+                    max_price=match.max_price,
+                )
             )
     return owned, default
 
@@ -130,11 +175,8 @@ def _compose(search: SearchFold, default: DefaultCandidate | None, hits: Hits) -
         for sending in followup_sendings(followup)
     ]
     if hits.immediate:
-        at_once = {
-            candidate.owner: AlertWatch(id=candidate.watch_id, terms=candidate.terms)
-            for candidate in hits.immediate
-        }
-        sendings.append(_sending(search, 1, since=search.at, watches=at_once))
+        at_once = {candidate.owner: candidate.watch for candidate in hits.immediate}
+        sendings.append(_sending(search, 1, search.found, since=search.at, watches=at_once))
     sendings.extend(
         sending
         for followup in hits.due
@@ -142,14 +184,16 @@ def _compose(search: SearchFold, default: DefaultCandidate | None, hits: Hits) -
         for sending in followup_sendings(followup)
     )
     if default is not None:
-        watch = AlertWatch(id=default.watch_id, terms=default.terms)
+        watch = default.watch
         if hits.to_everyone:
             sendings.append(
-                _sending(search, 1, since=search.at, everyone=watch, excluded=hits.covered)
+                _sending(
+                    search, 1, search.found, since=search.at, everyone=watch, excluded=hits.covered
+                )
             )
         elif hits.firsts:
-            firsts = dict.fromkeys(hits.firsts, watch)
-            sendings.append(_sending(search, 1, since=search.at, watches=firsts))
+            firsts: dict[str, AlertWatch] = dict.fromkeys(hits.firsts, watch)
+            sendings.append(_sending(search, 1, search.found, since=search.at, watches=firsts))
     return sendings
 
 
@@ -164,9 +208,19 @@ class AlertDispatcher:
     """Alerts through a broker; `window_seconds` (the broker's window) paces the checks for
     ended windows; `spool` bounds what waits while the broker is unavailable."""
 
-    def __init__(self, broker: Broker, *, window_seconds: float, spool: int = 100_000) -> None:
+    def __init__(
+        self,
+        broker: Broker,
+        *,
+        window_seconds: float,
+        spool: int = 100_000,
+        breadth: Breadth | None = None,
+    ) -> None:
         self._broker = broker
         self._window = window_seconds
+        # Pauses watches that match too large a share of searches (None: no bound).
+        self.breadth = breadth
+        self._encoder = msgspec.json.Encoder()
         self.alerts = 0
         self.coalesced = 0
         # Searches (and sendings) waiting for the broker, oldest first.
@@ -184,6 +238,10 @@ class AlertDispatcher:
 
     async def on_batch(self, found: list[tuple[SearchEvent, list[Match]]]) -> None:
         """The searches of a percolated batch, in order (the percolator's callback)."""
+        if self.breadth is not None:
+            found, paused = self.breadth.screen(found)
+            for broad in paused:
+                await self._paused(broad)
         searches = [_Search(event, matches) for event, matches in found if matches]
         if not searches:
             return
@@ -196,6 +254,31 @@ class AlertDispatcher:
         except BrokerUnavailable:
             for search in searches:
                 self._keep(search)
+
+    async def _paused(self, broad: BroadWatch) -> None:
+        """Tell a too-broad watch's owner (an admin, through the log, for a default watch)."""
+        match = broad.match
+        logger.warning(
+            "%s watch %s matched %.0f%% of recent searches: its search alerts pause until %s",
+            "default" if match.owner is None else "a shopper's",
+            match.watch_id,
+            broad.share * 100,
+            iso_from_seconds(broad.until),
+        )
+        if match.owner is None:
+            return
+        notice = WatchTooBroad(
+            watch=AlertWatch(
+                id=match.watch_id,
+                terms=match.terms,
+                category=match.category,
+                max_price=match.max_price,
+            ),
+            share=round(broad.share, 3),
+            until=iso_from_seconds(broad.until),
+        )
+        with contextlib.suppress(BrokerUnavailable):
+            await self._broker.notify_user(match.owner, self._encoder.encode(notice).decode())
 
     def _keep(self, item: _Search | list[Sending], *, first: bool = False) -> None:
         if not self._spool:
@@ -261,8 +344,8 @@ class AlertDispatcher:
         for event, matches in searches:
             owned, default = _candidates(event, matches)
             if owned or default is not None:
-                # Redacted here, so that windows and the log hold only what alerts show.
-                search = SearchFold(text=redact(event.text), at=event.at, searcher=event.searcher)
+                # Its products, not its text: windows and the log hold only what alerts show.
+                search = SearchFold(found=event.products, at=event.at, searcher=event.searcher)
                 asked.append(Asked(search, owned, default))
         if not asked:
             return

@@ -32,9 +32,8 @@ from elastic_transport import TransportError
 from elasticsearch import ApiError as ElasticsearchApiError
 from elasticsearch import AsyncElasticsearch
 
-from percolert.core.messages import Alert, AlertWatch
+from percolert.core.messages import Alert, AlertWatch, ProductCard
 from percolert.core.records import AlertRecord
-from percolert.core.redaction import redact
 from percolert.core.times import iso_from_milliseconds, iso_from_seconds, milliseconds_from_iso
 from percolert.engine import bulk, es
 
@@ -56,10 +55,11 @@ def _session_ms(seconds: float) -> int:
 
 
 class _Payload(msgspec.Struct, gc=False):
-    """What a record says beyond who it reaches (not indexed)."""
+    """What a record says beyond who it reaches (not indexed). Documents of protocol 1 held
+    the search text as `query`: never read, so never shown (they hold no `found`)."""
 
-    query: str
     count: int
+    found: tuple[ProductCard, ...] = ()
     everyone: AlertWatch | None = None
     watches: dict[str, AlertWatch] = msgspec.field(default_factory=dict)
     at: str | None = None  # the record's `at`; absent from older documents (then `at` below)
@@ -85,8 +85,8 @@ class _Document(msgspec.Struct, gc=False):
             everyone=record.everyone is not None,
             excluded=record.excluded,
             alert=_Payload(
-                query=record.query,
                 count=record.count,
+                found=record.found,
                 everyone=record.everyone,
                 watches=record.watches,
                 at=record.at,
@@ -98,10 +98,8 @@ class _Document(msgspec.Struct, gc=False):
             seq=self.seq,
             at=self.alert.at or self.at,
             earliest_ms=milliseconds_from_iso(self.at),
-            # Documents written before alerts were redacted (no `alert.at` then) hold the text
-            # as searched.
-            query=self.alert.query if self.alert.at else redact(self.alert.query),
             count=self.alert.count,
+            found=self.alert.found,
             watches=self.alert.watches,
             everyone=self.alert.everyone,
             excluded=self.excluded,
@@ -114,7 +112,7 @@ def upgrade_v1(document_id: str, source: dict[str, Any]) -> dict[str, Any]:
     """alerts v1 (one document per recipient, the whole alert stored) as a v2 record."""
     alert = source["alert"]
     recipient = source.get("recipient")
-    payload: dict[str, Any] = {"query": alert["query"], "count": alert["count"]}
+    payload: dict[str, Any] = {"count": alert["count"]}  # never the search text
     if recipient is None:
         payload["everyone"] = alert["watch"]
     else:
@@ -394,7 +392,7 @@ class AlertLog:
                     "recipients",
                     "everyone",
                     "excluded",
-                    "alert.query",
+                    "alert.found",
                     "alert.count",
                     "alert.everyone",
                     "alert.at",

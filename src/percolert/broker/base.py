@@ -16,7 +16,7 @@ from typing import Literal, NamedTuple, Protocol
 
 import msgspec
 
-from percolert.core.messages import AlertWatch
+from percolert.core.messages import AlertWatch, ProductCard
 from percolert.core.records import AlertRecord
 
 # "memory": the embedded broker (always there); "up"/"down": the shared one, whether its
@@ -38,41 +38,51 @@ class TooManySockets(Exception):
         self.limit = limit
 
 
-class OwnedCandidate(msgspec.Struct, frozen=True, kw_only=True):
+class _Watched(msgspec.Struct, frozen=True, kw_only=True):
+    """A watch as alerts name it: its id, words and the filters that say which products
+    fit it (a window keeps them for its follow-up)."""
+
+    watch_id: str
+    terms: str
+    category: str | None = None
+    max_price: float | None = None
+
+    @property
+    def watch(self) -> AlertWatch:
+        return AlertWatch(
+            id=self.watch_id, terms=self.terms, category=self.category, max_price=self.max_price
+        )
+
+
+class OwnedCandidate(_Watched, frozen=True, kw_only=True):
     """A user's own watch that matched a search they did not make (their first one)."""
 
-    watch_id: str
     owner: str
-    terms: str
 
 
-class DefaultCandidate(msgspec.Struct, frozen=True, kw_only=True):
+class DefaultCandidate(_Watched, frozen=True, kw_only=True):
     """The first default watch that matched a search."""
-
-    watch_id: str
-    terms: str
 
 
 class SearchFold(msgspec.Struct, frozen=True, kw_only=True, gc=False):
-    """What a window keeps of one search: its text (already redacted), when it was made
-    and by whom, and — in a default watch's window — who is not to hear of it again in the
-    follow-up (its searcher, those told through their own watch or at once)."""
+    """What a window keeps of one search: what it found that alerts may show (products,
+    never the text typed), when it was made and by whom, and — in a default watch's window —
+    who is not to hear of it again in the follow-up (its searcher, those told through their
+    own watch or at once)."""
 
-    text: str
+    found: tuple[ProductCard, ...] = ()
     at: float
     searcher: str
     skip: frozenset[str] = frozenset()
 
 
-class Followup(msgspec.Struct, frozen=True, kw_only=True):
+class Followup(_Watched, frozen=True, kw_only=True):
     """A window that ended with searches folded into it: its follow-up is due. `owner` is
     None for a default watch's shared window; `not_alerted` (default windows only) are the
     users who had no alert of the watch in the window because they were its searchers.
     `token`: a shared broker's claim on it (publish it with `guard=token`: it goes out once,
     whichever instance claimed it last); empty in the embedded one."""
 
-    watch_id: str
-    terms: str
     owner: str | None
     events: list[SearchFold]
     not_alerted: frozenset[str] = frozenset()
@@ -111,8 +121,8 @@ class Sending(msgspec.Struct, frozen=True, kw_only=True, gc=False):
 
     at: str
     earliest_ms: int
-    query: str
     count: int = 1
+    found: tuple[ProductCard, ...] = ()
     watches: dict[str, AlertWatch] = {}
     everyone: AlertWatch | None = None
     excluded: tuple[str, ...] = ()
@@ -122,8 +132,8 @@ class Sending(msgspec.Struct, frozen=True, kw_only=True, gc=False):
             seq=seq,
             at=self.at,
             earliest_ms=self.earliest_ms,
-            query=self.query,
             count=self.count,
+            found=self.found,
             watches=self.watches,
             everyone=self.everyone,
             excluded=self.excluded,

@@ -25,6 +25,7 @@ from percolert.broker.base import (
     SearchFold,
     Sending,
 )
+from percolert.core.messages import AlertWatch
 from percolert.core.records import AlertRecord
 from percolert.realtime.delivery import Delivery
 from percolert.realtime.hub import Hub
@@ -44,11 +45,11 @@ class AlertSink(Protocol):
 class _Window:
     """Searches folded into one watch's window since its last alert, until `until`."""
 
-    __slots__ = ("not_alerted", "pending", "terms", "until")
+    __slots__ = ("not_alerted", "pending", "until", "watch")
 
-    def __init__(self, until: float, terms: str) -> None:
+    def __init__(self, until: float, watch: AlertWatch) -> None:
         self.until = until
-        self.terms = terms
+        self.watch = watch
         self.pending: list[SearchFold] = []
         # Default watches only: users who have had no alert of this watch in this window
         # (they were the searcher).
@@ -102,7 +103,7 @@ class MemoryBroker:
             if window is None:
                 immediate.append(candidate)
                 if self._window > 0:
-                    self._windows[key] = _Window(now + self._window, candidate.terms)
+                    self._windows[key] = _Window(now + self._window, candidate.watch)
             else:
                 window.pending.append(search)
                 coalesced += 1
@@ -114,7 +115,7 @@ class MemoryBroker:
         window = self._current(shared, now, due)
         if window is None:
             if self._window > 0:
-                window = _Window(now + self._window, default.terms)
+                window = _Window(now + self._window, default.watch)
                 window.not_alerted.add(search.searcher)
                 self._windows[shared] = window
             return Hits(
@@ -159,11 +160,13 @@ class MemoryBroker:
         if not pending:
             del self._windows[key]
             return
-        next_window = _Window(now + self._window, window.terms)
+        next_window = _Window(now + self._window, window.watch)
         due.append(
             Followup(
                 watch_id=watch_id,
-                terms=window.terms,
+                terms=window.watch.terms,
+                category=window.watch.category,
+                max_price=window.watch.max_price,
                 owner=owner,
                 events=pending,
                 not_alerted=frozenset(window.not_alerted),

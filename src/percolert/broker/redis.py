@@ -71,6 +71,7 @@ from percolert.broker.base import (
 )
 from percolert.core.exception_groups import first_error
 from percolert.core.locks import LocalLocks
+from percolert.core.messages import AlertWatch, ProductCard
 from percolert.core.metrics import BrokerMetrics
 from percolert.core.records import AlertRecord
 from percolert.core.settings import Settings
@@ -144,11 +145,32 @@ _Entries = list[tuple[bytes, dict[bytes, bytes]]]
 
 
 class _Fold(msgspec.Struct, frozen=True):
-    """A folded search as a window in Redis keeps it (who skips it is kept beside it)."""
+    """A folded search as a window in Redis keeps it (who skips it is kept beside it). A
+    fold written by an older version carries `text` instead of `found`: ignored, and so the
+    search text never reaches an alert."""
 
-    text: str
     at: float
     searcher: str
+    found: tuple[ProductCard, ...] = ()
+
+
+# A window keeps the watch as its alerts name it, encoded where older versions kept only
+# its terms (the scripts store it as they got it).
+def _watch_label(watched: OwnedCandidate | DefaultCandidate) -> bytes:
+    return msgspec.json.encode(watched.watch)
+
+
+def _watch_of(watch_id: str, label: bytes | str) -> AlertWatch:
+    """The watch a window keeps."""
+    raw = label.encode() if isinstance(label, str) else label
+    if raw.startswith(b'{"id":'):
+        try:
+            return msgspec.json.decode(raw, type=AlertWatch)
+        except msgspec.DecodeError:
+            pass
+    # Compatibility shim, removed in 0.2.0: a window opened by an instance of protocol 1
+    # kept only the watch's terms (windows last seconds: none is left by then).
+    return AlertWatch(id=watch_id, terms=_text(raw))
 
 
 def _script(name: str) -> str:
@@ -650,17 +672,17 @@ class RedisBroker:
         args: list[str | int | bytes] = [self._window_ms, self._grace_ms]
         for search, owned, default in searches:
             fold = self._fold_encoder.encode(
-                _Fold(text=search.text, at=search.at, searcher=search.searcher)
+                _Fold(at=search.at, searcher=search.searcher, found=search.found)
             )
             args += [
                 search.searcher,
                 fold,
                 "" if default is None else default.watch_id,
-                "" if default is None else default.terms,
+                b"" if default is None else _watch_label(default),
                 len(owned),
             ]
             for candidate in owned:
-                args += [candidate.watch_id, candidate.owner, candidate.terms]
+                args += [candidate.watch_id, candidate.owner, _watch_label(candidate)]
         decisions = await self._decide("hits", *args)
         return [
             Hits(
@@ -679,7 +701,7 @@ class RedisBroker:
         skip, fold = raw.split(b"\n", 1)
         decoded = self._fold_decoder.decode(fold)
         return SearchFold(
-            text=decoded.text,
+            found=decoded.found,
             at=decoded.at,
             searcher=decoded.searcher,
             skip=frozenset(json.loads(skip)),
@@ -690,17 +712,22 @@ class RedisBroker:
             "claim", self._window_ms, CLAIM_LIMIT, "1" if everything else "0", LEASE_MS
         )
         self._open_windows = int(windows)
-        return [
-            Followup(
-                watch_id=_text(watch_id),
-                terms=_text(terms),
-                owner=_text(owner) or None,
-                events=[self._event(event) for event in events],
-                not_alerted=frozenset(_text(user) for user in not_alerted),
-                token=_text(token),
+        followups = []
+        for token, watch_id, owner, label, not_alerted, events in ended:
+            watch = _watch_of(_text(watch_id), label)
+            followups.append(
+                Followup(
+                    watch_id=watch.id,
+                    terms=watch.terms,
+                    category=watch.category,
+                    max_price=watch.max_price,
+                    owner=_text(owner) or None,
+                    events=[self._event(event) for event in events],
+                    not_alerted=frozenset(_text(user) for user in not_alerted),
+                    token=_text(token),
+                )
             )
-            for token, watch_id, owner, terms, not_alerted, events in ended
-        ]
+        return followups
 
     async def publish(
         self, sendings: list[Sending], *, guard: str | None = None

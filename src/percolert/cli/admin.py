@@ -41,14 +41,52 @@ from percolert.web.app import create_app
 
 
 def cmd_setup(settings: Settings, args: argparse.Namespace) -> int:
-    async def work(client: AsyncElasticsearch) -> list[str]:
-        return await indices.setup(
+    products = indices.alias_for(settings, "products")
+
+    async def work(client: AsyncElasticsearch) -> tuple[list[str], list[str]]:
+        lines = await indices.setup(
             client, settings, migrations=document_upgrades(settings), recreate=args.recreate
         )
+        try:
+            found = await catalog.stored_text_problems(client, products)
+        except elasticsearch.ApiError as error:  # expensive queries disallowed, say
+            return lines, [f"could not check the stored products' text: {error}"]
+        return lines, _stored_text_warnings(found, products)
 
-    for line in run_with_client(settings, work):
+    lines, warnings = run_with_client(settings, work)
+    for line in lines:
         print(line)
+    for warning in warnings:
+        print(f"percolert: warning: {warning}", file=sys.stderr)
     return 0
+
+
+def _stored_text_warnings(found: catalog.StoredTextReport, products: str) -> list[str]:
+    """What setup says of stored products the catalog would refuse now (it still succeeds:
+    they were stored before the catalog checked, and only their owner can correct them)."""
+    warnings = []
+    if found.products:
+        examples = ", ".join(
+            f"{example.sku!r} ({', '.join(example.fields)})" for example in found.examples
+        )
+        others = found.products - len(found.examples)
+        more = f" and {others} more" if others > 0 else ""
+        warnings.append(
+            f"{count(found.products, 'product')} in {products} "
+            f"{'holds' if found.products == 1 else 'hold'} control, separator or bidi "
+            "formatting characters in sku, product_name, brand or category, which Percolert "
+            "now refuses (a category with U+001F forges watches' price filters): "
+            f"{examples}{more}. Correct them in the catalog and ingest it again, or put "
+            "them through the admin API; delete those whose sku is at fault "
+            f"(`DELETE {products}/_doc/<id>`)"
+        )
+    if found.uncased_categories:
+        listed = ", ".join(repr(category) for category in found.uncased_categories[:10])
+        warnings.append(
+            f"categories in {products} not trimmed and lower-cased, which no watch can name: "
+            f"{listed}. Ingest the catalog again: categories are now stored normalised"
+        )
+    return warnings
 
 
 @contextlib.contextmanager
@@ -323,6 +361,8 @@ def serve(settings: Settings) -> None:
         app.state.drain,
         settings.host,
         settings.port,
+        head_timeout=settings.head_timeout_seconds,
+        body_timeout=settings.body_timeout_seconds,
         tune_gc=True,
         trusted_proxies=settings.trusted_proxies,
     )

@@ -122,7 +122,9 @@ def _announce_admin_curl(settings: Settings, products: Path) -> None:
     command = demo.cheaper_product_curl(url, shown, products)
     if command is not None:
         demo.announce_when_ready(
-            url, f"admin: put a cheaper product (a watch on it gets a card):\n{command}"
+            url,
+            f"admin: put a cheaper product (a watch on it gets a card):\n{command}",
+            token=settings.metrics_token,
         )
 
 

@@ -34,6 +34,8 @@ class SearchResponse(msgspec.Struct, frozen=True):
     total: int
     took_ms: float
     results: list[SearchHit]
+    # When the search was made, to the microsecond: an alert about it says the same `at`.
+    at: str = ""
 
 
 class Health(msgspec.Struct, frozen=True):
@@ -62,7 +64,16 @@ Terms = Annotated[
         },
     ),
 ]
-Category = Annotated[str, msgspec.Meta(min_length=1, max_length=50)]
+Category = Annotated[
+    str,
+    msgspec.Meta(
+        min_length=1,
+        max_length=50,
+        # The characters `core.fields` refuses in a product's category (a test holds them equal).
+        pattern="^[^\x00-\x1f\x7f-\x9f\u2028\u2029\u202a-\u202e\u2066-\u2069]+$",
+        description="no control characters, line or paragraph separators, bidi formatting",
+    ),
+]
 MaxPrice = Annotated[float, msgspec.Meta(gt=0, le=10_000_000)]
 # What a watch alerts on: other shoppers' searches, catalog changes (products), or both.
 Notify = Literal["searches", "products", "both"]
@@ -114,31 +125,17 @@ class ServerMessage(msgspec.Struct, frozen=True, tag_field="type"):
 # Alerts are made by the thousand per second and some wait in the alert log's buffer for a
 # second or more: gc=False keeps them (plain data, never in a reference cycle) out of the
 # cyclic garbage collector's full collections, which otherwise pause the server.
-class AlertWatch(msgspec.Struct, frozen=True, gc=False):
+class AlertWatch(msgspec.Struct, frozen=True, gc=False, omit_defaults=True):
+    """The recipient's watch an alert is about; its filters (when it has them) say which
+    products fit it."""
+
     id: str
     terms: str
+    category: str | None = None
+    max_price: float | None = None
 
 
-class Alert(ServerMessage, tag="alert", frozen=True, gc=False):
-    """A watch matched someone else's search. Carries the search text, never the searcher.
-
-    `count` is how many matching searches this alert stands for: 1 for the first, more for a
-    follow-up that folds the repeats seen within the coalescing window. `seq` is the alert's
-    position in the recipient's stream: a reconnecting client passes the last one it saw.
-    """
-
-    id: str
-    seq: int
-    watch: AlertWatch
-    query: str
-    count: int
-    at: str
-
-
-ProductChange = Literal["new", "price_drop", "back_in_stock"]
-
-
-class ProductCard(msgspec.Struct, frozen=True, kw_only=True):
+class ProductCard(msgspec.Struct, frozen=True, kw_only=True, gc=False):
     """What a product alert shows of a product. `previous_price`: for a price drop."""
 
     sku: str
@@ -147,6 +144,32 @@ class ProductCard(msgspec.Struct, frozen=True, kw_only=True):
     previous_price: float | None = None
     category: str
     brand: str
+
+
+# The most products one search alert shows.
+ALERT_FOUND_LIMIT = 3
+
+
+class Alert(ServerMessage, tag="alert", frozen=True, gc=False):
+    """Other shoppers' searches matched a watch of the recipient's: what matched, never what
+    they typed nor who they are (protocol 2; protocol 1 carried the search text as `query`).
+
+    `count` is how many matching searches this alert stands for: 1 for the first, more for a
+    follow-up that folds the repeats seen within the coalescing window. `found`: products
+    those searches found that fit the watch (its category and price), at most
+    `ALERT_FOUND_LIMIT`, catalog data only. `seq` is the alert's position in the
+    recipient's stream: a reconnecting client passes the last one it saw.
+    """
+
+    id: str
+    seq: int
+    watch: AlertWatch
+    count: int
+    at: str
+    found: list[ProductCard] = []
+
+
+ProductChange = Literal["new", "price_drop", "back_in_stock"]
 
 
 class ProductAlert(ServerMessage, tag="product_alert", frozen=True, kw_only=True):
@@ -176,17 +199,35 @@ class Away(msgspec.Struct, frozen=True):
     more: int = 0
 
 
+# The shape of the socket's messages. 2: search alerts carry `found` products, never the
+# searches' text. A client that knows an older protocol reloads (the page) or upgrades.
+PROTOCOL = 2
+
+
 class Hello(ServerMessage, tag="hello", frozen=True):
     """First message on every socket. `recent` lists this session's latest alerts (for the
     page's list after a reload); `watches` is None while Elasticsearch is unreachable. Alerts
-    missed since the client's `after` position follow as ordinary alert messages. `away`:
-    product alerts not yet shown to this user anywhere (None when there are none)."""
+    missed since the client's `after` position follow as ordinary alert messages; `recent`
+    leaves those out. `last_seq`: the position to pass back as `after` on reconnecting,
+    the newest of this user's own alerts the greeting covers (never a position of anyone
+    else's). `away`: product alerts not yet shown to this user anywhere (None when there are
+    none)."""
 
     coalesce_seconds: float
     watches: list[Watch] | None
     recent: list[Alert]
     last_seq: int
     away: Away | None = None
+    protocol: int = PROTOCOL
+
+
+class WatchTooBroad(ServerMessage, tag="watch_too_broad", frozen=True):
+    """A watch of the recipient's matched so large a share of recent searches that its
+    search alerts are paused until `until` (product alerts go on): narrow it to resume."""
+
+    watch: AlertWatch
+    share: float
+    until: str
 
 
 class WatchesChanged(ServerMessage, tag="watches_changed", frozen=True):

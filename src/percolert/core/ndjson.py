@@ -1,5 +1,6 @@
 """Reading NDJSON files a line at a time, for loaders that report bad lines by number and
-load the good ones (`percolert ingest`, `percolert watches load`)."""
+load the good ones (`percolert ingest`, `percolert watches load`). A line nested too deep to
+decode safely (`percolert.core.jsondepth`) is a bad line like any other."""
 
 from __future__ import annotations
 
@@ -8,6 +9,8 @@ from pathlib import Path
 from typing import TypeVar
 
 import msgspec
+
+from percolert.core.jsondepth import TooDeep, check_depth
 
 T = TypeVar("T")
 
@@ -34,7 +37,10 @@ def read_lines(
             if not raw.strip():
                 continue
             try:
+                check_depth(raw)
                 yield number, decode(raw)
+            except TooDeep as error:
+                yield BadLine(number, f"too deep: {error}")
             except msgspec.ValidationError as error:
                 yield BadLine(number, f"invalid {what}: {error}")
             except msgspec.DecodeError as error:

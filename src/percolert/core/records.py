@@ -6,7 +6,20 @@ from __future__ import annotations
 
 import msgspec
 
-from percolert.core.messages import Alert, AlertWatch
+from percolert.core.messages import ALERT_FOUND_LIMIT, Alert, AlertWatch, ProductCard
+
+
+def fits(product: ProductCard, watch: AlertWatch) -> bool:
+    """Whether `product` is one the watch asks for: in its category, at or under its price."""
+    if watch.category is not None and product.category != watch.category:
+        return False
+    return watch.max_price is None or product.price <= watch.max_price
+
+
+def fitting(found: tuple[ProductCard, ...], watch: AlertWatch) -> list[ProductCard]:
+    """What an alert through `watch` shows of the products its searches found."""
+    shown = [product for product in found if fits(product, watch)]
+    return shown[:ALERT_FOUND_LIMIT]
 
 
 def alert_id(seq: int, watch_id: str) -> str:
@@ -15,11 +28,13 @@ def alert_id(seq: int, watch_id: str) -> str:
 
 
 class AlertRecord(msgspec.Struct, frozen=True, kw_only=True, gc=False):  # see messages.Alert
-    """The alerts of one sending, logged as one document: the same search text at one
-    position (`seq`) to each recipient in `watches`, through the watch of theirs that
-    matched — or through the default watch `everyone` to every user but `excluded`.
-    `at` is when the (latest) search it tells of was made; `earliest_ms` when the earliest
-    search it counts was (they differ for a follow-up): no session begun after that gets it.
+    """The alerts of one sending, logged as one document: at one position (`seq`), to each
+    recipient in `watches` through the watch of theirs that matched — or through the default
+    watch `everyone` to every user but `excluded`. `found`: products the searches it counts
+    found (catalog data, never their text), of which each alert shows those fitting its
+    watch. `at` is when the (latest) search it tells of was made; `earliest_ms` when the
+    earliest search it counts was (they differ for a follow-up): no session begun after that
+    gets it.
 
     One document per sending rather than per recipient: a popular search reaches many
     subscribers at once, and writing a document for each of them was most of what the log
@@ -29,8 +44,8 @@ class AlertRecord(msgspec.Struct, frozen=True, kw_only=True, gc=False):  # see m
     seq: int
     at: str
     earliest_ms: int
-    query: str
     count: int = 1
+    found: tuple[ProductCard, ...] = ()
     watches: dict[str, AlertWatch] = msgspec.field(default_factory=dict)
     everyone: AlertWatch | None = None
     excluded: tuple[str, ...] = ()
@@ -46,9 +61,9 @@ class AlertRecord(msgspec.Struct, frozen=True, kw_only=True, gc=False):  # see m
             id=alert_id(self.seq, watch.id),
             seq=self.seq,
             watch=watch,
-            query=self.query,
             count=self.count,
             at=self.at,
+            found=fitting(self.found, watch),
         )
 
     def alert_for(self, user: str) -> Alert | None:

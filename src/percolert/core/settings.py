@@ -69,6 +69,12 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     # Repeated matches of one watch for one recipient within this many seconds are folded
     # into one follow-up alert.
     coalesce_seconds: float = 2.0
+    # A watch matching more than this share of the searches in a period (of at least the
+    # minimum) is too broad: its search alerts pause until the next period ends (alerts/
+    # breadth.py). A share of 1 turns the bound off.
+    broad_watch_share: float = 0.2
+    broad_watch_min_searches: int = 200
+    broad_watch_period_seconds: float = 600.0
     # Search events percolated in one request at most; batches form only under load.
     percolate_batch_size: int = 64
     # Concurrent percolate requests, so one slow request does not hold up the next batch.
@@ -83,6 +89,16 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     # A socket being closed gets this long to take what was sent before the close frame and
     # to answer it; a client that stopped reading is then cut off without it.
     socket_close_seconds: float = 10.0
+    # Slow clients (slowloris), bounded as a reverse proxy in front would bound them: a
+    # request's line and headers must all arrive within `head_timeout_seconds` of their first
+    # byte, and a new connection must send a whole head within as long of being accepted
+    # (HAProxy's `timeout http-request`, 10 s in its documented configurations: a browser
+    # sends a head in one packet, so seconds are a client that is stalling); a body may pause
+    # at most `body_timeout_seconds` between two reads (nginx's `client_body_timeout`, whose
+    # default is 60 s: a phone on a bad link may pause long, and a pause costs one idle
+    # connection, not a worker). Past either: 408, and the connection closes.
+    head_timeout_seconds: float = 10.0
+    body_timeout_seconds: float = 60.0
     # A watch owner who left less than this many seconds ago still gets alerts (kept for
     # the reconnect); one away longer gets none until they are back.
     reconnect_grace_seconds: float = 600.0
@@ -109,11 +125,20 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     limit_reads_per_address: str | None = "20/second;1200/minute"
     limit_watch_changes_per_session: str | None = "30/minute;200/hour"
     limit_watch_changes_per_address: str | None = "60/minute;600/hour"
-    limit_new_sessions_per_address: str | None = "30/minute;300/hour"
     limit_sockets_per_session: str | None = "30/minute"
     limit_sockets_per_address: str | None = "120/minute"
     # The admin API (no session: per address only; wrong tokens count too).
     limit_admin_requests_per_address: str | None = "10/second;600/minute"
+    # /metrics and /readyz asked without the right token, per address (the token's holders
+    # are never limited).
+    limit_monitoring_refusals_per_address: str | None = "10/second;60/minute"
+    # New sessions per address: a token bucket of `new_sessions_burst` tokens, one more
+    # every `new_sessions_refill_seconds` (README "Limits"); a burst of 0 turns it off.
+    new_sessions_burst: int = 20
+    new_sessions_refill_seconds: float = 10.0
+    # Bearer token of /metrics and /readyz. Unset: they answer only clients on this machine
+    # (a loopback peer, its request not forwarded by a proxy).
+    metrics_token: str | None = None
     # Sockets one user may have open at once (every tab holds one).
     max_sockets_per_user: int = 20
     # Proxies whose X-Forwarded-For / X-Forwarded-Proto are believed (addresses or networks,
@@ -293,6 +318,11 @@ def from_environment(
             "set both ELASTICSEARCH_USERNAME and ELASTICSEARCH_PASSWORD, or neither"
         )
     timeout = _number(env, "ELASTICSEARCH_TIMEOUT", default.elasticsearch_timeout, minimum=0.1)
+    if _optional(env, "PERCOLERT_LIMIT_NEW_SESSIONS_PER_ADDRESS") is not None:
+        raise SettingsError(
+            "PERCOLERT_LIMIT_NEW_SESSIONS_PER_ADDRESS is gone: new sessions are a token bucket, "
+            "PERCOLERT_NEW_SESSIONS_BURST and PERCOLERT_NEW_SESSIONS_REFILL_SECONDS"
+        )
     storage = _optional(env, "PERCOLERT_RATE_LIMIT_STORAGE")
     if storage is not None and not storage.startswith("async+"):
         raise SettingsError(
@@ -340,6 +370,23 @@ def from_environment(
         coalesce_seconds=_number(
             env, "PERCOLERT_COALESCE_SECONDS", default.coalesce_seconds, minimum=0
         ),
+        broad_watch_share=_number(
+            env, "PERCOLERT_BROAD_WATCH_SHARE", default.broad_watch_share, minimum=0.01
+        ),
+        broad_watch_min_searches=int(
+            _number(
+                env,
+                "PERCOLERT_BROAD_WATCH_MIN_SEARCHES",
+                default.broad_watch_min_searches,
+                minimum=1,
+            )
+        ),
+        broad_watch_period_seconds=_number(
+            env,
+            "PERCOLERT_BROAD_WATCH_PERIOD_SECONDS",
+            default.broad_watch_period_seconds,
+            minimum=1,
+        ),
         percolate_batch_size=int(
             _number(env, "PERCOLERT_PERCOLATE_BATCH_SIZE", default.percolate_batch_size, minimum=1)
         ),
@@ -355,6 +402,12 @@ def from_environment(
         socket_close_seconds=_number(
             env, "PERCOLERT_SOCKET_CLOSE_SECONDS", default.socket_close_seconds, minimum=0.1
         ),
+        head_timeout_seconds=_number(
+            env, "PERCOLERT_HEAD_TIMEOUT_SECONDS", default.head_timeout_seconds, minimum=0.1
+        ),
+        body_timeout_seconds=_number(
+            env, "PERCOLERT_BODY_TIMEOUT_SECONDS", default.body_timeout_seconds, minimum=0.1
+        ),
         reconnect_grace_seconds=_number(
             env, "PERCOLERT_RECONNECT_GRACE_SECONDS", default.reconnect_grace_seconds, minimum=0
         ),
@@ -369,6 +422,16 @@ def from_environment(
         ),
         trusted_proxies=_proxies(env, "PERCOLERT_TRUSTED_PROXIES"),
         admin_token=_admin_token(env, "PERCOLERT_ADMIN_TOKEN"),
+        metrics_token=_admin_token(env, "PERCOLERT_METRICS_TOKEN"),
+        new_sessions_burst=int(
+            _number(env, "PERCOLERT_NEW_SESSIONS_BURST", default.new_sessions_burst, minimum=0)
+        ),
+        new_sessions_refill_seconds=_number(
+            env,
+            "PERCOLERT_NEW_SESSIONS_REFILL_SECONDS",
+            default.new_sessions_refill_seconds,
+            minimum=0.001,
+        ),
         price_drop_min_percent=_number(
             env, "PERCOLERT_PRICE_DROP_MIN_PERCENT", default.price_drop_min_percent, minimum=0
         ),

@@ -11,6 +11,12 @@ def iso_from_seconds(seconds: float) -> str:
     return datetime.fromtimestamp(seconds, UTC).isoformat(timespec="milliseconds")
 
 
+def iso_to_microsecond(seconds: float) -> str:
+    """Epoch seconds as an ISO date, to the microsecond: when a search was made, as its
+    answer and the alerts about it say (the same moment spelt the same way in both)."""
+    return datetime.fromtimestamp(seconds, UTC).isoformat(timespec="microseconds")
+
+
 def iso_from_milliseconds(milliseconds: int) -> str:
     """Whole epoch milliseconds as an ISO date, exactly (no float in between)."""
     seconds, millis = divmod(milliseconds, 1000)

@@ -61,16 +61,19 @@ def cheaper_product_curl(base_url: str, token: str, catalog: Path) -> str | None
     )
 
 
-def announce_when_ready(base_url: str, text: str) -> None:
+def announce_when_ready(base_url: str, text: str, *, token: str | None = None) -> None:
     """Print `text` once `base_url` answers /readyz (in the background: the caller goes on
-    to serve); nothing if it never does within two minutes."""
+    to serve); nothing if it never does within two minutes. `token`: the metrics token,
+    when one is set (PERCOLERT_METRICS_TOKEN)."""
+    headers = {} if token is None else {"Authorization": f"Bearer {token}"}
 
     def wait_and_print() -> None:
         deadline = time.monotonic() + _READY_TIMEOUT_SECONDS
         while time.monotonic() < deadline:
             try:
                 # Our own http:// address, never a URL from elsewhere.
-                with urllib.request.urlopen(f"{base_url}/readyz", timeout=2):  # noqa: S310
+                request = urllib.request.Request(f"{base_url}/readyz", headers=headers)  # noqa: S310
+                with urllib.request.urlopen(request, timeout=2):  # noqa: S310
                     print(text, flush=True)  # 2xx: urlopen raises on a 503
                     return
             except (urllib.error.URLError, OSError):

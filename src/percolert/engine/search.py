@@ -8,7 +8,9 @@ from typing import Any
 import msgspec
 from elasticsearch import AsyncElasticsearch
 
-from percolert.core.messages import SearchHit, SearchResponse
+from percolert.core.fields import text_problem
+from percolert.core.messages import ProductCard, SearchHit, SearchResponse
+from percolert.core.times import iso_to_microsecond
 
 MAX_QUERY_LENGTH = 200
 MAX_SIZE = 50
@@ -78,13 +80,28 @@ _SOURCE_FIELDS = ["product_name", "description", "price", "category", "brand", "
 # dozen; watch filters on the rest do not see them).
 MAX_FOUND_CATEGORIES = 100
 
+# Products an alert about the search may show: its best few, and the cheapest in each
+# category it found (so that a watch on a category under a price, which the search matched
+# through that product, can show it).
+ALERT_TOP_HITS = 3
+_CARD_FIELDS = ["product_name", "price", "category", "brand"]
+
 # What the search found, over all its matches rather than the page returned: each category
-# with its lowest price. Watch filters are judged on it; it costs one aggregation beside the
-# search, in the same request.
+# with its lowest price, and the product at that price. Watch filters are judged on it; it
+# costs one aggregation beside the search, in the same request.
 _FOUND = {
     "found": {
         "terms": {"field": "category", "size": MAX_FOUND_CATEGORIES},
-        "aggs": {"cheapest": {"min": {"field": "price"}}},
+        "aggs": {
+            "cheapest": {"min": {"field": "price"}},
+            "cheapest_product": {
+                "top_hits": {
+                    "size": 1,
+                    "sort": [{"price": "asc"}],
+                    "_source": {"includes": _CARD_FIELDS},
+                }
+            },
+        },
     }
 }
 
@@ -93,9 +110,39 @@ class _Cheapest(msgspec.Struct):
     value: float | None = None
 
 
+class _CardSource(msgspec.Struct):
+    product_name: str
+    price: float
+    category: str
+    brand: str = ""
+
+
+class _CardHit(msgspec.Struct):
+    id: str = msgspec.field(name="_id")
+    source: _CardSource = msgspec.field(name="_source")
+
+    def card(self) -> ProductCard:
+        return ProductCard(
+            sku=self.id,
+            product_name=self.source.product_name,
+            price=self.source.price,
+            category=self.source.category,
+            brand=self.source.brand,
+        )
+
+
+class _CardHits(msgspec.Struct):
+    hits: list[_CardHit] = msgspec.field(default_factory=list)
+
+
+class _TopHits(msgspec.Struct):
+    hits: _CardHits = msgspec.field(default_factory=_CardHits)
+
+
 class _Category(msgspec.Struct):
     key: str
     cheapest: _Cheapest = msgspec.field(default_factory=_Cheapest)
+    cheapest_product: _TopHits = msgspec.field(default_factory=_TopHits)
 
 
 class _CategoryBuckets(msgspec.Struct):
@@ -110,10 +157,30 @@ class _Aggregations(msgspec.Struct):
 Found = tuple[tuple[str, float | None], ...]
 
 
+def _alert_products(hits: list[_Hit], categories: list[_Category]) -> tuple[ProductCard, ...]:
+    """What alerts about the search may show: its best hits, then each category's cheapest."""
+    cards = {
+        hit.id: ProductCard(
+            sku=hit.id,
+            product_name=hit.source.product_name,
+            price=hit.source.price,
+            category=hit.source.category,
+            brand=hit.source.brand,
+        )
+        for hit in hits[:ALERT_TOP_HITS]
+    }
+    for category in categories:
+        for cheapest in category.cheapest_product.hits.hits:
+            cards.setdefault(cheapest.id, cheapest.card())
+    return tuple(cards.values())
+
+
 async def search_products(
-    client: AsyncElasticsearch, index: str, text: str, size: int
-) -> tuple[SearchResponse, Found]:
-    """The shopper's answer, and what the search found (for percolation, never shown)."""
+    client: AsyncElasticsearch, index: str, text: str, size: int, *, made_at: float = 0.0
+) -> tuple[SearchResponse, Found, tuple[ProductCard, ...]]:
+    """The shopper's answer; what the search found, for percolation (never shown); and the
+    products an alert about it may show to a watch's owner. `made_at`: when the search was
+    made (epoch seconds), which the answer says as alerts about it do."""
     started = time.perf_counter()
     response = await client.search(
         index=index,
@@ -127,11 +194,17 @@ async def search_products(
     hits = msgspec.convert(body["hits"]["hits"], list[_Hit])
     total = body["hits"]["total"]
     aggregations = msgspec.convert(body.get("aggregations", {}), _Aggregations)
-    found = tuple((bucket.key, bucket.cheapest.value) for bucket in aggregations.found.buckets)
+    # A category stored before such values were refused (`setup` reports them) must not
+    # forge what a watch's category and price filter reads: it is left out.
+    categories = [
+        bucket for bucket in aggregations.found.buckets if text_problem(bucket.key) is None
+    ]
+    found = tuple((bucket.key, bucket.cheapest.value) for bucket in categories)
     answer = SearchResponse(
         query=text,
         total=int(total["value"] if isinstance(total, dict) else total),
         took_ms=round((time.perf_counter() - started) * 1000, 2),
+        at=iso_to_microsecond(made_at) if made_at else "",
         results=[
             SearchHit(
                 id=hit.id,
@@ -146,4 +219,4 @@ async def search_products(
             for hit in hits
         ],
     )
-    return answer, found
+    return answer, found, _alert_products(hits, categories)

@@ -1,5 +1,5 @@
-"""The product catalog: what a product is, bulk ingest of NDJSON files into the index, and
-the categories it holds.
+"""The product catalog: what a product is (and what text it may hold), bulk ingest of NDJSON
+files into the index, the categories it holds, and the stored products it would refuse now.
 
 Ingest either loads plainly (one streaming bulk) or hands chunks of parsed products to a
 `ChunkWriter` (change detection, `catalog_changes`), which indexes them and says what changed.
@@ -19,6 +19,7 @@ from elasticsearch import AsyncElasticsearch
 from elasticsearch.helpers import async_streaming_bulk
 
 from percolert.core.cached import Cached
+from percolert.core.fields import ONE_LINE_FORBIDDEN, text_problem
 from percolert.core.messages import ProductChange
 from percolert.core.ndjson import BadLine, read_lines
 
@@ -33,7 +34,12 @@ Price = Annotated[float, msgspec.Meta(ge=0, le=10_000_000)]
 
 
 class Product(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
-    """One catalog line. The sku is the document id, so re-ingesting updates in place."""
+    """One catalog line. The sku is the document id, so re-ingesting updates in place.
+
+    Its text is checked wherever one is made (decoded from a file or a request, or built):
+    no control characters, and none of what breaks a line or reorders it in its one-line
+    fields (`core.fields`). The category is stored trimmed and lower-cased, as watches name
+    categories."""
 
     sku: Sku
     product_name: Name
@@ -42,6 +48,24 @@ class Product(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     category: Label
     brand: Label
     in_stock: bool = True
+
+    def __post_init__(self) -> None:
+        # Raised while decoding, msgspec reports a ValueError as a ValidationError.
+        for field in _ONE_LINE_FIELDS:
+            problem = text_problem(getattr(self, field))
+            if problem is not None:
+                raise ValueError(f"{field} {problem}")
+        problem = text_problem(self.description, running_text=True)
+        if problem is not None:
+            raise ValueError(f"description {problem}")
+        # Checked before trimming: Python counts U+001C-U+001F as spaces and would strip them.
+        category = self.category.strip().lower()
+        if not category:
+            raise ValueError("category may not be blank")
+        self.category = category
+
+
+_ONE_LINE_FIELDS = ("sku", "product_name", "category", "brand")
 
 
 class LineError(msgspec.Struct, frozen=True):
@@ -251,8 +275,81 @@ class CategoryCache:
 
     async def names(self) -> frozenset[str]:
         return await self._names.get()
-        async with self._lock:  # one aggregation for everyone who finds the list stale
-            if not self._fresh():
-                self._names = frozenset(await category_names(self._client, self._index))
-                self._read_at = time.monotonic()
-        return self._names
+
+
+class BadProduct(msgspec.Struct, frozen=True):
+    """A stored product with text `Product` refuses: its sku and the fields at fault."""
+
+    sku: str
+    fields: list[str]
+
+
+class StoredTextReport(msgspec.Struct, frozen=True):
+    """What `stored_text_problems` found: products whose one-line fields hold a character
+    `Product` refuses (how many, and the first few), and categories stored otherwise than
+    trimmed and lower-cased (no watch can name them)."""
+
+    products: int = 0
+    examples: list[BadProduct] = msgspec.field(default_factory=list)
+    uncased_categories: list[str] = msgspec.field(default_factory=list)
+
+
+# The one-line fields as the index holds them whole: names and brands in a keyword
+# sub-field (up to its `ignore_above`: a longer name goes unchecked).
+_KEYWORD_FIELDS = {
+    "sku": "sku",
+    "product_name": "product_name.keyword",
+    "brand": "brand.keyword",
+    "category": "category",
+}
+
+
+async def stored_text_problems(
+    client: AsyncElasticsearch, index: str, *, examples: int = 5
+) -> StoredTextReport:
+    """The products stored before `Product` checked its text that it would refuse now. One
+    search: a regexp per keyword field (run over the terms, not the documents) and the
+    categories."""
+    # Lucene's regexp takes the characters themselves in a class; NONE: no operators.
+    anywhere = {"value": f".*[{ONE_LINE_FORBIDDEN}].*", "flags": "NONE"}
+    response = await client.search(
+        index=index,
+        size=examples,
+        track_total_hits=True,
+        source_includes=list(_KEYWORD_FIELDS),
+        query={
+            "bool": {
+                "should": [{"regexp": {field: anywhere}} for field in _KEYWORD_FIELDS.values()],
+                "minimum_should_match": 1,
+            }
+        },
+        aggs={
+            # Every product's category, not only those of the products the query found.
+            "catalog": {
+                "global": {},
+                "aggs": {"categories": {"terms": {"field": "category", "size": _MAX_CATEGORIES}}},
+            }
+        },
+    )
+    found = [
+        BadProduct(
+            sku=hit["_id"],
+            fields=[
+                field
+                for field in _KEYWORD_FIELDS
+                if text_problem(str(hit["_source"].get(field, ""))) is not None
+            ],
+        )
+        for hit in response["hits"]["hits"]
+    ]
+    buckets = response["aggregations"]["catalog"]["categories"]["buckets"]
+    categories = [bucket["key"] for bucket in buckets]
+    return StoredTextReport(
+        products=response["hits"]["total"]["value"],
+        examples=found,
+        uncased_categories=sorted(
+            category
+            for category in categories
+            if category != category.strip().lower() and text_problem(category) is None
+        ),
+    )

@@ -15,7 +15,7 @@ from typing import Any
 import uvicorn
 
 from percolert.server.gcpolicy import GcPolicy
-from percolert.server.httpprotocol import BoundedHeadProtocol
+from percolert.server.httpprotocol import bounded_protocol
 from percolert.server.wsprotocol import FrameWritingProtocol
 
 # An ASGI 3 application, spelled as Starlette spells it, without importing Starlette.
@@ -34,9 +34,13 @@ def make_config(
     host: str,
     port: int,
     *,
+    head_timeout: float,
+    body_timeout: float,
     log_level: str = "info",
     trusted_proxies: Sequence[str] = (),
 ) -> uvicorn.Config:
+    """uvicorn's configuration for Percolert; `head_timeout` and `body_timeout` bound slow
+    clients (`Settings.head_timeout_seconds`, `body_timeout_seconds`)."""
     return uvicorn.Config(
         app,
         host=host,
@@ -47,7 +51,8 @@ def make_config(
         # each, naming the instance) rather than to a text handler of its own.
         log_config=None,
         access_log=False,  # percolert.web.logs writes one JSON line per request instead
-        http=BoundedHeadProtocol,  # httptools, with a bound on the request head
+        # httptools, with bounds on the request head's size and time and on a stalled body
+        http=bounded_protocol(head_timeout, body_timeout),
         # Client addresses (rate limits) and schemes come from X-Forwarded-For/-Proto only
         # when the peer is a trusted proxy; by default no one is (uvicorn's own default
         # trusts 127.0.0.1, where any local process could claim to be anyone).
@@ -107,11 +112,21 @@ def build_server(
     host: str,
     port: int,
     *,
+    head_timeout: float,
+    body_timeout: float,
     log_level: str = "info",
     tune_gc: bool = False,
     trusted_proxies: Sequence[str] = (),
 ) -> GracefulServer:
     """A server for an app whose lifespan `drain` stops it gracefully (`create_app` sets it
     as `app.state.drain`)."""
-    config = make_config(app, host, port, log_level=log_level, trusted_proxies=trusted_proxies)
+    config = make_config(
+        app,
+        host,
+        port,
+        head_timeout=head_timeout,
+        body_timeout=body_timeout,
+        log_level=log_level,
+        trusted_proxies=trusted_proxies,
+    )
     return GracefulServer(config, drain, tune_gc=tune_gc)

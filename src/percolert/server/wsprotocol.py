@@ -14,6 +14,11 @@ protocol. The same extension closes a socket behind what is
 already written to it (`close_behind`): the ASGI close waits, like any send, until the client
 reads, so a client that stopped reading would never be told why it was dropped.
 
+A refused handshake carries the security headers like any other response: an app's denial
+(`websocket.http.response.start`: 429, 403) gets the ones its scope gives, and the server's
+own refusals (403 when the app closes before accepting, 400 for a malformed handshake, 500)
+get them from websockets' `reject`, which builds each of those responses.
+
 The protocol's state read here is uvicorn's, not public API: pyproject.toml caps uvicorn at
 the versions tested, and tests/server/test_private_apis.py names whatever moves.
 """
@@ -21,16 +26,43 @@ the versions tested, and tests/server/test_private_apis.py names whatever moves.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable
-from typing import TYPE_CHECKING, Any
+from collections.abc import Callable, Iterable
+from typing import TYPE_CHECKING, Any, cast
 
 from uvicorn.protocols.websockets.websockets_sansio_impl import WebSocketsSansIOProtocol
+from websockets.http11 import Response
 from websockets.protocol import State
+from websockets.server import ServerProtocol
+from websockets.typing import StatusLike
 
 from percolert.realtime.frames import FRAME_WRITER
+from percolert.web.middleware.security_headers import security_headers
 
 if TYPE_CHECKING:  # uvicorn's own names for ASGI messages (typing only)
     from uvicorn._types import ASGIReceiveEvent, ASGISendEvent
+
+
+class _SecureRefusals(ServerProtocol):
+    """websockets' server side, its handshake refusals carrying the security headers
+    (`reject` builds each refusal; websockets documents changing its headers)."""
+
+    def reject(self, status: StatusLike, text: str) -> Response:
+        response = super().reject(status, text)
+        for name, value in security_headers(None).items():
+            response.headers[name] = value
+        return response
+
+
+def _with_security_headers(
+    scope: dict[str, Any], headers: Iterable[tuple[bytes, bytes]]
+) -> list[tuple[bytes, bytes]]:
+    """`headers` and the security headers it lacks (an app's own value of one wins)."""
+    given = list(headers)
+    names = {name.lower() for name, _ in given}
+    for name, value in security_headers(scope).items():
+        if name.encode() not in names:
+            given.append((name.encode(), value.encode()))
+    return given
 
 
 class _Inbox:
@@ -132,6 +164,9 @@ class FrameWritingProtocol(WebSocketsSansIOProtocol):
         # event (docs/benchmarks/socket-memory.md).
         self.queue: _Inbox = _Inbox()  # type: ignore[assignment]
         self.writable = _Flag()  # type: ignore[assignment]
+        # uvicorn built a plain ServerProtocol; this subclass only overrides `reject`, so the
+        # object becomes one without being built twice per socket.
+        self.conn.__class__ = _SecureRefusals
 
     async def run_asgi(self) -> None:
         self.scope["extensions"][FRAME_WRITER] = {
@@ -150,6 +185,10 @@ class FrameWritingProtocol(WebSocketsSansIOProtocol):
         self._untie()
 
     async def send(self, message: ASGISendEvent) -> None:
+        if message["type"] == "websocket.http.response.start":
+            scope = cast("dict[str, Any]", self.scope)  # a TypedDict, read as any scope
+            headers = _with_security_headers(scope, message.get("headers", []))
+            message = {**message, "headers": headers}
         await super().send(message)
         if message["type"] == "websocket.accept" and self.handshake_complete:
             # The handshake's request and response (their headers parsed twice over) are

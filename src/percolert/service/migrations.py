@@ -25,7 +25,7 @@ def upgrade_watch(
     made before `notify` alerts on both, and its max price is a doc value too (v5). An owned
     watch is leased as reachable from the migration on (v6), so that nobody within the
     reconnect grace misses a search alert at the upgrade; owners who stay away drop out of
-    search percolation when it ends."""
+    search percolation when it ends. Its category is a doc value (v7), for what alerts show."""
     if source.get("owner") is not None:
         source.setdefault("reachable_until", reachability.lease_until(lease_seconds))
     source.setdefault("terms", source["spec"]["terms"])
@@ -33,6 +33,8 @@ def upgrade_watch(
     source.setdefault("notify", "both")
     if source["spec"].get("max_price") is not None:
         source.setdefault("max_price", source["spec"]["max_price"])
+    if source["spec"].get("category") is not None:
+        source.setdefault("category", source["spec"]["category"])
     return watches.upgrade_query(source)
 
 

@@ -11,6 +11,7 @@ import anyio
 import msgspec
 from elasticsearch import AsyncElasticsearch
 
+from percolert.alerts.breadth import Breadth
 from percolert.alerts.dispatch import AlertDispatcher
 from percolert.alerts.log import AlertLog
 from percolert.broker.base import Broker
@@ -133,7 +134,14 @@ class Services:
             )
             self.alert_log.mirrored_by(self.shared)
         self.dispatcher = AlertDispatcher(
-            self.broker, window_seconds=settings.coalesce_seconds, spool=settings.broker_spool
+            self.broker,
+            window_seconds=settings.coalesce_seconds,
+            spool=settings.broker_spool,
+            breadth=Breadth(
+                share=settings.broad_watch_share,
+                minimum_searches=settings.broad_watch_min_searches,
+                period_seconds=settings.broad_watch_period_seconds,
+            ),
         )
         self.reachability = Leases(
             client, indices.alias_for(settings, "watches"), settings, hub.users

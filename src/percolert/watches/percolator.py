@@ -25,6 +25,7 @@ from elastic_transport import TransportError
 from elasticsearch import ApiError as ElasticsearchApiError
 from elasticsearch import AsyncElasticsearch
 
+from percolert.core.messages import ProductCard
 from percolert.core.text import TextNormalizer
 from percolert.engine.es import ElasticsearchProblem
 from percolert.watches.reachability import REACHABLE_FILTER
@@ -59,6 +60,7 @@ _MATCHES = {
                 {"terms": {"terms": {"field": "terms"}}},
                 {"owner": {"terms": {"field": "owner", "missing_bucket": True}}},
                 {"max_price": {"terms": {"field": "max_price", "missing_bucket": True}}},
+                {"category": {"terms": {"field": "category", "missing_bucket": True}}},
             ],
         }
     }
@@ -95,6 +97,8 @@ class SearchEvent(msgspec.Struct, frozen=True, kw_only=True):
     # with the lowest price in it (None: nothing there has a price).
     found: tuple[tuple[str, float | None], ...] = ()
     at: float = 0.0  # time.time() of the search
+    # What alerts about it may show: products it found (never its text).
+    products: tuple[ProductCard, ...] = ()
 
 
 # The structs a percolate response is decoded into are not tracked by the garbage
@@ -109,6 +113,7 @@ class Match(msgspec.Struct, frozen=True, kw_only=True, gc=False):
     terms: str
     owner: str | None  # None: a default watch, for everyone
     max_price: float | None = None  # the watch's, if it has one
+    category: str | None = None  # likewise
 
 
 # Hears of each percolated batch once: its searches that matched, with their matches, in order.

@@ -29,7 +29,7 @@ from elasticsearch import AsyncElasticsearch
 from percolert.core.locks import LocalLocks
 from percolert.core.messages import TERMS_MAX_LENGTH, Notify, Watch, WatchSpec
 from percolert.core.settings import Settings
-from percolert.core.text import TextNormalizer
+from percolert.core.text import STOP_WORDS, TextNormalizer
 from percolert.core.times import iso_from_milliseconds
 from percolert.watches import reachability
 from percolert.watches.load import BulkLoad, LoadError, LoadReport, Prepared
@@ -210,11 +210,26 @@ class SeedFileError(ValueError):
         self.problems = problems
 
 
+def _names_something(word: str) -> bool:
+    """A word that says what is watched: not a stop word, a lone letter or a bare number.
+    (A single character of a script without spaces, such as Chinese, is a word.)"""
+    if word in STOP_WORDS or word.isdigit():
+        return False
+    return len(word) > 1 or not word.isascii()
+
+
 def watch_tokens(normalizer: TextNormalizer, spec: WatchSpec) -> list[str]:
-    """The words a (clean) watch matches on; InvalidWatch if its terms have none."""
+    """The words a (clean) watch matches on. InvalidWatch if its terms have none, or only
+    words that name nothing: a watch on "the" or "5" would match a large share of every
+    search, a firehose of other shoppers' activity rather than something wanted."""
     tokens = normalizer.watch_tokens(spec.terms, phrase=spec.phrase)
     if not tokens:
         raise InvalidWatch("terms must contain at least one word")
+    if not any(_names_something(word) for word in normalizer.words(spec.terms)):
+        raise InvalidWatch(
+            "terms must name something: at least one word that is not a stop word "
+            "(such as 'the' or 'for'), a single letter or a bare number"
+        )
     return tokens
 
 
@@ -328,6 +343,8 @@ class WatchStore:
         }
         if spec.max_price is not None:
             document["max_price"] = spec.max_price
+        if spec.category is not None:
+            document["category"] = spec.category
         return document_id, document
 
     def _now(self) -> str:

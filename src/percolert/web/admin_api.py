@@ -2,7 +2,10 @@
 by a bearer token (`PERCOLERT_ADMIN_TOKEN`), never by a session cookie. A product put goes
 through change detection and a run of product matching, as a line of `percolert ingest` does.
 
-The routes exist only when a token is configured (`routes(settings)` is empty otherwise).
+Every request under `/api/admin/` is authorised first, whatever its method and path, and
+whether a token is configured or not (then none is right): without the token the answer is
+always the same 401, so that nobody without it learns which routes there are, or whether the
+API is on at all.
 """
 
 from __future__ import annotations
@@ -12,9 +15,11 @@ import logging
 from typing import Any
 
 import msgspec
+from starlette.datastructures import Headers
 from starlette.requests import Request
 from starlette.responses import Response
-from starlette.routing import Route
+from starlette.routing import BaseRoute, Route, Router
+from starlette.types import Receive, Scope, Send
 
 from percolert.core.messages import ProductChange
 from percolert.core.settings import Settings
@@ -43,16 +48,29 @@ class ProductUpdate(msgspec.Struct, frozen=True):
     alerts: int
 
 
-def _authorise(request: Request, token: bytes) -> None:
-    scheme, _, given = request.headers.get("authorization", "").partition(" ")
+def bearer_matches(headers: Headers, token: bytes) -> bool:
+    """Whether the request says `Authorization: Bearer <token>`."""
+    scheme, _, given = headers.get("authorization", "").partition(" ")
     # Compared in constant time, as bytes: how much of a guess was right must not show.
-    if scheme.lower() != "bearer" or not hmac.compare_digest(given.strip().encode(), token):
-        raise ApiError(
-            401,
-            "unauthorized",
-            "the admin API needs `Authorization: Bearer <PERCOLERT_ADMIN_TOKEN>`",
-            {"WWW-Authenticate": "Bearer"},
-        )
+    return scheme.lower() == "bearer" and hmac.compare_digest(given.strip().encode(), token)
+
+
+class _Authorised:
+    """The admin routes behind their token: nothing of them shows to a request without it."""
+
+    def __init__(self, token: str | None, routes: list[BaseRoute]) -> None:
+        self._token = None if token is None else token.encode()
+        self._routes = Router(routes)
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if self._token is None or not bearer_matches(Headers(scope=scope), self._token):
+            raise ApiError(
+                401,
+                "unauthorized",
+                "the admin API needs `Authorization: Bearer <PERCOLERT_ADMIN_TOKEN>`",
+                {"WWW-Authenticate": "Bearer"},
+            )
+        await self._routes(scope, receive, send)
 
 
 def _product(body: bytes, sku: str) -> Product:
@@ -76,8 +94,6 @@ def _product(body: bytes, sku: str) -> Product:
 async def put_product(request: Request) -> Response:
     state = state_of(request)
     settings = state["settings"]
-    assert settings.admin_token is not None  # the route exists only with one
-    _authorise(request, settings.admin_token.encode())
     product = _product(await request.body(), request.path_params["sku"])
     alias = indices.alias_for(settings, "products")
     client = state["client"]
@@ -102,8 +118,6 @@ async def put_product(request: Request) -> Response:
 async def delete_product(request: Request) -> Response:
     state = state_of(request)
     settings = state["settings"]
-    assert settings.admin_token is not None
-    _authorise(request, settings.admin_token.encode())
     sku = request.path_params["sku"]
     try:
         msgspec.convert(sku, Sku)  # checked before it reaches Elasticsearch's URL
@@ -116,10 +130,13 @@ async def delete_product(request: Request) -> Response:
 
 
 def routes(settings: Settings) -> list[Route]:
-    """The admin routes, when an admin token is configured; none otherwise."""
-    if settings.admin_token is None:
-        return []
-    return [
-        Route(f"{PREFIX}products/{{sku}}", put_product, methods=["PUT"]),
-        Route(f"{PREFIX}products/{{sku}}", delete_product, methods=["DELETE"]),
-    ]
+    """Everything under PREFIX, authorised by the admin token (none is right without one)."""
+    admin = _Authorised(
+        settings.admin_token,
+        [
+            Route(f"{PREFIX}products/{{sku}}", put_product, methods=["PUT"]),
+            Route(f"{PREFIX}products/{{sku}}", delete_product, methods=["DELETE"]),
+        ],
+    )
+    # Any method: which ones a route takes is for the token's holders to learn.
+    return [Route(f"{PREFIX}{{path:path}}", admin, name="admin")]

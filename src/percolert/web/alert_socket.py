@@ -12,6 +12,7 @@ from elastic_transport import TransportError
 from starlette.websockets import WebSocket, WebSocketDisconnect
 
 from percolert.broker.base import TooManySockets
+from percolert.core.jsondepth import TooDeep, check_depth
 from percolert.core.messages import Alert, ClientMessages, Hello, Ping, Pong, Watch
 from percolert.core.settings import Settings
 from percolert.realtime.frames import closer, frame_writer, receive_listener
@@ -87,14 +88,25 @@ async def _greeting(
     # Apart from the history: product alerts fail (to no `away`) on their own.
     async with state["greetings"]:
         away = await state["product_feed"].greet(user, connection)
+    # One alert once (`after=0` asks for both): what is replayed is not listed as well. A
+    # resuming page takes the replay and leaves the list it already shows.
+    replayed = {alert.id for alert in missed}
+    recent = [alert for alert in recent if alert.id not in replayed]
     hello = Hello(
         coalesce_seconds=state["settings"].coalesce_seconds,
         watches=watches,
         recent=recent,
-        last_seq=cut,
+        last_seq=_resume_from(after, recent, missed),
         away=away,
     )
     return hello, missed
+
+
+def _resume_from(after: int | None, recent: list[Alert], missed: list[Alert]) -> int:
+    """Where the client resumes: the newest of the user's own alerts this greeting covers
+    (or where it resumed from). Never the cut, a global position: told across reconnects,
+    it would show when anyone's last alert was sent."""
+    return max([after or 0, *(alert.seq for alert in recent), *(alert.seq for alert in missed)])
 
 
 class _Reader:
@@ -121,8 +133,10 @@ class _Reader:
             self.over = True
             return
         try:
+            # Before decoding: the decoder recurses, and a frame of brackets exhausts it.
+            check_depth(text.encode())
             decoded = self._decoder.decode(text)
-        except msgspec.DecodeError:
+        except (msgspec.DecodeError, TooDeep):
             self.close_code, self.reason = POLICY_VIOLATION, "malformed message"
             self.over = True
             return

@@ -52,6 +52,7 @@ from percolert.web.middleware.sessions import (
     load_secret,
 )
 from percolert.web.openapi import openapi_document
+from percolert.web.paths import SESSION_PATH
 from percolert.web.responses import json_response
 from percolert.web.state import state_of
 
@@ -100,11 +101,15 @@ async def search(request: Request) -> Response:
     # When the search was made: a session begun while it ran is not told of it.
     made_at = time.time()
     started = time.perf_counter()
-    answer, found = await search_products(state["client"], alias, text, size)
+    answer, found, products = await search_products(
+        state["client"], alias, text, size, made_at=made_at
+    )
     state["metrics"].search_seconds.observe(time.perf_counter() - started)
     # Percolation happens after the answer is composed and never delays it.
     if state["settings"].alerts_enabled:
-        state["percolator"].submit(SearchEvent(text=text, searcher=user, found=found, at=made_at))
+        state["percolator"].submit(
+            SearchEvent(text=text, searcher=user, found=found, at=made_at, products=products)
+        )
     return json_response(answer)
 
 
@@ -176,7 +181,15 @@ async def categories(request: Request) -> Response:
     )
 
 
+async def session(request: Request) -> Response:
+    """The page asks for its session here first: the session middleware has given it one,
+    if it had none (204 either way; 429 when its address may start no more for now)."""
+    _user(request)
+    return Response(status_code=204)
+
+
 async def metrics(request: Request) -> Response:
+    # Only for the token's holders, or this machine: admission.py sees to it.
     return Response(state_of(request)["metrics"].render(), media_type=CONTENT_TYPE_LATEST)
 
 
@@ -189,6 +202,7 @@ async def healthz(request: Request) -> Response:
 
 
 async def readyz(request: Request) -> Response:
+    # Only for the token's holders, or this machine: admission.py sees to it.
     state = state_of(request)
     down = state["background"].down()
     if down:
@@ -302,6 +316,7 @@ def create_app(settings: Settings, *, percolator_type: type[Percolator] = Percol
     admission = Admission(
         limits,
         max_sockets_per_user=settings.max_sockets_per_user,
+        metrics_token=settings.metrics_token,
         on_refused=lambda limit: app_metrics.refused.labels(limit).inc(),
     )
     lifespan = _Lifespan(settings, hub, app_metrics, percolator_type, limits, cluster)
@@ -310,10 +325,12 @@ def create_app(settings: Settings, *, percolator_type: type[Percolator] = Percol
     web = assets.asset_dir("web")
 
     async def page(request: Request) -> Response:
+        # No session here: the page asks for one (POST /api/session) when it needs it.
         return FileResponse(web / "index.html")
 
     routes = [
         Route("/", page),
+        Route(SESSION_PATH, session, methods=["POST"]),
         Route("/api/search", search),
         Route("/api/watches", list_watches, methods=["GET"]),
         Route("/api/watches", add_watch, methods=["POST"]),
@@ -326,7 +343,7 @@ def create_app(settings: Settings, *, percolator_type: type[Percolator] = Percol
         Route("/readyz", readyz),
         WebSocketRoute("/ws", alerts_socket),
         Mount("/static", StaticFiles(directory=web), name="static"),
-        *admin_api.routes(settings),  # none without an admin token
+        *admin_api.routes(settings),  # all of /api/admin/, behind the admin token
     ]
     app = Starlette(
         routes=routes,

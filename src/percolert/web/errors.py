@@ -9,7 +9,7 @@ import elasticsearch
 import msgspec
 from elastic_transport import ConnectionTimeout, TransportError
 from starlette.exceptions import HTTPException
-from starlette.requests import Request
+from starlette.requests import ClientDisconnect, Request
 from starlette.responses import Response
 
 from percolert.broker.base import BrokerUnavailable
@@ -39,6 +39,15 @@ _WATCH_ERRORS: dict[type[WatchError], tuple[int, str]] = {
     DuplicateWatch: (409, "duplicate_watch"),
     TooManyWatches: (409, "too_many_watches"),
 }
+
+# Statuses of requests whose client left (nginx's 499) or was cut off for sending its body
+# too slowly (408, answered by the server itself), as the access log records them.
+CLIENT_CLOSED_REQUEST = 499
+REQUEST_TIMEOUT = 408
+# Set in the scope by the server (`percolert.server.httpprotocol`) when it answered 408 and
+# closed the connection because the body stopped arriving: the app then sees the client
+# gone, as if it had left.
+BODY_TIMED_OUT = "percolert.body_timed_out"
 
 # What a client is told when Elasticsearch fails. The details (the cluster's address among
 # them) go to the server log only.
@@ -132,6 +141,21 @@ async def _broker_unavailable(request: Request, exc: Exception) -> Response:
     )
 
 
+async def _client_disconnect(request: Request, exc: Exception) -> Response:
+    """A route reading the body found the client gone: nobody is left to answer, and it is
+    no error of the server's. The response only gives the access log its status; the
+    server drops it."""
+    assert isinstance(exc, ClientDisconnect)
+    if request.scope.get(BODY_TIMED_OUT):
+        return Response(status_code=REQUEST_TIMEOUT)  # the server logged why
+    logger.info(
+        "client closed the request before its body arrived: %s %s",
+        request.method,
+        route_path(request.scope),
+    )
+    return Response(status_code=CLIENT_CLOSED_REQUEST)
+
+
 async def _unexpected(request: Request, exc: Exception) -> Response:
     logger.error("unhandled error on %s %s", request.method, request.url.path, exc_info=exc)
     # Answered by Starlette's outermost middleware, outside the one that adds these.
@@ -155,5 +179,6 @@ def exception_handlers(
         elasticsearch.ApiError: on_elasticsearch,
         es.ElasticsearchProblem: on_elasticsearch,
         BrokerUnavailable: _broker_unavailable,
+        ClientDisconnect: _client_disconnect,
         Exception: _unexpected,
     }

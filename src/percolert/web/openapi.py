@@ -35,7 +35,7 @@ def _ok(name: str, description: str) -> dict[str, Any]:
 def _errors(*statuses: int) -> dict[str, Any]:
     meaning = {
         400: "bad parameters or body",
-        401: "no session",
+        401: "no session; /readyz: no metrics token (nor a request from this machine)",
         403: "forbidden_origin: not from the shop's own page",
         404: "not found",
         409: "conflict: a duplicate, or over the per-user limit",
@@ -88,6 +88,16 @@ def openapi_document() -> dict[str, Any]:
                 "responses": {
                     "200": _ok("SearchResponse", "ranked results"),
                     **_errors(400, 429, 431, 503),
+                },
+            }
+        },
+        "/api/session": {
+            "post": {
+                "summary": "Start a session (an HttpOnly cookie) unless the request has one: "
+                "the page asks here before its first other call and before opening /ws",
+                "responses": {
+                    "204": {"description": "the request has a session (set now, or already)"},
+                    **_errors(403, 415, 429, 431),
                 },
             }
         },
@@ -150,8 +160,8 @@ def openapi_document() -> dict[str, Any]:
         },
         "/readyz": {
             "get": {
-                "summary": "Readiness",
-                "responses": {"200": _ok("Readiness", "ready"), **_errors(503)},
+                "summary": "Readiness (with the metrics token, or from this machine only)",
+                "responses": {"200": _ok("Readiness", "ready"), **_errors(401, 429, 503)},
             }
         },
     }

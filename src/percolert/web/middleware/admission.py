@@ -1,31 +1,41 @@
-"""Who gets in: rate limits on searches, watch changes, new sessions and new sockets, and the
-cap on one user's open sockets, enforced before a request or handshake reaches its route.
+"""Who gets in: rate limits on searches, watch changes, new sessions and new sockets, the
+cap on one user's open sockets, and the token of /metrics and /readyz, enforced before a
+request or handshake reaches its route.
 
 Over a rate limit the answer is 429 `rate_limited` with `Retry-After`; a WebSocket handshake
 is refused the same way (a denial response, before any accept). The client address is the
 connection's peer, or what a trusted proxy says it is (uvicorn's forwarded-header handling,
 `trusted_proxies`): never a header anyone can set.
+
+/metrics shows what the shop's visitors do as it happens, and /readyz asks Elasticsearch:
+they answer `Authorization: Bearer <metrics_token>`, or with no token configured only a
+client on this machine (a loopback peer whose request no proxy forwarded: a proxy on the
+same host must not make every visitor local). Anyone else gets 401 `unauthorized` with
+`WWW-Authenticate: Bearer`, and past a few of those per address 429: the token's holders
+are never limited, so a stranger sharing the load balancer's address cannot lock it out.
 """
 
 from __future__ import annotations
 
+import ipaddress
 from collections.abc import Callable
 
+from starlette.datastructures import Headers
 from starlette.requests import HTTPConnection
+from starlette.responses import Response
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from percolert.web.admin_api import PREFIX as ADMIN_PREFIX
+from percolert.web.admin_api import bearer_matches
 from percolert.web.errors import error_response
 from percolert.web.middleware.ratelimits import Action, RateLimits, client_address, retry_after
 from percolert.web.middleware.sessions import current_user
-from percolert.web.paths import route_path
+from percolert.web.paths import MONITORING_PATHS, route_path
 
 # Set when the session middleware found no session and the address may not start another.
 _SESSION_REFUSED_KEY = "percolert.session_refused_for"
-# For probes and scrapers, which never keep a cookie: served without a session (none issued,
-# none counted), so a load balancer's probes neither use up its address's new-session
-# allowance nor are refused once that is spent.
-_SESSIONLESS_PATHS = frozenset({"/healthz", "/readyz", "/metrics"})
+# Headers a proxy adds: a request carrying one came from further away than its peer.
+_FORWARDING_HEADERS = ("forwarded", "x-forwarded-for", "x-real-ip")
 # WebSocket close codes for servers without the handshake denial extension.
 _POLICY_VIOLATION = 1008
 _TRY_AGAIN_LATER = 1013
@@ -34,6 +44,20 @@ _TRY_AGAIN_LATER = 1013
 def _address(scope: Scope) -> str | None:
     client = scope.get("client")
     return client_address(client[0] if client else None)
+
+
+def _from_this_machine(scope: Scope) -> bool:
+    client = scope.get("client")
+    try:
+        peer = ipaddress.ip_address(client[0]) if client else None
+    except ValueError:
+        return False  # a name, not an address: nothing says where it is
+    if isinstance(peer, ipaddress.IPv6Address) and peer.ipv4_mapped is not None:
+        peer = peer.ipv4_mapped
+    if peer is None or not peer.is_loopback:
+        return False
+    headers = Headers(scope=scope)
+    return not any(name in headers for name in _FORWARDING_HEADERS)
 
 
 def _action(scope: Scope) -> Action | None:
@@ -62,10 +86,12 @@ class Admission:
         limits: RateLimits,
         *,
         max_sockets_per_user: int,
+        metrics_token: str | None = None,
         on_refused: Callable[[str], None] = lambda reason: None,
     ) -> None:
         self._limits = limits
         self._max_sockets = max_sockets_per_user
+        self._metrics_token = None if metrics_token is None else metrics_token.encode()
         # Counted here rather than in the hub: a socket holds its place from the handshake
         # on, so parallel handshakes cannot all slip under the cap before any is registered.
         self._sockets: dict[str, int] = {}
@@ -73,9 +99,6 @@ class Admission:
 
     async def may_start_session(self, scope: Scope) -> bool:
         """The session middleware asks before issuing a new session to a request without one."""
-        path = route_path(scope)
-        if path in _SESSIONLESS_PATHS or path.startswith(ADMIN_PREFIX):
-            return False  # the admin API is authorised by its token, never by a cookie
         wait = await self._limits.admit(Action.NEW_SESSION, session=None, address=_address(scope))
         if wait is None:
             return True
@@ -97,6 +120,29 @@ class Admission:
             return None
         self._on_refused(action)
         return wait, f"too many {_WHAT[action]}"
+
+    async def monitoring_refusal(self, scope: Scope) -> Response | None:
+        """The answer to a request for /metrics or /readyz that may not have it, if so."""
+        if self._metrics_token is None:
+            if _from_this_machine(scope):
+                return None
+        elif bearer_matches(Headers(scope=scope), self._metrics_token):
+            return None
+        wait = await self._limits.admit(
+            Action.MONITORING_REFUSED, session=None, address=_address(scope)
+        )
+        if wait is not None:
+            self._on_refused(Action.MONITORING_REFUSED)
+            seconds = retry_after(wait)
+            message = f"too many {_WHAT[Action.MONITORING_REFUSED]}: try again in {seconds} s"
+            return error_response(429, "rate_limited", message, {"Retry-After": seconds})
+        return error_response(
+            401,
+            "unauthorized",
+            "/metrics and /readyz need `Authorization: Bearer <PERCOLERT_METRICS_TOKEN>` "
+            "(with none set, they answer only this machine)",
+            {"WWW-Authenticate": "Bearer"},
+        )
 
     async def open_socket(self, app: ASGIApp, scope: Scope, receive: Receive, send: Send) -> None:
         user = current_user(HTTPConnection(scope))
@@ -130,6 +176,7 @@ _WHAT = {
     Action.NEW_SESSION: "new sessions",
     Action.SOCKET: "new connections",
     Action.ADMIN: "admin requests from your address",
+    Action.MONITORING_REFUSED: "refused requests for /metrics and /readyz from your address",
 }
 
 
@@ -171,6 +218,10 @@ class AdmissionMiddleware:
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] not in ("http", "websocket"):
             await self.app(scope, receive, send)
+            return
+        if scope["type"] == "http" and route_path(scope) in MONITORING_PATHS:
+            denied = await self.admission.monitoring_refusal(scope)
+            await (self.app if denied is None else denied)(scope, receive, send)
             return
         refused = await self.admission.refusal(scope)
         if refused is not None:

@@ -1,9 +1,14 @@
-"""A bound on request bodies, enforced while they arrive.
+"""Bounds on request bodies, enforced while they arrive.
 
-Every body this API takes is a small JSON document. The bound is checked as each chunk is
+Every body this API takes is a small JSON document. The bounds are checked as each chunk is
 received, so an oversized body — declared, or chunked without a length — is refused (413,
 and the connection is closed) after at most one chunk past the bound, never read whole.
 Starlette's own `max_body_size` answers in plain text, outside the one error shape.
+
+A body nesting arrays and objects deeper than `MAX_DEPTH` is refused the same way (400
+`too_deep`), before any route decodes it: msgspec decodes nesting by recursion, and a few
+KiB of `[` would end in RecursionError, a 500 (`percolert.core.jsondepth`). Every route
+reads its body through here, so none has to remember.
 """
 
 from __future__ import annotations
@@ -13,6 +18,7 @@ from collections.abc import Mapping
 from starlette.datastructures import Headers
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from percolert.core.jsondepth import MAX_DEPTH, DepthScanner, TooDeep
 from percolert.web.errors import ApiError, error_response
 from percolert.web.paths import route_path
 
@@ -44,6 +50,14 @@ class BodyLimitMiddleware:
             {"Connection": "close"},
         )
 
+    def _too_deep(self, limit: int) -> ApiError:
+        return ApiError(
+            400,
+            "too_deep",
+            f"the body nests arrays and objects deeper than {limit} levels",
+            {"Connection": "close"},  # the rest of the body is not read either
+        )
+
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
@@ -60,14 +74,20 @@ class BodyLimitMiddleware:
             )
             return
         received = 0
+        depth = DepthScanner(MAX_DEPTH)
 
         async def receive_within_limit() -> Message:
             nonlocal received
             message = await receive()
             if message["type"] == "http.request":
-                received += len(message.get("body", b""))
+                chunk = message.get("body", b"")
+                received += len(chunk)
                 if received > bound:
                     raise self._too_large(bound)
+                try:
+                    depth.feed(chunk)
+                except TooDeep as error:
+                    raise self._too_deep(error.limit) from None
             return message
 
         await self.app(scope, receive_within_limit, send)

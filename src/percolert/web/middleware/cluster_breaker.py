@@ -12,10 +12,12 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 
 from percolert.core.breaker import Breaker
 from percolert.web.errors import UNAVAILABLE_MESSAGE, error_response, unavailable
-from percolert.web.paths import route_path
+from percolert.web.paths import SESSION_PATH, route_path
 
-# Every route under it asks Elasticsearch.
+# The routes under it ask Elasticsearch; those in `_CLUSTER_FREE` do not, and go on: a
+# page still gets its session (and so its socket, which works without the cluster).
 _CLUSTER_ROUTES = "/api/"
+_CLUSTER_FREE = frozenset({SESSION_PATH})
 
 
 class ClusterBreakerMiddleware:
@@ -27,7 +29,8 @@ class ClusterBreakerMiddleware:
         if (
             scope["type"] == "http"
             and self.breaker.open
-            and route_path(scope).startswith(_CLUSTER_ROUTES)
+            and (path := route_path(scope)).startswith(_CLUSTER_ROUTES)
+            and path not in _CLUSTER_FREE
         ):
             error = unavailable(UNAVAILABLE_MESSAGE)
             response = error_response(error.status, error.code, error.message, error.headers)

@@ -1,5 +1,10 @@
 """The security headers every response carries: a strict Content-Security-Policy (the page's
-own scripts, styles, API and socket, nothing else), no sniffing, no framing, no referrer."""
+own scripts, styles, API and socket, nothing else), no sniffing, no framing, no referrer.
+
+Besides the app's responses, the server's own refusals carry them too (`percolert.server`:
+a request head too large or too slow, a request that is not HTTP, a refused WebSocket
+handshake), some of them written before there is a scope to name the socket's origin from.
+"""
 
 from __future__ import annotations
 
@@ -10,17 +15,20 @@ from starlette.types import Scope
 
 # A Host header fit to be written into the policy (it comes from the client).
 _HOST = re.compile(r"(?:[A-Za-z0-9.-]+|\[[0-9A-Fa-f:.]+\])(?::[0-9]{1,5})?")
+# Schemes whose socket is wss: an https page's, and a socket's own when it is secure.
+_SECURE_SCHEMES = frozenset({"https", "wss"})
 
 
-def content_security_policy(scope: Scope) -> str:
+def content_security_policy(scope: Scope | None) -> str:
     """The page's own scripts, styles and images, its API and its `/ws` socket; nothing else.
 
-    The socket's origin is named because not every browser counts ws: under 'self'.
+    The socket's origin is named because not every browser counts ws: under 'self'; without
+    a scope (a refusal written before the request was parsed) it is left out.
     """
-    host = Headers(scope=scope).get("host", "")
+    host = "" if scope is None else Headers(scope=scope).get("host", "")
     socket = ""
-    if _HOST.fullmatch(host):
-        socket = f" {'wss' if scope.get('scheme') == 'https' else 'ws'}://{host}"
+    if scope is not None and _HOST.fullmatch(host):
+        socket = f" {'wss' if scope.get('scheme') in _SECURE_SCHEMES else 'ws'}://{host}"
     return (
         "default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self'; "
         f"connect-src 'self'{socket}; frame-ancestors 'none'; base-uri 'none'; "
@@ -28,7 +36,7 @@ def content_security_policy(scope: Scope) -> str:
     )
 
 
-def security_headers(scope: Scope) -> dict[str, str]:
+def security_headers(scope: Scope | None) -> dict[str, str]:
     return {
         "content-security-policy": content_security_policy(scope),
         "x-content-type-options": "nosniff",

@@ -1,8 +1,13 @@
 """Who a browser is: a random user id in a signed, HttpOnly cookie, issued by the server.
 
 The id is never taken from a parameter. A missing, forged or tampered cookie is no session:
-an HTTP request then gets a fresh one (unless its address has started too many lately), a
-WebSocket handshake is refused.
+a request to the API (`/api/...`, the admin API aside) then gets a fresh one, unless its
+address has started too many lately; nothing else starts one. The page, its files and the
+probes are served without a session, so that no limit on new sessions can keep a page from
+loading; the page asks for one (`POST /api/session`) before its first API call and before
+its socket, whose handshake is refused without one (a browser may drop a cookie set on it).
+A request a browser says comes from another site starts none either: another site's page
+must not spend the new sessions of its visitors' addresses (`<img src=".../api/...">`).
 
 The signed value also says when the session began (epoch milliseconds): a session never
 hears of searches made before it existed, and only the server can say when that was.
@@ -23,6 +28,8 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from percolert.core.settings import Settings
 from percolert.core.state_dir import kept_secret
+from percolert.web.admin_api import PREFIX as ADMIN_PREFIX
+from percolert.web.paths import API_PREFIX, route_path
 
 logger = logging.getLogger(__name__)
 
@@ -89,12 +96,22 @@ def session_started(connection: HTTPConnection) -> float:
 SessionGate = Callable[[Scope], Awaitable[bool]]
 
 
+def _may_begin_here(scope: Scope) -> bool:
+    """Whether a request without a session is one that is given a new session."""
+    if scope["type"] != "http":
+        return False  # a handshake: see the module's docstring
+    path = route_path(scope)
+    if not path.startswith(API_PREFIX) or path.startswith(ADMIN_PREFIX):
+        return False  # the admin API is authorised by its token, never by a cookie
+    return HTTPConnection(scope).headers.get("sec-fetch-site", "").lower() != "cross-site"
+
+
 async def _always(scope: Scope) -> bool:
     return True
 
 
 class SessionMiddleware:
-    """Puts the verified user id in the scope; gives HTTP requests without one a new cookie
+    """Puts the verified user id in the scope; gives API requests without one a new cookie
     (if `may_start` allows: new sessions are rate-limited per address)."""
 
     def __init__(
@@ -118,7 +135,7 @@ class SessionMiddleware:
         verified = self.signer.verify(token) if token else None
         user, started = verified if verified else (None, time.time())
         new_cookie: str | None = None
-        if user is None and scope["type"] == "http" and await self.may_start(scope):
+        if user is None and _may_begin_here(scope) and await self.may_start(scope):
             user, new_cookie = self.signer.issue()
         scope[_SCOPE_KEY] = user
         scope[_STARTED_KEY] = started
