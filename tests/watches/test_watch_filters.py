@@ -33,11 +33,15 @@ async def test_a_price_filter_sees_past_the_searchers_page(server: str) -> None:
         assert await socket.next_alert() is not None  # that search alerts, of course
 
         page = (await b.search("headphones", size=1)).json()
-        assert set(page) == {"query", "total", "took_ms", "results"}  # nothing more shown
+        # Nothing more shown of what it found (`at`: when it was made).
+        assert set(page) == {"query", "total", "took_ms", "results", "at"}
         assert [hit["price"] > 100 for hit in page["results"]] == [True]
         alert = await socket.next_alert()
         assert alert is not None, "the page's top hit decided, not what the search found"
         assert alert["watch"]["id"] == watch["id"]
+        # The alert shows what fits the watch: the cheaper pair past the searcher's page.
+        assert alert["found"]
+        assert all(product["price"] <= 100 for product in alert["found"])
         await a.unwatch(watch["id"])
 
 
