@@ -219,7 +219,7 @@ async def test_batches_form_under_load(fresh_settings: Settings) -> None:
 
         async def collect(found: list[tuple[SearchEvent, list[Match]]]) -> None:
             delivered.extend(
-                (event.text, [m.watch_id for m in matches]) for event, matches in found
+                (event.text, [m.watch_id for m in matches]) for event, matches in found if matches
             )
 
         percolator = Percolator(client, alias, normalizer, collect, batch_size=64, concurrency=1)

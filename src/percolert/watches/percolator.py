@@ -116,7 +116,8 @@ class Match(msgspec.Struct, frozen=True, kw_only=True, gc=False):
     category: str | None = None  # likewise
 
 
-# Hears of each percolated batch once: its searches that matched, with their matches, in order.
+# Hears of each percolated batch once: its searches with their matches (none for most), in
+# order. Those without are there too: how broad a watch is, is judged against every search.
 OnMatches = Callable[[list[tuple[SearchEvent, list[Match]]]], Awaitable[None]]
 
 
@@ -436,12 +437,9 @@ class Percolator:
             while self._next_ticket in self._finished:
                 done, found = self._finished.pop(self._next_ticket)
                 self._next_ticket += 1
-                matched = [
-                    (event, matches) for event, matches in zip(done, found, strict=True) if matches
-                ]
-                if matched:
+                if done:
                     try:
-                        await self._on_matches(matched)
+                        await self._on_matches(list(zip(done, found, strict=True)))
                     except Exception:
                         logger.exception("delivering matches failed")
         finally:
