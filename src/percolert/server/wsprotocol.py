@@ -15,9 +15,10 @@ already written to it (`close_behind`): the ASGI close waits, like any send, unt
 reads, so a client that stopped reading would never be told why it was dropped.
 
 A refused handshake carries the security headers like any other response: an app's denial
-(`websocket.http.response.start`: 429, 403) gets the ones its scope gives, and the server's
-own refusals (403 when the app closes before accepting, 400 for a malformed handshake, 500)
-get them from websockets' `reject`, which builds each of those responses.
+(`websocket.http.response.start`: 429, 403) gets them from the app's middleware
+(web/middleware/browser_guard.py), and the server's own refusals (403 when the app closes
+before accepting, 400 for a malformed handshake, 500) from websockets' `reject`, which
+builds each of those responses.
 
 The protocol's state read here is uvicorn's, not public API: pyproject.toml caps uvicorn at
 the versions tested, and tests/server/test_private_apis.py names whatever moves.
@@ -26,8 +27,8 @@ the versions tested, and tests/server/test_private_apis.py names whatever moves.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable, Iterable
-from typing import TYPE_CHECKING, Any, cast
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
 
 from uvicorn.protocols.websockets.websockets_sansio_impl import WebSocketsSansIOProtocol
 from websockets.http11 import Response
@@ -51,18 +52,6 @@ class _SecureRefusals(ServerProtocol):
         for name, value in security_headers(None).items():
             response.headers[name] = value
         return response
-
-
-def _with_security_headers(
-    scope: dict[str, Any], headers: Iterable[tuple[bytes, bytes]]
-) -> list[tuple[bytes, bytes]]:
-    """`headers` and the security headers it lacks (an app's own value of one wins)."""
-    given = list(headers)
-    names = {name.lower() for name, _ in given}
-    for name, value in security_headers(scope).items():
-        if name.encode() not in names:
-            given.append((name.encode(), value.encode()))
-    return given
 
 
 class _Inbox:
@@ -185,10 +174,6 @@ class FrameWritingProtocol(WebSocketsSansIOProtocol):
         self._untie()
 
     async def send(self, message: ASGISendEvent) -> None:
-        if message["type"] == "websocket.http.response.start":
-            scope = cast("dict[str, Any]", self.scope)  # a TypedDict, read as any scope
-            headers = _with_security_headers(scope, message.get("headers", []))
-            message = {**message, "headers": headers}
         await super().send(message)
         if message["type"] == "websocket.accept" and self.handshake_complete:
             # The handshake's request and response (their headers parsed twice over) are

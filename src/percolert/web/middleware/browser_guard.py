@@ -48,26 +48,32 @@ def refusal(scope: Scope, allowed_origins: Collection[str]) -> Response | None:
 
 class BrowserGuardMiddleware:
     """Refuses cross-site and non-JSON writes before anything reads them; adds the security
-    headers to every HTTP response (a route's own value of one wins)."""
+    headers to every HTTP response and WebSocket handshake denial (a route's own value of one
+    wins)."""
 
     def __init__(self, app: ASGIApp, *, allowed_origins: Collection[str]) -> None:
         self.app = app
         self.allowed_origins = tuple(allowed_origins)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http":
+        if scope["type"] not in ("http", "websocket"):
             await self.app(scope, receive, send)
             return
         extra = security_headers(scope)
 
         async def send_with_headers(message: Message) -> None:
-            if message["type"] == "http.response.start":
+            # A response, or the denial of a WebSocket handshake (429, 403: admission.py).
+            if message["type"] in ("http.response.start", "websocket.http.response.start"):
                 headers = MutableHeaders(scope=message)
                 for name, value in extra.items():
                     if name not in headers:
                         headers[name] = value
             await send(message)
 
+        if scope["type"] == "websocket":
+            # Its origin is checked by the socket's route, which says why it refuses.
+            await self.app(scope, receive, send_with_headers)
+            return
         refused = refusal(scope, self.allowed_origins)
         if refused is not None:
             await refused(scope, receive, send_with_headers)
