@@ -69,9 +69,20 @@ class _Source(msgspec.Struct):
 
 
 class _Hit(msgspec.Struct):
+    """A search hit, or the cheapest product of a category found (fewer fields, no score)."""
+
     id: str = msgspec.field(name="_id")
     source: _Source = msgspec.field(name="_source")
     score: float | None = msgspec.field(name="_score", default=None)
+
+    def card(self) -> ProductCard:
+        return ProductCard(
+            sku=self.id,
+            product_name=self.source.product_name,
+            price=self.source.price,
+            category=self.source.category,
+            brand=self.source.brand,
+        )
 
 
 _SOURCE_FIELDS = ["product_name", "description", "price", "category", "brand", "in_stock"]
@@ -110,29 +121,8 @@ class _Cheapest(msgspec.Struct):
     value: float | None = None
 
 
-class _CardSource(msgspec.Struct):
-    product_name: str
-    price: float
-    category: str
-    brand: str = ""
-
-
-class _CardHit(msgspec.Struct):
-    id: str = msgspec.field(name="_id")
-    source: _CardSource = msgspec.field(name="_source")
-
-    def card(self) -> ProductCard:
-        return ProductCard(
-            sku=self.id,
-            product_name=self.source.product_name,
-            price=self.source.price,
-            category=self.source.category,
-            brand=self.source.brand,
-        )
-
-
 class _CardHits(msgspec.Struct):
-    hits: list[_CardHit] = msgspec.field(default_factory=list)
+    hits: list[_Hit] = msgspec.field(default_factory=list)
 
 
 class _TopHits(msgspec.Struct):
@@ -159,16 +149,7 @@ Found = tuple[tuple[str, float | None], ...]
 
 def _alert_products(hits: list[_Hit], categories: list[_Category]) -> tuple[ProductCard, ...]:
     """What alerts about the search may show: its best hits, then each category's cheapest."""
-    cards = {
-        hit.id: ProductCard(
-            sku=hit.id,
-            product_name=hit.source.product_name,
-            price=hit.source.price,
-            category=hit.source.category,
-            brand=hit.source.brand,
-        )
-        for hit in hits[:ALERT_TOP_HITS]
-    }
+    cards = {hit.id: hit.card() for hit in hits[:ALERT_TOP_HITS]}
     for category in categories:
         for cheapest in category.cheapest_product.hits.hits:
             cards.setdefault(cheapest.id, cheapest.card())
