@@ -22,8 +22,8 @@ from percolert.realtime.hub import Connection, Hub
 pytestmark = pytest.mark.anyio
 
 WINDOW = 2.0
-KINDLE_OF_A = OwnedCandidate(watch_id="w-a", owner="a", terms="kindle")
-DEFAULT = DefaultCandidate(watch_id="default-1", terms="iphone")
+KINDLE_OF_A = OwnedCandidate(watch=AlertWatch(id="w-a", terms="kindle"), owner="a")
+DEFAULT = DefaultCandidate(watch=AlertWatch(id="default-1", terms="iphone"))
 
 
 class Clock:
@@ -112,7 +112,7 @@ async def test_a_window_gives_one_immediate_alert_then_one_follow_up_with_the_co
     assert await broker.claim_due() == []  # not over yet
     clock.now += WINDOW
     [followup] = await broker.claim_due()
-    assert (followup.owner, followup.watch_id, followup.terms) == ("a", "w-a", "kindle")
+    assert (followup.owner, followup.watch_id, followup.watch.terms) == ("a", "w-a", "kindle")
     assert [skus(event.found) for event in followup.events] == [
         ["kindle 0"],
         ["kindle 1"],

@@ -96,9 +96,9 @@ def _ended(followups: list[Followup]) -> list[tuple[object, ...]]:
         (
             f.watch_id,
             f.owner or "",
-            f.terms,
-            f.category or "",
-            f.max_price or 0.0,
+            f.watch.terms,
+            f.watch.category or "",
+            f.watch.max_price or 0.0,
             [(skus(e.found), e.at, e.searcher, e.skip) for e in f.events],
             f.not_alerted,
         )
@@ -109,13 +109,13 @@ def _ended(followups: list[Followup]) -> list[tuple[object, ...]]:
 async def test_windows_open_fold_and_end_as_in_the_embedded_broker(redis_url: str) -> None:
     memory = MemoryBroker(Hub(), Log(), window_seconds=WINDOW)
     shared = await _redis_broker(redis_url, Log())
-    default = DefaultCandidate(watch_id="d", terms="phone")
-    other = DefaultCandidate(watch_id="e", terms="phone")
+    default = DefaultCandidate(watch=AlertWatch(id="d", terms="phone"))
+    other = DefaultCandidate(watch=AlertWatch(id="e", terms="phone"))
     # A watch's filters go into its window and come back with its follow-up.
     mine = OwnedCandidate(
-        watch_id="w1", owner="u1", terms="phone case", category="cases", max_price=20.0
+        watch=AlertWatch(id="w1", terms="phone case", category="cases", max_price=20.0), owner="u1"
     )
-    theirs = OwnedCandidate(watch_id="w2", owner="u2", terms="phone")
+    theirs = OwnedCandidate(watch=AlertWatch(id="w2", terms="phone"), owner="u2")
     at = time.time()
 
     def search(n: int, searcher: str) -> SearchFold:
@@ -196,7 +196,9 @@ async def test_a_lapsed_instance_is_reaped_and_its_users_count_as_having_left_th
     search = SearchFold(found=(card("phone"),), at=time.time(), searcher="s")
 
     async def alerted(broker: str, owner: str) -> bool:
-        owned = [OwnedCandidate(watch_id=f"w-{uuid.uuid4().hex}", owner=owner, terms="phone")]
+        owned = [
+            OwnedCandidate(watch=AlertWatch(id=f"w-{uuid.uuid4().hex}", terms="phone"), owner=owner)
+        ]
         hits = await brokers[broker].hits(search, owned, None)
         return [c.owner for c in hits.immediate] == [owner]
 
@@ -355,8 +357,8 @@ async def test_a_claimed_follow_up_whose_claimer_never_publishes_is_claimed_agai
     )
     raw = redis.Redis.from_url(redis_url)
     key = f"percolert:{{{settings.index_prefix}}}"
-    owned = [OwnedCandidate(watch_id="w", owner="u", terms="phone")]
-    default = DefaultCandidate(watch_id="d", terms="phone")
+    owned = [OwnedCandidate(watch=AlertWatch(id="w", terms="phone"), owner="u")]
+    default = DefaultCandidate(watch=AlertWatch(id="d", terms="phone"))
     at = time.time()
     try:
         await one.start()
@@ -532,9 +534,9 @@ async def test_a_batch_costs_one_hits_and_one_publish_call_and_alerts_as_one_by_
 async def test_hits_many_decides_as_that_many_hits_one_after_another(redis_url: str) -> None:
     memory = MemoryBroker(Hub(), Log(), window_seconds=WINDOW)
     shared = await _redis_broker(redis_url, Log())
-    default = DefaultCandidate(watch_id="d", terms="phone")
-    mine = OwnedCandidate(watch_id="w1", owner="u1", terms="phone case")
-    theirs = OwnedCandidate(watch_id="w2", owner="u2", terms="phone")
+    default = DefaultCandidate(watch=AlertWatch(id="d", terms="phone"))
+    mine = OwnedCandidate(watch=AlertWatch(id="w1", terms="phone case"), owner="u1")
+    theirs = OwnedCandidate(watch=AlertWatch(id="w2", terms="phone"), owner="u2")
     at = time.time()
 
     def search(n: int, searcher: str) -> SearchFold:

@@ -50,8 +50,8 @@ from percolert.broker.base import (
     SearchFold,
     Sending,
 )
-from percolert.core.messages import ALERT_FOUND_LIMIT, AlertWatch, ProductCard, WatchTooBroad
-from percolert.core.records import fits
+from percolert.core.messages import AlertWatch, ProductCard, WatchTooBroad
+from percolert.core.records import fitting
 from percolert.core.times import iso_from_seconds, iso_to_microsecond
 from percolert.watches.percolator import Match, SearchEvent
 
@@ -67,11 +67,8 @@ def _found_in(events: list[SearchFold], watch: AlertWatch) -> tuple[ProductCard,
     products: dict[str, ProductCard] = {}
     for event in reversed(events):
         for product in event.found:
-            if fits(product, watch):
-                products.setdefault(product.sku, product)
-                if len(products) == ALERT_FOUND_LIMIT:
-                    return tuple(products.values())
-    return tuple(products.values())
+            products.setdefault(product.sku, product)
+    return tuple(fitting(tuple(products.values()), watch))
 
 
 def _sending(
@@ -144,23 +141,10 @@ def _candidates(
     for match in matches:
         if match.owner is None:
             if default is None:
-                default = DefaultCandidate(
-                    watch_id=match.watch_id,
-                    terms=match.terms,
-                    category=match.category,
-                    max_price=match.max_price,
-                )
+                default = DefaultCandidate(watch=match.watch)
         elif match.owner not in owners:
             owners.add(match.owner)
-            owned.append(
-                OwnedCandidate(
-                    watch_id=match.watch_id,
-                    owner=match.owner,
-                    terms=match.terms,
-                    category=match.category,
-                    max_price=match.max_price,
-                )
-            )
+            owned.append(OwnedCandidate(watch=match.watch, owner=match.owner))
     return owned, default
 
 
@@ -268,12 +252,7 @@ class AlertDispatcher:
         if match.owner is None:
             return
         notice = WatchTooBroad(
-            watch=AlertWatch(
-                id=match.watch_id,
-                terms=match.terms,
-                category=match.category,
-                max_price=match.max_price,
-            ),
+            watch=match.watch,
             share=round(broad.share, 3),
             until=iso_from_seconds(broad.until),
         )

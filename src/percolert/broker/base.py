@@ -39,19 +39,14 @@ class TooManySockets(Exception):
 
 
 class _Watched(msgspec.Struct, frozen=True, kw_only=True):
-    """A watch as alerts name it: its id, words and the filters that say which products
-    fit it (a window keeps them for its follow-up)."""
+    """Of a watch: as alerts name it (its id, words and the filters that say which products
+    fit it; a window keeps it for its follow-up)."""
 
-    watch_id: str
-    terms: str
-    category: str | None = None
-    max_price: float | None = None
+    watch: AlertWatch
 
     @property
-    def watch(self) -> AlertWatch:
-        return AlertWatch(
-            id=self.watch_id, terms=self.terms, category=self.category, max_price=self.max_price
-        )
+    def watch_id(self) -> str:
+        return self.watch.id
 
 
 class OwnedCandidate(_Watched, frozen=True, kw_only=True):

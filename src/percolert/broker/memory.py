@@ -155,7 +155,7 @@ class MemoryBroker:
         self, key: tuple[str, str | None], window: _Window, now: float, due: list[Followup]
     ) -> None:
         """End a window: its follow-up is due if it folded anything, and the next starts."""
-        watch_id, owner = key
+        _, owner = key
         pending = window.pending
         if not pending:
             del self._windows[key]
@@ -163,10 +163,7 @@ class MemoryBroker:
         next_window = _Window(now + self._window, window.watch)
         due.append(
             Followup(
-                watch_id=watch_id,
-                terms=window.watch.terms,
-                category=window.watch.category,
-                max_price=window.watch.max_price,
+                watch=window.watch,
                 owner=owner,
                 events=pending,
                 not_alerted=frozenset(window.not_alerted),

@@ -714,13 +714,9 @@ class RedisBroker:
         self._open_windows = int(windows)
         followups = []
         for token, watch_id, owner, label, not_alerted, events in ended:
-            watch = _watch_of(_text(watch_id), label)
             followups.append(
                 Followup(
-                    watch_id=watch.id,
-                    terms=watch.terms,
-                    category=watch.category,
-                    max_price=watch.max_price,
+                    watch=_watch_of(_text(watch_id), label),
                     owner=_text(owner) or None,
                     events=[self._event(event) for event in events],
                     not_alerted=frozenset(_text(user) for user in not_alerted),

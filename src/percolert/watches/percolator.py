@@ -25,7 +25,7 @@ from elastic_transport import TransportError
 from elasticsearch import ApiError as ElasticsearchApiError
 from elasticsearch import AsyncElasticsearch
 
-from percolert.core.messages import ProductCard
+from percolert.core.messages import AlertWatch, ProductCard
 from percolert.core.text import TextNormalizer
 from percolert.engine.es import ElasticsearchProblem
 from percolert.watches.reachability import REACHABLE_FILTER
@@ -114,6 +114,13 @@ class Match(msgspec.Struct, frozen=True, kw_only=True, gc=False):
     owner: str | None  # None: a default watch, for everyone
     max_price: float | None = None  # the watch's, if it has one
     category: str | None = None  # likewise
+
+    @property
+    def watch(self) -> AlertWatch:
+        """The watch as alerts name it."""
+        return AlertWatch(
+            id=self.watch_id, terms=self.terms, category=self.category, max_price=self.max_price
+        )
 
 
 # Hears of each percolated batch once: its searches with their matches (none for most), in
