@@ -22,8 +22,8 @@ import re
 _CONTROLS = "\x00-\x1f\x7f-\x9f"
 # Line and paragraph separators; bidi embeddings and overrides (U+202A-E), isolates (U+2066-9).
 _LAYOUT = "\u2028\u2029\u202a-\u202e\u2066-\u2069"
-# The character class a one-line value may not hold; `messages.Category` spells it out too
-# (a test holds the two equal).
+# The character class a one-line value may not hold; `messages.Category`'s pattern is built
+# from it.
 ONE_LINE_FORBIDDEN = _CONTROLS + _LAYOUT
 
 _ONE_LINE = re.compile(f"[{ONE_LINE_FORBIDDEN}]")

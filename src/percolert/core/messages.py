@@ -6,6 +6,8 @@ from typing import Annotated, Literal
 
 import msgspec
 
+from percolert.core.fields import ONE_LINE_FORBIDDEN
+
 
 class ErrorDetail(msgspec.Struct, frozen=True):
     code: str
@@ -69,8 +71,8 @@ Category = Annotated[
     msgspec.Meta(
         min_length=1,
         max_length=50,
-        # The characters `core.fields` refuses in a product's category (a test holds them equal).
-        pattern="^[^\x00-\x1f\x7f-\x9f\u2028\u2029\u202a-\u202e\u2066-\u2069]+$",
+        # The characters `core.fields` refuses in a product's category.
+        pattern=f"^[^{ONE_LINE_FORBIDDEN}]+$",
         description="no control characters, line or paragraph separators, bidi formatting",
     ),
 ]
