@@ -45,7 +45,6 @@ class Breadth:
         self._searches = 0
         self._matched: Counter[str] = Counter()
         self._paused: dict[str, float] = {}  # watch id -> until when
-        self.paused_total = 0
 
     def screen(
         self, found: list[tuple[SearchEvent, list[Match]]]
@@ -73,7 +72,6 @@ class Breadth:
                     continue
                 until = self._period_ends + self._period
                 self._paused[match.watch_id] = until
-                self.paused_total += 1
                 paused.append(BroadWatch(match=match, share=broad, until=until))
             screened.append((event, kept))
         return screened, paused
