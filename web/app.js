@@ -350,7 +350,6 @@ function connect() {
     const resume = lastSeq === null ? "" : `?after=${lastSeq}`;
     const socket = new WebSocket(`${scheme}://${location.host}/ws${resume}`);
     socket.addEventListener("open", () => {
-      setConnection("live", "Live");
       pinger = setInterval(() => socket.send(JSON.stringify({ type: "ping" })), 25000);
     });
     socket.addEventListener("message", (event) => {
@@ -359,7 +358,9 @@ function connect() {
       if (message.type === "hello") {
         // Connected for real only once greeted: a socket the server closes right after the
         // handshake (too many open tabs, say) keeps backing off.
+        // Live only then too: alerts stored before the greeting are listed in it, not sent.
         retryDelay = 1000;
+        setConnection("live", "Live");
         greet(message);
       } else if (message.type === "watches_changed") renderWatches(message.watches);
       else if (message.type === "alert") showAlert(message);
