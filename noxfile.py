@@ -52,8 +52,8 @@ def lint(session: nox.Session) -> None:
 
 
 def lint_checks(session: nox.Session) -> None:
-    session.run("ruff", "format", "--check", "src", "tests", "bench", "noxfile.py")
-    session.run("ruff", "check", "src", "tests", "bench", "noxfile.py")
+    session.run("ruff", "format", "--check", "src", "tests", "bench", "examples", "noxfile.py")
+    session.run("ruff", "check", "src", "tests", "bench", "examples", "noxfile.py")
     session.run("mypy")
     session.run("lint-imports")
 
@@ -69,6 +69,7 @@ def tests(session: nox.Session) -> None:
 # them. The rest of the suite does not depend on the broker (or runs on Redis already:
 # tests/broker, tests/cluster).
 ON_EITHER_BROKER = [
+    "tests/accounts",
     "tests/alerts",
     "tests/realtime",
     "tests/web",

@@ -92,17 +92,21 @@ class Socket:
 
 
 class Shopper:
-    """One browser: its own cookie jar, hence its own user."""
+    """One browser: its own cookie jar, hence its own user; with `token`, a shop's customer
+    logged in (the token on every request and socket, no session of its own)."""
 
-    def __init__(self, base_url: str) -> None:
+    def __init__(self, base_url: str, *, token: str | None = None) -> None:
         self.base_url = base_url
-        self.http = httpx.AsyncClient(base_url=base_url, timeout=15)
+        self.token = token
+        headers = {} if token is None else {"Authorization": f"Bearer {token}"}
+        self.http = httpx.AsyncClient(base_url=base_url, timeout=15, headers=headers)
         self.sockets: list[Socket] = []
 
     async def __aenter__(self) -> Shopper:
-        # As the page does before its first API call: the page itself starts no session.
-        response = await self.http.post("/api/session", json={})
-        response.raise_for_status()
+        if self.token is None:
+            # As the page does before its first API call: the page itself starts no session.
+            response = await self.http.post("/api/session", json={})
+            response.raise_for_status()
         return self
 
     async def __aexit__(self, *exc_info: object) -> None:
@@ -171,17 +175,23 @@ class Shopper:
         base_url: str | None = None,
     ) -> Socket:
         """Open the alert socket as the page would; the hello message is read off.
-        `base_url`: another instance of the same service (default: this shopper's)."""
+        `base_url`: another instance of the same service (default: this shopper's). With a
+        token, the socket authenticates by its first message (no cookie)."""
         base_url = base_url or self.base_url
         ws_url = base_url.replace("http://", "ws://") + "/ws"
+        query = [] if self.token is None else ["auth=token"]
         if after is not None:
-            ws_url += f"?after={after}"
-        connection = await connect(
-            ws_url,
-            origin=Origin(origin or base_url),
-            additional_headers={"Cookie": f"{COOKIE_NAME}={cookie or self.cookie}"},
-            open_timeout=10,
+            query.append(f"after={after}")
+        if query:
+            ws_url += "?" + "&".join(query)
+        headers = (
+            {} if self.token is not None else {"Cookie": f"{COOKIE_NAME}={cookie or self.cookie}"}
         )
+        connection = await connect(
+            ws_url, origin=Origin(origin or base_url), additional_headers=headers, open_timeout=10
+        )
+        if self.token is not None:
+            await connection.send(json.dumps({"type": "auth", "token": self.token}))
         socket = Socket(connection)
         self.sockets.append(socket)
         hello = await socket.receive()

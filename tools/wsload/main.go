@@ -6,6 +6,10 @@
 //	wsload subscribe SPEC.json RECORD.txt   # sockets; "<search> <epoch s> <seq>" per alert, as they come
 //	wsload search PLAN.json RESULT.txt      # "<rid> <sent epoch s> <ms> <status> <at>" per search
 //
+// A subscriber socket is a session's (its cookie) or, with the spec's `auth_tokens` file, a
+// shop account's: it opens `/ws?auth=token` and sends `{"type":"auth","token":...}` first
+// (bench/auth_storm.py).
+//
 // An alert names its search by when the search was made (`at`, to the microsecond: Percolert's
 // alerts carry no search text), which the search's answer gives too: the harness joins the two
 // files on it. The baseline's notification echoes the search's `rid` instead.
@@ -46,25 +50,88 @@ type subscribeSpec struct {
 	GreetTimeout float64 `json:"greet_timeout_s"`
 	// Dials refused or reset during the storm are retried this many times (backoff).
 	DialRetries int `json:"dial_retries"`
+	// A file of shop tokens (JWTs), one a line: socket i authenticates with line i (it
+	// opens URL?auth=token and its first message is the auth message; its greeting time
+	// includes that round). Without cookies, one socket per token; with them, as many.
+	AuthTokens string `json:"auth_tokens"`
+	// Sockets that fail (after their retries) are counted in the ready file rather than
+	// ending the run: a storm's failures are part of what it measures.
+	CountFailures bool `json:"count_failures"`
 }
 
-// connect dials one socket and, with spec.Hello, reads its hello within greetTimeout.
-// The handshake's duration is returned too.
-func connect(ctx context.Context, spec subscribeSpec, header http.Header, greetTimeout time.Duration) (*websocket.Conn, time.Duration, error) {
+// socketPlan is one socket to open: its URL, handshake headers and token ("" for none).
+type socketPlan struct {
+	url    string
+	header http.Header
+	token  string
+}
+
+// plans are the sockets `spec` asks for, in order.
+func plans(spec subscribeSpec) ([]socketPlan, error) {
+	var tokens []string
+	if spec.AuthTokens != "" {
+		raw, err := os.ReadFile(spec.AuthTokens)
+		if err != nil {
+			return nil, err
+		}
+		for _, line := range strings.Split(string(raw), "\n") {
+			if line = strings.TrimSpace(line); line != "" {
+				tokens = append(tokens, line)
+			}
+		}
+		if len(spec.Cookies) > 0 && len(tokens) != len(spec.Cookies) {
+			return nil, fmt.Errorf("%s: %d tokens for %d sockets", spec.AuthTokens, len(tokens), len(spec.Cookies))
+		}
+		if len(tokens) == 0 {
+			return nil, fmt.Errorf("%s: no tokens", spec.AuthTokens)
+		}
+	}
+	count := len(spec.Cookies)
+	if count == 0 {
+		count = len(tokens)
+	}
+	tokenURL := spec.URL + "?auth=token"
+	if strings.Contains(spec.URL, "?") {
+		tokenURL = spec.URL + "&auth=token"
+	}
+	sockets := make([]socketPlan, count)
+	for i := range sockets {
+		header := http.Header{"Origin": {spec.Origin}}
+		if i < len(spec.Cookies) && spec.Cookies[i] != nil {
+			header.Set("Cookie", "percolert_session="+*spec.Cookies[i])
+		}
+		sockets[i] = socketPlan{url: spec.URL, header: header}
+		if tokens != nil {
+			sockets[i].url, sockets[i].token = tokenURL, tokens[i]
+		}
+	}
+	return sockets, nil
+}
+
+// connect dials one socket, sends its auth message (a token socket's) and, with spec.Hello,
+// reads its hello: the auth message and the hello within greetTimeout. The handshake's
+// duration is returned too.
+func connect(ctx context.Context, spec subscribeSpec, socket socketPlan, greetTimeout time.Duration) (*websocket.Conn, time.Duration, error) {
 	started := time.Now()
 	dialCtx, dialCancel := context.WithTimeout(ctx, time.Minute)
-	conn, _, err := websocket.Dial(dialCtx, spec.URL, &websocket.DialOptions{HTTPHeader: header})
+	conn, _, err := websocket.Dial(dialCtx, socket.url, &websocket.DialOptions{HTTPHeader: socket.header})
 	dialCancel()
 	shook := time.Since(started)
 	if err != nil {
 		return nil, shook, err
 	}
 	conn.SetReadLimit(1 << 22)
+	greetCtx, greetCancel := context.WithTimeout(ctx, greetTimeout)
+	defer greetCancel()
+	if socket.token != "" {
+		auth, _ := json.Marshal(map[string]string{"type": "auth", "token": socket.token})
+		if err := conn.Write(greetCtx, websocket.MessageText, auth); err != nil {
+			conn.CloseNow()
+			return nil, shook, fmt.Errorf("auth message: %w", err)
+		}
+	}
 	if spec.Hello {
-		helloCtx, helloCancel := context.WithTimeout(ctx, greetTimeout)
-		_, _, err := conn.Read(helloCtx)
-		helloCancel()
-		if err != nil {
+		if _, _, err := conn.Read(greetCtx); err != nil {
 			conn.CloseNow()
 			return nil, shook, fmt.Errorf("no hello within %v: %w", greetTimeout, err)
 		}
@@ -80,7 +147,13 @@ type connectStats struct {
 	HandshakeMs    map[string]float64 `json:"handshake_ms"`
 	GreetMs        map[string]float64 `json:"greet_ms"`
 	GreetsOver1s   int                `json:"greets_over_1s"`
+	// With spec.CountFailures: sockets never greeted, and the first few reasons.
+	Failed int64    `json:"failed"`
+	Errors []string `json:"errors"`
 }
+
+// keptErrors bounds the reasons a ready file lists.
+const keptErrors = 5
 
 // percentiles of `values` (milliseconds), as the harness reports them.
 func percentiles(values []float64) map[string]float64 {
@@ -205,6 +278,10 @@ func subscribe(specPath, recordPath string) error {
 	if err := readJSON(specPath, &spec); err != nil {
 		return err
 	}
+	sockets, err := plans(spec)
+	if err != nil {
+		return err
+	}
 	ctx, cancel := signal.NotifyContext(context.Background(), syscall.SIGTERM, os.Interrupt)
 	defer cancel()
 
@@ -236,11 +313,12 @@ func subscribe(specPath, recordPath string) error {
 		}
 	}()
 	var greeted, failed atomic.Int64 // sockets greeted; sockets cut off while measuring
+	var settled atomic.Int64         // sockets greeted, or failed with CountFailures
 	allGreeted := make(chan struct{})
 	var once sync.Once
-	total := int64(len(spec.Cookies))
-	markGreeted := func() {
-		if greeted.Add(1) == total {
+	total := int64(len(sockets))
+	markSettled := func() {
+		if settled.Add(1) == total {
 			once.Do(func() { close(allGreeted) })
 		}
 	}
@@ -262,19 +340,16 @@ func subscribe(specPath, recordPath string) error {
 		defer ticker.Stop()
 		pace = ticker.C
 	}
-	dialErrors := make(chan error, len(spec.Cookies))
-	var retries atomic.Int64
+	dialErrors := make(chan error, len(sockets))
+	var retries, neverGreeted atomic.Int64
 	var timesMu sync.Mutex
-	handshakeMs := make([]float64, 0, len(spec.Cookies))
-	greetMs := make([]float64, 0, len(spec.Cookies))
+	handshakeMs := make([]float64, 0, len(sockets))
+	greetMs := make([]float64, 0, len(sockets))
+	var reasons []string // with CountFailures, under timesMu
 	began := time.Now()
 	var connectSeconds atomic.Int64 // microseconds until the last socket was greeted
 	var wg sync.WaitGroup
-	for _, cookie := range spec.Cookies {
-		header := http.Header{"Origin": {spec.Origin}}
-		if cookie != nil {
-			header.Set("Cookie", "percolert_session="+*cookie)
-		}
+	for _, socket := range sockets {
 		if pace != nil {
 			select {
 			case <-pace:
@@ -295,7 +370,7 @@ func subscribe(specPath, recordPath string) error {
 			started := time.Now()
 			for attempt := 0; ; attempt++ {
 				started = time.Now()
-				conn, shook, err = connect(ctx, spec, header, greetTimeout)
+				conn, shook, err = connect(ctx, spec, socket, greetTimeout)
 				if err == nil || attempt >= spec.DialRetries || ctx.Err() != nil {
 					break
 				}
@@ -304,18 +379,29 @@ func subscribe(specPath, recordPath string) error {
 			}
 			if err != nil {
 				<-gate
-				dialErrors <- err
+				if !spec.CountFailures {
+					dialErrors <- err
+					return
+				}
+				neverGreeted.Add(1)
+				timesMu.Lock()
+				if len(reasons) < keptErrors {
+					reasons = append(reasons, err.Error())
+				}
+				timesMu.Unlock()
+				markSettled()
 				return
 			}
 			defer conn.CloseNow()
 			<-gate
-			greeted := time.Since(started)
+			greetTime := time.Since(started)
 			timesMu.Lock()
 			handshakeMs = append(handshakeMs, float64(shook.Microseconds())/1000)
-			greetMs = append(greetMs, float64(greeted.Microseconds())/1000)
+			greetMs = append(greetMs, float64(greetTime.Microseconds())/1000)
 			timesMu.Unlock()
 			connectSeconds.Store(time.Since(began).Microseconds())
-			markGreeted()
+			greeted.Add(1)
+			markSettled()
 			var data bytes.Buffer // reused: one message at a time
 			for {
 				_, reader, err := conn.Reader(ctx)
@@ -355,6 +441,8 @@ func subscribe(specPath, recordPath string) error {
 		DialRetries:    retries.Load(),
 		HandshakeMs:    percentiles(handshakeMs),
 		GreetMs:        percentiles(append([]float64(nil), greetMs...)),
+		Failed:         neverGreeted.Load(),
+		Errors:         append([]string{}, reasons...),
 	}
 	for _, ms := range greetMs {
 		if ms > 1000 {

@@ -14,6 +14,10 @@ retention period.
 A session gets no sending that counts a search made before the session began: each
 sending is stored with the time of the earliest search it counts, and replay asks for
 sendings no older than the session.
+
+An erased user (`forget`) is taken out of the sendings not yet written, and for a while out
+of those appended later: they were in flight when the user was erased. What is stored is
+scrubbed by `alerts.personal`.
 """
 
 from __future__ import annotations
@@ -47,6 +51,12 @@ def epoch_ms(seconds: float) -> int:
     """Epoch seconds as whole epoch milliseconds (the precision Elasticsearch dates keep),
     rounded down."""
     return math.floor(seconds * 1000)
+
+
+# How long appended sendings are scrubbed of an erased user: longer than what was in flight
+# at the erasure takes to be numbered (a percolated batch, a window, a claimed follow-up,
+# the mirror of an instance that died, which a survivor writes once it is reaped).
+FORGET_SECONDS = 120.0
 
 
 def _session_ms(seconds: float) -> int:
@@ -104,6 +114,17 @@ class _Document(msgspec.Struct, gc=False):
             everyone=self.alert.everyone,
             excluded=self.excluded,
         )
+
+
+def watches_path(user: str) -> str:
+    """What a search fetches of a stored sending's watches to read `user`'s: their own (by
+    path, for ids that are plain path segments, as session and account ids are)."""
+    return f"alert.watches.{user}" if _PLAIN_ID.fullmatch(user) else "alert.watches"
+
+
+def record_from_source(source: dict[str, Any]) -> AlertRecord:
+    """A sending as the index stores it (its `_source`, or the part of it a search asked for)."""
+    return msgspec.convert(source, _Document).record()
 
 
 # Compatibility shim, removed in 0.2.0: by then every deployment has run `percolert setup`
@@ -168,6 +189,12 @@ class AlertLog:
         self.write_failures = 0
         self.rejected = 0  # sendings Elasticsearch refused for good, dropped
         self._mirror: Mirror | None = None
+        # Erased users, until when appended sendings are scrubbed of them (`forget`).
+        self._forgotten: dict[str, float] = {}
+        # Mirrored sendings dropped unwritten (they named only erased users).
+        self._unmirrored: list[int] = []
+        # Set when the write in flight is done.
+        self._written: anyio.Event | None = None
 
     def mirrored_by(self, mirror: Mirror) -> None:
         """Replay also reads what other instances have not yet written, and `mirror` hears
@@ -196,8 +223,49 @@ class AlertLog:
         return self._last_seq
 
     def append(self, record: AlertRecord) -> None:
+        if self._forgotten:
+            scrubbed = self._scrubbed(record)
+            if scrubbed is None:
+                return
+            record = scrubbed
         self._buffer.append(record)
         self._bound()
+
+    def forget(self, user: str) -> bool:
+        """`user` was erased: take them out of the sendings not yet written, and out of
+        those appended for the next `FORGET_SECONDS`. True if a write in flight names them
+        (once it is done, `until_written`, the stored log must be scrubbed again)."""
+        self._forgotten[user] = self._clock() + FORGET_SECONDS
+        kept = []
+        for record in self._buffer:
+            scrubbed = record.without(user)
+            if scrubbed is None:
+                self._unmirrored.append(record.seq)
+            else:
+                kept.append(scrubbed)
+        self._buffer = kept
+        return any(record.names(user) for record in self._writing)
+
+    def _scrubbed(self, record: AlertRecord) -> AlertRecord | None:
+        now = self._clock()
+        self._forgotten = {user: until for user, until in self._forgotten.items() if until > now}
+        for user in self._forgotten:
+            without = record.without(user)
+            if without is None:
+                self._unmirrored.append(record.seq)
+                return None
+            record = without
+        return record
+
+    def _scrub_all(self, records: list[AlertRecord]) -> list[AlertRecord]:
+        if not self._forgotten:
+            return records
+        return [scrubbed for record in records if (scrubbed := self._scrubbed(record))]
+
+    async def until_written(self) -> None:
+        """Return once the write in flight now, if any, is done (written or put back)."""
+        if self._writing and self._written is not None:
+            await self._written.wait()
 
     def _bound(self) -> None:
         excess = len(self._buffer) + len(self._writing) - self._max_buffered
@@ -222,11 +290,16 @@ class AlertLog:
         document itself) would be refused forever and hold up everything behind it: it is
         dropped, counted and logged.
         """
+        if self._unmirrored and self._mirror is not None:
+            # Never to be written: nothing else drops them from the mirror.
+            dropped, self._unmirrored = self._unmirrored, []
+            await self._mirror.written(dropped)
         if self._writing or not self._buffer:
             return  # one write at a time
         batch = self._buffer[: self._max_batch]
         del self._buffer[: len(batch)]
         self._writing = batch
+        written = self._written = anyio.Event()
         again = batch
         try:
             again = await self._write(batch)
@@ -240,10 +313,12 @@ class AlertLog:
                 "writing %d sendings to the alert log failed, will retry: %s", len(batch), error
             )
         finally:
-            # Also when cancelled: what was not written is written at the next flush.
+            # Also when cancelled: what was not written is written at the next flush (what
+            # it names of users erased meanwhile taken out).
             self._writing = []
-            self._buffer[:0] = again
+            self._buffer[:0] = self._scrub_all(again)
             self._bound()
+            written.set()
 
     async def _write(self, batch: list[AlertRecord]) -> list[AlertRecord]:
         """One bulk request, waiting until it is visible to search; returns the sendings to
@@ -271,6 +346,7 @@ class AlertLog:
         once: True when each is visible to search (or refused for good), False when some
         are to be written again later. Documents are keyed by `seq`: writing one that is
         already there changes nothing."""
+        records = self._scrub_all(records)
         for start in range(0, len(records), self._max_batch):
             try:
                 if await self._write(records[start : start + self._max_batch]):
@@ -378,7 +454,7 @@ class AlertLog:
         # A record lists every recipient's watch; only this user's is fetched (by path, so
         # only for ids that are plain path segments, as session ids are). In the body: a
         # user id is never part of a URL, which the client logs.
-        watches = f"alert.watches.{user}" if _PLAIN_ID.fullmatch(user) else "alert.watches"
+        watches = watches_path(user)
         session = {"range": {"at": {"gte": since_ms, "format": "epoch_millis"}}}
         response = await self._client.search(
             index=self._alias,

@@ -12,6 +12,7 @@ lease) come with it: docs/design/multi-instance.md, §3, §6 and §7.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Literal, NamedTuple, Protocol
 
 import msgspec
@@ -69,6 +70,14 @@ class SearchFold(msgspec.Struct, frozen=True, kw_only=True, gc=False):
     at: float
     searcher: str
     skip: frozenset[str] = frozenset()
+
+    def without(self, user: str) -> SearchFold:
+        """This search with `user` forgotten (erased): no longer its searcher (it still
+        counts for the window's owner, by nobody), nor among those it skips (no follow-up
+        is made for them)."""
+        return msgspec.structs.replace(
+            self, searcher="" if self.searcher == user else self.searcher, skip=self.skip - {user}
+        )
 
 
 class Followup(_Watched, frozen=True, kw_only=True):
@@ -135,6 +144,21 @@ class Sending(msgspec.Struct, frozen=True, kw_only=True, gc=False):
         )
 
 
+class UserErased(msgspec.Struct, frozen=True, kw_only=True):
+    """What a broker forgot of an erased user: their sockets it knew open (on every
+    instance), their own coalescing windows, and their searches folded into other users'
+    windows (kept for those users' counts, without who made them)."""
+
+    sockets: int = 0
+    windows: int = 0
+    searches: int = 0
+
+
+# Told, on each instance, of a user erased (after the user's sockets there were closed):
+# what the instance keeps of them beside the broker goes too (its unwritten alert log, say).
+ErasureListener = Callable[[str], None]
+
+
 class Broker(Protocol):
     @property
     def status(self) -> BrokerStatus:
@@ -189,6 +213,13 @@ class Broker(Protocol):
 
     async def notify_user(self, user: str, payload: str) -> None:
         """Send a ready-made message to every open socket of `user`."""
+        ...
+
+    async def erase_user(self, user: str) -> UserErased:
+        """Forget everything kept of `user` (their presence, their coalescing windows, their
+        searches in other users' windows: who made them) and close their sockets on every
+        instance (the hub's ACCOUNT_ERASED), each instance's erasure listener told. A shared
+        broker raises `BrokerUnavailable` while it cannot reach them all."""
         ...
 
     @property

@@ -19,11 +19,13 @@ from percolert.broker.base import (
     Asked,
     BrokerStatus,
     DefaultCandidate,
+    ErasureListener,
     Followup,
     Hits,
     OwnedCandidate,
     SearchFold,
     Sending,
+    UserErased,
 )
 from percolert.core.messages import AlertWatch
 from percolert.core.records import AlertRecord
@@ -67,7 +69,10 @@ class MemoryBroker:
         *,
         window_seconds: float,
         clock: Callable[[], float] = time.monotonic,
+        on_erased: ErasureListener | None = None,
     ) -> None:
+        self._hub = hub
+        self._on_erased = on_erased
         self._reachable = hub.reachable
         self._delivery = Delivery(hub)
         self._sink = sink
@@ -208,6 +213,24 @@ class MemoryBroker:
 
     async def notify_user(self, user: str, payload: str) -> None:
         self._delivery.deliver_user(user, payload)
+
+    async def erase_user(self, user: str) -> UserErased:
+        windows = searches = 0
+        for key, window in list(self._windows.items()):
+            if key[1] == user:
+                del self._windows[key]
+                windows += 1
+                continue
+            window.not_alerted.discard(user)
+            for index, fold in enumerate(window.pending):
+                if fold.searcher == user:
+                    searches += 1
+                if fold.searcher == user or user in fold.skip:
+                    window.pending[index] = fold.without(user)
+        sockets = self._hub.erase(user)
+        if self._on_erased is not None:
+            self._on_erased(user)
+        return UserErased(sockets=sockets, windows=windows, searches=searches)
 
     @property
     def open_windows(self) -> int:

@@ -29,6 +29,10 @@
   alert log has written it, so `/ws?after=` on any instance replays it meanwhile. The mirror
   of an instance reaped after SIGKILL is written to the log by a survivor (`P:orphans`,
   under a lease) and then deleted.
+- Erasure (an account erased): one script forgets the user's presence, windows and claims
+  and who made their searches in other windows (erase.lua), and tells every other instance
+  through its inbox (`x`), which closes the user's sockets there and tells its listener. An
+  inbox keeps nothing it has read for longer than a heartbeat.
 
 Not supported: Redis Cluster and Sentinel (key names are built inside the scripts, which pass
 no KEYS; the client follows no redirects).
@@ -62,12 +66,14 @@ from percolert.broker.base import (
     BrokerStatus,
     BrokerUnavailable,
     DefaultCandidate,
+    ErasureListener,
     Followup,
     Hits,
     OwnedCandidate,
     SearchFold,
     Sending,
     TooManySockets,
+    UserErased,
 )
 from percolert.core.exception_groups import first_error
 from percolert.core.locks import LocalLocks
@@ -182,6 +188,12 @@ def _text(value: bytes | str) -> str:
     return value.decode() if isinstance(value, bytes) else value
 
 
+def _after(entry_id: bytes) -> str:
+    """The stream id right after `entry_id` (`<ms>-<seq>`)."""
+    milliseconds, _, sequence = entry_id.decode().partition("-")
+    return f"{milliseconds}-{int(sequence or 0) + 1}"
+
+
 class RedisBroker:
     def __init__(
         self,
@@ -194,8 +206,10 @@ class RedisBroker:
         observer: BrokerMetrics | None = None,
         wall_clock: Callable[[], float] = time.time,
         resync_delay: float = RESYNC_DELAY_SECONDS,
+        on_erased: ErasureListener | None = None,
     ) -> None:
         self.instance_id = instance_id
+        self._on_erased = on_erased
         self._observer = observer or BrokerMetrics()
         # Fail fast and never retry (a script whose reply was lost may have run: running it
         # again would alert twice or lose a claimed follow-up), and never wait on a silent
@@ -236,6 +250,7 @@ class RedisBroker:
                 "notify",
                 "reassert",
                 "orphan",
+                "erase",
             )
         }
         self._sending_encoder = msgspec.msgpack.Encoder()
@@ -263,6 +278,8 @@ class RedisBroker:
         self._unregistered: set[str] = set()
         self._leaves_owed: set[str] = set()
         self._notify_owed: dict[str, str] = {}
+        # Erased users whose sockets here are closing: their closes record no departure.
+        self._erasing: set[str] = set()
         self._reasserting = False
         self._reassert_lock = anyio.Lock()  # the reader and the heartbeat may both resync
         self._presence_calls = 0
@@ -471,8 +488,10 @@ class RedisBroker:
             )
             pipe.hmget(f"{self._prefix}:meta", "epoch", "seq")
             # What this instance has read is needed by nobody: without this, an inbox keeps
-            # its last INBOX_BOUND entries (~0.5 GB at 100 searches/s, docs/benchmarks).
-            pipe.xtrim(self._inbox, minid=self._last_read.decode(), approximate=False)
+            # its last INBOX_BOUND entries (~0.5 GB at 100 searches/s, docs/benchmarks). The
+            # last one read goes too (it may name an erased user): reads resume after its id,
+            # which need not exist.
+            pipe.xtrim(self._inbox, minid=_after(self._last_read), approximate=False)
             with self._observer.round_trip("heartbeat"):
                 score, live, (epoch, seq), _trimmed = await pipe.execute()
         self._observer.instances(int(live))
@@ -570,6 +589,10 @@ class RedisBroker:
 
     def _receive(self, fields: dict[bytes, bytes]) -> None:
         self._observer.received()
+        erased = fields.get(b"x")
+        if erased is not None:
+            self._erase_here(erased.decode())
+            return
         user = fields.get(b"u")
         if user is not None:
             self._delivery.deliver_user(user.decode(), fields[b"p"].decode())
@@ -632,11 +655,14 @@ class RedisBroker:
         return max(self._last_seen, self._log_max)
 
     async def disconnected(self, user: str) -> None:
+        erased = user in self._erasing
+        if erased and not self._hub.connections(user):
+            self._erasing.discard(user)
         if self._up and not self._reasserting:
             self._presence_calls += 1
             recorded = False
             try:
-                await self._call("presence", self.instance_id, user, "0", "")
+                await self._call("presence", self.instance_id, user, "e" if erased else "0", "")
                 recorded = True
             except _REFUSED as error:
                 self._mark_down(error)
@@ -808,6 +834,30 @@ class RedisBroker:
         # latest list only: it replaces the ones before).
         self._delivery.deliver_user(user, payload)
         self._notify_owed[user] = payload
+
+    async def erase_user(self, user: str) -> UserErased:
+        if not self._up:
+            raise BrokerUnavailable("the erasure must reach every instance: Redis is away")
+        try:
+            sockets, windows, searches = await self._call(
+                "erase", INBOX_BOUND, self.instance_id, user
+            )
+        except _REFUSED as error:
+            self._mark_down(error)
+            raise BrokerUnavailable from error
+        self._erase_here(user)
+        return UserErased(sockets=int(sockets), windows=int(windows), searches=int(searches))
+
+    def _erase_here(self, user: str) -> None:
+        """Close the erased user's sockets here and forget what this instance keeps of them."""
+        self._unregistered.discard(user)
+        self._leaves_owed.discard(user)
+        self._notify_owed.pop(user, None)
+        if self._hub.connections(user):
+            self._erasing.add(user)
+        self._hub.erase(user)
+        if self._on_erased is not None:
+            self._on_erased(user)
 
     @property
     def open_windows(self) -> int:

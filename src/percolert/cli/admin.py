@@ -244,6 +244,8 @@ def _watch_store(client: AsyncElasticsearch, settings: Settings) -> WatchStore:
 
 def _describe_watch(owner: str | None, watch: Watch) -> str:
     conditions = [f'"{watch.terms}"' + (" (exact phrase)" if watch.phrase else "")]
+    if watch.sku is not None:
+        conditions = [f'product {watch.sku} "{watch.terms}"', f"on {' and '.join(watch.on or [])}"]
     if watch.category:
         conditions.append(f"category {watch.category}")
     if watch.max_price is not None:

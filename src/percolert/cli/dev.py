@@ -15,7 +15,7 @@ from percolert.cli.admin import cmd_watches, ingest, serve
 from percolert.cli.common import CliError, run_with_client, with_address
 from percolert.core import assets
 from percolert.core.settings import Settings
-from percolert.dev import demo, instances
+from percolert.dev import demo, instances, shop
 from percolert.dev.devnode import DevNode, DevNodeError
 from percolert.dev.localservice import LocalService, LocalServiceError
 from percolert.dev.redisnode import RedisNode
@@ -71,6 +71,13 @@ def cmd_up(settings: Settings, args: argparse.Namespace) -> int:
     the Redis this command started."""
     if args.instances < 1:
         raise CliError("--instances must be at least 1")
+    if args.shop:
+        if args.instances != 1:
+            raise CliError("--shop runs beside one instance: leave out --instances")
+        try:
+            shop.shop_script()
+        except shop.ShopUnavailable as error:
+            raise CliError(str(error)) from None
     with contextlib.ExitStack() as started:
         settings = with_address(
             settings, args, elasticsearch_url=started.enter_context(_cluster(settings, args))
@@ -91,6 +98,11 @@ def cmd_up(settings: Settings, args: argparse.Namespace) -> int:
         settings = msgspec.structs.replace(settings, admin_token=demo.admin_token(settings))
         _announce_admin_curl(settings, products)
         if args.instances == 1:
+            if args.shop:
+                settings = shop.with_shop(settings, args.shop_port)
+                url = started.enter_context(shop.running_shop(settings, args.shop_port))
+                own = f"http://{settings.host}:{settings.port}"
+                print(f"the example shop: {url} (log in there); Percolert's own page: {own}")
             with contextlib.suppress(KeyboardInterrupt):  # Ctrl-C is how the demo ends
                 serve(settings)
             return 0

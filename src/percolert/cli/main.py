@@ -95,6 +95,13 @@ def _parser() -> argparse.ArgumentParser:
             sub.add_argument("--node-port", type=int, default=9200, help="dev node HTTP port")
             sub.add_argument("--heap", default="512m", help="dev node JVM heap")
             sub.add_argument("--catalog", default=None, help="NDJSON to load (default: sample)")
+            sub.add_argument(
+                "--shop",
+                action="store_true",
+                help="also run the example shop (examples/shop/) on its own origin, whose "
+                "customers log in and get alerts through their accounts",
+            )
+            sub.add_argument("--shop-port", type=int, default=8001, help="the shop's port")
     return parser
 
 

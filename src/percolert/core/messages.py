@@ -79,17 +79,29 @@ Category = Annotated[
 MaxPrice = Annotated[float, msgspec.Meta(gt=0, le=10_000_000)]
 # What a watch alerts on: other shoppers' searches, catalog changes (products), or both.
 Notify = Literal["searches", "products", "both"]
+# A product's sku: its document id, so it reaches Elasticsearch's URL, where one of dots
+# only would name a path segment (`..`), not a document.
+Sku = Annotated[
+    str, msgspec.Meta(min_length=1, max_length=64, pattern=r"^(?!\.+$)[A-Za-z0-9._-]+$")
+]
+# The changes of its product a product watch alerts on: never `new` (the product exists).
+ProductWatchChange = Literal["back_in_stock", "price_drop"]
 
 
 class WatchSpec(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
-    """What a shopper sends to watch for: words, never query DSL. `notify` is a preference,
-    not part of what the watch means: two watches differing only in it are duplicates."""
+    """What a shopper sends to watch for: words (`terms`), never query DSL, or one product
+    (`sku`), exactly one of them ("" is no terms; the watches domain checks the rest).
+    `notify` is a preference, not part of what the watch means: two watches differing only
+    in it are duplicates. A product watch alerts of its product's changes `on` (both by
+    default; at or under `max_price`, if given), never of searches."""
 
-    terms: Terms
+    terms: Terms = ""
     phrase: bool = False
     category: Category | None = None
     max_price: MaxPrice | None = None
     notify: Notify = "both"
+    sku: Sku | None = None
+    on: Annotated[list[ProductWatchChange], msgspec.Meta(min_length=1)] | None = None
 
 
 class WatchUpdate(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
@@ -107,6 +119,10 @@ class Watch(msgspec.Struct, frozen=True, kw_only=True):
     is_default: bool = False
     created_at: str = ""
     notify: Notify = "both"
+    # A product watch's product and the changes it alerts on (its `terms`: the product's
+    # name when the watch was made); None for a watch of words.
+    sku: str | None = None
+    on: list[ProductWatchChange] | None = None
 
 
 class WatchList(msgspec.Struct, frozen=True):
@@ -115,6 +131,72 @@ class WatchList(msgspec.Struct, frozen=True):
 
 class Categories(msgspec.Struct, frozen=True):
     categories: list[str]
+
+
+# --- accounts ----------------------------------------------------------------------------
+
+
+class MergeReport(msgspec.Struct, frozen=True, kw_only=True):
+    """POST /api/me/merge: of the anonymous session's own watches, how many moved into the
+    account, were dropped as duplicates of the account's, or stay with the session: the
+    account is at its cap (`over_cap`), or refuses them now (`refused`: a category the
+    catalog no longer has, say)."""
+
+    moved: int = 0
+    duplicates: int = 0
+    over_cap: int = 0
+    refused: int = 0
+
+
+class Erased(msgspec.Struct, frozen=True, kw_only=True):
+    """What an erasure took away: documents of each index, the account's own coalescing
+    windows, and the sockets it had open (on every instance)."""
+
+    watches: int = 0
+    alerts: int = 0
+    product_alerts: int = 0
+    seen_marks: int = 0
+    product_notices: int = 0
+    windows: int = 0
+    sockets: int = 0
+
+
+class ErasureReport(msgspec.Struct, frozen=True):
+    """DELETE /api/admin/accounts/{id}."""
+
+    erased: Erased
+
+
+class ExportIdentity(msgspec.Struct, frozen=True, kw_only=True):
+    """Who the export is of: an anonymous session (and when it began) or a shop's account,
+    known here only by the user id derived from the shop's customer id."""
+
+    kind: Literal["anonymous", "account"]
+    user_id: str
+    session_started: str | None = None
+
+
+class ExportSeenMark(msgspec.Struct, frozen=True):
+    """Which product alerts were shown already: all at or below `upto` (less a window of
+    late arrivals), and those named in `shown` (alert id to position)."""
+
+    upto: int
+    shown: dict[str, int]
+
+
+class DataExport(msgspec.Struct, frozen=True, kw_only=True):
+    """GET /api/me/export: everything held of the caller. `alerts` are the alerts sent
+    through their own watches, `product_alerts` theirs; each list newest first and at most
+    `limit` long (`truncated` says whether one was cut)."""
+
+    exported_at: str
+    identity: ExportIdentity
+    watches: list[Watch]
+    alerts: list[Alert]
+    product_alerts: list[ProductAlert]
+    seen_mark: ExportSeenMark | None
+    limit: int
+    truncated: bool
 
 
 # --- WebSocket messages (server to client): one tagged union on "type" -------------------
@@ -135,6 +217,7 @@ class AlertWatch(msgspec.Struct, frozen=True, gc=False, omit_defaults=True):
     terms: str
     category: str | None = None
     max_price: float | None = None
+    sku: str | None = None  # a product watch's product
 
 
 class ProductCard(msgspec.Struct, frozen=True, kw_only=True, gc=False):
@@ -240,6 +323,13 @@ class Pong(ServerMessage, tag="pong", frozen=True):
     pass
 
 
+class TokenExpiring(ServerMessage, tag="token_expiring", frozen=True):
+    """The socket's token expires at `expires_at`: send a fresh one (an `auth` message for
+    the same account) before then, or the socket closes (4401)."""
+
+    expires_at: str
+
+
 # --- WebSocket messages (client to server) ------------------------------------------------
 
 
@@ -251,5 +341,16 @@ class Ping(ClientMessage, tag="ping", frozen=True):
     pass
 
 
+# A JWT: a few hundred bytes, a few thousand with many claims.
+TOKEN_MAX_LENGTH = 8192
+
+
+class Auth(ClientMessage, tag="auth", frozen=True):
+    """The shop's token for its customer: the first message of a socket opened with
+    `?auth=token`, and again whenever the server says it is expiring."""
+
+    token: Annotated[str, msgspec.Meta(min_length=1, max_length=TOKEN_MAX_LENGTH)]
+
+
 # Everything a client may send, decoded by one Decoder and dispatched with `match`.
-ClientMessages = Ping
+ClientMessages = Ping | Auth

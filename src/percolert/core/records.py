@@ -69,3 +69,18 @@ class AlertRecord(msgspec.Struct, frozen=True, kw_only=True, gc=False):  # see m
     def alert_for(self, user: str) -> Alert | None:
         watch = self.watch_for(user)
         return None if watch is None else self.alert(watch)
+
+    def names(self, user: str) -> bool:
+        """Whether the sending names `user`: as a recipient, or as excluded from everyone."""
+        return user in self.watches or user in self.excluded
+
+    def without(self, user: str) -> AlertRecord | None:
+        """The sending with `user` taken out (their account was erased); None when it was
+        theirs alone."""
+        if not self.names(user):
+            return self
+        watches = {recipient: w for recipient, w in self.watches.items() if recipient != user}
+        if not watches and self.everyone is None:
+            return None
+        excluded = tuple(other for other in self.excluded if other != user)
+        return msgspec.structs.replace(self, watches=watches, excluded=excluded)

@@ -61,8 +61,32 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     log_format: str = "json"
     # Signs session cookies. Unset: a random one is generated once per state directory.
     secret: str | None = None
-    # Origins, besides the server's own, whose pages may open the WebSocket.
+    # Origins, besides the server's own, whose pages may use the API (CORS) and open the
+    # WebSocket: the shop's storefronts.
     allowed_origins: tuple[str, ...] = ()
+    # Who may frame the page (CSP frame-ancestors): 'none' unless the shop embeds it.
+    frame_ancestors: tuple[str, ...] = ()
+    # Shop accounts: the shop vouches for its customer with a JWT, signed with this shared
+    # secret (HS256) or with a key of the shop's JWKS (RS256/ES256, chosen by `kid`).
+    # Neither set: anonymous sessions only.
+    jwt_secret: str | None = None
+    jwks_url: str | None = None
+    # The JWKS may be served over plain http (development only).
+    jwks_allow_http: bool = False
+    # How often the JWKS is read again; a token naming an unknown `kid` reads it at once, up
+    # to `jwks_reads_per_minute` times a minute. An outage keeps the keys read last.
+    jwks_refresh_seconds: float = 300.0
+    jwks_reads_per_minute: int = 10
+    # Checked when set: the token's `aud` must include it, its `iss` must equal it.
+    jwt_audience: str | None = None
+    jwt_issuer: str | None = None
+    # Clock skew allowed on `exp`, `nbf` and `iat`.
+    jwt_leeway_seconds: float = 30.0
+    # A socket authenticating with a token sends it within this long of the handshake.
+    socket_auth_timeout_seconds: float = 5.0
+    # A socket's token is asked for again this long before it expires (or halfway through
+    # its remaining life, if sooner).
+    token_refresh_ahead_seconds: float = 60.0
     # Mark the session cookie Secure (set when served over https, e.g. behind a proxy).
     secure_cookies: bool = False
     max_watches_per_user: int = 50
@@ -157,6 +181,11 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     # How often each server looks for new product alerts to deliver to its open sockets
     # (alerts written by another process: `percolert ingest`, another instance).
     product_alert_poll_seconds: float = 1.0
+
+    @property
+    def accounts(self) -> bool:
+        """Whether shops' tokens are accepted (a key to check them is configured)."""
+        return self.jwt_secret is not None or self.jwks_url is not None
 
     @property
     def percolate_seconds(self) -> float:
@@ -289,6 +318,36 @@ def _proxies(environ: Mapping[str, str], name: str) -> tuple[str, ...]:
     return tuple(proxies)
 
 
+# HS256 keys shorter than SHA-256's output weaken the MAC (RFC 7518 §3.2).
+_MIN_JWT_SECRET = 32
+
+
+def _token_keys(environ: Mapping[str, str]) -> tuple[str | None, str | None, bool]:
+    """PERCOLERT_JWT_SECRET, PERCOLERT_JWKS_URL (one or neither) and whether the JWKS may
+    come over plain http."""
+    secret = _optional(environ, "PERCOLERT_JWT_SECRET")
+    url = _optional(environ, "PERCOLERT_JWKS_URL")
+    allow_http = _flag(environ, "PERCOLERT_JWKS_ALLOW_HTTP", False)
+    if secret is not None and url is not None:
+        raise SettingsError(
+            "set PERCOLERT_JWT_SECRET (HS256) or PERCOLERT_JWKS_URL (RS256/ES256), not both: "
+            "a deployment that accepts both lets a public key be used as a shared secret"
+        )
+    if secret is not None and len(secret.encode()) < _MIN_JWT_SECRET:
+        raise SettingsError(
+            f"PERCOLERT_JWT_SECRET must be at least {_MIN_JWT_SECRET} bytes (a random secret, "
+            "e.g. `openssl rand -hex 32`)"
+        )
+    if url is not None:
+        scheme = url.split("://", 1)[0].lower() if "://" in url else ""
+        if scheme not in ("https", "http") or (scheme == "http" and not allow_http):
+            raise SettingsError(
+                f"PERCOLERT_JWKS_URL must be an https:// URL, got {url!r} (plain http only "
+                "with PERCOLERT_JWKS_ALLOW_HTTP=true, for development)"
+            )
+    return secret, url, allow_http
+
+
 def from_environment(
     environ: Mapping[str, str] | None = None,
     *,
@@ -334,6 +393,7 @@ def from_environment(
         raise SettingsError(
             f"PERCOLERT_REDIS_URL must start with redis://, rediss:// or unix://, got {redis_url!r}"
         )
+    jwt_secret, jwks_url, jwks_allow_http = _token_keys(env)
     settings = Settings(
         elasticsearch_url=url.rstrip("/"),
         elasticsearch_api_key=_optional(env, "ELASTICSEARCH_API_KEY"),
@@ -363,7 +423,36 @@ def from_environment(
         log_format=_choice(env, "PERCOLERT_LOG_FORMAT", ("json", "text"), default.log_format),
         secret=_optional(env, "PERCOLERT_SECRET"),
         allowed_origins=_origins(env, "PERCOLERT_ALLOWED_ORIGINS"),
+        frame_ancestors=_origins(env, "PERCOLERT_FRAME_ANCESTORS"),
         secure_cookies=_flag(env, "PERCOLERT_SECURE_COOKIES", default.secure_cookies),
+        jwt_secret=jwt_secret,
+        jwks_url=jwks_url,
+        jwks_allow_http=jwks_allow_http,
+        jwks_refresh_seconds=_number(
+            env, "PERCOLERT_JWKS_REFRESH_SECONDS", default.jwks_refresh_seconds, minimum=1
+        ),
+        jwks_reads_per_minute=int(
+            _number(
+                env, "PERCOLERT_JWKS_READS_PER_MINUTE", default.jwks_reads_per_minute, minimum=1
+            )
+        ),
+        jwt_audience=_optional(env, "PERCOLERT_JWT_AUDIENCE"),
+        jwt_issuer=_optional(env, "PERCOLERT_JWT_ISSUER"),
+        jwt_leeway_seconds=_number(
+            env, "PERCOLERT_JWT_LEEWAY_SECONDS", default.jwt_leeway_seconds, minimum=0
+        ),
+        socket_auth_timeout_seconds=_number(
+            env,
+            "PERCOLERT_SOCKET_AUTH_TIMEOUT_SECONDS",
+            default.socket_auth_timeout_seconds,
+            minimum=0.1,
+        ),
+        token_refresh_ahead_seconds=_number(
+            env,
+            "PERCOLERT_TOKEN_REFRESH_AHEAD_SECONDS",
+            default.token_refresh_ahead_seconds,
+            minimum=0,
+        ),
         max_watches_per_user=int(
             _number(env, "PERCOLERT_MAX_WATCHES_PER_USER", default.max_watches_per_user, minimum=1)
         ),

@@ -11,7 +11,7 @@ from __future__ import annotations
 import asyncio
 import re
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any, Literal, overload
 
 import elasticsearch
@@ -30,6 +30,7 @@ from elastic_transport import (
 from elastic_transport._node import NodeApiResponse  # exported by no public module
 from elastic_transport.client_utils import DEFAULT, DefaultType
 from elasticsearch import AsyncElasticsearch
+from elasticsearch.helpers import async_scan
 
 from percolert.core.settings import Settings
 
@@ -159,6 +160,105 @@ async def delete_older(client: AsyncElasticsearch, index: str, cutoff: str) -> N
         conflicts="proceed",
         wait_for_completion=True,
     )
+
+
+# A change by query meeting documents that changed meanwhile tries them again this often.
+_BY_QUERY_ATTEMPTS = 5
+# Documents read, and written back, per request of a rewrite.
+_REWRITE_PAGE = 1000
+
+# A document's new source, or None to delete it; returning the source unchanged leaves it.
+Rewrite = Callable[[dict[str, Any]], dict[str, Any] | None]
+
+
+async def delete_matching(
+    client: AsyncElasticsearch, index: str, query: dict[str, Any], *, request_timeout: float
+) -> int:
+    """Delete the documents of `index` matching `query`, visible to search when this
+    returns; documents changed meanwhile (a version conflict) are tried again. Returns how
+    many were deleted; ElasticsearchProblem when some still were not, or were refused."""
+    deleted = 0
+    scoped = client.options(request_timeout=request_timeout)
+    for _ in range(_BY_QUERY_ATTEMPTS):
+        response = await scoped.delete_by_query(
+            index=index, query=query, conflicts="proceed", refresh=True
+        )
+        deleted += int(response.get("deleted", 0))
+        if response.get("failures"):
+            raise ElasticsearchProblem(f"{index}: deletion refused: {response['failures'][0]}")
+        if not response.get("version_conflicts"):
+            return deleted
+    raise ElasticsearchProblem(f"{index}: documents kept changing meanwhile; try again")
+
+
+async def rewrite_matching(
+    client: AsyncElasticsearch,
+    index: str,
+    query: dict[str, Any],
+    rewrite: Rewrite,
+    *,
+    request_timeout: float,
+) -> int:
+    """Rewrite each document of `index` matching `query` as `rewrite` says (in Python rather
+    than a script: a cluster may run without a scripting language, as the dev node does),
+    each write conditional on the document being as it was read; one changed meanwhile is
+    read again. Visible to search when this returns; returns how many documents were
+    rewritten or deleted. ElasticsearchProblem when some still were not, or were refused."""
+    changed = 0
+    scoped = client.options(request_timeout=request_timeout)
+    for _ in range(_BY_QUERY_ATTEMPTS):
+        operations: list[dict[str, Any]] = []
+        conflicts = 0
+        async for hit in async_scan(
+            scoped,
+            index=index,
+            query={"query": query},
+            size=_REWRITE_PAGE,
+            seq_no_primary_term=True,
+        ):
+            source = hit["_source"]
+            rewritten = rewrite(source)
+            if rewritten == source:
+                continue
+            target = {
+                "_index": hit["_index"],
+                "_id": hit["_id"],
+                "if_seq_no": hit["_seq_no"],
+                "if_primary_term": hit["_primary_term"],
+            }
+            if rewritten is None:
+                operations.append({"delete": target})
+            else:
+                operations += [{"index": target}, rewritten]
+            if len(operations) >= 2 * _REWRITE_PAGE:
+                done, conflicted = await _write_conditionally(scoped, index, operations)
+                changed, conflicts, operations = changed + done, conflicts + conflicted, []
+        if operations:
+            done, conflicted = await _write_conditionally(scoped, index, operations)
+            changed, conflicts = changed + done, conflicts + conflicted
+        await scoped.indices.refresh(index=index)
+        if not conflicts:
+            return changed
+    raise ElasticsearchProblem(f"{index}: documents kept changing meanwhile; try again")
+
+
+async def _write_conditionally(
+    client: AsyncElasticsearch, index: str, operations: list[dict[str, Any]]
+) -> tuple[int, int]:
+    """One bulk request of conditional writes: how many were done, and how many found
+    their document changed (or gone) meanwhile."""
+    response = await client.bulk(operations=operations)
+    done = conflicts = 0
+    for item in response["items"]:
+        [(action, result)] = item.items()
+        status = int(result.get("status", 0))
+        if status < 300 or (action == "delete" and status == 404):
+            done += status < 300
+        elif status == 409:
+            conflicts += 1
+        else:
+            raise ElasticsearchProblem(f"{index}: a rewrite was refused: {result.get('error')}")
+    return done, conflicts
 
 
 class _RawJson(JsonSerializer):

@@ -20,14 +20,9 @@ from elasticsearch.helpers import async_streaming_bulk
 
 from percolert.core.cached import Cached
 from percolert.core.fields import ONE_LINE_FORBIDDEN, text_problem
-from percolert.core.messages import ProductChange
+from percolert.core.messages import ProductChange, Sku
 from percolert.core.ndjson import BadLine, read_lines
 
-# A sku is the product's document id, and reaches Elasticsearch's URL (a deletion): one of
-# dots only would name a path segment (`..`), not a document.
-Sku = Annotated[
-    str, msgspec.Meta(min_length=1, max_length=64, pattern=r"^(?!\.+$)[A-Za-z0-9._-]+$")
-]
 Name = Annotated[str, msgspec.Meta(min_length=1, max_length=300)]
 Label = Annotated[str, msgspec.Meta(min_length=1, max_length=100)]
 Price = Annotated[float, msgspec.Meta(ge=0, le=10_000_000)]
@@ -241,6 +236,18 @@ async def remove_product(client: AsyncElasticsearch, index: str, sku: str) -> bo
             raise
         return False
     return True
+
+
+async def product_name(client: AsyncElasticsearch, index: str, sku: str) -> str | None:
+    """The name of the product with `sku` (sold out or not); None if the catalog has none.
+    `sku` must be a `Sku`: it reaches Elasticsearch's URL."""
+    try:
+        found = await client.get(index=index, id=sku, source_includes=["product_name"])
+    except elasticsearch.NotFoundError as error:
+        if error.error == "index_not_found_exception":
+            raise
+        return None
+    return str(found["_source"]["product_name"])
 
 
 # More categories than a shop's filter would list; a watch's category is checked against them.

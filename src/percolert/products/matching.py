@@ -9,7 +9,9 @@ changes with `run.changed(...)`; the alerts are written when the block ends.
 Who hears of a change:
 - The stored query decides the words (every one in the product's text, fields apart for a
   phrase), the category and `max_price`; the audience filter keeps default watches and
-  watches that notify of searches only out.
+  watches that notify of searches only out. A product watch's query decides the product
+  (its sku, whatever the words) and the changes it is on (watches/product_watch.py); the
+  rules below apply to it as to any watch.
 - A `price_drop` reaches a watch without `max_price` only when it is at least
   `price_drop_min_percent` of the previous price (a watch with one: the query already
   wants the new price at or under it).
@@ -53,7 +55,7 @@ from elasticsearch import ApiError as ElasticsearchApiError
 from elasticsearch import AsyncElasticsearch
 
 from percolert.core.exception_groups import first_error
-from percolert.core.messages import AlertWatch, ProductAlert, ProductCard
+from percolert.core.messages import AlertWatch, ProductAlert, ProductCard, ProductChange
 from percolert.core.settings import Settings
 from percolert.core.times import iso_from_seconds, seconds_from_iso
 from percolert.engine import es, indices
@@ -86,13 +88,21 @@ NOTICES_HELD = 10_000
 PRUNE_SECONDS = 600.0
 
 
-def product_event(product: Product, at: float) -> SearchEvent:
+def product_event(product: Product, at: float, change: ProductChange | None = None) -> SearchEvent:
     """A product as the percolator sees a search: its text (fields kept apart) and what
-    was "found": its category at its price."""
+    was "found": its category at its price; and, for product watches, its sku and `change`
+    (without one, no product watch matches)."""
     text = FIELD_SEPARATOR.join(
         (product.product_name, product.brand, product.category, product.description)
     )
-    return SearchEvent(text=text, searcher="", found=((product.category, product.price),), at=at)
+    return SearchEvent(
+        text=text,
+        searcher="",
+        found=((product.category, product.price),),
+        at=at,
+        sku=product.sku,
+        change=change,
+    )
 
 
 def product_card(change: CatalogChange) -> ProductCard:
@@ -176,7 +186,7 @@ class _Digest:
 
     def __init__(self, owner: str, match: Match, first: CatalogChange) -> None:
         self.owner = owner
-        self.watch = AlertWatch(id=match.watch_id, terms=match.terms)
+        self.watch = AlertWatch(id=match.watch_id, terms=match.terms, sku=match.sku)
         self.first = first
         self.more: list[CatalogChange] = []
         self.total = 1
@@ -354,7 +364,7 @@ class ProductAlerting:
 
     async def percolate(self, changes: list[CatalogChange]) -> list[list[Match]]:
         now = self.clock()
-        events = [product_event(change.product, now) for change in changes]
+        events = [product_event(change.product, now, change.change) for change in changes]
         found = await self._percolator.percolate(events, audience="products")
         self.changes_percolated += len(changes)
         return found

@@ -25,12 +25,15 @@ POLICY_VIOLATION = 1008  # no valid session, foreign origin, or a malformed mess
 UNSUPPORTED_DATA = 1003  # a binary frame where only JSON text is accepted
 SLOW_CLIENT = 1013  # "try again later": the client fell too far behind
 SERVICE_RESTART = 1012  # resync: the page reconnects with `after=` and replays from the log
+# Private use (4000-4999), in the HTTP status's spirit: 410 Gone. The shop erased the account
+# (its data is gone); terminal: a page must not reconnect with the same token.
+ACCOUNT_ERASED = 4410
 
 # A cut no position reaches: a socket waiting for its resync takes no alert live.
 _NO_LIVE_ALERTS = 2**63
 
-# Open pages reconnect within this long of a restart (web/app.js backs off to at most 30 s,
-# with jitter); until then every watch owner counts as reachable.
+# Open pages reconnect within this long of a restart (the SDK, web/sdk/percolert.js, backs
+# off to at most 30 s, with jitter); until then every watch owner counts as reachable.
 RESTART_WINDOW_SECONDS = 60.0
 
 
@@ -62,6 +65,7 @@ class Connection:
         "_wakeup",
         "_write_frame",
         "cut",
+        "ended",
         "finished",
         "overflowed",
         "resynced",
@@ -94,6 +98,8 @@ class Connection:
         self._readable = False
         self.overflowed = False
         self.finished = False
+        # Set when the server ends the socket for a reason of its own: (close code, reason).
+        self.ended: tuple[int, str] | None = None
         self._closed = False
         self._cancel_scope: anyio.CancelScope | None = None
         # Alerts numbered up to `cut` are the greeting's (replayed from the log); only later
@@ -163,6 +169,13 @@ class Connection:
         self.resynced = True
         self.finish()
 
+    def end(self, code: int, reason: str) -> None:
+        """Close the socket with `code` and `reason` (the first given, if ended twice): what
+        is queued is dropped, and so is anything offered later."""
+        if self.ended is None:
+            self.ended = (code, reason)
+        self.close()
+
     def close(self) -> None:
         """Drop what is queued; later offers are refused."""
         self._closed = True
@@ -223,6 +236,8 @@ class Hub:
         self._clock = clock
         # When each recently connected user's last socket closed.
         self._left_at: dict[str, float] = {}
+        # Erased users whose sockets are closing: they leave no departure behind.
+        self._erased: set[str] = set()
         self._next_forget = clock() + grace_seconds
         # Until then, anyone may be reconnecting: after a restart every open page does.
         self._everyone_until = clock() + min(grace_seconds, RESTART_WINDOW_SECONDS)
@@ -248,7 +263,10 @@ class Hub:
             self._sockets -= 1
             if not connections:
                 del self._by_user[connection.user]
-                self._left_at[connection.user] = self._clock()
+                if connection.user in self._erased:
+                    self._erased.discard(connection.user)
+                else:
+                    self._left_at[connection.user] = self._clock()
                 self._forget_long_gone()
 
     def reachable(self, user: str) -> bool:
@@ -271,6 +289,18 @@ class Hub:
         cutoff = now - self._grace
         for user in [user for user, left in self._left_at.items() if left < cutoff]:
             del self._left_at[user]
+
+    def erase(self, user: str) -> int:
+        """The user's account was erased: close their sockets here (ACCOUNT_ERASED) and
+        forget that they were here (they are not reachable through the grace period);
+        returns how many sockets were closed."""
+        self._left_at.pop(user, None)
+        connections = tuple(self._by_user.get(user, ()))
+        if connections:
+            self._erased.add(user)
+        for connection in connections:
+            connection.end(ACCOUNT_ERASED, "account erased")
+        return len(connections)
 
     def users(self) -> Collection[str]:
         return self._by_user.keys()

@@ -25,7 +25,9 @@ def upgrade_watch(
     made before `notify` alerts on both, and its max price is a doc value too (v5). An owned
     watch is leased as reachable from the migration on (v6), so that nobody within the
     reconnect grace misses a search alert at the upgrade; owners who stay away drop out of
-    search percolation when it ends. Its category is a doc value (v7), for what alerts show."""
+    search percolation when it ends. Its category is a doc value (v7), for what alerts show.
+    Product watches (v8) came after all of these: no older watch is one, and a later
+    migration builds a product watch's query again from its spec (`upgrade_query`)."""
     if source.get("owner") is not None:
         source.setdefault("reachable_until", reachability.lease_until(lease_seconds))
     source.setdefault("terms", source["spec"]["terms"])

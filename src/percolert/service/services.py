@@ -11,6 +11,7 @@ import anyio
 import msgspec
 from elasticsearch import AsyncElasticsearch
 
+from percolert.accounts.erasure import Erasure
 from percolert.alerts.breadth import Breadth
 from percolert.alerts.dispatch import AlertDispatcher
 from percolert.alerts.log import AlertLog
@@ -59,6 +60,8 @@ class State(TypedDict):
     readiness: ClusterReadiness
     # Open while the cluster is known to hang: the API answers 503 at once.
     cluster: Breaker
+    # Accounts erased at the shop's request (here, and what erasures elsewhere leave here).
+    erasure: Erasure
 
 
 def encode_message(message: ServerMessage) -> str:
@@ -121,7 +124,10 @@ class Services:
         self.broker: Broker
         if settings.redis_url is None:
             self.broker = MemoryBroker(
-                hub, self.alert_log, window_seconds=settings.coalesce_seconds
+                hub,
+                self.alert_log,
+                window_seconds=settings.coalesce_seconds,
+                on_erased=self._erased_here,
             )
         else:
             self.shared = self.broker = RedisBroker(
@@ -131,6 +137,7 @@ class Services:
                 url=settings.redis_url,
                 instance_id=settings.instance_id or default_instance_id(settings),
                 observer=metrics.broker(),
+                on_erased=self._erased_here,
             )
             self.alert_log.mirrored_by(self.shared)
         self.dispatcher = AlertDispatcher(
@@ -146,6 +153,7 @@ class Services:
         self.reachability = Leases(
             client, indices.alias_for(settings, "watches"), settings, hub.users
         )
+        self.erasure = Erasure(client, settings, self.broker, self.alert_log, self.reachability)
         self.percolator = percolator_type(
             percolation_client or client,
             indices.alias_for(settings, "watches"),
@@ -165,6 +173,9 @@ class Services:
             known_categories=catalog.CategoryCache(
                 client, indices.alias_for(settings, "products")
             ).names,
+            product_name=partial(
+                catalog.product_name, client, indices.alias_for(settings, "products")
+            ),
             lease_seconds=lease_seconds(settings),
             # With several instances, one owner's adds are held apart across all of them.
             owner_lock=(None if self.shared is None else partial(_watch_lock, self.shared)),
@@ -229,6 +240,7 @@ class Services:
                     services.background.start(group, "event_loop_lag", metrics.watch_event_loop)
                     services.background.start(group, "product_feed", services.product_feed.run)
                     services.background.start(group, "reachability", services.reachability.run)
+                    services.background.start(group, "erasure", services.erasure.run)
                     services.background.start(
                         group, "cluster_probe", lambda: services.cluster.run(services.probe_cluster)
                     )
@@ -249,6 +261,10 @@ class Services:
             indices.alias_for(self.settings, "products"),
             request_timeout=min(1.0, self.settings.elasticsearch_timeout),
         )
+
+    def _erased_here(self, user: str) -> None:
+        # The broker's listener, set before the erasure exists: called only while running.
+        self.erasure.erased_here(user)
 
     def _count_restart(self, loop: str) -> None:
         self.metrics.background_restarts.labels(loop).inc()
@@ -271,6 +287,7 @@ class Services:
             "reachability": self.reachability,
             "readiness": self.readiness,
             "cluster": self.cluster,
+            "erasure": self.erasure,
         }
 
     def readings(self) -> dict[str, float]:

@@ -25,9 +25,10 @@ from elastic_transport import TransportError
 from elasticsearch import ApiError as ElasticsearchApiError
 from elasticsearch import AsyncElasticsearch
 
-from percolert.core.messages import AlertWatch, ProductCard
+from percolert.core.messages import AlertWatch, ProductCard, ProductChange
 from percolert.core.text import TextNormalizer
 from percolert.engine.es import ElasticsearchProblem
+from percolert.watches import product_watch
 from percolert.watches.reachability import REACHABLE_FILTER
 from percolert.watches.store import category_price
 
@@ -65,6 +66,10 @@ _MATCHES = {
         }
     }
 }
+# A catalog change's matches also say which watches are product watches, and of what
+# product (alerts name it). Searches never match one (product_watch.py), so their
+# percolation does without this source.
+_SKU_SOURCE = {"sku": {"terms": {"field": "sku", "missing_bucket": True}}}
 
 # Whose alerts a percolation is for. Searches reach watches that notify of searches (default
 # watches included); catalog changes only shoppers' own watches that notify of products (a
@@ -99,6 +104,10 @@ class SearchEvent(msgspec.Struct, frozen=True, kw_only=True):
     at: float = 0.0  # time.time() of the search
     # What alerts about it may show: products it found (never its text).
     products: tuple[ProductCard, ...] = ()
+    # A catalog change's product and what changed (product watches match on them); never
+    # a search's.
+    sku: str | None = None
+    change: ProductChange | None = None
 
 
 # The structs a percolate response is decoded into are not tracked by the garbage
@@ -114,12 +123,17 @@ class Match(msgspec.Struct, frozen=True, kw_only=True, gc=False):
     owner: str | None  # None: a default watch, for everyone
     max_price: float | None = None  # the watch's, if it has one
     category: str | None = None  # likewise
+    sku: str | None = None  # a product watch's product (read for catalog changes only)
 
     @property
     def watch(self) -> AlertWatch:
         """The watch as alerts name it."""
         return AlertWatch(
-            id=self.watch_id, terms=self.terms, category=self.category, max_price=self.max_price
+            id=self.watch_id,
+            terms=self.terms,
+            category=self.category,
+            max_price=self.max_price,
+            sku=self.sku,
         )
 
 
@@ -254,6 +268,10 @@ class Percolator:
         if prices:
             document["min_price"] = min(prices.values())
             document["category_prices"] = [category_price(*found) for found in prices.items()]
+        if event.sku is not None:
+            document[product_watch.SKU_FIELD] = event.sku
+            if event.change is not None:
+                document[product_watch.CHANGE_FIELD] = event.change
         return document
 
     async def run(self) -> None:
@@ -376,7 +394,12 @@ class Percolator:
         leased = self._leases_hold is None or self._leases_hold()
         filters = (self._filters if leased else self._every_watch)[audience]
         for number, document in enumerate(documents):
-            composite = {**_MATCHES["matches"]["composite"], "size": self._max_matches}
+            composite: dict[str, Any] = {
+                **_MATCHES["matches"]["composite"],
+                "size": self._max_matches,
+            }
+            if audience == "products":
+                composite["sources"] = [*composite["sources"], _SKU_SOURCE]
             if after is not None and after[number] is not None:
                 composite["after"] = after[number]
             aggregations = {"matches": {"composite": composite}}

@@ -134,6 +134,13 @@ class Leases:
         with anyio.move_on_after(self._wait):
             await flushed.wait()
 
+    def forget(self, user: str) -> None:
+        """`user` was erased (their watches, leases in them, are deleted): nothing is kept of
+        them here, and nothing is retried for them."""
+        self._known.pop(user, None)
+        self._unleased.pop(user, None)
+        self._arriving.discard(user)
+
     async def run(self) -> None:
         """Flush arrivals and renew held users' leases, until cancelled."""
         async with anyio.create_task_group() as tasks:

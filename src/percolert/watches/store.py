@@ -10,6 +10,9 @@ price. The percolated document carries, per category found, its lowest price as 
 `<category>\x1f<cents, 10 digits>`; with fixed-width digits, keyword order is price order, so
 the watch is one `range` over its category's keywords. (A nested document per category would
 say the same, but makes every percolation index several Lucene documents.)
+
+A watch may instead name one product by its `sku` (product_watch.py): it is made here too,
+once its product is found in the catalog, and its name becomes the watch's `terms`.
 """
 
 from __future__ import annotations
@@ -27,11 +30,17 @@ import msgspec
 from elasticsearch import AsyncElasticsearch
 
 from percolert.core.locks import LocalLocks
-from percolert.core.messages import TERMS_MAX_LENGTH, Notify, Watch, WatchSpec
+from percolert.core.messages import (
+    TERMS_MAX_LENGTH,
+    Notify,
+    ProductWatchChange,
+    Watch,
+    WatchSpec,
+)
 from percolert.core.settings import Settings
 from percolert.core.text import STOP_WORDS, TextNormalizer
 from percolert.core.times import iso_from_milliseconds
-from percolert.watches import reachability
+from percolert.watches import product_watch, reachability
 from percolert.watches.load import BulkLoad, LoadError, LoadReport, Prepared
 
 _SOURCE = ["owner", "is_default", "spec", "created_at", "notify"]
@@ -55,9 +64,14 @@ class UnknownCategory(WatchError):
         super().__init__(f"unknown category {category!r}; the catalog's categories: {listed}")
 
 
+class UnknownProduct(WatchError):
+    def __init__(self, sku: str) -> None:
+        super().__init__(f"the catalog has no product with sku {sku!r}")
+
+
 class DuplicateWatch(WatchError):
-    def __init__(self) -> None:
-        super().__init__("you already watch exactly this")
+    def __init__(self, message: str = "you already watch exactly this") -> None:
+        super().__init__(message)
 
 
 class TooManyWatches(WatchError):
@@ -83,10 +97,12 @@ class WatchLoadFailed(Exception):
 
 
 class _StoredSpec(msgspec.Struct):
-    terms: str
+    terms: str  # a product watch's: its product's name when it was made
     phrase: bool = False
     category: str | None = None
     max_price: float | None = None
+    sku: str | None = None
+    on: list[ProductWatchChange] | None = None
 
 
 class _StoredWatch(msgspec.Struct):
@@ -164,8 +180,13 @@ def build_query(
 
 def upgrade_query(source: dict[str, Any]) -> dict[str, Any]:
     """A stored watch of mapping v3 or older made current: its category and price filters
-    judged together (v4), the search-text filters kept as they are."""
+    judged together (v4), the search-text filters kept as they are. A product watch (v8) has
+    no search-text filters: its query is built again from its spec."""
     spec = source["spec"]
+    if spec.get("sku") is not None:
+        on = spec.get("on") or list(product_watch.WATCHABLE)
+        source["query"] = product_watch.build_query(spec["sku"], on, spec.get("max_price"))
+        return source
     text_filters = [
         clause
         for clause in source["query"]["bool"]["filter"]
@@ -199,6 +220,8 @@ def _to_watch(document_id: str, stored: _StoredWatch) -> Watch:
         is_default=stored.is_default,
         created_at=stored.created_at,
         notify=stored.notify,
+        sku=stored.spec.sku,
+        on=stored.spec.on,
     )
 
 
@@ -235,9 +258,22 @@ def watch_tokens(normalizer: TextNormalizer, spec: WatchSpec) -> list[str]:
 
 def check_default(spec: WatchSpec) -> None:
     """InvalidWatch for a default watch that could never alert anyone: default watches do
-    not fire on products (everyone would hear of every arrival)."""
+    not fire on products (everyone would hear of every arrival), so none names a product."""
+    if spec.sku is not None:
+        raise InvalidWatch(
+            "a default watch cannot name a product (sku): default watches never alert of "
+            "products; a shopper watches a product with a watch of their own"
+        )
     if spec.notify == "products":
         raise InvalidWatch("a default watch never alerts of products: notify searches or both")
+
+
+def check_kind(spec: WatchSpec) -> None:
+    """InvalidWatch unless `spec` is a watch of words or a product watch, not both or
+    neither (product_watch.spec_problem)."""
+    problem = product_watch.spec_problem(spec)
+    if problem is not None:
+        raise InvalidWatch(problem)
 
 
 def parse_seed_file(data: bytes, normalizer: TextNormalizer) -> list[WatchSpec]:
@@ -263,8 +299,9 @@ def parse_seed_file(data: bytes, normalizer: TextNormalizer) -> list[WatchSpec]:
         cursor = start + len(raw)
         try:
             spec = msgspec.json.decode(raw, type=WatchSpec)
-            watch_tokens(normalizer, clean_spec(spec))
             check_default(spec)
+            check_kind(spec)
+            watch_tokens(normalizer, clean_spec(spec))
         except (msgspec.ValidationError, InvalidWatch) as error:
             problems.append((line_at(start), f"invalid watch: {error}"))
         else:
@@ -296,13 +333,16 @@ class WatchStore:
         *,
         max_per_user: int,
         known_categories: Callable[[], Awaitable[Collection[str]]] | None = None,
+        product_name: Callable[[str], Awaitable[str | None]] | None = None,
         lease_seconds: float | None = None,
         owner_lock: OwnerLock | None = None,
     ) -> None:
         """`lease_seconds`: how long a watch its owner adds is leased as reachable
         (`reachability.lease_seconds`; the default settings' if None). `owner_lock(owner)`
         holds one owner's adds apart (count, then insert); by default within this process,
-        with several instances across them (the shared broker's lock)."""
+        with several instances across them (the shared broker's lock). `product_name(sku)`:
+        the catalog's name for a product, None if it has none; without it, no product
+        watch can be added (the admin CLI adds default watches only)."""
         self._client = client
         self._alias = alias
         self._normalizer = normalizer
@@ -310,6 +350,7 @@ class WatchStore:
         # Where `add` learns which categories exist; None (the admin CLI, which may seed
         # before the catalog is loaded): any category is taken.
         self._known_categories = known_categories
+        self._product_name = product_name
         # Count-then-insert must not interleave for one user, or concurrent adds pass the
         # limit together.
         self._owner_lock = owner_lock or LocalLocks()
@@ -320,14 +361,21 @@ class WatchStore:
         self._stamp = ""
 
     def prepare(self, owner: str | None, spec: WatchSpec) -> tuple[str, dict[str, Any]]:
-        """The id and stored document of a watch (nothing is sent)."""
-        spec = clean_spec(spec)
-        tokens = watch_tokens(self._normalizer, spec)
+        """The id and stored document of a watch of words (nothing is sent)."""
         if owner is None:
             check_default(spec)
+        elif spec.sku is not None:
+            raise InvalidWatch(
+                "a product watch is added on its own, once its product is found in the "
+                "catalog; it cannot be loaded in bulk"
+            )
+        check_kind(spec)
+        spec = clean_spec(spec)
+        tokens = watch_tokens(self._normalizer, spec)
         document_id = watch_id(owner, tokens, spec)
         what = msgspec.to_builtins(spec)
         notify = what.pop("notify")  # a preference, kept beside what the watch means
+        del what["sku"], what["on"]  # a product watch's (prepare_product)
         document = {
             "query": build_query(
                 tokens, phrase=spec.phrase, category=spec.category, max_price=spec.max_price
@@ -347,6 +395,37 @@ class WatchStore:
             document["category"] = spec.category
         return document_id, document
 
+    async def prepare_product(self, owner: str, spec: WatchSpec) -> tuple[str, dict[str, Any]]:
+        """The id and stored document of a product watch: InvalidWatch for a spec that is
+        not one, UnknownProduct when the catalog has no product with its sku."""
+        check_kind(spec)
+        assert spec.sku is not None  # check_kind passed a spec without terms
+        if self._product_name is None:
+            raise InvalidWatch("product watches are not taken here: no catalog to find them in")
+        name = await self._product_name(spec.sku)
+        if name is None:
+            raise UnknownProduct(spec.sku)
+        on = product_watch.changes(spec)
+        document_id = product_watch.watch_id(owner, spec.sku)
+        stored = _StoredSpec(terms=name, max_price=spec.max_price, sku=spec.sku, on=on)
+        document: dict[str, Any] = {
+            "query": product_watch.build_query(spec.sku, on, spec.max_price),
+            "owner": owner,
+            "is_default": False,
+            "spec": msgspec.to_builtins(stored),
+            # Doc values for percolation, as a watch of words has (prepare), and its sku:
+            # which product alerts name, and what a product's watchers are counted by.
+            "terms": name,
+            "watch_id": document_id,
+            "created_at": self._now(),
+            # Whatever the spec said ("both" by default): a product watch hears of no search.
+            "notify": "products",
+            "sku": spec.sku,
+        }
+        if spec.max_price is not None:
+            document["max_price"] = spec.max_price
+        return document_id, document
+
     def _now(self) -> str:
         """The time, to the millisecond, in ISO form: formatted once a millisecond, as a bulk
         load prepares a watch in about 10 µs and formatting was a fifth of that."""
@@ -358,9 +437,13 @@ class WatchStore:
 
     async def add(self, owner: str | None, spec: WatchSpec) -> Watch:
         """Store a watch (owner None: a default watch). Raises InvalidWatch, UnknownCategory,
-        DuplicateWatch (the owner has one that means the same) or TooManyWatches."""
-        document_id, document = self.prepare(owner, spec)
-        await self._check_category(document["spec"]["category"])
+        UnknownProduct, DuplicateWatch (the owner has one that means the same, or watches
+        the same product) or TooManyWatches."""
+        if owner is not None and spec.sku is not None:
+            document_id, document = await self.prepare_product(owner, spec)
+        else:
+            document_id, document = self.prepare(owner, spec)
+            await self._check_category(document["spec"]["category"])
         if owner is None:
             await self._client.index(
                 index=self._alias, id=document_id, document=document, refresh=True
@@ -383,6 +466,8 @@ class WatchStore:
             raise UnknownCategory(category, known)
 
     def _meaning_of(self, spec: _StoredSpec) -> tuple[object, ...]:
+        if spec.sku is not None:
+            return ("sku", spec.sku)  # whatever its `on` and price: one product, one watch
         tokens = self._normalizer.watch_tokens(spec.terms, phrase=spec.phrase)
         return meaning(tokens, phrase=spec.phrase, category=spec.category, max_price=spec.max_price)
 
@@ -396,10 +481,18 @@ class WatchStore:
             source_includes=["spec"],
             track_total_hits=True,
         )
-        wanted = self._meaning_of(msgspec.convert(document["spec"], _StoredSpec))
+        spec = msgspec.convert(document["spec"], _StoredSpec)
+        wanted = self._meaning_of(spec)
+        duplicate = (
+            DuplicateWatch()
+            if spec.sku is None
+            else DuplicateWatch(
+                f"you already watch product {spec.sku}; remove that watch to watch it otherwise"
+            )
+        )
         for hit in owned["hits"]["hits"]:
             if self._meaning_of(msgspec.convert(hit["_source"]["spec"], _StoredSpec)) == wanted:
-                raise DuplicateWatch()
+                raise duplicate
         if owned["hits"]["total"]["value"] >= self._max_per_user:
             raise TooManyWatches(self._max_per_user)
         try:
@@ -407,7 +500,7 @@ class WatchStore:
                 index=self._alias, id=document_id, document=document, refresh=True
             )
         except elasticsearch.ConflictError:
-            raise DuplicateWatch() from None
+            raise duplicate from None
 
     async def add_many(self, watches: Iterable[tuple[str | None, WatchSpec]]) -> int:
         """Bulk-load watches (see `load`); returns how many are stored now (loaded, or there
@@ -477,8 +570,16 @@ class WatchStore:
 
     async def set_notify(self, owner: str, watch_id: str, notify: Notify) -> Watch:
         """Make `owner`'s own watch notify of `notify`; WatchNotFound for any other watch
-        (default watches included: they are everyone's, so nobody's to change)."""
+        (default watches included: they are everyone's, so nobody's to change). A product
+        watch notifies of products whatever it is asked: InvalidWatch for `searches`, and
+        `both` leaves it as it is."""
         stored = await self._owned(owner, watch_id)
+        if stored.spec.sku is not None:
+            if notify == "searches":
+                raise InvalidWatch(
+                    "a product watch alerts of its product's changes only, never of searches"
+                )
+            return _to_watch(watch_id, stored)
         try:
             # Only `notify` changes: the query, and so the id, stay what they mean.
             await self._client.update(
@@ -513,6 +614,16 @@ class WatchStore:
             await self._client.delete(index=self._alias, id=watch_id, refresh=True)
         except elasticsearch.NotFoundError:
             raise WatchNotFound() from None
+
+    async def watchers_of(self, sku: str) -> int:
+        """How many shoppers watch the product `sku` (with a product watch; default watches
+        never name one). One owner has at most one watch of a product (its id is of the
+        owner and the sku), so counting the watches counts the owners, exactly."""
+        response = await self._client.count(
+            index=self._alias,
+            query={"bool": {"filter": [{"term": {"sku": sku}}, {"term": {"is_default": False}}]}},
+        )
+        return int(response["count"])
 
     async def everything(self, size: int = 10_000) -> list[tuple[str | None, Watch]]:
         """(owner, watch) for every watch, newest first (the admin listing)."""

@@ -1,6 +1,8 @@
 """The admin HTTP API: single products put and deleted by the shop's back office, authorised
 by a bearer token (`PERCOLERT_ADMIN_TOKEN`), never by a session cookie. A product put goes
 through change detection and a run of product matching, as a line of `percolert ingest` does.
+A product's watchers (shoppers with a product watch on it) are counted for the shop.
+An account is erased, everything of it, at the shop's request (accounts/erasure.py).
 
 Every request under `/api/admin/` is authorised first, whatever its method and path, and
 whether a token is configured or not (then none is right): without the token the answer is
@@ -21,13 +23,15 @@ from starlette.responses import Response
 from starlette.routing import BaseRoute, Route, Router
 from starlette.types import Receive, Scope, Send
 
-from percolert.core.messages import ProductChange
+from percolert.accounts.erasure import account_of
+from percolert.core.messages import ErasureReport, ProductChange, Sku
 from percolert.core.settings import Settings
 from percolert.engine import indices
 from percolert.products import catalog
-from percolert.products.catalog import Product, Sku
+from percolert.products.catalog import Product
 from percolert.products.changes import ChangeDetection, ProductNotStored
 from percolert.web.errors import ApiError
+from percolert.web.paths import ACCOUNTS_PREFIX
 from percolert.web.responses import json_response
 from percolert.web.state import state_of
 
@@ -46,6 +50,13 @@ class ProductUpdate(msgspec.Struct, frozen=True):
     sku: str
     events: list[ProductChange]
     alerts: int
+
+
+class ProductWatchers(msgspec.Struct, frozen=True):
+    """How many shoppers watch the product `sku` (a product watch each)."""
+
+    sku: str
+    watchers: int
 
 
 def bearer_matches(headers: Headers, token: bytes) -> bool:
@@ -115,18 +126,38 @@ async def put_product(request: Request) -> Response:
     return json_response(ProductUpdate(sku=product.sku, events=events, alerts=run.alerts))
 
 
-async def delete_product(request: Request) -> Response:
-    state = state_of(request)
-    settings = state["settings"]
-    sku = request.path_params["sku"]
+def _path_sku(request: Request) -> str:
+    sku: str = request.path_params["sku"]
     try:
         msgspec.convert(sku, Sku)  # checked before it reaches Elasticsearch's URL
     except msgspec.ValidationError as error:
         raise ApiError(400, "invalid_sku", f"invalid sku {sku!r}: {error}") from None
+    return sku
+
+
+async def delete_product(request: Request) -> Response:
+    state = state_of(request)
+    settings = state["settings"]
+    sku = _path_sku(request)
     alias = indices.alias_for(settings, "products")
     if not await catalog.remove_product(state["client"], alias, sku):
         raise ApiError(404, "product_not_found", f"no product with sku {sku!r}")
     return json_response(ProductUpdate(sku=sku, events=[], alerts=0))
+
+
+async def erase_account(request: Request) -> Response:
+    """Everything of the shop's customer (the path's id, a token's `sub`) erased."""
+    state = state_of(request)
+    erased = await state["erasure"].erase(account_of(request.path_params["customer_id"]))
+    return json_response(ErasureReport(erased=erased))
+
+
+async def product_watchers(request: Request) -> Response:
+    """Counted whether the product is in the catalog or not: its watches outlive it (a
+    product deleted is demand the shop may want to know of), so an unknown sku is 0."""
+    sku = _path_sku(request)
+    watchers = await state_of(request)["watches"].watchers_of(sku)
+    return json_response(ProductWatchers(sku=sku, watchers=watchers))
 
 
 def routes(settings: Settings) -> list[Route]:
@@ -136,6 +167,9 @@ def routes(settings: Settings) -> list[Route]:
         [
             Route(f"{PREFIX}products/{{sku}}", put_product, methods=["PUT"]),
             Route(f"{PREFIX}products/{{sku}}", delete_product, methods=["DELETE"]),
+            Route(f"{PREFIX}products/{{sku}}/watchers", product_watchers, methods=["GET"]),
+            # Any customer id a token may carry, slashes included (sent as %2F).
+            Route(f"{ACCOUNTS_PREFIX}{{customer_id:path}}", erase_account, methods=["DELETE"]),
         ],
     )
     # Any method: which ones a route takes is for the token's holders to learn.

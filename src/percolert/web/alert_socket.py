@@ -11,9 +11,10 @@ import msgspec
 from elastic_transport import TransportError
 from starlette.websockets import WebSocket, WebSocketDisconnect
 
+from percolert.accounts.tokens import Tokens
 from percolert.broker.base import TooManySockets
 from percolert.core.jsondepth import TooDeep, check_depth
-from percolert.core.messages import Alert, ClientMessages, Hello, Ping, Pong, Watch
+from percolert.core.messages import Alert, Auth, ClientMessages, Hello, Ping, Pong, Watch
 from percolert.core.settings import Settings
 from percolert.realtime.frames import closer, frame_writer, receive_listener
 from percolert.realtime.hub import (
@@ -28,6 +29,12 @@ from percolert.service.services import State, encode_message
 from percolert.web.logs import event, user_tag
 from percolert.web.middleware.sessions import current_user, session_started
 from percolert.web.origins import origin_allowed
+from percolert.web.socket_auth import (
+    SocketAuthFailed,
+    TokenClock,
+    first_token,
+    wants_token,
+)
 from percolert.web.state import state_of
 
 logger = logging.getLogger("percolert.socket")
@@ -64,6 +71,7 @@ async def _greeting(
     after: int | None,
     cut: int,
     connection: Connection,
+    started: float,
 ) -> tuple[Hello, list[Alert]]:
     """The hello message and the alerts missed since the client's `after` position.
 
@@ -72,7 +80,6 @@ async def _greeting(
     Elasticsearch being down must not keep a page from connecting: the page then gets no
     watch list (None) and no history, and live alerts as usual.
     """
-    started = session_started(websocket)
     try:
         async with state["greetings"]:
             watches: list[Watch] | None = await state["watches"].visible_to(user)
@@ -110,11 +117,12 @@ def _resume_from(after: int | None, recent: list[Alert], missed: list[Alert]) ->
 
 
 class _Reader:
-    """Reads what the client sends: answers pings; a close code and reason once the client
-    leaves or misbehaves."""
+    """Reads what the client sends: answers pings, takes fresh tokens (`clock`: a socket
+    authenticated by token); a close code and reason once the client leaves or misbehaves."""
 
-    def __init__(self, websocket: WebSocket) -> None:
+    def __init__(self, websocket: WebSocket, clock: TokenClock | None) -> None:
         self._websocket = websocket
+        self._clock = clock
         self._decoder = msgspec.json.Decoder(ClientMessages)
         self._pong = encode_message(Pong())
         self.close_code, self.reason = 0, ""
@@ -149,16 +157,24 @@ class _Reader:
                     await self._websocket.send_text(self._pong)
                 except WebSocketDisconnect:
                     self.over = True
+            case Auth(token=token):
+                if self._clock is None:
+                    self.close_code, self.reason = POLICY_VIOLATION, "this socket takes no token"
+                    self.over = True
+                    return
+                await self._clock.renew(token)
 
     async def read_until_closed(self) -> None:
         while not self.over:
             await self.read_one()
 
 
-async def _live(websocket: WebSocket, connection: Connection) -> tuple[int, str]:
+async def _live(
+    websocket: WebSocket, connection: Connection, clock: TokenClock | None
+) -> tuple[int, str]:
     """Alerts out and pings answered until the socket is over; its close code and reason
     (0 and "" when the client left or the server closes it)."""
-    reader = _Reader(websocket)
+    reader = _Reader(websocket, clock)
     listen = receive_listener(websocket.scope)
     if listen is not None:
         # One task: the writer reads whenever something arrived (nothing waits to read).
@@ -185,12 +201,15 @@ async def _live(websocket: WebSocket, connection: Connection) -> tuple[int, str]
     return reader.close_code, reader.reason
 
 
-async def alerts_socket(websocket: WebSocket) -> None:
+async def alerts_socket(websocket: WebSocket, tokens: Tokens | None = None) -> None:
+    """One alert socket: a session's (its cookie) or, opened with `?auth=token`, a shop
+    account's (its first message: socket_auth.py; `tokens` checks them)."""
     state = state_of(websocket)
+    by_token = wants_token(websocket)
     user = current_user(websocket)
-    if user is None or not _origin_allowed(websocket, state["settings"]):
+    if (user is None and not by_token) or not _origin_allowed(websocket, state["settings"]):
         # Closing before accepting refuses the handshake (HTTP 403).
-        logger.info("refused a WebSocket handshake: %s", "origin" if user else "no session")
+        logger.info("refused a WebSocket handshake: %s", "no session" if user is None else "origin")
         await websocket.close(code=POLICY_VIOLATION)
         return
     await websocket.accept()
@@ -201,13 +220,30 @@ async def alerts_socket(websocket: WebSocket) -> None:
         with contextlib.suppress(WebSocketDisconnect):
             await websocket.close(code=POLICY_VIOLATION, reason=str(error))
         return
+    account = None
+    started = session_started(websocket)
+    if by_token:
+        try:
+            account = await first_token(
+                websocket, tokens, state["settings"].socket_auth_timeout_seconds
+            )
+        except SocketAuthFailed as failed:
+            logger.info("refused a socket's token: %s", failed.reason)
+            with contextlib.suppress(WebSocketDisconnect, RuntimeError):
+                await websocket.close(code=failed.code, reason=failed.reason)
+            return
+        except WebSocketDisconnect:
+            return
+        # An account's history is its own, across devices (sessions.act_as_account).
+        user, started = account.user, 0.0
+    assert user is not None
     hub = state["hub"]
     connection = Connection(
         user,
         websocket.send_text,
         state["settings"].socket_queue_size,
         write_frame=frame_writer(websocket.scope),
-        session_started=session_started(websocket),
+        session_started=started,
     )
     # Alerts numbered up to `cut` are replayed from the log; later ones arrive live through
     # the queue, which starts filling now (held until the cut is known: a shared broker
@@ -229,30 +265,40 @@ async def alerts_socket(websocket: WebSocket) -> None:
         hub.remove(connection)
         raise
     connection.release(cut)
+    clock = (
+        None
+        if account is None or tokens is None
+        else TokenClock(connection, tokens, account, state["settings"].token_refresh_ahead_seconds)
+    )
     event(logger, "socket_open", user=user_tag(user), sockets=hub.socket_count())
     close_code, reason = 0, ""
     try:
         # Before the hello: a search after it must find this user's watches (reachability.py).
         await state["reachability"].arrived(user)
-        hello, missed = await _greeting(state, websocket, user, after, cut, connection)
+        hello, missed = await _greeting(state, websocket, user, after, cut, connection, started)
         await websocket.send_text(encode_message(hello))
         for alert in missed:
             await websocket.send_text(encode_message(alert))
         # Not kept in this frame for as long as the socket is open: the hello lists the
         # user's watches and recent alerts, `missed` what was replayed.
         del hello, missed
-        close_code, reason = await _live(websocket, connection)
+        close_code, reason = await _live(websocket, connection, clock)
     except* (WebSocketDisconnect, OSError):
         # The client went away, while greeted or while its writer sent (the task group then
         # raises it in a group): nothing to tell it.
         pass
     finally:
+        if clock is not None:
+            clock.stop()
         hub.remove(connection)
         connection.close()
         with anyio.CancelScope(shield=True), anyio.move_on_after(5):
             await broker.disconnected(user)
     if connection.overflowed:
         close_code, reason = SLOW_CLIENT, "too slow: reconnect to catch up"
+    elif connection.ended is not None:
+        # Ended by the server: an expired token (socket_auth.py), an erased account.
+        close_code, reason = connection.ended
     elif connection.resynced:
         close_code, reason = SERVICE_RESTART, "resync"
     elif connection.finished:

@@ -16,7 +16,9 @@ from starlette.requests import Request
 from starlette.responses import FileResponse, Response
 from starlette.routing import Mount, Route, WebSocketRoute
 from starlette.staticfiles import StaticFiles
+from starlette.websockets import WebSocket
 
+from percolert.accounts.tokens import Tokens
 from percolert.core import assets
 from percolert.core.breaker import Breaker
 from percolert.core.messages import (
@@ -36,14 +38,16 @@ from percolert.products import catalog
 from percolert.realtime.hub import Hub
 from percolert.service.services import Services, State, encode_message
 from percolert.watches.percolator import Percolator, SearchEvent
-from percolert.web import admin_api
+from percolert.web import account_api, admin_api
 from percolert.web.alert_socket import alerts_socket
 from percolert.web.errors import ApiError, error_response, exception_handlers
 from percolert.web.logs import AccessLogMiddleware, as_instance
 from percolert.web.middleware.admission import Admission, AdmissionMiddleware
+from percolert.web.middleware.bearer import BearerMiddleware
 from percolert.web.middleware.bodylimit import BodyLimitMiddleware
 from percolert.web.middleware.browser_guard import BrowserGuardMiddleware
 from percolert.web.middleware.cluster_breaker import ClusterBreakerMiddleware
+from percolert.web.middleware.cors import StorefrontCorsMiddleware
 from percolert.web.middleware.ratelimits import RateLimits
 from percolert.web.middleware.sessions import (
     SessionMiddleware,
@@ -118,7 +122,14 @@ async def _decode_spec(request: Request) -> WatchSpec:
     try:
         return msgspec.json.decode(body, type=WatchSpec)
     except msgspec.ValidationError as error:
-        raise ApiError(400, "invalid_watch", f"invalid watch: {error}") from None
+        message = f"invalid watch: {error}"
+        if "`$.on" in message:  # `$.on` or `$.on[n]`
+            # msgspec names what is wrong; the shopper also needs what is taken.
+            message += (
+                "; `on` lists back_in_stock and/or price_drop (never new: a watched "
+                "product is in the catalog already)"
+            )
+        raise ApiError(400, "invalid_watch", message) from None
     except msgspec.DecodeError as error:
         raise ApiError(400, "invalid_json", f"the body is not valid JSON: {error}") from None
 
@@ -243,9 +254,11 @@ class _Lifespan:
         percolator_type: type[Percolator],
         limits: RateLimits,
         cluster: Breaker,
+        tokens: Tokens | None,
     ) -> None:
         self._settings = settings
         self._cluster = cluster
+        self._tokens = tokens
         self._hub = hub
         self._metrics = metrics
         self._limits = limits
@@ -256,6 +269,10 @@ class _Lifespan:
     async def __call__(self, app: Starlette) -> AsyncIterator[State]:
         assert self._settings.instance_id is not None  # create_app decided it
         # The background loops start in here, and log as this instance.
+        loops = {"rate_limit_store": self._limits.watch_store}
+        jwks = None if self._tokens is None else self._tokens.jwks
+        if jwks is not None:
+            loops["jwks_refresh"] = jwks.run
         with as_instance(self._settings.instance_id):
             async with Services.running(
                 self._settings,
@@ -263,7 +280,7 @@ class _Lifespan:
                 self._metrics,
                 percolator_type=self._percolator_type,
                 cluster=self._cluster,
-                loops={"rate_limit_store": self._limits.watch_store},
+                loops=loops,
             ) as services:
                 self.services = services
                 try:
@@ -271,6 +288,8 @@ class _Lifespan:
                 finally:
                     self.services = None
                     await self._limits.close()
+                    if jwks is not None:
+                        await jwks.close()
 
     def readings(self) -> dict[str, float]:
         values: dict[str, float] = {
@@ -319,7 +338,9 @@ def create_app(settings: Settings, *, percolator_type: type[Percolator] = Percol
         metrics_token=settings.metrics_token,
         on_refused=lambda limit: app_metrics.refused.labels(limit).inc(),
     )
-    lifespan = _Lifespan(settings, hub, app_metrics, percolator_type, limits, cluster)
+    # Shops' tokens, when the deployment takes them (a secret or a JWKS URL is set).
+    tokens = Tokens(settings) if settings.accounts else None
+    lifespan = _Lifespan(settings, hub, app_metrics, percolator_type, limits, cluster, tokens)
     app_metrics.read_from(lifespan.readings)
 
     web = assets.asset_dir("web")
@@ -327,6 +348,9 @@ def create_app(settings: Settings, *, percolator_type: type[Percolator] = Percol
     async def page(request: Request) -> Response:
         # No session here: the page asks for one (POST /api/session) when it needs it.
         return FileResponse(web / "index.html")
+
+    async def socket(websocket: WebSocket) -> None:
+        await alerts_socket(websocket, tokens)
 
     routes = [
         Route("/", page),
@@ -337,11 +361,12 @@ def create_app(settings: Settings, *, percolator_type: type[Percolator] = Percol
         Route("/api/watches/{watch_id}", remove_watch, methods=["DELETE"]),
         Route("/api/watches/{watch_id}", update_watch, methods=["PATCH"]),
         Route("/api/categories", categories),
+        *account_api.routes(),  # /api/me/: the caller's own data
         Route("/openapi.json", openapi),
         Route("/metrics", metrics),
         Route("/healthz", healthz),
         Route("/readyz", readyz),
-        WebSocketRoute("/ws", alerts_socket),
+        WebSocketRoute("/ws", socket),
         Mount("/static", StaticFiles(directory=web), name="static"),
         *admin_api.routes(settings),  # all of /api/admin/, behind the admin token
     ]
@@ -350,7 +375,12 @@ def create_app(settings: Settings, *, percolator_type: type[Percolator] = Percol
         lifespan=lifespan,
         middleware=[
             Middleware(AccessLogMiddleware, instance_id=instance_id),
-            Middleware(BrowserGuardMiddleware, allowed_origins=settings.allowed_origins),
+            Middleware(StorefrontCorsMiddleware, allowed_origins=settings.allowed_origins),
+            Middleware(
+                BrowserGuardMiddleware,
+                allowed_origins=settings.allowed_origins,
+                frame_ancestors=settings.frame_ancestors,
+            ),
             Middleware(
                 BodyLimitMiddleware,
                 max_bytes=_MAX_BODY_BYTES,
@@ -362,6 +392,7 @@ def create_app(settings: Settings, *, percolator_type: type[Percolator] = Percol
                 secure=settings.secure_cookies,
                 may_start=admission.may_start_session,
             ),
+            Middleware(BearerMiddleware, tokens=tokens),
             Middleware(AdmissionMiddleware, admission=admission),
             Middleware(ClusterBreakerMiddleware, breaker=cluster),
         ],

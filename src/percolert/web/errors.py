@@ -12,6 +12,7 @@ from starlette.exceptions import HTTPException
 from starlette.requests import ClientDisconnect, Request
 from starlette.responses import Response
 
+from percolert.accounts.erasure import InvalidCustomerId
 from percolert.broker.base import BrokerUnavailable
 from percolert.core.messages import ErrorBody, ErrorDetail
 from percolert.engine import es
@@ -20,11 +21,12 @@ from percolert.watches.store import (
     InvalidWatch,
     TooManyWatches,
     UnknownCategory,
+    UnknownProduct,
     WatchError,
     WatchNotFound,
 )
 from percolert.web.middleware.security_headers import security_headers
-from percolert.web.paths import route_path
+from percolert.web.paths import loggable_path, route_path
 
 logger = logging.getLogger(__name__)
 
@@ -35,6 +37,7 @@ RETRY_AFTER_SECONDS = 5
 _WATCH_ERRORS: dict[type[WatchError], tuple[int, str]] = {
     InvalidWatch: (400, "invalid_watch"),
     UnknownCategory: (400, "unknown_category"),
+    UnknownProduct: (404, "unknown_product"),
     WatchNotFound: (404, "watch_not_found"),
     DuplicateWatch: (409, "duplicate_watch"),
     TooManyWatches: (409, "too_many_watches"),
@@ -96,6 +99,11 @@ async def _watch_error(request: Request, exc: Exception) -> Response:
     return error_response(status, code, str(exc))
 
 
+async def _invalid_customer_id(request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, InvalidCustomerId)
+    return error_response(400, "invalid_customer_id", str(exc))
+
+
 async def _http_error(request: Request, exc: Exception) -> Response:
     assert isinstance(exc, HTTPException)
     code = {404: "not_found", 405: "method_not_allowed"}.get(exc.status_code, "http_error")
@@ -132,7 +140,7 @@ def _elasticsearch_error(
 
 async def _broker_unavailable(request: Request, exc: Exception) -> Response:
     assert isinstance(exc, BrokerUnavailable)
-    logger.warning("broker unavailable on %s: %s", request.url.path, exc)
+    logger.warning("broker unavailable on %s: %s", loggable_path(request.scope), exc)
     return error_response(
         503,
         "broker_unavailable",
@@ -157,7 +165,9 @@ async def _client_disconnect(request: Request, exc: Exception) -> Response:
 
 
 async def _unexpected(request: Request, exc: Exception) -> Response:
-    logger.error("unhandled error on %s %s", request.method, request.url.path, exc_info=exc)
+    logger.error(
+        "unhandled error on %s %s", request.method, loggable_path(request.scope), exc_info=exc
+    )
     # Answered by Starlette's outermost middleware, outside the one that adds these.
     return error_response(500, "internal", "internal server error", security_headers(request.scope))
 
@@ -174,6 +184,7 @@ def exception_handlers(
     return {
         ApiError: _api_error,
         WatchError: _watch_error,
+        InvalidCustomerId: _invalid_customer_id,
         HTTPException: _http_error,
         TransportError: on_elasticsearch,
         elasticsearch.ApiError: on_elasticsearch,

@@ -23,6 +23,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from percolert.core.times import iso_from_seconds
 from percolert.web.middleware.sessions import current_user
+from percolert.web.paths import loggable_path
 
 _encoder = msgspec.json.Encoder()
 access_logger = logging.getLogger("percolert.access")
@@ -124,7 +125,7 @@ class AccessLogMiddleware:
                 access_logger,
                 "request",
                 method=scope["method"],
-                path=scope["path"],
+                path=loggable_path(scope),
                 status=status,
                 ms=round((time.perf_counter() - started) * 1000, 2),
                 user=user_tag(current_user(HTTPConnection(scope))),

@@ -10,8 +10,10 @@ import msgspec
 from percolert import __version__
 from percolert.core.messages import (
     Categories,
+    DataExport,
     ErrorBody,
     Health,
+    MergeReport,
     Readiness,
     SearchResponse,
     Watch,
@@ -35,7 +37,8 @@ def _ok(name: str, description: str) -> dict[str, Any]:
 def _errors(*statuses: int) -> dict[str, Any]:
     meaning = {
         400: "bad parameters or body",
-        401: "no session; /readyz: no metrics token (nor a request from this machine)",
+        401: "no session; /readyz: no metrics token (nor a request from this machine); "
+        "/api/me/merge: no shop's token (account_required)",
         403: "forbidden_origin: not from the shop's own page",
         404: "not found",
         409: "conflict: a duplicate, or over the per-user limit",
@@ -64,6 +67,8 @@ def openapi_document() -> dict[str, Any]:
             Categories,
             Health,
             Readiness,
+            DataExport,
+            MergeReport,
         ],
         ref_template=_REF,
     )
@@ -107,11 +112,12 @@ def openapi_document() -> dict[str, Any]:
                 "responses": {"200": _ok("WatchList", "watches"), **_errors(503)},
             },
             "post": {
-                "summary": "Add a watch",
+                "summary": "Add a watch: of words (`terms`), or of one product (`sku`; 404 "
+                "unknown_product when the catalog has none)",
                 "requestBody": {"required": True, "content": _json("WatchSpec")},
                 "responses": {
                     "201": _ok("Watch", "the stored watch"),
-                    **_errors(400, 403, 409, 413, 415, 429, 431, 503),
+                    **_errors(400, 403, 404, 409, 413, 415, 429, 431, 503),
                 },
             },
         },
@@ -153,6 +159,31 @@ def openapi_document() -> dict[str, Any]:
             "get": {
                 "summary": "Categories in the catalog",
                 "responses": {"200": _ok("Categories", "categories"), **_errors(503)},
+            }
+        },
+        "/api/me/export": {
+            "get": {
+                "summary": "Everything held of you (your session, or your account with the "
+                "shop's token), as a download: your watches, the alerts sent to you, your "
+                "product alerts and what was shown; each list the newest ones, bounded",
+                "responses": {
+                    "200": {
+                        "description": "the export (Content-Disposition: attachment)",
+                        "content": _json("DataExport"),
+                    },
+                    **_errors(429, 431, 503),
+                },
+            }
+        },
+        "/api/me/merge": {
+            "post": {
+                "summary": "At login, with the shop's token and the anonymous session's "
+                "cookie: move the session's own watches into the account (duplicates "
+                "dropped; those over the account's cap stay with the session)",
+                "responses": {
+                    "200": _ok("MergeReport", "what moved, and what did not"),
+                    **_errors(401, 403, 415, 429, 431, 503),
+                },
             }
         },
         "/healthz": {

@@ -8,10 +8,22 @@ from starlette.types import Scope
 SESSION_PATH = "/api/session"
 # Everything under it works for a session: a request without one is given one there.
 API_PREFIX = "/api/"
+# The JavaScript SDK's modules, which the shop's storefronts may load.
+SDK_PREFIX = "/static/sdk/"
 # For the load balancer and the scraper: behind PERCOLERT_METRICS_TOKEN.
 MONITORING_PATHS = frozenset({"/metrics", "/readyz"})
+# The admin API's accounts, by the shop's customer id: personal data (an e-mail address,
+# say), which logs never show.
+ACCOUNTS_PREFIX = "/api/admin/accounts/"
 
 
 def route_path(scope: Scope) -> str:
     """The path the app's routes match on: below its mount point (`root_path`), if any."""
     return str(scope["path"]).removeprefix(scope.get("root_path", ""))
+
+
+def loggable_path(scope: Scope) -> str:
+    """The request's path as logs show it: a shop's customer id left out."""
+    path = str(scope["path"])
+    prefix = scope.get("root_path", "") + ACCOUNTS_PREFIX
+    return prefix + "{customer_id}" if path.startswith(prefix) else path

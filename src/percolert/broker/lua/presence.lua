@@ -1,4 +1,5 @@
--- ARGV: P, me, user, '1' (a socket opened) or '0' (one closed), and for an open the most
+-- ARGV: P, me, user, '1' (a socket opened), '0' (one closed) or 'e' (one closed because the
+-- user was erased: no departure is recorded, and none is left), and for an open the most
 -- sockets the user may hold on all instances together ('' for no cap). An open returns the
 -- cut: read in the same step as the registration, so every later sending is routed here and
 -- every earlier one is at or below the cut (replayed from the log). An open past the cap
@@ -20,6 +21,10 @@ if ARGV[4] == '1' then
 end
 if redis.call('HINCRBY', at, user, -1) <= 0 then
   redis.call('HDEL', at, user)
-  redis.call('ZADD', P .. ':left', now, user)
+  if ARGV[4] == 'e' then
+    redis.call('ZREM', P .. ':left', user)
+  else
+    redis.call('ZADD', P .. ':left', now, user)
+  end
 end
 return '0'

@@ -69,10 +69,12 @@ def _action(scope: Scope) -> Action | None:
         return Action.ADMIN  # no session: counted per address (attempts with a wrong token too)
     if path == "/api/search":
         return Action.SEARCH
-    if path in ("/api/watches", "/api/categories") and method == "GET":
+    if path in ("/api/watches", "/api/categories", "/api/me/export") and method == "GET":
         return Action.READ  # each asks Elasticsearch
-    if (path == "/api/watches" and method == "POST") or (
-        path.startswith("/api/watches/") and method in ("DELETE", "PATCH")
+    if (
+        (path == "/api/watches" and method == "POST")
+        or (path.startswith("/api/watches/") and method in ("DELETE", "PATCH"))
+        or (path == "/api/me/merge" and method == "POST")
     ):
         return Action.WATCH_CHANGE
     return None

@@ -3,7 +3,7 @@ pages (no cross-site writes), and security headers on every response."""
 
 from __future__ import annotations
 
-from collections.abc import Collection
+from collections.abc import Collection, Sequence
 
 from starlette.datastructures import Headers, MutableHeaders
 from starlette.responses import Response
@@ -51,15 +51,22 @@ class BrowserGuardMiddleware:
     headers to every HTTP response and WebSocket handshake denial (a route's own value of one
     wins)."""
 
-    def __init__(self, app: ASGIApp, *, allowed_origins: Collection[str]) -> None:
+    def __init__(
+        self,
+        app: ASGIApp,
+        *,
+        allowed_origins: Collection[str],
+        frame_ancestors: Sequence[str] = (),
+    ) -> None:
         self.app = app
         self.allowed_origins = tuple(allowed_origins)
+        self.frame_ancestors = tuple(frame_ancestors)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] not in ("http", "websocket"):
             await self.app(scope, receive, send)
             return
-        extra = security_headers(scope)
+        extra = security_headers(scope, self.frame_ancestors)
 
         async def send_with_headers(message: Message) -> None:
             # A response, or the denial of a WebSocket handshake (429, 403: admission.py).

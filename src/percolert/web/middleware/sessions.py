@@ -37,6 +37,8 @@ COOKIE_NAME = "percolert_session"
 _MAX_AGE_SECONDS = 400 * 24 * 3600  # the longest browsers keep a cookie
 _SCOPE_KEY = "percolert.user"
 _STARTED_KEY = "percolert.session_started"
+# With a shop's token: the request's user is the account; the cookie's user stays here.
+_ANONYMOUS_KEY = "percolert.anonymous_user"
 
 
 def load_secret(settings: Settings) -> str:
@@ -92,6 +94,22 @@ def session_started(connection: HTTPConnection) -> float:
     return float(connection.scope.get(_STARTED_KEY, time.time()))
 
 
+def anonymous_user(connection: HTTPConnection) -> str | None:
+    """The cookie's user of a request made as an account (the session it may move watches
+    from at login); None without a cookie or without an account."""
+    user = connection.scope.get(_ANONYMOUS_KEY)
+    return user if isinstance(user, str) else None
+
+
+def act_as_account(scope: Scope, user: str) -> None:
+    """The request is the account `user`'s (a shop's verified token said so), whatever its
+    cookie says. An account hears of what its watches matched whenever that was: its history
+    is its own, across devices, so its session counts as begun at the epoch."""
+    scope[_ANONYMOUS_KEY] = scope.get(_SCOPE_KEY)
+    scope[_SCOPE_KEY] = user
+    scope[_STARTED_KEY] = 0.0
+
+
 # Asked before a new session is issued; False: the request goes on without one.
 SessionGate = Callable[[Scope], Awaitable[bool]]
 
@@ -103,7 +121,10 @@ def _may_begin_here(scope: Scope) -> bool:
     path = route_path(scope)
     if not path.startswith(API_PREFIX) or path.startswith(ADMIN_PREFIX):
         return False  # the admin API is authorised by its token, never by a cookie
-    return HTTPConnection(scope).headers.get("sec-fetch-site", "").lower() != "cross-site"
+    headers = HTTPConnection(scope).headers
+    if "authorization" in headers:
+        return False  # a shop's token says who this is (middleware/bearer.py)
+    return headers.get("sec-fetch-site", "").lower() != "cross-site"
 
 
 async def _always(scope: Scope) -> bool:

@@ -1,0 +1,1 @@
+"""Tests of `percolert.accounts`: shops' tokens, account ids, export and erasure."""

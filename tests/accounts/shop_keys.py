@@ -1,0 +1,86 @@
+"""A shop's signing keys and the JWKS endpoint it publishes them at: a real HTTP server on
+loopback (plain http, which the settings allow only with PERCOLERT_JWKS_ALLOW_HTTP)."""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
+
+import jwt
+from cryptography.hazmat.primitives.asymmetric import ec, rsa
+
+
+class ShopKey:
+    """One private key of the shop's, named `kid`; RS256 or ES256."""
+
+    def __init__(self, kid: str, algorithm: str = "RS256") -> None:
+        self.kid = kid
+        self.algorithm = algorithm
+        self.private: rsa.RSAPrivateKey | ec.EllipticCurvePrivateKey = (
+            rsa.generate_private_key(public_exponent=65537, key_size=2048)
+            if algorithm == "RS256"
+            else ec.generate_private_key(ec.SECP256R1())
+        )
+
+    def public_jwk(self) -> dict[str, Any]:
+        if isinstance(self.private, rsa.RSAPrivateKey):
+            jwk: dict[str, Any] = json.loads(
+                jwt.algorithms.RSAAlgorithm.to_jwk(self.private.public_key())
+            )
+        else:
+            jwk = json.loads(jwt.algorithms.ECAlgorithm.to_jwk(self.private.public_key()))
+        jwk.update(kid=self.kid, use="sig", alg=self.algorithm)
+        return jwk
+
+    def token(self, subject: str, *, expires_in: float = 300.0, **claims: Any) -> str:
+        now = time.time()
+        payload = {"sub": subject, "iat": int(now), "exp": int(now + expires_in), **claims}
+        return jwt.encode(
+            payload, self.private, algorithm=self.algorithm, headers={"kid": self.kid}
+        )
+
+
+class JwksEndpoint:
+    """What the shop's JWKS URL serves: `keys` (changed to rotate), or 503 while `down`.
+    `reads` counts the requests it answered or refused."""
+
+    def __init__(self) -> None:
+        self.keys: list[ShopKey] = []
+        self.down = False
+        self.reads = 0
+        self.url = ""
+
+
+@contextmanager
+def jwks_server(endpoint: JwksEndpoint) -> Iterator[JwksEndpoint]:
+    class Handler(BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            endpoint.reads += 1
+            if endpoint.down:
+                self.send_response(503)
+                self.end_headers()
+                return
+            body = json.dumps({"keys": [key.public_jwk() for key in endpoint.keys]}).encode()
+            self.send_response(200)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, format: str, *args: Any) -> None:
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    endpoint.url = f"http://127.0.0.1:{server.server_address[1]}/.well-known/jwks.json"
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield endpoint
+    finally:
+        server.shutdown()
+        server.server_close()

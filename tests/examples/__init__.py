@@ -1,0 +1,1 @@
+"""Tests of the examples beside the package: the shop that embeds Percolert."""
