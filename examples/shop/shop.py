@@ -79,37 +79,66 @@ def create_shop(percolert_url: str, *, token_seconds: float = 600.0) -> Starlett
     page = (HERE / "index.html").read_text(encoding="utf-8")
     percolert = percolert_url.rstrip("/")
 
-    def customer(request: Request) -> str | None:
+    def session(request: Request) -> dict[str, Any]:
         raw = request.cookies.get(COOKIE)
         if not raw:
-            return None
+            return {}
         try:
-            name = sessions.loads(raw, max_age=7 * 24 * 3600)
+            value = sessions.loads(raw, max_age=7 * 24 * 3600)
         except BadSignature:
-            return None
+            return {}
+        return value if isinstance(value, dict) and isinstance(value.get("name"), str) else {}
+
+    def customer(request: Request) -> str | None:
+        name = session(request).get("name")
         return name if isinstance(name, str) else None
 
+    def set_session(response: Response, name: str, *, merge: bool) -> None:
+        value = sessions.dumps({"name": name, "merge": merge})
+        response.set_cookie(COOKIE, value, httponly=True, samesite="lax")
+
     async def index(request: Request) -> Response:
+        current = session(request)
         name = customer(request)
+        # Once, on the page right after a login: this browser's anonymous watches move into
+        # the account then (a flag of the session, not of the URL, which anyone can link).
+        merge = bool(current.get("merge"))
         filled = (
             page.replace("{{PERCOLERT_URL}}", html.escape(percolert, quote=True))
             # Inside a script element, where HTML escapes are not read: JSON, "<" escaped.
             .replace("{{SDK_URL}}", json.dumps(f"{percolert}/static/sdk/").replace("<", "\\u003c"))
             .replace("{{CUSTOMER}}", html.escape(name or "", quote=True))
+            .replace("{{MERGE}}", "1" if merge else "")
         )
-        return HTMLResponse(filled)
+        response = HTMLResponse(filled, headers={"Cache-Control": "no-store"})
+        if merge and name is not None:
+            set_session(response, name, merge=False)
+        return response
+
+    def same_origin(request: Request) -> bool:
+        """A login only from the shop's own page: another site's form must not log a
+        visitor in as someone else (whose account would then get their watches)."""
+        site = request.headers.get("sec-fetch-site")
+        if site is not None:
+            return site == "same-origin"
+        origin = request.headers.get("origin")
+        return origin is None or origin == f"{request.url.scheme}://{request.url.netloc}"
 
     async def login(request: Request) -> Response:
+        if not same_origin(request):
+            return JSONResponse({"error": "log in from the shop's own page"}, status_code=403)
         # A form post, url-encoded (the standard library reads it: no multipart here).
         form = urllib.parse.parse_qs((await request.body()).decode("utf-8", "replace"))
         name = (form.get("name") or [""])[0].strip()
         if not name or len(name) > MAX_NAME or not name.isprintable():
             return RedirectResponse("/?error=name", status_code=303)
-        response = RedirectResponse("/?logged_in=1", status_code=303)
-        response.set_cookie(COOKIE, sessions.dumps(name), httponly=True, samesite="lax")
+        response = RedirectResponse("/", status_code=303)
+        set_session(response, name, merge=True)
         return response
 
     async def logout(request: Request) -> Response:
+        if not same_origin(request):
+            return JSONResponse({"error": "log out from the shop's own page"}, status_code=403)
         response = RedirectResponse("/", status_code=303)
         response.delete_cookie(COOKIE)
         return response

@@ -51,6 +51,10 @@ class JwksEndpoint:
 
     def __init__(self) -> None:
         self.keys: list[ShopKey] = []
+        # Entries published besides the keys (of other uses, or malformed).
+        self.extra: list[dict[str, Any]] = []
+        # Sent in pieces of this many bytes, each flushed, a moment apart (a slow network).
+        self.piece: int | None = None
         self.down = False
         self.reads = 0
         self.url = ""
@@ -65,12 +69,18 @@ def jwks_server(endpoint: JwksEndpoint) -> Iterator[JwksEndpoint]:
                 self.send_response(503)
                 self.end_headers()
                 return
-            body = json.dumps({"keys": [key.public_jwk() for key in endpoint.keys]}).encode()
+            keys = [*endpoint.extra, *(key.public_jwk() for key in endpoint.keys)]
+            body = json.dumps({"keys": keys}).encode()
             self.send_response(200)
             self.send_header("Content-Type", "application/json")
             self.send_header("Content-Length", str(len(body)))
             self.end_headers()
-            self.wfile.write(body)
+            step = endpoint.piece or len(body)
+            for start in range(0, len(body), step):
+                self.wfile.write(body[start : start + step])
+                self.wfile.flush()
+                if endpoint.piece:
+                    time.sleep(0.002)
 
         def log_message(self, format: str, *args: Any) -> None:
             pass

@@ -4,11 +4,13 @@ CORS for the shop's storefront."""
 
 from __future__ import annotations
 
+import base64
 import json
 import time
 import uuid
 from collections.abc import Iterator
 
+import anyio
 import httpx
 import jwt
 import msgspec
@@ -19,9 +21,10 @@ from websockets.typing import Origin
 
 from percolert.core.settings import Settings
 from percolert.web.socket_auth import SocketAuthFailed
+from tests.accounts.shop_keys import ShopKey
 from tests.accounts.tokens import SHOP_SECRET, bearer, shop_token
-from tests.servers import run_server
-from tests.shoppers import Shopper, Socket
+from tests.servers import free_port, run_server
+from tests.shoppers import Shopper, Socket, default_watch
 
 pytestmark = pytest.mark.anyio
 
@@ -116,14 +119,30 @@ async def test_a_bad_token_is_a_401_never_an_anonymous_request(server: str) -> N
                 assert challenge.startswith('Bearer realm="percolert", error="invalid_token"')
                 assert "set-cookie" not in response.headers
         response = await anonymous.http.post(
-            "/api/watches", json={"terms": "kindle"}, headers={"Authorization": "Basic eDp5"}
+            "/api/watches", json={"terms": "kindle"}, headers={"Authorization": "Bearer"}
         )
         assert response.status_code == 401
         assert response.json()["error"]["code"] == "invalid_request"
+        # A header value that is not Latin-1, or would break the header, is not echoed.
+        for alg in ("é€", "HS256\r\nSet-Cookie: evil=1"):
+            forged = handmade_token({"alg": alg, "typ": "JWT"})
+            response = await anonymous.http.get("/api/watches", headers=bearer(forged))
+            assert response.status_code == 401, response.text
+            assert "evil" not in response.headers["www-authenticate"]
         # Nothing was written for the cookie's session meanwhile.
         assert anonymous.http.cookies == cookies
         own = (await anonymous.http.get("/api/watches")).json()["watches"]
         assert [w for w in own if not w["is_default"]] == []
+        # Another scheme (a proxy's basic auth, say) is not ours: the session goes on.
+        basic = await anonymous.http.get("/api/watches", headers={"Authorization": "Basic eDp5"})
+        assert basic.status_code == 200
+
+
+def handmade_token(header: dict[str, str]) -> str:
+    def part(value: object) -> str:
+        return base64.urlsafe_b64encode(json.dumps(value).encode()).decode().rstrip("=")
+
+    return f"{part(header)}.{part({'sub': 'c', 'exp': int(time.time()) + 60})}.c2ln"
 
 
 async def test_a_token_gets_no_session_cookie(server: str) -> None:
@@ -308,3 +327,62 @@ def test_the_watch_cap_counts_per_account(catalog_settings: Settings) -> None:
 def test_a_refusal_reason_is_cut_to_fit_a_close_frame() -> None:
     failed = SocketAuthFailed(4401, "é" * 100)  # 200 bytes of UTF-8
     assert failed.reason == "é" * 61  # 122 bytes: no character cut in half
+
+
+def test_an_accounts_sockets_are_capped_as_a_sessions_are(catalog_settings: Settings) -> None:
+    settings = msgspec.structs.replace(
+        catalog_settings, jwt_secret=SHOP_SECRET, max_sockets_per_user=2
+    )
+
+    async def open_three(url: str) -> tuple[int, str]:
+        token = shop_token(f"mona-{uuid.uuid4().hex[:6]}")
+        async with Shopper(url, token=token) as first, Shopper(url, token=token) as second:
+            await first.connect()
+            await second.connect()
+            third = await open_raw(url)
+            await third.connection.send(json.dumps({"type": "auth", "token": token}))
+            return await closed_with(third)
+
+    with run_server(settings) as url:
+        code, reason = anyio.run(open_three, url)
+    assert code == 1008
+    assert reason.startswith("too many open connections for this account")
+
+
+def test_keys_that_cannot_be_read_close_a_socket_to_be_tried_again(
+    catalog_settings: Settings,
+) -> None:
+    unreachable = f"http://127.0.0.1:{free_port()}/jwks.json"
+    settings = msgspec.structs.replace(catalog_settings, jwks_url=unreachable, jwks_allow_http=True)
+
+    async def attempt(url: str) -> tuple[int, str]:
+        socket = await open_raw(url)
+        key = ShopKey("k1")
+        await socket.connection.send(json.dumps({"type": "auth", "token": key.token("nina")}))
+        return await closed_with(socket)
+
+    with run_server(settings) as url:
+        code, reason = anyio.run(attempt, url)
+        response = httpx.get(f"{url}/api/watches", headers=bearer(ShopKey("k1").token("nina")))
+    assert (code, reason) == (1013, "the shop's signing keys cannot be read right now")
+    assert response.status_code == 503
+    assert "127.0.0.1" not in response.text
+
+
+async def test_a_new_account_hears_nothing_of_default_watches_before_it_came(
+    server: str, catalog_settings: Settings
+) -> None:
+    word = "oldnews" + "".join(chr(ord("a") + int(c, 16)) for c in uuid.uuid4().hex[:8])
+    async with default_watch(catalog_settings, word), Shopper(server) as searcher:
+        async with Shopper(server, token=shop_token(f"early-{word}")) as early:
+            early_socket = await early.connect()
+            await searcher.search(word)
+            heard = await early_socket.next_alert()
+            assert heard is not None
+            assert heard["watch"]["terms"] == word
+        # An account that comes later is told nothing of it, in its greeting or its replay.
+        async with Shopper(server, token=shop_token(f"late-{word}")) as late:
+            socket = await late.connect(after=0)
+            assert [a for a in socket.hello["recent"] if a["watch"]["terms"] == word] == []
+            replayed = await late.alerts_before_marker(socket, searcher)
+            assert [a for a in replayed if a["watch"]["terms"] == word] == []

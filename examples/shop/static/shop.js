@@ -98,12 +98,12 @@ $("search").addEventListener("submit", async (event) => {
   }
 });
 
-// --- at login: this browser's anonymous watches move into the account, once ---------------
+// --- at login: this browser's anonymous watches move into the account ---------------------
 
+// The shop's backend says when: on the first page after a genuine login, once (never from a
+// URL parameter, which another site could link to).
 async function start() {
-  const params = new URLSearchParams(location.search);
-  if (customer && params.has("logged_in")) {
-    history.replaceState(null, "", location.pathname);
+  if (customer && root.dataset.merge === "1") {
     try {
       const merged = await client.mergeAnonymousWatches();
       if (merged.moved > 0) {

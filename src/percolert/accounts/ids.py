@@ -1,7 +1,8 @@
 """The user id of a shop's customer: derived from the token's `sub`, never the `sub` itself.
 
 A shop's customer ids may be e-mail addresses or other personal data; the derived id keeps
-them out of every index, log and Redis key, and has the shape of any user id here (URL-safe
+them out of every index, log and Redis key (pseudonymised: a guessed id can be confirmed by
+hashing it, so erasure removes the data itself), and has the shape of any user id here (URL-safe
 letters, digits, `-` and `_`). It is 48 characters long, an anonymous session's 22: the two
 never meet. The same `sub` always gives the same id, so a shop can erase or export an
 account by its own customer id.

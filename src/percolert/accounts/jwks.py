@@ -53,20 +53,27 @@ class JwksKeys:
         self.failures = 0
 
     async def key(self, kid: str) -> jwt.PyJWK | None:
-        """The key named `kid`, reading the set again if it lacks it (and may be read now);
-        None if the shop has no such key. JwksUnavailable if no set was ever read."""
+        """The key named `kid`, reading the set again if it lacks it; None if the shop has no
+        such key. JwksUnavailable if no set was ever read, or if the set may not be read
+        again so soon."""
         found = self._keys.get(kid)
         if found is not None:
             return found
         # One read at a time: tokens arriving together with a new `kid` wait for one read.
         async with self._lock:
             found = self._keys.get(kid)  # another token's read may have brought it
-            if found is None and self._may_read_for_unknown():
-                await self._refresh()
-                found = self._keys.get(kid)
+            if found is not None:
+                return found
+            if not self._may_read_for_unknown():
+                # Not "no such key": the shop may have just rotated (a retry will tell).
+                raise JwksUnavailable(
+                    f"{self._reads_per_minute} reads of the shop's keys for unknown keys in "
+                    "the last minute"
+                )
+            await self._refresh()
         if not self._read_once:
             raise JwksUnavailable(f"the shop's keys could not be read from {self._url}")
-        return found
+        return self._keys.get(kid)
 
     def _may_read_for_unknown(self) -> bool:
         now = time.monotonic()
@@ -113,9 +120,12 @@ class JwksKeys:
         async with self._session.get(self._url, allow_redirects=False) as response:
             if response.status != 200:
                 raise ValueError(f"HTTP {response.status}")
-            body = await response.content.read(_MAX_BYTES + 1)
-        if len(body) > _MAX_BYTES:
-            raise ValueError(f"larger than {_MAX_BYTES} bytes")
+            # To the end, in whatever chunks it comes, but no further than the bound.
+            body = bytearray()
+            async for chunk in response.content.iter_chunked(64 * 1024):
+                body += chunk
+                if len(body) > _MAX_BYTES:
+                    raise ValueError(f"larger than {_MAX_BYTES} bytes")
         try:
             document = msgspec.json.decode(body, type=dict[str, Any])
         except msgspec.DecodeError as error:
@@ -128,8 +138,8 @@ class JwksKeys:
                 continue
             try:
                 key = jwt.PyJWK(entry)
-            except jwt.PyJWTError as error:
-                # A key PyJWT cannot use: the others still count.
+            except Exception as error:  # PyJWT raises TypeError and others besides its own
+                # A key PyJWT cannot use (malformed, or of another kind): the others count.
                 logger.warning("skipping the shop's key %r: %s", entry["kid"], error)
                 continue
             if key.algorithm_name not in SIGNING_ALGORITHMS:

@@ -10,6 +10,7 @@ and `iat` when present; clocks may differ by the configured leeway.
 from __future__ import annotations
 
 import math
+import time
 
 import jwt
 import msgspec
@@ -90,9 +91,10 @@ class Tokens:
 
     async def _key_for(self, header: dict[str, object]) -> tuple[str | jwt.PyJWK, str]:
         algorithm = header.get("alg")
+        # The header's values are the sender's: never repeated back (logs, headers).
         if self.jwks is None:
             if algorithm != "HS256":
-                raise TokenRejected(f"the token must be signed with HS256, not {algorithm}")
+                raise TokenRejected("the token must be signed with HS256")
             assert self._secret is not None
             return self._secret, "HS256"
         kid = header.get("kid")
@@ -105,7 +107,7 @@ class Tokens:
         if key is None:
             raise TokenRejected("the token names a key the shop does not publish")
         if algorithm != key.algorithm_name:
-            raise TokenRejected(f"the token says {algorithm}, its key is for {key.algorithm_name}")
+            raise TokenRejected(f"the token's key is for {key.algorithm_name}, not its `alg`")
         return key, key.algorithm_name
 
 
@@ -120,8 +122,14 @@ def _subject(value: object) -> str:
     return value
 
 
+# A token living longer than this is a mistake (or a forgery's way to a date no clock holds).
+_LONGEST_LIFE_SECONDS = 366 * 24 * 3600
+
+
 def _expiry(value: object) -> float:
     # PyJWT has checked that it is a number; a float NaN or infinity is not a moment.
     if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
         raise TokenRejected("the token's `exp` is not a time")
+    if value > time.time() + _LONGEST_LIFE_SECONDS:
+        raise TokenRejected("the token's `exp` is more than a year off: issue short-lived tokens")
     return float(value)

@@ -425,7 +425,13 @@ class AlertLog:
                     if len(self._buffer) >= before:
                         break
 
-    def _stream_query(self, user: str, extra: list[dict[str, Any]]) -> dict[str, Any]:
+    def _stream_query(
+        self, user: str, extra: list[dict[str, Any]], everyone_since_ms: int | None = None
+    ) -> dict[str, Any]:
+        # Default watches' sendings, for everyone: since `everyone_since_ms` when given.
+        everyone: list[dict[str, Any]] = [{"term": {"everyone": True}}]
+        if everyone_since_ms is not None:
+            everyone.append({"range": {"at": {"gte": everyone_since_ms, "format": "epoch_millis"}}})
         return {
             "bool": {
                 "filter": [
@@ -435,7 +441,7 @@ class AlertLog:
                                 {"term": {"recipients": user}},
                                 {
                                     "bool": {
-                                        "filter": [{"term": {"everyone": True}}],
+                                        "filter": everyone,
                                         "must_not": [{"term": {"excluded": user}}],
                                     }
                                 },
@@ -449,7 +455,12 @@ class AlertLog:
         }
 
     async def _read(
-        self, user: str, since_ms: int, extra: list[dict[str, Any]], limit: int
+        self,
+        user: str,
+        since_ms: int,
+        extra: list[dict[str, Any]],
+        limit: int,
+        everyone_since_ms: int | None = None,
     ) -> list[Alert]:
         # A record lists every recipient's watch; only this user's is fetched (by path, so
         # only for ids that are plain path segments, as session ids are). In the body: a
@@ -458,7 +469,7 @@ class AlertLog:
         session = {"range": {"at": {"gte": since_ms, "format": "epoch_millis"}}}
         response = await self._client.search(
             index=self._alias,
-            query=self._stream_query(user, [session, *extra]),
+            query=self._stream_query(user, [session, *extra], everyone_since_ms),
             sort=[{"seq": "desc"}],
             size=limit,
             source={
@@ -497,29 +508,62 @@ class AlertLog:
         return _alerts_for(user, records)
 
     async def missed(
-        self, user: str, after: int, upto: int, *, since: float, limit: int = 200
+        self,
+        user: str,
+        after: int,
+        upto: int,
+        *,
+        since: float,
+        everyone_since: float | None = None,
+        limit: int = 200,
     ) -> list[Alert]:
         """The user's alerts with after < seq <= upto, oldest first (the newest `limit`),
         leaving out any that counts a search made before `since` (epoch seconds: when the
-        user's session began)."""
+        user's session began) and, with `everyone_since`, default watches' alerts counting
+        a search made before then (an account's own history is its own; the news of default
+        watches starts when it came)."""
         since_ms = _session_ms(since)
+        everyone_ms = None if everyone_since is None else _session_ms(everyone_since)
         unwritten = await self._unwritten(
-            user, after, upto, lambda r: after < r.seq <= upto and r.earliest_ms >= since_ms
+            user,
+            after,
+            upto,
+            lambda r: after < r.seq <= upto and _since(r, user, since_ms, everyone_ms),
         )
         positions = {"range": {"seq": {"gt": after, "lte": upto}}}
-        stored = await self._read(user, since_ms, [positions], limit)
+        stored = await self._read(user, since_ms, [positions], limit, everyone_ms)
         return _merge(stored, unwritten, limit)
 
-    async def recent(self, user: str, upto: int, *, since: float, limit: int = 20) -> list[Alert]:
+    async def recent(
+        self,
+        user: str,
+        upto: int,
+        *,
+        since: float,
+        everyone_since: float | None = None,
+        limit: int = 20,
+    ) -> list[Alert]:
         """The user's newest alerts with seq <= upto about searches made since `since` (epoch
-        seconds: when the user's session began), oldest first. A greeting passes the position
-        from which its socket gets alerts live, so none is listed and then sent again."""
+        seconds: when the user's session began; `everyone_since` as for `missed`), oldest
+        first. A greeting passes the position from which its socket gets alerts live, so
+        none is listed and then sent again."""
         since_ms = _session_ms(since)
+        everyone_ms = None if everyone_since is None else _session_ms(everyone_since)
         unwritten = await self._unwritten(
-            user, 0, upto, lambda r: r.seq <= upto and r.earliest_ms >= since_ms
+            user, 0, upto, lambda r: r.seq <= upto and _since(r, user, since_ms, everyone_ms)
         )
-        stored = await self._read(user, since_ms, [{"range": {"seq": {"lte": upto}}}], limit)
+        stored = await self._read(
+            user, since_ms, [{"range": {"seq": {"lte": upto}}}], limit, everyone_ms
+        )
         return _merge(stored, unwritten, limit)
+
+
+def _since(record: AlertRecord, user: str, since_ms: int, everyone_ms: int | None) -> bool:
+    """Whether the record counts only searches made late enough for `user`."""
+    if record.earliest_ms < since_ms:
+        return False
+    own = user in record.watches
+    return own or everyone_ms is None or record.earliest_ms >= everyone_ms
 
 
 def _alerts_for(user: str, records: Iterable[AlertRecord]) -> list[Alert]:

@@ -175,6 +175,9 @@ class Connection:
         if self.ended is None:
             self.ended = (code, reason)
         self.close()
+        # The writer may be stuck sending to a client that stopped reading: stop it too.
+        if self._cancel_scope is not None:
+            self._cancel_scope.cancel()
 
     def close(self) -> None:
         """Drop what is queued; later offers are refused."""

@@ -43,6 +43,7 @@ from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 from percolert.core.messages import ErrorBody, ErrorDetail
 from percolert.web.errors import BODY_TIMED_OUT
 from percolert.web.middleware.security_headers import security_headers
+from percolert.web.paths import loggable_path
 
 logger = logging.getLogger("percolert.http")
 
@@ -206,7 +207,7 @@ class BoundedRequestProtocol(HttpToolsProtocol):
             "closed a request whose body stopped arriving for %g s: %s %s",
             self.body_timeout,
             cycle.scope["method"],
-            cycle.scope["path"],
+            loggable_path(cycle.scope),  # type: ignore[arg-type]
         )
         if not cycle.response_started:
             message = f"the body stopped arriving: no byte of it for {self.body_timeout:g} s"

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import time
 
 import anyio
 import elasticsearch
@@ -27,6 +28,8 @@ from percolert.realtime.hub import (
 )
 from percolert.service.services import State, encode_message
 from percolert.web.logs import event, user_tag
+from percolert.web.middleware.admission import Admission
+from percolert.web.middleware.ratelimits import retry_after
 from percolert.web.middleware.sessions import current_user, session_started
 from percolert.web.origins import origin_allowed
 from percolert.web.socket_auth import (
@@ -72,6 +75,7 @@ async def _greeting(
     cut: int,
     connection: Connection,
     started: float,
+    everyone_since: float | None,
 ) -> tuple[Hello, list[Alert]]:
     """The hello message and the alerts missed since the client's `after` position.
 
@@ -83,11 +87,14 @@ async def _greeting(
     try:
         async with state["greetings"]:
             watches: list[Watch] | None = await state["watches"].visible_to(user)
-            recent = await state["alert_log"].recent(user, cut, since=started)
+            log = state["alert_log"]
+            recent = await log.recent(user, cut, since=started, everyone_since=everyone_since)
             missed = (
                 []
                 if after is None
-                else await state["alert_log"].missed(user, after, cut, since=started)
+                else await log.missed(
+                    user, after, cut, since=started, everyone_since=everyone_since
+                )
             )
     except (TransportError, elasticsearch.ApiError) as error:
         logger.warning("greeting without history, Elasticsearch failed: %s", error)
@@ -114,6 +121,22 @@ def _resume_from(after: int | None, recent: list[Alert], missed: list[Alert]) ->
     (or where it resumed from). Never the cut, a global position: told across reconnects,
     it would show when anyone's last alert was sent."""
     return max([after or 0, *(alert.seq for alert in recent), *(alert.seq for alert in missed)])
+
+
+async def _account_refusal(state: State, admission: Admission | None, user: str) -> str | None:
+    """Why an account's socket may not open, if so: its rate limit, or (here: the shared
+    broker counts the other instances') the cap on one user's open sockets, which the
+    handshake could not apply to an account it did not know yet. No await between this
+    and the socket joining the hub: two sockets of one account cannot both pass the cap."""
+    if admission is not None:
+        refused = await admission.account_socket_refusal(user)
+        if refused is not None:
+            wait, what = refused
+            return f"{what}: try again in {retry_after(wait)} s"
+    most = state["settings"].max_sockets_per_user
+    if len(state["hub"].connections(user)) >= most:
+        return f"too many open connections for this account: at most {most}; close another tab"
+    return None
 
 
 class _Reader:
@@ -201,9 +224,12 @@ async def _live(
     return reader.close_code, reader.reason
 
 
-async def alerts_socket(websocket: WebSocket, tokens: Tokens | None = None) -> None:
+async def alerts_socket(
+    websocket: WebSocket, tokens: Tokens | None = None, admission: Admission | None = None
+) -> None:
     """One alert socket: a session's (its cookie) or, opened with `?auth=token`, a shop
-    account's (its first message: socket_auth.py; `tokens` checks them)."""
+    account's (its first message: socket_auth.py; `tokens` checks them, and `admission`
+    holds the account to its own socket limits once it is known)."""
     state = state_of(websocket)
     by_token = wants_token(websocket)
     user = current_user(websocket)
@@ -221,7 +247,7 @@ async def alerts_socket(websocket: WebSocket, tokens: Tokens | None = None) -> N
             await websocket.close(code=POLICY_VIOLATION, reason=str(error))
         return
     account = None
-    started = session_started(websocket)
+    started, everyone_since = session_started(websocket), None
     if by_token:
         try:
             account = await first_token(
@@ -234,8 +260,14 @@ async def alerts_socket(websocket: WebSocket, tokens: Tokens | None = None) -> N
             return
         except WebSocketDisconnect:
             return
-        # An account's history is its own, across devices (sessions.act_as_account).
-        user, started = account.user, 0.0
+        # An account's history is its own, across devices (sessions.act_as_account); default
+        # watches' news, everyone's, starts for it as for anyone: when it came.
+        user, started, everyone_since = account.user, 0.0, time.time()
+        refused = await _account_refusal(state, admission, user)
+        if refused is not None:
+            with contextlib.suppress(WebSocketDisconnect, RuntimeError):
+                await websocket.close(code=POLICY_VIOLATION, reason=refused)
+            return
     assert user is not None
     hub = state["hub"]
     connection = Connection(
@@ -265,17 +297,18 @@ async def alerts_socket(websocket: WebSocket, tokens: Tokens | None = None) -> N
         hub.remove(connection)
         raise
     connection.release(cut)
-    clock = (
-        None
-        if account is None or tokens is None
-        else TokenClock(connection, tokens, account, state["settings"].token_refresh_ahead_seconds)
-    )
+    clock: TokenClock | None = None
     event(logger, "socket_open", user=user_tag(user), sockets=hub.socket_count())
     close_code, reason = 0, ""
     try:
+        if account is not None and tokens is not None:
+            ahead = state["settings"].token_refresh_ahead_seconds
+            clock = TokenClock(connection, tokens, account, ahead)
         # Before the hello: a search after it must find this user's watches (reachability.py).
         await state["reachability"].arrived(user)
-        hello, missed = await _greeting(state, websocket, user, after, cut, connection, started)
+        hello, missed = await _greeting(
+            state, websocket, user, after, cut, connection, started, everyone_since
+        )
         await websocket.send_text(encode_message(hello))
         for alert in missed:
             await websocket.send_text(encode_message(alert))

@@ -350,7 +350,7 @@ def create_app(settings: Settings, *, percolator_type: type[Percolator] = Percol
         return FileResponse(web / "index.html")
 
     async def socket(websocket: WebSocket) -> None:
-        await alerts_socket(websocket, tokens)
+        await alerts_socket(websocket, tokens, admission)
 
     routes = [
         Route("/", page),

@@ -12,6 +12,7 @@ Close codes (private use, 4000-4999, in the HTTP status's spirit):
   token from the shop, then reconnect.
 - 4403: a fresh token names another account than the socket's; terminal for that socket.
 - 4408: no `auth` message in time; reconnect.
+- 1013: the shop's keys cannot be read right now (the token may be fine); reconnect later.
 """
 
 from __future__ import annotations
@@ -23,7 +24,7 @@ import anyio
 import msgspec
 from starlette.websockets import WebSocket, WebSocketDisconnect
 
-from percolert.accounts.tokens import Account, TokenRejected, Tokens
+from percolert.accounts.tokens import Account, KeysUnavailable, TokenRejected, Tokens
 from percolert.core.jsondepth import TooDeep, check_depth
 from percolert.core.messages import Auth, TokenExpiring
 from percolert.core.times import iso_from_seconds
@@ -33,6 +34,9 @@ from percolert.service.services import encode_message
 TOKEN_INVALID = 4401
 OTHER_ACCOUNT = 4403
 AUTH_TIMEOUT = 4408
+# The shop's keys cannot be read now: the token may be fine; reconnect later (RFC 6455's
+# "try again later", as for a slow client).
+KEYS_UNAVAILABLE = 1013
 
 
 # A close frame's reason is at most 123 bytes of UTF-8 (RFC 6455 §5.5).
@@ -56,16 +60,24 @@ async def first_token(websocket: WebSocket, tokens: Tokens | None, seconds: floa
     SocketAuthFailed otherwise (WebSocketDisconnect if the client left)."""
     if tokens is None:
         raise SocketAuthFailed(TOKEN_INVALID, "this server takes no shop tokens")
+    # Only the wait is timed: checking the token may read the shop's keys, which is ours.
+    message = None
     with anyio.move_on_after(seconds):
         message = await websocket.receive()
-        if message["type"] == "websocket.disconnect":
-            raise WebSocketDisconnect(message.get("code", 1000))
-        auth = _auth_message(message.get("text"))
-        try:
-            return await tokens.verify(auth.token)
-        except TokenRejected as problem:
-            raise SocketAuthFailed(TOKEN_INVALID, str(problem)) from None
-    raise SocketAuthFailed(AUTH_TIMEOUT, f"send an auth message within {seconds:g} s")
+    if message is None:
+        raise SocketAuthFailed(AUTH_TIMEOUT, f"send an auth message within {seconds:g} s")
+    if message["type"] == "websocket.disconnect":
+        raise WebSocketDisconnect(message.get("code", 1000))
+    auth = _auth_message(message.get("text"))
+    try:
+        return await tokens.verify(auth.token)
+    except KeysUnavailable:
+        # Which URL failed is for the log (tokens.py), not for whoever connects.
+        raise SocketAuthFailed(
+            KEYS_UNAVAILABLE, "the shop's signing keys cannot be read right now"
+        ) from None
+    except TokenRejected as problem:
+        raise SocketAuthFailed(TOKEN_INVALID, str(problem)) from None
 
 
 def _auth_message(text: str | None) -> Auth:
@@ -117,6 +129,10 @@ class TokenClock:
         """A fresh token from the client: the same account's, or the socket ends."""
         try:
             account = await self._tokens.verify(token)
+        except KeysUnavailable:
+            # Maybe fine: the current token holds until it expires (then 4401, and the page
+            # reconnects with a fresh one).
+            return
         except TokenRejected as problem:
             self._end(TOKEN_INVALID, str(problem))
             return

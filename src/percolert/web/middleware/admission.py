@@ -146,6 +146,16 @@ class Admission:
             {"WWW-Authenticate": "Bearer"},
         )
 
+    async def account_socket_refusal(self, user: str) -> tuple[float, str] | None:
+        """Why a socket that has just shown an account's token may not go on (seconds to
+        wait, what it is), if so: its handshake was counted per address and per its cookie,
+        before anyone knew whose it was; the account's own limit is counted here."""
+        wait = await self._limits.admit(Action.SOCKET, session=user, address=None)
+        if wait is None:
+            return None
+        self._on_refused(Action.SOCKET)
+        return wait, f"too many {_WHAT[Action.SOCKET]} for this account"
+
     async def open_socket(self, app: ASGIApp, scope: Scope, receive: Receive, send: Send) -> None:
         user = current_user(HTTPConnection(scope))
         if user is None:  # refused by the socket endpoint itself

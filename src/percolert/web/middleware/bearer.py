@@ -27,8 +27,10 @@ logger = logging.getLogger(__name__)
 
 
 def challenge(error: str, description: str) -> dict[str, str]:
-    """The `WWW-Authenticate` header of a refused token (RFC 6750 §3)."""
-    quoted = description.replace("\\", "\\\\").replace('"', '\\"')
+    """The `WWW-Authenticate` header of a refused token (RFC 6750 §3): its
+    `error_description` holds only the characters RFC 6750 allows (printable ASCII but `"`
+    and `\\`), anything else becomes `?`."""
+    quoted = "".join(c if " " <= c <= "~" and c not in '"\\' else "?" for c in description)
     return {
         "WWW-Authenticate": f'Bearer realm="percolert", error="{error}", '
         f'error_description="{quoted}"'
@@ -36,13 +38,10 @@ def challenge(error: str, description: str) -> dict[str, str]:
 
 
 def bearer_token(headers: Headers) -> str | None:
-    """The token of `Authorization: Bearer <token>`; "" for another scheme or none given;
-    None without the header."""
-    value = headers.get("authorization")
-    if value is None:
-        return None
-    scheme, _, token = value.strip().partition(" ")
-    return token.strip() if scheme.lower() == "bearer" else ""
+    """The token of `Authorization: Bearer <token>` ("" when none follows the scheme); None
+    without the header or with another scheme (a proxy's `Basic`, say: not ours to judge)."""
+    scheme, _, token = headers.get("authorization", "").strip().partition(" ")
+    return token.strip() if scheme.lower() == "bearer" else None
 
 
 class BearerMiddleware:
