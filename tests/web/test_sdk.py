@@ -515,6 +515,26 @@ def test_a_protocol_the_sdk_does_not_speak_is_reported(
 # --- components -----------------------------------------------------------------------------
 
 
+def test_a_panel_with_a_currency_the_browser_lacks_still_shows_alerts(
+    context: BrowserContext, server: str, sdk_settings: Settings
+) -> None:
+    page = sdk_page(context, server)
+    wait_live(page)
+    page.evaluate(
+        """() => {
+          const panel = document.createElement("percolert-alerts");
+          panel.setAttribute("currency", "not a currency");
+          document.body.append(panel);
+        }"""
+    )
+    writer = Writer(sdk_settings)
+    [cookie] = [c for c in context.cookies() if c["name"] == COOKIE_NAME]
+    run_async(writer.write(writer.user_of_cookie(cookie["value"]), ["Kindle Currency Test"]))
+    item = page.locator("percolert-alerts li", has_text="Kindle Currency Test")
+    expect(item).to_have_count(1)
+    expect(item).to_contain_text("$129.00")
+
+
 def test_components_show_hostile_text_as_text(
     context: BrowserContext, server: str, searcher: Searcher, sdk_settings: Settings
 ) -> None:
@@ -817,6 +837,11 @@ def test_an_erased_account_is_not_reconnected(context: BrowserContext, server: s
     # Terminal: the shop's token for the erased account is not asked for again.
     assert page.evaluate("window.tokenCalls") == ["connect"]
     assert len(sockets) == 1
+    # Nor is anything written with it (it may be valid a while yet).
+    refused = call(page, "(client) => client.addWatch({ terms: 'kindle' })")
+    assert refused["error"]["code"] == "account_erased"
+    listed = httpx.get(f"{server}/api/watches", headers=bearer(shop_token(customer)), timeout=10)
+    assert [w for w in listed.json()["watches"] if not w["is_default"]] == []
 
 
 def test_merge_moves_anonymous_watches_into_the_account_and_export_lists_them(

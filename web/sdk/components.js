@@ -428,10 +428,14 @@ export class PercolertAlerts extends HTMLElement {
   }
 
   get #money() {
-    return new Intl.NumberFormat(this.getAttribute("locale") || undefined, {
-      style: "currency",
-      currency: this.getAttribute("currency") || "USD",
-    });
+    try {
+      return new Intl.NumberFormat(this.getAttribute("locale") || undefined, {
+        style: "currency",
+        currency: this.getAttribute("currency") || "USD",
+      });
+    } catch {
+      return usd; // a locale or currency the browser does not know: alerts still show
+    }
   }
 
   #layout() {
@@ -480,6 +484,8 @@ export class PercolertAlerts extends HTMLElement {
   #item(message, kind, text) {
     if (this.#mode === "toasts" || this.#shown.has(message.id)) return;
     this.#shown.add(message.id);
+    // Bounded for a page open for days: far more ids than the list shows are remembered.
+    if (this.#shown.size > 2000) this.#shown.delete(this.#shown.values().next().value);
     const item = element("li", "item");
     item.className = "item";
     item.dataset.kind = kind;

@@ -88,6 +88,7 @@ export class Percolert extends EventTarget {
   #retryTimer = null;
   #pinger = null;
   #rejections = 0; // 4401 closes since the last greeting
+  #erased = null; // the account was erased (4410): no more changes with its token
   #onOnline = () => this.#retryNow();
 
   #lastSeq = null;
@@ -185,6 +186,7 @@ export class Percolert extends EventTarget {
     if (this.#wanted) return;
     this.#wanted = true;
     this.#rejections = 0;
+    this.#erased = null; // asked to connect again: the shop has a customer again
     this.#retryDelay = this.#initialDelay;
     globalThis.addEventListener?.("online", this.#onOnline);
     this.#open("connect");
@@ -281,7 +283,8 @@ export class Percolert extends EventTarget {
   #closed(code, reason) {
     if (!this.#wanted) return;
     if (code === CloseCode.ACCOUNT_ERASED) {
-      this.#unauthorized(new PercolertError(reason || "the account was erased", { code: "account_erased", status: 410 }));
+      this.#erased = new PercolertError(reason || "the account was erased", { code: "account_erased", status: 410 });
+      this.#unauthorized(this.#erased);
       return;
     }
     if (code === CloseCode.OTHER_ACCOUNT) {
@@ -491,6 +494,9 @@ export class Percolert extends EventTarget {
   }
 
   async #request(method, path, body) {
+    // An erased account's token may still be valid for a while: nothing is written with it
+    // (a "Notify me" pressed after the erasure would make the account anew).
+    if (this.#erased !== null && method !== "GET") throw this.#erased;
     for (let attempt = 0; ; attempt += 1) {
       const headers = {};
       if (this.#getToken !== null) {

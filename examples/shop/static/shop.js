@@ -32,9 +32,10 @@ $("customer").textContent = customer ?? "";
 $("reconnect").addEventListener("click", () => client.connect());
 
 client.addEventListener("status", (event) => {
-  const { status, retryIn } = event.detail;
+  const { status, retryIn, error } = event.detail;
   $("connection").dataset.state = status;
-  $("reconnect").hidden = status !== "unauthorized";
+  // An erased account is gone: nothing to reconnect to until the customer logs in anew.
+  $("reconnect").hidden = status !== "unauthorized" || error?.code === "account_erased";
   const texts = { live: "Live", connecting: "Connecting…", unauthorized: "Logged out of alerts" };
   $("connection-text").textContent =
     texts[status] ?? (status === "offline" ? `Offline — retrying in ${Math.round((retryIn ?? 0) / 1000)} s` : status);
