@@ -118,7 +118,7 @@ def run_cli(settings: Settings, *args: str) -> subprocess.CompletedProcess[str]:
     )
 
 
-def _on_test_broker(settings: Settings, request: pytest.FixtureRequest) -> Settings:
+def on_test_broker(settings: Settings, request: pytest.FixtureRequest) -> Settings:
     """With PERCOLERT_TEST_BROKER=redis, the suite's servers run on the Redis broker (one
     instance each): the same behaviour is expected of it as of the embedded one."""
     if os.environ.get("PERCOLERT_TEST_BROKER", "memory") != "redis":
@@ -129,7 +129,7 @@ def _on_test_broker(settings: Settings, request: pytest.FixtureRequest) -> Setti
 @pytest.fixture
 def fresh_settings(elasticsearch_url: str, request: pytest.FixtureRequest) -> Iterator[Settings]:
     """Settings with an index prefix no other test uses; its indices are deleted afterwards."""
-    settings = _on_test_broker(make_settings(elasticsearch_url), request)
+    settings = on_test_broker(make_settings(elasticsearch_url), request)
     yield settings
     asyncio.run(delete_indices(settings))
 
@@ -137,7 +137,7 @@ def fresh_settings(elasticsearch_url: str, request: pytest.FixtureRequest) -> It
 @pytest.fixture(scope="session")
 def catalog_settings(elasticsearch_url: str, request: pytest.FixtureRequest) -> Iterator[Settings]:
     """Indices set up and the sample catalog loaded once for the session's read-only tests."""
-    settings = _on_test_broker(make_settings(elasticsearch_url), request)
+    settings = on_test_broker(make_settings(elasticsearch_url), request)
 
     prepare_indices(settings, catalog=SAMPLE_CATALOG)
     yield settings

@@ -1,5 +1,6 @@
 """Real servers for tests: uvicorn on an unused port in a background thread (as uvicorn's own
-test suite does), and helpers to find free ports."""
+test suite does), plain HTTP servers for the pages and endpoints of others (another origin's
+page, a shop's keys), and helpers to find free ports."""
 
 from __future__ import annotations
 
@@ -9,14 +10,43 @@ import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import httpx
+import uvicorn
 from prometheus_client.parser import text_string_to_metric_families
 from starlette.applications import Starlette
 
 from percolert.core.settings import Settings
 from percolert.server.runner import build_server
 from percolert.web.app import create_app
+
+
+class QuietHandler(BaseHTTPRequestHandler):
+    """A request handler that logs nothing and answers with `reply`."""
+
+    def reply(self, body: bytes, content_type: str) -> None:
+        self.send_response(200)
+        self.send_header("content-type", content_type)
+        self.send_header("content-length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def log_message(self, *args: object) -> None:
+        pass
+
+
+@contextmanager
+def http_server(handler: type[BaseHTTPRequestHandler]) -> Iterator[str]:
+    """The standard library's HTTP server with `handler` on an unused loopback port, in a
+    background thread until the block ends; yields its base URL."""
+    server = ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        yield f"http://127.0.0.1:{server.server_address[1]}"
+    finally:
+        server.shutdown()
+        server.server_close()
 
 
 def free_port() -> int:
@@ -43,6 +73,14 @@ def run_server(
         log_level="warning",
         trusted_proxies=settings.trusted_proxies,
     )
+    with serving(server, port) as url:
+        yield url
+
+
+@contextmanager
+def serving(server: uvicorn.Server, port: int) -> Iterator[str]:
+    """Run a uvicorn server (listening on `port`) in a background thread until the block
+    ends; yields its base URL once it is up."""
     thread = threading.Thread(target=server.run, name=f"uvicorn-{port}", daemon=True)
     thread.start()
     deadline = time.monotonic() + 20

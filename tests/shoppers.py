@@ -14,6 +14,7 @@ import anyio
 import httpx
 from elasticsearch import AsyncElasticsearch
 from websockets.asyncio.client import ClientConnection, connect
+from websockets.exceptions import ConnectionClosed
 from websockets.typing import Origin
 
 from percolert.core.messages import Watch, WatchSpec
@@ -86,6 +87,17 @@ class Socket:
                 return before
             before.append(message)
         raise AssertionError("no pong came")
+
+    async def closed_by_server(self) -> tuple[int, str]:
+        """The close code and reason, once the server closes the socket (what arrives
+        before is passed over); fails if it closes without a close frame."""
+        try:
+            while True:
+                await self.connection.recv()
+        except ConnectionClosed as closed:
+            received = closed.rcvd
+        assert received is not None, "closed without a close frame"
+        return received.code, received.reason
 
     async def close(self) -> None:
         await self.connection.close()

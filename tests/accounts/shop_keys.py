@@ -4,15 +4,15 @@ loopback (plain http, which the settings allow only with PERCOLERT_JWKS_ALLOW_HT
 from __future__ import annotations
 
 import json
-import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
 import jwt
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
+
+from tests.servers import QuietHandler, http_server
 
 
 class ShopKey:
@@ -62,7 +62,7 @@ class JwksEndpoint:
 
 @contextmanager
 def jwks_server(endpoint: JwksEndpoint) -> Iterator[JwksEndpoint]:
-    class Handler(BaseHTTPRequestHandler):
+    class Handler(QuietHandler):
         def do_GET(self) -> None:
             endpoint.reads += 1
             if endpoint.down:
@@ -71,26 +71,18 @@ def jwks_server(endpoint: JwksEndpoint) -> Iterator[JwksEndpoint]:
                 return
             keys = [*endpoint.extra, *(key.public_jwk() for key in endpoint.keys)]
             body = json.dumps({"keys": keys}).encode()
+            if endpoint.piece is None:
+                self.reply(body, "application/json")
+                return
             self.send_response(200)
-            self.send_header("Content-Type", "application/json")
-            self.send_header("Content-Length", str(len(body)))
+            self.send_header("content-type", "application/json")
+            self.send_header("content-length", str(len(body)))
             self.end_headers()
-            step = endpoint.piece or len(body)
-            for start in range(0, len(body), step):
-                self.wfile.write(body[start : start + step])
+            for start in range(0, len(body), endpoint.piece):
+                self.wfile.write(body[start : start + endpoint.piece])
                 self.wfile.flush()
-                if endpoint.piece:
-                    time.sleep(0.002)
+                time.sleep(0.002)
 
-        def log_message(self, format: str, *args: Any) -> None:
-            pass
-
-    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-    endpoint.url = f"http://127.0.0.1:{server.server_address[1]}/.well-known/jwks.json"
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    try:
+    with http_server(Handler) as url:
+        endpoint.url = f"{url}/.well-known/jwks.json"
         yield endpoint
-    finally:
-        server.shutdown()
-        server.server_close()

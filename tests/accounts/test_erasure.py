@@ -13,7 +13,6 @@ from urllib.parse import quote
 
 import httpx
 import pytest
-from websockets.exceptions import ConnectionClosed
 
 from percolert.accounts.ids import account_user_id
 from percolert.engine import es, indices
@@ -44,16 +43,6 @@ def erase(shop: Shop, customer_id: str, headers: dict[str, str] | None = None) -
         headers=ADMIN if headers is None else headers,
         timeout=60,
     )
-
-
-async def closed_with(socket: Socket) -> tuple[int, str]:
-    """The close code and reason of a socket the server closes."""
-    with pytest.raises(ConnectionClosed) as closed:  # noqa: PT012
-        while True:
-            await socket.connection.recv()
-    received = closed.value.rcvd
-    assert received is not None, "closed without a close frame"
-    return received.code, received.reason
 
 
 async def next_of(socket: Socket, kind: str) -> dict[str, Any]:
@@ -132,7 +121,7 @@ async def test_erasure_leaves_nothing_of_the_account_anywhere(
         assert erased["product_notices"] == 1
         assert erased["sockets"] == 1
         # Her socket is closed, with the code that says why.
-        assert await closed_with(jane_socket) == (ACCOUNT_ERASED, "account erased")
+        assert await jane_socket.closed_by_server() == (ACCOUNT_ERASED, "account erased")
 
         # Nothing of her in any index: not her id, not the shop's id for her, not her
         # watches' ids (the product notices named them).

@@ -24,6 +24,7 @@ from percolert.core.settings import Settings
 from percolert.engine import es, indices
 from percolert.realtime.hub import Hub
 from tests.accounts import traces
+from tests.broker.test_broker_redis import Log  # a numbering either broker takes
 
 pytestmark = pytest.mark.anyio
 
@@ -31,28 +32,6 @@ WINDOW = 60.0  # nothing ends on its own: windows end by claim_due(everything)
 KINDLE = ProductCard(
     sku="ER-1", product_name="Kindle", price=99.0, category="e-readers", brand="Amazon"
 )
-
-
-class Log:
-    def __init__(self) -> None:
-        self.logged: list[AlertRecord] = []
-
-    @property
-    def last_seq(self) -> int:
-        return len(self.logged)
-
-    def next_seq(self) -> int:
-        return len(self.logged) + 1
-
-    def append(self, record: AlertRecord) -> None:
-        self.logged.append(record)
-
-    async def max_seq(self) -> int:
-        return len(self.logged)
-
-    async def store(self, records: list[AlertRecord]) -> bool:
-        self.logged += records
-        return True
 
 
 def _ended(followups: list[Followup]) -> list[Any]:

@@ -16,7 +16,6 @@ import jwt
 import msgspec
 import pytest
 from websockets.asyncio.client import connect
-from websockets.exceptions import ConnectionClosed
 from websockets.typing import Origin
 
 from percolert.core.settings import Settings
@@ -43,20 +42,6 @@ def server(catalog_settings: Settings) -> Iterator[str]:
     )
     with run_server(settings) as url:
         yield url
-
-
-async def closed_with(socket: Socket) -> tuple[int, str]:
-    """The close code and reason of a socket the server closes."""
-
-    async def read_to_the_end() -> None:
-        while True:
-            await socket.connection.recv()
-
-    with pytest.raises(ConnectionClosed) as closed:
-        await read_to_the_end()
-    received = closed.value.rcvd
-    assert received is not None, "closed without a close frame"
-    return received.code, received.reason
 
 
 async def test_an_account_follows_its_customer_across_devices(server: str) -> None:
@@ -169,7 +154,8 @@ async def open_raw(server: str, query: str = "auth=token") -> Socket:
 
 async def test_socket_refusals_have_documented_codes(server: str) -> None:
     # Nothing sent in time.
-    assert (await closed_with(await open_raw(server)))[0] == 4408
+    silent = await open_raw(server)
+    assert (await silent.closed_by_server())[0] == 4408
     cases = [
         json.dumps({"type": "auth", "token": shop_token("c", expires_in=-5)}),
         json.dumps({"type": "auth", "token": "garbage"}),
@@ -179,7 +165,7 @@ async def test_socket_refusals_have_documented_codes(server: str) -> None:
     for first in cases:
         socket = await open_raw(server)
         await socket.connection.send(first)
-        code, reason = await closed_with(socket)
+        code, reason = await socket.closed_by_server()
         assert code == 4401, (first, reason)
     # A socket without a token nor a cookie is refused at the handshake, as before.
     with pytest.raises(Exception, match="403"):
@@ -232,7 +218,7 @@ async def test_an_expiring_token_is_refreshed_on_the_open_socket(server: str) ->
 async def test_without_a_fresh_token_the_socket_closes_with_4401(server: str) -> None:
     async with Shopper(server, token=shop_token("frank", expires_in=3)) as frank:
         socket = await frank.connect()
-        code, reason = await closed_with(socket)
+        code, reason = await socket.closed_by_server()
         assert (code, reason) == (4401, "the token has expired")
 
 
@@ -240,7 +226,7 @@ async def test_a_fresh_token_of_another_account_ends_the_socket(server: str) -> 
     async with Shopper(server, token=shop_token("grace")) as grace:
         socket = await grace.connect()
         await socket.connection.send(json.dumps({"type": "auth", "token": shop_token("heidi")}))
-        code, _ = await closed_with(socket)
+        code, _ = await socket.closed_by_server()
         assert code == 4403
 
 
@@ -341,7 +327,7 @@ def test_an_accounts_sockets_are_capped_as_a_sessions_are(catalog_settings: Sett
             await second.connect()
             third = await open_raw(url)
             await third.connection.send(json.dumps({"type": "auth", "token": token}))
-            return await closed_with(third)
+            return await third.closed_by_server()
 
     with run_server(settings) as url:
         code, reason = anyio.run(open_three, url)
@@ -359,7 +345,7 @@ def test_keys_that_cannot_be_read_close_a_socket_to_be_tried_again(
         socket = await open_raw(url)
         key = ShopKey("k1")
         await socket.connection.send(json.dumps({"type": "auth", "token": key.token("nina")}))
-        return await closed_with(socket)
+        return await socket.closed_by_server()
 
     with run_server(settings) as url:
         code, reason = anyio.run(attempt, url)

@@ -3,18 +3,13 @@
 
 from __future__ import annotations
 
-import os
-import queue
-import signal
-import subprocess
-import sys
-import threading
 from pathlib import Path
 
 import httpx
 import pytest
 
 from tests.conftest import delete_indices, make_settings
+from tests.dev.test_demo import running_up
 from tests.servers import free_port
 from tests.waiting import wait_until
 
@@ -26,79 +21,54 @@ async def test_up_with_the_shop_takes_its_customers_tokens(
 ) -> None:
     settings = make_settings(elasticsearch_url, state_dir=tmp_path / "state")
     port, shop_port = free_port(), free_port()
-    env = {
-        **os.environ,
-        "ELASTICSEARCH_URL": elasticsearch_url,
-        "PERCOLERT_INDEX_PREFIX": settings.index_prefix,
-        "PERCOLERT_STATE_DIR": str(settings.state_dir),
-    }
-    command = [
-        *(sys.executable, "-m", "percolert.cli", "up"),
-        *("--port", str(port), "--shop", "--shop-port", str(shop_port)),
-    ]
-    lines: queue.Queue[str] = queue.Queue()
     try:
-        with subprocess.Popen(
-            command, env=env, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True
+        with running_up(
+            settings, "--port", str(port), "--shop", "--shop-port", str(shop_port)
         ) as up:
-            assert up.stdout is not None
-            stdout = up.stdout
+            shop = f"http://127.0.0.1:{shop_port}"
+            percolert = f"http://127.0.0.1:{port}"
+            printed: list[str] = []
 
-            def read() -> None:
-                for line in stdout:
-                    lines.put(line)
+            def both_ready() -> bool:
+                printed.extend(up.new_lines())
+                # The curl line comes once the server answers /readyz.
+                if not any(line.startswith("curl ") for line in printed):
+                    return False
+                try:
+                    return httpx.get(f"{shop}/.well-known/jwks.json").status_code == 200
+                except httpx.TransportError:
+                    return False
 
-            threading.Thread(target=read, daemon=True).start()
-            try:
-                shop = f"http://127.0.0.1:{shop_port}"
-                percolert = f"http://127.0.0.1:{port}"
-                printed: list[str] = []
-
-                def both_ready() -> bool:
-                    assert up.poll() is None, "percolert up exited"
-                    while not lines.empty():
-                        printed.append(lines.get())
-                    # The curl line comes once the server answers /readyz.
-                    if not any(line.startswith("curl ") for line in printed):
-                        return False
-                    try:
-                        return httpx.get(f"{shop}/.well-known/jwks.json").status_code == 200
-                    except httpx.TransportError:
-                        return False
-
-                await wait_until(both_ready, timeout=120, what="the demo to be ready")
-                assert any(f"the example shop: {shop}" in line for line in printed)
-                async with (
-                    httpx.AsyncClient(base_url=shop, timeout=15) as customer,
-                    httpx.AsyncClient(base_url=percolert, timeout=15) as api,
-                ):
-                    page = await customer.get("/")
-                    assert page.status_code == 200
-                    assert f"{percolert}/static/sdk/" in page.text
-                    login = await customer.post("/login", data={"name": "olivia"})
-                    assert login.status_code == 303
-                    old = (await customer.get("/token")).json()["token"]
-                    created = await api.post(
-                        "/api/watches",
-                        json={"terms": "kindle"},
-                        headers={"Authorization": f"Bearer {old}"},
+            await wait_until(both_ready, timeout=120, what="the demo to be ready")
+            assert any(f"the example shop: {shop}" in line for line in printed)
+            async with (
+                httpx.AsyncClient(base_url=shop, timeout=15) as customer,
+                httpx.AsyncClient(base_url=percolert, timeout=15) as api,
+            ):
+                page = await customer.get("/")
+                assert page.status_code == 200
+                assert f"{percolert}/static/sdk/" in page.text
+                login = await customer.post("/login", data={"name": "olivia"})
+                assert login.status_code == 303
+                old = (await customer.get("/token")).json()["token"]
+                created = await api.post(
+                    "/api/watches",
+                    json={"terms": "kindle"},
+                    headers={"Authorization": f"Bearer {old}"},
+                )
+                assert created.status_code == 201, created.text
+                # The shop rotates its key; the old one stays published meanwhile.
+                assert (await customer.post("/admin/rotate-key")).status_code == 200
+                new = (await customer.get("/token")).json()["token"]
+                for token in (new, old):
+                    listed = await api.get(
+                        "/api/watches", headers={"Authorization": f"Bearer {token}"}
                     )
-                    assert created.status_code == 201, created.text
-                    # The shop rotates its key; the old one stays published meanwhile.
-                    assert (await customer.post("/admin/rotate-key")).status_code == 200
-                    new = (await customer.get("/token")).json()["token"]
-                    for token in (new, old):
-                        listed = await api.get(
-                            "/api/watches", headers={"Authorization": f"Bearer {token}"}
-                        )
-                        assert listed.status_code == 200, listed.text
-                        terms = [w["terms"] for w in listed.json()["watches"]]
-                        assert "kindle" in terms
-                    # The storefront may load the SDK's modules from Percolert.
-                    module = await api.get("/static/sdk/percolert.js", headers={"Origin": shop})
-                    assert module.headers["access-control-allow-origin"] == shop
-            finally:
-                up.send_signal(signal.SIGINT)
-                up.wait(timeout=60)
+                    assert listed.status_code == 200, listed.text
+                    terms = [w["terms"] for w in listed.json()["watches"]]
+                    assert "kindle" in terms
+                # The storefront may load the SDK's modules from Percolert.
+                module = await api.get("/static/sdk/percolert.js", headers={"Origin": shop})
+                assert module.headers["access-control-allow-origin"] == shop
     finally:
         await delete_indices(settings)

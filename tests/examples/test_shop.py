@@ -6,8 +6,6 @@ in at login, and a token that expires on an open socket."""
 from __future__ import annotations
 
 import importlib.util
-import threading
-import time
 import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -20,7 +18,7 @@ import uvicorn
 from playwright.sync_api import Browser, BrowserContext, Locator, Page, WebSocket, expect
 
 from percolert.core.settings import Settings
-from tests.servers import free_port, run_server
+from tests.servers import free_port, run_server, serving
 from tests.web.test_browser import ROOT, browser, screenshot
 
 __all__ = ["browser"]  # the browser fixture, shared with the page's other tests
@@ -42,18 +40,8 @@ def shop_module() -> ModuleType:
 def running_shop(port: int, percolert: str, token_seconds: float) -> Iterator[str]:
     app = shop_module().create_shop(percolert, token_seconds=token_seconds)
     server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 20
-    while not server.started:
-        assert thread.is_alive(), "the shop stopped"
-        assert time.monotonic() < deadline, "the shop did not start"
-        time.sleep(0.02)
-    try:
-        yield f"http://127.0.0.1:{port}"
-    finally:
-        server.should_exit = True
-        thread.join(timeout=20)
+    with serving(server, port) as url:
+        yield url
 
 
 class Site(msgspec.Struct):

@@ -6,7 +6,6 @@ product with the same words; counted by the shop (GET /api/admin/products/{sku}/
 from __future__ import annotations
 
 import asyncio
-import os
 import uuid
 from collections.abc import Iterator
 from functools import partial
@@ -30,6 +29,7 @@ from tests.conftest import (
     client_for,
     delete_indices,
     make_settings,
+    on_test_broker,
     prepare_indices,
 )
 from tests.servers import run_server
@@ -53,8 +53,7 @@ def watch_settings(elasticsearch_url: str, request: pytest.FixtureRequest) -> It
         product_alert_poll_seconds=0.1,
         max_watches_per_user=6,
     )
-    if os.environ.get("PERCOLERT_TEST_BROKER", "memory") == "redis":
-        settings = msgspec.structs.replace(settings, redis_url=request.getfixturevalue("redis_url"))
+    settings = on_test_broker(settings, request)
     prepare_indices(settings, catalog=SAMPLE_CATALOG)
     yield settings
     asyncio.run(delete_indices(settings))

@@ -6,11 +6,9 @@ from __future__ import annotations
 
 import os
 import shutil
-import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import msgspec
@@ -19,7 +17,7 @@ from playwright.sync_api import Browser, BrowserContext, Page, expect, sync_play
 
 from percolert.core.settings import Settings
 from tests.netproxy import DroppableProxy
-from tests.servers import metric, run_server
+from tests.servers import QuietHandler, http_server, metric, run_server
 from tests.waiting import wait_until_sync
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -290,26 +288,12 @@ def page_server(html: str) -> Iterator[str]:
     """Serves `html` at / from another port of this host: a page of another origin on the same
     site (and in the browser's loopback address space, as the shop is)."""
 
-    class Page(BaseHTTPRequestHandler):
+    class Page(QuietHandler):
         def do_GET(self) -> None:
-            body = html.encode()
-            self.send_response(200)
-            self.send_header("content-type", "text/html")
-            self.send_header("content-length", str(len(body)))
-            self.end_headers()
-            self.wfile.write(body)
+            self.reply(html.encode(), "text/html")
 
-        def log_message(self, *args: object) -> None:
-            pass
-
-    httpd = ThreadingHTTPServer(("127.0.0.1", 0), Page)
-    thread = threading.Thread(target=httpd.serve_forever, daemon=True)
-    thread.start()
-    try:
-        yield f"http://127.0.0.1:{httpd.server_address[1]}"
-    finally:
-        httpd.shutdown()
-        httpd.server_close()
+    with http_server(Page) as url:
+        yield url
 
 
 def test_a_page_on_another_port_cannot_plant_a_watch(browser: Browser, server: str) -> None:

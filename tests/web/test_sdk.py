@@ -15,11 +15,9 @@ import json
 import re
 import shutil
 import subprocess
-import threading
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
@@ -41,7 +39,7 @@ from percolert.web.middleware.sessions import COOKIE_NAME
 from tests.accounts.tokens import SHOP_SECRET, bearer, shop_token
 from tests.products.test_product_feed import Writer
 from tests.products.test_product_page import run_async
-from tests.servers import free_port, metric, run_server
+from tests.servers import QuietHandler, free_port, http_server, metric, run_server
 from tests.waiting import wait_until_sync
 from tests.web.test_browser import browser, screenshot, shopper
 
@@ -488,24 +486,28 @@ def test_product_alerts_and_away_reach_the_client_once(
     assert events(page, "product_alert") == []  # listed as away, not sent again
 
 
+def speaking_protocol_3(page: Page) -> None:
+    """The page's sockets hear a server whose hello says protocol 3 (one the SDK does not
+    speak), and otherwise the real server."""
+
+    def route(ws: WebSocketRoute) -> None:
+        upstream = ws.connect_to_server()
+
+        def relay(message: str | bytes) -> None:
+            decoded = json.loads(message)
+            if decoded["type"] == "hello":
+                decoded["protocol"] = 3
+            ws.send(json.dumps(decoded))
+
+        upstream.on_message(relay)
+
+    page.route_web_socket(re.compile(r".*/ws(\?.*)?$"), route)
+
+
 def test_a_protocol_the_sdk_does_not_speak_is_reported(
     context: BrowserContext, server: str
 ) -> None:
-    def newer(page: Page) -> None:
-        def route(ws: WebSocketRoute) -> None:
-            upstream = ws.connect_to_server()
-
-            def relay(message: str | bytes) -> None:
-                decoded = json.loads(message)
-                if decoded["type"] == "hello":
-                    decoded["protocol"] = 3
-                ws.send(json.dumps(decoded))
-
-            upstream.on_message(relay)
-
-        page.route_web_socket(re.compile(r".*/ws(\?.*)?$"), route)
-
-    page = sdk_page(context, server, before_start=newer)
+    page = sdk_page(context, server, before_start=speaking_protocol_3)
     [mismatch] = wait_for(page, "protocol_mismatch")
     assert (mismatch["expected"], mismatch["received"]) == (2, 3)
     # The page decides; left alone, the client goes on.
@@ -658,19 +660,7 @@ def test_the_page_reloads_once_for_a_newer_protocol(browser: Browser, server: st
     loads: list[str] = []
     try:
         page = context.new_page()
-
-        def route(ws: WebSocketRoute) -> None:
-            upstream = ws.connect_to_server()
-
-            def relay(message: str | bytes) -> None:
-                decoded = json.loads(message)
-                if decoded["type"] == "hello":
-                    decoded["protocol"] = 3
-                ws.send(json.dumps(decoded))
-
-            upstream.on_message(relay)
-
-        page.route_web_socket(re.compile(r".*/ws(\?.*)?$"), route)
+        speaking_protocol_3(page)
         page.on("load", lambda loaded: loads.append(loaded.url))
         page.goto(server)
         # Reloaded once (the first load never goes live); still stale, it shows what it can
@@ -879,29 +869,15 @@ def shop_server() -> Iterator[str]:
     """Serves an empty page at / and web/sdk/ at /sdk/ from another port of this host."""
     sdk_files = {f"/sdk/{path.name}": path for path in SDK_DIR.iterdir() if path.suffix == ".js"}
 
-    class Shop(BaseHTTPRequestHandler):
+    class Shop(QuietHandler):
         def do_GET(self) -> None:
             if self.path in sdk_files:
-                body, kind = sdk_files[self.path].read_bytes(), "text/javascript"
+                self.reply(sdk_files[self.path].read_bytes(), "text/javascript")
             else:
-                body, kind = TEST_PAGE.encode(), "text/html"
-            self.send_response(200)
-            self.send_header("content-type", kind)
-            self.send_header("content-length", str(len(body)))
-            self.end_headers()
-            self.wfile.write(body)
+                self.reply(TEST_PAGE.encode(), "text/html")
 
-        def log_message(self, *args: object) -> None:
-            pass
-
-    httpd = ThreadingHTTPServer(("127.0.0.1", 0), Shop)
-    thread = threading.Thread(target=httpd.serve_forever, daemon=True)
-    thread.start()
-    try:
-        yield f"http://127.0.0.1:{httpd.server_address[1]}"
-    finally:
-        httpd.shutdown()
-        httpd.server_close()
+    with http_server(Shop) as url:
+        yield url
 
 
 def test_a_storefront_on_another_origin_uses_the_sdk_anonymously(

@@ -122,6 +122,25 @@ def watches_path(user: str) -> str:
     return f"alert.watches.{user}" if _PLAIN_ID.fullmatch(user) else "alert.watches"
 
 
+def source_for(user: str) -> dict[str, list[str]]:
+    """What a search fetches of each stored sending to make `user`'s alert of it: the
+    sending's own fields and, of every recipient's watch, only the user's."""
+    return {
+        "includes": [
+            "seq",
+            "at",
+            "recipients",
+            "everyone",
+            "excluded",
+            "alert.found",
+            "alert.count",
+            "alert.everyone",
+            "alert.at",
+            watches_path(user),
+        ]
+    }
+
+
 def record_from_source(source: dict[str, Any]) -> AlertRecord:
     """A sending as the index stores it (its `_source`, or the part of it a search asked for)."""
     return msgspec.convert(source, _Document).record()
@@ -462,34 +481,16 @@ class AlertLog:
         limit: int,
         everyone_since_ms: int | None = None,
     ) -> list[Alert]:
-        # A record lists every recipient's watch; only this user's is fetched (by path, so
-        # only for ids that are plain path segments, as session ids are). In the body: a
-        # user id is never part of a URL, which the client logs.
-        watches = watches_path(user)
+        # In the body: a user id is never part of a URL, which the client logs.
         session = {"range": {"at": {"gte": since_ms, "format": "epoch_millis"}}}
         response = await self._client.search(
             index=self._alias,
             query=self._stream_query(user, [session, *extra], everyone_since_ms),
             sort=[{"seq": "desc"}],
             size=limit,
-            source={
-                "includes": [
-                    "seq",
-                    "at",
-                    "recipients",
-                    "everyone",
-                    "excluded",
-                    "alert.found",
-                    "alert.count",
-                    "alert.everyone",
-                    "alert.at",
-                    watches,
-                ]
-            },
+            source=source_for(user),
         )
-        records = (
-            msgspec.convert(hit["_source"], _Document).record() for hit in response["hits"]["hits"]
-        )
+        records = (record_from_source(hit["_source"]) for hit in response["hits"]["hits"])
         return _alerts_for(user, records)
 
     async def _unwritten(

@@ -13,7 +13,7 @@ from typing import Any
 
 from elasticsearch import AsyncElasticsearch
 
-from percolert.alerts.log import record_from_source, watches_path
+from percolert.alerts.log import record_from_source, source_for
 from percolert.core.messages import Alert
 from percolert.engine.es import Rewrite, rewrite_matching
 
@@ -57,20 +57,7 @@ async def own_alerts(
         sort=[{"seq": "desc"}],
         size=limit + 1,
         track_total_hits=False,
-        # Of every recipient's watch, only the user's.
-        source={
-            "includes": [
-                "seq",
-                "at",
-                "recipients",
-                "everyone",
-                "excluded",
-                "alert.found",
-                "alert.count",
-                "alert.at",
-                watches_path(user),
-            ]
-        },
+        source=source_for(user),
     )
     hits = response["hits"]["hits"]
     alerts = [

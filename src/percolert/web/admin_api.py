@@ -59,11 +59,18 @@ class ProductWatchers(msgspec.Struct, frozen=True):
     watchers: int
 
 
+def bearer_token(headers: Headers) -> str | None:
+    """The token of `Authorization: Bearer <token>` ("" when none follows the scheme); None
+    without the header or with another scheme (a proxy's `Basic`, say: not ours to judge)."""
+    scheme, _, token = headers.get("authorization", "").strip().partition(" ")
+    return token.strip() if scheme.lower() == "bearer" else None
+
+
 def bearer_matches(headers: Headers, token: bytes) -> bool:
     """Whether the request says `Authorization: Bearer <token>`."""
-    scheme, _, given = headers.get("authorization", "").partition(" ")
+    given = bearer_token(headers)
     # Compared in constant time, as bytes: how much of a guess was right must not show.
-    return scheme.lower() == "bearer" and hmac.compare_digest(given.strip().encode(), token)
+    return given is not None and hmac.compare_digest(given.encode(), token)
 
 
 class _Authorised:

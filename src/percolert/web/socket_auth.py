@@ -43,11 +43,16 @@ KEYS_UNAVAILABLE = 1013
 _MAX_REASON_BYTES = 123
 
 
+def fitted(reason: str) -> str:
+    """`reason` cut to what a close frame holds, never inside a character."""
+    return reason.encode()[:_MAX_REASON_BYTES].decode("utf-8", "ignore")
+
+
 class SocketAuthFailed(Exception):
     def __init__(self, code: int, reason: str) -> None:
         super().__init__(reason)
         self.code = code
-        self.reason = reason.encode()[:_MAX_REASON_BYTES].decode("utf-8", "ignore")
+        self.reason = fitted(reason)
 
 
 def wants_token(websocket: WebSocket) -> bool:
@@ -122,8 +127,7 @@ class TokenClock:
         """End the socket: nothing more for a client whose token no longer counts, not even
         what is queued (a reconnect with a fresh token replays it)."""
         self.stop()
-        failed = SocketAuthFailed(code, reason)
-        self._connection.end(failed.code, failed.reason)
+        self._connection.end(code, fitted(reason))
 
     async def renew(self, token: str) -> None:
         """A fresh token from the client: the same account's, or the socket ends."""

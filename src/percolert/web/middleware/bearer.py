@@ -19,6 +19,7 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 
 from percolert.accounts.tokens import KeysUnavailable, TokenRejected, Tokens
 from percolert.web.admin_api import PREFIX as ADMIN_PREFIX
+from percolert.web.admin_api import bearer_token
 from percolert.web.errors import error_response
 from percolert.web.middleware.sessions import act_as_account
 from percolert.web.paths import API_PREFIX, route_path
@@ -35,13 +36,6 @@ def challenge(error: str, description: str) -> dict[str, str]:
         "WWW-Authenticate": f'Bearer realm="percolert", error="{error}", '
         f'error_description="{quoted}"'
     }
-
-
-def bearer_token(headers: Headers) -> str | None:
-    """The token of `Authorization: Bearer <token>` ("" when none follows the scheme); None
-    without the header or with another scheme (a proxy's `Basic`, say: not ours to judge)."""
-    scheme, _, token = headers.get("authorization", "").strip().partition(" ")
-    return token.strip() if scheme.lower() == "bearer" else None
 
 
 class BearerMiddleware:
