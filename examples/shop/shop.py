@@ -4,8 +4,9 @@ for its logged-in customer with a JWT, and the SDK's components on its pages.
 What a real shop does the same way:
 - its customers log in with the shop (here: any name, no password — a demo);
 - its backend signs a short-lived JWT for the customer (`sub` = the shop's customer id,
-  `exp`, `aud`) with a private key, and publishes the public keys as a JWKS
-  (`/.well-known/jwks.json`), which Percolert reads (`PERCOLERT_JWKS_URL`);
+  `email` = their address, for alerts while they are away; `exp`, `aud`) with a private key,
+  and publishes the public keys as a JWKS (`/.well-known/jwks.json`), which Percolert reads
+  (`PERCOLERT_JWKS_URL`);
 - its pages load the SDK and give it a `getToken` callback that asks the backend (`/token`).
 
 Run: `python examples/shop/shop.py --port 8001 --percolert http://127.0.0.1:8000`, with
@@ -20,6 +21,7 @@ from __future__ import annotations
 import argparse
 import html
 import json
+import re
 import secrets
 import time
 import urllib.parse
@@ -41,6 +43,13 @@ AUDIENCE = "percolert"
 COOKIE = "shop_session"
 # Shops' customer ids here are names; a real shop's are its account ids.
 MAX_NAME = 40
+
+
+def address_of(name: str) -> str:
+    """The customer's e-mail address. A real shop has it from the sign-up; this one makes
+    it from the name, at example.com, a domain reserved for examples (RFC 2606)."""
+    local = re.sub(r"[^a-z0-9]+", ".", name.lower()).strip(".")
+    return f"{local or 'customer'}@example.com"
 
 
 class SigningKeys:
@@ -68,7 +77,15 @@ class SigningKeys:
     def sign(self, customer: str, seconds: float) -> tuple[str, float]:
         kid, key = self.keys[0]
         expires_at = time.time() + seconds
-        claims = {"sub": customer, "aud": AUDIENCE, "iat": int(time.time()), "exp": int(expires_at)}
+        claims = {
+            "sub": customer,
+            # Where Percolert mails the customer's alerts while they are away. A shop with an
+            # address it has not confirmed adds `"email_verified": False`, and none is sent.
+            "email": address_of(customer),
+            "aud": AUDIENCE,
+            "iat": int(time.time()),
+            "exp": int(expires_at),
+        }
         return jwt.encode(claims, key, algorithm="RS256", headers={"kid": kid}), expires_at
 
 

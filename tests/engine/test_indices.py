@@ -35,11 +35,15 @@ async def test_setup_creates_aliased_indices_and_is_idempotent(fresh_settings: S
         first = await indices.setup(client, fresh_settings)
         assert first == [
             f"{prefix}-products -> {prefix}-products-v1: created",
-            f"{prefix}-watches -> {prefix}-watches-v8: created",
+            f"{prefix}-watches -> {prefix}-watches-v9: created",
             f"{prefix}-alerts -> {prefix}-alerts-v2: created",
-            f"{prefix}-product_alerts -> {prefix}-product_alerts-v1: created",
+            f"{prefix}-product_alerts -> {prefix}-product_alerts-v2: created",
             f"{prefix}-product_seen -> {prefix}-product_seen-v2: created",
             f"{prefix}-product_notices -> {prefix}-product_notices-v1: created",
+            f"{prefix}-accounts -> {prefix}-accounts-v1: created",
+            f"{prefix}-outbox -> {prefix}-outbox-v1: created",
+            f"{prefix}-suppressions -> {prefix}-suppressions-v1: created",
+            f"{prefix}-webhook_endpoints -> {prefix}-webhook_endpoints-v1: created",
         ]
         second = await indices.setup(client, fresh_settings)
         assert all(line.endswith("up to date") for line in second)
@@ -91,15 +95,16 @@ async def test_watches_stored_before_v8_are_made_current(
     all percolation reads), v4 `category_prices` for judging a watch's category and price
     together, v5 `notify` and `max_price` (doc value), v6 `reachable_until` (a lease), v7
     `category` (doc value, so that alerts show only the products that fit the watch), v8
-    product watches' fields (none an older watch has); migrating a v1 index fills in the
+    product watches' fields (none an older watch has), v9 `frequency` (none has one either);
+    migrating a v1 index fills in the
     doc values, makes old watches notify of both, leases them from the migration on (search
     percolation verifies only leased watches), and rewrites the queries."""
     old_mappings = tmp_path / "mappings"
     shutil.copytree(ROOT / "mappings", old_mappings)
     definition = json.loads((old_mappings / "watches.json").read_text())
-    assert definition["mappings"]["_meta"]["percolert_version"] == 8
+    assert definition["mappings"]["_meta"]["percolert_version"] == 9
     definition["mappings"]["_meta"]["percolert_version"] = 1
-    for v8 in ("sku", "product_sku", "product_change"):
+    for v8 in ("sku", "product_sku", "product_change", "frequency"):
         del definition["mappings"]["properties"][v8]
     del definition["mappings"]["properties"]["category"]
     del definition["mappings"]["properties"]["notify"]
@@ -127,11 +132,11 @@ async def test_watches_stored_before_v8_are_made_current(
         ]
         await client.index(index=alias, id=tv_id, document=tv, refresh=True)
         assert await indices.needing_setup(client, fresh_settings) == [
-            f"{alias} is at {alias}-v1, not {alias}-v8"
+            f"{alias} is at {alias}-v1, not {alias}-v9"
         ]
 
         lines = await indices.setup(client, fresh_settings, migrations=document_upgrades())
-        assert lines[1] == f"{alias} -> {alias}-v8: migrated from {alias}-v1 (old index kept)"
+        assert lines[1] == f"{alias} -> {alias}-v9: migrated from {alias}-v1 (old index kept)"
         assert await indices.needing_setup(client, fresh_settings) == []
         leased = (await client.get(index=alias, id=watch_id))["_source"]["reachable_until"]
         lease = datetime.fromisoformat(leased).timestamp() - time.time()

@@ -179,6 +179,7 @@ async def test_a_product_watch_reads_well_and_notifies_of_products(server: str) 
             "notify": "products",
             "sku": "ER-0001",
             "on": BOTH,
+            "frequency": None,  # the account's choice of e-mail, when it is one
         }
         changed = await tab.receive()
         assert changed is not None

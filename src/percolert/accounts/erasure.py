@@ -42,6 +42,7 @@ from percolert.core.messages import Erased
 from percolert.core.settings import Settings
 from percolert.engine import indices
 from percolert.engine.es import ElasticsearchProblem, Rewrite, delete_matching, rewrite_matching
+from percolert.offsite.service import Offsite
 from percolert.watches.reachability import Leases
 
 logger = logging.getLogger(__name__)
@@ -100,8 +101,10 @@ class Erasure:
         broker: Broker,
         alert_log: AlertLog,
         leases: Leases,
+        offsite: Offsite | None = None,
     ) -> None:
         self._client = client
+        self._offsite = offsite
         self._settings = settings
         self._broker = broker
         self._alert_log = alert_log
@@ -115,7 +118,7 @@ class Erasure:
     def _alias(self, name: str) -> str:
         return indices.alias_for(self._settings, name)
 
-    async def erase(self, user: str) -> Erased:
+    async def erase(self, user: str, subject: str | None = None) -> Erased:
         """Erase everything of `user` (see the module's docstring); BrokerUnavailable while a
         shared broker cannot reach every instance (then nothing is erased)."""
         # First, and refused while a shared broker is away: nothing is erased then.
@@ -130,7 +133,12 @@ class Erasure:
         # By id, in a request body: user ids stay out of URLs (and so of request logs).
         seen_marks = await self._delete(self._alias("product_seen"), {"ids": {"values": [user]}})
         notices = await self._forget_in_notices(watch_ids) if watch_ids else 0
+        # Its contact and off-site events; then the shop hears of it (by its customer id).
+        events = 0
+        if self._offsite is not None and self._offsite.enabled:
+            events = await self._offsite.erase(user, subject)
         return Erased(
+            outbox_events=events,
             watches=watches,
             alerts=alerts,
             product_alerts=product_alerts,

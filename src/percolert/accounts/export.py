@@ -6,7 +6,9 @@ Bounded: the alerts and the product alerts are each the newest `EXPORT_LIMIT`, a
 export says when a list was cut (`truncated`). A default watch's alerts to everyone are
 nobody's in particular: the log keeps them once for all, not per user, and they are not in
 an export. An account is known here only by the user id derived from the shop's customer id
-(accounts/ids.py): the customer id itself is not stored, so it is not in the export either.
+(accounts/ids.py); where the deployment sends alerts off-site, its contact (the shop's
+customer id, its e-mail address and preferences) and the webhooks and e-mails about it are
+held too, and exported.
 """
 
 from __future__ import annotations
@@ -17,10 +19,18 @@ from elasticsearch import AsyncElasticsearch
 
 from percolert.accounts.ids import is_account
 from percolert.alerts.personal import own_alerts
-from percolert.core.messages import DataExport, ExportIdentity, ExportSeenMark, ProductAlert
+from percolert.core.messages import (
+    DataExport,
+    ExportContact,
+    ExportDelivery,
+    ExportIdentity,
+    ExportSeenMark,
+    ProductAlert,
+)
 from percolert.core.settings import Settings
 from percolert.core.times import iso_from_seconds
 from percolert.engine import indices
+from percolert.offsite.service import Offsite
 from percolert.products.away import decode_alerts
 from percolert.products.seen import SeenMarks
 from percolert.watches.store import WatchStore
@@ -36,6 +46,7 @@ async def export_data(
     user: str,
     *,
     session_started: float | None,
+    offsite: Offsite | None = None,
 ) -> DataExport:
     """Everything held of `user`; `session_started`: when an anonymous session began
     (epoch seconds)."""
@@ -45,7 +56,31 @@ async def export_data(
     )
     product_alerts, more_product_alerts = await _product_alerts(client, settings, user)
     mark = await SeenMarks(client, indices.alias_for(settings, "product_seen")).read(user)
+    contact, deliveries = None, []
+    if offsite is not None and offsite.enabled and account:
+        held = await offsite.contacts.get(user)
+        if held is not None:
+            contact = ExportContact(
+                customer_id=held.subject,
+                email=held.email,
+                frequency=held.frequency,
+                timezone=held.timezone,
+                digest_hour=held.digest_hour,
+            )
+        deliveries = [
+            ExportDelivery(
+                id=event.id,
+                channel=event.channel,
+                type=event.type,
+                state=event.state,
+                created_at=event.created_at,
+                delivered_at=event.delivered_at,
+            )
+            for event in await offsite.outbox.events(user=user, limit=EXPORT_LIMIT)
+        ]
     return DataExport(
+        contact=contact,
+        deliveries=deliveries,
         exported_at=iso_from_seconds(time.time()),
         identity=ExportIdentity(
             kind="account" if account else "anonymous",

@@ -6,7 +6,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import os
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 
 import msgspec
@@ -14,8 +14,9 @@ import msgspec
 from percolert.cli.admin import cmd_watches, ingest, serve
 from percolert.cli.common import CliError, run_with_client, with_address
 from percolert.core import assets
-from percolert.core.settings import Settings
-from percolert.dev import demo, instances, shop
+from percolert.core.offsite_settings import offsite_from_environment
+from percolert.core.settings import Settings, SettingsError
+from percolert.dev import demo, instances, shop, sinks
 from percolert.dev.devnode import DevNode, DevNodeError
 from percolert.dev.localservice import LocalService, LocalServiceError
 from percolert.dev.redisnode import RedisNode
@@ -67,8 +68,11 @@ def cmd_redis(settings: Settings, args: argparse.Namespace) -> int:
 
 def cmd_up(settings: Settings, args: argparse.Namespace) -> int:
     """The demo in one command: node, indices, sample catalog, default watches, server (or
-    `--instances N` servers sharing a dev Redis); Ctrl-C stops the servers, and the node and
-    the Redis this command started."""
+    `--instances N` servers sharing a dev Redis), with `--sinks` a webhook receiver and a
+    mail sink for their off-site deliveries; Ctrl-C stops the servers, and the node and the
+    Redis this command started."""
+    # On with the shop by default: its customers' accounts are what goes off-site.
+    with_sinks = args.shop if args.sinks is None else args.sinks
     if args.instances < 1:
         raise CliError("--instances must be at least 1")
     if args.shop:
@@ -96,7 +100,11 @@ def cmd_up(settings: Settings, args: argparse.Namespace) -> int:
             cmd_watches(settings, argparse.Namespace(action="seed", file=str(defaults)))
         # The admin API exists only with a token: the demo makes one (kept in the state dir).
         settings = msgspec.structs.replace(settings, admin_token=demo.admin_token(settings))
-        _announce_admin_curl(settings, products)
+        environ: Mapping[str, str] = os.environ
+        where: list[str] | None = None
+        if with_sinks:
+            settings, environ, where = started.enter_context(_sinks(settings))
+        _announce_admin_curl(settings, products, where, shop=args.shop)
         if args.instances == 1:
             if args.shop:
                 settings = shop.with_shop(settings, args.shop_port)
@@ -117,12 +125,32 @@ def cmd_up(settings: Settings, args: argparse.Namespace) -> int:
             # A cookie is the same on every port of a host: another host name is another user.
             second = planned[1][0].url.replace("127.0.0.1", "localhost")
             print(f"two shoppers: open {planned[0][0].url} and {second}  (Ctrl-C stops)")
-        return instances.run(planned)
+        return instances.run(planned, environ)
     return 0
 
 
-def _announce_admin_curl(settings: Settings, products: Path) -> None:
-    """Once the (first) server is ready, the curl an admin would send: a cheaper product."""
+@contextlib.contextmanager
+def _sinks(settings: Settings) -> Iterator[tuple[Settings, dict[str, str], list[str]]]:
+    """The demo's webhook receiver and mail sink running, the settings and the environment
+    that send the servers' off-site deliveries there (a variable set in the environment
+    wins), and where they are, to announce."""
+    secret = sinks.webhook_secret(settings.state_dir)
+    # The receiver verifies what the server signs with: the environment's secrets, if any.
+    with sinks.running_sinks(
+        settings.state_dir, settings.offsite.webhook_secrets or (secret,)
+    ) as running:
+        given = {name: value for name, value in os.environ.items() if value.strip()}
+        environ = {**sinks.server_environment(running, secret), **given}
+        offsite = offsite_from_environment(environ, SettingsError)
+        settings = msgspec.structs.replace(settings, offsite=offsite)
+        yield settings, environ, sinks.announcement(running, offsite)
+
+
+def _announce_admin_curl(
+    settings: Settings, products: Path, sinks_at: list[str] | None, *, shop: bool
+) -> None:
+    """Once the (first) server is ready, the curl an admin would send: a cheaper product;
+    with the sinks, where they are and how to see the product's alert go off-site."""
     assert settings.admin_token is not None
     # A token of the environment stays there; the demo's own is shown as it is.
     shown = (
@@ -132,12 +160,17 @@ def _announce_admin_curl(settings: Settings, products: Path) -> None:
     )
     url = f"http://{settings.host}:{settings.port}"
     command = demo.cheaper_product_curl(url, shown, products)
-    if command is not None:
-        demo.announce_when_ready(
-            url,
-            f"admin: put a cheaper product (a watch on it gets a card):\n{command}",
-            token=settings.metrics_token,
-        )
+    cheaper = demo.cheaper_product(products)
+    lines = [] if sinks_at is None else list(sinks_at)
+    if command is not None and cheaper is not None:
+        if sinks_at is None:
+            lines.append("admin: put a cheaper product (a watch on it gets a card):")
+        else:
+            name = str(cheaper["product_name"])
+            lines.append(sinks.offsite_hint(name, settings.offsite, shop=shop))
+        lines.append(command)
+    if lines:
+        demo.announce_when_ready(url, "\n".join(lines), token=settings.metrics_token)
 
 
 @contextlib.contextmanager

@@ -102,6 +102,13 @@ def _parser() -> argparse.ArgumentParser:
                 "customers log in and get alerts through their accounts",
             )
             sub.add_argument("--shop-port", type=int, default=8001, help="the shop's port")
+            sub.add_argument(
+                "--sinks",
+                action=argparse.BooleanOptionalAction,
+                default=None,
+                help="also run a webhook receiver and a mail sink on this machine, where the "
+                "server's off-site deliveries go (default: with --shop, whose accounts get them)",
+            )
     return parser
 
 

@@ -79,6 +79,8 @@ Category = Annotated[
 MaxPrice = Annotated[float, msgspec.Meta(gt=0, le=10_000_000)]
 # What a watch alerts on: other shoppers' searches, catalog changes (products), or both.
 Notify = Literal["searches", "products", "both"]
+# How often a watch's e-mail may come to an owner who is away (core/offsite_settings.py).
+Frequency = Literal["instant", "daily", "weekly", "off"]
 # A product's sku: its document id, so it reaches Elasticsearch's URL, where one of dots
 # only would name a path segment (`..`), not a document.
 Sku = Annotated[
@@ -102,12 +104,15 @@ class WatchSpec(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     notify: Notify = "both"
     sku: Sku | None = None
     on: Annotated[list[ProductWatchChange], msgspec.Meta(min_length=1)] | None = None
+    # E-mail when away: a preference as `notify` is (None: the account's choice).
+    frequency: Frequency | None = None
 
 
 class WatchUpdate(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
-    """PATCH /api/watches/{id}: what may change of a watch after it is made."""
+    """PATCH /api/watches/{id}: what may change of a watch after it is made (at least one)."""
 
-    notify: Notify
+    notify: Notify | None = None
+    frequency: Frequency | None = None
 
 
 class Watch(msgspec.Struct, frozen=True, kw_only=True):
@@ -123,6 +128,8 @@ class Watch(msgspec.Struct, frozen=True, kw_only=True):
     # name when the watch was made); None for a watch of words.
     sku: str | None = None
     on: list[ProductWatchChange] | None = None
+    # How often its e-mail may come when the owner is away (None: the account's choice).
+    frequency: Frequency | None = None
 
 
 class WatchList(msgspec.Struct, frozen=True):
@@ -159,6 +166,7 @@ class Erased(msgspec.Struct, frozen=True, kw_only=True):
     product_notices: int = 0
     windows: int = 0
     sockets: int = 0
+    outbox_events: int = 0  # off-site events (webhooks, e-mail) not sent or kept as a log
 
 
 class ErasureReport(msgspec.Struct, frozen=True):
@@ -184,10 +192,32 @@ class ExportSeenMark(msgspec.Struct, frozen=True):
     shown: dict[str, int]
 
 
+class ExportContact(msgspec.Struct, frozen=True, kw_only=True):
+    """An account's contact, as the shop gave it, and its e-mail preferences."""
+
+    customer_id: str | None
+    email: str | None
+    frequency: Frequency | None
+    timezone: str | None
+    digest_hour: int | None
+
+
+class ExportDelivery(msgspec.Struct, frozen=True, kw_only=True):
+    """A webhook or an e-mail about the account (its content is what `product_alerts` say)."""
+
+    id: str
+    channel: str
+    type: str
+    state: str
+    created_at: str
+    delivered_at: str | None = None
+
+
 class DataExport(msgspec.Struct, frozen=True, kw_only=True):
     """GET /api/me/export: everything held of the caller. `alerts` are the alerts sent
     through their own watches, `product_alerts` theirs; each list newest first and at most
-    `limit` long (`truncated` says whether one was cut)."""
+    `limit` long (`truncated` says whether one was cut). An account's `contact` and off-site
+    `deliveries`, where the deployment sends any."""
 
     exported_at: str
     identity: ExportIdentity
@@ -197,6 +227,8 @@ class DataExport(msgspec.Struct, frozen=True, kw_only=True):
     seen_mark: ExportSeenMark | None
     limit: int
     truncated: bool
+    contact: ExportContact | None = None
+    deliveries: list[ExportDelivery] = []
 
 
 # --- WebSocket messages (server to client): one tagged union on "type" -------------------

@@ -90,6 +90,17 @@ class _Readings(Collector):
             ("watch_lease_refreshes", "Refreshes making new leases visible before a hello"),
             ("watch_lease_failures", "Lease writes that failed (the users are retried)"),
             ("watch_leases_written", "Watch leases written (connects and renewals)"),
+            (
+                "offsite_alerts_routed",
+                "Accounts' product alerts no socket showed in time, routed off-site",
+            ),
+            ("offsite_digests_made", "Daily or weekly digests this process made"),
+            ("outbox_events_written", "Off-site events this process wrote to the outbox"),
+            ("outbox_attempts_recorded", "Off-site attempts this process recorded"),
+            (
+                "outbox_leases_lost",
+                "Attempts recorded too late: the lease ran out and another instance took the event",
+            ),
         ]:
             yield CounterMetricFamily(f"percolert_{name}", help_text, value=values.get(name, 0.0))
         if "broker_spooled" in values:  # a shared broker's (an embedded one is never away)
@@ -232,6 +243,20 @@ class Metrics:
             "percolert_background_restarts",
             "Background loops restarted after a crash (logged with its traceback)",
             ["loop"],
+            registry=self.registry,
+        )
+        self.offsite_attempts = Counter(
+            "percolert_offsite_attempts",
+            "Attempts at off-site events, by channel (webhook, email) and outcome (delivered, "
+            "retry, failed, gone)",
+            ["channel", "outcome"],
+            registry=self.registry,
+        )
+        self.offsite_attempt_seconds = Histogram(
+            "percolert_offsite_attempt_seconds",
+            "One attempt at an off-site event, by channel",
+            ["channel"],
+            buckets=_LATENCY_BUCKETS,
             registry=self.registry,
         )
 

@@ -11,6 +11,8 @@ from pathlib import Path
 import limits
 import msgspec
 
+from percolert.core.offsite_settings import OffsiteSettings, offsite_from_environment
+
 DEFAULT_ELASTICSEARCH_URL = "http://127.0.0.1:9200"
 
 
@@ -181,6 +183,8 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     # How often each server looks for new product alerts to deliver to its open sockets
     # (alerts written by another process: `percolert ingest`, another instance).
     product_alert_poll_seconds: float = 1.0
+    # The shop's webhook and e-mail for accounts that are away (core/offsite_settings.py).
+    offsite: OffsiteSettings = msgspec.field(default_factory=OffsiteSettings)
 
     @property
     def accounts(self) -> bool:
@@ -539,6 +543,7 @@ def from_environment(
             default.product_alert_poll_seconds,
             minimum=0.05,
         ),
+        offsite=offsite_from_environment(env, SettingsError),
     )
     # Each rate limit `limit_X` is read from PERCOLERT_LIMIT_X, its default the field's.
     rate_limits = {

@@ -28,11 +28,9 @@ def admin_token(settings: Settings) -> str:
     return kept_secret(settings.state_dir, "admin_token")
 
 
-def cheaper_product_curl(base_url: str, token: str, catalog: Path) -> str | None:
-    """A curl command putting the catalog's first Kindle in stock (else its first product
-    in stock) at a lower price; None when the catalog has no product in stock. `token` goes
-    inside double quotes: a generated token (URL-safe characters) or `$PERCOLERT_ADMIN_TOKEN`
-    (expanded by the shell, so that a token of the environment is not printed)."""
+def cheaper_product(catalog: Path) -> dict[str, object] | None:
+    """The catalog's first Kindle in stock (else its first product in stock) at a lower
+    price; None when the catalog has no product in stock."""
     chosen: dict[str, object] | None = None
     with catalog.open("rb") as lines:
         for raw in lines:
@@ -49,10 +47,21 @@ def cheaper_product_curl(base_url: str, token: str, catalog: Path) -> str | None
                 break
     if chosen is None:
         return None
-    sku = str(chosen.pop("sku"))
     price = chosen.get("price")
     if isinstance(price, int | float):
         chosen["price"] = round(price * (1 - _DISCOUNT), 2)
+    return chosen
+
+
+def cheaper_product_curl(base_url: str, token: str, catalog: Path) -> str | None:
+    """A curl command putting `cheaper_product` in the catalog; None when there is none.
+    `token` goes inside double quotes: a generated token (URL-safe characters) or
+    `$PERCOLERT_ADMIN_TOKEN` (expanded by the shell, so that a token of the environment is
+    not printed)."""
+    chosen = cheaper_product(catalog)
+    if chosen is None:
+        return None
+    sku = str(chosen.pop("sku"))
     return (
         f"curl -X PUT {base_url}/api/admin/products/{sku} \\\n"
         f'  -H "Authorization: Bearer {token}" \\\n'

@@ -68,9 +68,11 @@ def _interrupt(signum: int, frame: object) -> None:
     raise KeyboardInterrupt
 
 
-def run(planned: list[tuple[Instance, Settings]]) -> int:
+def run(planned: list[tuple[Instance, Settings]], environ: Mapping[str, str] | None = None) -> int:
     """Run the planned instances until Ctrl-C or SIGTERM (then 0) or until one of them exits
-    on its own (then 1, after stopping the others)."""
+    on its own (then 1, after stopping the others). `environ`: what they start from (default:
+    this process's environment)."""
+    base = os.environ if environ is None else environ
     processes: list[subprocess.Popen[bytes]] = []
     # A supervisor's or `kill`'s SIGTERM stops them as Ctrl-C does, not leaving them orphaned;
     # and Ctrl-C (SIGINT) does, even when started with it ignored (as a shell's background job
@@ -83,7 +85,7 @@ def run(planned: list[tuple[Instance, Settings]]) -> int:
             processes.append(
                 subprocess.Popen(
                     [sys.executable, "-m", "percolert.cli", "serve"],
-                    env=_environment(settings, os.environ),
+                    env=_environment(settings, base),
                     start_new_session=True,
                 )
             )

@@ -17,3 +17,7 @@ def worth_retrying(result: dict[str, Any]) -> bool:
     error = result.get("error")
     kind = error.get("type") if isinstance(error, dict) else None
     return status == _TOO_MANY_REQUESTS or status >= _SERVER_ERROR or kind in _PASSING_ERRORS
+
+
+# A conditional write (create, if_seq_no) refused because the document is not as expected.
+CONFLICT = 409

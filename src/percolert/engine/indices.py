@@ -22,7 +22,18 @@ from elasticsearch.helpers import async_bulk, async_scan
 from percolert.core import assets
 from percolert.core.settings import Settings
 
-INDEX_NAMES = ("products", "watches", "alerts", "product_alerts", "product_seen", "product_notices")
+INDEX_NAMES = (
+    "products",
+    "watches",
+    "alerts",
+    "product_alerts",
+    "product_seen",
+    "product_notices",
+    "accounts",
+    "outbox",
+    "suppressions",
+    "webhook_endpoints",
+)
 
 
 class IndexDefinition:

@@ -17,13 +17,13 @@ import msgspec
 from elasticsearch import AsyncElasticsearch
 from elasticsearch.helpers import async_streaming_bulk
 
+from percolert.engine.bulk import CONFLICT
 from percolert.engine.es import ElasticsearchProblem
 from percolert.products.alerts import CatalogChange, ChangeSink
 from percolert.products.catalog import ChunkOutcome, LineError, Product, rejection_reason
 
 # Writes of one product that may lose a race before it is given up (reported as an error).
 MAX_ATTEMPTS = 5
-_CONFLICT = 409
 
 
 class Stored(msgspec.Struct, frozen=True, kw_only=True):
@@ -169,9 +169,9 @@ class ChangeDetection:
                     )
                     if change is not None:
                         outcome.changes.append((number, change))
-                elif result.get("status") == _CONFLICT and attempt + 1 < self._max_attempts:
+                elif result.get("status") == CONFLICT and attempt + 1 < self._max_attempts:
                     lost.append((number, product))
-                elif result.get("status") == _CONFLICT:
+                elif result.get("status") == CONFLICT:
                     outcome.conflicted.add(number)
                     outcome.errors.append(
                         LineError(

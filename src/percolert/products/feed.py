@@ -25,6 +25,7 @@ import logging
 import time
 import weakref
 from collections.abc import Iterable
+from functools import partial
 from typing import Any
 
 import anyio
@@ -39,6 +40,7 @@ from percolert.engine import indices
 from percolert.products.alerts import VISIBLE_WITHIN_MICROS, StoredProductAlert, max_seq
 from percolert.products.away import decode_alerts, missed_product_alerts
 from percolert.products.seen import Mark, SeenMarks
+from percolert.products.shown import ShownAlerts
 from percolert.realtime.frames import frame_text
 from percolert.realtime.hub import Connection, Hub
 
@@ -71,7 +73,12 @@ class _Entry(msgspec.Struct, frozen=True):
 
 class ProductFeed:
     def __init__(
-        self, client: AsyncElasticsearch, settings: Settings, hub: Hub, seen: SeenMarks
+        self,
+        client: AsyncElasticsearch,
+        settings: Settings,
+        hub: Hub,
+        seen: SeenMarks,
+        shown: ShownAlerts | None = None,
     ) -> None:
         self._client = client
         self._alias = indices.alias_for(settings, "product_alerts")
@@ -79,6 +86,8 @@ class ProductFeed:
         self._poll_seconds = settings.product_alert_poll_seconds
         self._hub = hub
         self._seen = seen
+        # Told of every alert written to a socket (off-site delivery leaves those alone).
+        self._shown = shown
         # The highest position seen; None until the start position is read.
         self._high: int | None = None
         # Ids handled (sent, or nobody here to send them to) in the window, with positions.
@@ -227,14 +236,22 @@ class ProductFeed:
             payload = self._encoder.encode(stored.alert).decode()
             frame = frame_text(payload)
             for connection in self._hub.connections(stored.user):
-                self._offer(connection, stored.alert.id, stored.alert.seq, payload, frame)
+                self._offer(
+                    connection, stored.user, stored.alert.id, stored.alert.seq, payload, frame
+                )
 
     def _live(self, connection: Connection) -> bool:
         gate = self._gates.get(connection)
         return gate is None or gate.held is None
 
     def _offer(
-        self, connection: Connection, alert_id: str, seq: int, payload: str, frame: bytes
+        self,
+        connection: Connection,
+        user: str,
+        alert_id: str,
+        seq: int,
+        payload: str,
+        frame: bytes,
     ) -> bool:
         gate = self._gates.get(connection)
         if gate is not None:
@@ -243,7 +260,8 @@ class ProductFeed:
                 return False
             if gate.shown is not None and gate.shown.covers(alert_id, seq):
                 return False
-        taken = connection.offer(payload, frame)
+        on_sent = None if self._shown is None else partial(self._shown.shown, user, alert_id)
+        taken = connection.offer(payload, frame, on_sent=on_sent)
         self.delivered += taken
         return taken
 
@@ -262,8 +280,14 @@ class ProductFeed:
         return {
             alert_id: seq
             for alert_id, seq, payload, frame in held
-            if self._offer(connection, alert_id, seq, payload, frame)
+            if self._offer(connection, connection.user, alert_id, seq, payload, frame)
         }
+
+    def greeted(self, user: str, away: Away) -> None:
+        """The greeting listing `away` was written to a socket of `user`: those were shown."""
+        if self._shown is not None:
+            for alert in away.alerts:
+                self._shown.shown(user, alert.id)
 
     async def greet(self, user: str, connection: Connection) -> Away | None:
         """The `away` of a new socket's hello: the product alerts the user's mark does not

@@ -20,6 +20,7 @@ from typing import Any
 import msgspec
 from elasticsearch import AsyncElasticsearch
 
+from percolert.engine.bulk import CONFLICT
 from percolert.products.alerts import VISIBLE_WITHIN_MICROS
 
 logger = logging.getLogger(__name__)
@@ -27,7 +28,6 @@ logger = logging.getLogger(__name__)
 # Marks are raised only, never lowered, by conditional writes; when a greeting or another
 # instance wrote meanwhile, the mark is read again and the write retried this many times.
 _RAISE_ATTEMPTS = 5
-_CONFLICT = 409
 
 
 class Mark(msgspec.Struct, frozen=True):
@@ -85,7 +85,7 @@ class SeenMarks:
         operation = "create" if mark.seq_no is None else "index"
         response = await self._client.bulk(operations=[{operation: action}, moved.document()])
         [(_, result)] = response["items"][0].items()
-        if "error" in result and result.get("status") != _CONFLICT:
+        if "error" in result and result.get("status") != CONFLICT:
             logger.warning("moving a product-seen mark failed: %s", result["error"])
         return None if "error" in result else moved
 
@@ -126,7 +126,7 @@ class SeenMarks:
             raced = set()
             for item in response["items"]:
                 [(_, result)] = item.items()
-                if result.get("status") == _CONFLICT:
+                if result.get("status") == CONFLICT:
                     raced.add(result["_id"])
                 elif "error" in result:
                     logger.warning("raising a product-seen mark failed: %s", result["error"])

@@ -60,6 +60,7 @@ class Connection:
         "_queue",
         "_queue_size",
         "_readable",
+        "_receipts",
         "_send_text",
         "_sending",
         "_wakeup",
@@ -93,6 +94,9 @@ class Connection:
         self._frames_possible = write_frame
         self._sending = False
         self._queue: list[str] = []
+        # Who is told when a queued message is sent (`offer`'s `on_sent`), in queue order;
+        # None, not an empty list, on the many sockets that never have one.
+        self._receipts: list[tuple[str, Callable[[], None]]] | None = None
         self._queue_size = queue_size
         self._wakeup: asyncio.Future[None] | None = None
         self._readable = False
@@ -123,9 +127,17 @@ class Connection:
         for seq, payload in held:
             self.offer(payload, seq=seq)
 
-    def offer(self, payload: str, frame: bytes | None = None, *, seq: int | None = None) -> bool:
+    def offer(
+        self,
+        payload: str,
+        frame: bytes | None = None,
+        *,
+        seq: int | None = None,
+        on_sent: Callable[[], None] | None = None,
+    ) -> bool:
         """Send or queue a message (`frame`: the same, from `frame_text`; `seq`: the alert's
-        position, if it is one); a full queue marks the connection too slow and stops it."""
+        position, if it is one); a full queue marks the connection too slow and stops it.
+        `on_sent` is called once the message is written to the socket (not if it never is)."""
         if self.overflowed or self.finished or self._closed:
             return False
         if seq is not None:
@@ -141,6 +153,8 @@ class Connection:
             and not self._sending
             and self._write_frame(frame)
         ):
+            if on_sent is not None:
+                on_sent()
             return True
         if len(self._queue) >= self._queue_size:
             self.overflowed = True
@@ -149,6 +163,10 @@ class Connection:
                 self._cancel_scope.cancel()
             return False
         self._queue.append(payload)
+        if on_sent is not None:
+            if self._receipts is None:
+                self._receipts = []
+            self._receipts.append((payload, on_sent))
         self._wake()
         return True
 
@@ -183,6 +201,7 @@ class Connection:
         """Drop what is queued; later offers are refused."""
         self._closed = True
         self._queue.clear()
+        self._receipts = None
         self._wake()
 
     def readable(self) -> None:
@@ -208,10 +227,13 @@ class Connection:
         while True:
             while self._queue:
                 self._sending = True
+                payload = self._queue.pop(0)
                 try:
-                    await self._send_text(self._queue.pop(0))
+                    await self._send_text(payload)
                 finally:
                     self._sending = False
+                if self._receipts and self._receipts[0][0] is payload:
+                    self._receipts.pop(0)[1]()
             if self.finished or self._closed:
                 return
             if self._readable and read is not None:

@@ -12,6 +12,7 @@ import msgspec
 from elasticsearch import AsyncElasticsearch
 
 from percolert.accounts.erasure import Erasure
+from percolert.accounts.ids import is_account
 from percolert.alerts.breadth import Breadth
 from percolert.alerts.dispatch import AlertDispatcher
 from percolert.alerts.log import AlertLog
@@ -26,10 +27,13 @@ from percolert.core.supervisor import Loop, Supervisor
 from percolert.core.text import TextNormalizer
 from percolert.engine import es, indices
 from percolert.engine.readiness import ClusterReadiness
+from percolert.offsite.attempts import Attempt
+from percolert.offsite.service import Offsite
 from percolert.products import catalog
 from percolert.products.feed import ProductFeed
 from percolert.products.matching import PERCOLATE_CONCURRENCY, ProductAlerting
 from percolert.products.seen import SeenMarks
+from percolert.products.shown import ShownAlerts
 from percolert.realtime.hub import Hub
 from percolert.watches.percolator import Percolator
 from percolert.watches.reachability import Leases, lease_seconds
@@ -62,6 +66,8 @@ class State(TypedDict):
     cluster: Breaker
     # Accounts erased at the shop's request (here, and what erasures elsewhere leave here).
     erasure: Erasure
+    # The shop's webhook and e-mail, for accounts that are away.
+    offsite: Offsite
 
 
 def encode_message(message: ServerMessage) -> str:
@@ -71,6 +77,14 @@ def encode_message(message: ServerMessage) -> str:
 
 def _watch_lock(broker: RedisBroker, owner: str) -> AbstractAsyncContextManager[None]:
     return broker.exclusive(f"watches:{owner}")
+
+
+def _observe_offsite(metrics: Metrics) -> Callable[[str, Attempt], None]:
+    def observe(channel: str, attempt: Attempt) -> None:
+        metrics.offsite_attempts.labels(channel, attempt.outcome).inc()
+        metrics.offsite_attempt_seconds.labels(channel).observe(attempt.duration_ms / 1000)
+
+    return observe
 
 
 def _observe_percolate(metrics: Metrics) -> Callable[[float | None, int], None]:
@@ -105,6 +119,7 @@ class Services:
         percolator_type: type[Percolator] = Percolator,
         percolation_client: AsyncElasticsearch | None = None,
         cluster: Breaker | None = None,
+        secret: str = "",
     ) -> None:
         self.settings = settings
         # Whether the cluster is known to hang (tripped by the HTTP edge), probed by a loop.
@@ -153,7 +168,6 @@ class Services:
         self.reachability = Leases(
             client, indices.alias_for(settings, "watches"), settings, hub.users
         )
-        self.erasure = Erasure(client, settings, self.broker, self.alert_log, self.reachability)
         self.percolator = percolator_type(
             percolation_client or client,
             indices.alias_for(settings, "watches"),
@@ -180,9 +194,32 @@ class Services:
             # With several instances, one owner's adds are held apart across all of them.
             owner_lock=(None if self.shared is None else partial(_watch_lock, self.shared)),
         )
+        self.offsite = Offsite(
+            client,
+            settings,
+            owner=settings.instance_id or default_instance_id(settings),
+            # The unsubscribe links' key; any secret does where no e-mail is sent.
+            secret=secret or "no e-mail here",
+            watch_frequencies=self.watches.frequencies,
+            turn_frequency=self.watches.turn_frequency,
+            observe=_observe_offsite(metrics),
+        )
+        self.erasure = Erasure(
+            client, settings, self.broker, self.alert_log, self.reachability, self.offsite
+        )
         self.product_alerting = ProductAlerting(client, settings, self.percolator)
+        # Off-site delivery leaves alerts a socket was sent alone (accounts' only).
+        self.shown = (
+            ShownAlerts(client, indices.alias_for(settings, "product_alerts"), is_account)
+            if settings.offsite.enabled
+            else None
+        )
         self.product_feed = ProductFeed(
-            client, settings, hub, SeenMarks(client, indices.alias_for(settings, "product_seen"))
+            client,
+            settings,
+            hub,
+            SeenMarks(client, indices.alias_for(settings, "product_seen")),
+            self.shown,
         )
         # A reconnect storm's greetings queue here, leaving three quarters of the client's
         # connections to searches, percolation and the log.
@@ -201,6 +238,7 @@ class Services:
         percolator_type: type[Percolator] = Percolator,
         cluster: Breaker | None = None,
         loops: Mapping[str, Loop] | None = None,
+        secret: str = "",
     ) -> AsyncIterator[Services]:
         """The services, running until the block ends. `cluster` is tripped by callers that
         saw the cluster hang; here it is probed until it answers. `loops` are the caller's
@@ -214,6 +252,7 @@ class Services:
             connections=settings.percolate_concurrency + PERCOLATE_CONCURRENCY,
         )
         shared: RedisBroker | None = None
+        services: Services | None = None
         try:
             services = cls(
                 settings,
@@ -223,6 +262,7 @@ class Services:
                 percolator_type=percolator_type,
                 percolation_client=percolation_client,
                 cluster=cluster,
+                secret=secret,
             )
             shared = services.shared
             if shared is not None:
@@ -244,11 +284,17 @@ class Services:
                     services.background.start(
                         group, "cluster_probe", lambda: services.cluster.run(services.probe_cluster)
                     )
+                    if services.shown is not None:
+                        services.background.start(group, "shown_alerts", services.shown.run)
+                    for name, loop in services.offsite.loops().items():
+                        services.background.start(group, name, loop)
                     for name, loop in (loops or {}).items():
                         services.background.start(group, name, loop)
                     yield services
                     group.cancel_scope.cancel()
         finally:
+            if services is not None:
+                await services.offsite.close()
             if shared is not None:
                 await shared.close()
             await percolation_client.close()
@@ -288,6 +334,7 @@ class Services:
             "readiness": self.readiness,
             "cluster": self.cluster,
             "erasure": self.erasure,
+            "offsite": self.offsite,
         }
 
     def readings(self) -> dict[str, float]:
@@ -308,6 +355,11 @@ class Services:
             "watch_lease_refreshes": self.reachability.refreshes,
             "watch_lease_failures": self.reachability.failures,
             "watch_leases_written": self.reachability.leased,
+            "offsite_alerts_routed": self.offsite.router.routed,
+            "offsite_digests_made": self.offsite.digests.sent,
+            "outbox_events_written": self.offsite.outbox.written,
+            "outbox_attempts_recorded": self.offsite.outbox.recorded,
+            "outbox_leases_lost": self.offsite.outbox.lost_leases,
         }
         if self.shared is not None:
             readings["broker_spooled"] = self.dispatcher.spooled

@@ -34,13 +34,13 @@ from percolert.core.exception_groups import first_error
 from percolert.core.messages import Category, MaxPrice, Notify, Terms, WatchSpec
 from percolert.core.ndjson import BadLine, read_lines
 from percolert.engine import bulk
+from percolert.engine.bulk import CONFLICT
 from percolert.engine.indices import indices_behind
 
 logger = logging.getLogger(__name__)
 
 Owner = Annotated[str, msgspec.Meta(min_length=1, max_length=200)]
 
-_CONFLICT = 409
 _ATTEMPTS = 4  # an item refused for the cluster's sake is sent at most this often
 _REQUEST_TIMEOUT = 300.0  # a bulk request of thousands of queries under a busy JVM
 # Index settings during a load (docs/benchmarks/watch-load.md: each bought a load of 1M
@@ -232,7 +232,7 @@ class BulkLoad:
                 status = int(result.get("status", 0))
                 if status < 300:
                     loaded += 1
-                elif status == _CONFLICT:
+                elif status == CONFLICT:
                     duplicates += 1
                 elif bulk.worth_retrying(result) and attempt < _ATTEMPTS:
                     again.refs.append(ref)

@@ -32,6 +32,7 @@ from elasticsearch import AsyncElasticsearch
 from percolert.core.locks import LocalLocks
 from percolert.core.messages import (
     TERMS_MAX_LENGTH,
+    Frequency,
     Notify,
     ProductWatchChange,
     Watch,
@@ -43,7 +44,7 @@ from percolert.core.times import iso_from_milliseconds
 from percolert.watches import product_watch, reachability
 from percolert.watches.load import BulkLoad, LoadError, LoadReport, Prepared
 
-_SOURCE = ["owner", "is_default", "spec", "created_at", "notify"]
+_SOURCE = ["owner", "is_default", "spec", "created_at", "notify", "frequency"]
 _MAX_DEFAULTS = 1000
 # The ids `watch_id` issues, and nothing else: an id is checked before it reaches
 # Elasticsearch's URL, where `_search` or `..` would name an endpoint rather than a document.
@@ -111,6 +112,7 @@ class _StoredWatch(msgspec.Struct):
     is_default: bool = False
     created_at: str = ""
     notify: Notify = "both"
+    frequency: Frequency | None = None
 
 
 def clean_spec(spec: WatchSpec) -> WatchSpec:
@@ -126,6 +128,7 @@ def clean_spec(spec: WatchSpec) -> WatchSpec:
         category=category or None,
         max_price=spec.max_price,
         notify=spec.notify,
+        frequency=spec.frequency,
     )
 
 
@@ -222,6 +225,7 @@ def _to_watch(document_id: str, stored: _StoredWatch) -> Watch:
         notify=stored.notify,
         sku=stored.spec.sku,
         on=stored.spec.on,
+        frequency=stored.frequency,
     )
 
 
@@ -375,6 +379,7 @@ class WatchStore:
         document_id = watch_id(owner, tokens, spec)
         what = msgspec.to_builtins(spec)
         notify = what.pop("notify")  # a preference, kept beside what the watch means
+        frequency = what.pop("frequency")  # another
         del what["sku"], what["on"]  # a product watch's (prepare_product)
         document = {
             "query": build_query(
@@ -389,6 +394,8 @@ class WatchStore:
             "created_at": self._now(),
             "notify": notify,
         }
+        if frequency is not None:
+            document["frequency"] = frequency
         if spec.max_price is not None:
             document["max_price"] = spec.max_price
         if spec.category is not None:
@@ -422,6 +429,8 @@ class WatchStore:
             "notify": "products",
             "sku": spec.sku,
         }
+        if spec.frequency is not None:
+            document["frequency"] = spec.frequency
         if spec.max_price is not None:
             document["max_price"] = spec.max_price
         return document_id, document
@@ -560,13 +569,15 @@ class WatchStore:
             raise WatchNotFound()
         return stored
 
-    async def remove(self, owner: str | None, watch_id: str) -> None:
-        """Delete a watch `owner` owns (None: a default watch); WatchNotFound otherwise."""
-        await self._owned(owner, watch_id)
+    async def remove(self, owner: str | None, watch_id: str) -> Watch:
+        """Delete a watch `owner` owns (None: a default watch); WatchNotFound otherwise.
+        Returns the watch as it was."""
+        stored = await self._owned(owner, watch_id)
         try:
             await self._client.delete(index=self._alias, id=watch_id, refresh=True)
         except elasticsearch.NotFoundError:
             raise WatchNotFound() from None
+        return _to_watch(watch_id, stored)
 
     async def set_notify(self, owner: str, watch_id: str, notify: Notify) -> Watch:
         """Make `owner`'s own watch notify of `notify`; WatchNotFound for any other watch
@@ -588,6 +599,41 @@ class WatchStore:
         except elasticsearch.NotFoundError:  # removed meanwhile
             raise WatchNotFound() from None
         return _to_watch(watch_id, msgspec.structs.replace(stored, notify=notify))
+
+    async def set_frequency(self, owner: str, watch_id: str, frequency: Frequency) -> Watch:
+        """How often `owner`'s own watch may e-mail them when away; WatchNotFound for any
+        other watch."""
+        stored = await self._owned(owner, watch_id)
+        if not await self.turn_frequency(watch_id, frequency):
+            raise WatchNotFound()  # removed meanwhile
+        return _to_watch(watch_id, msgspec.structs.replace(stored, frequency=frequency))
+
+    async def turn_frequency(self, watch_id: str, frequency: Frequency) -> bool:
+        """Set a watch's e-mail frequency whoever owns it (a signed unsubscribe link names
+        it); False when there is no such watch."""
+        if not is_watch_id(watch_id):
+            return False
+        try:
+            await self._client.update(
+                index=self._alias, id=watch_id, doc={"frequency": frequency}, refresh=True
+            )
+        except elasticsearch.NotFoundError:
+            return False
+        return True
+
+    async def frequencies(self, watch_ids: Iterable[str]) -> dict[str, Frequency | None]:
+        """The e-mail frequency of each watch that exists (None: its owner's choice)."""
+        ids = sorted({watch_id for watch_id in watch_ids if is_watch_id(watch_id)})
+        if not ids:
+            return {}
+        response = await self._client.mget(
+            index=self._alias, ids=ids, source_includes=["frequency"]
+        )
+        return {
+            doc["_id"]: (doc.get("_source") or {}).get("frequency")
+            for doc in response["docs"]
+            if doc.get("found")
+        }
 
     async def _search(
         self, query: dict[str, Any], size: int, sort: list[dict[str, str]]

@@ -34,6 +34,7 @@ async def export(request: Request) -> Response:
         state["watches"],
         user,
         session_started=session_started(request),
+        offsite=state["offsite"],
     )
     response = json_response(data)
     response.headers["Content-Disposition"] = f'attachment; filename="{EXPORT_FILENAME}"'

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import hmac
 import logging
+from collections.abc import Sequence
 from typing import Any
 
 import msgspec
@@ -155,7 +156,8 @@ async def delete_product(request: Request) -> Response:
 async def erase_account(request: Request) -> Response:
     """Everything of the shop's customer (the path's id, a token's `sub`) erased."""
     state = state_of(request)
-    erased = await state["erasure"].erase(account_of(request.path_params["customer_id"]))
+    customer_id = request.path_params["customer_id"]
+    erased = await state["erasure"].erase(account_of(customer_id), customer_id)
     return json_response(ErasureReport(erased=erased))
 
 
@@ -167,8 +169,9 @@ async def product_watchers(request: Request) -> Response:
     return json_response(ProductWatchers(sku=sku, watchers=watchers))
 
 
-def routes(settings: Settings) -> list[Route]:
-    """Everything under PREFIX, authorised by the admin token (none is right without one)."""
+def routes(settings: Settings, more: Sequence[BaseRoute] = ()) -> list[Route]:
+    """Everything under PREFIX, authorised by the admin token (none is right without one):
+    these routes and `more` (other packages' admin routes)."""
     admin = _Authorised(
         settings.admin_token,
         [
@@ -177,6 +180,7 @@ def routes(settings: Settings) -> list[Route]:
             Route(f"{PREFIX}products/{{sku}}/watchers", product_watchers, methods=["GET"]),
             # Any customer id a token may carry, slashes included (sent as %2F).
             Route(f"{ACCOUNTS_PREFIX}{{customer_id:path}}", erase_account, methods=["DELETE"]),
+            *more,
         ],
     )
     # Any method: which ones a route takes is for the token's holders to learn.

@@ -268,6 +268,8 @@ async def alerts_socket(
             with contextlib.suppress(WebSocketDisconnect, RuntimeError):
                 await websocket.close(code=POLICY_VIOLATION, reason=refused)
             return
+        # Who the shop says this is, for e-mail and the shop's events while they are away.
+        await state["offsite"].saw(account.user, account.subject, account.email)
     assert user is not None
     hub = state["hub"]
     connection = Connection(
@@ -310,6 +312,8 @@ async def alerts_socket(
             state, websocket, user, after, cut, connection, started, everyone_since
         )
         await websocket.send_text(encode_message(hello))
+        if hello.away is not None:
+            state["product_feed"].greeted(user, hello.away)
         for alert in missed:
             await websocket.send_text(encode_message(alert))
         # Not kept in this frame for as long as the socket is open: the hello lists the

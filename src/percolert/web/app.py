@@ -31,19 +31,21 @@ from percolert.core.messages import (
     WatchUpdate,
 )
 from percolert.core.metrics import Metrics
-from percolert.core.settings import Settings, default_instance_id
+from percolert.core.settings import Settings, SettingsError, default_instance_id
 from percolert.engine import es, indices
 from percolert.engine.search import MAX_QUERY_LENGTH, MAX_SIZE, search_products
+from percolert.offsite.events import WATCH_CREATED, WATCH_DELETED
+from percolert.offsite.targets import TargetRefused, check_url
 from percolert.products import catalog
 from percolert.realtime.hub import Hub
 from percolert.service.services import Services, State, encode_message
 from percolert.watches.percolator import Percolator, SearchEvent
-from percolert.web import account_api, admin_api
+from percolert.web import account_api, admin_api, offsite_api, unsubscribe
 from percolert.web.alert_socket import alerts_socket
 from percolert.web.errors import ApiError, error_response, exception_handlers
 from percolert.web.logs import AccessLogMiddleware, as_instance
 from percolert.web.middleware.admission import Admission, AdmissionMiddleware
-from percolert.web.middleware.bearer import BearerMiddleware
+from percolert.web.middleware.bearer import BearerMiddleware, account_of
 from percolert.web.middleware.bodylimit import BodyLimitMiddleware
 from percolert.web.middleware.browser_guard import BrowserGuardMiddleware
 from percolert.web.middleware.cluster_breaker import ClusterBreakerMiddleware
@@ -136,16 +138,19 @@ async def _decode_spec(request: Request) -> WatchSpec:
 
 async def _decode_update(request: Request) -> WatchUpdate:
     body = await request.body()  # at most _MAX_BODY_BYTES: BodyLimitMiddleware saw to it
+    hint = (
+        'send {"notify": "searches", "products" or "both"} and/or '
+        '{"frequency": "instant", "daily", "weekly" or "off"}'
+    )
     try:
-        return msgspec.json.decode(body, type=WatchUpdate)
+        update = msgspec.json.decode(body, type=WatchUpdate)
     except msgspec.ValidationError as error:
-        raise ApiError(
-            400,
-            "invalid_watch",
-            f'invalid watch update: {error}; send {{"notify": "searches", "products" or "both"}}',
-        ) from None
+        raise ApiError(400, "invalid_watch", f"invalid watch update: {error}; {hint}") from None
     except msgspec.DecodeError as error:
         raise ApiError(400, "invalid_json", f"the body is not valid JSON: {error}") from None
+    if update.notify is None and update.frequency is None:
+        raise ApiError(400, "invalid_watch", f"the update changes nothing; {hint}")
+    return update
 
 
 async def _watches_changed(state: State, user: str) -> None:
@@ -162,16 +167,24 @@ async def add_watch(request: Request) -> Response:
     user = _user(request)
     spec = await _decode_spec(request)
     state = state_of(request)
+    account = account_of(request.scope)
+    if account is not None:
+        # Creating a watch is the opt-in: who the shop says this is, for when they are away.
+        await state["offsite"].saw(account.user, account.subject, account.email)
     watch = await state["watches"].add(user, spec)
     await _watches_changed(state, user)
+    if account is not None:
+        await state["offsite"].watch_changed(WATCH_CREATED, user, watch)
     return json_response(watch, status=201)
 
 
 async def remove_watch(request: Request) -> Response:
     user = _user(request)
     state = state_of(request)
-    await state["watches"].remove(user, request.path_params["watch_id"])
+    watch = await state["watches"].remove(user, request.path_params["watch_id"])
     await _watches_changed(state, user)
+    if account_of(request.scope) is not None:
+        await state["offsite"].watch_changed(WATCH_DELETED, user, watch)
     return Response(status_code=204)
 
 
@@ -179,7 +192,11 @@ async def update_watch(request: Request) -> Response:
     user = _user(request)
     update = await _decode_update(request)
     state = state_of(request)
-    watch = await state["watches"].set_notify(user, request.path_params["watch_id"], update.notify)
+    watch_id = request.path_params["watch_id"]
+    if update.frequency is not None:
+        watch = await state["watches"].set_frequency(user, watch_id, update.frequency)
+    if update.notify is not None:
+        watch = await state["watches"].set_notify(user, watch_id, update.notify)
     await _watches_changed(state, user)
     return json_response(watch)
 
@@ -255,8 +272,10 @@ class _Lifespan:
         limits: RateLimits,
         cluster: Breaker,
         tokens: Tokens | None,
+        secret: str,
     ) -> None:
         self._settings = settings
+        self._secret = secret
         self._cluster = cluster
         self._tokens = tokens
         self._hub = hub
@@ -281,6 +300,7 @@ class _Lifespan:
                 percolator_type=self._percolator_type,
                 cluster=self._cluster,
                 loops=loops,
+                secret=self._secret,
             ) as services:
                 self.services = services
                 try:
@@ -325,7 +345,14 @@ def create_app(settings: Settings, *, percolator_type: type[Percolator] = Percol
     instance_id = settings.instance_id or default_instance_id(settings)
     settings = msgspec.structs.replace(settings, instance_id=instance_id)
     with as_instance(instance_id):  # it may warn of a development secret
-        signer = SessionSigner(load_secret(settings))
+        secret = load_secret(settings)
+    signer = SessionSigner(secret)
+    webhook_url = settings.offsite.webhook_url
+    if webhook_url is not None:
+        try:
+            check_url(webhook_url, allow_private=settings.offsite.webhook_allow_private)
+        except TargetRefused as refused:
+            raise SettingsError(f"PERCOLERT_WEBHOOK_URL: {refused}") from None
     # The hub outlives the lifespan's services: the server drains it before shutting down.
     hub = Hub(grace_seconds=settings.reconnect_grace_seconds)
     app_metrics = Metrics(instance_id)
@@ -340,7 +367,9 @@ def create_app(settings: Settings, *, percolator_type: type[Percolator] = Percol
     )
     # Shops' tokens, when the deployment takes them (a secret or a JWKS URL is set).
     tokens = Tokens(settings) if settings.accounts else None
-    lifespan = _Lifespan(settings, hub, app_metrics, percolator_type, limits, cluster, tokens)
+    lifespan = _Lifespan(
+        settings, hub, app_metrics, percolator_type, limits, cluster, tokens, secret
+    )
     app_metrics.read_from(lifespan.readings)
 
     web = assets.asset_dir("web")
@@ -362,13 +391,17 @@ def create_app(settings: Settings, *, percolator_type: type[Percolator] = Percol
         Route("/api/watches/{watch_id}", update_watch, methods=["PATCH"]),
         Route("/api/categories", categories),
         *account_api.routes(),  # /api/me/: the caller's own data
+        *offsite_api.routes(),  # /api/me/preferences: an account's e-mail
+        *unsubscribe.routes(),  # e-mail's one-click unsubscribe links
         Route("/openapi.json", openapi),
         Route("/metrics", metrics),
         Route("/healthz", healthz),
         Route("/readyz", readyz),
         WebSocketRoute("/ws", socket),
         Mount("/static", StaticFiles(directory=web), name="static"),
-        *admin_api.routes(settings),  # all of /api/admin/, behind the admin token
+        # All of /api/admin/, behind the admin token: with the webhook's endpoint and
+        # delivery log, and accounts' e-mail addresses.
+        *admin_api.routes(settings, offsite_api.admin_routes()),
     ]
     app = Starlette(
         routes=routes,

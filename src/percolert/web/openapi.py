@@ -22,6 +22,7 @@ from percolert.core.messages import (
     WatchUpdate,
 )
 from percolert.engine.search import MAX_QUERY_LENGTH, MAX_SIZE
+from percolert.web.offsite_api import Preferences
 
 _REF = "#/components/schemas/{name}"
 
@@ -38,9 +39,9 @@ def _errors(*statuses: int) -> dict[str, Any]:
     meaning = {
         400: "bad parameters or body",
         401: "no session; /readyz: no metrics token (nor a request from this machine); "
-        "/api/me/merge: no shop's token (account_required)",
+        "/api/me/merge, /api/me/preferences: no shop's token (account_required)",
         403: "forbidden_origin: not from the shop's own page",
-        404: "not found",
+        404: "not found (/api/me/preferences: off-site delivery is off, offsite_disabled)",
         409: "conflict: a duplicate, or over the per-user limit",
         413: "body too large",
         415: "unsupported_media_type: the body is not application/json",
@@ -69,6 +70,7 @@ def openapi_document() -> dict[str, Any]:
             Readiness,
             DataExport,
             MergeReport,
+            Preferences,
         ],
         ref_template=_REF,
     )
@@ -185,6 +187,25 @@ def openapi_document() -> dict[str, Any]:
                     **_errors(401, 403, 415, 429, 431, 503),
                 },
             }
+        },
+        "/api/me/preferences": {
+            "get": {
+                "summary": "Your account's e-mail preferences (with the shop's token)",
+                "responses": {
+                    "200": _ok("Preferences", "how often, and when digests come"),
+                    **_errors(401, 404, 429, 431, 503),
+                },
+            },
+            "put": {
+                "summary": "Set your account's e-mail preferences: how often (instant, daily, "
+                "weekly, off; a watch's own choice overrides it), and the time zone and "
+                "hour of digests (null: the shop's defaults)",
+                "requestBody": {"required": True, "content": _json("Preferences")},
+                "responses": {
+                    "200": _ok("Preferences", "the preferences now"),
+                    **_errors(400, 401, 403, 404, 413, 415, 429, 431, 503),
+                },
+            },
         },
         "/healthz": {
             "get": {"summary": "Liveness", "responses": {"200": _ok("Health", "process up")}}

@@ -15,6 +15,8 @@ MONITORING_PATHS = frozenset({"/metrics", "/readyz"})
 # The admin API's accounts, by the shop's customer id: personal data (an e-mail address,
 # say), which logs never show.
 ACCOUNTS_PREFIX = "/api/admin/accounts/"
+# E-mail's unsubscribe links: the token in them turns e-mail off, which logs never show.
+UNSUBSCRIBE_PREFIX = "/unsubscribe/"
 
 
 def route_path(scope: Scope) -> str:
@@ -25,5 +27,8 @@ def route_path(scope: Scope) -> str:
 def loggable_path(scope: Scope) -> str:
     """The request's path as logs show it: a shop's customer id left out."""
     path = str(scope["path"])
-    prefix = scope.get("root_path", "") + ACCOUNTS_PREFIX
-    return prefix + "{customer_id}" if path.startswith(prefix) else path
+    root = str(scope.get("root_path", ""))
+    for prefix, hidden in ((ACCOUNTS_PREFIX, "{customer_id}"), (UNSUBSCRIBE_PREFIX, "{token}")):
+        if path.startswith(root + prefix):
+            return root + prefix + hidden
+    return path

@@ -17,7 +17,7 @@ import logging
 from starlette.datastructures import Headers
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from percolert.accounts.tokens import KeysUnavailable, TokenRejected, Tokens
+from percolert.accounts.tokens import Account, KeysUnavailable, TokenRejected, Tokens
 from percolert.web.admin_api import PREFIX as ADMIN_PREFIX
 from percolert.web.admin_api import bearer_token
 from percolert.web.errors import error_response
@@ -25,6 +25,8 @@ from percolert.web.middleware.sessions import act_as_account
 from percolert.web.paths import API_PREFIX, route_path
 
 logger = logging.getLogger(__name__)
+
+_ACCOUNT_KEY = "percolert.account"
 
 
 def challenge(error: str, description: str) -> dict[str, str]:
@@ -86,4 +88,11 @@ class BearerMiddleware:
             await refused(scope, receive, send)
             return
         act_as_account(scope, account.user)
+        scope[_ACCOUNT_KEY] = account
         await self.app(scope, receive, send)
+
+
+def account_of(scope: Scope) -> Account | None:
+    """The verified token's account, on a request that carried one."""
+    account = scope.get(_ACCOUNT_KEY)
+    return account if isinstance(account, Account) else None

@@ -12,6 +12,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from percolert.web.errors import error_response
 from percolert.web.middleware.security_headers import security_headers
 from percolert.web.origins import request_allowed
+from percolert.web.paths import UNSUBSCRIBE_PREFIX, route_path
 
 _UNSAFE_METHODS = frozenset(["POST", "PUT", "PATCH", "DELETE"])
 
@@ -33,6 +34,10 @@ def refusal(scope: Scope, allowed_origins: Collection[str]) -> Response | None:
     """
     method = scope["method"]
     if method not in _UNSAFE_METHODS:
+        return None
+    if route_path(scope).startswith(UNSUBSCRIBE_PREFIX):
+        # The signed token in the path is the authority, not a session: a mail provider's
+        # one-click POST (RFC 8058) comes form-encoded and from no page of the shop.
         return None
     if not request_allowed(scope, allowed_origins):
         return error_response(

@@ -1,0 +1,199 @@
+"""Digests: the product alerts routed to a daily or weekly e-mail (their `digest` is set),
+listed in one message at the account's local hour (its zone and hour, or the defaults),
+daily, or weekly on Mondays.
+
+A digest for a period lists every waiting alert routed before the period's moment: what
+came after waits for the next one. It is an outbox event whose id names the account and the
+period, so it is made once whoever makes it and however often; then its alerts stop
+waiting. A period with nothing waiting sends nothing.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable
+from datetime import datetime, timedelta
+from typing import Any
+from zoneinfo import ZoneInfo
+
+import anyio
+import elasticsearch
+from elastic_transport import TransportError
+from elasticsearch import AsyncElasticsearch
+
+from percolert.core.messages import ProductAlert
+from percolert.core.offsite_settings import OffsiteSettings, timezone_known
+from percolert.core.times import iso_from_seconds
+from percolert.offsite import events
+from percolert.offsite.contacts import Contact, Contacts
+from percolert.offsite.mail import MailContent
+from percolert.offsite.outbox import NewEvent, Outbox
+from percolert.offsite.suppressions import Suppressions
+from percolert.products.away import decode_alerts
+
+logger = logging.getLogger(__name__)
+
+# A digest lists this many alerts, and counts the rest as "and N more".
+LISTED = 20
+# Accounts with waiting alerts looked at per round.
+ACCOUNTS_PER_ROUND = 1000
+POLL_SECONDS = 60.0
+# The most alerts one digest marks as listed (a bigger backlog waits for the next round).
+_MARKED = 10_000
+
+_ES_ERRORS = (TransportError, elasticsearch.ApiError)
+
+
+def latest_period(now: float, zone: str, hour: int, period: str) -> tuple[str, float]:
+    """The latest digest moment at or before `now` for an account in `zone` at `hour`: its
+    key (the local date, or the ISO week) and the moment (epoch seconds)."""
+    local = datetime.fromtimestamp(now, ZoneInfo(zone))
+    moment = local.replace(hour=hour, minute=0, second=0, microsecond=0)
+    if moment > local:
+        moment -= timedelta(days=1)
+    if period == "weekly":
+        moment -= timedelta(days=moment.weekday())
+        year, week, _ = moment.isocalendar()
+        key = f"{year}-W{week:02d}"
+    else:
+        key = f"{moment:%Y-%m-%d}"  # the local date
+    # Built in local time: a moment a clock change skipped is read as the zone reads it.
+    moment = moment.replace(tzinfo=ZoneInfo(zone))
+    return key, moment.timestamp()
+
+
+class Digests:
+    def __init__(
+        self,
+        client: AsyncElasticsearch,
+        alias: str,
+        settings: OffsiteSettings,
+        outbox: Outbox,
+        contacts: Contacts,
+        suppressions: Suppressions,
+        on_events: Callable[[], None] = lambda: None,
+    ) -> None:
+        self._client = client
+        self._alias = alias
+        self._settings = settings
+        self._outbox = outbox
+        self._contacts = contacts
+        self._suppressions = suppressions
+        self._on_events = on_events
+        self.sent = 0
+
+    async def run(self) -> None:
+        while True:
+            try:
+                await self.tick()
+            except _ES_ERRORS as error:
+                logger.warning("making digests failed, retrying: %s", error)
+            await anyio.sleep(POLL_SECONDS)
+
+    async def tick(self, now: float | None = None) -> int:
+        """Make the digests due at `now`; returns how many were made (or found made)."""
+        now = time.time() if now is None else now
+        response = await self._client.search(
+            index=self._alias,
+            query={"bool": {"filter": [{"exists": {"field": "digest"}}]}},
+            size=0,
+            aggs={
+                "users": {
+                    "terms": {"field": "user", "size": ACCOUNTS_PER_ROUND},
+                    "aggs": {"periods": {"terms": {"field": "digest", "size": 2}}},
+                }
+            },
+        )
+        waiting = [
+            (bucket["key"], period["key"])
+            for bucket in response["aggregations"]["users"]["buckets"]
+            for period in bucket["periods"]["buckets"]
+        ]
+        if not waiting:
+            return 0
+        contacts = await self._contacts.get_many(user for user, _ in waiting)
+        addresses = {contact.email for contact in contacts.values() if contact.email}
+        suppressed = await self._suppressions.suppressed(addresses)
+        made = 0
+        for user, period in waiting:
+            made += await self._digest(user, period, contacts.get(user), suppressed, now)
+        return made
+
+    async def _digest(
+        self, user: str, period: str, contact: Contact | None, suppressed: set[str], now: float
+    ) -> int:
+        settings = self._settings
+        zone = contact.timezone if contact and contact.timezone else settings.default_timezone
+        if not timezone_known(zone):
+            zone = settings.default_timezone
+        hour = settings.digest_hour
+        if contact is not None and contact.digest_hour is not None:
+            hour = contact.digest_hour
+        key, moment = latest_period(now, zone, hour, period)
+        response = await self._client.search(
+            index=self._alias,
+            query={
+                "bool": {
+                    "filter": [
+                        {"term": {"user": user}},
+                        {"term": {"digest": period}},
+                        {"range": {"routed": {"lte": iso_from_seconds(moment)}}},
+                    ]
+                }
+            },
+            sort=[{"seq": "desc"}],
+            size=_MARKED,
+            track_total_hits=True,
+        )
+        hits = response["hits"]["hits"]
+        if not hits:
+            return 0
+        listed: list[ProductAlert] = [
+            stored.alert for stored in decode_alerts(hit["_source"] for hit in hits[:LISTED])
+        ]
+        more = int(response["hits"]["total"]["value"]) - len(listed)
+        made: list[NewEvent] = []
+        if settings.webhooks:
+            made.append(events.digest_webhook(user, contact, period, key, listed, more))
+        address = None if contact is None else contact.email
+        if (
+            settings.email
+            and settings.mail_from is not None
+            and contact is not None
+            and address is not None
+            and address not in suppressed
+        ):
+            items = [
+                item
+                for alert in listed
+                for item in events.mail_items(alert, settings.shop_product_url)
+            ]
+            made.append(
+                events.mail_event(
+                    user=user,
+                    to=address,
+                    about=f"digest:{user}:{period}:{key}",
+                    content=MailContent(
+                        kind="digest",
+                        items=items,
+                        more=more + sum(events.unlisted(alert) for alert in listed),
+                        period=period,
+                    ),
+                    mail_from=settings.mail_from,
+                    watch_id=None,
+                    mail_key=contact.mail_key,
+                    event_type=events.DIGEST_CREATED,
+                )
+            )
+        await self._outbox.add(made)
+        if made:
+            self._on_events()
+        # Listed (or, with nowhere to send them, dropped): they wait no longer.
+        operations: list[dict[str, Any]] = []
+        for hit in hits:
+            operations.append({"update": {"_index": self._alias, "_id": hit["_id"]}})
+            operations.append({"doc": {"digest": None}})
+        await self._client.bulk(operations=operations, refresh="wait_for")
+        self.sent += 1 if made else 0
+        return 1 if made else 0
