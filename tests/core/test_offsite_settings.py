@@ -49,6 +49,8 @@ def test_a_weak_or_malformed_secret_is_refused(value: str) -> None:
         ({"PERCOLERT_SMTP_USERNAME": "shop"}, "PERCOLERT_SMTP_PASSWORD"),
         ({"PERCOLERT_SHOP_PRODUCT_URL": "https://shop.example/p/"}, "{sku}"),
         ({"PERCOLERT_DEFAULT_TIMEZONE": "Mars/Olympus"}, "PERCOLERT_DEFAULT_TIMEZONE"),
+        # A directory of the zone database, not a zone.
+        ({"PERCOLERT_DEFAULT_TIMEZONE": "America"}, "PERCOLERT_DEFAULT_TIMEZONE"),
         ({"PERCOLERT_OUTBOX_RETRY_SCHEDULE": "0,5s,soon"}, "PERCOLERT_OUTBOX_RETRY_SCHEDULE"),
         ({"PERCOLERT_OUTBOX_LEASE_SECONDS": "10"}, "PERCOLERT_WEBHOOK_TIMEOUT_SECONDS"),
         ({"PERCOLERT_PUBLIC_URL": "shop.example"}, "PERCOLERT_PUBLIC_URL"),

@@ -254,6 +254,24 @@ def test_a_shops_template_cannot_reach_python(tmp_path: Path) -> None:
         compose(mailer(templates=tmp_path))
 
 
+@pytest.mark.parametrize(
+    "template",
+    ["{{ ('x' * 50000000)|length }}", "{{ [1] * 10**9 }}", "{{ 2 ** 100000 }}"],
+)
+def test_a_shops_template_cannot_make_huge_values(tmp_path: Path, template: str) -> None:
+    (tmp_path / "product_alert.txt.j2").write_text(template)
+    with pytest.raises(SecurityError):
+        compose(mailer(templates=tmp_path))
+
+
+def test_a_shops_template_cannot_render_without_bound(tmp_path: Path) -> None:
+    (tmp_path / "product_alert.txt.j2").write_text(
+        "{% for a in range(2000) %}{% for b in range(1000) %}x{% endfor %}{% endfor %}"
+    )
+    with pytest.raises(ValueError, match="rendered more than"):
+        compose(mailer(templates=tmp_path))
+
+
 def test_a_missing_template_directory_is_refused(tmp_path: Path) -> None:
     with pytest.raises(ValueError, match="no template directory"):
         mailer(templates=tmp_path / "typo")
@@ -319,6 +337,13 @@ async def test_a_recipient_refused_for_good_fails(
     assert attempt.status == code
     assert attempt.suppress is suppress
     assert attempt.error == f"RCPT {code} {text}"
+
+
+async def test_an_address_a_server_quotes_stays_out_of_the_error(sink: SmtpSink) -> None:
+    sender = mailer(sink.port)
+    sink.refuse_rcpt(550, "5.1.1 <ada.lovelace@example.com>: Recipient address rejected")
+    attempt = await sender.send(compose(sender))
+    assert attempt.error == "RCPT 550 5.1.1 <address>: Recipient address rejected"
 
 
 async def test_a_message_refused_for_good_fails_without_blaming_the_address(

@@ -14,6 +14,7 @@ import re
 import signal
 import subprocess
 import sys
+import time
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -365,6 +366,46 @@ async def test_an_address_refused_for_good_is_never_mailed_again(deployment: Dep
         )
         assert len(mails()) == 1
         assert d.sink.received == []
+
+
+async def test_an_address_gets_its_hourly_share_however_many_accounts_share_it(
+    fresh_settings: Settings, receiver: WebhookReceiver, sink: SmtpSink
+) -> None:
+    settings = offsite_settings(fresh_settings, receiver, sink)
+    settings = msgspec.structs.replace(
+        settings,
+        offsite=msgspec.structs.replace(settings.offsite, mail_per_recipient_per_hour=1),
+    )
+    await asyncio.to_thread(prepare_indices, settings)
+    with run_server(settings) as url:
+        d = Deployment(settings, url, receiver, sink)
+        sku = d.add_product(100.0)
+        async with (
+            _customer(url, "customer-one", "shared@example.com") as one,
+            _customer(url, "customer-two", "Shared@Example.com") as two,
+        ):
+            await _watch_product(one, sku)
+            await _watch_product(two, sku)
+            d.drop(sku, 80.0)
+
+            def mails() -> list[dict[str, Any]]:
+                listed = d.admin("GET", "/api/admin/webhooks/events", params={"channel": "email"})
+                events: list[dict[str, Any]] = listed.json()["events"]
+                return events
+
+            await wait_until(
+                lambda: (
+                    sorted(event["state"] for event in mails()) == ["delivered", "pending"]
+                    and all(event["attempt_count"] < 2 for event in mails())
+                ),
+                timeout=20,
+                what="one e-mail sent and the other held",
+            )
+            [held] = [event for event in mails() if event["state"] == "pending"]
+            # Held back to the next hour's share, not tried and not dropped.
+            assert held["attempt_count"] == 0
+            assert held["next_attempt_at"] > iso_from_seconds(time.time() + 1800)
+            assert len(sink.received) == 1
 
 
 async def test_an_event_written_by_a_process_that_died_is_delivered_once_after_restart(

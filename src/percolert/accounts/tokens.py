@@ -10,7 +10,6 @@ and `iat` when present; clocks may differ by the configured leeway.
 from __future__ import annotations
 
 import math
-import re
 import time
 
 import jwt
@@ -18,7 +17,7 @@ import msgspec
 
 from percolert.accounts.ids import MAX_SUBJECT_LENGTH, account_user_id
 from percolert.accounts.jwks import JwksKeys, JwksUnavailable
-from percolert.core.fields import text_problem
+from percolert.core.fields import is_email, text_problem
 from percolert.core.settings import Settings
 
 
@@ -127,11 +126,6 @@ def _subject(value: object) -> str:
     return value
 
 
-# RFC 5321's longest path; anything longer is no address to mail.
-_MAX_EMAIL_LENGTH = 254
-_EMAIL = re.compile(r"[^@\s<>\"(),;:\[\]\\]+@[^@\s<>\"(),;:\[\]\\]+\.[^@\s<>\"(),;:\[\]\\]+")
-
-
 def _email(claims: dict[str, object]) -> str | None:
     """The customer's address from the `email` claim: a plain addr-spec (no display name,
     nothing a header could be bent with), unless the shop says it is not verified. A claim
@@ -139,9 +133,7 @@ def _email(claims: dict[str, object]) -> str | None:
     value = claims.get("email")
     if claims.get("email_verified") is False or not isinstance(value, str):
         return None
-    if len(value) > _MAX_EMAIL_LENGTH or _EMAIL.fullmatch(value) is None:
-        return None
-    return value
+    return value if is_email(value) else None
 
 
 # A token living longer than this is a mistake (or a forgery's way to a date no clock holds).

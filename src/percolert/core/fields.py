@@ -52,3 +52,16 @@ def _kind(character: str) -> str:
     if character > "\x9f":
         return "a bidirectional formatting character"
     return "a control character"
+
+
+# An e-mail address as Percolert takes one (a token's `email` claim, the admin API): a plain
+# addr-spec of at most 254 characters (RFC 5321's longest path), with no display name, no
+# quoting or comment, and none of the characters above: nothing a header could be bent with.
+EMAIL_MAX_LENGTH = 254
+_ADDRESS_PART = f'[^@\\s<>"(),;:\\[\\]\\\\{ONE_LINE_FORBIDDEN}]+'
+EMAIL_PATTERN = f"^{_ADDRESS_PART}@{_ADDRESS_PART}\\.{_ADDRESS_PART}$"
+_EMAIL = re.compile(EMAIL_PATTERN)
+
+
+def is_email(text: str) -> bool:
+    return len(text) <= EMAIL_MAX_LENGTH and _EMAIL.fullmatch(text) is not None

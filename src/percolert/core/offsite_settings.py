@@ -159,7 +159,8 @@ def _schedule(read: _Reader, error: Callable[[str], Exception]) -> tuple[float, 
 def timezone_known(name: str) -> bool:
     try:
         ZoneInfo(name)
-    except (ZoneInfoNotFoundError, ValueError):
+    except (ZoneInfoNotFoundError, ValueError, OSError):
+        # OSError: a name that is a directory of the zone database ("America").
         return False
     return True
 

@@ -4,8 +4,9 @@ shop gave (the token's `email` claim, or the admin API, whose address a token do
 replace), how often e-mail may come, and when digests go out.
 
 A token's claims are recorded when its customer makes a watch or opens a socket: the write
-happens only when they differ from what this process last wrote (a bounded memory of it),
-so an account's every request does not write.
+happens only when they differ from what this process last wrote (a bounded memory of it,
+each entry kept ten minutes), so an account's every request does not write. A new address
+comes with a new `mail_key`: unsubscribe links mailed to the old one stop working.
 """
 
 from __future__ import annotations
@@ -23,8 +24,16 @@ from percolert.core.messages import Frequency
 from percolert.core.times import iso_from_seconds
 
 EmailSource = Literal["token", "admin"]
-# Accounts whose recorded claims this process remembers; past it, it starts over.
+# Accounts whose recorded claims this process remembers; past it, it starts over. Each is
+# remembered a while only: another instance may have changed the record meanwhile (an
+# admin's address taken away, an erasure).
 _REMEMBERED = 10_000
+_REMEMBERED_SECONDS = 600.0
+
+
+def _mail_key() -> str:
+    """The random key an "unsubscribe from all" link names."""
+    return secrets.token_urlsafe(18)
 
 
 class Contact(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True):
@@ -47,7 +56,8 @@ class Contacts:
     def __init__(self, client: AsyncElasticsearch, alias: str) -> None:
         self._client = client
         self._alias = alias
-        self._recorded: dict[str, tuple[str, str | None]] = {}
+        # Per account, the claims this process last recorded and when (monotonic).
+        self._recorded: dict[str, tuple[str, str | None, float]] = {}
 
     async def get_many(self, users: Iterable[str]) -> dict[str, Contact]:
         ids = sorted(set(users))
@@ -63,16 +73,28 @@ class Contacts:
     async def saw(self, user: str, subject: str, email: str | None) -> None:
         """A verified token of the account: record its customer id and address (unless an
         admin set the address), when they changed."""
-        if self._recorded.get(user) == (subject, email):
+        recorded = self._recorded.get(user)
+        if (
+            recorded is not None
+            and recorded[:2] == (subject, email)
+            and time.monotonic() - recorded[2] < _REMEMBERED_SECONDS
+        ):
             return
         current = await self.get(user)
         fields: dict[str, Any] = {"subject": subject}
         if email is not None and (current is None or current.email_source != "admin"):
             fields.update(email=email, email_source="token")
+            if current is not None and current.email != email:
+                # Links mailed to the old address must not reach the new one.
+                fields["mail_key"] = _mail_key()
         await self._upsert(user, fields)
         if len(self._recorded) >= _REMEMBERED:
             self._recorded.clear()
-        self._recorded[user] = (subject, email)
+        self._recorded[user] = (subject, email, time.monotonic())
+
+    def forget(self, user: str) -> None:
+        """The account was erased (on any instance): its claims are recorded anew."""
+        self._recorded.pop(user, None)
 
     async def set_email(self, user: str, subject: str, email: str | None) -> Contact:
         """The admin API's address for the account (None: take it away)."""
@@ -126,7 +148,7 @@ class Contacts:
                 {
                     "doc": fields,
                     # The random key an "unsubscribe from all" link names: made once.
-                    "upsert": {**fields, "mail_key": secrets.token_urlsafe(18)},
+                    "upsert": {"mail_key": _mail_key(), **fields},
                 },
             ],
             refresh=True,

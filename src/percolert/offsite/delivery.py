@@ -15,6 +15,7 @@ import logging
 import time
 from collections import Counter
 from collections.abc import Callable
+from functools import partial
 from typing import Any
 
 import anyio
@@ -30,7 +31,7 @@ from percolert.offsite.attempts import Attempt
 from percolert.offsite.endpoint import Endpoint
 from percolert.offsite.mail import MailContent, Mailer
 from percolert.offsite.outbox import Channel, Event, Outbox
-from percolert.offsite.suppressions import Suppressions
+from percolert.offsite.suppressions import Suppressions, address_key
 from percolert.offsite.webhook import WebhookSender
 
 logger = logging.getLogger(__name__)
@@ -39,6 +40,8 @@ logger = logging.getLogger(__name__)
 ROUND = 200
 _CONCURRENCY: dict[Channel, int] = {"webhook": 32, "email": 8}
 _HOUR = 3600.0
+# An attempt is stopped once it took this share of its lease (see `_attempt`).
+_ATTEMPT_SHARE_OF_LEASE = 0.8
 
 _ES_ERRORS = (TransportError, elasticsearch.ApiError)
 
@@ -106,25 +109,45 @@ class Delivery:
             if (await self._endpoint.read()).disabled:
                 return False
         due = await self._outbox.due(channel, ROUND, now)
+        # E-mails each address had in the last hour, counted once a round and carried
+        # through its batches (what a batch records, search sees only after a refresh).
+        sent: Counter[str] | None = None
+        if channel == "email":
+            sent = await self._sent_last_hour(
+                {address_key(event.mail["to"]) for event in due if event.mail is not None},
+                time.time() if now is None else now,
+            )
         # Leased a batch at a time, just before it is tried: a lease need outlast one
         # attempt's timeout, not a whole round's.
         batch = _CONCURRENCY[channel]
         attempted = False
         for start in range(0, len(due), batch):
-            attempted |= await self._attempt(channel, due[start : start + batch], now)
+            attempted |= await self._attempt(channel, due[start : start + batch], now, sent)
+        if channel == "email" and attempted:
+            # The next round's count must see this one's deliveries.
+            await self._client.indices.refresh(index=self._outbox_alias)
         return attempted and len(due) == ROUND
 
-    async def _attempt(self, channel: Channel, due: list[Event], now: float | None) -> bool:
+    async def _attempt(
+        self, channel: Channel, due: list[Event], now: float | None, sent: Counter[str] | None
+    ) -> bool:
         """Lease `due`, try what this instance got, all at once; whether it got any."""
         claimed = await self._outbox.claim(due, now)
         results: list[tuple[Event, dict[str, Any]]] = []
-        if channel == "email":
-            claimed = await self._mailable(claimed, results, now)
+        if sent is not None:
+            claimed = await self._mailable(claimed, results, now, sent)
         attempts: list[tuple[Event, Attempt]] = []
         send = self._send_webhook if channel == "webhook" else self._send_mail
+        # An attempt ends well within its lease, whatever the receiver does: past the lease
+        # another instance would take the event and send it again.
+        bound = self._outbox.lease_seconds * _ATTEMPT_SHARE_OF_LEASE
 
         async def attempt(event: Event) -> None:
-            attempts.append((event, await send(event)))
+            started = time.time()
+            with anyio.move_on_after(bound):
+                attempts.append((event, await send(event)))
+                return
+            attempts.append((event, _overran(started, bound)))
 
         async with anyio.create_task_group() as group:
             for event in claimed:
@@ -151,13 +174,17 @@ class Delivery:
         try:
             content = msgspec.convert(mail["content"], MailContent)
             unsubscribe, unsubscribe_all = self._links(mail.get("watch_id"), mail.get("mail_key"))
-            message = self._mailer.compose(
-                mail["to"],
-                content,
-                message_id=mail["message_id"],
-                unsubscribe_url=unsubscribe,
-                unsubscribe_all_url=unsubscribe_all,
-                unsubscribe_mailto=self._settings.mail_unsubscribe_mailto,
+            # Off the event loop: a shop's template may take a while to render.
+            message = await anyio.to_thread.run_sync(
+                partial(
+                    self._mailer.compose,
+                    mail["to"],
+                    content,
+                    message_id=mail["message_id"],
+                    unsubscribe_url=unsubscribe,
+                    unsubscribe_all_url=unsubscribe_all,
+                    unsubscribe_mailto=self._settings.mail_unsubscribe_mailto,
+                )
             )
         except (msgspec.ValidationError, KeyError, ValueError, jinja2.TemplateError) as error:
             # A template the shop broke is fixed and the event replayed: kept as failed.
@@ -170,30 +197,38 @@ class Delivery:
         return await self._mailer.send(message)
 
     async def _mailable(
-        self, claimed: list[Event], results: list[tuple[Event, dict[str, Any]]], now: float | None
+        self,
+        claimed: list[Event],
+        results: list[tuple[Event, dict[str, Any]]],
+        now: float | None,
+        sent: Counter[str],
     ) -> list[Event]:
         """The claimed e-mails to send now; the others' changes go to `results`: suppressed
-        addresses' events end, and an address past its hourly share waits."""
+        addresses' events end, and an address past its hourly share (`sent`, counted by the
+        round and kept up to date here) waits."""
         if not claimed:
             return []
         now = time.time() if now is None else now
         addresses = {event.mail["to"] for event in claimed if event.mail is not None}
         suppressed = await self._suppressions.suppressed(addresses)
-        sent = await self._sent_last_hour({event.user for event in claimed}, now)
         share = self._settings.mail_per_recipient_per_hour
         sending = []
         for event in claimed:
             address = None if event.mail is None else event.mail["to"]
             if address is None or address in suppressed:
                 results.append((event, {"state": "suppressed", "lease_until": None}))
-            elif sent[event.user] >= share:
+            elif sent[address_key(address)] >= share:
                 results.append((event, self._outbox.release(event, now + _HOUR / share)))
             else:
-                sent[event.user] += 1
+                sent[address_key(address)] += 1
                 sending.append(event)
         return sending
 
-    async def _sent_last_hour(self, users: set[str], now: float) -> Counter[str]:
+    async def _sent_last_hour(self, recipients: set[str], now: float) -> Counter[str]:
+        """E-mails delivered in the last hour to each address (by its hash): however many
+        accounts share an address, it gets its hourly share at most."""
+        if not recipients:
+            return Counter()
         response = await self._client.search(
             index=self._outbox_alias,
             query={
@@ -201,21 +236,30 @@ class Delivery:
                     "filter": [
                         {"term": {"channel": "email"}},
                         {"term": {"state": "delivered"}},
-                        {"terms": {"user": sorted(users)}},
+                        {"terms": {"recipient": sorted(recipients)}},
                         {"range": {"delivered_at": {"gte": iso_from_seconds(now - _HOUR)}}},
                     ]
                 }
             },
             size=0,
-            aggs={"users": {"terms": {"field": "user", "size": len(users)}}},
+            aggs={"recipients": {"terms": {"field": "recipient", "size": len(recipients)}}},
         )
         return Counter(
             {
                 bucket["key"]: int(bucket["doc_count"])
-                for bucket in response["aggregations"]["users"]["buckets"]
+                for bucket in response["aggregations"]["recipients"]["buckets"]
             }
         )
 
 
 def _started(attempt: Attempt) -> str:
     return attempt.at
+
+
+def _overran(started: float, bound: float) -> Attempt:
+    return Attempt(
+        outcome="retry",
+        at=iso_from_seconds(started),
+        duration_ms=round(bound * 1000, 1),
+        error=f"stopped after {bound:g} s, before the event's lease ran out",
+    )

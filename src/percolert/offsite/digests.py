@@ -36,7 +36,7 @@ logger = logging.getLogger(__name__)
 
 # A digest lists this many alerts, and counts the rest as "and N more".
 LISTED = 20
-# Accounts with waiting alerts looked at per round.
+# Accounts with waiting alerts read per page (every one is looked at, a page at a time).
 ACCOUNTS_PER_ROUND = 1000
 POLL_SECONDS = 60.0
 # The most alerts one digest marks as listed (a bigger backlog waits for the next round).
@@ -94,31 +94,39 @@ class Digests:
     async def tick(self, now: float | None = None) -> int:
         """Make the digests due at `now`; returns how many were made (or found made)."""
         now = time.time() if now is None else now
-        response = await self._client.search(
-            index=self._alias,
-            query={"bool": {"filter": [{"exists": {"field": "digest"}}]}},
-            size=0,
-            aggs={
-                "users": {
-                    "terms": {"field": "user", "size": ACCOUNTS_PER_ROUND},
-                    "aggs": {"periods": {"terms": {"field": "digest", "size": 2}}},
-                }
-            },
-        )
-        waiting = [
-            (bucket["key"], period["key"])
-            for bucket in response["aggregations"]["users"]["buckets"]
-            for period in bucket["periods"]["buckets"]
-        ]
-        if not waiting:
-            return 0
-        contacts = await self._contacts.get_many(user for user, _ in waiting)
-        addresses = {contact.email for contact in contacts.values() if contact.email}
-        suppressed = await self._suppressions.suppressed(addresses)
         made = 0
-        for user, period in waiting:
-            made += await self._digest(user, period, contacts.get(user), suppressed, now)
-        return made
+        after: dict[str, Any] | None = None
+        # Every account with alerts waiting, a page at a time (not the top N by how many
+        # wait: a week's worth for one must not crowd out another's due daily digest).
+        while True:
+            composite: dict[str, Any] = {
+                "size": ACCOUNTS_PER_ROUND,
+                "sources": [
+                    {"user": {"terms": {"field": "user"}}},
+                    {"period": {"terms": {"field": "digest"}}},
+                ],
+            }
+            if after is not None:
+                composite["after"] = after
+            response = await self._client.search(
+                index=self._alias,
+                query={"bool": {"filter": [{"exists": {"field": "digest"}}]}},
+                size=0,
+                aggs={"waiting": {"composite": composite}},
+            )
+            found = response["aggregations"]["waiting"]
+            waiting = [
+                (bucket["key"]["user"], bucket["key"]["period"]) for bucket in found["buckets"]
+            ]
+            if waiting:
+                contacts = await self._contacts.get_many(user for user, _ in waiting)
+                addresses = {contact.email for contact in contacts.values() if contact.email}
+                suppressed = await self._suppressions.suppressed(addresses)
+                for user, period in waiting:
+                    made += await self._digest(user, period, contacts.get(user), suppressed, now)
+            after = found.get("after_key")
+            if after is None or len(waiting) < ACCOUNTS_PER_ROUND:
+                return made
 
     async def _digest(
         self, user: str, period: str, contact: Contact | None, suppressed: set[str], now: float

@@ -18,6 +18,8 @@ from typing import Any, Literal
 import aiosmtplib
 import msgspec
 from jinja2 import ChoiceLoader, FileSystemLoader, StrictUndefined, select_autoescape
+from jinja2.exceptions import SecurityError
+from jinja2.runtime import Context
 from jinja2.sandbox import ImmutableSandboxedEnvironment
 
 from percolert.core.fields import ONE_LINE_FORBIDDEN
@@ -31,6 +33,34 @@ SUBJECT_MAX_LENGTH = 120
 # RFC 5322's limit on a header line; a List-Unsubscribe line is never folded inside a URL.
 _HEADER_LINE_MAX = 998
 _ERROR_MAX_LENGTH = 200
+# An address as an SMTP reply may quote it ("<ada@example.com>: User unknown").
+_ADDRESS_IN_TEXT = re.compile(r"[^\s<>\"']+@[^\s<>\"']+")
+# What one template may render, and the longest string or list its arithmetic may make: a
+# template is not trusted to be cheap (it renders off the event loop, but it still costs).
+_RENDERED_MAX_LENGTH = 1_000_000
+_COMPUTED_MAX_LENGTH = 100_000
+_LARGEST_EXPONENT = 100
+
+
+class _BoundedSandbox(ImmutableSandboxedEnvironment):
+    """The sandbox, with `*` and `**` bounded: `'x' * 10**9` in a shop's template is an
+    error, not a gigabyte."""
+
+    intercepted_binops = frozenset({"*", "**"})
+
+    def call_binop(self, context: Context, operator: str, left: Any, right: Any) -> Any:
+        if operator == "**" and isinstance(right, int | float) and abs(right) > _LARGEST_EXPONENT:
+            raise SecurityError(f"an exponent over {_LARGEST_EXPONENT} in a template")
+        if operator == "*":
+            for sequence, times in ((left, right), (right, left)):
+                if (
+                    isinstance(sequence, str | list | tuple)
+                    and isinstance(times, int)
+                    and len(sequence) * times > _COMPUTED_MAX_LENGTH
+                ):
+                    raise SecurityError(f"a template made a value over {_COMPUTED_MAX_LENGTH} long")
+        return super().call_binop(context, operator, left, right)
+
 
 # Runs of whitespace, controls, line separators and bidi formatting: one space in a subject or
 # a name, so that no value can start a header or a line of its own, or reorder what follows.
@@ -102,7 +132,7 @@ class Mailer:
         # marketing, an agency); they need the data they are given, never Python's internals
         # (`item.__class__...`), and a mistake there must not become code running here.
         # Strict: a misspelt variable fails the composing instead of mailing a blank.
-        self._templates = ImmutableSandboxedEnvironment(
+        self._templates = _BoundedSandbox(
             loader=ChoiceLoader(loaders),
             autoescape=select_autoescape(enabled_extensions=("html.j2",), default=False),
             undefined=StrictUndefined,
@@ -222,11 +252,15 @@ class Mailer:
         return attempt("delivered", 250)
 
     def _render(self, name: str, context: dict[str, Any]) -> str:
-        return self._templates.get_template(name).render(context)
+        rendered = self._templates.get_template(name).render(context)
+        if len(rendered) > _RENDERED_MAX_LENGTH:
+            raise ValueError(f"{name} rendered more than {_RENDERED_MAX_LENGTH} characters")
+        return rendered
 
     def _short(self, error: str) -> str:
-        """One line, bounded, and never the password, even if a server echoes it."""
-        text = _one_line(error)
+        """One line, bounded, and never the password, even if a server echoes it, nor an
+        address (servers name the recipient they refuse; the delivery log names nobody)."""
+        text = _ADDRESS_IN_TEXT.sub("address", _one_line(error))
         if self._smtp.password:
             text = text.replace(self._smtp.password, "***")
         return _bounded(text, _ERROR_MAX_LENGTH)

@@ -29,6 +29,7 @@ from percolert.core.times import iso_from_seconds, seconds_from_iso
 from percolert.engine.bulk import CONFLICT
 from percolert.offsite.attempts import Attempt
 from percolert.offsite.schedule import next_delay
+from percolert.offsite.suppressions import address_key
 
 logger = logging.getLogger(__name__)
 
@@ -45,6 +46,14 @@ def event_id(channel: Channel, about: str) -> str:
     alert, one digest period, one watch change), so that whoever makes it makes the same."""
     digest = hashlib.sha256(f"{channel}\0{about}".encode()).digest()[:18]
     return "msg_" + base64.urlsafe_b64encode(digest).decode()
+
+
+class OutboxBusy(Exception):
+    """The event is being attempted now (leased until `lease_until`, when known)."""
+
+    def __init__(self, lease_until: str | None) -> None:
+        super().__init__(lease_until)
+        self.lease_until = lease_until
 
 
 class NewEvent(msgspec.Struct, frozen=True, kw_only=True):
@@ -139,7 +148,7 @@ class Outbox:
         self._client = client
         self._alias = alias
         self._owner = owner
-        self._lease_seconds = lease_seconds
+        self.lease_seconds = lease_seconds
         self._schedule = schedule
         # Events written, attempts recorded, and leases lost to another instance.
         self.written = 0
@@ -166,6 +175,11 @@ class Outbox:
                     "attempts": [],
                     "payload": event.payload,
                     "mail": event.mail,
+                    **(
+                        {"recipient": address_key(event.mail["to"])}
+                        if event.mail is not None
+                        else {}
+                    ),
                 }
             )
         if not operations:
@@ -216,7 +230,7 @@ class Outbox:
             return []
         now = time.time() if now is None else now
         lease = {
-            "lease_until": iso_from_seconds(now + self._lease_seconds),
+            "lease_until": iso_from_seconds(now + self.lease_seconds),
             "lease_owner": self._owner,
         }
         operations: list[dict[str, Any]] = []
@@ -351,29 +365,53 @@ class Outbox:
 
     async def replay(self, event_id: str) -> Event | None:
         """Make an event due now again (delivered or failed ones too), with a fresh
-        schedule and the same `webhook-id`; None when there is no such event."""
-        now = iso_from_seconds(time.time())
-        try:
-            await self._client.update(
-                index=self._alias,
-                id=event_id,
-                doc=_replayed(now),
-                refresh=True,
-            )
-        except elasticsearch.NotFoundError:
+        schedule and the same `webhook-id`; None when there is no such event. OutboxBusy
+        while an instance is attempting it (its outcome would be lost, and the event sent
+        twice at once)."""
+        event = await self.get(event_id)
+        if event is None:
             return None
+        now = time.time()
+        if event.lease_until is not None and seconds_from_iso(event.lease_until) > now:
+            raise OutboxBusy(event.lease_until)
+        response = await self._client.bulk(
+            operations=[
+                {
+                    "update": {
+                        "_index": self._alias,
+                        "_id": event_id,
+                        "if_seq_no": event.seq_no,
+                        "if_primary_term": event.primary_term,
+                    }
+                },
+                {"doc": _replayed(iso_from_seconds(now))},
+            ],
+            refresh=True,
+        )
+        result = response["items"][0]["update"]
+        if "error" in result:
+            if result.get("status") == CONFLICT:
+                raise OutboxBusy(None)
+            raise elasticsearch.ApiError(
+                f"replaying an outbox event failed: {result['error']}",
+                meta=response.meta,
+                body=result,
+            )
         return await self.get(event_id)
 
     async def replay_since(self, since: float, channel: Channel | None = "webhook") -> int:
         """Make every event of `channel` created since `since` due now again; returns how
         many."""
+        now = iso_from_seconds(time.time())
         filters: list[dict[str, Any]] = [
             {"range": {"created_at": {"gte": iso_from_seconds(since)}}},
             {"terms": {"state": ["delivered", "failed"]}},
+            # Ended before this replay began: one delivered meanwhile (a replayed one, too)
+            # is not replayed again by the next round.
+            {"range": {"updated_at": {"lt": now}}},
         ]
         if channel is not None:
             filters.append({"term": {"channel": channel}})
-        now = iso_from_seconds(time.time())
         replayed = 0
         # Each round makes what it found pending, so the next one finds the rest.
         while True:

@@ -311,6 +311,7 @@ class Services:
     def _erased_here(self, user: str) -> None:
         # The broker's listener, set before the erasure exists: called only while running.
         self.erasure.erased_here(user)
+        self.offsite.contacts.forget(user)
 
     def _count_restart(self, loop: str) -> None:
         self.metrics.background_restarts.labels(loop).inc()

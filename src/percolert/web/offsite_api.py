@@ -14,12 +14,13 @@ from starlette.routing import Route
 
 from percolert.accounts.erasure import account_of
 from percolert.accounts.ids import is_account
+from percolert.core.fields import EMAIL_MAX_LENGTH, EMAIL_PATTERN
 from percolert.core.messages import Frequency
 from percolert.core.offsite_settings import timezone_known
 from percolert.core.times import seconds_from_iso
 from percolert.offsite.contacts import Contact
 from percolert.offsite.endpoint import EndpointState
-from percolert.offsite.outbox import STATES, Channel, EventSummary, summary
+from percolert.offsite.outbox import STATES, Channel, EventSummary, OutboxBusy, summary
 from percolert.offsite.service import Offsite
 from percolert.web.errors import ApiError
 from percolert.web.middleware.sessions import current_user
@@ -33,13 +34,7 @@ WEBHOOKS_PREFIX = "/api/admin/webhooks"
 PREFERENCES_PATH = "/api/me/preferences"
 _MAX_EVENTS = 500
 
-Email = Annotated[
-    str,
-    msgspec.Meta(
-        max_length=254,
-        pattern=r"^[^@\s<>\"(),;:\[\]\\]+@[^@\s<>\"(),;:\[\]\\]+\.[^@\s<>\"(),;:\[\]\\]+$",
-    ),
-]
+Email = Annotated[str, msgspec.Meta(max_length=EMAIL_MAX_LENGTH, pattern=EMAIL_PATTERN)]
 
 
 class Webhooks(msgspec.Struct, frozen=True, kw_only=True):
@@ -119,7 +114,15 @@ def _view(contact: Contact | None) -> ContactView:
 async def webhooks(request: Request) -> Response:
     offsite = _offsite(request)
     endpoint = None if offsite.endpoint is None else await offsite.endpoint.read()
+    if endpoint is not None:
+        endpoint = msgspec.structs.replace(endpoint, url=_masked(endpoint.url))
     return json_response(Webhooks(endpoint=endpoint, email=offsite.mailer is not None))
+
+
+def _masked(url: str) -> str:
+    """The endpoint's URL without its query, which may carry the shop's own token."""
+    base, query = url.split("?", 1) if "?" in url else (url, "")
+    return f"{base}?…" if query else base
 
 
 async def enable_endpoint(request: Request) -> Response:
@@ -129,7 +132,7 @@ async def enable_endpoint(request: Request) -> Response:
     await offsite.endpoint.read()
     state = await offsite.endpoint.enable()
     offsite.delivery.wake()
-    return json_response(state)
+    return json_response(msgspec.structs.replace(state, url=_masked(state.url)))
 
 
 def _since(text: str) -> float:
@@ -182,7 +185,13 @@ async def get_event(request: Request) -> Response:
 
 async def replay_event(request: Request) -> Response:
     offsite = _offsite(request)
-    event = await offsite.outbox.replay(_event_id(request))
+    try:
+        event = await offsite.outbox.replay(_event_id(request))
+    except OutboxBusy as busy:
+        until = f" (until {busy.lease_until} at the latest)" if busy.lease_until else ""
+        raise ApiError(
+            409, "event_busy", f"the event is being attempted{until}; replay it once it is done"
+        ) from None
     if event is None:
         raise ApiError(404, "event_not_found", "no such event")
     offsite.delivery.wake()
