@@ -36,11 +36,17 @@ class QuietHandler(BaseHTTPRequestHandler):
         pass
 
 
+class _Server(ThreadingHTTPServer):
+    # Connections waiting to be accepted: the standard library's 5 drops the handshakes of a
+    # burst (a webhook sender's 32 at once), which the client then retries a second later.
+    request_queue_size = 128
+
+
 @contextmanager
 def http_server(handler: type[BaseHTTPRequestHandler]) -> Iterator[str]:
     """The standard library's HTTP server with `handler` on an unused loopback port, in a
     background thread until the block ends; yields its base URL."""
-    server = ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    server = _Server(("127.0.0.1", 0), handler)
     threading.Thread(target=server.serve_forever, daemon=True).start()
     try:
         yield f"http://127.0.0.1:{server.server_address[1]}"

@@ -60,6 +60,7 @@ def offsite_settings(settings: Settings, receiver: WebhookReceiver, sink: SmtpSi
         public_url="http://unsubscribe.invalid",  # replaced by the server's address below
         outbox_poll_seconds=0.1,
         outbox_lease_seconds=5.0,
+        webhook_timeout_seconds=2.0,  # within the lease, as the settings require
         # The Standard Webhooks schedule, shortened: a test waits fractions of a second.
         retry_schedule=(0, 0.2, 0.2, 0.2, 0.2),
         shop_product_url="https://shop.test/p/{sku}",
@@ -324,8 +325,13 @@ async def test_a_410_disables_the_endpoint_until_the_admin_enables_it_and_replay
         assert "410" in endpoint()["reason"]
         # While disabled, a new event waits, pending.
         await shopper.watch(f"zqgone{uuid.uuid4().hex[:6]}")
-        pending = d.admin("GET", "/api/admin/webhooks/events", params={"state": "pending"})
-        assert len(pending.json()["events"]) == 1
+
+        def pending() -> list[dict[str, Any]]:
+            listed = d.admin("GET", "/api/admin/webhooks/events", params={"state": "pending"})
+            events: list[dict[str, Any]] = listed.json()["events"]
+            return events
+
+        await wait_until(lambda: len(pending()) == 1, timeout=10, what="the event listed")
         assert len(d.receiver.requests) == 1
 
     assert d.admin("POST", "/api/admin/webhooks/enable").json()["disabled"] is False

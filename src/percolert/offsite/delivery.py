@@ -75,24 +75,40 @@ class Delivery:
         self._suppressions = suppressions
         self._links = links
         self._observe = observe
-        self._woken = anyio.Event()
+        self._woken: dict[Channel, anyio.Event] = {
+            "webhook": anyio.Event(),
+            "email": anyio.Event(),
+        }
+
+    @property
+    def channels(self) -> list[Channel]:
+        """The channels this deployment sends by."""
+        channels: list[Channel] = []
+        if self._webhook is not None:
+            channels.append("webhook")
+        if self._mailer is not None:
+            channels.append("email")
+        return channels
 
     def wake(self) -> None:
         """Look for due events at once (some were just written)."""
-        self._woken.set()
+        for woken in self._woken.values():
+            woken.set()
 
-    async def run(self) -> None:
+    async def run(self, channel: Channel) -> None:
+        """Attempt `channel`'s events until cancelled: one loop per channel, so that slow
+        e-mail never holds webhooks back."""
         while True:
-            self._woken = anyio.Event()
+            self._woken[channel] = anyio.Event()
             full = False
             try:
-                full = await self.tick()
+                full = await self._round(channel, None)
             except _ES_ERRORS as error:
                 # Leases run out: what this round held is taken again later.
-                logger.warning("attempting off-site events failed, retrying: %s", error)
+                logger.warning("attempting off-site %s events failed, retrying: %s", channel, error)
             if not full:
                 with anyio.move_on_after(self._settings.outbox_poll_seconds):
-                    await self._woken.wait()
+                    await self._woken[channel].wait()
 
     async def tick(self, now: float | None = None) -> bool:
         """One round per channel; whether any came full (more are due)."""
@@ -123,8 +139,10 @@ class Delivery:
         attempted = False
         for start in range(0, len(due), batch):
             attempted |= await self._attempt(channel, due[start : start + batch], now, sent)
-        if channel == "email" and attempted:
-            # The next round's count must see this one's deliveries.
+        if attempted:
+            # The next round's search must see this one's leases and outcomes (else it
+            # finds the same events, loses every claim and waits a poll), and e-mail's
+            # count this round's deliveries: one refresh a round, not one a second.
             await self._client.indices.refresh(index=self._outbox_alias)
         return attempted and len(due) == ROUND
 

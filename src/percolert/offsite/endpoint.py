@@ -70,10 +70,12 @@ class Endpoint:
                         f"failing since {failing_since} without one success (last: {error})",
                         attempt,
                     )
-        if state != self.state:
+        if _worth_writing(self.state, state):
             if state.disabled and not self.state.disabled:
                 logger.warning("webhook endpoint disabled: %s", state.reason)
             await self._write(state)
+        else:
+            self.state = state
 
     async def enable(self) -> EndpointState:
         """An admin's word: the endpoint is taken again, its failing spell forgotten."""
@@ -89,6 +91,21 @@ class Endpoint:
             index=self._alias, id=self._id, document=msgspec.to_builtins(state), refresh=True
         )
         self.state = state
+
+
+# A success moves `last_success_at` on; that alone is written at most this often.
+_SUCCESS_WRITTEN_EVERY_SECONDS = 60.0
+
+
+def _worth_writing(old: EndpointState, new: EndpointState) -> bool:
+    """A change of standing (failing, disabled, an error), or a success long after the last
+    one written: not every batch's success."""
+    if msgspec.structs.replace(new, last_success_at=old.last_success_at) != old:
+        return True
+    if new.last_success_at is None or old.last_success_at is None:
+        return new.last_success_at != old.last_success_at
+    elapsed = seconds_from_iso(new.last_success_at) - seconds_from_iso(old.last_success_at)
+    return elapsed >= _SUCCESS_WRITTEN_EVERY_SECONDS
 
 
 def _disabled(state: EndpointState, reason: str, attempt: Attempt) -> EndpointState:

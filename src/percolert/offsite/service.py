@@ -144,12 +144,14 @@ class Offsite:
         """The background loops to run (none when neither channel is configured)."""
         if not self.enabled:
             return {}
-        return {
+        loops: dict[str, Loop] = {
             "offsite_routing": self.router.run,
             "offsite_digests": self.digests.run,
-            "offsite_delivery": self.delivery.run,
             "outbox_retention": self._retain,
         }
+        for channel in self.delivery.channels:
+            loops[f"offsite_{channel}"] = partial(self.delivery.run, channel)
+        return loops
 
     async def close(self) -> None:
         if self.webhook is not None:
