@@ -135,6 +135,15 @@ def bench_ingest(session: nox.Session) -> None:
 
 
 @nox.session(python=PYTHON)
+def bench_offsite(session: nox.Session) -> None:
+    """Off-site delivery: one price drop watched by 10k away customers, to the last webhook
+    and e-mail at local receivers, on the node of ELASTICSEARCH_URL (default the dev node);
+    `-- --quick` (1,000 customers) about a minute. Writes docs/benchmarks/offsite-delivery.*"""
+    install_locked(session, "test", "bench")
+    session.run("python", "bench/offsite_delivery.py", *session.posargs, env={"PYTHONPATH": "."})
+
+
+@nox.session(python=PYTHON)
 def bench_routing(session: nox.Session) -> None:
     """Per-user Pub/Sub channels versus per-instance inbox streams, on a real redis-server
     (docs/design/multi-instance.md §2)."""
