@@ -21,6 +21,7 @@ from percolert.core.offsite_settings import offsite_from_environment
 from percolert.dev import demo, sinks
 from tests.conftest import delete_indices, make_settings
 from tests.dev.test_demo import running_up
+from tests.dev.test_demo_shop import shop_demo_ready
 from tests.servers import free_port
 from tests.waiting import wait_until
 
@@ -90,18 +91,7 @@ async def test_an_away_customer_gets_the_alert_by_webhook_and_by_mail(
         ) as up:
             shop = f"http://127.0.0.1:{shop_port}"
             percolert = f"http://127.0.0.1:{port}"
-            printed: list[str] = []
-
-            def ready() -> bool:
-                printed.extend(up.new_lines())
-                if not any(line.startswith("curl ") for line in printed):
-                    return False
-                try:
-                    return httpx.get(f"{shop}/.well-known/jwks.json").status_code == 200
-                except httpx.TransportError:
-                    return False
-
-            await wait_until(ready, timeout=120, what="the demo to be ready")
+            printed = await shop_demo_ready(up, shop)
             found = [match for line in printed if (match := RECEIVER.match(line))]
             assert found, printed
             webhook_url, events_url = found[0].groups()

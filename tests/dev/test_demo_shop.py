@@ -9,11 +9,29 @@ import httpx
 import pytest
 
 from tests.conftest import delete_indices, make_settings
-from tests.dev.test_demo import running_up
+from tests.dev.test_demo import Up, running_up
 from tests.servers import free_port
 from tests.waiting import wait_until
 
 pytestmark = pytest.mark.anyio
+
+
+async def shop_demo_ready(up: Up, shop: str) -> list[str]:
+    """What `percolert up --shop` printed, once both it and the shop answer."""
+    printed: list[str] = []
+
+    def both_ready() -> bool:
+        printed.extend(up.new_lines())
+        # The curl line comes once the server answers /readyz.
+        if not any(line.startswith("curl ") for line in printed):
+            return False
+        try:
+            return httpx.get(f"{shop}/.well-known/jwks.json").status_code == 200
+        except httpx.TransportError:
+            return False
+
+    await wait_until(both_ready, timeout=120, what="the demo to be ready")
+    return printed
 
 
 async def test_up_with_the_shop_takes_its_customers_tokens(
@@ -27,19 +45,7 @@ async def test_up_with_the_shop_takes_its_customers_tokens(
         ) as up:
             shop = f"http://127.0.0.1:{shop_port}"
             percolert = f"http://127.0.0.1:{port}"
-            printed: list[str] = []
-
-            def both_ready() -> bool:
-                printed.extend(up.new_lines())
-                # The curl line comes once the server answers /readyz.
-                if not any(line.startswith("curl ") for line in printed):
-                    return False
-                try:
-                    return httpx.get(f"{shop}/.well-known/jwks.json").status_code == 200
-                except httpx.TransportError:
-                    return False
-
-            await wait_until(both_ready, timeout=120, what="the demo to be ready")
+            printed = await shop_demo_ready(up, shop)
             assert any(f"the example shop: {shop}" in line for line in printed)
             async with (
                 httpx.AsyncClient(base_url=shop, timeout=15) as customer,

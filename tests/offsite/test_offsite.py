@@ -162,6 +162,19 @@ def _customer(url: str, subject: str, email: str | None = None) -> Shopper:
     return Shopper(url, token=shop_token(subject, expires_in=3600, **claims))
 
 
+async def _recorded_delivered(url: str, event_id: str) -> dict[str, Any]:
+    """The event as the delivery log shows it, once it is recorded delivered."""
+    logged: dict[str, Any] = {}
+
+    def delivered() -> bool:
+        answer = httpx.get(f"{url}/api/admin/webhooks/events/{event_id}", headers=ADMIN)
+        logged.update(answer.json())
+        return bool(logged["state"] == "delivered")
+
+    await wait_until(delivered, timeout=10, what="the event recorded as delivered")
+    return logged
+
+
 def _unsubscribe_url(header: str) -> str:
     [url] = re.findall(r"<(https?://[^>]+)>", header)
     return str(url)
@@ -296,13 +309,7 @@ async def test_a_receiver_failing_twice_gets_the_event_a_third_time_with_the_sam
     assert len({request.headers["webhook-id"] for request in requests}) == 1
     event_id = requests[0].headers["webhook-id"]
 
-    async def delivered() -> bool:
-        return bool(
-            d.admin("GET", f"/api/admin/webhooks/events/{event_id}").json()["state"] == "delivered"
-        )
-
-    await wait_until(delivered, timeout=10, what="the event recorded as delivered")
-    logged = d.admin("GET", f"/api/admin/webhooks/events/{event_id}").json()
+    logged = await _recorded_delivered(d.url, event_id)
     assert [attempt["status"] for attempt in logged["attempts"]] == [500, 500, 200]
     assert [attempt["outcome"] for attempt in logged["attempts"]] == ["retry", "retry", "delivered"]
     assert len(d.receiver.requests) == 3
@@ -444,13 +451,7 @@ async def test_an_event_written_by_a_process_that_died_is_delivered_once_after_r
         [request] = await asyncio.to_thread(receiver.wait_for, 1, 20)
         assert request.headers["webhook-id"] == event.id
 
-        async def delivered() -> bool:
-            answer = httpx.get(
-                f"{url}/api/admin/webhooks/events/{event.id}", headers=ADMIN, timeout=10
-            )
-            return bool(answer.json()["state"] == "delivered")
-
-        await wait_until(delivered, timeout=10, what="delivered")
+        await _recorded_delivered(url, event.id)
     assert len(receiver.requests) == 1
 
 
@@ -511,12 +512,7 @@ async def test_an_instance_killed_mid_attempt_hands_the_event_on_after_its_lease
         assert again.headers["webhook-id"] == held.headers["webhook-id"]
         event_id = held.headers["webhook-id"]
 
-        async def delivered() -> bool:
-            answer = httpx.get(f"{url}/api/admin/webhooks/events/{event_id}", headers=ADMIN)
-            return bool(answer.json()["state"] == "delivered")
-
-        await wait_until(delivered, timeout=10, what="delivered")
-        logged = httpx.get(f"{url}/api/admin/webhooks/events/{event_id}", headers=ADMIN).json()
+        logged = await _recorded_delivered(url, event_id)
         # The killed attempt was never recorded; the one after the restart was, once.
         assert logged["attempt_count"] == 1
         assert len(receiver.requests) == 2

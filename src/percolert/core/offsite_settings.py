@@ -69,7 +69,7 @@ class OffsiteSettings(msgspec.Struct, frozen=True, kw_only=True):
 
     @property
     def email(self) -> bool:
-        return self.smtp_host is not None
+        return self.smtp_host is not None and self.mail_from is not None
 
     @property
     def enabled(self) -> bool:

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable
 from datetime import datetime, timedelta
 from typing import Any
 from zoneinfo import ZoneInfo
@@ -20,16 +19,15 @@ from zoneinfo import ZoneInfo
 import anyio
 import elasticsearch
 from elastic_transport import TransportError
-from elasticsearch import AsyncElasticsearch
 
 from percolert.core.messages import ProductAlert
-from percolert.core.offsite_settings import OffsiteSettings, timezone_known
+from percolert.core.offsite_settings import timezone_known
 from percolert.core.times import iso_from_seconds
 from percolert.offsite import events
-from percolert.offsite.contacts import Contact, Contacts
+from percolert.offsite.contacts import Contact
 from percolert.offsite.mail import MailContent
-from percolert.offsite.outbox import NewEvent, Outbox
-from percolert.offsite.suppressions import Suppressions
+from percolert.offsite.outbox import NewEvent
+from percolert.offsite.parts import Parts
 from percolert.products.away import decode_alerts
 
 logger = logging.getLogger(__name__)
@@ -64,23 +62,11 @@ def latest_period(now: float, zone: str, hour: int, period: str) -> tuple[str, f
 
 
 class Digests:
-    def __init__(
-        self,
-        client: AsyncElasticsearch,
-        alias: str,
-        settings: OffsiteSettings,
-        outbox: Outbox,
-        contacts: Contacts,
-        suppressions: Suppressions,
-        on_events: Callable[[], None] = lambda: None,
-    ) -> None:
-        self._client = client
-        self._alias = alias
-        self._settings = settings
-        self._outbox = outbox
-        self._contacts = contacts
-        self._suppressions = suppressions
-        self._on_events = on_events
+    def __init__(self, parts: Parts) -> None:
+        self._parts = parts
+        self._client = parts.client
+        self._alias = parts.alerts_alias
+        self._settings = parts.settings
         self.sent = 0
 
     async def run(self) -> None:
@@ -119,9 +105,8 @@ class Digests:
                 (bucket["key"]["user"], bucket["key"]["period"]) for bucket in found["buckets"]
             ]
             if waiting:
-                contacts = await self._contacts.get_many(user for user, _ in waiting)
-                addresses = {contact.email for contact in contacts.values() if contact.email}
-                suppressed = await self._suppressions.suppressed(addresses)
+                contacts = await self._parts.contacts.get_many(user for user, _ in waiting)
+                suppressed = await self._parts.suppressed(contacts.values())
                 for user, period in waiting:
                     made += await self._digest(user, period, contacts.get(user), suppressed, now)
             after = found.get("after_key")
@@ -164,14 +149,10 @@ class Digests:
         made: list[NewEvent] = []
         if settings.webhooks:
             made.append(events.digest_webhook(user, contact, period, key, listed, more))
-        address = None if contact is None else contact.email
-        if (
-            settings.email
-            and settings.mail_from is not None
-            and contact is not None
-            and address is not None
-            and address not in suppressed
-        ):
+        address = self._parts.address(contact, suppressed)
+        if address is not None:
+            assert contact is not None
+            assert settings.mail_from is not None  # settings.email
             items = [
                 item
                 for alert in listed
@@ -194,9 +175,7 @@ class Digests:
                     event_type=events.DIGEST_CREATED,
                 )
             )
-        await self._outbox.add(made)
-        if made:
-            self._on_events()
+        await self._parts.write(made)
         # Listed (or, with nowhere to send them, dropped): they wait no longer.
         operations: list[dict[str, Any]] = []
         for hit in hits:

@@ -233,19 +233,7 @@ class Outbox:
             "lease_until": iso_from_seconds(now + self.lease_seconds),
             "lease_owner": self._owner,
         }
-        operations: list[dict[str, Any]] = []
-        for event in events:
-            operations.append(
-                {
-                    "update": {
-                        "_index": self._alias,
-                        "_id": event.id,
-                        "if_seq_no": event.seq_no,
-                        "if_primary_term": event.primary_term,
-                    }
-                }
-            )
-            operations.append({"doc": lease})
+        operations = [line for event in events for line in self._on_version(event, lease)]
         response = await self._client.bulk(operations=operations)
         claimed = []
         for event, item in zip(events, response["items"], strict=True):
@@ -263,6 +251,21 @@ class Outbox:
                 )
             )
         return claimed
+
+    def _on_version(self, event: Event, change: dict[str, Any]) -> list[dict[str, Any]]:
+        """The bulk lines of an update of `event` made only if it is still the version read
+        (else the item is a 409: someone else changed it meanwhile)."""
+        return [
+            {
+                "update": {
+                    "_index": self._alias,
+                    "_id": event.id,
+                    "if_seq_no": event.seq_no,
+                    "if_primary_term": event.primary_term,
+                }
+            },
+            {"doc": change},
+        ]
 
     def outcome(self, event: Event, attempt: Attempt) -> dict[str, Any]:
         """What recording `attempt` changes in `event`: delivered, failed, or due again on the
@@ -301,19 +304,7 @@ class Outbox:
         that another instance took meanwhile is that instance's to record."""
         if not results:
             return
-        operations: list[dict[str, Any]] = []
-        for event, change in results:
-            operations.append(
-                {
-                    "update": {
-                        "_index": self._alias,
-                        "_id": event.id,
-                        "if_seq_no": event.seq_no,
-                        "if_primary_term": event.primary_term,
-                    }
-                }
-            )
-            operations.append({"doc": change})
+        operations = [line for event, change in results for line in self._on_version(event, change)]
         response = await self._client.bulk(operations=operations)
         for item in response["items"]:
             result = item["update"]
@@ -375,18 +366,7 @@ class Outbox:
         if event.lease_until is not None and seconds_from_iso(event.lease_until) > now:
             raise OutboxBusy(event.lease_until)
         response = await self._client.bulk(
-            operations=[
-                {
-                    "update": {
-                        "_index": self._alias,
-                        "_id": event_id,
-                        "if_seq_no": event.seq_no,
-                        "if_primary_term": event.primary_term,
-                    }
-                },
-                {"doc": _replayed(iso_from_seconds(now))},
-            ],
-            refresh=True,
+            operations=self._on_version(event, _replayed(iso_from_seconds(now))), refresh=True
         )
         result = response["items"][0]["update"]
         if "error" in result:

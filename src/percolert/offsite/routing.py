@@ -19,16 +19,14 @@ from typing import Any
 import anyio
 import elasticsearch
 from elastic_transport import TransportError
-from elasticsearch import AsyncElasticsearch
 
 from percolert.core.messages import Frequency
-from percolert.core.offsite_settings import OffsiteSettings
 from percolert.core.times import iso_from_seconds
 from percolert.offsite import events
-from percolert.offsite.contacts import Contact, Contacts
+from percolert.offsite.contacts import Contact
 from percolert.offsite.mail import MailContent
-from percolert.offsite.outbox import NewEvent, Outbox
-from percolert.offsite.suppressions import Suppressions
+from percolert.offsite.outbox import NewEvent
+from percolert.offsite.parts import Parts
 from percolert.products.alerts import StoredProductAlert
 from percolert.products.away import decode_alerts
 
@@ -51,25 +49,12 @@ def email_frequency(watch: Frequency | None, contact: Contact | None) -> Frequen
 
 
 class Router:
-    def __init__(
-        self,
-        client: AsyncElasticsearch,
-        alias: str,
-        settings: OffsiteSettings,
-        outbox: Outbox,
-        contacts: Contacts,
-        suppressions: Suppressions,
-        watch_frequencies: WatchFrequencies,
-        on_events: Callable[[], None] = lambda: None,
-    ) -> None:
-        self._client = client
-        self._alias = alias
-        self._settings = settings
-        self._outbox = outbox
-        self._contacts = contacts
-        self._suppressions = suppressions
+    def __init__(self, parts: Parts, watch_frequencies: WatchFrequencies) -> None:
+        self._parts = parts
+        self._client = parts.client
+        self._alias = parts.alerts_alias
+        self._settings = parts.settings
         self._watch_frequencies = watch_frequencies
-        self._on_events = on_events
         self.routed = 0
 
     async def run(self) -> None:
@@ -113,9 +98,7 @@ class Router:
         shown = await self._shown_now([hit["_id"] for hit in hits])
         alerts = decode_alerts(hit["_source"] for hit in hits if hit["_id"] not in shown)
         marks, made = await self._route(alerts, now)
-        await self._outbox.add(made)
-        if made:
-            self._on_events()
+        await self._parts.write(made)
         # Routed only once its events are written: a failure in between routes it again.
         operations: list[dict[str, Any]] = []
         for hit in hits:
@@ -141,10 +124,9 @@ class Router:
         self, alerts: list[StoredProductAlert], now: float
     ) -> tuple[dict[str, dict[str, Any]], list[NewEvent]]:
         settings = self._settings
-        contacts = await self._contacts.get_many(stored.user for stored in alerts)
+        contacts = await self._parts.contacts.get_many(stored.user for stored in alerts)
         frequencies = await self._watch_frequencies(stored.alert.watch.id for stored in alerts)
-        addresses = {contact.email for contact in contacts.values() if contact.email}
-        suppressed = await self._suppressions.suppressed(addresses) if settings.email else set()
+        suppressed = await self._parts.suppressed(contacts.values())
         routed = iso_from_seconds(now)
         marks: dict[str, dict[str, Any]] = {}
         made: list[NewEvent] = []
@@ -158,16 +140,10 @@ class Router:
             frequency: Frequency = "off"
             if alert.watch.id in frequencies:
                 frequency = email_frequency(frequencies[alert.watch.id], contact)
-            address = None if contact is None else contact.email
-            mailable = address is not None and address not in suppressed
-            if (
-                frequency == "instant"
-                and settings.email
-                and contact is not None
-                and address is not None
-                and address not in suppressed
-                and settings.mail_from is not None
-            ):
+            address = self._parts.address(contact, suppressed)
+            if frequency == "instant" and address is not None:
+                assert contact is not None
+                assert settings.mail_from is not None  # settings.email
                 made.append(
                     events.mail_event(
                         user=stored.user,
@@ -184,9 +160,7 @@ class Router:
                         event_type=events.PRODUCT_ALERT_CREATED,
                     )
                 )
-            elif frequency in ("daily", "weekly") and (
-                (settings.email and mailable) or settings.webhooks
-            ):
+            elif frequency in ("daily", "weekly") and (address is not None or settings.webhooks):
                 # The digest job lists it (by e-mail, and to the shop as digest.created).
                 mark["digest"] = frequency
             marks[alert.id] = mark

@@ -26,6 +26,7 @@ from percolert.offsite.digests import Digests
 from percolert.offsite.endpoint import Endpoint
 from percolert.offsite.mail import Mailer, SmtpSettings
 from percolert.offsite.outbox import Channel, NewEvent, Outbox
+from percolert.offsite.parts import Parts
 from percolert.offsite.routing import Router, WatchFrequencies
 from percolert.offsite.suppressions import Suppressions
 from percolert.offsite.unsubscribe import UnsubscribeTarget, UnsubscribeTokens
@@ -116,17 +117,7 @@ class Offsite:
             links=self.links,
             observe=observe,
         )
-        self.router = Router(
-            client,
-            alias("product_alerts"),
-            offsite,
-            self.outbox,
-            self.contacts,
-            self.suppressions,
-            watch_frequencies,
-            on_events=self.delivery.wake,
-        )
-        self.digests = Digests(
+        parts = Parts(
             client,
             alias("product_alerts"),
             offsite,
@@ -135,6 +126,8 @@ class Offsite:
             self.suppressions,
             on_events=self.delivery.wake,
         )
+        self.router = Router(parts, watch_frequencies)
+        self.digests = Digests(parts)
 
     @property
     def enabled(self) -> bool:
