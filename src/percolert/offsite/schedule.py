@@ -10,8 +10,8 @@ from collections.abc import Sequence
 
 # Each delay is spread over ±20% of itself.
 JITTER = 0.2
-# A Retry-After further off than this is taken as this (a receiver's typo must not park an
-# event for a year).
+# A Retry-After further off than this is taken as this: a day is a misconfiguration, not a
+# plan (a receiver's typo must not park an event for a year).
 MAX_RETRY_AFTER = 86_400.0
 
 

@@ -29,7 +29,7 @@ from percolert.offsite.outbox import Channel, NewEvent, Outbox
 from percolert.offsite.parts import Parts
 from percolert.offsite.routing import Router, WatchFrequencies
 from percolert.offsite.suppressions import Suppressions
-from percolert.offsite.unsubscribe import UnsubscribeTarget, UnsubscribeTokens
+from percolert.offsite.unsubscribe import UNSUBSCRIBE_PATH, UnsubscribeTarget, UnsubscribeTokens
 from percolert.offsite.webhook import WebhookSender
 
 logger = logging.getLogger(__name__)
@@ -37,7 +37,6 @@ logger = logging.getLogger(__name__)
 # Delivered and failed events (and their logs) are kept this long.
 _RETENTION_SECONDS = 30 * 86_400.0
 _PRUNE_EVERY_SECONDS = 3600.0
-UNSUBSCRIBE_PATH = "/unsubscribe/"
 
 # A watch's e-mail frequency, set whoever owns it: False when there is no such watch.
 TurnFrequency = Callable[[str, Frequency], Awaitable[bool]]

@@ -17,6 +17,8 @@ from itsdangerous import BadData, URLSafeSerializer
 TOKEN_MAX_LENGTH = 512
 
 # Its own salt, so a value signed elsewhere with the same secret never reads as a token.
+# Where the links lead, below the service's public address (web/unsubscribe.py serves it).
+UNSUBSCRIBE_PATH = "/unsubscribe/"
 _SALT = "percolert.offsite.unsubscribe"
 _PREFIXES: dict[str, Literal["watch", "all"]] = {"w": "watch", "a": "all"}
 

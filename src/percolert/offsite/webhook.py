@@ -24,12 +24,11 @@ from standardwebhooks.webhooks import Webhook
 
 from percolert.core.times import iso_from_seconds
 from percolert.offsite.attempts import Attempt, Outcome
+from percolert.offsite.schedule import MAX_RETRY_AFTER
 from percolert.offsite.targets import GuardedResolver, TargetRefused, check_url
 
 logger = logging.getLogger(__name__)
 
-# A Retry-After beyond a day is a misconfiguration, not a plan.
-_MAX_RETRY_AFTER_SECONDS = 86400.0
 _MAX_ERROR_CHARS = 200
 _READ_CHUNK_BYTES = 16 * 1024
 
@@ -187,7 +186,7 @@ def parse_retry_after(value: str | None, now: float) -> float | None:
         if moment.tzinfo is None:
             moment = moment.replace(tzinfo=UTC)  # "-0000": an HTTP-date is in GMT
         seconds = moment.timestamp() - now
-    return min(max(seconds, 0.0), _MAX_RETRY_AFTER_SECONDS)
+    return min(max(seconds, 0.0), MAX_RETRY_AFTER)
 
 
 def _reason(error: OSError) -> str:

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from starlette.types import Scope
 
+from percolert.offsite.unsubscribe import UNSUBSCRIBE_PATH
+
 # Where a session begins: the page asks here before its first API call and its socket.
 SESSION_PATH = "/api/session"
 # Everything under it works for a session: a request without one is given one there.
@@ -16,7 +18,7 @@ MONITORING_PATHS = frozenset({"/metrics", "/readyz"})
 # say), which logs never show.
 ACCOUNTS_PREFIX = "/api/admin/accounts/"
 # E-mail's unsubscribe links: the token in them turns e-mail off, which logs never show.
-UNSUBSCRIBE_PREFIX = "/unsubscribe/"
+UNSUBSCRIBE_PREFIX = UNSUBSCRIBE_PATH
 
 
 def route_path(scope: Scope) -> str:
