@@ -161,7 +161,10 @@ async def test_a_connect_storm_is_leased_in_a_few_requests(
             for shopper in shoppers:
                 tasks.start_soon(connect, shopper)
         after = {name: metric(server, f"percolert_{name}_total") for name in before}
-        assert after["watch_leases_written"] - before["watch_leases_written"] == users
+        # Every user leased; a renewal tick that lands in the storm may lease some of them a
+        # second time (it reads before the arrivals' writes are visible): harmless, and
+        # counted, so at least once each rather than exactly.
+        assert after["watch_leases_written"] - before["watch_leases_written"] >= users
         # One flush for the first arrival, another for everyone who came meanwhile, ...
         assert after["watch_lease_writes"] - before["watch_lease_writes"] <= 6, after
         assert after["watch_lease_refreshes"] - before["watch_lease_refreshes"] <= 6, after
