@@ -43,16 +43,26 @@ async def export(request: Request) -> Response:
     return response
 
 
-async def merge(request: Request) -> Response:
-    account = current_user(request)
-    if account is None or not is_account(account):
+def account_user(request: Request, need: str) -> str:
+    """The caller's account (a shop's verified token said so); 401 `account_required`
+    saying why one is needed (`need`) and how to send it, otherwise."""
+    user = current_user(request)
+    if user is None or not is_account(user):
         raise ApiError(
             401,
             "account_required",
-            "a merge moves this session's watches into the shop's account: send its token "
-            "(`Authorization: Bearer <token>`) with the session's cookie",
+            f"{need} (`Authorization: Bearer <token>`)",
             {"WWW-Authenticate": 'Bearer realm="percolert"'},
         )
+    return user
+
+
+async def merge(request: Request) -> Response:
+    account = account_user(
+        request,
+        "a merge moves this session's watches into the shop's account: send its token, "
+        "with the session's cookie",
+    )
     anonymous = anonymous_user(request)
     if anonymous is None:
         return json_response(MergeReport())  # no session to move anything from

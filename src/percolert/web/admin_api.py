@@ -31,7 +31,7 @@ from percolert.engine import indices
 from percolert.products import catalog
 from percolert.products.catalog import Product
 from percolert.products.changes import ChangeDetection, ProductNotStored
-from percolert.web.errors import ApiError
+from percolert.web.errors import ApiError, decode_json
 from percolert.web.paths import ACCOUNTS_PREFIX
 from percolert.web.responses import json_response
 from percolert.web.state import state_of
@@ -94,12 +94,7 @@ class _Authorised:
 
 def _product(body: bytes, sku: str) -> Product:
     """The body as a product with the path's sku; the same messages as `percolert ingest`."""
-    try:
-        fields = msgspec.json.decode(body, type=dict[str, Any])
-    except msgspec.ValidationError as error:
-        raise ApiError(400, "invalid_product", f"invalid product: {error}") from None
-    except msgspec.DecodeError as error:
-        raise ApiError(400, "invalid_json", f"the body is not valid JSON: {error}") from None
+    fields = decode_json(body, dict[str, Any], code="invalid_product", what="product")
     if fields.setdefault("sku", sku) != sku:
         raise ApiError(
             400, "sku_mismatch", f"the body's sku {fields['sku']!r} is not the path's {sku!r}"

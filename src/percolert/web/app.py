@@ -42,7 +42,7 @@ from percolert.service.services import Services, State, encode_message
 from percolert.watches.percolator import Percolator, SearchEvent
 from percolert.web import account_api, admin_api, offsite_api, unsubscribe
 from percolert.web.alert_socket import alerts_socket
-from percolert.web.errors import ApiError, error_response, exception_handlers
+from percolert.web.errors import ApiError, decode_json, error_response, exception_handlers
 from percolert.web.logs import AccessLogMiddleware, as_instance
 from percolert.web.middleware.admission import Admission, AdmissionMiddleware
 from percolert.web.middleware.bearer import BearerMiddleware, account_of
@@ -142,12 +142,7 @@ async def _decode_update(request: Request) -> WatchUpdate:
         'send {"notify": "searches", "products" or "both"} and/or '
         '{"frequency": "instant", "daily", "weekly" or "off"}'
     )
-    try:
-        update = msgspec.json.decode(body, type=WatchUpdate)
-    except msgspec.ValidationError as error:
-        raise ApiError(400, "invalid_watch", f"invalid watch update: {error}; {hint}") from None
-    except msgspec.DecodeError as error:
-        raise ApiError(400, "invalid_json", f"the body is not valid JSON: {error}") from None
+    update = decode_json(body, WatchUpdate, code="invalid_watch", what="watch update", hint=hint)
     if update.notify is None and update.frequency is None:
         raise ApiError(400, "invalid_watch", f"the update changes nothing; {hint}")
     return update

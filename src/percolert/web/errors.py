@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable, Mapping
+from typing import TypeVar
 
 import elasticsearch
 import msgspec
@@ -69,6 +70,23 @@ class ApiError(Exception):
         self.code = code
         self.message = message
         self.headers = headers
+
+
+_Decoded = TypeVar("_Decoded")
+
+
+def decode_json(
+    body: bytes, kind: type[_Decoded], *, code: str, what: str, hint: str = ""
+) -> _Decoded:
+    """A request body as `kind`: 400 `code` ("invalid WHAT: what msgspec found; HINT") when
+    it does not fit, 400 `invalid_json` when it is no JSON at all."""
+    try:
+        return msgspec.json.decode(body, type=kind)
+    except msgspec.ValidationError as error:
+        message = f"invalid {what}: {error}" + (f"; {hint}" if hint else "")
+        raise ApiError(400, code, message) from None
+    except msgspec.DecodeError as error:
+        raise ApiError(400, "invalid_json", f"the body is not valid JSON: {error}") from None
 
 
 def error_response(

@@ -5,7 +5,7 @@ package's; this maps it to HTTP."""
 
 from __future__ import annotations
 
-from typing import Annotated, TypeVar
+from typing import Annotated
 
 import msgspec
 from starlette.requests import Request
@@ -13,7 +13,6 @@ from starlette.responses import Response
 from starlette.routing import Route
 
 from percolert.accounts.erasure import account_of
-from percolert.accounts.ids import is_account
 from percolert.core.fields import EMAIL_MAX_LENGTH, EMAIL_PATTERN
 from percolert.core.messages import Frequency
 from percolert.core.offsite_settings import timezone_known
@@ -22,13 +21,11 @@ from percolert.offsite.contacts import Contact
 from percolert.offsite.endpoint import EndpointState
 from percolert.offsite.outbox import STATES, Channel, EventSummary, OutboxBusy, summary
 from percolert.offsite.service import Offsite
-from percolert.web.errors import ApiError
-from percolert.web.middleware.sessions import current_user
+from percolert.web.account_api import account_user
+from percolert.web.errors import ApiError, decode_json
 from percolert.web.paths import ACCOUNTS_PREFIX
 from percolert.web.responses import json_response
 from percolert.web.state import state_of
-
-_Body = TypeVar("_Body", bound=msgspec.Struct)
 
 WEBHOOKS_PREFIX = "/api/admin/webhooks"
 PREFERENCES_PATH = "/api/me/preferences"
@@ -92,13 +89,15 @@ def _offsite(request: Request) -> Offsite:
     return offsite
 
 
-def _decode(body: bytes, kind: type[_Body], code: str) -> _Body:
-    try:
-        return msgspec.json.decode(body, type=kind)
-    except msgspec.ValidationError as error:
-        raise ApiError(400, code, str(error)) from None
-    except msgspec.DecodeError as error:
-        raise ApiError(400, "invalid_json", f"the body is not valid JSON: {error}") from None
+_PREFERENCES_NEED = "e-mail preferences are an account's: send the shop's token"
+
+
+def _preferences(contact: Contact | None) -> Preferences:
+    if contact is None:
+        return Preferences()
+    return Preferences(
+        frequency=contact.frequency, timezone=contact.timezone, digest_hour=contact.digest_hour
+    )
 
 
 def _view(contact: Contact | None) -> ContactView:
@@ -200,7 +199,7 @@ async def replay_event(request: Request) -> Response:
 
 async def replay_since(request: Request) -> Response:
     offsite = _offsite(request)
-    asked = _decode(await request.body(), ReplaySince, "invalid_replay")
+    asked = decode_json(await request.body(), ReplaySince, code="invalid_replay", what="replay")
     replayed = await offsite.outbox.replay_since(_since(asked.since), asked.channel)
     offsite.delivery.wake()
     return json_response(Replayed(replayed=replayed), status=202)
@@ -215,40 +214,24 @@ async def get_contact(request: Request) -> Response:
 async def put_contact(request: Request) -> Response:
     offsite = _offsite(request)
     customer_id = request.path_params["customer_id"]
-    update = _decode(await request.body(), ContactUpdate, "invalid_contact")
+    update = decode_json(
+        await request.body(), ContactUpdate, code="invalid_contact", what="contact"
+    )
     contact = await offsite.contacts.set_email(account_of(customer_id), customer_id, update.email)
     return json_response(_view(contact))
 
 
-def _account(request: Request) -> str:
-    user = current_user(request)
-    if user is None or not is_account(user):
-        raise ApiError(
-            401,
-            "account_required",
-            "e-mail preferences are an account's: send the shop's token "
-            "(`Authorization: Bearer <token>`)",
-            {"WWW-Authenticate": 'Bearer realm="percolert"'},
-        )
-    return user
-
-
 async def get_preferences(request: Request) -> Response:
-    user = _account(request)
-    contact = await _offsite(request).contacts.get(user)
-    return json_response(
-        Preferences(
-            frequency=None if contact is None else contact.frequency,
-            timezone=None if contact is None else contact.timezone,
-            digest_hour=None if contact is None else contact.digest_hour,
-        )
-    )
+    user = account_user(request, _PREFERENCES_NEED)
+    return json_response(_preferences(await _offsite(request).contacts.get(user)))
 
 
 async def put_preferences(request: Request) -> Response:
-    user = _account(request)
+    user = account_user(request, _PREFERENCES_NEED)
     offsite = _offsite(request)
-    asked = _decode(await request.body(), Preferences, "invalid_preferences")
+    asked = decode_json(
+        await request.body(), Preferences, code="invalid_preferences", what="preferences"
+    )
     if asked.timezone is not None and not timezone_known(asked.timezone):
         raise ApiError(
             400,
@@ -258,11 +241,7 @@ async def put_preferences(request: Request) -> Response:
     contact = await offsite.contacts.set_preferences(
         user, frequency=asked.frequency, timezone=asked.timezone, digest_hour=asked.digest_hour
     )
-    return json_response(
-        Preferences(
-            frequency=contact.frequency, timezone=contact.timezone, digest_hour=contact.digest_hour
-        )
-    )
+    return json_response(_preferences(contact))
 
 
 def admin_routes() -> list[Route]:
