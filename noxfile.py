@@ -71,6 +71,8 @@ def tests(session: nox.Session) -> None:
 ON_EITHER_BROKER = [
     "tests/accounts",
     "tests/alerts",
+    # Off-site delivery: its end-to-end tests, two instances among them, on a shared Redis.
+    "tests/offsite",
     "tests/realtime",
     "tests/web",
     "tests/products",

@@ -1,16 +1,21 @@
 """Real servers for tests: uvicorn on an unused port in a background thread (as uvicorn's own
-test suite does), plain HTTP servers for the pages and endpoints of others (another origin's
-page, a shop's keys), and helpers to find free ports."""
+test suite does), `percolert serve` in a process of its own (for tests that kill it), plain
+HTTP servers for the pages and endpoints of others (another origin's page, a shop's keys),
+and helpers to find free ports."""
 
 from __future__ import annotations
 
 import logging
+import os
 import socket
+import subprocess
+import sys
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
 
 import httpx
 import uvicorn
@@ -137,3 +142,33 @@ def logged_errors() -> Iterator[list[str]]:
     finally:
         for logger in loggers:
             logger.removeHandler(handler)
+
+
+def serve_process(
+    settings: Settings, port: int, log: Path, environment: Mapping[str, str] | None = None
+) -> subprocess.Popen[bytes]:
+    """`percolert serve` in its own process, as deployed: `settings`' cluster, index prefix
+    and state directory, no rate limits, plus `environment`; its output appended to `log`."""
+    env = {
+        **os.environ,
+        "ELASTICSEARCH_URL": settings.elasticsearch_url,
+        "PERCOLERT_INDEX_PREFIX": settings.index_prefix,
+        "PERCOLERT_PORT": str(port),
+        "PERCOLERT_STATE_DIR": str(settings.state_dir),
+        "PERCOLERT_RATE_LIMITS": "off",
+        "PERCOLERT_LOG_FORMAT": "text",
+        **(environment or {}),
+    }
+    with log.open("ab") as out:
+        return subprocess.Popen(
+            [sys.executable, "-m", "percolert.cli", "serve"], env=env, stdout=out, stderr=out
+        )
+
+
+def answering(process: subprocess.Popen[bytes], url: str, log: Path) -> bool:
+    """Whether the process at `url` is ready (it must not have exited: then its log says why)."""
+    assert process.poll() is None, log.read_text()
+    try:
+        return httpx.get(f"{url}/readyz", timeout=2).status_code == 200
+    except httpx.TransportError:
+        return False

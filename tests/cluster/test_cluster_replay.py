@@ -7,11 +7,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import os
 import secrets
 import signal
 import subprocess
-import sys
 import time
 import uuid
 from collections.abc import Iterator
@@ -27,7 +25,7 @@ from websockets.exceptions import ConnectionClosed
 from percolert.core.settings import Settings
 from percolert.engine import es, indices
 from tests.conftest import SAMPLE_CATALOG, delete_indices, make_settings, prepare_indices
-from tests.servers import free_port, metric, run_server
+from tests.servers import answering, free_port, metric, run_server, serve_process
 from tests.shoppers import Shopper, Socket
 from tests.waiting import wait_until
 
@@ -117,25 +115,19 @@ async def test_an_alert_another_instance_has_not_yet_written_is_replayed(
 
 def _serve_process(settings: Settings, port: int, log: Path) -> subprocess.Popen[bytes]:
     """`percolert serve` in its own process, as deployed: one instance of `settings`."""
-    env = {
-        **os.environ,
-        "ELASTICSEARCH_URL": settings.elasticsearch_url,
-        "PERCOLERT_INDEX_PREFIX": settings.index_prefix,
-        "PERCOLERT_REDIS_URL": settings.redis_url or "",
-        "PERCOLERT_INSTANCE_ID": settings.instance_id or "",
-        "PERCOLERT_PORT": str(port),
-        "PERCOLERT_SECRET": settings.secret or "",
-        "PERCOLERT_STATE_DIR": str(settings.state_dir),
-        "PERCOLERT_COALESCE_SECONDS": str(settings.coalesce_seconds),
-        "PERCOLERT_ALERT_LOG_FLUSH_SECONDS": str(settings.alert_log_flush_seconds),
-        "PERCOLERT_RATE_LIMITS": "off",
-        "PERCOLERT_MAX_SOCKETS_PER_USER": "1000",
-        "PERCOLERT_LOG_FORMAT": "text",
-    }
-    with log.open("wb") as out:
-        return subprocess.Popen(
-            [sys.executable, "-m", "percolert.cli", "serve"], env=env, stdout=out, stderr=out
-        )
+    return serve_process(
+        settings,
+        port,
+        log,
+        {
+            "PERCOLERT_REDIS_URL": settings.redis_url or "",
+            "PERCOLERT_INSTANCE_ID": settings.instance_id or "",
+            "PERCOLERT_SECRET": settings.secret or "",
+            "PERCOLERT_COALESCE_SECONDS": str(settings.coalesce_seconds),
+            "PERCOLERT_ALERT_LOG_FLUSH_SECONDS": str(settings.alert_log_flush_seconds),
+            "PERCOLERT_MAX_SOCKETS_PER_USER": "1000",
+        },
+    )
 
 
 async def _collect(socket: Socket, watch_id: str, into: list[int]) -> None:
@@ -192,15 +184,9 @@ async def test_a_page_resumes_on_the_other_instance_after_a_sigkill_with_nothing
     raw = redis.Redis.from_url(settings.redis_url or "")
     keys = _keys(settings)
     try:
-
-        def answering() -> bool:
-            assert process.poll() is None, log.read_text()
-            try:
-                return httpx.get(f"{one}/readyz", timeout=2).status_code == 200
-            except httpx.TransportError:
-                return False
-
-        await wait_until(answering, what="instance 1 to serve", timeout=60)
+        await wait_until(
+            lambda: answering(process, one, log), what="instance 1 to serve", timeout=60
+        )
         with run_server(survivor) as two:
             # A's page (its socket) is on instance 1; its requests go to 2, which outlives 1.
             async with Shopper(two) as a, Shopper(two) as b:

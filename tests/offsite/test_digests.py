@@ -6,25 +6,17 @@ real node, a real SMTP server; the off-site loops' rounds are called with the mo
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Iterator
 from datetime import UTC, datetime
 
-import msgspec
 import pytest
-from elasticsearch import AsyncElasticsearch
 
 from percolert.accounts.ids import account_user_id
 from percolert.core.messages import AlertWatch, ProductAlert, ProductCard, WatchSpec
-from percolert.core.offsite_settings import OffsiteSettings
-from percolert.core.settings import Settings
-from percolert.core.text import TextNormalizer
 from percolert.core.times import iso_from_seconds
 from percolert.engine import indices
 from percolert.offsite.digests import latest_period
-from percolert.offsite.service import Offsite
 from percolert.products.alerts import StoredProductAlert, product_alert_id, store
-from percolert.watches.store import WatchStore
-from tests.conftest import client_for, prepare_indices
+from tests.offsite.conftest import Mailing
 from tests.offsite.receivers import SmtpSink
 
 pytestmark = pytest.mark.anyio
@@ -35,32 +27,6 @@ USER = account_user_id(SUBJECT)
 
 def moment(text: str) -> float:
     return datetime.fromisoformat(text).replace(tzinfo=UTC).timestamp()
-
-
-@pytest.fixture
-def sink() -> Iterator[SmtpSink]:
-    with SmtpSink() as running:
-        yield running
-
-
-@pytest.fixture
-async def client(fresh_settings: Settings) -> AsyncIterator[AsyncElasticsearch]:
-    await asyncio.to_thread(prepare_indices, fresh_settings)
-    connection = client_for(fresh_settings)
-    yield connection
-    await connection.close()
-
-
-def _settings(settings: Settings, sink: SmtpSink) -> Settings:
-    offsite = OffsiteSettings(
-        offsite_after_seconds=0.0,
-        smtp_host="127.0.0.1",
-        smtp_port=sink.port,
-        smtp_tls="off",
-        mail_from="The Shop <alerts@shop.test>",
-        public_url="https://alerts.shop.test",
-    )
-    return msgspec.structs.replace(settings, offsite=offsite)
 
 
 def _alert(watch_id: str, terms: str, seq: int, at: float, name: str) -> StoredProductAlert:
@@ -96,19 +62,13 @@ def test_the_latest_period_is_the_local_hour_in_the_accounts_zone() -> None:
 
 
 async def test_a_daily_digest_comes_once_at_the_local_hour_with_everything_since_the_last(
-    fresh_settings: Settings, sink: SmtpSink, client: AsyncElasticsearch
+    mailing: Mailing, sink: SmtpSink
 ) -> None:
-    settings = _settings(fresh_settings, sink)
-    watches = WatchStore(
-        client, indices.alias_for(settings, "watches"), TextNormalizer(), max_per_user=50
-    )
-    offsite = Offsite(
-        client,
-        settings,
-        owner="test",
-        secret="a secret of the digest tests",
-        watch_frequencies=watches.frequencies,
-        turn_frequency=watches.turn_frequency,
+    settings, client, watches, offsite = (
+        mailing.settings,
+        mailing.client,
+        mailing.watches,
+        mailing.offsite,
     )
     await offsite.contacts.saw(USER, SUBJECT, "dee@example.com")
     await offsite.contacts.set_preferences(
@@ -165,4 +125,3 @@ async def test_a_daily_digest_comes_once_at_the_local_hour_with_everything_since
     assert body is not None
     assert "Reader Four" in body.get_content()
     assert "Reader One" not in body.get_content()
-    await offsite.close()

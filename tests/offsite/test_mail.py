@@ -7,7 +7,6 @@ from __future__ import annotations
 import email
 import email.policy
 import email.utils
-from collections.abc import Iterator
 from email.message import EmailMessage
 from pathlib import Path
 from typing import Literal
@@ -94,12 +93,6 @@ def parts(message: EmailMessage) -> tuple[str, str]:
     assert text is not None
     assert html is not None
     return str(text.get_content()), str(html.get_content())
-
-
-@pytest.fixture
-def sink() -> Iterator[SmtpSink]:
-    with SmtpSink() as running:
-        yield running
 
 
 # --- composing ---------------------------------------------------------------------------

@@ -9,11 +9,9 @@ from __future__ import annotations
 
 import asyncio
 import base64
-import os
 import re
 import signal
 import subprocess
-import sys
 import time
 import uuid
 from collections.abc import Iterator
@@ -34,7 +32,7 @@ from percolert.web.app import create_app
 from tests.accounts.tokens import SHOP_SECRET, shop_token
 from tests.conftest import SAMPLE_CATALOG, client_for, prepare_indices
 from tests.offsite.receivers import SmtpSink, WebhookReceiver
-from tests.servers import free_port, run_server
+from tests.servers import answering, free_port, run_server, serve_process
 from tests.shoppers import Shopper
 from tests.waiting import wait_until
 
@@ -106,6 +104,12 @@ class Deployment:
             if payload["type"] == event_type
         ]
 
+    def logged(self, **params: str | int) -> list[dict[str, Any]]:
+        """The delivery log's events (`channel`, `state`, `limit`...), newest first."""
+        listed = self.admin("GET", "/api/admin/webhooks/events", params=params)
+        events: list[dict[str, Any]] = listed.json()["events"]
+        return events
+
     def admin(self, method: str, path: str, **kwargs: Any) -> httpx.Response:
         if method == "POST":
             kwargs.setdefault("json", {})  # writes are JSON, an empty object when nothing
@@ -121,18 +125,6 @@ def _product(price: float) -> dict[str, Any]:
         "brand": "Testbrand",
         "in_stock": True,
     }
-
-
-@pytest.fixture
-def receiver() -> Iterator[WebhookReceiver]:
-    with WebhookReceiver() as running:
-        yield running
-
-
-@pytest.fixture
-def sink() -> Iterator[SmtpSink]:
-    with SmtpSink() as running:
-        yield running
 
 
 @pytest.fixture
@@ -237,8 +229,7 @@ async def test_an_away_customer_gets_one_signed_webhook_and_one_email_until_unsu
             lambda: len(d.events("product_alert.created")) == 2, timeout=20, what="2nd webhook"
         )
         # Both events of an alert are written at once: no second e-mail event exists.
-        mails = d.admin("GET", "/api/admin/webhooks/events", params={"channel": "email"}).json()
-        assert len(mails["events"]) == 1
+        assert len(d.logged(channel="email")) == 1
         assert len(d.sink.received) == 1
 
 
@@ -268,8 +259,7 @@ async def test_an_accounts_contact_and_deliveries_are_exported_and_erased_with_i
     contact = d.admin("GET", "/api/admin/accounts/customer-erased").json()
     assert contact["email"] is None
     # Only the erasure's own event is left of the account's deliveries.
-    listed = d.admin("GET", "/api/admin/webhooks/events", params={"limit": 100}).json()
-    assert [item["type"] for item in listed["events"]] == ["account.erased"]
+    assert [item["type"] for item in d.logged(limit=100)] == ["account.erased"]
 
 
 async def test_a_customer_with_the_page_open_is_told_there_and_nowhere_else(
@@ -333,12 +323,9 @@ async def test_a_410_disables_the_endpoint_until_the_admin_enables_it_and_replay
         # While disabled, a new event waits, pending.
         await shopper.watch(f"zqgone{uuid.uuid4().hex[:6]}")
 
-        def pending() -> list[dict[str, Any]]:
-            listed = d.admin("GET", "/api/admin/webhooks/events", params={"state": "pending"})
-            events: list[dict[str, Any]] = listed.json()["events"]
-            return events
-
-        await wait_until(lambda: len(pending()) == 1, timeout=10, what="the event listed")
+        await wait_until(
+            lambda: len(d.logged(state="pending")) == 1, timeout=10, what="the event listed"
+        )
         assert len(d.receiver.requests) == 1
 
     assert d.admin("POST", "/api/admin/webhooks/enable").json()["disabled"] is False
@@ -365,19 +352,16 @@ async def test_an_address_refused_for_good_is_never_mailed_again(deployment: Dep
         await _watch_product(shopper, sku)
         d.drop(sku, 80.0)
 
-        def mails() -> list[dict[str, Any]]:
-            listed = d.admin("GET", "/api/admin/webhooks/events", params={"channel": "email"})
-            events: list[dict[str, Any]] = listed.json()["events"]
-            return events
-
         await wait_until(
-            lambda: [event["state"] for event in mails()] == ["failed"], timeout=20, what="failed"
+            lambda: [event["state"] for event in d.logged(channel="email")] == ["failed"],
+            timeout=20,
+            what="failed",
         )
         d.drop(sku, 60.0)
         await wait_until(
             lambda: len(d.events("product_alert.created")) == 2, timeout=20, what="2nd webhook"
         )
-        assert len(mails()) == 1
+        assert len(d.logged(channel="email")) == 1
         assert d.sink.received == []
 
 
@@ -401,20 +385,16 @@ async def test_an_address_gets_its_hourly_share_however_many_accounts_share_it(
             await _watch_product(two, sku)
             d.drop(sku, 80.0)
 
-            def mails() -> list[dict[str, Any]]:
-                listed = d.admin("GET", "/api/admin/webhooks/events", params={"channel": "email"})
-                events: list[dict[str, Any]] = listed.json()["events"]
-                return events
-
             await wait_until(
                 lambda: (
-                    sorted(event["state"] for event in mails()) == ["delivered", "pending"]
-                    and all(event["attempt_count"] < 2 for event in mails())
+                    sorted(event["state"] for event in d.logged(channel="email"))
+                    == ["delivered", "pending"]
+                    and all(event["attempt_count"] < 2 for event in d.logged(channel="email"))
                 ),
                 timeout=20,
                 what="one e-mail sent and the other held",
             )
-            [held] = [event for event in mails() if event["state"] == "pending"]
+            [held] = [event for event in d.logged(channel="email") if event["state"] == "pending"]
             # Held back to the next hour's share, not tried and not dropped.
             assert held["attempt_count"] == 0
             assert held["next_attempt_at"] > iso_from_seconds(time.time() + 1800)
@@ -457,36 +437,22 @@ async def test_an_event_written_by_a_process_that_died_is_delivered_once_after_r
 
 def _serve(settings: Settings, port: int, log: Path) -> subprocess.Popen[bytes]:
     """`percolert serve` in its own process, as deployed, with the off-site settings."""
-    offsite = settings.offsite
-    env = {
-        **os.environ,
-        "ELASTICSEARCH_URL": settings.elasticsearch_url,
-        "PERCOLERT_INDEX_PREFIX": settings.index_prefix,
-        "PERCOLERT_PORT": str(port),
-        "PERCOLERT_STATE_DIR": str(settings.state_dir),
-        "PERCOLERT_RATE_LIMITS": "off",
-        "PERCOLERT_LOG_FORMAT": "text",
-        "PERCOLERT_JWT_SECRET": SHOP_SECRET,
-        "PERCOLERT_ADMIN_TOKEN": ADMIN_TOKEN,
-        "PERCOLERT_WEBHOOK_URL": offsite.webhook_url or "",
-        "PERCOLERT_WEBHOOK_SECRET": WEBHOOK_SECRET,
-        "PERCOLERT_WEBHOOK_ALLOW_PRIVATE": "true",
-        "PERCOLERT_OUTBOX_LEASE_SECONDS": "5",
-        "PERCOLERT_WEBHOOK_TIMEOUT_SECONDS": "2",
-        "PERCOLERT_OUTBOX_POLL_SECONDS": "0.1",
-        "PERCOLERT_OUTBOX_RETRY_SCHEDULE": "0,0.2,0.2",
-    }
-    with log.open("ab") as out:
-        return subprocess.Popen(
-            [sys.executable, "-m", "percolert.cli", "serve"], env=env, stdout=out, stderr=out
-        )
-
-
-async def _ready(url: str) -> bool:
-    try:
-        return httpx.get(f"{url}/healthz", timeout=2).status_code == 200
-    except httpx.HTTPError:
-        return False
+    return serve_process(
+        settings,
+        port,
+        log,
+        {
+            "PERCOLERT_JWT_SECRET": SHOP_SECRET,
+            "PERCOLERT_ADMIN_TOKEN": ADMIN_TOKEN,
+            "PERCOLERT_WEBHOOK_URL": settings.offsite.webhook_url or "",
+            "PERCOLERT_WEBHOOK_SECRET": WEBHOOK_SECRET,
+            "PERCOLERT_WEBHOOK_ALLOW_PRIVATE": "true",
+            "PERCOLERT_OUTBOX_LEASE_SECONDS": "5",
+            "PERCOLERT_WEBHOOK_TIMEOUT_SECONDS": "2",
+            "PERCOLERT_OUTBOX_POLL_SECONDS": "0.1",
+            "PERCOLERT_OUTBOX_RETRY_SCHEDULE": "0,0.2,0.2",
+        },
+    )
 
 
 async def test_an_instance_killed_mid_attempt_hands_the_event_on_after_its_lease(
@@ -497,17 +463,20 @@ async def test_an_instance_killed_mid_attempt_hands_the_event_on_after_its_lease
     port = free_port()
     url = f"http://127.0.0.1:{port}"
     receiver.answer(200, hold=True)  # the first attempt gets no answer
-    process = _serve(settings, port, tmp_path / "serve.log")
+    log = tmp_path / "serve.log"
+    process = _serve(settings, port, log)
     try:
-        await wait_until(lambda: _ready(url), timeout=30, what="the server up")
+        await wait_until(lambda: answering(process, url, log), timeout=30, what="the server up")
         async with _customer(url, "customer-killed") as shopper:
             await shopper.watch(f"zqkilled{uuid.uuid4().hex[:6]}")
         [held] = await asyncio.to_thread(receiver.wait_for, 1, 20)
         process.send_signal(signal.SIGKILL)
         process.wait(timeout=10)
         receiver.release()
-        process = _serve(settings, port, tmp_path / "serve.log")
-        await wait_until(lambda: _ready(url), timeout=30, what="the server up again")
+        process = _serve(settings, port, log)
+        await wait_until(
+            lambda: answering(process, url, log), timeout=30, what="the server up again"
+        )
         [_, again] = await asyncio.to_thread(receiver.wait_for, 2, 20)
         assert again.headers["webhook-id"] == held.headers["webhook-id"]
         event_id = held.headers["webhook-id"]

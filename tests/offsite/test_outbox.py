@@ -6,66 +6,28 @@ every account with a due digest gets it, however many others have alerts waiting
 
 from __future__ import annotations
 
-import asyncio
 import time
-from collections.abc import AsyncIterator, Iterator
 
 import msgspec
 import pytest
 from elasticsearch import AsyncElasticsearch
 
 from percolert.accounts.ids import account_user_id
-from percolert.core.offsite_settings import OffsiteSettings
-from percolert.core.settings import Settings
-from percolert.core.text import TextNormalizer
 from percolert.core.times import iso_from_seconds
-from percolert.engine import indices
 from percolert.offsite import digests
 from percolert.offsite.mail import MailContent, MailItem
 from percolert.offsite.outbox import NewEvent, OutboxBusy
 from percolert.offsite.service import Offsite
 from percolert.offsite.unsubscribe import UnsubscribeTarget
-from percolert.watches.store import WatchStore
-from tests.conftest import client_for, prepare_indices
+from tests.offsite.conftest import Mailing
 from tests.offsite.receivers import SmtpSink
 
 pytestmark = pytest.mark.anyio
 
 
 @pytest.fixture
-def sink() -> Iterator[SmtpSink]:
-    with SmtpSink() as running:
-        yield running
-
-
-@pytest.fixture
-async def offsite(fresh_settings: Settings, sink: SmtpSink) -> AsyncIterator[Offsite]:
-    settings = msgspec.structs.replace(
-        fresh_settings,
-        offsite=OffsiteSettings(
-            smtp_host="127.0.0.1",
-            smtp_port=sink.port,
-            smtp_tls="off",
-            mail_from="The Shop <alerts@shop.test>",
-            public_url="https://alerts.shop.test",
-        ),
-    )
-    await asyncio.to_thread(prepare_indices, settings)
-    client = client_for(settings)
-    watches = WatchStore(
-        client, indices.alias_for(settings, "watches"), TextNormalizer(), max_per_user=50
-    )
-    running = Offsite(
-        client,
-        settings,
-        owner="test",
-        secret="a secret of the outbox tests",
-        watch_frequencies=watches.frequencies,
-        turn_frequency=watches.turn_frequency,
-    )
-    yield running
-    await running.close()
-    await client.close()
+def offsite(mailing: Mailing) -> Offsite:
+    return mailing.offsite
 
 
 def _mail(number: int, to: str) -> NewEvent:

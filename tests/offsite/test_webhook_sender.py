@@ -7,7 +7,6 @@ from __future__ import annotations
 import base64
 import json
 import time
-from collections.abc import Iterator
 from datetime import UTC, datetime
 from email.utils import formatdate
 
@@ -27,12 +26,6 @@ pytestmark = pytest.mark.anyio
 SECRET = "whsec_" + base64.b64encode(b"the shop's current secret, 32 b").decode()
 OLD_SECRET = "whsec_" + base64.b64encode(b"the shop's previous secret, 32b").decode()
 PAYLOAD = json.dumps({"type": "alert", "product": "p-1", "price": 12.5}).encode()
-
-
-@pytest.fixture
-def receiver() -> Iterator[WebhookReceiver]:
-    with WebhookReceiver() as receiver:
-        yield receiver
 
 
 async def send(
