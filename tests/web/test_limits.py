@@ -140,6 +140,38 @@ async def test_reads_that_ask_elasticsearch_over_the_session_limit_get_429(
         assert (await a.http.get("/healthz")).status_code == 200  # probes are not limited
 
 
+async def test_e_mail_preferences_count_as_the_sessions_reads_and_changes(
+    session_limited: str,
+) -> None:
+    async with Shopper(session_limited) as a, Shopper(session_limited) as b:
+        # No account here (401), and off-site delivery is off: counted all the same, first.
+        for _ in range(3):
+            assert (await a.http.get("/api/me/preferences")).status_code == 401
+        assert_rate_limited(await a.http.get("/api/me/preferences"))
+        for _ in range(2):
+            assert (await b.http.put("/api/me/preferences", json={})).status_code == 401
+        assert_rate_limited(await b.http.put("/api/me/preferences", json={}))
+
+
+async def test_unsubscribe_posts_are_counted_per_address(catalog_settings: Settings) -> None:
+    settings = limited(catalog_settings, limit_watch_changes_per_address=f"2/{FOREVER}")
+    form = {"content-type": "application/x-www-form-urlencoded"}
+    with run_server(settings) as url:
+
+        def post() -> httpx.Response:
+            return httpx.post(
+                f"{url}/unsubscribe/not-a-token",
+                content=b"List-Unsubscribe=One-Click",
+                headers=form,
+                timeout=10,
+            )
+
+        assert [post().status_code for _ in range(2)] == [404, 404]
+        assert_rate_limited(post())
+        # The page that only asks changes nothing and is not counted.
+        assert httpx.get(f"{url}/unsubscribe/not-a-token", timeout=10).status_code == 404
+
+
 async def test_socket_handshakes_over_the_session_limit_are_refused(session_limited: str) -> None:
     async with Shopper(session_limited) as a:
         for _ in range(2):

@@ -23,12 +23,11 @@ from percolert.offsite.outbox import STATES, Channel, EventSummary, OutboxBusy, 
 from percolert.offsite.service import Offsite
 from percolert.web.account_api import account_user
 from percolert.web.errors import ApiError, decode_json
-from percolert.web.paths import ACCOUNTS_PREFIX
+from percolert.web.paths import ACCOUNTS_PREFIX, PREFERENCES_PATH
 from percolert.web.responses import json_response
 from percolert.web.state import state_of
 
 WEBHOOKS_PREFIX = "/api/admin/webhooks"
-PREFERENCES_PATH = "/api/me/preferences"
 _MAX_EVENTS = 500
 
 Email = Annotated[str, msgspec.Meta(max_length=EMAIL_MAX_LENGTH, pattern=EMAIL_PATTERN)]

@@ -17,6 +17,8 @@ MONITORING_PATHS = frozenset({"/metrics", "/readyz"})
 # The admin API's accounts, by the shop's customer id: personal data (an e-mail address,
 # say), which logs never show.
 ACCOUNTS_PREFIX = "/api/admin/accounts/"
+# An account's e-mail preferences (web/offsite_api.py).
+PREFERENCES_PATH = "/api/me/preferences"
 # E-mail's unsubscribe links: the token in them turns e-mail off, which logs never show.
 UNSUBSCRIBE_PREFIX = UNSUBSCRIBE_PATH
 

@@ -30,7 +30,12 @@ from percolert.web.admin_api import bearer_matches
 from percolert.web.errors import error_response
 from percolert.web.middleware.ratelimits import Action, RateLimits, client_address, retry_after
 from percolert.web.middleware.sessions import current_user
-from percolert.web.paths import MONITORING_PATHS, route_path
+from percolert.web.paths import (
+    MONITORING_PATHS,
+    PREFERENCES_PATH,
+    UNSUBSCRIBE_PREFIX,
+    route_path,
+)
 
 # Set when the session middleware found no session and the address may not start another.
 _SESSION_REFUSED_KEY = "percolert.session_refused_for"
@@ -60,6 +65,9 @@ def _from_this_machine(scope: Scope) -> bool:
     return not any(name in headers for name in _FORWARDING_HEADERS)
 
 
+_READS = frozenset(["/api/watches", "/api/categories", "/api/me/export", PREFERENCES_PATH])
+
+
 def _action(scope: Scope) -> Action | None:
     """The limited action a request is: the routes of app.py that do work for a session."""
     if scope["type"] == "websocket":
@@ -69,14 +77,17 @@ def _action(scope: Scope) -> Action | None:
         return Action.ADMIN  # no session: counted per address (attempts with a wrong token too)
     if path == "/api/search":
         return Action.SEARCH
-    if path in ("/api/watches", "/api/categories", "/api/me/export") and method == "GET":
+    if path in _READS and method == "GET":
         return Action.READ  # each asks Elasticsearch
     if (
         (path == "/api/watches" and method == "POST")
         or (path.startswith("/api/watches/") and method in ("DELETE", "PATCH"))
         or (path == "/api/me/merge" and method == "POST")
+        or (path == PREFERENCES_PATH and method == "PUT")
+        # Whoever holds the link, session or none (counted per address then).
+        or (path.startswith(UNSUBSCRIBE_PREFIX) and method == "POST")
     ):
-        return Action.WATCH_CHANGE
+        return Action.WATCH_CHANGE  # what a user is told of, and how, changes
     return None
 
 
