@@ -68,6 +68,7 @@ from percolert.engine import es, indices
 from percolert.watches import reachability
 from percolert.watches.store import WatchStore
 from tests.accounts.tokens import SHOP_SECRET, shop_token
+from tests.conftest import delete_indices
 from tests.servers import free_port
 
 DEV_NODE = "http://127.0.0.1:9200"
@@ -743,16 +744,6 @@ def _summarize(report: Report, cpu: dict[str, float]) -> None:
         and hooks.last_seconds <= GOAL_SECONDS
     )
     report.goal_met = report.within_goal and report.customers >= GOAL_CUSTOMERS
-
-
-async def delete_indices(settings: Settings) -> None:
-    client = es.create_client(settings)
-    try:
-        found = await client.indices.get(index=f"{settings.index_prefix}-*", allow_no_indices=True)
-        for index in found:
-            await client.indices.delete(index=index)
-    finally:
-        await client.close()
 
 
 # -- The report -------------------------------------------------------------------------------
