@@ -73,6 +73,8 @@ ON_EITHER_BROKER = [
     "tests/alerts",
     # Off-site delivery: its end-to-end tests, two instances among them, on a shared Redis.
     "tests/offsite",
+    # The demand view: what the alerts did, counted across instances.
+    "tests/insights",
     "tests/realtime",
     "tests/web",
     "tests/products",
@@ -143,6 +145,19 @@ def bench_offsite(session: nox.Session) -> None:
     `-- --quick` (1,000 customers) about a minute. Writes docs/benchmarks/offsite-delivery.*"""
     install_locked(session, "test", "bench")
     session.run("python", "bench/offsite_delivery.py", *session.posargs, env={"PYTHONPATH": "."})
+
+
+@nox.session(python=PYTHON)
+def bench_insights(session: nox.Session) -> None:
+    """The admin's demand view under load: search latency at 100 searches/s with the search
+    log off and on, and with the admin page refreshing every 5 s (cached, and the cache off),
+    in interleaved turns, on the node of ELASTICSEARCH_URL (default the dev node) with a
+    7-day search log history; `-- --quick` about 4 minutes. Writes
+    docs/benchmarks/insights-load.*"""
+    install_locked(session, "test", "bench")
+    session.run(
+        "python", "bench/insights_load.py", "--report", *session.posargs, env={"PYTHONPATH": "."}
+    )
 
 
 @nox.session(python=PYTHON)

@@ -80,6 +80,10 @@ async def delete_indices(settings: Settings) -> None:
         found = await client.indices.get(index=f"{settings.index_prefix}-*", allow_no_indices=True)
         for index in found:
             await client.indices.delete(index=index)
+        # The search log's days are made from a template (insights/searchlog.py).
+        await client.options(ignore_status=404).indices.delete_index_template(
+            name=f"{settings.index_prefix}-*"
+        )
     finally:
         await client.close()
 

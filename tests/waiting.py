@@ -6,8 +6,11 @@ from __future__ import annotations
 import inspect
 import time
 from collections.abc import Awaitable, Callable
+from typing import TypeVar
 
 import anyio
+
+T = TypeVar("T")
 
 
 async def wait_until(
@@ -38,3 +41,21 @@ def wait_until_sync(
         if time.monotonic() > deadline:
             raise AssertionError(f"gave up after {timeout} s waiting for {what}")
         time.sleep(0.01)
+
+
+async def eventually(
+    read: Callable[[], Awaitable[T | None]],
+    *,
+    timeout: float = 10.0,
+    interval: float = 0.2,
+    what: str = "the condition",
+) -> T:
+    """The first value `read()` gives that is not None, read every `interval` seconds (for
+    reads that cost the server a query each); fails naming `what` after `timeout`."""
+    with anyio.move_on_after(timeout):
+        while True:
+            value = await read()
+            if value is not None:
+                return value
+            await anyio.sleep(interval)
+    raise AssertionError(f"gave up after {timeout} s waiting for {what}")

@@ -74,6 +74,12 @@ $("search-form").addEventListener("submit", (event) => {
   if (text) search(text);
 });
 
+// A product of an alert, followed: this page has no product pages, so it searches for it.
+function showProduct(product) {
+  $("q").value = product.product_name;
+  search(product.product_name);
+}
+
 // --- watches ------------------------------------------------------------------------------
 
 const PRODUCT_EVENTS = { back_in_stock: "back in stock", price_drop: "cheaper" };
@@ -182,7 +188,8 @@ async function loadCategories() {
 // --- product alerts -----------------------------------------------------------------------
 // Search alerts are the components' (#toasts, #recent). Product alerts are toasted there too
 // and shown here as cards whose "Show" searches for the product. The client delivers each
-// alert once: a card is never shown twice.
+// alert once: a card is never shown twice. Following an alert to a product (here or in the
+// components) is a visit the shop's demand view counts (client.visited).
 
 function productCard(alert) {
   const item = fromTemplate("product-card-template");
@@ -211,8 +218,8 @@ function productCard(alert) {
   const show = item.querySelector(".show");
   show.setAttribute("aria-label", `Show ${product.product_name}`);
   show.addEventListener("click", () => {
-    $("q").value = product.product_name;
-    search(product.product_name);
+    client.visited(alert); // never rejects unhandled: nothing to wait for here
+    showProduct(product);
   });
   return item;
 }
@@ -264,9 +271,22 @@ client.addEventListener("protocol_mismatch", () => {
   }
 });
 
+// The components' product links (product-url="?q={name}"): they report the visit; a plain
+// click is followed here, without leaving the page (and its socket).
+document.addEventListener("percolert-visit", (event) => {
+  if (!event.cancelable) return; // another tab or window: the link's ?q= searches there
+  event.preventDefault();
+  showProduct(event.detail.product);
+});
+
 client.addEventListener("watches_changed", ({ detail }) => renderWatches(detail.watches));
 client.addEventListener("product_alert", ({ detail }) => showProductAlert(detail));
 client.addEventListener("away", ({ detail }) => showAway(detail));
 
 loadCategories();
 client.connect();
+const asked = new URLSearchParams(location.search).get("q"); // a product link opened apart
+if (asked && asked.trim()) {
+  $("q").value = asked.trim();
+  search(asked.trim());
+}

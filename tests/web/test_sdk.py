@@ -20,6 +20,7 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
+from urllib.parse import parse_qs, urlsplit
 
 import httpx
 import msgspec
@@ -28,6 +29,7 @@ from playwright.sync_api import (
     Browser,
     BrowserContext,
     Page,
+    Request,
     Route,
     WebSocket,
     WebSocketRoute,
@@ -42,6 +44,7 @@ from tests.products.test_product_page import run_async
 from tests.servers import QuietHandler, free_port, http_server, metric, run_server
 from tests.waiting import wait_until_sync
 from tests.web.test_browser import browser, screenshot, shopper
+from tests.web.test_browser import watch as watch_this_search
 
 __all__ = ["browser"]  # the browser fixture, shared with the page's other tests
 
@@ -98,6 +101,7 @@ async ({ sdk, options, tokens, events }) => {
 """
 ADMIN_TOKEN = "admin-token-for-the-sdk-tests"
 FAST_RECONNECT = {"initialDelay": 200, "maxDelay": 1000}
+VISITS_PATH = "/api/alerts/visits"
 
 
 def watch_violations(context: BrowserContext) -> None:
@@ -231,6 +235,8 @@ def sdk_settings(catalog_settings: Settings, storefront: str) -> Settings:
         admin_token=ADMIN_TOKEN,
         # An expired token is refused at once: the tests make short-lived ones.
         jwt_leeway_seconds=0.0,
+        # The demand view read afresh each time: the visit tests poll it.
+        insights_cache_seconds=0.0,
     )
 
 
@@ -655,6 +661,53 @@ def test_each_result_has_notify_me_and_a_sold_out_one_says_back_in_stock(
         context.close()
 
 
+def test_the_demo_page_follows_an_alerts_product_to_a_search_and_reports_the_visit(
+    browser: Browser, server: str, searcher: Searcher, sdk_settings: Settings
+) -> None:
+    context, page = shopper(browser, server)
+    errors: list[str] = []
+    page.on("pageerror", lambda error: errors.append(str(error)))
+    try:
+        watch_this_search(page, "garmin fenix")
+        [mine] = [
+            w
+            for w in context.request.get(f"{server}/api/watches").json()["watches"]
+            if w["terms"] == "garmin fenix"
+        ]
+        searcher.search("Garmin Fenix 8 AMOLED 47mm")
+        # Recent alerts: the product is a link (a search for it, should it open apart).
+        link = page.locator("#recent a[part~='product-link']", has_text="Garmin Fenix 8")
+        expect(link).to_have_attribute("href", f"{server}/?q=Garmin%20Fenix%208%20AMOLED%2047mm")
+        page.fill("#q", "")
+        with page.expect_response(lambda reply: reply.url == f"{server}{VISITS_PATH}") as visited:
+            link.click()
+        assert visited.value.status == 204
+        assert json.loads(visited.value.request.post_data or "") == {"watch_id": mine["id"]}
+        # Followed here: a search for it, without leaving the page (and its socket).
+        expect(page.locator("#q")).to_have_value("Garmin Fenix 8 AMOLED 47mm")
+        expect(
+            page.locator("#results .result", has_text="Garmin Fenix 8 AMOLED 47mm").first
+        ).to_be_visible()
+        assert page.url == f"{server}/"
+        expect(page.locator("#connection")).to_have_attribute("data-state", "live")
+        # A product alert's card: "Show" reports the visit too. Its watch is a made-up one
+        # (the test's writer), so the server refuses it: the page carries on regardless.
+        writer = Writer(sdk_settings)
+        [cookie] = [c for c in context.cookies() if c["name"] == COOKIE_NAME]
+        [written] = run_async(writer.write(writer.user_of_cookie(cookie["value"]), ["Kobo Sage"]))
+        show = page.locator("#product-alerts-list .product-card .show")
+        with page.expect_response(lambda reply: reply.url == f"{server}{VISITS_PATH}") as refused:
+            show.click()
+        assert refused.value.status == 404
+        assert json.loads(refused.value.request.post_data or "") == {"watch_id": written.watch.id}
+        expect(page.locator("#q")).to_have_value("Kobo Sage")
+        expect(page.locator("#status")).to_contain_text("result")
+        screenshot(page, "sdk-demo-alert-product-followed")
+        assert errors == []  # nothing unhandled, the refusal included
+    finally:
+        context.close()
+
+
 def test_the_page_reloads_once_for_a_newer_protocol(browser: Browser, server: str) -> None:
     context = browser.new_context()
     loads: list[str] = []
@@ -671,6 +724,259 @@ def test_the_page_reloads_once_for_a_newer_protocol(browser: Browser, server: st
         assert len(loads) == 2
     finally:
         context.close()
+
+
+# --- visits: alerts followed to the shop ----------------------------------------------------
+
+
+@contextmanager
+def default_watch(server: str, text: str) -> Iterator[dict[str, Any]]:
+    """A default watch of `text` (everyone's), made by the shop's admin; retired after."""
+    with httpx.Client(base_url=server, headers=bearer(ADMIN_TOKEN), timeout=10) as admin:
+        made = admin.post("/api/admin/default-watches", json={"text": text})
+        assert made.status_code == 201, made.text
+        watch: dict[str, Any] = made.json()
+        try:
+            yield watch
+        finally:
+            admin.delete(f"/api/admin/default-watches/{watch['id']}").raise_for_status()
+
+
+def insights(server: str) -> dict[str, Any]:
+    """The demand view of the last hour, as the shop's admin reads it."""
+    reply = httpx.get(
+        f"{server}/api/admin/insights",
+        params={"since": "1h"},
+        headers=bearer(ADMIN_TOKEN),
+        timeout=10,
+    )
+    reply.raise_for_status()
+    report: dict[str, Any] = reply.json()
+    return report
+
+
+def default_row(report: dict[str, Any], watch_id: str) -> dict[str, Any]:
+    rows: list[dict[str, Any]] = report["default_watches"]
+    [row] = [row for row in rows if row["watch_id"] == watch_id]
+    return row
+
+
+def wait_for_visits(server: str, watch_id: str, visits: int) -> dict[str, Any]:
+    """The demand view once it shows the default watch `watch_id` with `visits` visits (an
+    alert's count lands in its log within seconds)."""
+    seen: dict[str, Any] = {}
+
+    def shown() -> bool:
+        seen["report"] = insights(server)
+        return bool(default_row(seen["report"], watch_id)["visits"] == visits)
+
+    wait_until_sync(shown, timeout=30, what=f"{visits} visit(s) of {watch_id} in the insights")
+    report: dict[str, Any] = seen["report"]
+    return report
+
+
+def logged_visits(settings: Settings, watch_ids: list[str]) -> int:
+    """Visits of those watches in the search log itself, whatever the view lists."""
+    reply = httpx.post(
+        f"{settings.elasticsearch_url}/{settings.index_prefix}-searchlog-*/_count",
+        json={
+            "query": {
+                "bool": {
+                    "filter": [{"term": {"kind": "visit"}}, {"terms": {"watch_id": watch_ids}}]
+                }
+            }
+        },
+        timeout=10,
+    )
+    reply.raise_for_status()
+    return int(reply.json()["count"])
+
+
+def is_visit(request: Request) -> bool:
+    return urlsplit(request.url).path == VISITS_PATH and request.method == "POST"
+
+
+def test_a_followed_product_link_is_a_visit_the_shops_admin_sees(
+    context: BrowserContext, server: str, searcher: Searcher
+) -> None:
+    with default_watch(server, "garmin forerunner") as everyones:
+        page = sdk_page(context, server)
+        wait_live(page)
+        page.evaluate(
+            """(template) => {
+              const panel = document.createElement("percolert-alerts");
+              panel.setAttribute("product-url", template);
+              document.body.append(panel);
+            }""",
+            "/healthz?product={sku}",
+        )
+        searcher.search("Garmin Forerunner 265")
+        [alert] = wait_for(page, "alert")
+        assert alert["watch"]["id"] == everyones["id"]
+        [product] = [p for p in alert["found"] if p["product_name"] == "Garmin Forerunner 265"]
+        link = page.locator("percolert-alerts li a[part~='product-link']", has_text="Forerunner")
+        address = f"{server}/healthz?product={product['sku']}"
+        expect(link).to_have_attribute("href", address)
+        # Followed: the page goes to the product's page. The visit is held back until the
+        # product's page has replaced this one: sent with keepalive, it goes on regardless.
+        held: list[Route] = []
+        page.route(f"{server}{VISITS_PATH}", lambda route: held.append(route))
+        link.click()
+        page.wait_for_url(address)
+        expect(page.locator("percolert-alerts")).to_have_count(0)  # the page is gone
+        wait_in_page(page, lambda: len(held) == 1, "the visit")
+        [route] = held
+        assert json.loads(route.request.post_data or "") == {"watch_id": everyones["id"]}
+        route.continue_()
+        report = wait_for_visits(server, everyones["id"], 1)
+        row = default_row(report, everyones["id"])
+        assert row["alerts"] >= 1
+        assert row["reach"] >= 1
+        for listed in report["alerts_per_watch"]:
+            if listed["watch_id"] == everyones["id"]:
+                assert listed["visits"] == 1
+                assert listed["visit_rate"] == round(1 / listed["reach"], 4)
+
+
+def test_product_links_are_http_encoded_text_and_count_each_alert_once(
+    context: BrowserContext, server: str
+) -> None:
+    page = sdk_page(context, server)
+    wait_live(page)
+    watch = call(page, "(client) => client.addWatch({ terms: 'kobo clara' })")["value"]
+    other = call(page, "(client) => client.addWatch({ terms: 'kobo libra' })")["value"]
+    bodies: list[Any] = []
+
+    def sent(request: Request) -> None:
+        if is_visit(request):
+            bodies.append(request.post_data_json)
+
+    page.on("request", sent)
+    sku = "KB/1 ?#&"
+    page.evaluate(
+        """({ watch, sku, name }) => {
+          window.visits = [];
+          document.addEventListener("percolert-visit", (event) => {
+            const { alert, product, url } = event.detail;
+            const { cancelable } = event;
+            window.visits.push({ alert: alert.id, sku: product.sku, url, cancelable });
+            event.preventDefault(); // the shop routes by itself: the page stays
+          });
+          const panel = (id, template) => {
+            const made = document.createElement("percolert-alerts");
+            made.id = id;
+            made.setAttribute("mode", "list");
+            if (template !== null) made.setAttribute("product-url", template);
+            document.body.append(made);
+          };
+          panel("linked", "/products/{sku}?name={name}");
+          panel("plain", null);
+          panel("scripted", "javascript:alert(document.domain)//{sku}");
+          panel("elsewhere", "ftp://shop.example/{sku}");
+          const card = (sku, name) => ({
+            sku, product_name: name, price: 99, previous_price: null,
+            category: "e-readers", brand: "Kobo",
+          });
+          window.client.dispatchEvent(new CustomEvent("alert", { detail: {
+            type: "alert", id: "visit-test", seq: 1, count: 1, at: new Date().toISOString(),
+            watch: { id: watch.id, terms: watch.terms },
+            found: [card(sku, name), card("KB-0002", "Kobo Clara BW")],
+          } }));
+        }""",
+        {"watch": watch, "sku": sku, "name": HOSTILE},
+    )
+    links = page.locator("#linked a[part~='product-link']")
+    expect(links).to_have_count(2)
+    # The SKU and the name URL-encoded into the template, the name shown as text.
+    first = urlsplit(links.first.get_attribute("href") or "")
+    assert (first.scheme, first.netloc) == tuple(urlsplit(server)[:2])
+    assert first.path == "/products/KB%2F1%20%3F%23%26"
+    assert parse_qs(first.query) == {"name": [HOSTILE]}
+    expect(links.first).to_have_text(HOSTILE)
+    # No template, or one that is not http(s): the products are text, as before.
+    for panel in ("#plain", "#scripted", "#elsewhere"):
+        expect(page.locator(f"{panel} li")).to_contain_text("Kobo Clara BW")
+        expect(page.locator(f"{panel} a")).to_have_count(0)
+    assert page.locator("percolert-alerts img, percolert-alerts script").count() == 0
+    # Followed (the page's router took it): the event, and the visit sent.
+    links.first.click()
+    wait_in_page(page, lambda: len(bodies) == 1, "the visit")
+    assert bodies == [{"watch_id": watch["id"]}]
+    # Another of the alert's products: the event again, but the alert's visit counts once.
+    links.nth(1).click()
+    visits = page.evaluate("window.visits")
+    assert [(v["alert"], v["sku"], v["cancelable"]) for v in visits] == [
+        ("visit-test", sku, True),
+        ("visit-test", "KB-0002", True),
+    ]
+    assert visits[1]["url"] == f"{server}/products/KB-0002?name=Kobo%20Clara%20BW"
+    # (A visit sent after the clicks comes after anything they sent.)
+    assert call(page, "(client, id) => client.visited(id)", other["id"]) == {"value": None}
+    wait_in_page(page, lambda: len(bodies) == 2, "the second visit")
+    assert bodies == [{"watch_id": watch["id"]}, {"watch_id": other["id"]}]
+    assert urlsplit(page.url).path == "/healthz"  # never navigated
+    assert page.evaluate("window.__xss") is None
+    assert page.evaluate("window.__violations") == []
+
+
+def test_a_visit_of_a_watch_the_shopper_does_not_hear_from_is_refused_and_counted_nowhere(
+    context: BrowserContext,
+    browser: Browser,
+    server: str,
+    searcher: Searcher,
+    sdk_settings: Settings,
+) -> None:
+    elsewhere = browser.new_context()
+    try:
+        stranger = sdk_page(elsewhere, server)
+        wait_live(stranger)
+        theirs = call(stranger, "(client) => client.addWatch({ terms: 'garmin venu' })")["value"]
+        with default_watch(server, "garmin instinct") as everyones:
+            page = sdk_page(context, server)
+            wait_live(page)
+            searcher.search("Garmin Venu 3")
+            searcher.search("Garmin Instinct 2 Solar")
+            stranger.wait_for_function(
+                "(id) => window.events.some((e) => e.type === 'alert' && e.detail.watch.id === id)",
+                arg=theirs["id"],
+            )
+            [alert] = wait_for(page, "alert")
+            assert alert["watch"]["id"] == everyones["id"]
+            # Another shopper's watch, by its id or in their alert, and a watch there is
+            # not: refused.
+            for script in (
+                "(client, id) => client.visited(id)",
+                """(client, id) => client.visited({
+                  type: "alert", id: "theirs", seq: 1, count: 1, found: [], at: "",
+                  watch: { id, terms: "" },
+                })""",
+            ):
+                refused = call(page, script, theirs["id"])["error"]
+                assert (refused["name"], refused["code"], refused["status"]) == (
+                    "PercolertError",
+                    "watch_not_found",
+                    404,
+                )
+            missing = call(page, "(client) => client.visited('no-such-watch')")["error"]
+            assert (missing["code"], missing["status"]) == ("watch_not_found", 404)
+            # Not an alert nor an id: refused in the page, before any request.
+            invalid = call(page, "(client) => client.visited({ type: 'alert' })")["error"]
+            assert (invalid["code"], invalid["status"]) == ("invalid_visit", 0)
+            # Then a visit that counts (the default watch's alert): once it shows, anything
+            # logged before it would show too.
+            counted = call(
+                page,
+                "(client) => client.visited(window.events.find((e) => e.type === 'alert').detail)",
+            )
+            assert counted == {"value": None}
+            report = wait_for_visits(server, everyones["id"], 1)
+            listed = [*report["alerts_per_watch"], *report["default_watches"]]
+            assert [row["visits"] for row in listed if row["watch_id"] == theirs["id"]] in ([], [0])
+            assert "no-such-watch" not in [row["watch_id"] for row in listed]
+            assert logged_visits(sdk_settings, [everyones["id"]]) == 1
+            assert logged_visits(sdk_settings, [theirs["id"], "no-such-watch"]) == 0
+    finally:
+        elsewhere.close()
 
 
 # --- accounts: the shop's token -------------------------------------------------------------
@@ -906,6 +1212,33 @@ def test_a_storefront_on_another_origin_uses_the_sdk_with_a_token(
     with httpx.Client(base_url=server, timeout=10) as backend:
         listed = backend.get("/api/watches", headers=bearer(shop_token(customer))).json()
     assert added["id"] in [w["id"] for w in listed["watches"]]
+
+
+def test_a_storefront_on_another_origin_reports_visits_anonymously_and_with_a_token(
+    context: BrowserContext, server: str, storefront: str
+) -> None:
+    """Across origins the visit is a credentialed keepalive request with a preflight (its
+    JSON body): the server's CORS must answer both."""
+    anonymous = context.new_page()
+    anonymous.goto(storefront)
+    start(anonymous, "/sdk", options={"baseUrl": server})
+    wait_live(anonymous)
+    mine = call(anonymous, "(client) => client.addWatch({ terms: 'garmin vivoactive' })")["value"]
+    with anonymous.expect_response(lambda reply: is_visit(reply.request)) as answered:
+        assert call(anonymous, "(client, id) => client.visited(id)", mine["id"]) == {"value": None}
+    assert answered.value.status == 204
+    customer = f"customer-{time.time_ns()}"
+    page = context.new_page()
+    page.goto(storefront)
+    start(page, "/sdk", tokens=[shop_token(customer)], options={"baseUrl": server})
+    wait_live(page)
+    theirs = call(page, "(client) => client.addWatch({ terms: 'garmin epix' })")["value"]
+    with page.expect_request(is_visit) as sent:
+        assert call(page, "(client, id) => client.visited(id)", theirs["id"]) == {"value": None}
+    assert sent.value.headers["authorization"].startswith("Bearer ")
+    # The anonymous shopper's watch is not the customer's.
+    refused = call(page, "(client, id) => client.visited(id)", mine["id"])["error"]
+    assert (refused["code"], refused["status"]) == ("watch_not_found", 404)
 
 
 # --- the package ----------------------------------------------------------------------------

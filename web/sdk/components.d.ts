@@ -6,6 +6,7 @@ import type {
   Percolert,
   PercolertError,
   ProductAlertMessage,
+  ProductCard,
   ProductChange,
   Watch,
   WatchSpec,
@@ -24,6 +25,13 @@ export declare function watchName(watch: AlertWatch | Watch | null | undefined):
 export declare function describeAlert(alert: AlertMessage, money?: Intl.NumberFormat): Described;
 export declare function describeProductAlert(alert: ProductAlertMessage, money?: Intl.NumberFormat): Described;
 export declare function describeTooBroad(notice: WatchTooBroadMessage): Described;
+/** A product page's address from a template ("/products/{sku}"; `{sku}` and `{name}` filled
+ * in URL-encoded), resolved against `base` (default: the page): null unless http(s). */
+export declare function productUrl(
+  template: string | null | undefined,
+  product: Pick<ProductCard, "sku" | "product_name">,
+  base?: string | URL,
+): string | null;
 
 export interface NotifyEventDetail {
   watch: Watch;
@@ -31,6 +39,15 @@ export interface NotifyEventDetail {
 
 export interface NotifyErrorDetail {
   error: PercolertError | Error;
+}
+
+/** A product of an alert was followed (`<percolert-alerts product-url>`): the alert, the
+ * product and the link's address. Cancelable for a plain click: `preventDefault()` keeps the
+ * browser from navigating, for the shop's own routing. */
+export interface VisitEventDetail {
+  alert: AlertMessage | ProductAlertMessage;
+  product: ProductCard;
+  url: string;
 }
 
 /**
@@ -63,8 +80,12 @@ export declare class PercolertNotify extends HTMLElement {
  *
  * Attributes: `mode` ("both" | "toasts" | "list"), `kinds` (any of "alert product_alert
  * watch_too_broad"), `max-items` (20), `max-toasts` (4), `toast-seconds` (8), `currency`
- * ("USD"), `locale`, `empty-text`. Parts: `list`, `item`, `item-time`, `item-text`, `empty`,
- * `toasts`, `toast`, `toast-body`, `toast-title`, `toast-text`, `toast-close`.
+ * ("USD"), `locale`, `empty-text`, `product-url` (a template such as "/products/{sku}": each
+ * product an alert shows links there; a click reports the visit, `client.visited(alert)`,
+ * and dispatches `percolert-visit`). Parts: `list`, `item`, `item-time`, `item-text`,
+ * `empty`, `toasts`, `toast`, `toast-body`, `toast-title`, `toast-text`, `toast-close`,
+ * `product-link`. Events (bubbling, composed): `percolert-visit`, `percolert-error` (a visit
+ * that could not be reported).
  */
 export declare class PercolertAlerts extends HTMLElement {
   static readonly observedAttributes: string[];
@@ -87,5 +108,6 @@ declare global {
     "percolert-watch": CustomEvent<NotifyEventDetail>;
     "percolert-unwatch": CustomEvent<NotifyEventDetail>;
     "percolert-error": CustomEvent<NotifyErrorDetail>;
+    "percolert-visit": CustomEvent<VisitEventDetail>;
   }
 }

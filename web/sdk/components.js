@@ -1,7 +1,8 @@
 // Percolert's web components: <percolert-notify> (a "Notify me" button for a search or one
 // product) and <percolert-alerts> (alerts as toasts and as a list). Shadow DOM, styled
 // through CSS custom properties (--percolert-*) and parts (::part(button), ::part(toast)).
-// Every piece of data is written with textContent, never parsed as HTML.
+// Every piece of data is written with textContent, never parsed as HTML; with `product-url`,
+// an alert's products are links (http(s) only) whose clicks count as visits.
 //
 // Each element takes its client from `element.client`, or else from Percolert.setDefault().
 
@@ -20,25 +21,56 @@ export function watchName(watch) {
   return "your watch";
 }
 
+// What a search alert's searches found, as parts of a line: each product's name as
+// `name(product)` gives it (the name itself, or a link to the product), and its price.
+function foundParts(alert, money, name = (product) => product.product_name) {
+  const found = alert.found ?? [];
+  if (found.length === 0) return ["nothing that fits it among the first results"];
+  return found.flatMap((product, index) => [
+    ...(index === 0 ? [] : [" · "]),
+    name(product),
+    ` — ${money.format(product.price)}`,
+  ]);
+}
+
+// "Price drop: " (a product alert's title, before its product's name).
+function changeHeading(alert) {
+  const label = CHANGE_LABELS[alert.change] ?? "product alert";
+  return `${label[0].toUpperCase()}${label.slice(1)}: `;
+}
+
 /** A search alert as a title and a line: what matched, and what those searches found. */
 export function describeAlert(alert, money = usd) {
   const searches = alert.count === 1 ? "A search" : `${alert.count} searches`;
-  const found = alert.found ?? [];
   return {
     title: `${searches} matched ${watchName(alert.watch)}`,
-    text: found.length === 0
-      ? "nothing that fits it among the first results"
-      : found.map((product) => `${product.product_name} — ${money.format(product.price)}`).join(" · "),
+    text: foundParts(alert, money).join(""),
   };
 }
 
 /** A product alert as a title and a line. */
 export function describeProductAlert(alert, money = usd) {
-  const label = CHANGE_LABELS[alert.change] ?? "product alert";
   return {
-    title: `${label[0].toUpperCase()}${label.slice(1)}: ${alert.product.product_name}`,
+    title: `${changeHeading(alert)}${alert.product.product_name}`,
     text: `${money.format(alert.product.price)} — matches ${watchName(alert.watch)}`,
   };
+}
+
+/** The address of a product's page from a template such as "/products/{sku}": `{sku}` and
+ * `{name}` (the product's name) filled in URL-encoded, resolved against `base` (the page).
+ * Null unless it is an http(s) URL (never `javascript:` and the like). */
+export function productUrl(template, product, base = globalThis.document?.baseURI) {
+  if (!template || !product || typeof product.sku !== "string") return null;
+  const filled = String(template).replace(/\{(sku|name)\}/g, (_, key) =>
+    encodeURIComponent(String((key === "sku" ? product.sku : product.product_name) ?? "")),
+  );
+  let url;
+  try {
+    url = new URL(filled, base);
+  } catch {
+    return null;
+  }
+  return url.protocol === "http:" || url.protocol === "https:" ? url.href : null;
 }
 
 /** A watch_too_broad notice as a title and a line. */
@@ -333,6 +365,10 @@ const ALERTS_CSS = `
   overflow-wrap: anywhere;
 }
 [part~="item-time"] { color: var(--percolert-muted, #5d6b7e); }
+[part~="product-link"] {
+  color: var(--percolert-link, inherit); text-decoration: underline; text-underline-offset: 2px; cursor: pointer;
+}
+[part~="product-link"]:focus-visible { outline: 2px solid var(--percolert-accent, #2d6cdf); outline-offset: 1px; }
 [part~="empty"] { color: var(--percolert-muted, #5d6b7e); font-size: 0.85rem; margin: 4px 0; }
 [part~="toasts"] {
   position: fixed; right: var(--percolert-toasts-right, 16px); bottom: var(--percolert-toasts-bottom, 16px);
@@ -448,16 +484,23 @@ export class PercolertAlerts extends HTMLElement {
 
   /** Show a toast of the page's own (an error, say): `title` and `text` as text. */
   toast(title, text = "", kind = "notice") {
+    return this.#toast([String(title ?? "")], [String(text ?? "")], kind);
+  }
+
+  // A toast whose title and line are parts: strings (as text) and the panel's own links.
+  #toast(title, text, kind) {
     if (this.#mode === "list") return null;
     const toast = element("div", "toast");
     toast.className = "toast";
     toast.dataset.kind = kind;
     toast.setAttribute("role", "status");
     const body = element("div", "toast-body");
-    const heading = element("strong", "toast-title", title);
+    const heading = element("strong", "toast-title");
     heading.className = "toast-title";
-    const line = element("div", "toast-text", text);
+    heading.append(...title);
+    const line = element("div", "toast-text");
     line.className = "toast-text";
+    line.append(...text);
     body.append(heading, line);
     const close = element("button", "toast-close", "×");
     close.type = "button";
@@ -481,7 +524,7 @@ export class PercolertAlerts extends HTMLElement {
     this.#layout();
   }
 
-  #item(message, kind, text) {
+  #item(message, kind, parts) {
     if (this.#mode === "toasts" || this.#shown.has(message.id)) return;
     this.#shown.add(message.id);
     // Bounded for a page open for days: far more ids than the list shows are remembered.
@@ -491,21 +534,67 @@ export class PercolertAlerts extends HTMLElement {
     item.dataset.kind = kind;
     const time = element("time", "item-time", new Date(message.at).toLocaleTimeString());
     if (message.at) time.dateTime = message.at;
-    item.append(time, document.createTextNode(" — "), element("span", "item-text", text));
+    const text = element("span", "item-text");
+    text.append(...parts); // strings become text nodes, never HTML
+    item.append(time, document.createTextNode(" — "), text);
     this.#list.prepend(item);
     const most = positiveNumber(this.getAttribute("max-items"), 20);
     while (this.#list.children.length > most) this.#list.lastElementChild.remove();
     this.#layout();
   }
 
+  // With `product-url`, each product an alert shows is a link to its page: followed, the
+  // visit is counted (client.visited) and `percolert-visit` dispatched.
+  #productName(alert, product) {
+    const url = productUrl(this.getAttribute("product-url"), product);
+    if (url === null) return product.product_name;
+    const link = element("a", "product-link", product.product_name);
+    link.className = "product-link";
+    link.href = url;
+    link.dataset.sku = product.sku;
+    link.addEventListener("click", (event) => this.#followed(event, alert, product, url));
+    // A middle click opens the product in another tab: followed too.
+    link.addEventListener("auxclick", (event) => {
+      if (event.button === 1) this.#followed(event, alert, product, url);
+    });
+    return link;
+  }
+
+  #followed(event, alert, product, url) {
+    this.client?.visited(alert).catch((error) => {
+      this.dispatchEvent(new CustomEvent("percolert-error", { detail: { error }, bubbles: true, composed: true }));
+    });
+    // Cancelable for a plain click only: the shop's router takes it over (preventDefault);
+    // a click meant for another tab or window stays the browser's.
+    const plain = event.type === "click" && event.button === 0 &&
+      !event.metaKey && !event.ctrlKey && !event.shiftKey && !event.altKey;
+    const visit = new CustomEvent("percolert-visit", {
+      detail: { alert, product, url },
+      bubbles: true,
+      composed: true,
+      cancelable: plain,
+    });
+    if (!this.dispatchEvent(visit)) event.preventDefault();
+  }
+
+  #alertParts(alert) {
+    const { title } = describeAlert(alert, this.#money);
+    return { title: [title], text: foundParts(alert, this.#money, (product) => this.#productName(alert, product)) };
+  }
+
+  #productAlertParts(alert) {
+    const { text } = describeProductAlert(alert, this.#money);
+    return { title: [changeHeading(alert), this.#productName(alert, alert.product)], text: [text] };
+  }
+
   #listAlert(alert) {
-    const { title, text } = describeAlert(alert, this.#money);
-    this.#item(alert, "alert", `${title}: ${text}`);
+    const { title, text } = this.#alertParts(alert);
+    this.#item(alert, "alert", [...title, ": ", ...text]);
   }
 
   #listProductAlert(alert) {
-    const { title, text } = describeProductAlert(alert, this.#money);
-    this.#item(alert, "product_alert", `${title} — ${text}`);
+    const { title, text } = this.#productAlertParts(alert);
+    this.#item(alert, "product_alert", [...title, " — ", ...text]);
   }
 
   #greeted(hello) {
@@ -517,8 +606,8 @@ export class PercolertAlerts extends HTMLElement {
   #alert(alert) {
     if (!this.#wants("alert")) return;
     if (!this.#shown.has(alert.id)) {
-      const { title, text } = describeAlert(alert, this.#money);
-      this.toast(title, text, "alert");
+      const { title, text } = this.#alertParts(alert);
+      this.#toast(title, text, "alert");
     }
     this.#listAlert(alert);
   }
@@ -526,8 +615,8 @@ export class PercolertAlerts extends HTMLElement {
   #productAlert(alert) {
     if (!this.#wants("product_alert")) return;
     if (!this.#shown.has(alert.id)) {
-      const { title, text } = describeProductAlert(alert, this.#money);
-      this.toast(title, text, "product_alert");
+      const { title, text } = this.#productAlertParts(alert);
+      this.#toast(title, text, "product_alert");
     }
     this.#listProductAlert(alert);
   }

@@ -300,6 +300,12 @@ export declare class Percolert extends EventTarget {
   mergeAnonymousWatches(): Promise<MergeResult>;
   /** Everything the server keeps about this user. */
   exportMyData(): Promise<DataExport>;
+  /** An alert was followed to the shop (a click on one of its products): counted per watch
+   * for the shop admin's demand view (alert → visit rate). Takes the alert (counted once per
+   * alert) or its watch's id; sent with `keepalive`, so it outlives the navigation that
+   * follows. Rejects with a PercolertError (`watch_not_found`: not a watch the user hears
+   * from), never unhandled: a click handler may leave it unawaited. */
+  visited(alertOrWatchId: AlertMessage | ProductAlertMessage | string): Promise<void>;
 
   addEventListener<K extends keyof PercolertEventMap>(
     type: K,

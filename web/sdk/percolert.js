@@ -27,6 +27,8 @@ const OPEN = 1; // WebSocket.OPEN, without needing the global at import time
 // Alerts (and product alerts) remembered as delivered: well above the server's replay of
 // at most 200 missed alerts, so nothing replayed is delivered a second time.
 const REMEMBERED_IDS = 2000;
+// Where an alert followed to the shop is counted (the shop admin's demand view).
+const VISITS_PATH = "/api/alerts/visits";
 
 /** What a failed call says: the server's error `code` and `message`, and the HTTP status
  * (0 when the server could not be reached). */
@@ -53,6 +55,10 @@ class RecentIds {
   add(id) {
     this.ids.add(id);
     if (this.ids.size > this.limit) this.ids.delete(this.ids.values().next().value);
+  }
+
+  delete(id) {
+    this.ids.delete(id);
   }
 }
 
@@ -94,6 +100,7 @@ export class Percolert extends EventTarget {
   #lastSeq = null;
   #alerts = new RecentIds(REMEMBERED_IDS);
   #productAlerts = new RecentIds(REMEMBERED_IDS);
+  #visits = new RecentIds(REMEMBERED_IDS); // alerts whose visit was sent (or is being sent)
   #watches = null;
   #hello = null;
 
@@ -349,6 +356,7 @@ export class Percolert extends EventTarget {
     this.#lastSeq = null;
     this.#alerts = new RecentIds(REMEMBERED_IDS);
     this.#productAlerts = new RecentIds(REMEMBERED_IDS);
+    this.#visits = new RecentIds(REMEMBERED_IDS);
     this.#watches = null;
     this.#hello = null;
   }
@@ -480,8 +488,10 @@ export class Percolert extends EventTarget {
     return this.#ensureSession();
   }
 
-  async #fetch(method, path, body, headers = {}) {
+  async #fetch(method, path, body, headers = {}, { keepalive = false } = {}) {
     const init = { method, credentials: this.#credentials, headers: { ...headers } };
+    // keepalive: the request goes on when the page is left (a click that navigates).
+    if (keepalive) init.keepalive = true;
     if (body !== undefined) {
       init.headers["Content-Type"] = "application/json";
       init.body = JSON.stringify(body);
@@ -493,7 +503,7 @@ export class Percolert extends EventTarget {
     }
   }
 
-  async #request(method, path, body) {
+  async #request(method, path, body, options = {}) {
     // An erased account's token may still be valid for a while: nothing is written with it
     // (a "Notify me" pressed after the erasure would make the account anew).
     if (this.#erased !== null && method !== "GET") throw this.#erased;
@@ -505,7 +515,7 @@ export class Percolert extends EventTarget {
       } else {
         await this.#ensureSession();
       }
-      const reply = await this.#fetch(method, path, body, headers);
+      const reply = await this.#fetch(method, path, body, headers, options);
       if (reply.status === 401 && attempt === 0) {
         // Expired token, or a cookie the browser dropped: renewed once, then asked again.
         if (this.#getToken !== null) {
@@ -580,6 +590,38 @@ export class Percolert extends EventTarget {
   /** Everything the server keeps about this user, as JSON. */
   exportMyData() {
     return this.#request("GET", "/api/me/export");
+  }
+
+  /** An alert was followed to the shop (the shopper clicked one of its products): counted
+   * per watch, never per shopper, for the shop admin's demand view (alert → visit rate).
+   * Takes the alert (an `alert` or `product_alert` message: counted once, however many of
+   * its products are clicked) or its watch's id. Sent with `keepalive`, so it outlives the
+   * navigation the click starts. Rejects like the other calls (a PercolertError; code
+   * `watch_not_found` for a watch the user does not hear from), but never unhandled: a
+   * click handler may call it without waiting for it. */
+  visited(alertOrWatchId) {
+    const alert = alertOrWatchId !== null && typeof alertOrWatchId === "object" ? alertOrWatchId : null;
+    const watchId = alert !== null ? alert.watch?.id : alertOrWatchId;
+    // Search alerts and product alerts number their ids apart.
+    const key = alert !== null && alert.id !== undefined ? `${alert.type}:${alert.id}` : null;
+    let visit;
+    if (typeof watchId !== "string" || watchId === "") {
+      visit = Promise.reject(new PercolertError("visited() takes an alert or its watch's id", { code: "invalid_visit" }));
+    } else if (key !== null && this.#visits.has(key)) {
+      visit = Promise.resolve(); // this alert's visit is counted already
+    } else {
+      if (key !== null) this.#visits.add(key);
+      const body = key !== null ? { watch_id: watchId, alert_id: key } : { watch_id: watchId };
+      visit = this.#request("POST", VISITS_PATH, body, { keepalive: true }).then(
+        () => undefined,
+        (error) => {
+          if (key !== null) this.#visits.delete(key); // not counted: another click may try again
+          throw error;
+        },
+      );
+    }
+    visit.catch(() => {}); // handled: whoever waits for it still sees the rejection
+    return visit;
   }
 
   #changedWatches(watches) {

@@ -14,7 +14,7 @@ import {
   type Watch,
   type WatchSpec,
 } from "./percolert.js";
-import { describeAlert, PercolertAlerts, PercolertNotify, watchName } from "./components.js";
+import { describeAlert, PercolertAlerts, PercolertNotify, productUrl, watchName } from "./components.js";
 
 const anonymous = new Percolert();
 const shop = new Percolert({
@@ -38,11 +38,19 @@ anonymous.addEventListener("alert", (event) => {
   const seq: number = alert.seq;
   const names: string[] = alert.found.map((product) => product.product_name);
   console.log(seq, names, describeAlert(alert).title, watchName(alert.watch));
+  // Followed to the shop: the alert, or its watch's id; never unhandled when not awaited.
+  const counted: Promise<void> = anonymous.visited(alert);
+  void anonymous.visited(alert.watch.id).catch((error: unknown) => console.log(error, counted));
+  // @ts-expect-error: a visit is of an alert or a watch id, not of a product
+  void anonymous.visited(alert.found[0]);
 });
 anonymous.addEventListener("product_alert", (event) => {
   const alert: ProductAlertMessage = event.detail;
   const previous: number | null = alert.product.previous_price;
   console.log(alert.change, previous, alert.watch.sku ?? alert.watch.terms);
+  void anonymous.visited(alert);
+  const page: string | null = productUrl("/products/{sku}", alert.product);
+  console.log(page);
 });
 anonymous.addEventListener("away", (event) => console.log(event.detail.alerts.length, event.detail.more));
 anonymous.addEventListener("watches_changed", (event) => {
@@ -97,6 +105,13 @@ button.addEventListener("percolert-watch", (event) => console.log(event.detail.w
 button.addEventListener("percolert-error", (event) => console.log(event.detail.error.message));
 const panel: PercolertAlerts = document.createElement("percolert-alerts");
 panel.setAttribute("mode", "toasts");
+panel.setAttribute("product-url", "/products/{sku}");
+panel.addEventListener("percolert-visit", (event) => {
+  const { alert, product, url } = event.detail;
+  const watchId: string = alert.watch.id;
+  if (event.cancelable) event.preventDefault(); // the shop's router instead
+  console.log(watchId, product.sku, new URL(url).pathname);
+});
 const toast: HTMLElement | null = panel.toast("Saved", "Your watch is stored");
 console.log(button.watch?.id, button.spec, toast, fallback);
 void use();

@@ -31,7 +31,7 @@ from __future__ import annotations
 import contextlib
 import logging
 from collections import deque
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from typing import NamedTuple
 
 import anyio
@@ -51,7 +51,7 @@ from percolert.broker.base import (
     Sending,
 )
 from percolert.core.messages import AlertWatch, ProductCard, WatchTooBroad
-from percolert.core.records import fitting
+from percolert.core.records import AlertRecord, fitting
 from percolert.core.times import iso_from_seconds, iso_to_microsecond
 from percolert.watches.percolator import Match, SearchEvent
 
@@ -199,8 +199,11 @@ class AlertDispatcher:
         window_seconds: float,
         spool: int = 100_000,
         breadth: Breadth | None = None,
+        on_published: Callable[[list[AlertRecord]], None] | None = None,
     ) -> None:
         self._broker = broker
+        # Told of the sendings this instance published (the search log counts them).
+        self._on_published = on_published
         self._window = window_seconds
         # Pauses watches that match too large a share of searches (None: no bound).
         self.breadth = breadth
@@ -349,6 +352,8 @@ class AlertDispatcher:
             return
         for record in records:
             self.alerts += 1 if record.everyone is not None else len(record.watches)
+        if self._on_published is not None:
+            self._on_published(records)
 
     @property
     def open_windows(self) -> int:

@@ -29,7 +29,7 @@ from percolert.broker.base import (
 )
 from percolert.core.messages import AlertWatch
 from percolert.core.records import AlertRecord
-from percolert.realtime.delivery import Delivery
+from percolert.realtime.delivery import Delivery, DeliveryObserver
 from percolert.realtime.hub import Hub
 
 
@@ -70,11 +70,12 @@ class MemoryBroker:
         window_seconds: float,
         clock: Callable[[], float] = time.monotonic,
         on_erased: ErasureListener | None = None,
+        on_delivered: DeliveryObserver | None = None,
     ) -> None:
         self._hub = hub
         self._on_erased = on_erased
         self._reachable = hub.reachable
-        self._delivery = Delivery(hub)
+        self._delivery = Delivery(hub, on_delivered)
         self._sink = sink
         self._window = window_seconds
         self._clock = clock

@@ -81,7 +81,7 @@ from percolert.core.messages import AlertWatch, ProductCard
 from percolert.core.metrics import BrokerMetrics
 from percolert.core.records import AlertRecord
 from percolert.core.settings import Settings
-from percolert.realtime.delivery import Delivery
+from percolert.realtime.delivery import Delivery, DeliveryObserver
 from percolert.realtime.hub import RESTART_WINDOW_SECONDS, Connection, Hub
 
 logger = logging.getLogger(__name__)
@@ -207,6 +207,7 @@ class RedisBroker:
         wall_clock: Callable[[], float] = time.time,
         resync_delay: float = RESYNC_DELAY_SECONDS,
         on_erased: ErasureListener | None = None,
+        on_delivered: DeliveryObserver | None = None,
     ) -> None:
         self.instance_id = instance_id
         self._on_erased = on_erased
@@ -236,7 +237,7 @@ class RedisBroker:
             min(settings.reconnect_grace_seconds, RESTART_WINDOW_SECONDS) * 1000
         )
         self._sink = sink
-        self._delivery = Delivery(hub)
+        self._delivery = Delivery(hub, on_delivered)
         self._wall_clock = wall_clock
         self._scripts = {
             name: self._redis.register_script(_script(f"{name}.lua"))

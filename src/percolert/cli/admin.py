@@ -21,6 +21,7 @@ from percolert.core.messages import Watch, WatchSpec
 from percolert.core.settings import Settings
 from percolert.core.text import TextNormalizer
 from percolert.engine import es, indices
+from percolert.insights import searchlog
 from percolert.products import catalog
 from percolert.products.changes import ChangeDetection
 from percolert.products.matching import PERCOLATE_CONCURRENCY, ProductAlerting
@@ -47,6 +48,7 @@ def cmd_setup(settings: Settings, args: argparse.Namespace) -> int:
         lines = await indices.setup(
             client, settings, migrations=document_upgrades(settings), recreate=args.recreate
         )
+        lines.append(await searchlog.ensure_template(client, settings))
         try:
             found = await catalog.stored_text_problems(client, products)
         except elasticsearch.ApiError as error:  # expensive queries disallowed, say
@@ -233,7 +235,7 @@ def cmd_ingest(settings: Settings, args: argparse.Namespace) -> int:
     return 1 if report.failed else 0
 
 
-def _watch_store(client: AsyncElasticsearch, settings: Settings) -> WatchStore:
+def watch_store(client: AsyncElasticsearch, settings: Settings) -> WatchStore:
     return WatchStore(
         client,
         indices.alias_for(settings, "watches"),
@@ -269,7 +271,7 @@ def _load_watches(settings: Settings, path: Path, *, chunk_size: int) -> LoadRep
             if not await client.indices.exists_alias(name=alias):
                 raise CliError(f"index {alias} does not exist: run `percolert setup` first")
             watches = read_watch_file(path, on_progress=advance)
-            return await _watch_store(client, settings).load(
+            return await watch_store(client, settings).load(
                 watches, chunk_size=chunk_size, on_error=report_error
             )
 
@@ -294,7 +296,7 @@ def cmd_watches(settings: Settings, args: argparse.Namespace) -> int:
             raise CliError(f"{path} has errors; nothing was changed") from None
 
         async def seed(client: AsyncElasticsearch) -> SeedReport:
-            return await _watch_store(client, settings).seed_defaults(specs)
+            return await watch_store(client, settings).seed_defaults(specs)
 
         report = run_with_client(settings, seed)
         print(
@@ -307,7 +309,7 @@ def cmd_watches(settings: Settings, args: argparse.Namespace) -> int:
     elif args.action == "list":
 
         async def listing(client: AsyncElasticsearch) -> list[tuple[str | None, Watch]]:
-            store = _watch_store(client, settings)
+            store = watch_store(client, settings)
             if args.defaults:
                 return [(None, watch) for watch in await store.defaults()]
             if args.user:
@@ -334,7 +336,7 @@ def cmd_watches(settings: Settings, args: argparse.Namespace) -> int:
             raise CliError(f"invalid watch: {error}") from None
 
         async def add(client: AsyncElasticsearch) -> Watch:
-            return await _watch_store(client, settings).add(None, spec)
+            return await watch_store(client, settings).add(None, spec)
 
         try:
             watch = run_with_client(settings, add)
@@ -344,7 +346,7 @@ def cmd_watches(settings: Settings, args: argparse.Namespace) -> int:
     else:
 
         async def remove(client: AsyncElasticsearch) -> None:
-            await _watch_store(client, settings).remove_any(args.id)
+            await watch_store(client, settings).remove_any(args.id)
 
         try:
             run_with_client(settings, remove)

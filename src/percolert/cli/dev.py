@@ -149,8 +149,9 @@ def _sinks(settings: Settings) -> Iterator[tuple[Settings, dict[str, str], list[
 def _announce_admin_curl(
     settings: Settings, products: Path, sinks_at: list[str] | None, *, shop: bool
 ) -> None:
-    """Once the (first) server is ready, the curl an admin would send: a cheaper product;
-    with the sinks, where they are and how to see the product's alert go off-site."""
+    """Once the (first) server is ready, the admin's demand page and the curl an admin would
+    send: a cheaper product; with the sinks, where they are and how to see the product's alert
+    go off-site."""
     assert settings.admin_token is not None
     # A token of the environment stays there; the demo's own is shown as it is.
     shown = (
@@ -162,6 +163,10 @@ def _announce_admin_curl(
     command = demo.cheaper_product_curl(url, shown, products)
     cheaper = demo.cheaper_product(products)
     lines = [] if sinks_at is None else list(sinks_at)
+    lines.append(
+        f"the shop's demand view (what shoppers search for, miss and wait for): {url}/admin "
+        f'- log in with the admin token "{shown}"'
+    )
     if command is not None and cheaper is not None:
         if sinks_at is None:
             lines.append("admin: put a cheaper product (a watch on it gets a card):")

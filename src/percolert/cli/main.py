@@ -10,6 +10,7 @@ from collections.abc import Sequence
 from percolert.cli.admin import cmd_ingest, cmd_serve, cmd_setup, cmd_watches
 from percolert.cli.common import CliError
 from percolert.cli.dev import cmd_devnode, cmd_redis, cmd_up
+from percolert.cli.insights import add_parser as add_insights
 from percolert.core.settings import SettingsError, from_environment
 from percolert.web import logs
 
@@ -75,6 +76,8 @@ def _parser() -> argparse.ArgumentParser:
     remove = actions.add_parser("rm", help="remove a watch by id")
     remove.add_argument("id")
     watches.set_defaults(handler=cmd_watches)
+
+    add_insights(commands)
 
     for name, handler, text in [
         ("serve", cmd_serve, "run the web server"),

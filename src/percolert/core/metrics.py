@@ -101,6 +101,12 @@ class _Readings(Collector):
                 "outbox_leases_lost",
                 "Attempts recorded too late: the lease ran out and another instance took the event",
             ),
+            ("search_log_written", "Search log entries written (searches counted by text)"),
+            (
+                "search_log_dropped",
+                "Search log entries dropped: the buffer was full or Elasticsearch refused them",
+            ),
+            ("search_log_write_failures", "Failed writes of the search log (retried)"),
         ]:
             yield CounterMetricFamily(f"percolert_{name}", help_text, value=values.get(name, 0.0))
         if "broker_spooled" in values:  # a shared broker's (an embedded one is never away)

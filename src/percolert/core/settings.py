@@ -12,6 +12,7 @@ import limits
 import msgspec
 
 from percolert.core.offsite_settings import OffsiteSettings, offsite_from_environment
+from percolert.core.times import duration_seconds
 
 DEFAULT_ELASTICSEARCH_URL = "http://127.0.0.1:9200"
 
@@ -183,6 +184,11 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     # How often each server looks for new product alerts to deliver to its open sockets
     # (alerts written by another process: `percolert ingest`, another instance).
     product_alert_poll_seconds: float = 1.0
+    # The search log behind the admin's demand view (percolert.insights): kept this many
+    # days, one index a day, older days deleted whole; 0 keeps no log at all.
+    search_log_days: float = 30.0
+    # The demand view's tables are read again at most this often (each window its own).
+    insights_cache_seconds: float = 10.0
     # The shop's webhook and e-mail for accounts that are away (core/offsite_settings.py).
     offsite: OffsiteSettings = msgspec.field(default_factory=OffsiteSettings)
 
@@ -258,21 +264,13 @@ def _choice(environ: Mapping[str, str], name: str, choices: tuple[str, ...], def
     return raw
 
 
-_DURATION_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86_400}
-
-
 def _duration(environ: Mapping[str, str], name: str, default: float) -> float:
     """Seconds, given as a number of seconds or with a unit: 90s, 30m, 24h, 1d."""
     raw = _optional(environ, name)
     if raw is None:
         return default
-    unit = _DURATION_UNITS.get(raw[-1].lower())
-    number = raw[:-1] if unit is not None else raw
-    try:
-        seconds = float(number) * (unit or 1)
-    except ValueError:
-        seconds = -1.0
-    if not 0 <= seconds < float("inf"):
+    seconds = duration_seconds(raw)
+    if seconds is None:
         raise SettingsError(f"{name} takes a duration like 86400, 30m, 24h or 1d; got {raw!r}")
     return seconds
 
@@ -542,6 +540,12 @@ def from_environment(
             "PERCOLERT_PRODUCT_ALERT_POLL_SECONDS",
             default.product_alert_poll_seconds,
             minimum=0.05,
+        ),
+        search_log_days=_number(
+            env, "PERCOLERT_SEARCH_LOG_DAYS", default.search_log_days, minimum=0
+        ),
+        insights_cache_seconds=_number(
+            env, "PERCOLERT_INSIGHTS_CACHE_SECONDS", default.insights_cache_seconds, minimum=0
         ),
         offsite=offsite_from_environment(env, SettingsError),
     )

@@ -41,6 +41,7 @@ from percolert.products.alerts import VISIBLE_WITHIN_MICROS, StoredProductAlert,
 from percolert.products.away import decode_alerts, missed_product_alerts
 from percolert.products.seen import Mark, SeenMarks
 from percolert.products.shown import ShownAlerts
+from percolert.realtime.delivery import DeliveryObserver
 from percolert.realtime.frames import frame_text
 from percolert.realtime.hub import Connection, Hub
 
@@ -79,8 +80,11 @@ class ProductFeed:
         hub: Hub,
         seen: SeenMarks,
         shown: ShownAlerts | None = None,
+        on_delivered: DeliveryObserver | None = None,
     ) -> None:
         self._client = client
+        # Told of each alert sent live to one socket or more here (the demand view counts it).
+        self._on_delivered = on_delivered
         self._alias = indices.alias_for(settings, "product_alerts")
         self._retention_days = settings.product_alert_retention_days
         self._poll_seconds = settings.product_alert_poll_seconds
@@ -235,10 +239,13 @@ class ProductFeed:
         for stored in alerts:
             payload = self._encoder.encode(stored.alert).decode()
             frame = frame_text(payload)
+            taken = False
             for connection in self._hub.connections(stored.user):
-                self._offer(
+                taken |= self._offer(
                     connection, stored.user, stored.alert.id, stored.alert.seq, payload, frame
                 )
+            if taken and self._on_delivered is not None:
+                self._on_delivered(stored.alert.watch, False, 1)
 
     def _live(self, connection: Connection) -> bool:
         gate = self._gates.get(connection)

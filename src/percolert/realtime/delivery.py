@@ -6,15 +6,23 @@ log; a broker knows no socket.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import msgspec
 
+from percolert.core.messages import AlertWatch
 from percolert.core.records import AlertRecord
 from percolert.realtime.hub import Hub
 
+# Told after a sending went out here, once per watch it went through that reached anyone:
+# the watch, whether it is a default watch, and how many users here took it.
+DeliveryObserver = Callable[[AlertWatch, bool, int], None]
+
 
 class Delivery:
-    def __init__(self, hub: Hub) -> None:
+    def __init__(self, hub: Hub, on_delivered: DeliveryObserver | None = None) -> None:
         self._hub = hub
+        self._on_delivered = on_delivered
         self._encoder = msgspec.json.Encoder()
 
     def deliver(self, record: AlertRecord) -> None:
@@ -25,20 +33,24 @@ class Delivery:
         # the earliest search counted gets this sending neither now nor on reconnect.
         sessions_since = record.earliest_ms / 1000
         if record.everyone is not None:
-            self._hub.send_to_all(
+            users = self._hub.send_to_all(
                 self._encoder.encode(record.alert(record.everyone)).decode(),
                 exclude=record.excluded,
                 since=sessions_since,
                 seq=record.seq,
             )
+            if users and self._on_delivered is not None:
+                self._on_delivered(record.everyone, True, users)
             return
         for user, watch in record.watches.items():
-            self._hub.send_to_user(
+            sent = self._hub.send_to_user(
                 user,
                 self._encoder.encode(record.alert(watch)).decode(),
                 since=sessions_since,
                 seq=record.seq,
             )
+            if sent and self._on_delivered is not None:
+                self._on_delivered(watch, False, 1)
 
     def deliver_user(self, user: str, payload: str) -> None:
         self._hub.send_to_user(user, payload)

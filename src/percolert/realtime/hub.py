@@ -368,17 +368,21 @@ class Hub:
         seq: int | None = None,
     ) -> int:
         """Send `payload` to every socket of every user not in `exclude` (of a session begun
-        at or before `since`, if given; of a cut below `seq`, if given)."""
+        at or before `since`, if given; of a cut below `seq`, if given); returns how many
+        users took it (on one socket or more)."""
         frame = frame_text(payload)
-        sent = 0
+        sent = users = 0
         for user, connections in tuple(self._by_user.items()):
             if user in exclude:
                 continue
+            taken = 0
             for connection in tuple(connections):
                 if since is None or connection.session_started <= since:
-                    sent += connection.offer(payload, frame, seq=seq)
+                    taken += connection.offer(payload, frame, seq=seq)
+            sent += taken
+            users += taken > 0
         self.delivered += sent
-        return sent
+        return users
 
     async def close_all(self, seconds: float) -> None:
         """Shutdown: every socket sends what it has queued, then closes with 1001; returns

@@ -27,6 +27,9 @@ from percolert.core.supervisor import Loop, Supervisor
 from percolert.core.text import TextNormalizer
 from percolert.engine import es, indices
 from percolert.engine.readiness import ClusterReadiness
+from percolert.insights.activity import ActivityLog
+from percolert.insights.view import DemandView
+from percolert.insights.visits import VisitsSeen
 from percolert.offsite.attempts import Attempt
 from percolert.offsite.service import Offsite
 from percolert.products import catalog
@@ -68,6 +71,11 @@ class State(TypedDict):
     erasure: Erasure
     # The shop's webhook and e-mail, for accounts that are away.
     offsite: Offsite
+    # The search log's writer, and the admin's demand view over it.
+    activity: ActivityLog
+    demand: DemandView
+    # Click-throughs counted already (each once per shopper and alert).
+    visits_seen: VisitsSeen
 
 
 def encode_message(message: ServerMessage) -> str:
@@ -128,6 +136,10 @@ class Services:
         self.metrics = metrics
         self.client = client
         normalizer = TextNormalizer()
+        # What happened, never who: the admin's demand view reads it (percolert.insights).
+        self.activity = ActivityLog(
+            client, settings, lambda: (len(hub.users()), hub.socket_count())
+        )
         self.alert_log = AlertLog(
             client,
             indices.alias_for(settings, "alerts"),
@@ -143,6 +155,7 @@ class Services:
                 self.alert_log,
                 window_seconds=settings.coalesce_seconds,
                 on_erased=self._erased_here,
+                on_delivered=self.activity.delivered,
             )
         else:
             self.shared = self.broker = RedisBroker(
@@ -153,6 +166,7 @@ class Services:
                 instance_id=settings.instance_id or default_instance_id(settings),
                 observer=metrics.broker(),
                 on_erased=self._erased_here,
+                on_delivered=self.activity.delivered,
             )
             self.alert_log.mirrored_by(self.shared)
         self.dispatcher = AlertDispatcher(
@@ -164,6 +178,7 @@ class Services:
                 minimum_searches=settings.broad_watch_min_searches,
                 period_seconds=settings.broad_watch_period_seconds,
             ),
+            on_published=self.activity.published,
         )
         self.reachability = Leases(
             client, indices.alias_for(settings, "watches"), settings, hub.users
@@ -207,6 +222,8 @@ class Services:
         self.erasure = Erasure(
             client, settings, self.broker, self.alert_log, self.reachability, self.offsite
         )
+        self.demand = DemandView(client, settings, self.watches)
+        self.visits_seen = VisitsSeen()
         self.product_alerting = ProductAlerting(client, settings, self.percolator)
         # Off-site delivery leaves alerts a socket was sent alone (accounts' only).
         self.shown = (
@@ -220,6 +237,7 @@ class Services:
             hub,
             SeenMarks(client, indices.alias_for(settings, "product_seen")),
             self.shown,
+            on_delivered=self.activity.product_alert_delivered,
         )
         # A reconnect storm's greetings queue here, leaving three quarters of the client's
         # connections to searches, percolation and the log.
@@ -274,6 +292,7 @@ class Services:
                     services.background.start(group, "percolator", services.percolator.run)
                     services.background.start(group, "dispatcher", services.dispatcher.run)
                     services.background.start(group, "alert_log", services.alert_log.run)
+                    services.background.start(group, "search_log", services.activity.run)
                     services.background.start(
                         group, "product_retention", services.product_alerting.retain
                     )
@@ -336,6 +355,9 @@ class Services:
             "cluster": self.cluster,
             "erasure": self.erasure,
             "offsite": self.offsite,
+            "activity": self.activity,
+            "demand": self.demand,
+            "visits_seen": self.visits_seen,
         }
 
     def readings(self) -> dict[str, float]:
@@ -361,6 +383,9 @@ class Services:
             "outbox_events_written": self.offsite.outbox.written,
             "outbox_attempts_recorded": self.offsite.outbox.recorded,
             "outbox_leases_lost": self.offsite.outbox.lost_leases,
+            "search_log_written": self.activity.written,
+            "search_log_dropped": self.activity.dropped,
+            "search_log_write_failures": self.activity.write_failures,
         }
         if self.shared is not None:
             readings["broker_spooled"] = self.dispatcher.spooled

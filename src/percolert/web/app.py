@@ -40,7 +40,14 @@ from percolert.products import catalog
 from percolert.realtime.hub import Hub
 from percolert.service.services import Services, State, encode_message
 from percolert.watches.percolator import Percolator, SearchEvent
-from percolert.web import account_api, admin_api, offsite_api, unsubscribe
+from percolert.web import (
+    account_api,
+    admin_api,
+    admin_page,
+    insights_api,
+    offsite_api,
+    unsubscribe,
+)
 from percolert.web.alert_socket import alerts_socket
 from percolert.web.errors import ApiError, decode_json, error_response, exception_handlers
 from percolert.web.logs import AccessLogMiddleware, as_instance
@@ -111,6 +118,8 @@ async def search(request: Request) -> Response:
         state["client"], alias, text, size, made_at=made_at
     )
     state["metrics"].search_seconds.observe(time.perf_counter() - started)
+    # Counted in memory and logged in bulk once a second: the search waits for nothing.
+    state["activity"].searched(text, answer.total)
     # Percolation happens after the answer is composed and never delays it.
     if state["settings"].alerts_enabled:
         state["percolator"].submit(
@@ -388,6 +397,8 @@ def create_app(settings: Settings, *, percolator_type: type[Percolator] = Percol
         *account_api.routes(),  # /api/me/: the caller's own data
         *offsite_api.routes(),  # /api/me/preferences: an account's e-mail
         *unsubscribe.routes(),  # e-mail's one-click unsubscribe links
+        *insights_api.routes(),  # /api/alerts/visits: the SDK's click-throughs
+        *admin_page.routes(settings, secret),  # /admin: the demand view, behind a cookie
         Route("/openapi.json", openapi),
         Route("/metrics", metrics),
         Route("/healthz", healthz),
@@ -396,7 +407,10 @@ def create_app(settings: Settings, *, percolator_type: type[Percolator] = Percol
         Mount("/static", StaticFiles(directory=web), name="static"),
         # All of /api/admin/, behind the admin token: with the webhook's endpoint and
         # delivery log, and accounts' e-mail addresses.
-        *admin_api.routes(settings, offsite_api.admin_routes()),
+        *admin_api.routes(
+            settings,
+            [*offsite_api.admin_routes(), *insights_api.admin_routes(admin_api.PREFIX)],
+        ),
     ]
     app = Starlette(
         routes=routes,

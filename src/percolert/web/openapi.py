@@ -22,6 +22,7 @@ from percolert.core.messages import (
     WatchUpdate,
 )
 from percolert.engine.search import MAX_QUERY_LENGTH, MAX_SIZE
+from percolert.web.insights_api import Visit
 from percolert.web.offsite_api import Preferences
 
 _REF = "#/components/schemas/{name}"
@@ -71,6 +72,7 @@ def openapi_document() -> dict[str, Any]:
             DataExport,
             MergeReport,
             Preferences,
+            Visit,
         ],
         ref_template=_REF,
     )
@@ -206,6 +208,18 @@ def openapi_document() -> dict[str, Any]:
                     **_errors(400, 401, 403, 404, 413, 415, 429, 431, 503),
                 },
             },
+        },
+        "/api/alerts/visits": {
+            "post": {
+                "summary": "An alert of one of your watches (or of a default watch) was followed "
+                "to the shop: the SDK says so, for the shop's demand view (counted per watch, "
+                "never per shopper)",
+                "requestBody": {"required": True, "content": _json("Visit")},
+                "responses": {
+                    "204": {"description": "counted"},
+                    **_errors(400, 401, 403, 404, 413, 415, 429, 431, 503),
+                },
+            }
         },
         "/healthz": {
             "get": {"summary": "Liveness", "responses": {"200": _ok("Health", "process up")}}

@@ -14,6 +14,11 @@ API_PREFIX = "/api/"
 SDK_PREFIX = "/static/sdk/"
 # For the load balancer and the scraper: behind PERCOLERT_METRICS_TOKEN.
 MONITORING_PATHS = frozenset({"/metrics", "/readyz"})
+# Where the SDK says an alert was followed to the shop (web/insights_api.py).
+VISITS_PATH = "/api/alerts/visits"
+# The admin's demand page, and its API behind the page's cookie (web/admin_page.py).
+ADMIN_PAGE_PATH = "/admin"
+ADMIN_PAGE_API_PREFIX = "/admin/api/"
 # The admin API's accounts, by the shop's customer id: personal data (an e-mail address,
 # say), which logs never show.
 ACCOUNTS_PREFIX = "/api/admin/accounts/"

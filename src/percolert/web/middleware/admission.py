@@ -31,9 +31,11 @@ from percolert.web.errors import error_response
 from percolert.web.middleware.ratelimits import Action, RateLimits, client_address, retry_after
 from percolert.web.middleware.sessions import current_user
 from percolert.web.paths import (
+    ADMIN_PAGE_API_PREFIX,
     MONITORING_PATHS,
     PREFERENCES_PATH,
     UNSUBSCRIBE_PREFIX,
+    VISITS_PATH,
     route_path,
 )
 
@@ -73,11 +75,11 @@ def _action(scope: Scope) -> Action | None:
     if scope["type"] == "websocket":
         return Action.SOCKET
     path, method = route_path(scope), scope["method"]
-    if path.startswith(ADMIN_PREFIX):
+    if path.startswith((ADMIN_PREFIX, ADMIN_PAGE_API_PREFIX)):
         return Action.ADMIN  # no session: counted per address (attempts with a wrong token too)
     if path == "/api/search":
         return Action.SEARCH
-    if path in _READS and method == "GET":
+    if (path in _READS and method == "GET") or (path == VISITS_PATH and method == "POST"):
         return Action.READ  # each asks Elasticsearch
     if (
         (path == "/api/watches" and method == "POST")

@@ -1,0 +1,164 @@
+"""The search log's days on a real node: made from the template, written in bulk by the
+writer (counted by text and by watch, bounded in memory), deleted whole past the retention."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator, Iterator
+from datetime import UTC, date, datetime, timedelta
+from typing import Any
+
+import msgspec
+import pytest
+from elasticsearch import AsyncElasticsearch
+
+from percolert.core.messages import AlertWatch
+from percolert.core.records import AlertRecord
+from percolert.core.settings import Settings
+from percolert.engine import es
+from percolert.insights import activity, searchlog
+from percolert.insights.activity import ActivityLog
+from percolert.insights.view import InvalidWindow, window_seconds
+from percolert.insights.visits import REMEMBER_SECONDS, VisitsSeen
+from tests.conftest import delete_indices, make_settings
+
+pytestmark = pytest.mark.anyio
+
+
+@pytest.fixture
+def log_settings(elasticsearch_url: str) -> Iterator[Settings]:
+    settings = make_settings(elasticsearch_url, instance_id="instance-a")
+    yield settings
+    asyncio.run(delete_indices(settings))
+
+
+@pytest.fixture
+async def client(log_settings: Settings) -> AsyncIterator[AsyncElasticsearch]:
+    client = es.create_client(log_settings)
+    await searchlog.ensure_template(client, log_settings)
+    try:
+        yield client
+    finally:
+        await client.close()
+
+
+async def entries(client: AsyncElasticsearch, settings: Settings) -> list[dict[str, Any]]:
+    await client.indices.refresh(index=searchlog.pattern(settings))
+    response = await client.search(
+        index=searchlog.pattern(settings), size=1000, sort=[{"at": "asc"}]
+    )
+    return [hit["_source"] for hit in response.body["hits"]["hits"]]
+
+
+def test_days_past_the_retention_are_named() -> None:
+    settings = Settings(index_prefix="shop", search_log_days=30)
+    today = date(2026, 12, 7)
+    names = [
+        searchlog.index_of_day(settings, today - timedelta(days=days)) for days in (0, 30, 31, 400)
+    ]
+    assert searchlog.expired(
+        [*names, "shop-searchlog-junk", "other-searchlog-2020.01.01"], settings, today
+    ) == [
+        "shop-searchlog-2025.11.02",
+        "shop-searchlog-2026.11.06",
+    ]
+
+
+async def test_old_days_are_deleted_whole(
+    client: AsyncElasticsearch, log_settings: Settings
+) -> None:
+    now = datetime(2026, 12, 7, 12, tzinfo=UTC)
+    old, kept = now.date() - timedelta(days=31), now.date() - timedelta(days=29)
+    for day in (old, kept, now.date()):
+        await searchlog.create_day(client, searchlog.index_of_day(log_settings, day))
+    await searchlog.create_day(client, searchlog.index_of_day(log_settings, old))  # again: fine
+    assert await searchlog.delete_expired(client, log_settings, now) == 1
+    left = await client.indices.get(index=searchlog.pattern(log_settings))
+    assert sorted(left.body) == [
+        searchlog.index_of_day(log_settings, day) for day in (kept, now.date())
+    ]
+    # Made from the template: mapped strictly, not by guess.
+    mapping = left.body[searchlog.index_of_day(log_settings, kept)]["mappings"]
+    assert mapping["dynamic"] == "strict"
+
+
+async def test_searches_and_alerts_are_counted_before_they_are_written(
+    client: AsyncElasticsearch, log_settings: Settings
+) -> None:
+    log = ActivityLog(client, log_settings, lambda: (3, 5))
+    for text in ["Kindle", "kindle ", "KINDLE", "lamp"]:
+        log.searched(text, results=4)
+    log.searched("zzqx", results=0)
+    watch = AlertWatch(id="default-0123456789abcdef", terms="kindle", max_price=100.0)
+    record = AlertRecord(seq=1, at="", earliest_ms=0, everyone=watch)
+    log.published([record, msgspec.structs.replace(record, seq=2)])
+    log.delivered(watch, True, 7)
+    log.visited(watch.id, default=True)
+    log.roll_up()
+    await log.flush()
+    assert (log.written, log.dropped, log.buffered) == (6, 0, 0)
+    found = await entries(client, log_settings)
+    searches = {doc["text"]: doc for doc in found if doc["kind"] == "search"}
+    assert {text: doc["count"] for text, doc in searches.items()} == {
+        "kindle": 3,
+        "lamp": 1,
+        "zzqx": 1,
+    }
+    assert searches["zzqx"]["results"] == 0
+    [alert] = [doc for doc in found if doc["kind"] == "alert"]
+    assert alert == {
+        "kind": "alert",
+        "at": alert["at"],
+        "watch_id": watch.id,
+        "label": "kindle under 100",
+        "default": True,
+        "alerts": 2,
+        "shoppers": 7,
+        "instance": "instance-a",
+    }
+    [presence] = [doc for doc in found if doc["kind"] == "presence"]
+    assert (presence["shoppers"], presence["sockets"]) == (3, 5)
+    assert [doc["count"] for doc in found if doc["kind"] == "visit"] == [1]
+
+
+async def test_a_full_buffer_drops_its_oldest_and_counts_them(
+    client: AsyncElasticsearch, log_settings: Settings
+) -> None:
+    log = ActivityLog(client, log_settings, lambda: (0, 0))
+    for _ in range(activity.MAX_BUFFERED + 3):
+        log.visited("w-0123456789abcdef0123", default=False)
+    assert (log.buffered, log.dropped) == (activity.MAX_BUFFERED, 3)
+
+
+async def test_no_log_is_kept_when_its_retention_is_zero(
+    client: AsyncElasticsearch, log_settings: Settings
+) -> None:
+    log = ActivityLog(
+        client, msgspec.structs.replace(log_settings, search_log_days=0), lambda: (1, 1)
+    )
+    log.searched("kindle", results=3)
+    log.visited("w-0123456789abcdef0123", default=False)
+    log.roll_up()
+    assert log.buffered == 0
+
+
+@pytest.mark.parametrize("text", ["1h", "24h", "7d", "90m", "1w", "3600"])
+def test_windows(text: str) -> None:
+    assert 60 <= window_seconds(text) <= 90 * 86_400
+
+
+@pytest.mark.parametrize("text", ["", "0", "30s", "91d", "1y", "-1h", "nan", "inf", "24 hours"])
+def test_windows_refused(text: str) -> None:
+    with pytest.raises(InvalidWindow):
+        window_seconds(text)
+
+
+def test_a_visit_counts_once_per_shopper_and_alert_a_day() -> None:
+    now = [0.0]
+    seen = VisitsSeen(clock=lambda: now[0])
+    assert seen.first("shopper-a", "alert:1")
+    assert not seen.first("shopper-a", "alert:1")
+    assert seen.first("shopper-b", "alert:1")
+    assert seen.first("shopper-a", "alert:2")
+    now[0] = REMEMBER_SECONDS + 1
+    assert seen.first("shopper-a", "alert:1")
