@@ -11,12 +11,15 @@ from collections.abc import Iterator
 from typing import Any
 
 import httpx
+import msgspec
 import pytest
 
 from percolert.accounts.ids import account_user_id
+from percolert.core.messages import Watch
 from percolert.core.settings import Settings
 from percolert.engine import es
 from percolert.insights import searchlog
+from percolert.insights.activity import logged_watch
 from percolert.web.middleware.sessions import COOKIE_NAME
 from tests.accounts.tokens import SHOP_SECRET, shop_token
 from tests.conftest import SAMPLE_CATALOG, delete_indices, make_settings, prepare_indices, run_cli
@@ -317,9 +320,20 @@ async def test_the_page_api_is_behind_its_cookie_and_csrf_token(server: str) -> 
             },
         )
         assert form.status_code == 415
-        # Logged out, the cookie is gone.
+        # The page's answers, and the admin API's, are never cached.
+        read = await page.http.get("/admin/api/insights?since=1h")
+        assert read.headers["cache-control"] == "no-store"
+        async with httpx.AsyncClient(base_url=server, headers=AUTH) as admin:
+            assert (await admin.get("/api/admin/live")).headers["cache-control"] == "no-store"
+        shown = await page.http.get("/admin")
+        assert shown.headers["x-frame-options"] == "DENY"
+        assert "frame-ancestors 'none'" in shown.headers["content-security-policy"]
+        # Logged out, the cookie is gone; a copy of it kept elsewhere is refused too.
+        [kept] = [c.value or "" for c in page.http.cookies.jar if c.name == "percolert_admin"]
         assert (await page.request("POST", "logout", {})).status_code == 204
         assert (await page.http.get("/admin/api/insights")).status_code == 401
+        async with httpx.AsyncClient(base_url=server, cookies={"percolert_admin": kept}) as copy:
+            assert (await copy.get("/admin/api/insights")).status_code == 401
 
 
 async def test_a_product_alert_shown_live_counts_for_its_watch(server: str) -> None:
@@ -329,7 +343,9 @@ async def test_a_product_alert_shown_live_counts_for_its_watch(server: str) -> N
     async with Shopper(server) as owner:
         response = await owner.http.post("/api/watches", json={"sku": "ER-0001"})
         assert response.status_code == 201, response.text
-        watch_id = response.json()["id"]
+        # Counted under its words, not its id (which leads to its owner).
+        watch_id, _ = logged_watch(msgspec.convert(response.json(), Watch), False)
+        assert watch_id != response.json()["id"]
         socket = await owner.connect()
         async with httpx.AsyncClient(base_url=server, headers=AUTH, timeout=15) as admin:
             cheaper = {**product, "price": round(product["price"] * 0.8, 2)}

@@ -4,6 +4,7 @@ writer (counted by text and by watch, bounded in memory), deleted whole past the
 from __future__ import annotations
 
 import asyncio
+import json
 from collections.abc import AsyncIterator, Iterator
 from datetime import UTC, date, datetime, timedelta
 from typing import Any
@@ -19,7 +20,7 @@ from percolert.engine import es
 from percolert.insights import activity, searchlog
 from percolert.insights.activity import ActivityLog
 from percolert.insights.view import InvalidWindow, window_seconds
-from percolert.insights.visits import REMEMBER_SECONDS, VisitsSeen
+from percolert.insights.visits import MAX_PER_WATCH, REMEMBER_SECONDS, VisitsSeen
 from tests.conftest import delete_indices, make_settings
 
 pytestmark = pytest.mark.anyio
@@ -93,7 +94,7 @@ async def test_searches_and_alerts_are_counted_before_they_are_written(
     record = AlertRecord(seq=1, at="", earliest_ms=0, everyone=watch)
     log.published([record, msgspec.structs.replace(record, seq=2)])
     log.delivered(watch, True, 7)
-    log.visited(watch.id, default=True)
+    log.visited(watch, default=True)
     log.roll_up()
     await log.flush()
     assert (log.written, log.dropped, log.buffered) == (6, 0, 0)
@@ -121,12 +122,44 @@ async def test_searches_and_alerts_are_counted_before_they_are_written(
     assert [doc["count"] for doc in found if doc["kind"] == "visit"] == [1]
 
 
+PERSONAL = AlertWatch(id="w-0123456789abcdef0123", terms="kindle")
+
+
+async def test_a_shoppers_watch_is_logged_by_its_words_never_its_id(
+    client: AsyncElasticsearch, log_settings: Settings
+) -> None:
+    log = ActivityLog(client, log_settings, lambda: (0, 0))
+    mine = AlertWatch(id="w-aaaaaaaaaaaaaaaaaaaa", terms="Kindle  CASE")
+    theirs = AlertWatch(id="w-bbbbbbbbbbbbbbbbbbbb", terms="kindle case")
+    lamp = AlertWatch(id="w-cccccccccccccccccccc", terms="lamp jane@example.com")
+    for watch in (mine, theirs, lamp):
+        log.delivered(watch, False, 1)
+        log.visited(watch, default=False)
+    log.roll_up()
+    await log.flush()
+    found = await entries(client, log_settings)
+    alerts = {doc["label"]: doc for doc in found if doc["kind"] == "alert"}
+    # The two watches of the same words count as one; the address is not kept.
+    assert {label: doc["shoppers"] for label, doc in alerts.items()} == {
+        "kindle case": 2,
+        "lamp [email]": 1,
+    }
+    assert all(doc["watch_id"].startswith("words-") for doc in alerts.values())
+    visits = sorted(doc["watch_id"] for doc in found if doc["kind"] == "visit")
+    assert visits == sorted(
+        [alerts["kindle case"]["watch_id"]] * 2 + [alerts["lamp [email]"]["watch_id"]]
+    )
+    logged = json.dumps(found)
+    assert "jane" not in logged
+    assert not any(watch.id in logged for watch in (mine, theirs, lamp))
+
+
 async def test_a_full_buffer_drops_its_oldest_and_counts_them(
     client: AsyncElasticsearch, log_settings: Settings
 ) -> None:
     log = ActivityLog(client, log_settings, lambda: (0, 0))
     for _ in range(activity.MAX_BUFFERED + 3):
-        log.visited("w-0123456789abcdef0123", default=False)
+        log.visited(PERSONAL, default=False)
     assert (log.buffered, log.dropped) == (activity.MAX_BUFFERED, 3)
 
 
@@ -137,7 +170,7 @@ async def test_no_log_is_kept_when_its_retention_is_zero(
         client, msgspec.structs.replace(log_settings, search_log_days=0), lambda: (1, 1)
     )
     log.searched("kindle", results=3)
-    log.visited("w-0123456789abcdef0123", default=False)
+    log.visited(PERSONAL, default=False)
     log.roll_up()
     assert log.buffered == 0
 
@@ -156,9 +189,13 @@ def test_windows_refused(text: str) -> None:
 def test_a_visit_counts_once_per_shopper_and_alert_a_day() -> None:
     now = [0.0]
     seen = VisitsSeen(clock=lambda: now[0])
-    assert seen.first("shopper-a", "alert:1")
-    assert not seen.first("shopper-a", "alert:1")
-    assert seen.first("shopper-b", "alert:1")
-    assert seen.first("shopper-a", "alert:2")
+    assert seen.first("shopper-a", "w-1", "alert:1")
+    assert not seen.first("shopper-a", "w-1", "alert:1")
+    assert seen.first("shopper-b", "w-1", "alert:1")
+    assert seen.first("shopper-a", "w-1", "alert:2")
+    assert seen.first("shopper-a", "w-2", "alert:1")  # another watch's
+    # Made-up alert ids raise a watch's visits by MAX_PER_WATCH a day at most.
+    made_up = [seen.first("shopper-c", "w-1", f"alert:{n}") for n in range(3 * MAX_PER_WATCH)]
+    assert made_up.count(True) == MAX_PER_WATCH
     now[0] = REMEMBER_SECONDS + 1
-    assert seen.first("shopper-a", "alert:1")
+    assert seen.first("shopper-a", "w-1", "alert:1")

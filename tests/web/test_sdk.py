@@ -682,7 +682,9 @@ def test_the_demo_page_follows_an_alerts_product_to_a_search_and_reports_the_vis
         with page.expect_response(lambda reply: reply.url == f"{server}{VISITS_PATH}") as visited:
             link.click()
         assert visited.value.status == 204
-        assert json.loads(visited.value.request.post_data or "") == {"watch_id": mine["id"]}
+        body = json.loads(visited.value.request.post_data or "")
+        assert body["watch_id"] == mine["id"]
+        assert body["alert_id"].startswith("alert:")  # counted once per alert
         # Followed here: a search for it, without leaving the page (and its socket).
         expect(page.locator("#q")).to_have_value("Garmin Fenix 8 AMOLED 47mm")
         expect(
@@ -699,7 +701,9 @@ def test_the_demo_page_follows_an_alerts_product_to_a_search_and_reports_the_vis
         with page.expect_response(lambda reply: reply.url == f"{server}{VISITS_PATH}") as refused:
             show.click()
         assert refused.value.status == 404
-        assert json.loads(refused.value.request.post_data or "") == {"watch_id": written.watch.id}
+        body = json.loads(refused.value.request.post_data or "")
+        assert body["watch_id"] == written.watch.id
+        assert body["alert_id"].startswith("product_alert:")
         expect(page.locator("#q")).to_have_value("Kobo Sage")
         expect(page.locator("#status")).to_contain_text("result")
         screenshot(page, "sdk-demo-alert-product-followed")
@@ -826,7 +830,10 @@ def test_a_followed_product_link_is_a_visit_the_shops_admin_sees(
         expect(page.locator("percolert-alerts")).to_have_count(0)  # the page is gone
         wait_in_page(page, lambda: len(held) == 1, "the visit")
         [route] = held
-        assert json.loads(route.request.post_data or "") == {"watch_id": everyones["id"]}
+        assert json.loads(route.request.post_data or "") == {
+            "watch_id": everyones["id"],
+            "alert_id": f"alert:{alert['id']}",
+        }
         route.continue_()
         report = wait_for_visits(server, everyones["id"], 1)
         row = default_row(report, everyones["id"])
@@ -901,7 +908,7 @@ def test_product_links_are_http_encoded_text_and_count_each_alert_once(
     # Followed (the page's router took it): the event, and the visit sent.
     links.first.click()
     wait_in_page(page, lambda: len(bodies) == 1, "the visit")
-    assert bodies == [{"watch_id": watch["id"]}]
+    assert bodies == [{"watch_id": watch["id"], "alert_id": "alert:visit-test"}]
     # Another of the alert's products: the event again, but the alert's visit counts once.
     links.nth(1).click()
     visits = page.evaluate("window.visits")
@@ -913,7 +920,10 @@ def test_product_links_are_http_encoded_text_and_count_each_alert_once(
     # (A visit sent after the clicks comes after anything they sent.)
     assert call(page, "(client, id) => client.visited(id)", other["id"]) == {"value": None}
     wait_in_page(page, lambda: len(bodies) == 2, "the second visit")
-    assert bodies == [{"watch_id": watch["id"]}, {"watch_id": other["id"]}]
+    assert bodies == [
+        {"watch_id": watch["id"], "alert_id": "alert:visit-test"},
+        {"watch_id": other["id"]},  # an id alone: a visit that names no alert
+    ]
     assert urlsplit(page.url).path == "/healthz"  # never navigated
     assert page.evaluate("window.__xss") is None
     assert page.evaluate("window.__violations") == []

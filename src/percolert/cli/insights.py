@@ -5,6 +5,7 @@ from the same aggregations), or as the same JSON (`--json`); and its two actions
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 import time
 from collections.abc import Callable, Sequence
@@ -166,7 +167,7 @@ def cmd_insights(settings: Settings, args: argparse.Namespace) -> int:
             watch = run_with_client(settings, promote)
         except WatchError as error:
             raise CliError(str(error)) from None
-        print(f"default watch {watch.id}: {watch.terms}")
+        print(f"default watch {watch.id}: {_printable(watch.terms)}")
         return 0
     if args.action == "retire":
 
@@ -177,7 +178,7 @@ def cmd_insights(settings: Settings, args: argparse.Namespace) -> int:
             watch = run_with_client(settings, retire)
         except WatchNotFound:
             raise CliError(f"no default watch with id {args.watch_id}") from None
-        print(f"retired default watch {watch.id}: {watch.terms}")
+        print(f"retired default watch {watch.id}: {_printable(watch.terms)}")
         return 0
     try:
         since = window_seconds(args.since)
@@ -190,7 +191,10 @@ def cmd_insights(settings: Settings, args: argparse.Namespace) -> int:
 
     insights = run_with_client(settings, read)
     if args.json:
-        sys.stdout.write(msgspec.json.format(msgspec.json.encode(insights)).decode() + "\n")
+        # ASCII with escapes: shoppers' texts may hold terminal controls (C1, bidi), and a
+        # JSON reader decodes them back.
+        document = msgspec.to_builtins(insights)
+        sys.stdout.write(json.dumps(document, ensure_ascii=True, indent=2) + "\n")
     else:
         print(render(insights, args.since))
     return 0

@@ -5,11 +5,14 @@ Elasticsearch round trip to a search, and an unavailable cluster costs the log (
 entries, counted), never the searches.
 
 Nothing written names a shopper: no session, account or customer id, only texts (redacted),
-counts, watch ids and this instance's id.
+counts, the shop's default watches' ids and this instance's id. A shopper's own watch is
+logged by its words (redacted) and a hash of them, never its id: its id leads to its owner in
+the watches index, its words only to everyone who watches the same words.
 """
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import math
 import time
@@ -24,7 +27,7 @@ from elastic_transport import TransportError
 from elasticsearch import ApiError as ElasticsearchApiError
 from elasticsearch import AsyncElasticsearch
 
-from percolert.core.messages import AlertWatch
+from percolert.core.messages import AlertWatch, Watch
 from percolert.core.records import AlertRecord
 from percolert.core.settings import Settings
 from percolert.engine import bulk
@@ -73,7 +76,7 @@ class _WatchCount:
         self.shoppers = 0
 
 
-def watch_label(watch: AlertWatch) -> str:
+def watch_label(watch: AlertWatch | Watch) -> str:
     """How the demand view names a watch: its words, and its filters."""
     label = watch.terms
     if watch.category:
@@ -81,6 +84,16 @@ def watch_label(watch: AlertWatch) -> str:
     if watch.max_price is not None:
         label += f" under {watch.max_price:g}"
     return label[:200]
+
+
+def logged_watch(watch: AlertWatch | Watch, default: bool) -> tuple[str, str]:
+    """The id and label the log counts `watch` under: a default watch's own (the shop's),
+    a shopper's watch's redacted words and a hash of them (every shopper's watch of the same
+    words counts together, and the log leads to no shopper)."""
+    if default:
+        return watch.id, watch_label(watch)
+    label = redacted(watch_label(watch))
+    return "words-" + hashlib.blake2b(label.encode(), digest_size=10).hexdigest(), label
 
 
 class ActivityLog:
@@ -144,11 +157,12 @@ class ActivityLog:
             self._append(Entry(kind="search", at=at, text=text, count=searches, results=results))
 
     def _count(self, watch: AlertWatch, default: bool) -> _WatchCount:
-        count = self._alerts.get(watch.id)
+        watch_id, label = logged_watch(watch, default)
+        count = self._alerts.get(watch_id)
         if count is None:
             if len(self._alerts) >= _MAX_COUNTED:
                 self._count_out()
-            count = self._alerts[watch.id] = _WatchCount(watch_label(watch), default)
+            count = self._alerts[watch_id] = _WatchCount(label, default)
         return count
 
     def published(self, records: list[AlertRecord]) -> None:
@@ -194,8 +208,9 @@ class ActivityLog:
                 )
             )
 
-    def visited(self, watch_id: str, *, default: bool) -> None:
-        """A shopper followed an alert of `watch_id` to the shop."""
+    def visited(self, watch: AlertWatch | Watch, *, default: bool) -> None:
+        """A shopper followed an alert of `watch` to the shop."""
+        watch_id, _ = logged_watch(watch, default)
         self._append(
             Entry(kind="visit", at=self._now_ms(), watch_id=watch_id, default=default, count=1)
         )

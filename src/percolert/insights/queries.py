@@ -10,7 +10,6 @@ documents a minute, not one per search.
 
 from __future__ import annotations
 
-import asyncio
 import math
 import time
 from collections import Counter
@@ -25,6 +24,7 @@ from percolert.core.settings import Settings
 from percolert.core.times import iso_from_seconds
 from percolert.engine import indices
 from percolert.insights import searchlog
+from percolert.insights.redaction import redacted
 from percolert.insights.report import (
     ChannelDeliveries,
     DefaultWatch,
@@ -64,7 +64,18 @@ def _bucket_seconds(since: float) -> float:
 
 
 def _range(start: float, end: float) -> dict[str, Any]:
-    return {"range": {"at": {"gte": _ms(start), "lt": _ms(end)}}}
+    # Two clauses, not one range: on a day's index that lies wholly before `end` (every day
+    # but today), Elasticsearch rewrites the `lt` clause to one without bounds, so that
+    # index's part of the search is the same request from one read to the next and its
+    # result comes from the shard request cache (the `gte` bound is a whole bucket: _Window).
+    return {
+        "bool": {
+            "filter": [
+                {"range": {"at": {"gte": _ms(start)}}},
+                {"range": {"at": {"lt": _ms(end)}}},
+            ]
+        }
+    }
 
 
 def _kind(kind: str) -> dict[str, Any]:
@@ -81,6 +92,10 @@ async def _search_log(
         ignore_unavailable=True,
         allow_no_indices=True,
         request_cache=True,
+        # One day's index at a time: an aggregation over weeks of the log takes one of the
+        # node's search threads (one core), never all of them, so shoppers' searches beside
+        # it are not queued behind it.
+        max_concurrent_shard_requests=1,
         **body,
     )
     return dict(response.body.get("aggregations") or {})
@@ -117,17 +132,25 @@ def _no_results() -> dict[str, Any]:
 
 
 class _Window:
+    """The window of a read: from a whole timeline bucket at or before `now - since` to now
+    (up to a bucket, 1/48, longer than asked), and the window before it, of whole buckets.
+    Bounds that move only once a bucket keep the past days' indices answering from the
+    shard request cache: only today's index is aggregated again on each read."""
+
     def __init__(self, since: float, now: float) -> None:
         self.since = since
         self.now = now
-        self.start = now - since
-        self.previous_start = now - 2 * since
+        self.bucket = _bucket_seconds(since)
+        self.start = math.floor((now - since) / self.bucket) * self.bucket
+        self.previous_start = self.start - math.ceil(since / self.bucket) * self.bucket
+        # The timeline's last bucket: the one now is in.
+        self.last_bucket = math.floor(now / self.bucket) * self.bucket
 
 
 async def _read_searches(
     client: AsyncElasticsearch, settings: Settings, window: _Window
 ) -> tuple[SearchTotals, list[SearchCount], list[SearchCount], list[TimelinePoint], float]:
-    bucket = _bucket_seconds(window.since)
+    bucket = window.bucket
     current = _range(window.start, window.now)
     searches = {"bool": {"filter": [_kind("search")]}}
     no_results = {"bool": {"filter": [_kind("search"), _no_results()]}}
@@ -150,7 +173,7 @@ async def _read_searches(
                             "min_doc_count": 0,
                             "extended_bounds": {
                                 "min": _ms(window.start),
-                                "max": _ms(window.now),
+                                "max": _ms(window.last_bucket),
                             },
                         },
                         "aggs": {
@@ -411,7 +434,9 @@ async def _read_watched(
     aggregations = response.body.get("aggregations") or {}
     folded: Counter[str] = Counter()
     for bucket in aggregations.get("words", {}).get("terms", {}).get("buckets", []):
-        folded[" ".join(str(bucket["key"]).casefold().split())] += int(bucket["doc_count"])
+        # Folded and redacted as searches are: an e-mail address or a phone number typed
+        # into a watch is not shown.
+        folded[redacted(str(bucket["key"]))] += int(bucket["doc_count"])
     terms = [WatchedTerm(term=term, watches=count) for term, count in folded.most_common(TOP_N)]
     buckets = aggregations.get("products", {}).get("buckets", [])
     catalog = await _catalog(client, settings, [str(bucket["key"]) for bucket in buckets])
@@ -558,13 +583,12 @@ async def read_insights(
     `defaults`: the default watches as they stand (the watch store's)."""
     moment = time.time() if now is None else now
     window = _Window(since, moment)
-    searches, alerts, watched, offsite, live = await asyncio.gather(
-        _read_searches(client, settings, window),
-        _read_alerts(client, settings, window, defaults[:_MAX_DEFAULTS]),
-        _read_watched(client, settings),
-        _read_offsite(client, settings, window),
-        read_live(client, settings, moment),
-    )
+    # One request at a time, not all at once: the view waits a little longer, searches not.
+    searches = await _read_searches(client, settings, window)
+    alerts = await _read_alerts(client, settings, window, defaults[:_MAX_DEFAULTS])
+    watched = await _read_watched(client, settings)
+    offsite = await _read_offsite(client, settings, window)
+    live = await read_live(client, settings, moment)
     totals, top, zero, timeline, bucket = searches
     per_watch, default_rows = alerts
     terms, products, restock = watched

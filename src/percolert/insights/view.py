@@ -10,6 +10,7 @@ from __future__ import annotations
 import time
 from collections import OrderedDict
 
+import anyio
 import msgspec
 from elasticsearch import AsyncElasticsearch
 
@@ -65,13 +66,18 @@ class DemandView:
         self._watches = watches
         self._windows: OrderedDict[float, Cached[Insights]] = OrderedDict()
         self._live = Cached(self._read_live, ttl_seconds=_LIVE_CACHE_SECONDS)
+        # One read at a time, whichever window: the page asks for several at once, and
+        # each read is a handful of aggregations the node runs beside shoppers' searches.
+        self._reading = anyio.Lock()
 
     async def _read(self, since: float) -> Insights:
         defaults = await self._watches.defaults()
-        return await read_insights(self._client, self._settings, defaults, since=since)
+        async with self._reading:
+            return await read_insights(self._client, self._settings, defaults, since=since)
 
     async def _read_live(self) -> Live:
-        return await read_live(self._client, self._settings, time.time())
+        async with self._reading:
+            return await read_live(self._client, self._settings, time.time())
 
     async def insights(self, since: float) -> Insights:
         cached = self._windows.get(since)

@@ -33,7 +33,7 @@ from percolert.products.catalog import Product
 from percolert.products.changes import ChangeDetection, ProductNotStored
 from percolert.web.errors import ApiError, decode_json
 from percolert.web.paths import ACCOUNTS_PREFIX
-from percolert.web.responses import json_response
+from percolert.web.responses import json_response, never_stored
 from percolert.web.state import state_of
 
 logger = logging.getLogger(__name__)
@@ -93,7 +93,7 @@ class _Authorised:
                 "the admin API needs `Authorization: Bearer <PERCOLERT_ADMIN_TOKEN>`",
                 {"WWW-Authenticate": "Bearer"},
             )
-        await self._routes(scope, receive, send)
+        await self._routes(scope, receive, never_stored(send))
 
 
 def _product(body: bytes, sku: str) -> Product:

@@ -80,8 +80,8 @@ async def visit(request: Request) -> Response:
     )
     if watch is None:
         raise ApiError(404, "watch_not_found", "no such watch of yours")
-    if state["visits_seen"].first(user, body.alert_id or watch.id):
-        state["activity"].visited(watch.id, default=watch.is_default)
+    if state["visits_seen"].first(user, watch.id, body.alert_id):
+        state["activity"].visited(watch, default=watch.is_default)
     return Response(status_code=204)
 
 
