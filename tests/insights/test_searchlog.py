@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import asyncio
 import json
+import math
+import time
 from collections.abc import AsyncIterator, Iterator
 from datetime import UTC, date, datetime, timedelta
 from typing import Any
@@ -16,9 +18,10 @@ from elasticsearch import AsyncElasticsearch
 from percolert.core.messages import AlertWatch
 from percolert.core.records import AlertRecord
 from percolert.core.settings import Settings
-from percolert.engine import es
+from percolert.engine import es, indices
 from percolert.insights import activity, searchlog
 from percolert.insights.activity import ActivityLog
+from percolert.insights.queries import read_insights
 from percolert.insights.view import InvalidWindow, window_seconds
 from percolert.insights.visits import MAX_PER_WATCH, REMEMBER_SECONDS, VisitsSeen
 from tests.conftest import delete_indices, make_settings
@@ -175,9 +178,19 @@ async def test_no_log_is_kept_when_its_retention_is_zero(
     assert log.buffered == 0
 
 
-@pytest.mark.parametrize("text", ["1h", "24h", "7d", "90m", "1w", "3600"])
-def test_windows(text: str) -> None:
-    assert 60 <= window_seconds(text) <= 90 * 86_400
+@pytest.mark.parametrize(
+    ("text", "seconds"),
+    [
+        ("1h", 3_600),
+        ("24h", 86_400),
+        ("7d", 604_800),
+        ("90m", 5_400),
+        ("1w", 604_800),
+        ("3600", 3_600),
+    ],
+)
+def test_windows(text: str, seconds: float) -> None:
+    assert window_seconds(text) == seconds
 
 
 @pytest.mark.parametrize("text", ["", "0", "30s", "91d", "1y", "-1h", "nan", "inf", "24 hours"])
@@ -199,3 +212,57 @@ def test_a_visit_counts_once_per_shopper_and_alert_a_day() -> None:
     assert made_up.count(True) == MAX_PER_WATCH
     now[0] = REMEMBER_SECONDS + 1
     assert seen.first("shopper-a", "w-1", "alert:1")
+
+
+async def test_the_trend_and_the_timeline_count_each_window(
+    client: AsyncElasticsearch, log_settings: Settings
+) -> None:
+    await indices.setup(client, log_settings)  # the view reads watches and the catalog too
+    # A moment on a whole 2-minute bucket (the 1h window's), so the window is the hour.
+    end = math.floor(time.time() / 120) * 120
+    moment = [0.0]
+    log = ActivityLog(client, log_settings, lambda: (0, 0), clock=lambda: moment[0])
+    for at, text, results, times in [
+        (end - 5_400, "kindle", 4, 6),  # the hour before: 6
+        (end - 1_800, "kindle", 4, 3),  # this hour: 3
+        (end - 1_800, "zzqx", 0, 2),
+        (end - 60, "zzqx", 0, 1),
+        (end - 4_000, "zzqx", 0, 1),
+    ]:
+        moment[0] = at
+        for _ in range(times):
+            log.searched(text, results=results)
+        log.roll_up(presence=False)
+    await log.flush()
+    await client.indices.refresh(index=searchlog.pattern(log_settings))
+
+    hour = await read_insights(client, log_settings, [], since=3_600, now=end)
+    assert (hour.totals.searches, hour.totals.no_results) == (6, 3)
+    assert (hour.totals.previous_searches, hour.totals.previous_no_results) == (7, 1)
+    top = {row.text: (row.count, row.previous) for row in hour.top_searches}
+    assert top == {"kindle": (3, 6), "zzqx": (3, 1)}
+    assert {row.text: row.count for row in hour.no_result_searches} == {"zzqx": 3}
+    assert hour.timeline_bucket_seconds == 120
+    assert len(hour.timeline) == 31  # from the window's start to the bucket of now
+    counted = {point.at: point.searches for point in hour.timeline if point.searches}
+    assert counted == {end - 1_800: 5, end - 120: 1}
+
+    # A window that runs from a whole bucket to now (1.5 buckets): the previous one (one
+    # bucket) is counted as if it were as long.
+    minute = await read_insights(client, log_settings, [], since=60, now=end - 30)
+    assert minute.totals.searches == 1  # end - 60, in [end - 120, end - 30)
+    assert minute.totals.previous_searches == 0
+    late = await read_insights(client, log_settings, [], since=60, now=end + 30)
+    # [end - 60, end + 30): the search at end - 60; before it, [end - 120, end - 60): none.
+    assert (late.totals.searches, late.totals.previous_searches) == (1, 0)
+    earlier = await read_insights(client, log_settings, [], since=60, now=end - 1_770)
+    # [end - 1_860, end - 1_770) holds the 5 of end - 1_800; [end - 1_920, end - 1_860) none.
+    assert (earlier.totals.searches, earlier.totals.previous_searches) == (5, 0)
+    after = await read_insights(client, log_settings, [], since=60, now=end - 1_710)
+    # [end - 1_800, end - 1_710): the 5 again; the bucket before it, [end - 1_860, end -
+    # 1_800): none; the 5 are in neither's previous.
+    assert (after.totals.searches, after.totals.previous_searches) == (5, 0)
+    scaled = await read_insights(client, log_settings, [], since=60, now=end - 1_650)
+    # [end - 1_740, end - 1_650) holds nothing; the previous bucket [end - 1_800, end -
+    # 1_740) holds the 5, counted as if 90 s long: 7.5, rounded to 8.
+    assert (scaled.totals.searches, scaled.totals.previous_searches) == (0, 8)

@@ -19,7 +19,7 @@ def test_a_new_admin_token_ends_the_cookies_of_the_old_one() -> None:
     )
 
 
-def test_a_logged_out_cookie_stays_refused_until_it_would_have_ended() -> None:
+def test_a_logged_out_cookie_is_refused_and_other_sessions_go_on() -> None:
     cookies = AdminCookies(SECRET, "the-admin-token-0123")
     cookie, other = cookies.issue(), cookies.issue()
     nonce = cookies.verify(cookie)

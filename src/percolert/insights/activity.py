@@ -76,9 +76,11 @@ class _WatchCount:
         self.shoppers = 0
 
 
-def watch_label(watch: AlertWatch | Watch) -> str:
-    """How the demand view names a watch: its words, and its filters."""
-    label = watch.terms
+def watch_label(watch: AlertWatch | Watch, *, phrase: bool = False) -> str:
+    """How the demand view names a watch: its words (in quotes for a `phrase` watch), and
+    its filters. An alert's watch does not say whether it is a phrase: the log's labels
+    never quote."""
+    label = f'"{watch.terms}"' if phrase else watch.terms
     if watch.category:
         label += f" in {watch.category}"
     if watch.max_price is not None:
@@ -272,6 +274,11 @@ class ActivityLog:
             if int(result.get("status", 0)) < 300:
                 self.written += 1
             elif bulk.worth_retrying(result):
+                again.append(entry)
+            elif (result.get("error") or {}).get("type") == "index_not_found_exception":
+                # The day's index went (deleted by hand) on a cluster that makes none on a
+                # first write: made again on the retry.
+                self._days.discard(searchlog.index_at(self._settings, entry.at))
                 again.append(entry)
             else:
                 self.dropped += 1

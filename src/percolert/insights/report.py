@@ -2,8 +2,8 @@
 /api/admin/insights` and `percolert insights --json` all give this shape. Every count is of
 searches, watches, alerts or deliveries, never of who made them: nothing here names a shopper.
 
-A window is the last `since` seconds up to `until`; `previous` counts are of the window of the
-same length just before it (the trend).
+A window is the last `since` seconds up to `until`, from a whole timeline bucket; `previous`
+counts are of the whole buckets just before it, scaled to the window's length (the trend).
 """
 
 from __future__ import annotations

@@ -11,6 +11,7 @@ every cluster, with or without Elastic's lifecycle feature (the dev node has non
 from __future__ import annotations
 
 import logging
+import math
 import re
 from datetime import UTC, date, datetime, timedelta
 
@@ -42,10 +43,17 @@ def index_at(settings: Settings, epoch_ms: int) -> str:
 
 
 async def create_day(client: AsyncElasticsearch, name: str) -> None:
-    """Make a day's index (from the template) unless it exists: clusters that do not create
-    indices on a first write (`action.auto_create_index: false`) are common."""
+    """Make a day's index unless it exists: clusters that do not create indices on a first
+    write (`action.auto_create_index: false`) are common. Its settings and mappings are
+    given here as well as by the template, so a day is never mapped by guess, even where
+    the template could not be put (a key without `manage_index_templates`)."""
+    definition = IndexDefinition.load(NAME)
     try:
-        await client.indices.create(index=name)
+        await client.indices.create(
+            index=name,
+            settings=definition.body["settings"],
+            mappings=definition.body["mappings"],
+        )
     except elasticsearch.BadRequestError as error:
         if error.error != "resource_already_exists_exception":
             raise
@@ -73,7 +81,7 @@ async def ensure_template(client: AsyncElasticsearch, settings: Settings) -> str
 def expired(names: list[str], settings: Settings, today: date) -> list[str]:
     """Of the days' indices `names`, those older than the retention: a day is kept while any
     part of it is within `search_log_days` of now."""
-    oldest = today - timedelta(days=int(settings.search_log_days))
+    oldest = today - timedelta(days=math.ceil(settings.search_log_days))
     prefix = f"{settings.index_prefix}-{NAME}-"
     old = []
     for name in names:
