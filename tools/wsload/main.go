@@ -10,6 +10,13 @@
 // shop account's: it opens `/ws?auth=token` and sends `{"type":"auth","token":...}` first
 // (bench/auth_storm.py).
 //
+// With the spec's `"protocol": "centrifugo"` a socket speaks Centrifugo's JSON client protocol
+// instead (bench/centrifugo.py): its first message is a connect command carrying its line of
+// `auth_tokens` (a connection JWT), the connect reply is its greeting, and a publication whose
+// data is an alert as Percolert encodes it is recorded as Percolert's alert would be. The
+// server subscribes each user to its personal channel itself, or, with a `channels` file,
+// socket i subscribes to line i. Centrifugo's pings (`{}`) are answered (`{}`).
+//
 // An alert names its search by when the search was made (`at`, to the microsecond: Percolert's
 // alerts carry no search text), which the search's answer gives too: the harness joins the two
 // files on it. The baseline's notification echoes the search's `rid` instead.
@@ -57,27 +64,57 @@ type subscribeSpec struct {
 	// Sockets that fail (after their retries) are counted in the ready file rather than
 	// ending the run: a storm's failures are part of what it measures.
 	CountFailures bool `json:"count_failures"`
+	// Protocol is "" (Percolert's) or "centrifugo": see the package comment. Centrifugo's
+	// sockets need AuthTokens and open URL as it is.
+	Protocol string `json:"protocol"`
+	// Centrifugo only: a file of channels, one a line, socket i subscribing to line i
+	// (client-side subscriptions). Without it the connect reply must list a server-side one.
+	Channels string `json:"channels"`
 }
 
-// socketPlan is one socket to open: its URL, handshake headers and token ("" for none).
+const protocolCentrifugo = "centrifugo"
+
+// socketPlan is one socket to open: its URL, handshake headers, token ("" for none) and, for
+// a client-side Centrifugo subscription, its channel.
 type socketPlan struct {
-	url    string
-	header http.Header
-	token  string
+	url     string
+	header  http.Header
+	token   string
+	channel string
+}
+
+// lines are the non-blank lines of a file, trimmed.
+func lines(path string) ([]string, error) {
+	raw, err := os.ReadFile(path)
+	if err != nil {
+		return nil, err
+	}
+	var kept []string
+	for _, line := range strings.Split(string(raw), "\n") {
+		if line = strings.TrimSpace(line); line != "" {
+			kept = append(kept, line)
+		}
+	}
+	return kept, nil
 }
 
 // plans are the sockets `spec` asks for, in order.
 func plans(spec subscribeSpec) ([]socketPlan, error) {
+	centrifugo := spec.Protocol == protocolCentrifugo
+	if spec.Protocol != "" && !centrifugo {
+		return nil, fmt.Errorf("unknown protocol %q", spec.Protocol)
+	}
+	if centrifugo && spec.AuthTokens == "" {
+		return nil, fmt.Errorf("the centrifugo protocol needs auth_tokens (connection JWTs)")
+	}
+	if spec.Channels != "" && !centrifugo {
+		return nil, fmt.Errorf("channels is for the centrifugo protocol only")
+	}
 	var tokens []string
 	if spec.AuthTokens != "" {
-		raw, err := os.ReadFile(spec.AuthTokens)
-		if err != nil {
+		var err error
+		if tokens, err = lines(spec.AuthTokens); err != nil {
 			return nil, err
-		}
-		for _, line := range strings.Split(string(raw), "\n") {
-			if line = strings.TrimSpace(line); line != "" {
-				tokens = append(tokens, line)
-			}
 		}
 		if len(spec.Cookies) > 0 && len(tokens) != len(spec.Cookies) {
 			return nil, fmt.Errorf("%s: %d tokens for %d sockets", spec.AuthTokens, len(tokens), len(spec.Cookies))
@@ -90,9 +127,22 @@ func plans(spec subscribeSpec) ([]socketPlan, error) {
 	if count == 0 {
 		count = len(tokens)
 	}
+	var channels []string
+	if spec.Channels != "" {
+		var err error
+		if channels, err = lines(spec.Channels); err != nil {
+			return nil, err
+		}
+		if len(channels) != count {
+			return nil, fmt.Errorf("%s: %d channels for %d sockets", spec.Channels, len(channels), count)
+		}
+	}
 	tokenURL := spec.URL + "?auth=token"
 	if strings.Contains(spec.URL, "?") {
 		tokenURL = spec.URL + "&auth=token"
+	}
+	if centrifugo { // Centrifugo reads the token from the connect command only
+		tokenURL = spec.URL
 	}
 	sockets := make([]socketPlan, count)
 	for i := range sockets {
@@ -103,6 +153,9 @@ func plans(spec subscribeSpec) ([]socketPlan, error) {
 		sockets[i] = socketPlan{url: spec.URL, header: header}
 		if tokens != nil {
 			sockets[i].url, sockets[i].token = tokenURL, tokens[i]
+		}
+		if channels != nil {
+			sockets[i].channel = channels[i]
 		}
 	}
 	return sockets, nil
@@ -123,6 +176,13 @@ func connect(ctx context.Context, spec subscribeSpec, socket socketPlan, greetTi
 	conn.SetReadLimit(1 << 22)
 	greetCtx, greetCancel := context.WithTimeout(ctx, greetTimeout)
 	defer greetCancel()
+	if spec.Protocol == protocolCentrifugo {
+		if err := centrifugoGreet(greetCtx, conn, socket); err != nil {
+			conn.CloseNow()
+			return nil, shook, err
+		}
+		return conn, shook, nil
+	}
 	if socket.token != "" {
 		auth, _ := json.Marshal(map[string]string{"type": "auth", "token": socket.token})
 		if err := conn.Write(greetCtx, websocket.MessageText, auth); err != nil {
@@ -262,6 +322,133 @@ func decoded(raw []byte) (string, int64, bool) {
 	return "", 0, false
 }
 
+// centrifugoReply is what the greeting needs of a reply of Centrifugo's JSON protocol.
+type centrifugoReply struct {
+	ID    uint32 `json:"id"`
+	Error *struct {
+		Code    int    `json:"code"`
+		Message string `json:"message"`
+	} `json:"error"`
+	Connect *struct {
+		Subs map[string]json.RawMessage `json:"subs"`
+	} `json:"connect"`
+}
+
+var (
+	// centrifugoPing is Centrifugo's ping (an empty reply), and the client's pong: a client
+	// that does not answer within the pong timeout is disconnected.
+	centrifugoPing = []byte(`{}`)
+	pushStart      = []byte(`{"push":{"channel":"`)
+	pubData        = []byte(`"pub":{"data":`)
+)
+
+// centrifugoGreet connects (and subscribes, with a channel) a Centrifugo socket: the connect
+// command with the socket's token, then the reply that answers it.
+func centrifugoGreet(ctx context.Context, conn *websocket.Conn, socket socketPlan) error {
+	command, _ := json.Marshal(map[string]any{"id": 1, "connect": map[string]string{"token": socket.token}})
+	if err := conn.Write(ctx, websocket.MessageText, command); err != nil {
+		return fmt.Errorf("connect command: %w", err)
+	}
+	reply, err := centrifugoAwait(ctx, conn, 1)
+	if err != nil {
+		return fmt.Errorf("connect: %w", err)
+	}
+	if socket.channel == "" {
+		// Nothing to read otherwise: a server not set to subscribe users to their personal
+		// channel would leave the socket silent, and the run would count it as lost alerts.
+		if reply.Connect == nil || len(reply.Connect.Subs) == 0 {
+			return fmt.Errorf("connect reply lists no server-side subscription")
+		}
+		return nil
+	}
+	command, _ = json.Marshal(map[string]any{"id": 2, "subscribe": map[string]string{"channel": socket.channel}})
+	if err := conn.Write(ctx, websocket.MessageText, command); err != nil {
+		return fmt.Errorf("subscribe command: %w", err)
+	}
+	if _, err := centrifugoAwait(ctx, conn, 2); err != nil {
+		return fmt.Errorf("subscribe %s: %w", socket.channel, err)
+	}
+	return nil
+}
+
+// centrifugoAwait reads until the reply to command `id` (answering pings on the way).
+func centrifugoAwait(ctx context.Context, conn *websocket.Conn, id uint32) (centrifugoReply, error) {
+	for {
+		_, frame, err := conn.Read(ctx)
+		if err != nil {
+			return centrifugoReply{}, err
+		}
+		for _, line := range bytes.Split(frame, []byte("\n")) {
+			line = bytes.TrimSpace(line)
+			if bytes.Equal(line, centrifugoPing) {
+				if err := conn.Write(ctx, websocket.MessageText, centrifugoPing); err != nil {
+					return centrifugoReply{}, err
+				}
+				continue
+			}
+			var reply centrifugoReply
+			if json.Unmarshal(line, &reply) != nil || reply.ID != id {
+				continue
+			}
+			if reply.Error != nil {
+				return reply, fmt.Errorf("error %d: %s", reply.Error.Code, reply.Error.Message)
+			}
+			return reply, nil
+		}
+	}
+}
+
+// centrifugoFrame calls `each` for every alert published in a frame of Centrifugo's JSON
+// protocol (replies one a line) and returns the number of pings in it, each owed a pong.
+func centrifugoFrame(frame []byte, each func(rid string, seq int64)) int {
+	pings := 0
+	for len(frame) > 0 {
+		line := frame
+		if end := bytes.IndexByte(frame, '\n'); end >= 0 {
+			line, frame = frame[:end], frame[end+1:]
+		} else {
+			frame = nil
+		}
+		line = bytes.TrimSpace(line)
+		if bytes.Equal(line, centrifugoPing) {
+			pings++
+		} else if rid, seq, ok := centrifugoAlert(line); ok {
+			each(rid, seq)
+		}
+	}
+	return pings
+}
+
+// centrifugoAlert reads the alert a publication push carries, as searchID reads Percolert's
+// own: without decoding when the data is encoded as Percolert encodes alerts (Centrifugo
+// writes the publisher's data verbatim, after the push's channel), else by a full decode.
+// An unescaped `"pub":{"data":` can only be the keys: the channel's quotes would be escaped.
+func centrifugoAlert(line []byte) (string, int64, bool) {
+	if bytes.HasPrefix(line, pushStart) {
+		if at := bytes.Index(line, pubData); at >= 0 {
+			if rid, seq, ok := quickAlert(line[at+len(pubData):]); ok {
+				return rid, seq, true
+			}
+		}
+	}
+	return decodedPush(line)
+}
+
+// decodedPush is centrifugoAlert by a full JSON decode.
+func decodedPush(line []byte) (string, int64, bool) {
+	var reply struct {
+		Push *struct {
+			Pub *struct {
+				Data json.RawMessage `json:"data"`
+			} `json:"pub"`
+		} `json:"push"`
+	}
+	if json.Unmarshal(line, &reply) != nil || reply.Push == nil || reply.Push.Pub == nil {
+		return "", 0, false
+	}
+	return decoded(reply.Push.Pub.Data)
+}
+
 func readJSON(path string, into any) error {
 	raw, err := os.ReadFile(path)
 	if err != nil {
@@ -348,6 +535,7 @@ func subscribe(specPath, recordPath string) error {
 	var reasons []string // with CountFailures, under timesMu
 	began := time.Now()
 	var connectSeconds atomic.Int64 // microseconds until the last socket was greeted
+	centrifugo := spec.Protocol == protocolCentrifugo
 	var wg sync.WaitGroup
 	for _, socket := range sockets {
 		if pace != nil {
@@ -417,7 +605,15 @@ func subscribe(specPath, recordPath string) error {
 					return
 				}
 				now := time.Now()
-				if rid, seq, ok := searchID(data.Bytes()); ok {
+				if centrifugo {
+					pings := centrifugoFrame(data.Bytes(), func(rid string, seq int64) {
+						arrivals <- arrival{rid, now, seq}
+					})
+					for ; pings > 0; pings-- {
+						// A failed pong shows as the next read's error.
+						_ = conn.Write(ctx, websocket.MessageText, centrifugoPing)
+					}
+				} else if rid, seq, ok := searchID(data.Bytes()); ok {
 					arrivals <- arrival{rid, now, seq}
 				}
 			}

@@ -138,3 +138,150 @@ func TestATokenSocketAuthenticatesBeforeItsHello(t *testing.T) {
 		t.Fatalf("greeted after %v: the auth round (%v) is not in it", greeted, checking)
 	}
 }
+
+// A Centrifugo frame holds replies one a line: its pings are counted (each owed a pong) and
+// its publications read as alerts, without a decode where the data is encoded as Percolert
+// encodes alerts, and agreeing with the full decode wherever the quick path answers.
+func TestCentrifugoFramesGiveAlertsAndPings(t *testing.T) {
+	lines := []string{
+		`{}`,
+		`{"push":{"channel":"personal:#u1","pub":{"data":{"type":"alert","seq":1795522094274001,"at":"e-1"},"offset":3}}}`,
+		`{"push":{"channel":"personal:#\"pub\":{\"data\":u2","pub":{"data":{"type":"alert","seq":5,"at":"e-2"}}}}`,
+		`{"push":{"channel":"personal:#u3","pub":{"data":{"type": "alert", "seq": 7, "at": "e-3"},"offset":1}}}`,
+		`{"id":1,"connect":{"client":"c","subs":{"personal:#u1":{}}}}`,
+		`{"push":{"channel":"personal:#u1","join":{"info":{"user":"u1","client":"c"}}}}`,
+		`{"push":{"channel":"personal:#u1","pub":{"data":{"type":"other","at":"x"}}}}`,
+		`{}`,
+	}
+	var rids []string
+	var seqs []int64
+	pings := centrifugoFrame([]byte(strings.Join(lines, "\n")+"\n"), func(rid string, seq int64) {
+		rids = append(rids, rid)
+		seqs = append(seqs, seq)
+	})
+	if pings != 2 {
+		t.Fatalf("pings = %d, want 2", pings)
+	}
+	if strings.Join(rids, ",") != "e-1,e-2,e-3" || seqs[0] != 1795522094274001 || seqs[1] != 5 || seqs[2] != 7 {
+		t.Fatalf("alerts: %v %v", rids, seqs)
+	}
+	for _, line := range lines {
+		rid, seq, ok := centrifugoAlert([]byte(line))
+		fullRid, fullSeq, fullOk := decodedPush([]byte(line))
+		if ok != fullOk || rid != fullRid || seq != fullSeq {
+			t.Fatalf("%s: quick %q %d %v, decoder %q %d %v", line, rid, seq, ok, fullRid, fullSeq, fullOk)
+		}
+	}
+	if centrifugoFrame([]byte(`{"type":"alert","seq":1,"at":"x"}`), func(string, int64) {
+		t.Fatal("a Percolert alert outside a push is not a Centrifugo publication")
+	}) != 0 {
+		t.Fatal("no pings in it")
+	}
+}
+
+// fakeCentrifugo answers a connect command (after a ping the client must answer) with
+// `connectReply`, and a subscribe command with a subscribe reply; what the client sent
+// comes back on `commands`.
+func fakeCentrifugo(t *testing.T, connectReply string) (*httptest.Server, chan string) {
+	commands := make(chan string, 8)
+	server := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		conn, err := websocket.Accept(w, r, nil)
+		if err != nil {
+			return
+		}
+		defer conn.CloseNow()
+		ctx := r.Context()
+		_, connect, err := conn.Read(ctx)
+		if err != nil {
+			return
+		}
+		commands <- string(connect)
+		conn.Write(ctx, websocket.MessageText, []byte(`{}`))
+		if _, pong, err := conn.Read(ctx); err != nil || string(pong) != `{}` {
+			t.Errorf("pong: %q %v", pong, err)
+			return
+		}
+		conn.Write(ctx, websocket.MessageText, []byte(connectReply))
+		for {
+			_, command, err := conn.Read(ctx)
+			if err != nil {
+				return
+			}
+			commands <- string(command)
+			conn.Write(ctx, websocket.MessageText, []byte(`{"id":2,"subscribe":{}}`))
+		}
+	}))
+	return server, commands
+}
+
+// A Centrifugo socket's greeting is its connect command's reply (its pings answered on the
+// way), plus a subscribe round with a channel; an error reply or no subscription fails it.
+func TestACentrifugoSocketConnects(t *testing.T) {
+	spec := subscribeSpec{Protocol: protocolCentrifugo}
+	serverSide := `{"id":1,"connect":{"client":"c","subs":{"personal:#u1":{}},"ping":25,"pong":true}}`
+	server, commands := fakeCentrifugo(t, serverSide)
+	defer server.Close()
+	url := "ws" + strings.TrimPrefix(server.URL, "http") + "/connection/websocket"
+	conn, _, err := connect(context.Background(), spec, socketPlan{url: url, token: "x.y.z"}, 5*time.Second)
+	if err != nil {
+		t.Fatal(err)
+	}
+	conn.CloseNow()
+	if got := <-commands; got != `{"connect":{"token":"x.y.z"},"id":1}` {
+		t.Fatalf("connect command: %s", got)
+	}
+
+	clientSide, commands := fakeCentrifugo(t, `{"id":1,"connect":{"client":"c"}}`)
+	defer clientSide.Close()
+	url = "ws" + strings.TrimPrefix(clientSide.URL, "http")
+	if _, _, err := connect(context.Background(), spec, socketPlan{url: url, token: "t"}, 5*time.Second); err == nil ||
+		!strings.Contains(err.Error(), "no server-side subscription") {
+		t.Fatalf("without a channel or a server-side subscription: %v", err)
+	}
+	<-commands
+	conn, _, err = connect(context.Background(), spec, socketPlan{url: url, token: "t", channel: "personal:#u1"}, 5*time.Second)
+	if err != nil {
+		t.Fatal(err)
+	}
+	conn.CloseNow()
+	<-commands
+	if got := <-commands; got != `{"id":2,"subscribe":{"channel":"personal:#u1"}}` {
+		t.Fatalf("subscribe command: %s", got)
+	}
+
+	refused, _ := fakeCentrifugo(t, `{"id":1,"error":{"code":109,"message":"token expired"}}`)
+	defer refused.Close()
+	url = "ws" + strings.TrimPrefix(refused.URL, "http")
+	if _, _, err := connect(context.Background(), spec, socketPlan{url: url, token: "t"}, 5*time.Second); err == nil ||
+		!strings.Contains(err.Error(), "109") {
+		t.Fatalf("an error reply must fail the greeting: %v", err)
+	}
+}
+
+// A Centrifugo spec opens its URL as it is, a socket per token, with the channels file's
+// lines; a mismatched file or an unknown protocol is refused.
+func TestCentrifugoPlans(t *testing.T) {
+	dir := t.TempDir()
+	tokens, channels := filepath.Join(dir, "tokens.txt"), filepath.Join(dir, "channels.txt")
+	os.WriteFile(tokens, []byte("a\nb\n"), 0o644)
+	os.WriteFile(channels, []byte("personal:#u1\npersonal:#u2\n"), 0o644)
+	spec := subscribeSpec{URL: "ws://127.0.0.1:1/connection/websocket", Protocol: protocolCentrifugo, AuthTokens: tokens}
+	sockets, err := plans(spec)
+	if err != nil || len(sockets) != 2 || sockets[1].url != spec.URL || sockets[1].token != "b" || sockets[1].channel != "" {
+		t.Fatalf("server-side plans: %+v %v", sockets, err)
+	}
+	spec.Channels = channels
+	if sockets, err = plans(spec); err != nil || sockets[1].channel != "personal:#u2" {
+		t.Fatalf("client-side plans: %+v %v", sockets, err)
+	}
+	os.WriteFile(channels, []byte("personal:#u1\n"), 0o644)
+	if _, err := plans(spec); err == nil {
+		t.Fatal("one channel for two sockets must be refused")
+	}
+	if _, err := plans(subscribeSpec{Protocol: "other"}); err == nil {
+		t.Fatal("an unknown protocol must be refused")
+	}
+	if _, err := plans(subscribeSpec{Protocol: protocolCentrifugo}); err == nil {
+		t.Fatal("Centrifugo sockets need tokens")
+	}
+}
