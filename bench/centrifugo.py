@@ -485,7 +485,9 @@ def main() -> None:
     parser.add_argument("--sockets", type=int, default=1000)
     parser.add_argument("--events", type=int, default=1000)
     parser.add_argument("--rate", type=float, default=100.0, help="events a second")
-    parser.add_argument("--reach", type=float, default=0.025, help="users reached per event")
+    parser.add_argument(
+        "--reach", type=float, default=0.025, help="the share of users each event reaches"
+    )
     parser.add_argument("--history-size", type=int, default=100, help="0: history off")
     parser.add_argument("--subscribe", choices=["server", "client"], default="server")
     parser.add_argument("--nodes", type=int, choices=[1, 2], default=1)
