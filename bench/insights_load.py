@@ -59,14 +59,13 @@ from collections.abc import Iterator, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, cast
-from urllib.parse import urlsplit
 
 import aiohttp
 import httpx
 import msgspec
 import psutil
 
-from bench.rig import REPORT_DIR, ROOT, Server, cpu_seconds, percentiles
+from bench.rig import REPORT_DIR, ROOT, Server, cpu_seconds, node_process, percentiles
 from percolert.core.messages import WatchSpec
 from percolert.core.settings import Settings
 from percolert.core.text import TextNormalizer
@@ -669,23 +668,6 @@ def logged_searches(node_url: str, settings: Settings, since_ms: int) -> int:
         timeout=60,
     ).json()
     return int(answer["aggregations"]["n"]["value"] or 0)
-
-
-def node_process(node_url: str) -> psutil.Process | None:
-    """The process listening on the node's port, if this user may see it."""
-    port = urlsplit(node_url).port or 9200
-    try:
-        for connection in psutil.net_connections("tcp"):
-            if (
-                connection.status == psutil.CONN_LISTEN
-                and connection.laddr
-                and connection.laddr.port == port
-                and connection.pid
-            ):
-                return psutil.Process(connection.pid)
-    except psutil.Error:
-        return None
-    return None
 
 
 _METRICS = (

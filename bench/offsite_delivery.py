@@ -50,7 +50,6 @@ import uuid
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlsplit
 
 import httpx
 import psutil
@@ -58,7 +57,7 @@ from aiohttp import web
 from aiosmtpd.smtp import SMTP, Envelope, Session
 from standardwebhooks.webhooks import Webhook, WebhookVerificationError
 
-from bench.rig import REPORT_DIR, ROOT, Server, cpu_seconds, percentiles
+from bench.rig import REPORT_DIR, ROOT, Server, cpu_seconds, node_process, percentiles
 from percolert.accounts.ids import account_user_id
 from percolert.core.messages import WatchSpec
 from percolert.core.settings import Settings
@@ -373,23 +372,6 @@ class Report:
     within_goal: bool = False
     goal_met: bool = False
     stalled: bool = False
-
-
-def node_process(node_url: str) -> psutil.Process | None:
-    """The process listening on the node's port, if this user may see it."""
-    port = urlsplit(node_url).port or 9200
-    try:
-        for connection in psutil.net_connections("tcp"):
-            if (
-                connection.status == psutil.CONN_LISTEN
-                and connection.laddr
-                and connection.laddr.port == port
-                and connection.pid
-            ):
-                return psutil.Process(connection.pid)
-    except psutil.Error:
-        return None
-    return None
 
 
 def outbox_counts(node_url: str, settings: Settings) -> dict[str, dict[str, int]]:

@@ -18,7 +18,7 @@ from collections import defaultdict
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, Protocol
-from urllib.parse import urlencode
+from urllib.parse import urlencode, urlsplit
 
 import httpx
 import psutil
@@ -256,6 +256,23 @@ def user_of(cookie: str) -> str:
     """The user id a session cookie carries: its signed value is "<user>.<started ms>"
     (sessions.SessionSigner; a user id is URL-safe base64, without dots)."""
     return cookie.split(".", 1)[0]
+
+
+def node_process(node_url: str) -> psutil.Process | None:
+    """The process listening on the node's port, if this user may see it."""
+    port = urlsplit(node_url).port or 9200
+    try:
+        for connection in psutil.net_connections("tcp"):
+            if (
+                connection.status == psutil.CONN_LISTEN
+                and connection.laddr
+                and connection.laddr.port == port
+                and connection.pid
+            ):
+                return psutil.Process(connection.pid)
+    except psutil.Error:
+        return None
+    return None
 
 
 def build_wsload() -> Path:
