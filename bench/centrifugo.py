@@ -21,7 +21,6 @@ import os
 import random
 import secrets
 import shutil
-import signal
 import subprocess
 import tempfile
 import time
@@ -39,6 +38,7 @@ from bench.rig import (
     CONNECT_RATE,
     GREET_TIMEOUT_SECONDS,
     ROOT,
+    Served,
     Subscribers,
     build_wsload,
     cpu_seconds,
@@ -157,10 +157,11 @@ def centrifugo_config(
     return config
 
 
-class Centrifugo:
+class Centrifugo(Served):
     """One Centrifugo node in its own process (a rig.Target: the load client's server)."""
 
     design = "centrifugo"
+    ready_path = "/health"
 
     def __init__(
         self,
@@ -195,39 +196,18 @@ class Centrifugo:
                 indent=2,
             )
         )
-        self.log = scratch / f"{name}.log"
         self._http: httpx.AsyncClient | None = None
-        with self.log.open("ab") as log:
-            self.process = subprocess.Popen(
-                [str(build_centrifugo()), "--config", str(self.config)],
-                cwd=scratch,
-                stdout=log,
-                stderr=subprocess.STDOUT,
-            )
-        self.ps = psutil.Process(self.process.pid)
-        self.wait_healthy()
+        self.start(
+            [str(build_centrifugo()), "--config", str(self.config)],
+            dict(os.environ),
+            scratch,
+            cwd=scratch,
+            ready_seconds=30,
+        )
 
-    def wait_healthy(self, seconds: float = 30) -> None:
-        deadline = time.monotonic() + seconds
-        while True:
-            try:
-                if httpx.get(f"{self.url}/health", timeout=2).status_code == 200:
-                    return
-            except httpx.TransportError:
-                pass
-            if time.monotonic() > deadline or self.process.poll() is not None:
-                self.process.kill()
-                raise SystemExit(f"{self.name} did not start:\n{self.tail_of_log()}")
-            time.sleep(0.2)
-
-    def tail_of_log(self, lines: int = 30) -> str:
-        """The last lines of its log that are not routine (info) ones."""
-        unusual = [
-            line
-            for line in self.log.read_text(errors="replace").splitlines()
-            if '"level":"info"' not in line and " INF " not in line
-        ]
-        return "\n".join(unusual[-lines:])
+    def routine(self, line: str) -> bool:
+        # Its JSON log lines, and its console ones ("... INF ...").
+        return super().routine(line) or " INF " in line
 
     def token(self, user: str) -> str:
         """A connection token for `user` (HS256, no expiry: a run outlasts none)."""
@@ -268,13 +248,6 @@ class Centrifugo:
         if self._http is not None:
             await self._http.aclose()
             self._http = None
-
-    def stop(self) -> None:
-        self.process.send_signal(signal.SIGTERM)
-        try:
-            self.process.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            self.process.kill()
 
 
 class CentrifugoSockets(Subscribers):

@@ -101,7 +101,68 @@ def percentiles(values: list[float]) -> dict[str, float]:
     return {"p50": at(0.5), "p90": at(0.9), "p99": at(0.99), "max": round(ordered[-1], 2)}
 
 
-class Server:
+class Served:
+    """A process a benchmark starts and waits for (a server under test, or its peer): its
+    output in a log, for the tail printed when something fails."""
+
+    name: str
+    url: str
+    ready_path: str
+    log: Path
+    process: subprocess.Popen[bytes]
+    ps: psutil.Process
+
+    def start(
+        self,
+        command: list[str],
+        env: dict[str, str],
+        scratch: Path,
+        *,
+        cwd: Path = ROOT,
+        ready_seconds: float = 60.0,
+    ) -> None:
+        """Run `command` (its output in scratch/<name>.log) and wait until `ready_path`
+        answers; a process that does not is killed, and the run ends with its log's tail."""
+        self.log = scratch / f"{self.name}.log"
+        with self.log.open("ab") as log:
+            self.process = subprocess.Popen(
+                command, env=env, cwd=cwd, stdout=log, stderr=subprocess.STDOUT
+            )
+        self.ps = psutil.Process(self.process.pid)
+        deadline = time.monotonic() + ready_seconds
+        while True:
+            try:
+                if httpx.get(self.url + self.ready_path, timeout=2).status_code == 200:
+                    break
+            except httpx.TransportError:
+                pass
+            if time.monotonic() > deadline or self.process.poll() is not None:
+                self.process.kill()
+                raise SystemExit(f"{self.name} did not start:\n{self.tail_of_log()}")
+            time.sleep(0.2)
+
+    def routine(self, line: str) -> bool:
+        """Whether a line of its log is routine (info), left out of tail_of_log."""
+        return '"level":"info"' in line
+
+    def tail_of_log(self, lines: int = 30) -> str:
+        """The last lines of its log that are not routine (info) ones."""
+        unusual = [
+            line
+            for line in self.log.read_text(errors="replace").splitlines()
+            if not self.routine(line)
+        ]
+        return "\n".join(unusual[-lines:])
+
+    def stop(self) -> None:
+        self.process.send_signal(signal.SIGTERM)
+        try:
+            self.process.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+
+
+class Server(Served):
     """The server under test, in its own process."""
 
     def __init__(
@@ -158,41 +219,9 @@ class Server:
             self.ready_path = "/readyz"
         self.start(command, env, scratch)
 
-    def start(self, command: list[str], env: dict[str, str], scratch: Path) -> None:
-        """Run `command` (its output in a log, for the tail printed when something fails:
-        tail_of_log) and wait until `ready_path` answers."""
-        self.log = scratch / f"{self.name}.log"
-        with self.log.open("ab") as log:
-            self.process = subprocess.Popen(
-                command, env=env, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT
-            )
-        self.ps = psutil.Process(self.process.pid)
-        deadline = time.monotonic() + 60
-        while True:
-            try:
-                if httpx.get(self.url + self.ready_path, timeout=2).status_code == 200:
-                    break
-            except httpx.TransportError:
-                pass
-            if time.monotonic() > deadline or self.process.poll() is not None:
-                raise SystemExit(f"{self.name} server did not start:\n{self.tail_of_log()}")
-            time.sleep(0.2)
-
-    def tail_of_log(self, lines: int = 30) -> str:
-        """The last lines of its log that are not routine (info) ones."""
-        unusual = [
-            line
-            for line in self.log.read_text(errors="replace").splitlines()
-            if '"level":"info"' not in line and not line.startswith("INFO:")
-        ]
-        return "\n".join(unusual[-lines:])
-
-    def stop(self) -> None:
-        self.process.send_signal(signal.SIGTERM)
-        try:
-            self.process.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            self.process.kill()
+    def routine(self, line: str) -> bool:
+        # Its own JSON log lines, and uvicorn's ("INFO:     ...").
+        return super().routine(line) or line.startswith("INFO:")
 
 
 async def make_users(
