@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import random
 import signal
 import socket
 import subprocess
@@ -22,7 +23,6 @@ from percolert.dev.localservice import ServiceState
 from percolert.dev.redisnode import RedisNode
 from percolert.engine import es, indices
 from tests.conftest import delete_indices, make_settings, run_cli
-from tests.servers import free_port
 from tests.shoppers import Shopper
 from tests.waiting import wait_until
 
@@ -95,13 +95,20 @@ def test_commands_before_setup_say_so_without_a_traceback(
         assert "Traceback" not in refused.stderr
 
 
+# Ports below the kernel's ephemeral range (32768 and up, on Linux): one free when probed
+# stays free until `up` binds it, where an ephemeral one can be taken meanwhile by any
+# outgoing connection (`up`'s own to Elasticsearch among them).
+_FIXED_PORTS = range(20_000, 32_000)
+
+
 def consecutive_free_ports(count: int) -> int:
-    """The first of `count` consecutive ports that are free now."""
+    """The first of `count` consecutive ports that are free now, below the ephemeral range."""
+    chooser = random.Random()
     for _ in range(50):
-        first = free_port()
-        probes = [socket.socket() for _ in range(count - 1)]
+        first = chooser.randrange(_FIXED_PORTS.start, _FIXED_PORTS.stop - count)
+        probes = [socket.socket() for _ in range(count)]
         try:
-            for offset, probe in enumerate(probes, 1):
+            for offset, probe in enumerate(probes):
                 probe.bind(("127.0.0.1", first + offset))
             return first
         except OSError:
@@ -135,7 +142,7 @@ async def test_up_runs_two_instances_that_alert_each_other_and_ctrl_c_stops_all(
     elasticsearch_url: str, tmp_path: Path, stop: signal.Signals
 ) -> None:
     settings = make_settings(elasticsearch_url, state_dir=tmp_path / "state")
-    port, redis_port = consecutive_free_ports(2), free_port()
+    port = consecutive_free_ports(3)  # two instances, then their Redis
     env = {
         **os.environ,
         "ELASTICSEARCH_URL": elasticsearch_url,  # no dev node: this cluster
@@ -145,7 +152,7 @@ async def test_up_runs_two_instances_that_alert_each_other_and_ctrl_c_stops_all(
     }
     env.pop("PERCOLERT_REDIS_URL", None)  # the dev Redis of the state directory
     command = [sys.executable, "-m", "percolert.cli", "up", "--instances", "2"]
-    command += ["--port", str(port), "--redis-port", str(redis_port)]
+    command += ["--port", str(port), "--redis-port", str(port + 2)]
     one, two = f"http://127.0.0.1:{port}", f"http://127.0.0.1:{port + 1}"
     try:
         with subprocess.Popen(
@@ -154,7 +161,9 @@ async def test_up_runs_two_instances_that_alert_each_other_and_ctrl_c_stops_all(
             try:
 
                 def ready() -> bool:
-                    assert up.poll() is None, "percolert up exited"
+                    if up.poll() is not None:
+                        assert up.stderr is not None
+                        raise AssertionError(f"percolert up exited: {up.stderr.read()}")
                     return answers(f"{one}/readyz") and answers(f"{two}/readyz")
 
                 await wait_until(ready, timeout=120, what="both instances to be ready")

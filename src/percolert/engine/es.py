@@ -14,6 +14,7 @@ import time
 from collections.abc import Callable, Mapping
 from typing import Any, Literal, overload
 
+import anyio
 import elasticsearch
 import msgspec
 from elastic_transport import (
@@ -164,6 +165,8 @@ async def delete_older(client: AsyncElasticsearch, index: str, cutoff: str) -> N
 
 # A change by query meeting documents that changed meanwhile tries them again this often.
 _BY_QUERY_ATTEMPTS = 5
+# The pause before the second try, doubled before each next one (1.5 s in all).
+_BY_QUERY_PAUSE = 0.1
 # Documents read, and written back, per request of a rewrite.
 _REWRITE_PAGE = 1000
 
@@ -179,7 +182,13 @@ async def delete_matching(
     many were deleted; ElasticsearchProblem when some still were not, or were refused."""
     deleted = 0
     scoped = client.options(request_timeout=request_timeout)
-    for _ in range(_BY_QUERY_ATTEMPTS):
+    for attempt in range(_BY_QUERY_ATTEMPTS):
+        if attempt:
+            # A writer busy with the same documents (a mark, a routing) gets a moment, and
+            # the refresh shows its writes: `delete_by_query` reads the documents as search
+            # last saw them, so one written since conflicts again until a refresh.
+            await anyio.sleep(_BY_QUERY_PAUSE * 2 ** (attempt - 1))
+            await scoped.indices.refresh(index=index)
         response = await scoped.delete_by_query(
             index=index, query=query, conflicts="proceed", refresh=True
         )
