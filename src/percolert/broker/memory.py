@@ -29,7 +29,7 @@ from percolert.broker.base import (
 )
 from percolert.core.messages import AlertWatch
 from percolert.core.records import AlertRecord
-from percolert.realtime.delivery import Delivery, DeliveryObserver
+from percolert.realtime.delivery import Deliverer, Delivery, DeliveryObserver
 from percolert.realtime.hub import Hub
 
 
@@ -71,11 +71,13 @@ class MemoryBroker:
         clock: Callable[[], float] = time.monotonic,
         on_erased: ErasureListener | None = None,
         on_delivered: DeliveryObserver | None = None,
+        delivery: Deliverer | None = None,
     ) -> None:
+        """`delivery`: where sendings go, and who is reachable (default: the hub's sockets)."""
         self._hub = hub
         self._on_erased = on_erased
-        self._reachable = hub.reachable
-        self._delivery = Delivery(hub, on_delivered)
+        self._delivery = delivery or Delivery(hub, on_delivered)
+        self._reachable = self._delivery.reachable
         self._sink = sink
         self._window = window_seconds
         self._clock = clock

@@ -109,6 +109,22 @@ class _Readings(Collector):
             ("search_log_write_failures", "Failed writes of the search log (retried)"),
         ]:
             yield CounterMetricFamily(f"percolert_{name}", help_text, value=values.get(name, 0.0))
+        if "centrifugo_present" in values:  # delivery through Centrifugo
+            yield GaugeMetricFamily(
+                "percolert_centrifugo_present",
+                "Users with a client on their Centrifugo personal channel (last read)",
+                value=values["centrifugo_present"],
+            )
+            yield CounterMetricFamily(
+                "percolert_centrifugo_published",
+                "Alert messages Centrifugo took (a broadcast counts each channel)",
+                value=values["centrifugo_published"],
+            )
+            yield CounterMetricFamily(
+                "percolert_centrifugo_failed",
+                "Alert messages Centrifugo refused or did not answer for (not retried)",
+                value=values["centrifugo_failed"],
+            )
         if "broker_spooled" in values:  # a shared broker's (an embedded one is never away)
             yield GaugeMetricFamily(
                 "percolert_broker_spooled",

@@ -49,6 +49,12 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     # The Redis that instances sharing these indices coordinate through (routing, presence,
     # coalescing, positions). Unset: one process, everything in memory.
     redis_url: str | None = None
+    # Where search alerts go: "hub", the sockets this process holds; "centrifugo", the
+    # personal channels of a Centrifugo server (realtime/centrifugo.py; one instance only,
+    # docs/design/centrifugo-peer.md), at its HTTP address with its server API key.
+    delivery: str = "hub"
+    centrifugo_api_url: str | None = None
+    centrifugo_api_key: str | None = None
     # This instance's name in Redis, logs and metrics. Unset: host:port and a random part,
     # new on every start (a restarted process never takes over a dead one's inbox).
     instance_id: str | None = None
@@ -395,6 +401,24 @@ def from_environment(
         raise SettingsError(
             f"PERCOLERT_REDIS_URL must start with redis://, rediss:// or unix://, got {redis_url!r}"
         )
+    delivery = _choice(env, "PERCOLERT_DELIVERY", ("hub", "centrifugo"), default.delivery)
+    centrifugo_api_url = _optional(env, "PERCOLERT_CENTRIFUGO_API_URL")
+    centrifugo_api_key = _optional(env, "PERCOLERT_CENTRIFUGO_API_KEY")
+    if delivery == "centrifugo":
+        if centrifugo_api_url is None or centrifugo_api_key is None:
+            raise SettingsError(
+                "PERCOLERT_DELIVERY=centrifugo needs PERCOLERT_CENTRIFUGO_API_URL (its HTTP "
+                "address) and PERCOLERT_CENTRIFUGO_API_KEY (its http_api.key)"
+            )
+        if not centrifugo_api_url.startswith(("http://", "https://")):
+            raise SettingsError(
+                "PERCOLERT_CENTRIFUGO_API_URL must start with http:// or https://, "
+                f"got {centrifugo_api_url!r}"
+            )
+        if redis_url is not None:
+            raise SettingsError(
+                "PERCOLERT_DELIVERY=centrifugo runs one instance: unset PERCOLERT_REDIS_URL"
+            )
     jwt_secret, jwks_url, jwks_allow_http = _token_keys(env)
     settings = Settings(
         elasticsearch_url=url.rstrip("/"),
@@ -415,6 +439,9 @@ def from_environment(
         java_home=_path(env, "JAVA_HOME"),
         redis_server=_path(env, "PERCOLERT_REDIS_SERVER"),
         redis_url=redis_url,
+        delivery=delivery,
+        centrifugo_api_url=centrifugo_api_url,
+        centrifugo_api_key=centrifugo_api_key,
         instance_id=_optional(env, "PERCOLERT_INSTANCE_ID"),
         broker_spool=int(_number(env, "PERCOLERT_BROKER_SPOOL", default.broker_spool, minimum=1)),
         alert_log_flush_seconds=_number(

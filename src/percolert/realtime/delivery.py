@@ -7,6 +7,7 @@ log; a broker knows no socket.
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import Protocol
 
 import msgspec
 
@@ -19,11 +20,23 @@ from percolert.realtime.hub import Hub
 DeliveryObserver = Callable[[AlertWatch, bool, int], None]
 
 
+class Deliverer(Protocol):
+    """Where a broker's sendings go: the hub's sockets here (Delivery), or another server
+    holding them (realtime.centrifugo)."""
+
+    def reachable(self, user: str) -> bool: ...
+
+    def deliver(self, record: AlertRecord) -> None: ...
+
+    def deliver_user(self, user: str, payload: str) -> None: ...
+
+
 class Delivery:
     def __init__(self, hub: Hub, on_delivered: DeliveryObserver | None = None) -> None:
         self._hub = hub
         self._on_delivered = on_delivered
         self._encoder = msgspec.json.Encoder()
+        self.reachable = hub.reachable
 
     def deliver(self, record: AlertRecord) -> None:
         """Send a sending's alerts to the sockets of its recipients here: to each user in

@@ -37,6 +37,7 @@ from percolert.products.feed import ProductFeed
 from percolert.products.matching import PERCOLATE_CONCURRENCY, ProductAlerting
 from percolert.products.seen import SeenMarks
 from percolert.products.shown import ShownAlerts
+from percolert.realtime.centrifugo import CentrifugoDelivery
 from percolert.realtime.hub import Hub
 from percolert.watches.percolator import Percolator
 from percolert.watches.reachability import Leases, lease_seconds
@@ -149,6 +150,18 @@ class Services:
         # this process is the whole service.
         self.shared: RedisBroker | None = None
         self.broker: Broker
+        # Search alerts published to Centrifugo's channels rather than to sockets here.
+        self.centrifugo: CentrifugoDelivery | None = None
+        if settings.delivery == "centrifugo":
+            url, key = settings.centrifugo_api_url, settings.centrifugo_api_key
+            if url is None or key is None:
+                raise ValueError("Centrifugo delivery needs its API's URL and key")
+            self.centrifugo = CentrifugoDelivery(
+                url,
+                key,
+                grace_seconds=settings.reconnect_grace_seconds,
+                on_delivered=self.activity.delivered,
+            )
         if settings.redis_url is None:
             self.broker = MemoryBroker(
                 hub,
@@ -156,6 +169,7 @@ class Services:
                 window_seconds=settings.coalesce_seconds,
                 on_erased=self._erased_here,
                 on_delivered=self.activity.delivered,
+                delivery=self.centrifugo,
             )
         else:
             self.shared = self.broker = RedisBroker(
@@ -181,7 +195,10 @@ class Services:
             on_published=self.activity.published,
         )
         self.reachability = Leases(
-            client, indices.alias_for(settings, "watches"), settings, hub.users
+            client,
+            indices.alias_for(settings, "watches"),
+            settings,
+            hub.users if self.centrifugo is None else self.centrifugo.users,
         )
         self.percolator = percolator_type(
             percolation_client or client,
@@ -289,6 +306,8 @@ class Services:
                 async with anyio.create_task_group() as group:
                     if shared is not None:
                         services.background.start(group, "broker", shared.run)
+                    if services.centrifugo is not None:
+                        services.background.start(group, "centrifugo", services.centrifugo.run)
                     services.background.start(group, "percolator", services.percolator.run)
                     services.background.start(group, "dispatcher", services.dispatcher.run)
                     services.background.start(group, "alert_log", services.alert_log.run)
@@ -390,6 +409,10 @@ class Services:
         if self.shared is not None:
             readings["broker_spooled"] = self.dispatcher.spooled
             readings["broker_spool_dropped"] = self.dispatcher.spool_dropped
+        if self.centrifugo is not None:
+            readings["centrifugo_present"] = len(self.centrifugo.users())
+            readings["centrifugo_published"] = self.centrifugo.published
+            readings["centrifugo_failed"] = self.centrifugo.failed
         return readings
 
     async def deliver_pending(self, seconds: float) -> None:

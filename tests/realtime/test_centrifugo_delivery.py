@@ -1,0 +1,151 @@
+"""Search alerts delivered through a real Centrifugo (PERCOLERT_DELIVERY=centrifugo): each
+recipient hears of their own watch on their personal channel, nobody else does, and a
+shopper present only on Centrifugo is reachable (leased and alerted). Centrifugo is built
+from the Go module proxy on first use (bench/centrifugo.py), as the benchmark runs it."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import anyio
+import httpx
+import pytest
+from websockets.asyncio.client import ClientConnection, connect
+
+from bench.centrifugo import Centrifugo
+from bench.rig import user_of
+from percolert.core.settings import Settings
+from tests.conftest import SAMPLE_CATALOG, delete_indices, make_settings, prepare_indices
+from tests.servers import run_server
+from tests.shoppers import Shopper
+from tests.waiting import wait_until
+
+pytestmark = pytest.mark.anyio
+
+
+class CentrifugoClient:
+    """A socket speaking Centrifugo's JSON client protocol, subscribed by the server to its
+    user's personal channel on connect; publications are read as Percolert alerts."""
+
+    def __init__(self, connection: ClientConnection) -> None:
+        self.connection = connection
+        self._lines: list[dict[str, Any]] = []
+
+    @classmethod
+    async def open(cls, peer: Centrifugo, user: str) -> CentrifugoClient:
+        connection = await connect(peer.ws_url, origin=peer.url)  # type: ignore[arg-type]
+        client = cls(connection)
+        await connection.send(json.dumps({"id": 1, "connect": {"token": peer.token(user)}}))
+        reply = await client._next(lambda line: line.get("id") == 1)
+        assert "connect" in reply, reply
+        return client
+
+    async def _next(self, wanted: Any, timeout: float = 10.0) -> dict[str, Any]:
+        with anyio.fail_after(timeout):
+            while True:
+                for number, line in enumerate(self._lines):
+                    if wanted(line):
+                        return self._lines.pop(number)
+                frame = await self.connection.recv()
+                # One frame may hold several replies and pushes, a line each.
+                for text in str(frame).splitlines():
+                    line = json.loads(text)
+                    if line == {}:  # the server's ping
+                        await self.connection.send("{}")
+                    else:
+                        self._lines.append(line)
+
+    async def next_alert(self) -> dict[str, Any]:
+        push = await self._next(lambda line: "pub" in line.get("push", {}))
+        alert: dict[str, Any] = push["push"]["pub"]["data"]
+        return alert
+
+    async def close(self) -> None:
+        await self.connection.close()
+
+
+@pytest.fixture
+def peer(tmp_path: Path) -> Iterator[Centrifugo]:
+    node = Centrifugo(tmp_path, history_size=100)
+    try:
+        yield node
+    finally:
+        node.stop()
+
+
+@pytest.fixture
+def served(elasticsearch_url: str, peer: Centrifugo) -> Iterator[tuple[str, Settings]]:
+    settings = make_settings(
+        elasticsearch_url,
+        delivery="centrifugo",
+        centrifugo_api_url=peer.url,
+        centrifugo_api_key=peer.api_key,
+        coalesce_seconds=0.0,
+        # Leases renewed every 5 s at most: the users present on Centrifugo are leased by
+        # the renewal loop (no hello reaches this server).
+        lease_slack_seconds=20.0,
+    )
+    prepare_indices(settings, catalog=SAMPLE_CATALOG)
+    try:
+        with run_server(settings) as url:
+            yield url, settings
+    finally:
+        asyncio.run(delete_indices(settings))
+
+
+def reading(url: str, name: str) -> float:
+    for line in httpx.get(f"{url}/metrics", timeout=10).text.splitlines():
+        if line.startswith(f"{name} "):
+            return float(line.split()[-1])
+    raise AssertionError(f"no {name} on {url}/metrics")
+
+
+async def test_each_recipient_hears_of_their_own_watch_on_their_channel_only(
+    served: tuple[str, Settings], peer: Centrifugo
+) -> None:
+    url, _ = served
+    async with Shopper(url) as ada, Shopper(url) as bob, Shopper(url) as eve:
+        ada_watch = await ada.watch("fitbit")
+        bob_watch = await bob.watch("kindle")
+        ada_socket = await CentrifugoClient.open(peer, user_of(ada.cookie))
+        bob_socket = await CentrifugoClient.open(peer, user_of(bob.cookie))
+        try:
+            # Present on Centrifugo, then leased: both are reachable from this server.
+            await wait_until(
+                lambda: reading(url, "percolert_centrifugo_present") == 2,
+                timeout=20,
+                what="both shoppers present",
+            )
+            await wait_until(
+                lambda: reading(url, "percolert_watch_leases_written_total") >= 2,
+                timeout=30,
+                what="their watches leased",
+            )
+            await eve.search("fitbit charge")
+            alert = await ada_socket.next_alert()
+            assert alert["type"] == "alert"
+            assert alert["watch"]["id"] == ada_watch["id"]
+            first_seq = alert["seq"]
+
+            # Ada's own search alerts nobody; Bob hears of Eve's kindle search, through his
+            # watch and no one else's.
+            await ada.search("fitbit versa")
+            await eve.search("kindle paperwhite")
+            kindle = await bob_socket.next_alert()
+            assert kindle["watch"]["id"] == bob_watch["id"]
+            assert "fitbit" not in json.dumps(kindle)
+
+            # Ada's next alert is Eve's next fitbit search: she heard neither her own search
+            # nor Bob's kindle alert in between.
+            await eve.search("fitbit sense")
+            second = await ada_socket.next_alert()
+            assert second["watch"]["id"] == ada_watch["id"]
+            assert second["seq"] > kindle["seq"] > first_seq
+            assert reading(url, "percolert_centrifugo_failed_total") == 0
+        finally:
+            await ada_socket.close()
+            await bob_socket.close()
