@@ -18,6 +18,7 @@ Designs measured, per configuration (W watches, S sockets):
     python bench/harness.py --quick            # < 3 minutes: 10k watches, 1k sockets
     python bench/harness.py                    # 10k and 100k watches, 1k and 5k sockets
     python bench/harness.py --instances 2      # one instance against two on Redis (cluster.py)
+    python bench/harness.py --peer centrifugo [--quick]  # beside Centrifugo (peer_report.py)
 
 Writes docs/benchmarks/results.json, results.md and latency_vs_rate.png.
 """
@@ -46,7 +47,11 @@ import httpx
 import psutil
 
 from bench import cluster
+from bench.centrifugo import Centrifugo, CentrifugoSockets
+from bench.peer_report import write_peer_report
 from bench.rig import (
+    BROADCAST,
+    PER_USER,
     PREFIX,
     REPORT_DIR,
     ROOT,
@@ -59,6 +64,7 @@ from bench.rig import (
     make_users,
     percentiles,
     scrape_metrics,
+    user_of,
     warm_up,
 )
 from percolert.core.messages import WatchSpec
@@ -69,6 +75,13 @@ from percolert.dev.localservice import ServiceState
 from percolert.engine import es, indices
 from percolert.watches.store import WatchStore
 from tests.servers import free_port
+
+# `--peer centrifugo`: Percolert's designs and Centrifugo's doing the same work, and the
+# reference for Percolert's alert path (bench/peer_report.py).
+PEER_DESIGNS = (
+    "percolert-alerts-off,percolert-per-user,centrifugo-per-user,"
+    "percolert-broadcast,centrifugo-broadcast"
+)
 
 # The servers' logs of the last run, kept for a look at what went wrong (refused or slow
 # greetings, Elasticsearch errors).
@@ -94,10 +107,15 @@ class Step:
     # Search sent -> alert dispatched by the server (the search, percolation and matching);
     # the rest of alert_ms is the fan-out to the sockets. Percolert only.
     dispatch_ms: dict[str, float] = field(default_factory=dict)
+    # Alert dispatched (its seq, the dispatch time in microseconds) -> received: the fan-out.
+    fanout_ms: dict[str, float] = field(default_factory=dict)
     search_ms: dict[str, float] = field(default_factory=dict)
     alerts_per_s: float = 0.0
     sockets_closed: int = 0  # by the server during the step (a slow-client 1013, say)
     server_cpu_percent: float = 0.0
+    # Centrifugo's designs: its process (the sockets' server; Percolert is `server`).
+    peer_cpu_percent: float = 0.0
+    wall_seconds: float = 0.0  # the step's length, the drain of the last alerts included
     client_cpu_percent: float = 0.0  # the load client (subscriber sockets)
     es_cpu_percent: float = 0.0
     server_peak_rss_mb: float = 0.0
@@ -126,6 +144,7 @@ class Step:
     percolated: int = 0
     es_heap_used_mb: float = 0.0  # the JVM's heap in use at the end of the step
     load_average: float = 0.0  # the machine's 1-minute load average as the step began
+    turn: int = 0  # peer mode: which round of the designs
     # Per design run (the same in each of its steps): the server's RSS with no socket (users
     # and watches made), then with every socket connected, greeted and idle, before any
     # search; the growth divided by the sockets. And how the connect storm went.
@@ -281,7 +300,26 @@ def run_design(
 ) -> list[Step]:
     """Every rate of `rates` in turn; with `climb`, no rate after a step far past the bar
     (a reference run measures every rate: its cost per search is what it is for)."""
-    server = Server(design, node_url, scratch)
+    # Centrifugo's designs: Percolert percolates and publishes, Centrifugo holds the sockets.
+    peer = Centrifugo(scratch, history_size=100) if design.startswith("centrifugo") else None
+    try:
+        server = Server(
+            design,
+            node_url,
+            scratch,
+            extra_env=None
+            if peer is None
+            else {
+                "PERCOLERT_DELIVERY": "centrifugo",
+                "PERCOLERT_CENTRIFUGO_API_URL": peer.url,
+                "PERCOLERT_CENTRIFUGO_API_KEY": peer.api_key,
+            },
+        )
+    except BaseException:
+        if peer is not None:
+            peer.stop()
+        raise
+    holder = server if peer is None else peer  # the process holding the sockets
     steps: list[Step] = []
     try:
         settings = Settings(
@@ -294,11 +332,17 @@ def run_design(
             if word is not None:
                 sockets_per_word[word] += tabs
         time.sleep(0.5)  # the users' HTTP connections closed
-        rss_before = server.ps.memory_info().rss
+        rss_before = holder.ps.memory_info().rss
         _, log_start = log_warnings(server, 0)
-        subscribers = Subscribers(server, cookies, scratch)
+        subscribers: Subscribers
+        if peer is None:
+            subscribers = Subscribers(server, cookies, scratch)
+        else:
+            tokens = [peer.token(user_of(cookie)) for cookie in cookies if cookie is not None]
+            subscribers = CentrifugoSockets(peer, tokens, scratch)
+            await_present(server, users, design in PER_USER)
         time.sleep(1.0)  # connected, greeted and idle
-        rss_idle = server.ps.memory_info().rss
+        rss_idle = holder.ps.memory_info().rss
         warnings, _ = log_warnings(server, log_start)
         connect = subscribers.connect
         idle = {
@@ -334,7 +378,7 @@ def run_design(
                     load_average=round(os.getloadavg()[0], 2),
                     **idle,
                 )
-                processes = (server.ps, subscribers.ps, node)
+                processes = (server.ps, subscribers.ps, node, holder.ps)
                 cpu_before = [cpu_seconds(process) for process in processes]
                 before_wall = time.monotonic()
                 metrics_before = (
@@ -345,10 +389,14 @@ def run_design(
                 sent, words, search_ms, errors = drive(server, rate, seconds, tag, scratch)
                 time.sleep(min(2.0, seconds / 2))  # let the last alerts land
                 wall = time.monotonic() - before_wall
-                step.server_cpu_percent, step.client_cpu_percent, step.es_cpu_percent = (
+                server_cpu, client_cpu, es_cpu, peer_cpu = (
                     round(100 * (cpu_seconds(process) - before) / wall, 1)
                     for process, before in zip(processes, cpu_before, strict=True)
                 )
+                step.server_cpu_percent, step.client_cpu_percent = server_cpu, client_cpu
+                step.es_cpu_percent, step.wall_seconds = es_cpu, round(wall, 2)
+                if peer is not None:
+                    step.peer_cpu_percent = peer_cpu
                 step.server_peak_rss_mb = peak_rss_mb(server.ps)
                 es_change = {
                     name: value - es_before.get(name, 0.0)
@@ -394,8 +442,9 @@ def run_design(
                     step.sockets_closed = step.sockets
                 latencies: list[float] = []
                 to_dispatch: list[float] = []  # search sent -> alert dispatched (its seq)
+                fanout: list[float] = []  # alert dispatched -> received
                 for rid, at in sent.items():
-                    if design == "percolert-per-user":
+                    if design in ("percolert-per-user", "centrifugo-per-user"):
                         step.alerts_expected += sockets_per_word[words[rid]]
                     elif design != "percolert-alerts-off":
                         step.alerts_expected += step.sockets
@@ -403,16 +452,19 @@ def run_design(
                         latencies.append((got - at) * 1000)
                         if seq:
                             to_dispatch.append(seq / 1000 - at * 1000)
+                            fanout.append(got * 1000 - seq / 1000)
                 step.alerts_delivered = len(latencies)
                 step.alert_ms = percentiles(latencies)
                 step.dispatch_ms = percentiles(to_dispatch)
+                step.fanout_ms = percentiles(fanout)
                 step.alerts_per_s = round(len(latencies) / seconds, 1)
                 steps.append(step)
                 print(
                     f"  {design} {rate:g}/s: alert p50 {step.alert_ms.get('p50')} "
                     f"p99 {step.alert_ms.get('p99')} ms "
                     f"(dispatched by p50 {step.dispatch_ms.get('p50')} "
-                    f"p99 {step.dispatch_ms.get('p99')}), "
+                    f"p99 {step.dispatch_ms.get('p99')}; fan-out p50 "
+                    f"{step.fanout_ms.get('p50')} p99 {step.fanout_ms.get('p99')}), "
                     f"{step.alerts_delivered}/{step.alerts_expected} alerts; "
                     f"search p50 {step.search_ms.get('p50')} p99 {step.search_ms.get('p99')} ms, "
                     f"errors {errors}; slow percolates {step.percolates_over_100ms} "
@@ -424,7 +476,8 @@ def run_design(
                     f"ms/s {step.es_ms_per_s}; watches ms per search "
                     f"{step.es_watches_ms_per_search}, percolate ms per batch "
                     f"{step.percolate_ms_per_batch}; "
-                    f"CPU server {step.server_cpu_percent}% client {step.client_cpu_percent}% "
+                    f"CPU server {step.server_cpu_percent}% peer {step.peer_cpu_percent}% "
+                    f"client {step.client_cpu_percent}% "
                     f"es {step.es_cpu_percent}%; load {step.load_average}",
                     flush=True,
                 )
@@ -441,7 +494,32 @@ def run_design(
             subscribers.stop()
     finally:
         server.stop()
+        if peer is not None:
+            peer.stop()
     return steps
+
+
+def await_present(server: Server, users: list[tuple[str | None, str | None]], leased: bool) -> None:
+    """Centrifugo's designs: wait until Percolert counts every user present on Centrifugo
+    (it reads the channels each second) and, with `leased`, has leased their watches (its
+    renewal loop does, within 5 s), as a hello does for its own sockets."""
+    deadline = time.monotonic() + 120
+    while True:
+        values = {
+            line.split(" ")[0]: float(line.rsplit(" ", 1)[1])
+            for line in httpx.get(f"{server.url}/metrics", timeout=10).text.splitlines()
+            if line.startswith("percolert_")
+        }
+        present = values.get("percolert_centrifugo_present", 0.0) >= len(users)
+        leases = values.get("percolert_watch_leases_written_total", 0.0) >= len(users)
+        if present and (leases or not leased):
+            return
+        if time.monotonic() > deadline:
+            raise SystemExit(
+                f"Percolert saw {values.get('percolert_centrifugo_present')} of {len(users)} "
+                "users present on Centrifugo:\n" + server.tail_of_log()
+            )
+        time.sleep(0.5)
 
 
 def highest_rate(
@@ -911,7 +989,16 @@ def main() -> int:
         help="2: one instance versus two sharing one Redis (bench/cluster.py)",
     )
     parser.add_argument(
-        "--repeat", type=int, default=None, help="--instances 2: rounds of every design"
+        "--repeat",
+        type=int,
+        default=None,
+        help="--instances 2 or --peer: rounds of every design, in turns (peer default 2)",
+    )
+    parser.add_argument(
+        "--peer",
+        choices=("centrifugo",),
+        default=None,
+        help="side by side with Centrifugo delivering Percolert's alerts (peer-results.*)",
     )
     parser.add_argument("--rates", default=None, help="comma-separated searches per second")
     parser.add_argument(
@@ -947,7 +1034,21 @@ def main() -> int:
     if args.instances == 2:
         return run_instances(args)
     big_rates = None  # at 10k sockets and more: a shorter climb
-    if args.quick:
+    if args.peer and args.quick:
+        configurations = [(10_000, 1_000)]
+        rates = [50.0, 100.0]
+        seconds = args.seconds or 5.0
+        args.warm_up = 10.0 if args.warm_up is None else args.warm_up
+    elif args.peer:
+        # The issue's sizes at 100k watches (1M: --configs 1000000:10000, ~20 min to load).
+        configurations = [(100_000, 1_000), (100_000, 5_000), (100_000, 10_000)]
+        rates = [50.0, 100.0, 150.0, 200.0]
+        big_rates = rates
+        # A broadcast reaches every socket: 50/s to 10k sockets is 500k messages a second.
+        args.broadcast_rates = args.broadcast_rates or "5,10,25,50"
+        seconds = args.seconds or 10.0
+        args.warm_up = 60.0 if args.warm_up is None else args.warm_up
+    elif args.quick:
         configurations = [(10_000, 1_000)]
         rates = [10.0, 25.0, 50.0, 100.0]
         seconds = args.seconds or 3.0
@@ -968,7 +1069,11 @@ def main() -> int:
         ]
     designs = (
         args.designs
-        or "percolert-per-user,percolert-alerts-off,percolert-broadcast,baseline-broadcast"
+        or (
+            PEER_DESIGNS
+            if args.peer
+            else "percolert-per-user,percolert-alerts-off,percolert-broadcast,baseline-broadcast"
+        )
     ).split(",")
     plan = plan_runs(
         configurations,
@@ -984,6 +1089,7 @@ def main() -> int:
         reference_rates=[float(rate) for rate in args.reference_rates.split(",")],
     )
     tabs = 2
+    turns = (args.repeat or 2) if args.peer else 1
     raise_file_limit(max(run.sockets for run in plan) + SPARE_FILES)
     began, load_at_start = time.monotonic(), os.getloadavg()
     steps: list[Step] = []
@@ -1005,20 +1111,26 @@ def main() -> int:
                     loaded = watches
                 warm_up(psutil.Process(state.pid), state.url, scratch, warm)
                 warm = min(warm, 20.0)  # the JVM is warm: this warms the new segments
-                for design in run.designs:
-                    asyncio.run(set_default_watch(settings, design == "percolert-broadcast"))
-                    steps += run_design(
-                        design,
-                        psutil.Process(state.pid),
-                        state.url,
-                        scratch,
-                        watches,
-                        sockets,
-                        tabs,
-                        run.rates[design],
-                        seconds,
-                        climb=not run.reference,
-                    )
+                # Peer mode: every design once per turn, in turns, so that the machine's
+                # drift falls on every design alike (the report takes medians over turns).
+                for turn in range(turns):
+                    for design in run.designs:
+                        asyncio.run(set_default_watch(settings, design in BROADCAST))
+                        made = run_design(
+                            design,
+                            psutil.Process(state.pid),
+                            state.url,
+                            scratch,
+                            watches,
+                            sockets,
+                            tabs,
+                            run.rates[design],
+                            seconds,
+                            climb=not run.reference,
+                        )
+                        for step in made:
+                            step.turn = turn
+                        steps += made
     about = {
         "argv": sys.argv[1:],
         "cores": os.cpu_count(),
@@ -1027,7 +1139,14 @@ def main() -> int:
         "load_average_start": [round(value, 2) for value in load_at_start],
         "load_average_end": [round(value, 2) for value in os.getloadavg()],
         "configurations": [[run.watches, run.sockets, run.reference] for run in plan],
+        "turns": turns,
+        "seconds_per_step": seconds,
     }
+    if args.peer:
+        write_peer_report(steps, about)
+        print((REPORT_DIR / "peer-results.md").read_text())
+        print(f"{about['minutes']} minutes", flush=True)
+        return 0
     configured = [(run.watches, run.sockets) for run in plan if not run.reference]
     write_report(steps, configured, about, loads)
     print((REPORT_DIR / "results.md").read_text())

@@ -44,7 +44,15 @@ CONNECT_CONCURRENCY = 64
 CONNECT_RATE = 1_000.0
 GREET_TIMEOUT_SECONDS = 30.0
 # Designs whose users each register one watch word (alerts-off: the same, not percolated).
-PER_USER = {"percolert-per-user", "percolert-alerts-off", "percolert-redis-1", "percolert-redis-2"}
+PER_USER = {
+    "percolert-per-user",
+    "percolert-alerts-off",
+    "percolert-redis-1",
+    "percolert-redis-2",
+    "centrifugo-per-user",
+}
+# Designs whose one default watch reaches every socket.
+BROADCAST = {"percolert-broadcast", "centrifugo-broadcast"}
 # Per-user mode: subscribers are spread over these words; a search names one of them.
 GROUP_WORDS = [
     "sony",
@@ -193,6 +201,10 @@ class Server(Served):
             # The load client is one address driving hundreds of searches a second and
             # thousands of sessions and sockets: far past any shopper's limits.
             "PERCOLERT_RATE_LIMITS": "off",
+            # Every search of the broadcast designs matches the one default watch, and each
+            # of the per-user designs' few words: broad by design, never paused (a watch
+            # matching over 20 % of 200 searches otherwise pauses, and alerts nobody).
+            "PERCOLERT_BROAD_WATCH_SHARE": "1",
             "PRODUCTS_INDEX": f"{PREFIX}-products",
             "PYTHONPATH": os.pathsep.join([str(ROOT / "src"), str(ROOT)]),  # this checkout
         }

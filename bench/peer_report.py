@@ -1,0 +1,252 @@
+"""The side-by-side report of `bench/harness.py --peer centrifugo`: Percolert's own delivery
+and Centrifugo's, behind the same percolation front end, at the same watches, sockets and
+rates (docs/benchmarks/peer-results.json and .md, peer-latency.png, peer-cpu.png).
+
+CPU per 1,000 alerts is the delivery's: for Percolert the alert path, its server's CPU with
+alerts on minus with alerts off (`percolert-alerts-off`, same configuration and rate); for
+Centrifugo its own process, and beside it Percolert's cost of publishing to it (the same
+difference, its server with Centrifugo delivery minus alerts off). Both are divided by the
+alerts delivered in the step.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections import defaultdict
+from collections.abc import Callable
+from dataclasses import asdict
+from typing import TYPE_CHECKING, Any
+
+from bench.rig import REPORT_DIR
+
+if TYPE_CHECKING:
+    from bench.harness import Step
+
+# The pairs compared: Percolert's design, and Centrifugo's doing the same work.
+PAIRS = [
+    ("percolert-per-user", "centrifugo-per-user"),
+    ("percolert-broadcast", "centrifugo-broadcast"),
+]
+REFERENCE = "percolert-alerts-off"
+
+
+def _per_1000(cpu_percent: float, step: Step) -> float | None:
+    """CPU milliseconds per 1,000 alerts delivered, from a CPU share over the step."""
+    if not step.alerts_delivered or not step.wall_seconds:
+        return None
+    cpu_ms = 10 * cpu_percent * step.wall_seconds  # percent of a core -> ms over the step
+    return round(1000 * cpu_ms / step.alerts_delivered, 1)
+
+
+def delivery_cpu(step: Step, off: Step | None) -> dict[str, float | None]:
+    """The step's CPU per 1,000 alerts: `percolert` (Percolert's server with alerts on minus
+    alerts off), `centrifugo` (its process) and `total` (what the delivery cost, both)."""
+    publishing = None if off is None else step.server_cpu_percent - off.server_cpu_percent
+    own = None if publishing is None else _per_1000(max(0.0, publishing), step)
+    if step.design.startswith("centrifugo"):
+        peer = _per_1000(step.peer_cpu_percent, step)
+        total = None if own is None or peer is None else round(own + peer, 1)
+        return {"percolert": own, "centrifugo": peer, "total": total}
+    return {"percolert": own, "centrifugo": None, "total": own}
+
+
+def _median(values: list[float | None]) -> float | None:
+    known = sorted(value for value in values if value is not None)
+    if not known:
+        return None
+    middle = len(known) // 2
+    found = known[middle] if len(known) % 2 else (known[middle - 1] + known[middle]) / 2
+    return round(found, 2)
+
+
+def _quantiles(taken: list[Step], name: str) -> dict[str, float | None]:
+    """The medians of the steps' p50 and p99 of the percentiles `name` (alert_ms, ...)."""
+    return {k: _median([getattr(s, name).get(k) for s in taken]) for k in ("p50", "p99")}
+
+
+def rows(steps: list[Step]) -> list[dict[str, Any]]:
+    """One row per compared design, configuration and rate, in the issue's format: counts
+    summed over the turns, every other figure the median of the turns' (CPU per alert each
+    turn against that turn's alerts-off step)."""
+    off = {(s.turn, s.watches, s.sockets, s.rate): s for s in steps if s.design == REFERENCE}
+    turns: dict[tuple[str, int, int, float], list[Step]] = defaultdict(list)
+    for step in steps:
+        if step.design != REFERENCE:
+            turns[(step.design, step.watches, step.sockets, step.rate)].append(step)
+    made = []
+    for (design, watches, sockets, rate), taken in turns.items():
+        cpus = [delivery_cpu(s, off.get((s.turn, s.watches, s.sockets, s.rate))) for s in taken]
+
+        def middle(read: Callable[[Step], float | None], of: list[Step] = taken) -> float | None:
+            return _median([read(s) for s in of])
+
+        made.append(
+            {
+                "design": design.split("-")[0],
+                "mode": design.split("-", 1)[1],
+                "instances": 1,
+                "sockets": sockets,
+                "watches": watches,
+                "rate": rate,
+                "turns": len(taken),
+                "alerts_expected": sum(s.alerts_expected for s in taken),
+                "alerts_delivered": sum(s.alerts_delivered for s in taken),
+                "alert_ms": _quantiles(taken, "alert_ms"),
+                "fanout_ms": _quantiles(taken, "fanout_ms"),
+                "dispatch_ms": _quantiles(taken, "dispatch_ms"),
+                "cpu_ms_per_1000_alerts": {
+                    k: _median([cpu[k] for cpu in cpus])
+                    for k in ("percolert", "centrifugo", "total")
+                },
+                "kb_per_idle_socket": middle(lambda s: s.rss_per_idle_socket_kb),
+                "server_cpu_percent": middle(lambda s: s.server_cpu_percent),
+                "peer_cpu_percent": middle(lambda s: s.peer_cpu_percent),
+                "client_cpu_percent": middle(lambda s: s.client_cpu_percent),
+                "es_cpu_percent": middle(lambda s: s.es_cpu_percent),
+                "search_errors": sum(s.search_errors for s in taken),
+                "sockets_closed": sum(s.sockets_closed for s in taken),
+            }
+        )
+    return made
+
+
+def _cell(value: object, unit: str = "") -> str:
+    return "-" if value is None else f"{value:g}{unit}" if isinstance(value, float) else str(value)
+
+
+def _ratio(ours: float | None, theirs: float | None) -> str:
+    if ours is None or not theirs:
+        return "-"
+    return f"{ours / theirs:.2f}x"
+
+
+def comparison(table: list[dict[str, Any]]) -> list[str]:
+    """Percolert ÷ Centrifugo per configuration and rate: delivery CPU per alert, fan-out
+    p99, alert p99 and memory per idle socket."""
+    by_key = {(r["design"], r["mode"], r["watches"], r["sockets"], r["rate"]): r for r in table}
+    lines = [
+        "| work | watches | sockets | rate/s | delivered (P / C) | delivery CPU ms per 1,000 "
+        "alerts, P / C | P ÷ C | fan-out p99 ms, P / C | P ÷ C | alert p99 ms, P / C "
+        "| KB per idle socket, P / C |",
+        "|---|---:|---:|---:|---|---|---:|---|---:|---|---|",
+    ]
+    for ours, _theirs in PAIRS:
+        mode = ours.split("-", 1)[1]
+        keys = sorted({k[2:] for k in by_key if k[:2] == ("percolert", mode)})
+        for watches, sockets, rate in keys:
+            p = by_key.get(("percolert", mode, watches, sockets, rate))
+            c = by_key.get(("centrifugo", mode, watches, sockets, rate))
+            if p is None or c is None:
+                continue
+            p_cpu = p["cpu_ms_per_1000_alerts"]["total"]
+            c_cpu = c["cpu_ms_per_1000_alerts"]["total"]
+            lines.append(
+                f"| {mode} | {watches:,} | {sockets:,} | {rate:g} "
+                f"| {p['alerts_delivered']:,}/{p['alerts_expected']:,} / "
+                f"{c['alerts_delivered']:,}/{c['alerts_expected']:,} "
+                f"| {_cell(p_cpu)} / {_cell(c_cpu)} "
+                f"(Centrifugo {_cell(c['cpu_ms_per_1000_alerts']['centrifugo'])} + publishing "
+                f"{_cell(c['cpu_ms_per_1000_alerts']['percolert'])}) | {_ratio(p_cpu, c_cpu)} "
+                f"| {_cell(p['fanout_ms']['p99'])} / {_cell(c['fanout_ms']['p99'])} "
+                f"| {_ratio(p['fanout_ms']['p99'], c['fanout_ms']['p99'])} "
+                f"| {_cell(p['alert_ms']['p99'])} / {_cell(c['alert_ms']['p99'])} "
+                f"| {_cell(p['kb_per_idle_socket'])} / {_cell(c['kb_per_idle_socket'])} |"
+            )
+    return lines
+
+
+def write_peer_report(steps: list[Step], run: dict[str, Any]) -> None:
+    """peer-results.json ({"run", "rows", "steps"}), peer-results.md and the plots."""
+    REPORT_DIR.mkdir(parents=True, exist_ok=True)
+    table = rows(steps)
+    (REPORT_DIR / "peer-results.json").write_text(
+        json.dumps({"run": run, "rows": table, "steps": [asdict(s) for s in steps]}, indent=2)
+        + "\n"
+    )
+    lines = [
+        "# Side by side with Centrifugo",
+        "",
+        f"Machine: {os.cpu_count()} cores shared by everything: the Elasticsearch dev node, "
+        "Percolert, Centrifugo v6.9.1 (its designs only), the Go load client (tools/wsload) "
+        "and the orchestrator. Generated by `nox -s bench -- --peer centrifugo` "
+        "(bench/harness.py, bench/peer_report.py).",
+        "",
+        "Both designs have the same front end: the same users, watches and searches; each "
+        "search is answered and percolated by Percolert. In `percolert` designs Percolert's "
+        "own hub writes the alerts to its sockets; in `centrifugo` designs Percolert publishes "
+        "each recipient's alert to the recipient's personal channel on Centrifugo (history "
+        "and recovery on), which holds the sockets (the load client speaks its JSON "
+        "protocol). Per-user: each search reaches the subscribers watching its word. "
+        "Broadcast: one default watch reaching every socket.",
+        "",
+        "- **Alert latency**: from sending the search to each socket receiving its alert.",
+        "- **Fan-out**: from the alert's dispatch (its `seq`, stamped when the broker numbers "
+        "it) to its receipt.",
+        "- **Delivery CPU per 1,000 alerts**, for Percolert: its server with alerts on minus "
+        "with alerts off (same configuration and rate). For Centrifugo: its process, plus "
+        "Percolert's cost of publishing, counted the same way.",
+        "- **KB per idle socket**: the growth of the RSS of the process holding the sockets, "
+        "from none to all connected and idle.",
+        "",
+        f"Run: `{' '.join(['nox -s bench --', *run.get('argv', [])])}`, "
+        f"{run.get('minutes', '?')} minutes; load average {run.get('load_average_start', '?')} "
+        f"at the start, {run.get('load_average_end', '?')} at the end; {run.get('turns', 1)} "
+        f"turns of {run.get('seconds_per_step', '?')} s steps. In each configuration the "
+        "designs ran one after another (each over its rates), and again in the next turn; "
+        "figures are the median of the turns', counts their sum.",
+        "",
+        "## Percolert (P) ÷ Centrifugo (C), equal work",
+        "",
+        *comparison(table),
+        "",
+        "## Every step",
+        "",
+        "| turn | design | watches | sockets | rate/s | delivered | alert p50 / p99 ms "
+        "| dispatch p99 | fan-out p50 / p99 ms | CPU %: Percolert / Centrifugo / client / ES "
+        "| load |",
+        "|---:|---|---:|---:|---:|---|---|---:|---|---|---:|",
+    ]
+    for step in steps:
+        lines.append(
+            f"| {step.turn} | {step.design} | {step.watches:,} | {step.sockets:,} | {step.rate:g} "
+            f"| {step.alerts_delivered:,}/{step.alerts_expected:,} "
+            f"| {_cell(step.alert_ms.get('p50'))} / {_cell(step.alert_ms.get('p99'))} "
+            f"| {_cell(step.dispatch_ms.get('p99'))} "
+            f"| {_cell(step.fanout_ms.get('p50'))} / {_cell(step.fanout_ms.get('p99'))} "
+            f"| {step.server_cpu_percent:g} / {step.peer_cpu_percent:g} / "
+            f"{step.client_cpu_percent:g} / {step.es_cpu_percent:g} | {step.load_average:g} |"
+        )
+    lines += ["", "![latency](peer-latency.png) ![cpu](peer-cpu.png)", ""]
+    (REPORT_DIR / "peer-results.md").write_text("\n".join(lines))
+    plot(table)
+
+
+def plot(table: list[dict[str, Any]]) -> None:
+    """Alert p99 against the rate, and delivery CPU per 1,000 alerts against the rate, a
+    line per design and configuration."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    series: dict[str, list[dict[str, Any]]] = defaultdict(list)
+    for row in table:
+        series[f"{row['design']}-{row['mode']} W={row['watches']} S={row['sockets']}"].append(row)
+    for name, path, label in [
+        ("peer-latency.png", ("alert_ms", "p99"), "p99 search-to-alert latency (ms)"),
+        ("peer-cpu.png", ("cpu_ms_per_1000_alerts", "total"), "delivery CPU ms per 1,000 alerts"),
+    ]:
+        figure, axis = plt.subplots(figsize=(8, 5))
+        for key, points in sorted(series.items()):
+            shown = [(p["rate"], p[path[0]][path[1]]) for p in points]
+            shown = [(rate, value) for rate, value in shown if value is not None]
+            if shown:
+                axis.plot(*zip(*shown, strict=True), marker="o", label=key)
+        axis.set_xlabel("searches per second")
+        axis.set_ylabel(label)
+        axis.set_yscale("log")
+        axis.legend(fontsize=7)
+        figure.tight_layout()
+        figure.savefig(REPORT_DIR / name, dpi=120)
+        plt.close(figure)

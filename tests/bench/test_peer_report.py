@@ -1,0 +1,79 @@
+"""The side-by-side report (bench/peer_report.py): delivery CPU per 1,000 alerts is the
+alert path for Percolert (alerts on minus off) and Centrifugo's process plus Percolert's
+publishing for Centrifugo, and the comparison pairs equal work only."""
+
+from __future__ import annotations
+
+from bench.harness import Step
+from bench.peer_report import comparison, delivery_cpu, rows
+
+
+def step(design: str, rate: float, **fields: object) -> Step:
+    values: dict[str, object] = {
+        "alert_ms": {"p50": 8.0, "p99": 20.0},
+        "fanout_ms": {"p50": 1.0, "p99": 4.0},
+        "alerts_expected": 10_000,
+        "alerts_delivered": 10_000,
+        "wall_seconds": 10.0,
+        **fields,
+    }
+    return Step(design=design, watches=10_000, sockets=1_000, rate=rate, **values)  # type: ignore[arg-type]
+
+
+def test_percolert_counts_its_alert_path_and_centrifugo_its_process_and_the_publishing() -> None:
+    off = step("percolert-alerts-off", 100.0, server_cpu_percent=15.0, alerts_delivered=0)
+    ours = step("percolert-per-user", 100.0, server_cpu_percent=25.0)
+    theirs = step("centrifugo-per-user", 100.0, server_cpu_percent=20.0, peer_cpu_percent=12.0)
+    # 10 % of a core for 10 s is 1,000 ms, over 10,000 alerts: 100 ms per 1,000.
+    assert delivery_cpu(ours, off) == {"percolert": 100.0, "centrifugo": None, "total": 100.0}
+    assert delivery_cpu(theirs, off) == {"percolert": 50.0, "centrifugo": 120.0, "total": 170.0}
+    # Without the reference at that rate there is no alert path to state.
+    assert delivery_cpu(ours, None)["total"] is None
+
+
+def test_rows_follow_the_issues_format_and_leave_the_reference_out() -> None:
+    steps = [
+        step("percolert-alerts-off", 50.0, server_cpu_percent=10.0, alerts_delivered=0),
+        step("percolert-per-user", 50.0, server_cpu_percent=14.0, rss_per_idle_socket_kb=25.0),
+        step("centrifugo-per-user", 50.0, server_cpu_percent=12.0, peer_cpu_percent=6.0),
+    ]
+    table = rows(steps)
+    assert [(r["design"], r["mode"]) for r in table] == [
+        ("percolert", "per-user"),
+        ("centrifugo", "per-user"),
+    ]
+    first = table[0]
+    for key in ("instances", "sockets", "watches", "rate", "alerts_expected", "alerts_delivered"):
+        assert key in first
+    assert first["alert_ms"] == {"p50": 8.0, "p99": 20.0}
+    assert first["fanout_ms"] == {"p50": 1.0, "p99": 4.0}
+    assert first["cpu_ms_per_1000_alerts"]["total"] == 40.0
+    assert first["kb_per_idle_socket"] == 25.0
+    [header, _, line] = comparison(table)
+    assert "P ÷ C" in header
+    # 40 ms (Percolert) against 20 publishing + 60 Centrifugo: 0.5x.
+    assert "| 40 / 80 (Centrifugo 60 + publishing 20) | 0.50x |" in line
+
+
+def test_a_design_without_its_peer_at_that_rate_is_not_compared() -> None:
+    steps = [
+        step("percolert-alerts-off", 50.0, server_cpu_percent=10.0, alerts_delivered=0),
+        step("percolert-broadcast", 50.0, server_cpu_percent=30.0),
+        step("centrifugo-broadcast", 100.0, server_cpu_percent=12.0, peer_cpu_percent=6.0),
+    ]
+    assert len(comparison(rows(steps))) == 2  # the header only
+
+
+def test_turns_are_summed_in_counts_and_medians_elsewhere_each_against_its_own_reference() -> None:
+    steps = [
+        step("percolert-alerts-off", 50.0, turn=0, server_cpu_percent=10.0, alerts_delivered=0),
+        step("percolert-per-user", 50.0, turn=0, server_cpu_percent=14.0, alert_ms={"p99": 20.0}),
+        step("percolert-alerts-off", 50.0, turn=1, server_cpu_percent=20.0, alerts_delivered=0),
+        step("percolert-per-user", 50.0, turn=1, server_cpu_percent=26.0, alert_ms={"p99": 30.0}),
+    ]
+    [row] = rows(steps)
+    assert row["turns"] == 2
+    assert (row["alerts_delivered"], row["alerts_expected"]) == (20_000, 20_000)
+    assert row["alert_ms"]["p99"] == 25.0
+    # Turn 0: 4 % of a core, 40 ms per 1,000; turn 1: 6 %, 60 ms (not 26 - 10).
+    assert row["cpu_ms_per_1000_alerts"]["total"] == 50.0
