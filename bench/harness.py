@@ -1088,6 +1088,12 @@ def main() -> int:
         reference=args.reference,
         reference_rates=[float(rate) for rate in args.reference_rates.split(",")],
     )
+    if args.peer:
+        # The alert path's reference at every rate a compared design runs (broadcasts too).
+        for run in plan:
+            if "percolert-alerts-off" in run.rates:
+                every = {rate for rates in run.rates.values() for rate in rates}
+                run.rates["percolert-alerts-off"] = sorted(every)
     tabs = 2
     turns = (args.repeat or 2) if args.peer else 1
     raise_file_limit(max(run.sockets for run in plan) + SPARE_FILES)

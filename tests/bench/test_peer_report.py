@@ -25,8 +25,18 @@ def test_percolert_counts_its_alert_path_and_centrifugo_its_process_and_the_publ
     ours = step("percolert-per-user", 100.0, server_cpu_percent=25.0)
     theirs = step("centrifugo-per-user", 100.0, server_cpu_percent=20.0, peer_cpu_percent=12.0)
     # 10 % of a core for 10 s is 1,000 ms, over 10,000 alerts: 100 ms per 1,000.
-    assert delivery_cpu(ours, off) == {"percolert": 100.0, "centrifugo": None, "total": 100.0}
-    assert delivery_cpu(theirs, off) == {"percolert": 50.0, "centrifugo": 120.0, "total": 170.0}
+    assert delivery_cpu(ours, off) == {
+        "percolert": 100.0,
+        "centrifugo": None,
+        "total": 100.0,
+        "server_all": 250.0,  # searches included
+    }
+    assert delivery_cpu(theirs, off) == {
+        "percolert": 50.0,
+        "centrifugo": 120.0,
+        "total": 170.0,
+        "server_all": 200.0,
+    }
     # Without the reference at that rate there is no alert path to state.
     assert delivery_cpu(ours, None)["total"] is None
 
@@ -50,9 +60,9 @@ def test_rows_follow_the_issues_format_and_leave_the_reference_out() -> None:
     assert first["cpu_ms_per_1000_alerts"]["total"] == 40.0
     assert first["kb_per_idle_socket"] == 25.0
     [header, _, line] = comparison(table)
-    assert "P ÷ C" in header
-    # 40 ms (Percolert) against 20 publishing + 60 Centrifugo: 0.5x.
-    assert "| 40 / 80 (Centrifugo 60 + publishing 20) | 0.50x |" in line
+    assert "P ÷ C process" in header
+    # 40 ms (Percolert) against Centrifugo's 60, and 60 + 20 publishing: 0.67x and 0.5x.
+    assert "| 40 / 60 + 20 | 0.67x | 0.50x |" in line
 
 
 def test_a_design_without_its_peer_at_that_rate_is_not_compared() -> None:
@@ -77,3 +87,13 @@ def test_turns_are_summed_in_counts_and_medians_elsewhere_each_against_its_own_r
     assert row["alert_ms"]["p99"] == 25.0
     # Turn 0: 4 % of a core, 40 ms per 1,000; turn 1: 6 %, 60 ms (not 26 - 10).
     assert row["cpu_ms_per_1000_alerts"]["total"] == 50.0
+
+
+def test_without_a_reference_at_the_rate_percolert_counts_all_its_cpu_as_a_bound() -> None:
+    steps = [
+        step("percolert-broadcast", 5.0, server_cpu_percent=10.0),
+        step("centrifugo-broadcast", 5.0, server_cpu_percent=2.0, peer_cpu_percent=30.0),
+    ]
+    [_, _, line] = comparison(rows(steps))
+    # All of Percolert's 10 % (100 ms per 1,000) is at most 0.33x Centrifugo's 300.
+    assert "| ≤ 100 / 300 + - | ≤ 0.33x | - |" in line

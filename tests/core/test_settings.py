@@ -122,6 +122,34 @@ def test_every_variable_is_read_here() -> None:
         from_environment({**BASE, "PERCOLERT_LOG_FORMAT": "xml"})
 
 
+def test_delivery_through_centrifugo_needs_its_api_and_one_instance() -> None:
+    centrifugo = {
+        **BASE,
+        "PERCOLERT_DELIVERY": "centrifugo",
+        "PERCOLERT_CENTRIFUGO_API_URL": "http://centrifugo:8000",
+        "PERCOLERT_CENTRIFUGO_API_KEY": "key",
+        "PERCOLERT_CENTRIFUGO_TOKEN_SECRET": "s" * 32,
+        "PERCOLERT_CENTRIFUGO_TOKEN_SECONDS": "600",
+    }
+    settings = from_environment(centrifugo)
+    assert (settings.delivery, settings.centrifugo_api_url) == (
+        "centrifugo",
+        "http://centrifugo:8000",
+    )
+    assert (settings.centrifugo_token_secret, settings.centrifugo_token_seconds) == ("s" * 32, 600)
+    assert from_environment(BASE).delivery == "hub"
+    refusals = [
+        ({"PERCOLERT_DELIVERY": "pigeons"}, "PERCOLERT_DELIVERY must be one of hub, centrifugo"),
+        ({"PERCOLERT_CENTRIFUGO_API_KEY": ""}, "needs PERCOLERT_CENTRIFUGO_API_URL"),
+        ({"PERCOLERT_CENTRIFUGO_API_URL": "centrifugo:8000"}, "must start with http://"),
+        ({"PERCOLERT_REDIS_URL": "redis://r:6379"}, "runs one instance"),
+        ({"PERCOLERT_CENTRIFUGO_TOKEN_SECRET": "short"}, "at least 32 characters"),
+    ]
+    for changes, message in refusals:
+        with pytest.raises(SettingsError, match=message):
+            from_environment({**centrifugo, **changes})
+
+
 def test_settings_import_no_dev_tooling() -> None:
     """Settings are the lowest layer: building them never looks for a dev node."""
     code = (

@@ -54,7 +54,7 @@ def test_api_holds_under_generated_input(fuzz_server: str) -> None:
     # does not work with this pytest; the strategies and checks are schemathesis' own.
     schema = schemathesis.openapi.from_url(f"{fuzz_server}/openapi.json")
     operations = [result.ok() for result in schema.get_all_operations()]  # type: ignore[union-attr]
-    assert len(operations) == 14
+    assert len(operations) == 15
     negative_runs = []
     for operation in operations:
         for mode in (GenerationMode.POSITIVE, GenerationMode.NEGATIVE):

@@ -143,6 +143,15 @@ class Categories(msgspec.Struct, frozen=True):
 # --- accounts ----------------------------------------------------------------------------
 
 
+class RealtimeToken(msgspec.Struct, frozen=True, kw_only=True):
+    """POST /api/realtime/token, with alerts delivered through Centrifugo: a connection token
+    (HS256, `sub` the caller's user id) for Centrifugo's client, which subscribes the caller
+    to their personal channel; ask again before `expires_at` (ISO 8601)."""
+
+    token: str
+    expires_at: str
+
+
 class MergeReport(msgspec.Struct, frozen=True, kw_only=True):
     """POST /api/me/merge: of the anonymous session's own watches, how many moved into the
     account, were dropped as duplicates of the account's, or stay with the session: the

@@ -55,6 +55,10 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     delivery: str = "hub"
     centrifugo_api_url: str | None = None
     centrifugo_api_key: str | None = None
+    # Signs the connection tokens POST /api/realtime/token gives shoppers (Centrifugo's
+    # client.token.hmac_secret_key), and how long each lasts.
+    centrifugo_token_secret: str | None = None
+    centrifugo_token_seconds: float = 3600.0
     # This instance's name in Redis, logs and metrics. Unset: host:port and a random part,
     # new on every start (a restarted process never takes over a dead one's inbox).
     instance_id: str | None = None
@@ -419,6 +423,12 @@ def from_environment(
             raise SettingsError(
                 "PERCOLERT_DELIVERY=centrifugo runs one instance: unset PERCOLERT_REDIS_URL"
             )
+    centrifugo_token_secret = _optional(env, "PERCOLERT_CENTRIFUGO_TOKEN_SECRET")
+    if centrifugo_token_secret is not None and len(centrifugo_token_secret) < 32:
+        raise SettingsError(
+            "PERCOLERT_CENTRIFUGO_TOKEN_SECRET must be at least 32 characters "
+            "(Centrifugo's client.token.hmac_secret_key)"
+        )
     jwt_secret, jwks_url, jwks_allow_http = _token_keys(env)
     settings = Settings(
         elasticsearch_url=url.rstrip("/"),
@@ -442,6 +452,13 @@ def from_environment(
         delivery=delivery,
         centrifugo_api_url=centrifugo_api_url,
         centrifugo_api_key=centrifugo_api_key,
+        centrifugo_token_secret=centrifugo_token_secret,
+        centrifugo_token_seconds=_number(
+            env,
+            "PERCOLERT_CENTRIFUGO_TOKEN_SECONDS",
+            default.centrifugo_token_seconds,
+            minimum=60,
+        ),
         instance_id=_optional(env, "PERCOLERT_INSTANCE_ID"),
         broker_spool=int(_number(env, "PERCOLERT_BROKER_SPOOL", default.broker_spool, minimum=1)),
         alert_log_flush_seconds=_number(

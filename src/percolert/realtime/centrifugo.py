@@ -24,6 +24,7 @@ from collections.abc import Callable, Collection
 import aiohttp
 import anyio
 import anyio.lowlevel
+import jwt
 import msgspec
 
 from percolert.core.messages import AlertWatch
@@ -93,6 +94,14 @@ class _BatchReply(msgspec.Struct):
 
 def personal_channel(user: str) -> str:
     return _PREFIX + user
+
+
+def connection_token(secret: str, user: str, seconds: float, now: float) -> tuple[str, float]:
+    """A Centrifugo connection token for `user` (HS256; `sub` names the personal channel
+    Centrifugo subscribes the connection to) and when it expires (epoch seconds)."""
+    expires = int(now + seconds)
+    token = jwt.encode({"sub": user, "iat": int(now), "exp": expires}, secret, algorithm="HS256")
+    return token, float(expires)
 
 
 class CentrifugoDelivery:
@@ -213,11 +222,22 @@ class CentrifugoDelivery:
                 )
 
     async def _watch_presence(self) -> None:
+        failing = False  # logged once per outage, not every second
         while True:
             try:
                 await self._read_presence()
+                if failing:
+                    logger.warning("reading who is present on Centrifugo works again")
+                failing = False
             except (aiohttp.ClientError, TimeoutError, msgspec.DecodeError) as error:
-                logger.warning("reading who is present on Centrifugo failed: %s", error)
+                if not failing:
+                    logger.warning(
+                        "reading who is present on Centrifugo failed (retried every %g s; "
+                        "meanwhile those last seen stay reachable): %s",
+                        PRESENCE_SECONDS,
+                        error,
+                    )
+                failing = True
             await anyio.sleep(PRESENCE_SECONDS)
 
     async def _read_presence(self) -> None:

@@ -46,6 +46,7 @@ from percolert.web import (
     admin_page,
     insights_api,
     offsite_api,
+    realtime_api,
     unsubscribe,
 )
 from percolert.web.alert_socket import alerts_socket
@@ -398,6 +399,7 @@ def create_app(settings: Settings, *, percolator_type: type[Percolator] = Percol
         *offsite_api.routes(),  # /api/me/preferences: an account's e-mail
         *unsubscribe.routes(),  # e-mail's one-click unsubscribe links
         *insights_api.routes(),  # /api/alerts/visits: the SDK's click-throughs
+        *realtime_api.routes(),  # /api/realtime/token: sockets on Centrifugo instead
         *admin_page.routes(settings, secret),  # /admin: the demand view, behind a cookie
         Route("/openapi.json", openapi),
         Route("/metrics", metrics),

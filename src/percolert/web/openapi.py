@@ -15,6 +15,7 @@ from percolert.core.messages import (
     Health,
     MergeReport,
     Readiness,
+    RealtimeToken,
     SearchResponse,
     Watch,
     WatchList,
@@ -71,6 +72,7 @@ def openapi_document() -> dict[str, Any]:
             Readiness,
             DataExport,
             MergeReport,
+            RealtimeToken,
             Preferences,
             Visit,
         ],
@@ -176,6 +178,19 @@ def openapi_document() -> dict[str, Any]:
                         "content": _json("DataExport"),
                     },
                     **_errors(429, 431, 503),
+                },
+            }
+        },
+        "/api/realtime/token": {
+            "post": {
+                "summary": "With alerts delivered through Centrifugo "
+                "(PERCOLERT_DELIVERY=centrifugo): a connection token for Centrifugo's client, "
+                "naming you (your session, or your account with the shop's token); Centrifugo "
+                "subscribes the socket to your personal channel. 404 where alerts come on /ws. "
+                "Sent as JSON (an empty object), as every POST",
+                "responses": {
+                    "200": _ok("RealtimeToken", "the token, and when to ask again"),
+                    **_errors(403, 404, 415, 429, 431),
                 },
             }
         },

@@ -1,0 +1,44 @@
+"""`POST /api/realtime/token`: with alerts delivered through Centrifugo
+(`PERCOLERT_DELIVERY=centrifugo`), the caller's connection token for Centrifugo's client.
+Its `sub` is the user the session cookie or the shop's token says the caller is, so the
+socket Centrifugo opens hears that user's personal channel only."""
+
+from __future__ import annotations
+
+import time
+
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.routing import Route
+
+from percolert.core.messages import RealtimeToken
+from percolert.core.times import iso_from_seconds
+from percolert.realtime.centrifugo import connection_token
+from percolert.web.errors import ApiError
+from percolert.web.middleware.sessions import current_user
+from percolert.web.responses import json_response
+from percolert.web.state import state_of
+
+TOKEN_PATH = "/api/realtime/token"  # noqa: S105 (a path, not a password)
+
+
+async def token(request: Request) -> Response:
+    settings = state_of(request)["settings"]
+    secret = settings.centrifugo_token_secret
+    if settings.delivery != "centrifugo" or secret is None:
+        raise ApiError(
+            404,
+            "not_found",
+            "alerts are not delivered through Centrifugo here: open the socket at /ws",
+        )
+    user = current_user(request)
+    if user is None:  # the session middleware gives every API request one
+        raise ApiError(401, "no_session", "no session")
+    made, expires = connection_token(secret, user, settings.centrifugo_token_seconds, time.time())
+    response = json_response(RealtimeToken(token=made, expires_at=iso_from_seconds(expires)))
+    response.headers["Cache-Control"] = "no-store"  # a credential
+    return response
+
+
+def routes() -> list[Route]:
+    return [Route(TOKEN_PATH, token, methods=["POST"])]
