@@ -77,10 +77,20 @@ def rows(steps: list[Step]) -> list[dict[str, Any]]:
     summed over the turns, every other figure the median of the turns' (CPU per alert each
     turn against that turn's alerts-off step)."""
     off = {(s.turn, s.watches, s.sockets, s.rate): s for s in steps if s.design == REFERENCE}
+    ran = {(s.design, s.turn, s.watches, s.sockets, s.rate) for s in steps}
+    ran_any = {(s.design, s.watches, s.sockets, s.rate) for s in steps}
+    peer_of = {ours: theirs for ours, theirs in PAIRS} | {theirs: ours for ours, theirs in PAIRS}
     turns: dict[tuple[str, int, int, float], list[Step]] = defaultdict(list)
     for step in steps:
-        if step.design != REFERENCE:
-            turns[(step.design, step.watches, step.sockets, step.rate)].append(step)
+        if step.design == REFERENCE:
+            continue
+        # Where its peer ran the same step, only the turns in which both did (a design stops
+        # climbing after a step far past the bar: the two may differ).
+        peer = peer_of.get(step.design, "")
+        where = (step.watches, step.sockets, step.rate)
+        if (peer, *where) in ran_any and (peer, step.turn, *where) not in ran:
+            continue
+        turns[(step.design, step.watches, step.sockets, step.rate)].append(step)
     made = []
     for (design, watches, sockets, rate), taken in turns.items():
         cpus = [delivery_cpu(s, off.get((s.turn, s.watches, s.sockets, s.rate))) for s in taken]

@@ -97,3 +97,13 @@ def test_without_a_reference_at_the_rate_percolert_counts_all_its_cpu_as_a_bound
     [_, _, line] = comparison(rows(steps))
     # All of Percolert's 10 % (100 ms per 1,000) is at most 0.33x Centrifugo's 300.
     assert "| ≤ 100 / 300 + - | ≤ 0.33x | - |" in line
+
+
+def test_only_the_turns_both_designs_ran_are_compared() -> None:
+    steps = [
+        step("percolert-broadcast", 25.0, turn=0, alert_ms={"p99": 30.0}),
+        step("percolert-broadcast", 25.0, turn=1, alert_ms={"p99": 90.0}),
+        step("centrifugo-broadcast", 25.0, turn=1, alert_ms={"p99": 900.0}),
+    ]
+    ours = next(r for r in rows(steps) if r["design"] == "percolert")
+    assert (ours["turns"], ours["alert_ms"]["p99"]) == (1, 90.0)

@@ -19,13 +19,16 @@ import httpx
 import jwt
 import pytest
 from websockets.asyncio.client import ClientConnection, connect
+from websockets.exceptions import ConnectionClosed
 
 from bench.centrifugo import VERSION, Centrifugo, installed_version
 from bench.rig import user_of
 from percolert.core.settings import Settings
+from tests.accounts.conftest import ADMIN, ADMIN_TOKEN
+from tests.accounts.tokens import SHOP_SECRET, shop_token
 from tests.conftest import SAMPLE_CATALOG, delete_indices, make_settings, prepare_indices
 from tests.servers import run_server
-from tests.shoppers import Shopper
+from tests.shoppers import Shopper, default_watch
 from tests.waiting import wait_until
 
 pytestmark = pytest.mark.anyio
@@ -73,6 +76,18 @@ class CentrifugoClient:
         alert: dict[str, Any] = push["push"]["pub"]["data"]
         return alert
 
+    async def closed_with(self) -> int:
+        """Read until Centrifugo closes the socket: the close code."""
+        with anyio.fail_after(10), pytest.raises(ConnectionClosed) as closed:
+            await self._read_until_closed()
+        received = closed.value.rcvd
+        assert received is not None, "closed without a close frame"
+        return received.code
+
+    async def _read_until_closed(self) -> None:
+        while True:
+            await self.connection.recv()
+
     async def close(self) -> None:
         await self.connection.close()
 
@@ -97,6 +112,8 @@ def served(elasticsearch_url: str, peer: Centrifugo) -> Iterator[tuple[str, Sett
         centrifugo_api_key=peer.api_key,
         centrifugo_token_secret=peer.secret,
         coalesce_seconds=0.0,
+        jwt_secret=SHOP_SECRET,
+        admin_token=ADMIN_TOKEN,
         # Leases renewed every 5 s at most: the users present on Centrifugo are leased by
         # the renewal loop (no hello reaches this server).
         lease_slack_seconds=20.0,
@@ -179,3 +196,68 @@ async def test_the_token_names_the_caller_and_is_refused_where_alerts_come_on_ws
             assert refused.status_code == 404
             assert refused.json()["error"]["code"] == "not_found"
             assert "/ws" in refused.json()["error"]["message"]
+
+
+async def test_a_default_watch_reaches_everyone_present_but_the_searcher(
+    served: tuple[str, Settings], peer: Centrifugo
+) -> None:
+    url, settings = served
+    async with (
+        default_watch(settings, "kindle") as (watch, _),
+        Shopper(url) as ada,
+        Shopper(url) as bob,
+        Shopper(url) as eve,
+    ):
+        sockets = [await CentrifugoClient.open(peer, shopper) for shopper in (ada, bob, eve)]
+        try:
+            await wait_until(
+                lambda: reading(url, "percolert_centrifugo_present") == 3,
+                timeout=20,
+                what="three shoppers present",
+            )
+            await eve.search("kindle paperwhite")
+            first = [await socket.next_alert() for socket in sockets[:2]]
+            assert {alert["watch"]["id"] for alert in first} == {watch.id}
+            assert first[0]["seq"] == first[1]["seq"]  # one sending, one broadcast
+            # Eve's next alert is of Ada's search: she did not hear of her own.
+            await ada.search("kindle oasis")
+            heard = await sockets[2].next_alert()
+            assert heard["seq"] > first[0]["seq"]
+            assert (await sockets[1].next_alert())["seq"] == heard["seq"]
+        finally:
+            for socket in sockets:
+                await socket.close()
+
+
+async def test_an_erased_account_is_disconnected_for_good_and_hears_nothing_more(
+    served: tuple[str, Settings], peer: Centrifugo
+) -> None:
+    url, _ = served
+    async with Shopper(url, token=shop_token("centrifugo-erased")) as ada, Shopper(url) as eve:
+        await ada.watch("fitbit")
+        socket = await CentrifugoClient.open(peer, ada)
+        try:
+            await wait_until(
+                lambda: reading(url, "percolert_centrifugo_present") == 1,
+                timeout=20,
+                what="the account present",
+            )
+            await wait_until(
+                lambda: reading(url, "percolert_watch_leases_written_total") >= 1,
+                timeout=30,
+                what="its watch leased",
+            )
+            await eve.search("fitbit charge")
+            assert (await socket.next_alert())["type"] == "alert"
+            erased = httpx.delete(f"{url}/api/admin/accounts/centrifugo-erased", headers=ADMIN)
+            assert erased.status_code == 200, erased.text
+            # Centrifugo's "force disconnect, do not reconnect".
+            assert await socket.closed_with() == 3501
+            await wait_until(
+                lambda: reading(url, "percolert_centrifugo_present") == 0,
+                timeout=20,
+                what="nobody present",
+            )
+            assert reading(url, "percolert_centrifugo_failed_total") == 0
+        finally:
+            await socket.close()

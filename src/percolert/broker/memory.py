@@ -230,7 +230,7 @@ class MemoryBroker:
                     searches += 1
                 if fold.searcher == user or user in fold.skip:
                     window.pending[index] = fold.without(user)
-        sockets = self._hub.erase(user)
+        sockets = self._delivery.erase(user)
         if self._on_erased is not None:
             self._on_erased(user)
         return UserErased(sockets=sockets, windows=windows, searches=searches)

@@ -30,6 +30,11 @@ class Deliverer(Protocol):
 
     def deliver_user(self, user: str, payload: str) -> None: ...
 
+    def erase(self, user: str) -> int:
+        """The user was erased: their sockets closed, nothing more sent to them; returns
+        how many sockets were closed."""
+        ...
+
 
 class Delivery:
     def __init__(self, hub: Hub, on_delivered: DeliveryObserver | None = None) -> None:
@@ -37,6 +42,7 @@ class Delivery:
         self._on_delivered = on_delivered
         self._encoder = msgspec.json.Encoder()
         self.reachable = hub.reachable
+        self.erase = hub.erase
 
     def deliver(self, record: AlertRecord) -> None:
         """Send a sending's alerts to the sockets of its recipients here: to each user in

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from collections.abc import AsyncIterator, Callable, Mapping
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from functools import partial
@@ -77,6 +78,8 @@ class State(TypedDict):
     demand: DemandView
     # Click-throughs counted already (each once per shopper and alert).
     visits_seen: VisitsSeen
+    # Delivery through Centrifugo (None: the hub's sockets): its tokens' sessions.
+    centrifugo: CentrifugoDelivery | None
 
 
 def encode_message(message: ServerMessage) -> str:
@@ -160,6 +163,7 @@ class Services:
                 url,
                 key,
                 grace_seconds=settings.reconnect_grace_seconds,
+                token_seconds=settings.centrifugo_token_seconds,
                 on_delivered=self.activity.delivered,
             )
         if settings.redis_url is None:
@@ -377,6 +381,7 @@ class Services:
             "activity": self.activity,
             "demand": self.demand,
             "visits_seen": self.visits_seen,
+            "centrifugo": self.centrifugo,
         }
 
     def readings(self) -> dict[str, float]:
@@ -418,7 +423,10 @@ class Services:
     async def deliver_pending(self, seconds: float) -> None:
         """At shutdown: percolate the searches already answered (for `seconds` at most) and
         send every pending follow-up, so that their alerts reach the sockets still open."""
+        began = time.monotonic()
         with anyio.move_on_after(seconds):
             while not self.percolator.idle():  # noqa: ASYNC110
                 await anyio.sleep(0.01)
         await self.dispatcher.flush_all()
+        if self.centrifugo is not None:  # what was handed to it, sent before the loops stop
+            await self.centrifugo.drain(max(0.5, seconds - (time.monotonic() - began)))
