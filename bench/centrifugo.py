@@ -44,12 +44,13 @@ from bench.rig import (
     cpu_seconds,
     percentiles,
 )
+from percolert.realtime.centrifugo import personal_channel
 from tests.servers import free_port
 
 MODULE = "github.com/centrifugal/centrifugo/v6"
 VERSION = "6.9.1"
 CENTRIFUGO = ROOT / ".percolert" / "bin" / "centrifugo"
-NAMESPACE = "personal"
+NAMESPACE = "personal"  # the channels percolert.realtime.centrifugo publishes to
 DEFAULT_REDIS = "redis://127.0.0.1:6379"
 # Its own key prefix on a Redis shared with Percolert's broker (and with earlier runs).
 REDIS_PREFIX = "percolert-bench-centrifugo"
@@ -90,11 +91,6 @@ def build_centrifugo() -> Path:
     if installed_version() != VERSION:
         raise SystemExit(f"{CENTRIFUGO} does not report version {VERSION} after the build")
     return CENTRIFUGO
-
-
-def personal_channel(user: str) -> str:
-    """The user-limited channel only `user` may subscribe to (the `#` boundary)."""
-    return f"{NAMESPACE}:#{user}"
 
 
 def namespace_config(history_size: int, history_ttl: str, server_side: bool) -> dict[str, Any]:

@@ -27,7 +27,7 @@ from percolert.core.settings import Settings
 from tests.accounts.conftest import ADMIN, ADMIN_TOKEN
 from tests.accounts.tokens import SHOP_SECRET, shop_token
 from tests.conftest import SAMPLE_CATALOG, delete_indices, make_settings, prepare_indices
-from tests.servers import run_server
+from tests.servers import metric, run_server
 from tests.shoppers import Shopper, default_watch
 from tests.waiting import wait_until
 
@@ -126,11 +126,19 @@ def served(elasticsearch_url: str, peer: Centrifugo) -> Iterator[tuple[str, Sett
         asyncio.run(delete_indices(settings))
 
 
-def reading(url: str, name: str) -> float:
-    for line in httpx.get(f"{url}/metrics", timeout=10).text.splitlines():
-        if line.startswith(f"{name} "):
-            return float(line.split()[-1])
-    raise AssertionError(f"no {name} on {url}/metrics")
+async def reachable(url: str, present: int, *, leased: int = 0) -> None:
+    """Wait until the server counts `present` users on Centrifugo and has leased at least
+    `leased` watches (its renewal loop leases those present: no hello reaches it)."""
+    await wait_until(
+        lambda: metric(url, "percolert_centrifugo_present") == present,
+        timeout=20,
+        what=f"{present} present",
+    )
+    await wait_until(
+        lambda: metric(url, "percolert_watch_leases_written_total") >= leased,
+        timeout=30,
+        what=f"{leased} watches leased",
+    )
 
 
 async def test_each_recipient_hears_of_their_own_watch_on_their_channel_only(
@@ -144,16 +152,7 @@ async def test_each_recipient_hears_of_their_own_watch_on_their_channel_only(
         bob_socket = await CentrifugoClient.open(peer, bob)
         try:
             # Present on Centrifugo, then leased: both are reachable from this server.
-            await wait_until(
-                lambda: reading(url, "percolert_centrifugo_present") == 2,
-                timeout=20,
-                what="both shoppers present",
-            )
-            await wait_until(
-                lambda: reading(url, "percolert_watch_leases_written_total") >= 2,
-                timeout=30,
-                what="their watches leased",
-            )
+            await reachable(url, 2, leased=2)
             await eve.search("fitbit charge")
             alert = await ada_socket.next_alert()
             assert alert["type"] == "alert"
@@ -174,7 +173,7 @@ async def test_each_recipient_hears_of_their_own_watch_on_their_channel_only(
             second = await ada_socket.next_alert()
             assert second["watch"]["id"] == ada_watch["id"]
             assert second["seq"] > kindle["seq"] > first_seq
-            assert reading(url, "percolert_centrifugo_failed_total") == 0
+            assert metric(url, "percolert_centrifugo_failed_total") == 0
         finally:
             await ada_socket.close()
             await bob_socket.close()
@@ -210,11 +209,7 @@ async def test_a_default_watch_reaches_everyone_present_but_the_searcher(
     ):
         sockets = [await CentrifugoClient.open(peer, shopper) for shopper in (ada, bob, eve)]
         try:
-            await wait_until(
-                lambda: reading(url, "percolert_centrifugo_present") == 3,
-                timeout=20,
-                what="three shoppers present",
-            )
+            await reachable(url, 3)
             await eve.search("kindle paperwhite")
             first = [await socket.next_alert() for socket in sockets[:2]]
             assert {alert["watch"]["id"] for alert in first} == {watch.id}
@@ -237,16 +232,7 @@ async def test_an_erased_account_is_disconnected_for_good_and_hears_nothing_more
         await ada.watch("fitbit")
         socket = await CentrifugoClient.open(peer, ada)
         try:
-            await wait_until(
-                lambda: reading(url, "percolert_centrifugo_present") == 1,
-                timeout=20,
-                what="the account present",
-            )
-            await wait_until(
-                lambda: reading(url, "percolert_watch_leases_written_total") >= 1,
-                timeout=30,
-                what="its watch leased",
-            )
+            await reachable(url, 1, leased=1)
             await eve.search("fitbit charge")
             assert (await socket.next_alert())["type"] == "alert"
             erased = httpx.delete(f"{url}/api/admin/accounts/centrifugo-erased", headers=ADMIN)
@@ -254,10 +240,10 @@ async def test_an_erased_account_is_disconnected_for_good_and_hears_nothing_more
             # Centrifugo's "force disconnect, do not reconnect".
             assert await socket.closed_with() == 3501
             await wait_until(
-                lambda: reading(url, "percolert_centrifugo_present") == 0,
+                lambda: metric(url, "percolert_centrifugo_present") == 0,
                 timeout=20,
                 what="nobody present",
             )
-            assert reading(url, "percolert_centrifugo_failed_total") == 0
+            assert metric(url, "percolert_centrifugo_failed_total") == 0
         finally:
             await socket.close()

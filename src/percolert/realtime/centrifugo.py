@@ -28,8 +28,8 @@ import anyio.lowlevel
 import jwt
 import msgspec
 
-from percolert.core.messages import AlertWatch
 from percolert.core.records import AlertRecord
+from percolert.realtime.delivery import DeliveryObserver
 
 logger = logging.getLogger(__name__)
 
@@ -40,10 +40,6 @@ _BATCH = 5_000
 # Alert messages kept while Centrifugo does not answer, at most.
 _KEPT = 100_000
 _PREFIX = "personal:#"
-
-# Told after a sending went out, once per watch it went through that reached anyone: as
-# realtime.delivery's DeliveryObserver.
-DeliveryObserver = Callable[[AlertWatch, bool, int], None]
 
 
 class _Publish(msgspec.Struct):
