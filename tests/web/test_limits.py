@@ -153,6 +153,14 @@ async def test_e_mail_preferences_count_as_the_sessions_reads_and_changes(
         assert_rate_limited(await b.http.put("/api/me/preferences", json={}))
 
 
+async def test_centrifugo_tokens_count_as_the_sessions_reads(session_limited: str) -> None:
+    async with Shopper(session_limited) as a:
+        # Alerts come on /ws here (404): counted all the same, first.
+        for _ in range(3):
+            assert (await a.http.post("/api/realtime/token", json={})).status_code == 404
+        assert_rate_limited(await a.http.post("/api/realtime/token", json={}))
+
+
 async def test_unsubscribe_posts_are_counted_per_address(catalog_settings: Settings) -> None:
     settings = limited(catalog_settings, limit_watch_changes_per_address=f"2/{FOREVER}")
     form = {"content-type": "application/x-www-form-urlencoded"}

@@ -190,7 +190,7 @@ def openapi_document() -> dict[str, Any]:
                 "Sent as JSON (an empty object), as every POST",
                 "responses": {
                     "200": _ok("RealtimeToken", "the token, and when to ask again"),
-                    **_errors(403, 404, 415, 431),
+                    **_errors(403, 404, 415, 429, 431),
                 },
             }
         },

@@ -16,6 +16,8 @@ SDK_PREFIX = "/static/sdk/"
 MONITORING_PATHS = frozenset({"/metrics", "/readyz"})
 # Where the SDK says an alert was followed to the shop (web/insights_api.py).
 VISITS_PATH = "/api/alerts/visits"
+# A Centrifugo connection token for the caller (web/realtime_api.py).
+REALTIME_TOKEN_PATH = "/api/realtime/token"  # noqa: S105 (a path, not a password)
 # The admin's demand page, and its API behind the page's cookie (web/admin_page.py).
 ADMIN_PAGE_PATH = "/admin"
 ADMIN_PAGE_API_PREFIX = "/admin/api/"

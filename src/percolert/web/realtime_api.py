@@ -17,10 +17,9 @@ from percolert.core.times import iso_from_seconds
 from percolert.realtime.centrifugo import connection_token
 from percolert.web.errors import ApiError
 from percolert.web.middleware.sessions import current_user, session_started
+from percolert.web.paths import REALTIME_TOKEN_PATH
 from percolert.web.responses import json_response
 from percolert.web.state import state_of
-
-TOKEN_PATH = "/api/realtime/token"  # noqa: S105 (a path, not a password)
 
 
 async def token(request: Request) -> Response:
@@ -53,4 +52,4 @@ async def token(request: Request) -> Response:
 
 
 def routes() -> list[Route]:
-    return [Route(TOKEN_PATH, token, methods=["POST"])]
+    return [Route(REALTIME_TOKEN_PATH, token, methods=["POST"])]

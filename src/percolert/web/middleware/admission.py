@@ -34,6 +34,7 @@ from percolert.web.paths import (
     ADMIN_PAGE_API_PREFIX,
     MONITORING_PATHS,
     PREFERENCES_PATH,
+    REALTIME_TOKEN_PATH,
     UNSUBSCRIBE_PREFIX,
     VISITS_PATH,
     route_path,
@@ -79,8 +80,10 @@ def _action(scope: Scope) -> Action | None:
         return Action.ADMIN  # no session: counted per address (attempts with a wrong token too)
     if path == "/api/search":
         return Action.SEARCH
-    if (path in _READS and method == "GET") or (path == VISITS_PATH and method == "POST"):
-        return Action.READ  # each asks Elasticsearch
+    if (path in _READS and method == "GET") or (
+        path in (VISITS_PATH, REALTIME_TOKEN_PATH) and method == "POST"
+    ):
+        return Action.READ  # each asks Elasticsearch, or gives a credential
     if (
         (path == "/api/watches" and method == "POST")
         or (path.startswith("/api/watches/") and method in ("DELETE", "PATCH"))
