@@ -139,7 +139,7 @@ async def wait_ready(base_url: str, expected: tuple[int, str]) -> None:
     await wait_until(reached, timeout=20, what=f"/readyz of {base_url} to say {expected}")
 
 
-def _in_order_once(alerts: list[dict[str, Any]]) -> list[int]:
+def in_order_once(alerts: list[dict[str, Any]]) -> list[int]:
     seqs = [alert["seq"] for alert in alerts]
     assert seqs == sorted(set(seqs)), seqs  # in position order, none twice
     return seqs
@@ -184,15 +184,15 @@ async def test_redis_stopped_for_a_while_delays_alerts_and_loses_none(
         alerts = await held.collect(1 + len(texts))
         # Kept in the order searched while Redis was away, and sent in that order.
         assert [first_found(alert) for alert in alerts] == [paperwhite, *found]
-        _in_order_once(alerts)
+        in_order_once(alerts)
         assert held.closes == []  # the socket held through the outage stayed open
         late_alerts = await late.collect(len(texts))
         assert [first_found(alert) for alert in late_alerts] == found
-        _in_order_once(late_alerts)
+        in_order_once(late_alerts)
         assert await a.alerts_before_markers([held.socket, late.socket], b) == [[], []]
 
 
-async def _logged_for(settings: Settings, watch_id: str, count: int) -> list[int]:
+async def logged_for(settings: Settings, watch_id: str, count: int) -> list[int]:
     """The positions of the alert log's sendings through `watch_id`, once there are `count`."""
     client = es.create_client(settings)
     seqs: list[int] = []
@@ -237,11 +237,11 @@ async def test_redis_restarted_empty_resyncs_sockets_from_the_log(
             await best_hit(b, text) for text in ("kindle scribe", "kindle basic", "kindle kids")
         ]
         assert len({*before, *after}) == len(before) + len(after)  # each search told apart
-        logged = await _logged_for(settings, watch["id"], len(before) + len(after))
+        logged = await logged_for(settings, watch["id"], len(before) + len(after))
         for page in pages:
             alerts = await page.collect(len(before) + len(after))
             assert (1012, "resync") in page.closes
-            assert _in_order_once(alerts) == logged  # no gap, nothing twice
+            assert in_order_once(alerts) == logged  # no gap, nothing twice
             # Searches percolated side by side may be numbered in either order.
             assert sorted(first_found(alert) for alert in alerts) == sorted([*before, *after])
             assert all(alert["seq"] > old for alert in alerts if first_found(alert) in after)

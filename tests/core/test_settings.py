@@ -46,6 +46,7 @@ def test_alerts_are_on_by_default() -> None:
         ("PERCOLERT_MAX_SOCKETS_PER_USER", "0", "must be at least 1"),
         ("PERCOLERT_RATE_LIMITS", "sometimes", "must be true or false"),
         ("PERCOLERT_REDIS_URL", "cache:6379", "must start with redis://"),
+        ("PERCOLERT_REDIS_URL", "redis+sentinel://s1:26379", "names no primary"),
         ("PERCOLERT_LEASE_SLACK_SECONDS", "0", "must be at least 0.1"),
         ("PERCOLERT_BROAD_WATCH_SHARE", "0", "must be at least 0.01"),
         ("PERCOLERT_BROAD_WATCH_MIN_SEARCHES", "0", "must be at least 1"),

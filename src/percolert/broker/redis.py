@@ -34,8 +34,12 @@
   through its inbox (`x`), which closes the user's sockets there and tells its listener. An
   inbox keeps nothing it has read for longer than a heartbeat.
 
-Not supported: Redis Cluster and Sentinel (key names are built inside the scripts, which pass
-no KEYS; the client follows no redirects).
+Redis may be one server, a Redis Cluster or a primary behind Sentinel (connection.py). Every
+key shares the hash tag `{<index prefix>}`, so one service's keys live in one slot: a Cluster
+gives failover, not more room. Each script is called with `P:meta` as KEYS[1], which routes it
+to that slot's node, and builds its other keys from P in the same slot. A failover that loses
+the tail of what was written (replication is asynchronous) is a gap like any other: the
+counter found below what an instance saw starts a new epoch, and the sockets resync.
 """
 
 from __future__ import annotations
@@ -53,12 +57,21 @@ from typing import Any, Protocol, cast
 
 import anyio
 import msgspec
-import redis.asyncio as aioredis
 from anyio.abc import TaskGroup
-from redis.asyncio.retry import Retry
-from redis.backoff import NoBackoff
+from redis.asyncio.client import Pipeline
+from redis.asyncio.cluster import ClusterPipeline
+from redis.exceptions import (
+    ClusterDownError,
+    LockError,
+    NoScriptError,
+    OutOfMemoryError,
+    ReadOnlyError,
+    RedisClusterUnreachableError,
+    RedisError,
+    SlotNotCoveredError,
+    TryAgainError,
+)
 from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import LockError, OutOfMemoryError, ReadOnlyError, RedisError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from percolert.broker.base import (
@@ -75,6 +88,7 @@ from percolert.broker.base import (
     TooManySockets,
     UserErased,
 )
+from percolert.broker.connection import connect, disconnect
 from percolert.core.exception_groups import first_error
 from percolert.core.locks import LocalLocks
 from percolert.core.messages import AlertWatch, ProductCard
@@ -102,6 +116,9 @@ LEASE_MS = 5_000
 CLAIM_LIMIT = 64
 # Connections to Redis per instance, and how long a call waits for one before it fails.
 MAX_CONNECTIONS = 64
+# Script calls in flight at once: the rest of the connections are left to the inbox read,
+# pipelines and locks (a Cluster's or Sentinel's pool fails at once when it has none free).
+_CALLS_IN_FLIGHT = MAX_CONNECTIONS - 8
 # A lock of `exclusive` frees itself after `_LOCK_SECONDS` if its holder died holding it:
 # longer than what it guards may take (a watch add: two Elasticsearch requests, each with
 # its retry). A taker waits at most `_LOCK_WAIT_SECONDS` for it.
@@ -122,12 +139,23 @@ _REASSERT_BATCH = 1_000
 
 
 # Redis cannot be used now: down, restarting (loading), out of reach, a replica after a
-# failover, or full (`noeviction` refuses writes). Other errors (a script's) are bugs, left
-# to the supervisor by the loops ...
-_UNREACHABLE = (RedisConnectionError, RedisTimeoutError, ReadOnlyError, OutOfMemoryError, OSError)
+# failover, full (`noeviction` refuses writes), a Cluster mid-failover (its slot served by no
+# primary yet, or by a new one the client has not found), or a server that has lost the
+# scripts (restarted, or promoted). Other errors (a script's) are bugs, left to the
+# supervisor by the loops ...
+_CLUSTER_AWAY = (ClusterDownError, TryAgainError, SlotNotCoveredError, RedisClusterUnreachableError)
+_UNREACHABLE = (
+    RedisConnectionError,
+    RedisTimeoutError,
+    ReadOnlyError,
+    OutOfMemoryError,
+    NoScriptError,
+    *_CLUSTER_AWAY,
+    OSError,
+)
 # ... but where a search's alerts or a socket's presence are at stake, any refusal is met as
 # an outage: the search is spooled, the presence settled when Redis answers again.
-_REFUSED = (RedisError, OSError)
+_REFUSED = (RedisError, *_CLUSTER_AWAY, OSError)
 
 
 class _Down(Exception):
@@ -212,24 +240,23 @@ class RedisBroker:
         self.instance_id = instance_id
         self._on_erased = on_erased
         self._observer = observer or BrokerMetrics()
-        # Fail fast and never retry (a script whose reply was lost may have run: running it
-        # again would alert twice or lose a claimed follow-up), and never wait on a silent
-        # network for long: `run` reconnects, the dispatcher keeps its matches.
-        # A call waits for a free connection: redis-py's default pool fails at once past 100
-        # calls in flight, as a storm of socket opens (one presence call each) went.
-        self._redis = aioredis.Redis.from_pool(
-            aioredis.BlockingConnectionPool.from_url(
-                url,
-                max_connections=MAX_CONNECTIONS,
-                timeout=CONNECTION_WAIT_SECONDS,
-                socket_connect_timeout=1.0,
-                socket_timeout=_READ_BLOCK_MS / 1000 + 4.0,
-                retry=Retry(NoBackoff(), 0),
-            )
+        # Fail fast and never retry (connection.py), and never wait on a silent network for
+        # long: `run` reconnects, the dispatcher keeps its matches.
+        # A call waits for a free connection: redis-py's default pool fails at once past its
+        # size, as a storm of socket opens (one presence call each) went.
+        self._redis = connect(
+            url,
+            max_connections=MAX_CONNECTIONS,
+            socket_timeout=_READ_BLOCK_MS / 1000 + 4.0,
+            connect_timeout=1.0,
+            wait_seconds=CONNECTION_WAIT_SECONDS,
         )
+        self._calls = anyio.CapacityLimiter(_CALLS_IN_FLIGHT)
         self._hub = hub
         self._resync_delay = resync_delay
         self._prefix = f"percolert:{{{settings.index_prefix}}}"
+        # KEYS[1] of every script: the slot of all the keys it touches (_common.lua).
+        self._slot_key = f"{self._prefix}:meta"
         self._inbox = f"{self._prefix}:inbox:{instance_id}"
         self._window_ms = round(settings.coalesce_seconds * 1000)
         self._grace_ms = round(settings.reconnect_grace_seconds * 1000)
@@ -289,10 +316,22 @@ class RedisBroker:
         self._closers: TaskGroup | None = None
 
     async def _call(self, name: str, *args: str | int | bytes) -> Any:
-        # No KEYS: every key is built in the script from P, so a Cluster cannot route them
-        # (README, Several instances).
-        with self._observer.round_trip(name):
-            return await self._scripts[name](keys=[], args=[self._prefix, *self._common(), *args])
+        async with self._calls:
+            with self._observer.round_trip(name):
+                return await self._scripts[name](
+                    keys=[self._slot_key], args=[self._prefix, *self._common(), *args]
+                )
+
+    def _queue(self, pipe: Pipeline | ClusterPipeline, name: str, *args: str | int) -> None:
+        """Queue a script call on a pipeline. Queued by its hash alone (a Cluster's pipeline
+        would not load it): `_load_scripts` loaded it, and a Redis that has lost it since
+        (restarted, failed over) is met as an outage, which loads them again."""
+        script = self._scripts[name]
+        pipe.evalsha(script.sha, 1, self._slot_key, self._prefix, *self._common(), *args)
+
+    async def _load_scripts(self) -> None:
+        for script in self._scripts.values():
+            script.sha = await self._redis.script_load(script.script)
 
     def _common(self) -> list[str | int]:
         """The epoch's arguments (_common.lua): a fresh epoch in case Redis lost its own,
@@ -323,6 +362,7 @@ class RedisBroker:
         down (search works; alerts wait), `run` connects when it answers."""
         self._log_max = await self._sink.max_seq()
         try:
+            await self._load_scripts()
             await self._seed()
             await self.beat()
         except _UNREACHABLE as error:
@@ -343,7 +383,7 @@ class RedisBroker:
         self._seeded = True
 
     async def close(self) -> None:
-        await self._redis.aclose()
+        await disconnect(self._redis)
 
     async def run(self) -> None:
         """Beat and read this instance's inbox, until cancelled; while Redis is unreachable,
@@ -368,6 +408,7 @@ class RedisBroker:
 
     async def _reconnect(self) -> None:
         first = not self._seeded
+        await self._load_scripts()
         if first:
             await self._seed()
         await self.beat()
@@ -410,15 +451,8 @@ class RedisBroker:
                 step = 2 * _REASSERT_BATCH
                 async with self._redis.pipeline(transaction=False) as pipe:
                     for start in range(0, max(len(arguments), 1), step):
-                        await self._scripts["reassert"](
-                            keys=[],
-                            args=[
-                                self._prefix,
-                                *self._common(),
-                                self.instance_id,
-                                *arguments[start : start + step],
-                            ],
-                            client=pipe,
+                        self._queue(
+                            pipe, "reassert", self.instance_id, *arguments[start : start + step]
                         )
                     replies = await pipe.execute()
                 counter = int(replies[-1])
@@ -475,18 +509,7 @@ class RedisBroker:
         """Keep this instance alive; find a new epoch or this instance reaped (a gap)."""
         async with self._redis.pipeline(transaction=False) as pipe:
             pipe.zscore(f"{self._prefix}:inst", self.instance_id)
-            await self._scripts["heartbeat"](
-                keys=[],
-                args=[
-                    self._prefix,
-                    *self._common(),
-                    self.instance_id,
-                    LAPSE_MS,
-                    REAP_MS,
-                    self._grace_ms,
-                ],
-                client=pipe,
-            )
+            self._queue(pipe, "heartbeat", self.instance_id, LAPSE_MS, REAP_MS, self._grace_ms)
             pipe.hmget(f"{self._prefix}:meta", "epoch", "seq")
             # What this instance has read is needed by nobody: without this, an inbox keeps
             # its last INBOX_BOUND entries (~0.5 GB at 100 searches/s, docs/benchmarks). The

@@ -12,6 +12,7 @@ import limits
 import msgspec
 
 from percolert.core.offsite_settings import OffsiteSettings, offsite_from_environment
+from percolert.core.redis_address import parse_redis_url
 from percolert.core.times import duration_seconds
 
 DEFAULT_ELASTICSEARCH_URL = "http://127.0.0.1:9200"
@@ -47,7 +48,8 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     # The dev Redis's binary (default: `redis-server` on the PATH).
     redis_server: Path | None = None
     # The Redis that instances sharing these indices coordinate through (routing, presence,
-    # coalescing, positions). Unset: one process, everything in memory.
+    # coalescing, positions): one server, a Cluster or Sentinel's primary (redis_address.py).
+    # Unset: one process, everything in memory.
     redis_url: str | None = None
     # Where search alerts go: "hub", the sockets this process holds; "centrifugo", the
     # personal channels of a Centrifugo server (realtime/centrifugo.py; one instance only,
@@ -401,10 +403,11 @@ def from_environment(
             f"(async+memory://, async+redis://HOST:PORT), got {storage!r}"
         )
     redis_url = _optional(env, "PERCOLERT_REDIS_URL")
-    if redis_url is not None and not redis_url.startswith(("redis://", "rediss://", "unix://")):
-        raise SettingsError(
-            f"PERCOLERT_REDIS_URL must start with redis://, rediss:// or unix://, got {redis_url!r}"
-        )
+    if redis_url is not None:
+        try:
+            parse_redis_url(redis_url)
+        except ValueError as error:
+            raise SettingsError(f"PERCOLERT_REDIS_URL {error}") from None
     delivery = _choice(env, "PERCOLERT_DELIVERY", ("hub", "centrifugo"), default.delivery)
     centrifugo_api_url = _optional(env, "PERCOLERT_CENTRIFUGO_API_URL")
     centrifugo_api_key = _optional(env, "PERCOLERT_CENTRIFUGO_API_KEY")

@@ -1,5 +1,8 @@
 -- Prepended to every script. ARGV[1] is the key prefix P ("percolert:{<index prefix>}"):
--- every key shares its hash tag, so the scripts stay single-slot on a Cluster too.
+-- every key shares its hash tag, so the scripts stay single-slot on a Cluster too. KEYS[1] is
+-- P:meta, declared so that a Cluster routes the call to that slot's node; the other keys
+-- (an instance's inbox, a window) are named by data the script reads, so they are built here
+-- from P, always under the same hash tag, as BullMQ's scripts build theirs.
 -- Time is Redis's, never an instance's clock.
 local P = ARGV[1]
 local t = redis.call('TIME')

@@ -25,16 +25,19 @@ import ipaddress
 import logging
 import math
 import time
-from typing import Any
+from typing import Any, cast
 
 import anyio
 import redis.asyncio as aioredis
 from limits import RateLimitItem, parse_many
+from limits.aio.storage import RedisClusterStorage, RedisStorage, Storage
 from limits.aio.strategies import SlidingWindowCounterRateLimiter
 from limits.errors import StorageError
 from limits.storage import storage_from_string
+from redis.asyncio.cluster import RedisCluster
 from redis.exceptions import RedisError
 
+from percolert.broker.connection import RedisClient, connect, disconnect
 from percolert.core.breaker import Breaker
 from percolert.core.settings import Settings
 
@@ -46,6 +49,7 @@ _IPV6_CLIENT_PREFIX = 64
 _STORE_TIMEOUT_SECONDS = 0.5
 # `limits`' URIs of a plain Redis, and redis-py's for the same.
 _REDIS_SCHEMES = {"async+redis": "redis", "async+rediss": "rediss", "async+redis+unix": "unix"}
+_STORE_CONNECTIONS = 100  # redis-py's default
 
 
 class Action(enum.StrEnum):
@@ -81,28 +85,49 @@ def _rules(settings: Settings) -> dict[tuple[Action, Per], list[RateLimitItem]]:
     return {key: parse_many(notation) for key, notation in configured.items() if notation}
 
 
-def storage_uri(settings: Settings) -> str:
-    """Where the counters live: as configured, else the instances' shared Redis, else memory."""
+def _redis_url(settings: Settings) -> str | None:
+    """The Redis the counters live in, as redis-py or connection.py names it: the configured
+    store if it is a plain Redis, else the instances' shared Redis (any form), else none."""
     if settings.rate_limit_storage is not None:
-        return settings.rate_limit_storage
-    if settings.redis_url is None:
-        return "async+memory://"
-    scheme, rest = settings.redis_url.split("://", 1)
-    # `limits` names a Redis on a unix socket async+redis+unix://, over TLS async+rediss://.
-    return f"async+{'redis+unix' if scheme == 'unix' else scheme}://{rest}"
+        scheme, rest = settings.rate_limit_storage.split("://", 1)
+        plain = _REDIS_SCHEMES.get(scheme)
+        return None if plain is None else f"{plain}://{rest}"
+    return settings.redis_url
 
 
-def _redis_pool(uri: str) -> aioredis.ConnectionPool | None:
-    """Connections of our own to a plain Redis store, so that they close with the app."""
-    scheme, rest = uri.split("://", 1)
-    plain = _REDIS_SCHEMES.get(scheme)
-    if plain is None:
-        return None
-    return aioredis.ConnectionPool.from_url(
-        f"{plain}://{rest}",
-        socket_timeout=_STORE_TIMEOUT_SECONDS,
-        socket_connect_timeout=_STORE_TIMEOUT_SECONDS,
-    )
+def _storage(settings: Settings, client: RedisClient | None) -> Storage:
+    """The `limits` storage: on a Redis of ours (one server, Sentinel's primary, a Cluster),
+    over our client's connections (redis-py, which the broker uses, rather than `limits`'
+    default, coredis), so that they close with the app; any other configured store as its
+    URI says."""
+    if client is None:
+        uri = settings.rate_limit_storage or "async+memory://"
+        storage = storage_from_string(uri, wrap_exceptions=True)
+        assert isinstance(storage, Storage)  # settings.py takes async URIs only
+        return storage
+    if isinstance(client, aioredis.Redis):  # one server, or Sentinel's primary
+        return RedisStorage(
+            "async+redis://",
+            wrap_exceptions=True,
+            implementation="redispy",
+            connection_pool=client.connection_pool,  # type: ignore[arg-type] # passed on
+        )
+    return _ClusterStorage(client)
+
+
+class _ClusterStorage(RedisClusterStorage):
+    """`limits`' Cluster storage (which keeps each key's two windows in one slot) over our
+    client, so that its connections close with the app: the bridge's client is ours instead
+    of one built from a URI (as `RedispyBridge.use_cluster` sets it, limits 5)."""
+
+    def __init__(self, client: RedisCluster) -> None:
+        self._client = client
+        super().__init__("async+redis+cluster://", wrap_exceptions=True, implementation="redispy")
+
+    def configure_bridge(self) -> None:
+        bridge = cast(Any, self.bridge)
+        bridge.storage = self._client
+        bridge.connection_getter = lambda _readonly: self._client
 
 
 # A token bucket kept as one number: the moment (ms) it would be full again, the generic cell
@@ -146,8 +171,8 @@ class _MemoryBuckets:
 
 
 class _RedisBuckets:
-    def __init__(self, pool: aioredis.ConnectionPool) -> None:
-        self._script = aioredis.Redis(connection_pool=pool).register_script(_BUCKET_SCRIPT)
+    def __init__(self, client: RedisClient) -> None:
+        self._script = client.register_script(_BUCKET_SCRIPT)
 
     async def take(self, key: str, interval_ms: int, burst: int) -> float:
         try:
@@ -159,10 +184,10 @@ class _RedisBuckets:
 class _Bucket:
     """New sessions per address: `burst` at once, then one per refill interval."""
 
-    def __init__(self, settings: Settings, pool: aioredis.ConnectionPool | None) -> None:
+    def __init__(self, settings: Settings, client: RedisClient | None) -> None:
         self._interval_ms = max(1, round(settings.new_sessions_refill_seconds * 1000))
         self._burst = settings.new_sessions_burst
-        self._buckets = _MemoryBuckets() if pool is None else _RedisBuckets(pool)
+        self._buckets = _MemoryBuckets() if client is None else _RedisBuckets(client)
 
     async def take(self, key: str) -> float | None:
         """None if a token was taken; else the seconds until one is there."""
@@ -191,19 +216,22 @@ class RateLimits:
         self._rules = _rules(settings)
         # Deployments sharing a store (or a test server beside another) count separately.
         self._namespace = settings.index_prefix
-        uri = storage_uri(settings)
         bucketed = settings.rate_limits_enabled and settings.new_sessions_burst > 0
-        self._pool = _redis_pool(uri) if self._rules or bucketed else None
-        # Any other store than a plain Redis (memcached, say): the bucket is this process's.
-        self._bucket = _Bucket(settings, self._pool) if bucketed else None
-        options: dict[str, Any] = {}
-        if self._pool is not None:
-            # redis-py, which the broker uses already, rather than `limits`' default (coredis).
-            options = {"implementation": "redispy", "connection_pool": self._pool}
-        self._limiter = (
-            SlidingWindowCounterRateLimiter(
-                storage_from_string(uri, wrap_exceptions=True, **options)
+        url = _redis_url(settings) if self._rules or bucketed else None
+        self._client = (
+            None
+            if url is None
+            else connect(
+                url,
+                max_connections=_STORE_CONNECTIONS,
+                socket_timeout=_STORE_TIMEOUT_SECONDS,
+                connect_timeout=_STORE_TIMEOUT_SECONDS,
             )
+        )
+        # Any other store than a Redis (memcached, say): the bucket is this process's.
+        self._bucket = _Bucket(settings, self._client) if bucketed else None
+        self._limiter = (
+            SlidingWindowCounterRateLimiter(_storage(settings, self._client))
             if self._rules
             else None
         )
@@ -225,8 +253,8 @@ class RateLimits:
     async def watch_store(self) -> None:
         """Until cancelled: while the store is known to be down, probe it (in the background
         of requests) until it answers; then limits are enforced again."""
-        limiter, pool = self._limiter, self._pool
-        if limiter is None and pool is None:
+        limiter, client = self._limiter, self._client
+        if limiter is None and client is None:
             await anyio.sleep_forever()
             return
 
@@ -235,7 +263,8 @@ class RateLimits:
                 answers = await limiter.storage.check()
             else:
                 try:
-                    answers = bool(await aioredis.Redis(connection_pool=pool).ping())
+                    assert client is not None
+                    answers = bool(await client.ping())
                 except RedisError:
                     answers = False
             if not answers:
@@ -245,8 +274,8 @@ class RateLimits:
 
     async def close(self) -> None:
         """Close the connections to a shared store (they belong to the app's event loop)."""
-        if self._pool is not None:
-            await self._pool.disconnect()
+        if self._client is not None:
+            await disconnect(self._client)
 
     async def _admit(
         self, action: Action, *, session: str | None, address: str | None
