@@ -124,7 +124,10 @@ def bench(session: nox.Session) -> None:
     client in tools/wsload is built on first use). `-- --configs 1000000:10000`: 1M watches
     and 10k sockets, after a 100k reference with the same sockets (`--es-heap`, `--reference`;
     the harness raises its open-file limit for the sockets). `-- --instances 2 [--quick]`: one
-    instance versus two sharing one Redis (docs/benchmarks/multi-instance-results.md)."""
+    instance versus two sharing one Redis (docs/benchmarks/multi-instance-results.md).
+    `-- --peer centrifugo [--quick]`: beside Centrifugo (docs/benchmarks/peer-results.md); each
+    design that alerts ends with a reconnect step. Its `--quick` (10k watches, 1k sockets):
+    about 8 minutes."""
     install_locked(session, "test", "bench")
     session.run("python", "bench/harness.py", *session.posargs, env={"PYTHONPATH": "."})
 

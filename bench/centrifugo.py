@@ -249,7 +249,8 @@ class Centrifugo(Served):
 class CentrifugoSockets(Subscribers):
     """Subscriber sockets on one Centrifugo node over its client protocol, one per token:
     subscribed by the server to their user's personal channel, or with `channels` each to
-    its own line. Arrivals are read as rig.Subscribers reads Percolert's."""
+    its own line. Arrivals are read, and `reconnect` rounds run, as rig.Subscribers does
+    for Percolert's (a dropped socket resumes with `recover` from its last offset)."""
 
     def __init__(
         self,
@@ -257,6 +258,7 @@ class CentrifugoSockets(Subscribers):
         tokens: list[str],
         scratch: Path,
         channels: list[str] | None = None,
+        reconnect: dict[str, float] | None = None,
     ) -> None:
         tokens_file = scratch / f"{server.name}-tokens.txt"
         tokens_file.write_text("\n".join(tokens) + "\n")
@@ -270,6 +272,8 @@ class CentrifugoSockets(Subscribers):
             "greet_timeout_s": GREET_TIMEOUT_SECONDS,
             "dial_retries": 3,
         }
+        if reconnect:
+            spec["reconnect"] = reconnect
         if channels is not None:
             spec["channels"] = str(scratch / f"{server.name}-channels.txt")
             Path(spec["channels"]).write_text("\n".join(channels) + "\n")

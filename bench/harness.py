@@ -15,6 +15,12 @@ Designs measured, per configuration (W watches, S sockets):
 - `percolert-alerts-off`: per-user again with `PERCOLERT_ALERTS=off`, the reference for
   "search latency with alerts on versus off".
 
+With `--peer centrifugo`, each design that alerts ends its run with a reconnect step at its
+first rate (`--reconnect-rate`): a tenth of its sockets (`--reconnect-share`) is closed
+abruptly 30 % into the step, stays away 1.5 s (`--reconnect-away`) while alerts keep coming,
+and resumes (Percolert: `/ws?after=` the last seq seen; Centrifugo: `recover` from the last
+offset). bench/reconnect.py counts what those sockets missed and what came twice.
+
     python bench/harness.py --quick            # < 3 minutes: 10k watches, 1k sockets
     python bench/harness.py                    # 10k and 100k watches, 1k and 5k sockets
     python bench/harness.py --instances 2      # one instance against two on Redis (cluster.py)
@@ -47,6 +53,7 @@ import httpx
 import psutil
 
 from bench import cluster
+from bench import reconnect as reconnection
 from bench.centrifugo import Centrifugo, CentrifugoSockets
 from bench.peer_report import write_peer_report
 from bench.rig import (
@@ -157,6 +164,23 @@ class Step:
     dial_retries: int = 0
     # Warning and error lines the server logged while the sockets connected.
     connect_log_warnings: int = 0
+    # A reconnect step (peer mode, after a design's rates): this share of the sockets was
+    # dropped and resumed, each away this long; 0 for the rate steps. The counts are the
+    # dropped sockets' (bench/reconnect.py says what each means); `reconnect_recovered` is
+    # None where the protocol has no word for it (Percolert's).
+    reconnect_share: float = 0.0
+    reconnect_away_s: float = 0.0
+    reconnect_dropped: int = 0
+    reconnect_resumed: int = 0
+    reconnect_recovered: int | None = None
+    reconnect_complete: int = 0
+    reconnect_expected_away: int = 0
+    reconnect_received_after: int = 0
+    reconnect_missed: int = 0
+    reconnect_twice: int = 0
+    reconnect_replayed: int = 0
+    replayed_alert_ms: dict[str, float] = field(default_factory=dict)
+    reconnect_gap_ms: dict[str, float] = field(default_factory=dict)  # dropped -> greeted
 
 
 def catalog_words() -> list[str]:
@@ -297,9 +321,13 @@ def run_design(
     seconds: float,
     *,
     climb: bool = True,
+    reconnect: reconnection.Plan | None = None,
 ) -> list[Step]:
     """Every rate of `rates` in turn; with `climb`, no rate after a step far past the bar
-    (a reference run measures every rate: its cost per search is what it is for)."""
+    (a reference run measures every rate: its cost per search is what it is for). With
+    `reconnect` (not for alerts-off: nothing to miss), a reconnect step at the end."""
+    if design == "percolert-alerts-off":
+        reconnect = None
     # Centrifugo's designs: Percolert percolates and publishes, Centrifugo holds the sockets.
     peer = Centrifugo(scratch, history_size=100) if design.startswith("centrifugo") else None
     try:
@@ -335,11 +363,12 @@ def run_design(
         rss_before = holder.ps.memory_info().rss
         _, log_start = log_warnings(server, 0)
         subscribers: Subscribers
+        rounds = None if reconnect is None else reconnect.spec(seconds)
         if peer is None:
-            subscribers = Subscribers(server, cookies, scratch)
+            subscribers = Subscribers(server, cookies, scratch, reconnect=rounds)
         else:
             tokens = [peer.token(user_of(cookie)) for cookie in cookies if cookie is not None]
-            subscribers = CentrifugoSockets(peer, tokens, scratch)
+            subscribers = CentrifugoSockets(peer, tokens, scratch, reconnect=rounds)
             await_present(server, users, design in PER_USER)
         time.sleep(1.0)  # connected, greeted and idle
         rss_idle = holder.ps.memory_info().rss
@@ -369,7 +398,13 @@ def run_design(
         try:
             # Unrecorded warm-up at the first rate: JIT, caches and connection pools.
             drive(server, rates[0], seconds, f"warm-{design}", scratch)
-            for step_number, rate in enumerate(rates):
+            schedule = [(rate, False) for rate in rates]
+            if reconnect is not None:
+                schedule.append((reconnect.rate or rates[0], True))
+            climbing = True
+            for step_number, (rate, reconnecting) in enumerate(schedule):
+                if not (climbing or reconnecting) or (reconnecting and not subscribers.alive()):
+                    continue
                 step = Step(
                     design=design,
                     watches=watches,
@@ -386,7 +421,10 @@ def run_design(
                 )
                 es_before = es_stats(node_url)
                 tag = f"{design.split('-')[0][0]}{design.split('-')[-1][0]}{step_number}"
+                round_start = subscribers.drop_some() if reconnecting else 0
                 sent, words, search_ms, errors = drive(server, rate, seconds, tag, scratch)
+                if reconnecting and not subscribers.await_round(round_start, 120.0):
+                    print("  the reconnect round did not finish within 120 s", flush=True)
                 time.sleep(min(2.0, seconds / 2))  # let the last alerts land
                 wall = time.monotonic() - before_wall
                 server_cpu, client_cpu, es_cpu, peer_cpu = (
@@ -458,6 +496,11 @@ def run_design(
                 step.dispatch_ms = percentiles(to_dispatch)
                 step.fanout_ms = percentiles(fanout)
                 step.alerts_per_s = round(len(latencies) / seconds, 1)
+                if reconnecting and reconnect is not None:
+                    socket_words = [word for _, word in users for _ in range(tabs)]
+                    measure_reconnect(
+                        step, reconnect, subscribers, sent, words, socket_words, design in BROADCAST
+                    )
                 steps.append(step)
                 print(
                     f"  {design} {rate:g}/s: alert p50 {step.alert_ms.get('p50')} "
@@ -489,7 +532,7 @@ def run_design(
                         or step.alerts_delivered < 0.9 * step.alerts_expected
                     )
                 ):
-                    break
+                    climbing = False
         finally:
             subscribers.stop()
     finally:
@@ -497,6 +540,45 @@ def run_design(
         if peer is not None:
             peer.stop()
     return steps
+
+
+def measure_reconnect(
+    step: Step,
+    plan: reconnection.Plan,
+    subscribers: Subscribers,
+    sent: dict[str, float],
+    words: dict[str, str],
+    socket_words: list[str | None],
+    broadcast: bool,
+) -> None:
+    """A reconnect step's counts for the sockets its round dropped (bench/reconnect.py): a
+    broadcast's searches reach every socket, a per-user one's the sockets watching its word."""
+
+    def expected(socket: int) -> set[str]:
+        if broadcast:
+            return set(sent)
+        return {rid for rid in sent if words[rid] == socket_words[socket]}
+
+    summed = reconnection.recovery(subscribers.dropped(), expected, sent)
+    step.reconnect_share, step.reconnect_away_s = plan.share, plan.away_s
+    step.reconnect_dropped, step.reconnect_resumed = summed.dropped, summed.resumed
+    step.reconnect_recovered, step.reconnect_complete = summed.recovered, summed.complete
+    step.reconnect_expected_away = summed.expected_away
+    step.reconnect_received_after = summed.received_after
+    step.reconnect_missed, step.reconnect_twice = summed.missed, summed.twice
+    step.reconnect_replayed = summed.replayed
+    step.replayed_alert_ms = percentiles(summed.replayed_ms)
+    step.reconnect_gap_ms = percentiles(summed.away_ms)
+    print(
+        f"  {step.design} reconnect at {step.rate:g}/s: {summed.dropped} sockets dropped, "
+        f"{summed.resumed} resumed, {summed.recovered} said recovered, {summed.complete} "
+        f"missed nothing; drop to greeting p50 {step.reconnect_gap_ms.get('p50')} ms; "
+        f"expected while away {summed.expected_away}, received after resuming "
+        f"{summed.received_after}, "
+        f"missed {summed.missed}, twice {summed.twice}; replayed {summed.replayed} "
+        f"(p99 {step.replayed_alert_ms.get('p99')} ms from the search)",
+        flush=True,
+    )
 
 
 def await_present(server: Server, users: list[tuple[str | None, str | None]], leased: bool) -> None:
@@ -1029,7 +1111,28 @@ def main() -> int:
     parser.add_argument(
         "--reference-rates", default="50,100", help="rates of the reference configuration"
     )
+    parser.add_argument(
+        "--reconnect-share",
+        type=float,
+        default=None,
+        help="--peer: after its rates, each design drops this share of its sockets mid-step "
+        "and resumes them (default 0.1; 0: no reconnect step)",
+    )
+    parser.add_argument(
+        "--reconnect-away",
+        type=float,
+        default=1.5,
+        help="--peer: seconds each dropped socket stays away before it resumes",
+    )
+    parser.add_argument(
+        "--reconnect-rate",
+        type=float,
+        default=None,
+        help="--peer: the reconnect step's searches per second (default: the design's first)",
+    )
     args = parser.parse_args()
+    if args.reconnect_share and not args.peer:
+        parser.error("--reconnect-share is measured with --peer only")
     build_wsload()
     if args.instances == 2:
         return run_instances(args)
@@ -1096,6 +1199,10 @@ def main() -> int:
                 run.rates["percolert-alerts-off"] = sorted(every)
     tabs = 2
     turns = (args.repeat or 2) if args.peer else 1
+    share = (0.1 if args.reconnect_share is None else args.reconnect_share) if args.peer else 0
+    reconnect = (
+        reconnection.Plan(share, args.reconnect_away, args.reconnect_rate) if share > 0 else None
+    )
     raise_file_limit(max(run.sockets for run in plan) + SPARE_FILES)
     began, load_at_start = time.monotonic(), os.getloadavg()
     steps: list[Step] = []
@@ -1133,6 +1240,7 @@ def main() -> int:
                             run.rates[design],
                             seconds,
                             climb=not run.reference,
+                            reconnect=None if run.reference else reconnect,
                         )
                         for step in made:
                             step.turn = turn
@@ -1147,6 +1255,9 @@ def main() -> int:
         "configurations": [[run.watches, run.sockets, run.reference] for run in plan],
         "turns": turns,
         "seconds_per_step": seconds,
+        "reconnect": (
+            None if reconnect is None else {**reconnect.spec(seconds), "rate": reconnect.rate}
+        ),
     }
     if args.peer:
         write_peer_report(steps, about)

@@ -7,6 +7,9 @@ alerts on minus with alerts off (`percolert-alerts-off`, same configuration and 
 Centrifugo its own process, and beside it Percolert's cost of publishing to it (the same
 difference, its server with Centrifugo delivery minus alerts off). Both are divided by the
 alerts delivered in the step.
+
+Reconnect recovery comes from each design's reconnect step (bench/reconnect.py): the sockets
+dropped mid-step and resumed, what they missed and what came twice, summed over the turns.
 """
 
 from __future__ import annotations
@@ -76,6 +79,7 @@ def rows(steps: list[Step]) -> list[dict[str, Any]]:
     """One row per compared design, configuration and rate, in the issue's format: counts
     summed over the turns, every other figure the median of the turns' (CPU per alert each
     turn against that turn's alerts-off step)."""
+    steps = [step for step in steps if not step.reconnect_share]  # reconnect_rows' own
     off = {(s.turn, s.watches, s.sockets, s.rate): s for s in steps if s.design == REFERENCE}
     ran = {(s.design, s.turn, s.watches, s.sockets, s.rate) for s in steps}
     ran_any = {(s.design, s.watches, s.sockets, s.rate) for s in steps}
@@ -123,6 +127,86 @@ def rows(steps: list[Step]) -> list[dict[str, Any]]:
             }
         )
     return made
+
+
+def reconnect_rows(steps: list[Step]) -> list[dict[str, Any]]:
+    """One row per design and configuration from its reconnect steps: counts summed over
+    the turns, latencies the median of the turns'."""
+    turns: dict[tuple[str, int, int], list[Step]] = defaultdict(list)
+    for step in steps:
+        if step.reconnect_share:
+            turns[(step.design, step.watches, step.sockets)].append(step)
+    made = []
+    for (design, watches, sockets), taken in turns.items():
+        said = [s.reconnect_recovered for s in taken if s.reconnect_recovered is not None]
+        made.append(
+            {
+                "design": design.split("-")[0],
+                "mode": design.split("-", 1)[1],
+                "watches": watches,
+                "sockets": sockets,
+                "rate": _median([s.rate for s in taken]),
+                "turns": len(taken),
+                "share": taken[0].reconnect_share,
+                "away_s": taken[0].reconnect_away_s,
+                "dropped": sum(s.reconnect_dropped for s in taken),
+                "resumed": sum(s.reconnect_resumed for s in taken),
+                "recovered": sum(said) if said else None,
+                "complete": sum(s.reconnect_complete for s in taken),
+                "expected_away": sum(s.reconnect_expected_away for s in taken),
+                "received_after": sum(s.reconnect_received_after for s in taken),
+                "missed": sum(s.reconnect_missed for s in taken),
+                "twice": sum(s.reconnect_twice for s in taken),
+                "replayed": sum(s.reconnect_replayed for s in taken),
+                "replayed_alert_ms": _quantiles(taken, "replayed_alert_ms"),
+                "gap_ms": _quantiles(taken, "reconnect_gap_ms"),
+            }
+        )
+    return made
+
+
+def reconnect_table(table: list[dict[str, Any]], plan: dict[str, Any]) -> list[str]:
+    """The reconnect rows as markdown, after what they measure (`plan`: the run's wsload
+    `reconnect` spec), or why there are none."""
+    if not table:
+        return ["No reconnect step in this run (it predates them, or `--reconnect-share 0`)."]
+    lines = [
+        "After its rates, each design ran one more step in which a share of its sockets "
+        f"({plan.get('share', '?')}) was closed abruptly (no close frame) "
+        f"{plan.get('delay_s', '?')} s into the step, spread over {plan.get('spread_s', '?')} s, "
+        f"and stayed away {plan.get('away_s', '?')} s while alerts kept coming. Each then "
+        "resumed: Percolert's with `/ws?after=` the last seq it had seen, Centrifugo's with "
+        "`recover` from the last offset and epoch. For those sockets, against the step's "
+        "searches that reach them:",
+        "",
+        "- *expected while away*: what a socket was owed when greeted again (searches sent "
+        "before then whose alert it had not received before the drop);",
+        "- *received after resuming*: how many of those came on its new connection, replayed "
+        "or live;",
+        "- *missed*: alerts it never received, before the drop or after;",
+        "- *twice*: alerts that arrived more than once on one socket (nothing is deduplicated);",
+        "- *server said recovered*: `recovered: true` (Centrifugo's connect reply, Percolert's "
+        "hello); *missed nothing*: resumed sockets that missed nothing;",
+        "- *replayed alert*: from sending the search to receiving the replayed alert; *drop → "
+        "greeted again* includes the time away.",
+        "",
+        "Counts are summed over the turns, times are the median of the turns'.",
+        "",
+        "| design | watches | sockets | rate/s | dropped | resumed | server said recovered "
+        "| missed nothing | expected while away | received after resuming | missed | twice "
+        "| replayed | replayed alert p99 ms | drop → greeted again p50 / p99 ms |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|",
+    ]
+    for r in table:
+        lines.append(
+            f"| {r['design']}-{r['mode']} | {r['watches']:,} | {r['sockets']:,} "
+            f"| {_cell(r['rate'])} | {r['dropped']:,} | {r['resumed']:,} | {_cell(r['recovered'])} "
+            f"| {r['complete']:,} | {r['expected_away']:,} | {r['received_after']:,} "
+            f"| {r['missed']:,} | {r['twice']:,} | {r['replayed']:,} "
+            f"| {_cell(r['replayed_alert_ms']['p99'])} "
+            f"| {_cell(r['gap_ms']['p50'])} / {_cell(r['gap_ms']['p99'])} |"
+        )
+    return lines
 
 
 def _cell(value: object, unit: str = "") -> str:
@@ -179,8 +263,17 @@ def write_peer_report(steps: list[Step], run: dict[str, Any]) -> None:
     """peer-results.json ({"run", "rows", "steps"}), peer-results.md and the plots."""
     REPORT_DIR.mkdir(parents=True, exist_ok=True)
     table = rows(steps)
+    reconnects = reconnect_rows(steps)
     (REPORT_DIR / "peer-results.json").write_text(
-        json.dumps({"run": run, "rows": table, "steps": [asdict(s) for s in steps]}, indent=2)
+        json.dumps(
+            {
+                "run": run,
+                "rows": table,
+                "reconnect": reconnects,
+                "steps": [asdict(s) for s in steps],
+            },
+            indent=2,
+        )
         + "\n"
     )
     lines = [
@@ -219,6 +312,10 @@ def write_peer_report(steps: list[Step], run: dict[str, Any]) -> None:
         "",
         *comparison(table),
         "",
+        "## Reconnect recovery",
+        "",
+        *reconnect_table(reconnects, run.get("reconnect") or {}),
+        "",
         "## Every step",
         "",
         "| turn | design | watches | sockets | rate/s | delivered | alert p50 / p99 ms "
@@ -228,7 +325,8 @@ def write_peer_report(steps: list[Step], run: dict[str, Any]) -> None:
     ]
     for step in steps:
         lines.append(
-            f"| {step.turn} | {step.design} | {step.watches:,} | {step.sockets:,} | {step.rate:g} "
+            f"| {step.turn} | {step.design}{' (reconnect)' if step.reconnect_share else ''} "
+            f"| {step.watches:,} | {step.sockets:,} | {step.rate:g} "
             f"| {step.alerts_delivered:,}/{step.alerts_expected:,} "
             f"| {_cell(step.alert_ms.get('p50'))} / {_cell(step.alert_ms.get('p99'))} "
             f"| {_cell(step.dispatch_ms.get('p99'))} "

@@ -23,6 +23,7 @@ from urllib.parse import urlencode, urlsplit
 import httpx
 import psutil
 
+from bench.reconnect import DroppedSocket, read_record
 from percolert.core.messages import WatchSpec
 from percolert.core.settings import Settings
 from percolert.core.text import TextNormalizer
@@ -37,6 +38,8 @@ PREFIX = "bench"
 WSLOAD_SOURCE = ROOT / "tools" / "wsload"
 WSLOAD = ROOT / ".percolert" / "bin" / "wsload"
 CLOSED_MARK = "!closed"  # wsload's record line for a socket the server closed
+# Reconnect rounds (wsload's spec `reconnect`): a round starts on this signal.
+RECONNECT_SIGNAL = signal.SIGUSR1
 # The connect storm (wsload subscribe): handshakes and greetings in flight at once, and new
 # sockets a second: 10k sockets in ~10 s, below what the server greets (each greeting reads
 # watches and history from Elasticsearch) on the shared machine.
@@ -344,9 +347,17 @@ class Subscribers:
 
     The connect storm is paced (CONNECT_CONCURRENCY handshakes and greetings in flight,
     CONNECT_RATE new sockets a second) so that 10k sockets measure the server, not the
-    accept queue; `connect` holds wsload's account of it (seconds, greeting times)."""
+    accept queue; `connect` holds wsload's account of it (seconds, greeting times).
+    With `reconnect` (wsload's spec: share, delay_s, spread_s, away_s), `drop_some` starts
+    a round that drops that share of the sockets and resumes them (bench/reconnect.py)."""
 
-    def __init__(self, server: Target, cookies: list[str | None], scratch: Path) -> None:
+    def __init__(
+        self,
+        server: Target,
+        cookies: list[str | None],
+        scratch: Path,
+        reconnect: dict[str, float] | None = None,
+    ) -> None:
         spec = scratch / f"{server.name}-sockets.json"
         spec.write_text(
             json.dumps(
@@ -359,6 +370,7 @@ class Subscribers:
                     "connect_rate": CONNECT_RATE,
                     "greet_timeout_s": GREET_TIMEOUT_SECONDS,
                     "dial_retries": 3,
+                    **({"reconnect": reconnect} if reconnect else {}),
                 }
             )
         )
@@ -395,12 +407,49 @@ class Subscribers:
         received: dict[str, list[tuple[float, int]]] = defaultdict(list)
         closed: list[float] = []
         for line in self.record.read_text().splitlines():
-            search, at, seq = line.split()
+            # A dropped socket's lines say which socket and connection (bench/reconnect.py).
+            search, at, seq, *_ = line.split()
             if search == CLOSED_MARK:
                 closed.append(float(at))
-            else:
+            elif not search.startswith("!"):
                 received[rids.get(search, search)].append((float(at), int(seq)))
         return received, closed
+
+    def drop_some(self) -> int:
+        """Start a reconnect round; returns where the record ends now (await_round's
+        start)."""
+        ends = self.record.stat().st_size
+        self.process.send_signal(RECONNECT_SIGNAL)
+        return ends
+
+    def await_round(self, since: int, timeout: float) -> bool:
+        """Wait until the round started at record offset `since` has dropped its sockets and
+        each is back or gave up; False when `timeout` seconds pass first. Reads only what
+        the record gained: by then it may hold millions of alerts."""
+        deadline = time.monotonic() + timeout
+        dropped, done, rest = None, 0, b""
+        with self.record.open("rb") as record:
+            record.seek(since)
+            while dropped is None or done < dropped:
+                if time.monotonic() > deadline or not self.alive():
+                    return False
+                chunk = record.read()
+                if not chunk:
+                    time.sleep(0.2)
+                    continue
+                *whole, rest = (rest + chunk).split(b"\n")
+                for line in whole:
+                    if line.startswith((b"!resumed ", b"!unresumed ")):
+                        done += 1
+                    elif line.startswith(b"!round "):
+                        dropped = int(line.split()[2])
+        return True
+
+    def dropped(self) -> dict[int, DroppedSocket]:
+        """The sockets reconnect rounds drop, as the record tells them."""
+        with self.record.open() as lines:
+            sockets, _ = read_record(lines, searches_by_time(self.scratch))
+        return sockets
 
     def stop(self) -> None:
         self.process.send_signal(signal.SIGTERM)

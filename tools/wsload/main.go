@@ -17,6 +17,9 @@
 // server subscribes each user to its personal channel itself, or, with a `channels` file,
 // socket i subscribes to line i. Centrifugo's pings (`{}`) are answered (`{}`).
 //
+// With the spec's `reconnect`, each SIGUSR1 drops a share of the sockets and resumes them
+// (reconnect.go, which describes the record lines of those sockets).
+//
 // An alert names its search by when the search was made (`at`, to the microsecond: Percolert's
 // alerts carry no search text), which the search's answer gives too: the harness joins the two
 // files on it. The baseline's notification echoes the search's `rid` instead.
@@ -70,17 +73,21 @@ type subscribeSpec struct {
 	// Centrifugo only: a file of channels, one a line, socket i subscribing to line i
 	// (client-side subscriptions). Without it the connect reply must list a server-side one.
 	Channels string `json:"channels"`
+	// Reconnect rounds, one per SIGUSR1 (reconnect.go); none without it.
+	Reconnect *reconnectSpec `json:"reconnect"`
 }
 
 const protocolCentrifugo = "centrifugo"
 
-// socketPlan is one socket to open: its URL, handshake headers, token ("" for none) and, for
-// a client-side Centrifugo subscription, its channel.
+// socketPlan is one socket to open: its URL, handshake headers, token ("" for none), for
+// a client-side Centrifugo subscription its channel, and whether reconnect rounds drop it.
 type socketPlan struct {
+	index   int
 	url     string
 	header  http.Header
 	token   string
 	channel string
+	tracked bool
 }
 
 // lines are the non-blank lines of a file, trimmed.
@@ -109,6 +116,10 @@ func plans(spec subscribeSpec) ([]socketPlan, error) {
 	}
 	if spec.Channels != "" && !centrifugo {
 		return nil, fmt.Errorf("channels is for the centrifugo protocol only")
+	}
+	if spec.Reconnect != nil && !centrifugo && !spec.Hello {
+		// The hello's last_seq tells what the resumed greeting replayed.
+		return nil, fmt.Errorf("reconnect needs the hello (Percolert's protocol)")
 	}
 	var tokens []string
 	if spec.AuthTokens != "" {
@@ -150,7 +161,7 @@ func plans(spec subscribeSpec) ([]socketPlan, error) {
 		if i < len(spec.Cookies) && spec.Cookies[i] != nil {
 			header.Set("Cookie", "percolert_session="+*spec.Cookies[i])
 		}
-		sockets[i] = socketPlan{url: spec.URL, header: header}
+		sockets[i] = socketPlan{index: i, url: spec.URL, header: header}
 		if tokens != nil {
 			sockets[i].url, sockets[i].token = tokenURL, tokens[i]
 		}
@@ -158,45 +169,90 @@ func plans(spec subscribeSpec) ([]socketPlan, error) {
 			sockets[i].channel = channels[i]
 		}
 	}
+	if spec.Reconnect != nil {
+		for _, i := range droppedSockets(count, spec.Reconnect.Share) {
+			sockets[i].tracked = true
+		}
+	}
 	return sockets, nil
+}
+
+// greeting is what a tracked socket's greeting says of its stream.
+type greeting struct {
+	pos position // where the stream stands: the hello's last_seq, or the subscription's place
+	// On a resume: whether the server said it recovered the stream (Centrifugo's
+	// `recovered`, Percolert's hello's), and the
+	// data of the publications it replayed.
+	recovered *bool
+	replayed  [][]byte
+	// Centrifugo: the lines that followed the reply in its frame (publications, pings).
+	rest []byte
 }
 
 // connect dials one socket, sends its auth message (a token socket's) and, with spec.Hello,
 // reads its hello: the auth message and the hello within greetTimeout. The handshake's
-// duration is returned too.
-func connect(ctx context.Context, spec subscribeSpec, socket socketPlan, greetTimeout time.Duration) (*websocket.Conn, time.Duration, error) {
+// duration is returned too. With `resume`, the socket resumes from there.
+func connect(ctx context.Context, spec subscribeSpec, socket socketPlan, greetTimeout time.Duration, resume *position) (*websocket.Conn, time.Duration, greeting, error) {
 	started := time.Now()
+	url := socket.url
+	if resume != nil && spec.Protocol != protocolCentrifugo {
+		url = resumeURL(url, resume.seq)
+	}
 	dialCtx, dialCancel := context.WithTimeout(ctx, time.Minute)
-	conn, _, err := websocket.Dial(dialCtx, socket.url, &websocket.DialOptions{HTTPHeader: socket.header})
+	conn, _, err := websocket.Dial(dialCtx, url, &websocket.DialOptions{HTTPHeader: socket.header})
 	dialCancel()
 	shook := time.Since(started)
 	if err != nil {
-		return nil, shook, err
+		return nil, shook, greeting{}, err
 	}
 	conn.SetReadLimit(1 << 22)
 	greetCtx, greetCancel := context.WithTimeout(ctx, greetTimeout)
 	defer greetCancel()
 	if spec.Protocol == protocolCentrifugo {
-		if err := centrifugoGreet(greetCtx, conn, socket); err != nil {
+		greet, err := centrifugoGreet(greetCtx, conn, socket, resume)
+		if err != nil {
 			conn.CloseNow()
-			return nil, shook, err
+			return nil, shook, greeting{}, err
 		}
-		return conn, shook, nil
+		return conn, shook, greet, nil
 	}
 	if socket.token != "" {
 		auth, _ := json.Marshal(map[string]string{"type": "auth", "token": socket.token})
 		if err := conn.Write(greetCtx, websocket.MessageText, auth); err != nil {
 			conn.CloseNow()
-			return nil, shook, fmt.Errorf("auth message: %w", err)
+			return nil, shook, greeting{}, fmt.Errorf("auth message: %w", err)
 		}
 	}
+	var greet greeting
 	if spec.Hello {
-		if _, _, err := conn.Read(greetCtx); err != nil {
+		_, hello, err := conn.Read(greetCtx)
+		if err != nil {
 			conn.CloseNow()
-			return nil, shook, fmt.Errorf("no hello within %v: %w", greetTimeout, err)
+			return nil, shook, greeting{}, fmt.Errorf("no hello within %v: %w", greetTimeout, err)
+		}
+		if socket.tracked { // decoded only where a resume needs it: the storm's CPU is measured
+			if greet.pos.seq, greet.recovered, err = helloLastSeq(hello); err != nil {
+				conn.CloseNow()
+				return nil, shook, greeting{}, err
+			}
 		}
 	}
-	return conn, shook, nil
+	return conn, shook, greet, nil
+}
+
+// helloLastSeq is the `last_seq` of Percolert's hello, where its socket's stream stands,
+// and on a resume its `recovered`: whether all that was missed follows (nil before the
+// server said so, or without `after`).
+func helloLastSeq(raw []byte) (int64, *bool, error) {
+	var hello struct {
+		Type      string `json:"type"`
+		LastSeq   int64  `json:"last_seq"`
+		Recovered *bool  `json:"recovered"`
+	}
+	if err := json.Unmarshal(raw, &hello); err != nil || hello.Type != "hello" {
+		return 0, nil, fmt.Errorf("not a hello: %.200s", raw)
+	}
+	return hello.LastSeq, hello.Recovered, nil
 }
 
 // connectStats is the ready file's content: how the connect storm went.
@@ -242,10 +298,14 @@ type message struct {
 // closedMark is recorded, in place of a search id, when the server closes a socket.
 const closedMark = "!closed"
 
+// arrival is a record line: an alert (or a mark) and, on a socket reconnect rounds drop,
+// the socket and its tag (reconnect.go); tag "" for the others.
 type arrival struct {
-	rid string
-	at  time.Time
-	seq int64
+	rid    string
+	at     time.Time
+	seq    int64
+	socket int
+	tag    string
 }
 
 var (
@@ -322,6 +382,18 @@ func decoded(raw []byte) (string, int64, bool) {
 	return "", 0, false
 }
 
+// centrifugoSubscription is what the greeting needs of a subscribe result: where the
+// stream stands and, on a recovery, what the server said of it and what it replayed.
+type centrifugoSubscription struct {
+	Epoch        string `json:"epoch"`
+	Offset       uint64 `json:"offset"`
+	Recovered    bool   `json:"recovered"`
+	Publications []struct {
+		Data   json.RawMessage `json:"data"`
+		Offset uint64          `json:"offset"`
+	} `json:"publications"`
+}
+
 // centrifugoReply is what the greeting needs of a reply of Centrifugo's JSON protocol.
 type centrifugoReply struct {
 	ID    uint32 `json:"id"`
@@ -330,8 +402,9 @@ type centrifugoReply struct {
 		Message string `json:"message"`
 	} `json:"error"`
 	Connect *struct {
-		Subs map[string]json.RawMessage `json:"subs"`
+		Subs map[string]centrifugoSubscription `json:"subs"`
 	} `json:"connect"`
+	Subscribe *centrifugoSubscription `json:"subscribe"`
 }
 
 var (
@@ -342,47 +415,107 @@ var (
 	pubData        = []byte(`"pub":{"data":`)
 )
 
+// recoverRequest asks Centrifugo for what a stream missed since `from`.
+func recoverRequest(from *position) map[string]any {
+	return map[string]any{"recover": true, "epoch": from.epoch, "offset": from.offset}
+}
+
 // centrifugoGreet connects (and subscribes, with a channel) a Centrifugo socket: the connect
-// command with the socket's token, then the reply that answers it.
-func centrifugoGreet(ctx context.Context, conn *websocket.Conn, socket socketPlan) error {
-	command, _ := json.Marshal(map[string]any{"id": 1, "connect": map[string]string{"token": socket.token}})
-	if err := conn.Write(ctx, websocket.MessageText, command); err != nil {
-		return fmt.Errorf("connect command: %w", err)
+// command with the socket's token, then the reply that answers it. With `resume`, the
+// subscription asks to recover from there (a server-side one in the connect command).
+func centrifugoGreet(ctx context.Context, conn *websocket.Conn, socket socketPlan, resume *position) (greeting, error) {
+	connect := map[string]any{"token": socket.token}
+	if resume != nil && socket.channel == "" {
+		connect["subs"] = map[string]any{resume.channel: recoverRequest(resume)}
 	}
-	reply, err := centrifugoAwait(ctx, conn, 1)
+	command, _ := json.Marshal(map[string]any{"id": 1, "connect": connect})
+	if err := conn.Write(ctx, websocket.MessageText, command); err != nil {
+		return greeting{}, fmt.Errorf("connect command: %w", err)
+	}
+	reply, rest, err := centrifugoAwait(ctx, conn, 1)
 	if err != nil {
-		return fmt.Errorf("connect: %w", err)
+		return greeting{}, fmt.Errorf("connect: %w", err)
 	}
 	if socket.channel == "" {
 		// Nothing to read otherwise: a server not set to subscribe users to their personal
 		// channel would leave the socket silent, and the run would count it as lost alerts.
 		if reply.Connect == nil || len(reply.Connect.Subs) == 0 {
-			return fmt.Errorf("connect reply lists no server-side subscription")
+			return greeting{}, fmt.Errorf("connect reply lists no server-side subscription")
 		}
-		return nil
+		channel := ""
+		if resume != nil {
+			channel = resume.channel
+		} else {
+			for name := range reply.Connect.Subs {
+				// The personal channel; were there several, the same one every time.
+				channel = max(channel, name)
+			}
+		}
+		subscribed, ok := reply.Connect.Subs[channel]
+		if !ok {
+			return greeting{}, fmt.Errorf("connect reply lists no subscription to %s", channel)
+		}
+		return subscribedGreeting(channel, subscribed, resume != nil, rest), nil
 	}
-	command, _ = json.Marshal(map[string]any{"id": 2, "subscribe": map[string]string{"channel": socket.channel}})
+	subscribe := map[string]any{"channel": socket.channel}
+	if resume != nil {
+		subscribe = recoverRequest(resume)
+		subscribe["channel"] = socket.channel
+	}
+	command, _ = json.Marshal(map[string]any{"id": 2, "subscribe": subscribe})
 	if err := conn.Write(ctx, websocket.MessageText, command); err != nil {
-		return fmt.Errorf("subscribe command: %w", err)
+		return greeting{}, fmt.Errorf("subscribe command: %w", err)
 	}
-	if _, err := centrifugoAwait(ctx, conn, 2); err != nil {
-		return fmt.Errorf("subscribe %s: %w", socket.channel, err)
+	reply, more, err := centrifugoAwait(ctx, conn, 2)
+	if err != nil {
+		return greeting{}, fmt.Errorf("subscribe %s: %w", socket.channel, err)
 	}
-	return nil
+	var subscribed centrifugoSubscription
+	if reply.Subscribe != nil {
+		subscribed = *reply.Subscribe
+	}
+	// What followed the connect reply came before the subscription: pings only.
+	rest = append(append(append([]byte(nil), rest...), '\n'), more...)
+	return subscribedGreeting(socket.channel, subscribed, resume != nil, rest), nil
 }
 
-// centrifugoAwait reads until the reply to command `id` (answering pings on the way).
-func centrifugoAwait(ctx context.Context, conn *websocket.Conn, id uint32) (centrifugoReply, error) {
+// subscribedGreeting is the greeting a subscribe result makes: its place in the stream and,
+// on a resume, the server's word on the recovery and what it replayed.
+func subscribedGreeting(channel string, subscribed centrifugoSubscription, resumed bool, rest []byte) greeting {
+	greet := greeting{
+		pos:  position{channel: channel, epoch: subscribed.Epoch, offset: subscribed.Offset},
+		rest: rest,
+	}
+	if resumed {
+		recovered := subscribed.Recovered
+		greet.recovered = &recovered
+	}
+	for _, publication := range subscribed.Publications {
+		greet.replayed = append(greet.replayed, publication.Data)
+		greet.pos.offset = max(greet.pos.offset, publication.Offset)
+	}
+	return greet
+}
+
+// centrifugoAwait reads until the reply to command `id` (answering pings on the way), and
+// returns it with the lines after it in its frame.
+func centrifugoAwait(ctx context.Context, conn *websocket.Conn, id uint32) (centrifugoReply, []byte, error) {
 	for {
 		_, frame, err := conn.Read(ctx)
 		if err != nil {
-			return centrifugoReply{}, err
+			return centrifugoReply{}, nil, err
 		}
-		for _, line := range bytes.Split(frame, []byte("\n")) {
+		for len(frame) > 0 {
+			line := frame
+			if end := bytes.IndexByte(frame, '\n'); end >= 0 {
+				line, frame = frame[:end], frame[end+1:]
+			} else {
+				frame = nil
+			}
 			line = bytes.TrimSpace(line)
 			if bytes.Equal(line, centrifugoPing) {
 				if err := conn.Write(ctx, websocket.MessageText, centrifugoPing); err != nil {
-					return centrifugoReply{}, err
+					return centrifugoReply{}, nil, err
 				}
 				continue
 			}
@@ -391,16 +524,17 @@ func centrifugoAwait(ctx context.Context, conn *websocket.Conn, id uint32) (cent
 				continue
 			}
 			if reply.Error != nil {
-				return reply, fmt.Errorf("error %d: %s", reply.Error.Code, reply.Error.Message)
+				return reply, nil, fmt.Errorf("error %d: %s", reply.Error.Code, reply.Error.Message)
 			}
-			return reply, nil
+			return reply, frame, nil
 		}
 	}
 }
 
 // centrifugoFrame calls `each` for every alert published in a frame of Centrifugo's JSON
-// protocol (replies one a line) and returns the number of pings in it, each owed a pong.
-func centrifugoFrame(frame []byte, each func(rid string, seq int64)) int {
+// protocol (replies one a line; the publication's line too) and returns the number of pings
+// in it, each owed a pong.
+func centrifugoFrame(frame []byte, each func(rid string, seq int64, line []byte)) int {
 	pings := 0
 	for len(frame) > 0 {
 		line := frame
@@ -413,7 +547,7 @@ func centrifugoFrame(frame []byte, each func(rid string, seq int64)) int {
 		if bytes.Equal(line, centrifugoPing) {
 			pings++
 		} else if rid, seq, ok := centrifugoAlert(line); ok {
-			each(rid, seq)
+			each(rid, seq, line)
 		}
 	}
 	return pings
@@ -471,6 +605,12 @@ func subscribe(specPath, recordPath string) error {
 	}
 	ctx, cancel := signal.NotifyContext(context.Background(), syscall.SIGTERM, os.Interrupt)
 	defer cancel()
+	// Before the ready file: the harness may signal a round as soon as it sees it.
+	rounds := make(chan os.Signal, 4)
+	if spec.Reconnect != nil {
+		signal.Notify(rounds, syscall.SIGUSR1)
+		defer signal.Stop(rounds)
+	}
 
 	record, err := os.Create(recordPath)
 	if err != nil {
@@ -493,7 +633,12 @@ func subscribe(specPath, recordPath string) error {
 				if !ok {
 					return
 				}
-				fmt.Fprintf(out, "%s %.6f %d\n", a.rid, float64(a.at.UnixMicro())/1e6, a.seq)
+				at := float64(a.at.UnixMicro()) / 1e6
+				if a.tag == "" {
+					fmt.Fprintf(out, "%s %.6f %d\n", a.rid, at, a.seq)
+				} else {
+					fmt.Fprintf(out, "%s %.6f %d %d %s\n", a.rid, at, a.seq, a.socket, a.tag)
+				}
 			case <-tick.C:
 				out.Flush()
 			}
@@ -535,8 +680,22 @@ func subscribe(specPath, recordPath string) error {
 	var reasons []string // with CountFailures, under timesMu
 	began := time.Now()
 	var connectSeconds atomic.Int64 // microseconds until the last socket was greeted
-	centrifugo := spec.Protocol == protocolCentrifugo
 	var wg sync.WaitGroup
+	var trackers []*tracker
+	trackerOf := map[int]*tracker{}
+	for _, socket := range sockets {
+		if socket.tracked {
+			trackerOf[socket.index] = &tracker{index: socket.index}
+			trackers = append(trackers, trackerOf[socket.index])
+		}
+	}
+	if spec.Reconnect != nil {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			dropRounds(ctx, rounds, *spec.Reconnect, trackers, arrivals)
+		}()
+	}
 	for _, socket := range sockets {
 		if pace != nil {
 			select {
@@ -553,12 +712,13 @@ func subscribe(specPath, recordPath string) error {
 			// the greeting (watches and history read from Elasticsearch) is part of what a
 			// connect costs the server.
 			var conn *websocket.Conn
+			var greet greeting
 			var err error
 			var shook time.Duration
 			started := time.Now()
 			for attempt := 0; ; attempt++ {
 				started = time.Now()
-				conn, shook, err = connect(ctx, spec, socket, greetTimeout)
+				conn, shook, greet, err = connect(ctx, spec, socket, greetTimeout, nil)
 				if err == nil || attempt >= spec.DialRetries || ctx.Err() != nil {
 					break
 				}
@@ -580,7 +740,6 @@ func subscribe(specPath, recordPath string) error {
 				markSettled()
 				return
 			}
-			defer conn.CloseNow()
 			<-gate
 			greetTime := time.Since(started)
 			timesMu.Lock()
@@ -590,33 +749,15 @@ func subscribe(specPath, recordPath string) error {
 			connectSeconds.Store(time.Since(began).Microseconds())
 			greeted.Add(1)
 			markSettled()
-			var data bytes.Buffer // reused: one message at a time
-			for {
-				_, reader, err := conn.Reader(ctx)
-				if err == nil {
-					data.Reset()
-					_, err = data.ReadFrom(reader)
-				}
-				if err != nil {
-					if ctx.Err() == nil {
-						failed.Add(1)
-						arrivals <- arrival{closedMark, time.Now(), 0}
-					}
-					return
-				}
-				now := time.Now()
-				if centrifugo {
-					pings := centrifugoFrame(data.Bytes(), func(rid string, seq int64) {
-						arrivals <- arrival{rid, now, seq}
-					})
-					for ; pings > 0; pings-- {
-						// A failed pong shows as the next read's error.
-						_ = conn.Write(ctx, websocket.MessageText, centrifugoPing)
-					}
-				} else if rid, seq, ok := searchID(data.Bytes()); ok {
-					arrivals <- arrival{rid, now, seq}
-				}
+			t := trackerOf[socket.index]
+			if t != nil {
+				t.pos = greet.pos
 			}
+			run := session{
+				ctx: ctx, spec: spec, socket: socket, tracker: t, arrivals: arrivals,
+				greetTimeout: greetTimeout, closed: &failed,
+			}
+			run.serve(conn, greet)
 		}()
 	}
 	if total == 0 {

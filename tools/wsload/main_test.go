@@ -124,7 +124,7 @@ func TestATokenSocketAuthenticatesBeforeItsHello(t *testing.T) {
 	spec := subscribeSpec{URL: "ws" + strings.TrimPrefix(server.URL, "http") + "/ws", Hello: true}
 	socket := socketPlan{url: spec.URL + "?auth=token", header: http.Header{}, token: "x.y.z"}
 	started := time.Now()
-	conn, _, err := connect(context.Background(), spec, socket, 5*time.Second)
+	conn, _, _, err := connect(context.Background(), spec, socket, 5*time.Second, nil)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -155,7 +155,7 @@ func TestCentrifugoFramesGiveAlertsAndPings(t *testing.T) {
 	}
 	var rids []string
 	var seqs []int64
-	pings := centrifugoFrame([]byte(strings.Join(lines, "\n")+"\n"), func(rid string, seq int64) {
+	pings := centrifugoFrame([]byte(strings.Join(lines, "\n")+"\n"), func(rid string, seq int64, _ []byte) {
 		rids = append(rids, rid)
 		seqs = append(seqs, seq)
 	})
@@ -172,7 +172,7 @@ func TestCentrifugoFramesGiveAlertsAndPings(t *testing.T) {
 			t.Fatalf("%s: quick %q %d %v, decoder %q %d %v", line, rid, seq, ok, fullRid, fullSeq, fullOk)
 		}
 	}
-	if centrifugoFrame([]byte(`{"type":"alert","seq":1,"at":"x"}`), func(string, int64) {
+	if centrifugoFrame([]byte(`{"type":"alert","seq":1,"at":"x"}`), func(string, int64, []byte) {
 		t.Fatal("a Percolert alert outside a push is not a Centrifugo publication")
 	}) != 0 {
 		t.Fatal("no pings in it")
@@ -222,7 +222,7 @@ func TestACentrifugoSocketConnects(t *testing.T) {
 	server, commands := fakeCentrifugo(t, serverSide)
 	defer server.Close()
 	url := "ws" + strings.TrimPrefix(server.URL, "http") + "/connection/websocket"
-	conn, _, err := connect(context.Background(), spec, socketPlan{url: url, token: "x.y.z"}, 5*time.Second)
+	conn, _, _, err := connect(context.Background(), spec, socketPlan{url: url, token: "x.y.z"}, 5*time.Second, nil)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -234,12 +234,12 @@ func TestACentrifugoSocketConnects(t *testing.T) {
 	clientSide, commands := fakeCentrifugo(t, `{"id":1,"connect":{"client":"c"}}`)
 	defer clientSide.Close()
 	url = "ws" + strings.TrimPrefix(clientSide.URL, "http")
-	if _, _, err := connect(context.Background(), spec, socketPlan{url: url, token: "t"}, 5*time.Second); err == nil ||
+	if _, _, _, err := connect(context.Background(), spec, socketPlan{url: url, token: "t"}, 5*time.Second, nil); err == nil ||
 		!strings.Contains(err.Error(), "no server-side subscription") {
 		t.Fatalf("without a channel or a server-side subscription: %v", err)
 	}
 	<-commands
-	conn, _, err = connect(context.Background(), spec, socketPlan{url: url, token: "t", channel: "personal:#u1"}, 5*time.Second)
+	conn, _, _, err = connect(context.Background(), spec, socketPlan{url: url, token: "t", channel: "personal:#u1"}, 5*time.Second, nil)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -252,7 +252,7 @@ func TestACentrifugoSocketConnects(t *testing.T) {
 	refused, _ := fakeCentrifugo(t, `{"id":1,"error":{"code":109,"message":"token expired"}}`)
 	defer refused.Close()
 	url = "ws" + strings.TrimPrefix(refused.URL, "http")
-	if _, _, err := connect(context.Background(), spec, socketPlan{url: url, token: "t"}, 5*time.Second); err == nil ||
+	if _, _, _, err := connect(context.Background(), spec, socketPlan{url: url, token: "t"}, 5*time.Second, nil); err == nil ||
 		!strings.Contains(err.Error(), "109") {
 		t.Fatalf("an error reply must fail the greeting: %v", err)
 	}
@@ -283,5 +283,76 @@ func TestCentrifugoPlans(t *testing.T) {
 	}
 	if _, err := plans(subscribeSpec{Protocol: protocolCentrifugo}); err == nil {
 		t.Fatal("Centrifugo sockets need tokens")
+	}
+}
+
+// Reconnect rounds drop the same evenly spread sockets every time, which the plans mark;
+// Percolert's sockets need their hello for it (its last_seq tells the replay from the rest).
+func TestPlansMarkTheSocketsRoundsDrop(t *testing.T) {
+	cookies := make([]*string, 20)
+	spec := subscribeSpec{URL: "ws://127.0.0.1:1/ws", Cookies: cookies, Hello: true, Reconnect: &reconnectSpec{Share: 0.1}}
+	sockets, err := plans(spec)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var tracked []int
+	for i, socket := range sockets {
+		if socket.index != i {
+			t.Fatalf("socket %d has index %d", i, socket.index)
+		}
+		if socket.tracked {
+			tracked = append(tracked, i)
+		}
+	}
+	if len(tracked) != 2 || tracked[0] != 9 || tracked[1] != 19 {
+		t.Fatalf("tracked: %v", tracked)
+	}
+	spec.Hello = false
+	if _, err := plans(spec); err == nil {
+		t.Fatal("a Percolert reconnect without the hello must be refused")
+	}
+	spec.Reconnect = nil
+	if sockets, _ := plans(spec); sockets[9].tracked {
+		t.Fatal("no rounds, nothing tracked")
+	}
+}
+
+// The hello's last_seq is where a socket's stream stands, and `recovered` (on a resume)
+// whether all that was missed follows; anything else is no hello.
+func TestHelloLastSeq(t *testing.T) {
+	seq, recovered, err := helloLastSeq([]byte(`{"type":"hello","protocol":2,"coalesce_seconds":0,"watches":[],"recent":[],"last_seq":1795522094274001,"away":null,"recovered":null}`))
+	if err != nil || seq != 1795522094274001 || recovered != nil {
+		t.Fatalf("%d %v %v", seq, recovered, err)
+	}
+	_, recovered, err = helloLastSeq([]byte(`{"type":"hello","last_seq":7,"recovered":false}`))
+	if err != nil || recovered == nil || *recovered {
+		t.Fatalf("a resume that lost alerts: %v %v", recovered, err)
+	}
+	if _, _, err := helloLastSeq([]byte(`{"type":"alert","seq":5}`)); err == nil {
+		t.Fatal("an alert is not a hello")
+	}
+}
+
+// A client-side subscription resumes with recover, epoch and offset in its subscribe
+// command; a reply without `recovered` is a stream the server did not recover.
+func TestAClientSideSubscriptionAsksToRecover(t *testing.T) {
+	server, commands := fakeCentrifugo(t, `{"id":1,"connect":{"client":"c"}}`)
+	defer server.Close()
+	url := "ws" + strings.TrimPrefix(server.URL, "http")
+	spec := subscribeSpec{Protocol: protocolCentrifugo}
+	from := position{channel: "personal:#u1", epoch: "ep", offset: 7}
+	conn, _, greet, err := connect(context.Background(), spec, socketPlan{url: url, token: "t", channel: "personal:#u1"}, 5*time.Second, &from)
+	if err != nil {
+		t.Fatal(err)
+	}
+	conn.CloseNow()
+	if got := <-commands; got != `{"connect":{"token":"t"},"id":1}` {
+		t.Fatalf("a client-side subscription's connect asks nothing: %s", got)
+	}
+	if got := <-commands; got != `{"id":2,"subscribe":{"channel":"personal:#u1","epoch":"ep","offset":7,"recover":true}}` {
+		t.Fatalf("subscribe command: %s", got)
+	}
+	if greet.recovered == nil || *greet.recovered || greet.pos.channel != "personal:#u1" {
+		t.Fatalf("greeting: %+v", greet)
 	}
 }
