@@ -122,6 +122,17 @@ async def test_flushed_alerts_are_replayed_from_elasticsearch(
         alert(to_bob, bobs),
         alert(to_all_but_carol, default),
     ]
+    # The newest `limit`, and whether that is all.
+    bobs_all = [
+        alert(shared, bobs, ["paperwhite"]),
+        alert(to_bob, bobs),
+        alert(to_all_but_carol, default),
+    ]
+    assert await reader.replay("bob", start, end, since=OLD_SESSION, limit=3) == (bobs_all, True)
+    assert await reader.replay("bob", start, end, since=OLD_SESSION, limit=2) == (
+        bobs_all[1:],
+        False,
+    )
     assert await reader.recent("bob", end, since=0, limit=2) == [
         alert(to_bob, bobs),
         alert(to_all_but_carol, default),

@@ -54,6 +54,7 @@ async def test_missed_alerts_are_replayed_in_order_then_live_ones_follow(server:
         # A's own position, before any alert of theirs: never anyone else's.
         position = first.hello["last_seq"]
         assert position == 0
+        assert first.hello["recovered"] is None  # not resuming
         await first.close()
 
         created = metric(server, "percolert_alerts_created_total")
@@ -76,6 +77,7 @@ async def test_missed_alerts_are_replayed_in_order_then_live_ones_follow(server:
         assert seqs == sorted(seqs)
         assert all(seq > position for seq in seqs)
         assert all(alert and alert["watch"]["id"] == watch["id"] for alert in missed)
+        assert back.hello["recovered"] is True  # all it missed follows
         # Replayed, so not listed as well; the position covers the replay.
         assert back.hello["recent"] == []
         assert back.hello["last_seq"] == seqs[-1]

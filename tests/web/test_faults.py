@@ -83,6 +83,10 @@ async def test_elasticsearch_down_is_503_sockets_stay_and_everything_resumes(
                 # A page that connects now still gets a hello (without history).
                 late = await b.connect()
                 assert late.hello["watches"] is None
+                # A page resuming now is told its replay could not be read.
+                resuming = await b.connect(after=1)
+                assert resuming.hello["watches"] is None
+                assert resuming.hello["recovered"] is False
             finally:
                 own_node.start()
             # The cluster is back: no restart needed, the watch survived, alerts flow.

@@ -160,6 +160,9 @@ export interface HelloMessage {
   recent: AlertMessage[];
   last_seq: number;
   away: Away | null;
+  /** After a resume (`after=`): whether every alert missed since follows (false: more than
+   * the newest 200 were missed, or the server could not read its log); null otherwise. */
+  recovered?: boolean | null;
 }
 
 export interface WatchesChangedMessage {

@@ -28,7 +28,7 @@ import re
 import time
 from collections.abc import Callable, Iterable
 from datetime import timedelta
-from typing import Any, Protocol, cast
+from typing import Any, NamedTuple, Protocol, cast
 
 import anyio
 import msgspec
@@ -62,6 +62,17 @@ FORGET_SECONDS = 120.0
 def _session_ms(seconds: float) -> int:
     # Session starts are whole milliseconds already (sessions.py): undo the division.
     return round(seconds * 1000)
+
+
+# A resuming socket gets at most this many missed alerts (the newest).
+REPLAY_LIMIT = 200
+
+
+class Replay(NamedTuple):
+    """Missed alerts to send a resuming socket, and whether they are all it missed."""
+
+    alerts: list[Alert]
+    complete: bool
 
 
 class _Payload(msgspec.Struct, gc=False):
@@ -516,13 +527,31 @@ class AlertLog:
         *,
         since: float,
         everyone_since: float | None = None,
-        limit: int = 200,
+        limit: int = REPLAY_LIMIT,
     ) -> list[Alert]:
+        """The user's alerts with after < seq <= upto, oldest first (the newest `limit`):
+        `replay` without whether that is all of them."""
+        replay = await self.replay(
+            user, after, upto, since=since, everyone_since=everyone_since, limit=limit
+        )
+        return replay.alerts
+
+    async def replay(
+        self,
+        user: str,
+        after: int,
+        upto: int,
+        *,
+        since: float,
+        everyone_since: float | None = None,
+        limit: int = REPLAY_LIMIT,
+    ) -> Replay:
         """The user's alerts with after < seq <= upto, oldest first (the newest `limit`),
         leaving out any that counts a search made before `since` (epoch seconds: when the
         user's session began) and, with `everyone_since`, default watches' alerts counting
         a search made before then (an account's own history is its own; the news of default
-        watches starts when it came)."""
+        watches starts when it came); and whether that is every one of them (one more is
+        read to tell)."""
         since_ms = _session_ms(since)
         everyone_ms = None if everyone_since is None else _session_ms(everyone_since)
         unwritten = await self._unwritten(
@@ -532,8 +561,9 @@ class AlertLog:
             lambda r: after < r.seq <= upto and _since(r, user, since_ms, everyone_ms),
         )
         positions = {"range": {"seq": {"gt": after, "lte": upto}}}
-        stored = await self._read(user, since_ms, [positions], limit, everyone_ms)
-        return _merge(stored, unwritten, limit)
+        stored = await self._read(user, since_ms, [positions], limit + 1, everyone_ms)
+        alerts = _merge(stored, unwritten, limit + 1)
+        return Replay(alerts[-limit:], complete=len(alerts) <= limit)
 
     async def recent(
         self,

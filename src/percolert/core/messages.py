@@ -337,13 +337,16 @@ class Hello(ServerMessage, tag="hello", frozen=True):
     leaves those out. `last_seq`: the position to pass back as `after` on reconnecting,
     the newest of this user's own alerts the greeting covers (never a position of anyone
     else's). `away`: product alerts not yet shown to this user anywhere (None when there are
-    none)."""
+    none). `recovered`, on a socket opened with `after`: whether every alert missed since
+    then follows (False: more were missed than are replayed, the newest 200 follow, or the
+    log could not be read); None without `after`. As Centrifugo's `recovered`."""
 
     coalesce_seconds: float
     watches: list[Watch] | None
     recent: list[Alert]
     last_seq: int
     away: Away | None = None
+    recovered: bool | None = None
     protocol: int = PROTOCOL
 
 

@@ -13,7 +13,9 @@ from elastic_transport import TransportError
 from starlette.websockets import WebSocket, WebSocketDisconnect
 
 from percolert.accounts.tokens import Tokens
+from percolert.alerts.log import Replay
 from percolert.broker.base import TooManySockets
+from percolert.core.exception_groups import first_error
 from percolert.core.jsondepth import TooDeep, check_depth
 from percolert.core.messages import Alert, Auth, ClientMessages, Hello, Ping, Pong, Watch
 from percolert.core.settings import Settings
@@ -84,21 +86,36 @@ async def _greeting(
     Elasticsearch being down must not keep a page from connecting: the page then gets no
     watch list (None) and no history, and live alerts as usual.
     """
+    watches: list[Watch] | None = None
+    recent: list[Alert] = []
+    replay = Replay([], complete=True)
+    log = state["alert_log"]
+
+    async def read_watches() -> None:
+        nonlocal watches
+        watches = await state["watches"].visible_to(user)
+
+    async def read_recent() -> None:
+        nonlocal recent
+        recent = await log.recent(user, cut, since=started, everyone_since=everyone_since)
+
+    async def read_replay() -> None:
+        nonlocal replay
+        assert after is not None
+        replay = await log.replay(user, after, cut, since=started, everyone_since=everyone_since)
+
     try:
-        async with state["greetings"]:
-            watches: list[Watch] | None = await state["watches"].visible_to(user)
-            log = state["alert_log"]
-            recent = await log.recent(user, cut, since=started, everyone_since=everyone_since)
-            missed = (
-                []
-                if after is None
-                else await log.missed(
-                    user, after, cut, since=started, everyone_since=everyone_since
-                )
-            )
-    except (TransportError, elasticsearch.ApiError) as error:
-        logger.warning("greeting without history, Elasticsearch failed: %s", error)
-        watches, recent, missed = None, [], []
+        # The three reads at once: a page resuming under load waits for one round trip,
+        # not three in a row.
+        async with state["greetings"], anyio.create_task_group() as reads:
+            reads.start_soon(read_watches)
+            reads.start_soon(read_recent)
+            if after is not None:
+                reads.start_soon(read_replay)
+    except* (TransportError, elasticsearch.ApiError) as failed:
+        logger.warning("greeting without history, Elasticsearch failed: %s", first_error(failed))
+        watches, recent, replay = None, [], Replay([], complete=False)
+    missed = replay.alerts
     # Apart from the history: product alerts fail (to no `away`) on their own.
     async with state["greetings"]:
         away = await state["product_feed"].greet(user, connection)
@@ -112,6 +129,7 @@ async def _greeting(
         recent=recent,
         last_seq=_resume_from(after, recent, missed),
         away=away,
+        recovered=None if after is None else replay.complete,
     )
     return hello, missed
 
