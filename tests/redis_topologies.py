@@ -2,7 +2,7 @@
 need it: a Redis Cluster of three primaries, each with a replica, and a primary with a
 replica watched by three Sentinels. Every process is the test's own, on free loopback ports,
 with nothing saved to disk; `kill_primary` SIGKILLs the process serving a key (as a crashed
-machine) and waits until a replica has taken its place."""
+machine) and waits until a replica has taken its place, `fail_over` does it as planned."""
 
 from __future__ import annotations
 
@@ -19,6 +19,7 @@ import redis
 from redis.backoff import NoBackoff
 from redis.retry import Retry
 
+from tests.netproxy import DroppableProxy
 from tests.servers import free_port
 from tests.waiting import wait_until_sync
 
@@ -169,6 +170,21 @@ class RedisClusterNodes:
         )
         return old
 
+    def fail_over(self, key: str) -> int:
+        """A planned failover of `key`'s slot (`CLUSTER FAILOVER` on its primary's replica,
+        as an operator moves a primary off a machine); return once the replica serves it."""
+        old = self.primary_of(key)
+        [replica] = [
+            port
+            for port in self._processes.running
+            if _info(port, "replication").get("master_port") == str(old)
+        ]
+        _command(replica, "CLUSTER", "FAILOVER")
+        wait_until_sync(
+            lambda: self._promoted(key, old), timeout=30, what=f"{replica} to serve {key!r}"
+        )
+        return old
+
     def _promoted(self, key: str, old: int) -> bool:
         try:
             return (
@@ -198,7 +214,11 @@ class RedisSentinels:
 
     def _start(self) -> None:
         self.primary = self._processes.start("data")
-        self.replica = self._processes.start("data", "--replicaof", "127.0.0.1", str(self.primary))
+        # The replica follows through a proxy, so that a test can hold the stream back.
+        self._link = DroppableProxy(self.primary)
+        self.replica = self._processes.start(
+            "data", "--replicaof", "127.0.0.1", str(self._link.port)
+        )
         wait_until_sync(
             lambda: _info(self.replica, "replication").get("master_link_status") == "up",
             what="the replica to sync",
@@ -235,8 +255,14 @@ class RedisSentinels:
         _host, port = _command(self.sentinels[0], "SENTINEL", "GET-MASTER-ADDR-BY-NAME", self.name)
         return int(port)
 
+    def hold_replication(self) -> None:
+        """From now on the replica gets nothing more of what the primary writes (held on
+        the way, as on a congested link): a failover then loses that tail."""
+        self._link.hang()
+
     def kill_primary(self) -> int:
-        """SIGKILL the primary; return once the Sentinels name its replica, promoted."""
+        """SIGKILL the primary; return once the Sentinels name its replica, promoted (what
+        the link held is dropped)."""
         old = self.current_primary()
         self._processes.kill(old)
         wait_until_sync(
@@ -247,10 +273,12 @@ class RedisSentinels:
             timeout=60,
             what="the Sentinels to promote the replica",
         )
+        self._link.close()
         return old
 
     def stop(self) -> None:
         self._processes.stop_all()
+        self._link.close()
 
 
 @contextlib.contextmanager

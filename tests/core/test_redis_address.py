@@ -51,6 +51,9 @@ def test_sentinel_names_the_primary_and_its_own_credentials() -> None:
         ("redis+cluster://c1:7000?sentinel_master_name=x", "unknown option 'sentinel_master_name'"),
         ("redis+sentinel://s1:26379", "names no primary"),
         ("redis+sentinel://s1:26379/zero?sentinel_master_name=m", "database number"),
+        ("redis+sentinel://s1:26379/3/?sentinel_master_name=m", "database number"),
+        ("redis+cluster://c1:7000,c2:7000", "more nodes go in &addr="),
+        ("redis+cluster://c1:7000?addr=c2:\u0663", "is not host:port"),
     ],
 )
 def test_a_bad_url_says_what_is_wrong(url: str, says: str) -> None:

@@ -30,9 +30,9 @@ def connect(
     connect_timeout: float,
     wait_seconds: float | None = None,
 ) -> RedisClient:
-    """A client of the Redis `url` names (redis_address.py). `wait_seconds`: on one server,
-    a call waits that long for a free connection instead of failing at once (a Cluster's or
-    Sentinel's pool does not wait: the caller bounds its calls in flight)."""
+    """A client of the Redis `url` names (redis_address.py). `wait_seconds`: a call waits
+    that long for a free connection instead of failing at once. A Cluster's pools cannot
+    wait: each node's holds twice `max_connections`, and the caller bounds its calls."""
     address = parse_redis_url(url)
     options: dict[str, Any] = {
         "socket_timeout": socket_timeout,
@@ -42,7 +42,7 @@ def connect(
     if address.mode == "cluster":
         return _cluster(address, max_connections, options)
     if address.mode == "sentinel":
-        return _sentinel(address, max_connections, options)
+        return _sentinel(address, max_connections, wait_seconds, options)
     if wait_seconds is None:
         pool = aioredis.ConnectionPool.from_url(url, max_connections=max_connections, **options)
     else:
@@ -60,14 +60,24 @@ def _cluster(address: RedisAddress, max_connections: int, options: dict[str, Any
     return RedisCluster(
         startup_nodes=[ClusterNode(host, port) for host, port in address.nodes],
         # Per node; every key of the broker is in one slot, so one node takes them all.
-        max_connections=max_connections,
+        max_connections=2 * max_connections,
+        # The broker needs its own slot served, not every slot.
+        require_full_coverage=False,
         **_credentials(address),
         **options,
     )
 
 
+class _WaitingSentinelPool(SentinelConnectionPool, aioredis.BlockingConnectionPool):
+    """Sentinel's pool (the primary asked of the Sentinels on every new connection) that
+    waits for a free connection as BlockingConnectionPool does."""
+
+
 def _sentinel(
-    address: RedisAddress, max_connections: int, options: dict[str, Any]
+    address: RedisAddress,
+    max_connections: int,
+    wait_seconds: float | None,
+    options: dict[str, Any],
 ) -> aioredis.Redis:
     assert address.master is not None  # parse_redis_url requires it
     sentinels = Sentinel(
@@ -80,9 +90,15 @@ def _sentinel(
             "socket_connect_timeout": options["socket_connect_timeout"],
         },
     )
+    waiting: dict[str, Any] = (
+        {}
+        if wait_seconds is None
+        else {"connection_pool_class": _WaitingSentinelPool, "timeout": wait_seconds}
+    )
     client: aioredis.Redis = sentinels.master_for(
         address.master,
         max_connections=max_connections,
+        **waiting,
         db=address.db,
         **_credentials(address),
         **options,

@@ -59,16 +59,17 @@ import anyio
 import msgspec
 from anyio.abc import TaskGroup
 from redis.asyncio.client import Pipeline
-from redis.asyncio.cluster import ClusterPipeline
+from redis.asyncio.cluster import ClusterPipeline, RedisCluster
 from redis.exceptions import (
-    ClusterDownError,
+    ClusterError,
     LockError,
+    MovedError,
     NoScriptError,
     OutOfMemoryError,
     ReadOnlyError,
-    RedisClusterUnreachableError,
+    RedisClusterException,
     RedisError,
-    SlotNotCoveredError,
+    ResponseError,
     TryAgainError,
 )
 from redis.exceptions import ConnectionError as RedisConnectionError
@@ -143,7 +144,9 @@ _REASSERT_BATCH = 1_000
 # primary yet, or by a new one the client has not found), or a server that has lost the
 # scripts (restarted, or promoted). Other errors (a script's) are bugs, left to the
 # supervisor by the loops ...
-_CLUSTER_AWAY = (ClusterDownError, TryAgainError, SlotNotCoveredError, RedisClusterUnreachableError)
+# A Cluster's errors while its topology changes (a slot moved, no node answering, the
+# client's first look at the slots failing): RedisClusterException is not a RedisError.
+_CLUSTER_AWAY = (ClusterError, TryAgainError, MovedError, RedisClusterException)
 _UNREACHABLE = (
     RedisConnectionError,
     RedisTimeoutError,
@@ -330,6 +333,16 @@ class RedisBroker:
         pipe.evalsha(script.sha, 1, self._slot_key, self._prefix, *self._common(), *args)
 
     async def _load_scripts(self) -> None:
+        """Load every script where the broker's slot is: on a Cluster, on that slot's node
+        only (redis-py loads on every primary, which fails while an unrelated one is away)."""
+        if isinstance(self._redis, RedisCluster):
+            await self._redis.initialize()  # the slot map, from the seeds at first
+            node = self._redis.get_node_from_key(self._slot_key)
+            for script in self._scripts.values():
+                script.sha = await self._redis.execute_command(
+                    "SCRIPT LOAD", script.script, target_nodes=node
+                )
+            return
         for script in self._scripts.values():
             script.sha = await self._redis.script_load(script.script)
 
@@ -580,9 +593,7 @@ class RedisBroker:
             with self._observer.round_trip("xread"):
                 reply = cast(
                     list[tuple[bytes, list[tuple[bytes, dict[bytes, bytes]]]]],
-                    await self._redis.xread(
-                        {self._inbox: self._last_read}, count=_READ_COUNT, block=_READ_BLOCK_MS
-                    ),
+                    await self._blocking_read(),
                 )
             for _stream, entries in reply or ():
                 for entry_id, fields in entries:
@@ -594,6 +605,18 @@ class RedisBroker:
                         self._resync(cause)
                         await self._reassert()
                     self._receive(fields)
+
+    async def _blocking_read(self) -> Any:
+        try:
+            return await self._redis.xread(
+                {self._inbox: self._last_read}, count=_READ_COUNT, block=_READ_BLOCK_MS
+            )
+        except ResponseError as error:
+            # The primary was demoted under the read (a planned failover): a Cluster's client
+            # passes that on as it came, Sentinel's as a lost connection.
+            if str(error).startswith("UNBLOCKED"):
+                raise _Down(str(error)) from error
+            raise
 
     def _check(self, fields: dict[bytes, bytes]) -> str | None:
         """A gap before this entry: a new epoch, or an entry of this inbox missing."""
@@ -842,7 +865,7 @@ class RedisBroker:
                         self._mirror, *(f"{seq}-0" for seq in seqs[start : start + REPLAY_COUNT])
                     )
                 await pipe.execute()
-        except RedisError as error:
+        except _REFUSED as error:
             # Kept until the mirror's bound drops them; replay merges them by position.
             logger.warning("could not drop written sendings from the mirror: %s", error)
 

@@ -50,9 +50,12 @@ class RedisAddress(msgspec.Struct, frozen=True):
 
 def _node(text: str, url: str) -> tuple[str, int]:
     host, colon, port = text.rpartition(":")
-    if not colon or not host or not port.isdigit() or not 0 < int(port) < 65536:
-        raise ValueError(f"{text!r} in {url!r} is not host:port")
-    return host.strip("[]"), int(port)
+    digits = port.isascii() and port.isdigit()
+    if not colon or not host or "," in host or not digits or not 0 < int(port) < 65536:
+        raise ValueError(
+            f"{text!r} in {url!r} is not host:port (more nodes go in &addr=host:port)"
+        )
+    return unquote(host.strip("[]")), int(port)
 
 
 def parse_redis_url(url: str) -> RedisAddress:
@@ -72,8 +75,8 @@ def parse_redis_url(url: str) -> RedisAddress:
     if unknown:
         raise ValueError(f"{url!r}: unknown option {unknown[0]!r} for {scheme}://")
     seeds = [parts.netloc.rpartition("@")[2], *query.get("addr", [])]
-    db_text = parts.path.strip("/") or "0"
-    if not db_text.isdigit():
+    db_text = parts.path.removeprefix("/") or "0"
+    if not (db_text.isascii() and db_text.isdigit()):
         raise ValueError(f"{url!r}: the path is a database number, got {parts.path!r}")
     if mode == "cluster" and int(db_text) != 0:
         raise ValueError(f"{url!r}: a Redis Cluster has only database 0")

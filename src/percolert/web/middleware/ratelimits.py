@@ -35,7 +35,7 @@ from limits.aio.strategies import SlidingWindowCounterRateLimiter
 from limits.errors import StorageError
 from limits.storage import storage_from_string
 from redis.asyncio.cluster import RedisCluster
-from redis.exceptions import RedisError
+from redis.exceptions import RedisClusterException, RedisError
 
 from percolert.broker.connection import RedisClient, connect, disconnect
 from percolert.core.breaker import Breaker
@@ -50,6 +50,8 @@ _STORE_TIMEOUT_SECONDS = 0.5
 # `limits`' URIs of a plain Redis, and redis-py's for the same.
 _REDIS_SCHEMES = {"async+redis": "redis", "async+rediss": "rediss", "async+redis+unix": "unix"}
 _STORE_CONNECTIONS = 100  # redis-py's default
+# What a Redis store fails with: a Cluster's own errors are no RedisError.
+_STORE_ERRORS = (RedisError, RedisClusterException)
 
 
 class Action(enum.StrEnum):
@@ -124,6 +126,11 @@ class _ClusterStorage(RedisClusterStorage):
         self._client = client
         super().__init__("async+redis+cluster://", wrap_exceptions=True, implementation="redispy")
 
+    @property
+    def base_exceptions(self) -> type[Exception] | tuple[type[Exception], ...]:
+        # Wrapped as StorageError, so that an unreachable Cluster admits, as any store does.
+        return _STORE_ERRORS
+
     def configure_bridge(self) -> None:
         bridge = cast(Any, self.bridge)
         bridge.storage = self._client
@@ -177,7 +184,7 @@ class _RedisBuckets:
     async def take(self, key: str, interval_ms: int, burst: int) -> float:
         try:
             return float(await self._script(keys=[key], args=[interval_ms, burst]))
-        except RedisError as error:
+        except _STORE_ERRORS as error:
             raise StorageError(error) from error
 
 
@@ -265,7 +272,7 @@ class RateLimits:
                 try:
                     assert client is not None
                     answers = bool(await client.ping())
-                except RedisError:
+                except _STORE_ERRORS:
                     answers = False
             if not answers:
                 raise StorageError(ConnectionError("the rate limits' store does not answer"))
