@@ -52,9 +52,7 @@ def _node(text: str, url: str) -> tuple[str, int]:
     host, colon, port = text.rpartition(":")
     digits = port.isascii() and port.isdigit()
     if not colon or not host or "," in host or not digits or not 0 < int(port) < 65536:
-        raise ValueError(
-            f"{text!r} in {url!r} is not host:port (more nodes go in &addr=host:port)"
-        )
+        raise ValueError(f"{text!r} in {url!r} is not host:port (more nodes go in &addr=host:port)")
     return unquote(host.strip("[]")), int(port)
 
 
