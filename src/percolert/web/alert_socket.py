@@ -91,23 +91,30 @@ async def _greeting(
     replay = Replay([], complete=True)
     log = state["alert_log"]
 
+    # Each read takes one of the greetings' connections (a quarter of them: a reconnect
+    # storm leaves searches room).
     async def read_watches() -> None:
         nonlocal watches
-        watches = await state["watches"].visible_to(user)
+        async with state["greetings"]:
+            watches = await state["watches"].visible_to(user)
 
     async def read_recent() -> None:
         nonlocal recent
-        recent = await log.recent(user, cut, since=started, everyone_since=everyone_since)
+        async with state["greetings"]:
+            recent = await log.recent(user, cut, since=started, everyone_since=everyone_since)
 
     async def read_replay() -> None:
         nonlocal replay
         assert after is not None
-        replay = await log.replay(user, after, cut, since=started, everyone_since=everyone_since)
+        async with state["greetings"]:
+            replay = await log.replay(
+                user, after, cut, since=started, everyone_since=everyone_since
+            )
 
     try:
         # The three reads at once: a page resuming under load waits for one round trip,
         # not three in a row.
-        async with state["greetings"], anyio.create_task_group() as reads:
+        async with anyio.create_task_group() as reads:
             reads.start_soon(read_watches)
             reads.start_soon(read_recent)
             if after is not None:
