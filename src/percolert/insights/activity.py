@@ -47,6 +47,9 @@ PRESENCE_SECONDS = 5.0
 # watch and logged with each presence. Either is logged early once this many keys are counted.
 _MAX_COUNTED = 10_000
 _RETENTION_SECONDS = 3_600.0
+# Watch labels whose logged id and words are kept (a few hundred bytes each); past it, all
+# are forgotten and worked out again.
+_MAX_LOGGED_LABELS = 100_000
 
 
 class Entry(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True, gc=False):
@@ -94,8 +97,13 @@ def logged_watch(watch: AlertWatch | Watch, default: bool) -> tuple[str, str]:
     words counts together, and the log leads to no shopper)."""
     if default:
         return watch.id, watch_label(watch)
-    label = redacted(watch_label(watch))
-    return "words-" + hashlib.blake2b(label.encode(), digest_size=10).hexdigest(), label
+    return logged_words(watch_label(watch))
+
+
+def logged_words(label: str) -> tuple[str, str]:
+    """The id and label every shopper's watch labelled `label` is counted under."""
+    words = redacted(label)
+    return "words-" + hashlib.blake2b(words.encode(), digest_size=10).hexdigest(), words
 
 
 class ActivityLog:
@@ -123,6 +131,10 @@ class ActivityLog:
         # a search that alerts hundreds of owners writes no entry of its own.
         self._searches: dict[tuple[str, bool], list[int]] = {}
         self._alerts: dict[str, _WatchCount] = {}
+        # What shoppers' watches are counted under, by their label (`logged_words`: a
+        # redaction and a hash), worked out once per label instead of once per alert
+        # delivered: a search reaching 125 shoppers watching its word redacted it 125 times.
+        self._logged: dict[str, tuple[str, str]] = {}
         self._encoder = msgspec.json.Encoder()
         self.dropped = 0
         self.written = 0
@@ -159,7 +171,16 @@ class ActivityLog:
             self._append(Entry(kind="search", at=at, text=text, count=searches, results=results))
 
     def _count(self, watch: AlertWatch, default: bool) -> _WatchCount:
-        watch_id, label = logged_watch(watch, default)
+        label = watch_label(watch)
+        if default:
+            watch_id = watch.id
+        else:
+            logged = self._logged.get(label)
+            if logged is None:
+                if len(self._logged) >= _MAX_LOGGED_LABELS:
+                    self._logged.clear()
+                logged = self._logged[label] = logged_words(label)
+            watch_id, label = logged
         count = self._alerts.get(watch_id)
         if count is None:
             if len(self._alerts) >= _MAX_COUNTED:
