@@ -126,8 +126,8 @@ def bench(session: nox.Session) -> None:
     the harness raises its open-file limit for the sockets). `-- --instances 2 [--quick]`: one
     instance versus two sharing one Redis (docs/benchmarks/multi-instance-results.md).
     `-- --peer centrifugo [--quick]`: beside Centrifugo (docs/benchmarks/peer-results.md); each
-    design that alerts ends with a reconnect step. Its `--quick` (10k watches, 1k sockets):
-    about 8 minutes."""
+    design that alerts ends with a reconnect step; `--peer-nodes 2` (or `1,2`) runs it on two
+    nodes sharing a Redis. Its `--quick` (10k watches, 1k sockets): about 8 minutes."""
     install_locked(session, "test", "bench")
     session.run("python", "bench/harness.py", *session.posargs, env={"PYTHONPATH": "."})
 

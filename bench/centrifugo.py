@@ -43,6 +43,7 @@ from bench.rig import (
     build_wsload,
     cpu_seconds,
     percentiles,
+    split_numbering,
 )
 from percolert.realtime.centrifugo import personal_channel
 from tests.servers import free_port
@@ -249,8 +250,9 @@ class Centrifugo(Served):
 class CentrifugoSockets(Subscribers):
     """Subscriber sockets on one Centrifugo node over its client protocol, one per token:
     subscribed by the server to their user's personal channel, or with `channels` each to
-    its own line. Arrivals are read, and `reconnect` rounds run, as rig.Subscribers does
-    for Percolert's (a dropped socket resumes with `recover` from its last offset)."""
+    its own line. Arrivals are read, and `reconnect` rounds run (`numbering`: the sockets'
+    numbers in a split run), as rig.Subscribers does for Percolert's (a dropped socket
+    resumes with `recover` from its last offset)."""
 
     def __init__(
         self,
@@ -259,6 +261,7 @@ class CentrifugoSockets(Subscribers):
         scratch: Path,
         channels: list[str] | None = None,
         reconnect: dict[str, float] | None = None,
+        numbering: tuple[int, int] = (0, 1),
     ) -> None:
         tokens_file = scratch / f"{server.name}-tokens.txt"
         tokens_file.write_text("\n".join(tokens) + "\n")
@@ -274,6 +277,7 @@ class CentrifugoSockets(Subscribers):
         }
         if reconnect:
             spec["reconnect"] = reconnect
+        spec |= split_numbering(numbering)
         if channels is not None:
             spec["channels"] = str(scratch / f"{server.name}-channels.txt")
             Path(spec["channels"]).write_text("\n".join(channels) + "\n")

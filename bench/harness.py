@@ -25,6 +25,7 @@ offset). bench/reconnect.py counts what those sockets missed and what came twice
     python bench/harness.py                    # 10k and 100k watches, 1k and 5k sockets
     python bench/harness.py --instances 2      # one instance against two on Redis (cluster.py)
     python bench/harness.py --peer centrifugo [--quick]  # beside Centrifugo (peer_report.py)
+    python bench/harness.py --peer centrifugo --peer-nodes 2  # two nodes on Redis (nodes.py)
 
 Writes docs/benchmarks/results.json, results.md and latency_vs_rate.png.
 """
@@ -54,7 +55,7 @@ import psutil
 
 from bench import cluster
 from bench import reconnect as reconnection
-from bench.centrifugo import Centrifugo, CentrifugoSockets
+from bench.nodes import SocketGroup, deploy
 from bench.peer_report import write_peer_report
 from bench.rig import (
     BROADCAST,
@@ -63,7 +64,6 @@ from bench.rig import (
     REPORT_DIR,
     ROOT,
     Server,
-    Subscribers,
     build_wsload,
     cpu_seconds,
     drive,
@@ -71,7 +71,6 @@ from bench.rig import (
     make_users,
     percentiles,
     scrape_metrics,
-    user_of,
     warm_up,
 )
 from percolert.core.messages import WatchSpec
@@ -122,6 +121,11 @@ class Step:
     server_cpu_percent: float = 0.0
     # Centrifugo's designs: its process (the sockets' server; Percolert is `server`).
     peer_cpu_percent: float = 0.0
+    # The nodes holding the sockets (`--peer-nodes`): 1, or 2 sharing a Redis, Percolert's
+    # instances or Centrifugo's nodes (bench/nodes.py); the CPU figures above are then
+    # summed over the processes, and this is the Redis's.
+    instances: int = 1
+    redis_cpu_percent: float = 0.0
     wall_seconds: float = 0.0  # the step's length, the drain of the last alerts included
     client_cpu_percent: float = 0.0  # the load client (subscriber sockets)
     es_cpu_percent: float = 0.0
@@ -322,32 +326,19 @@ def run_design(
     *,
     climb: bool = True,
     reconnect: reconnection.Plan | None = None,
+    nodes: int = 1,
 ) -> list[Step]:
     """Every rate of `rates` in turn; with `climb`, no rate after a step far past the bar
     (a reference run measures every rate: its cost per search is what it is for). With
-    `reconnect` (not for alerts-off: nothing to miss), a reconnect step at the end."""
+    `reconnect` (not for alerts-off: nothing to miss), a reconnect step at the end. With
+    `nodes` 2, the design runs on two nodes sharing a Redis (bench/nodes.py)."""
     if design == "percolert-alerts-off":
         reconnect = None
     # Centrifugo's designs: Percolert percolates and publishes, Centrifugo holds the sockets.
-    peer = Centrifugo(scratch, history_size=100) if design.startswith("centrifugo") else None
-    try:
-        server = Server(
-            design,
-            node_url,
-            scratch,
-            extra_env=None
-            if peer is None
-            else {
-                "PERCOLERT_DELIVERY": "centrifugo",
-                "PERCOLERT_CENTRIFUGO_API_URL": peer.url,
-                "PERCOLERT_CENTRIFUGO_API_KEY": peer.api_key,
-            },
-        )
-    except BaseException:
-        if peer is not None:
-            peer.stop()
-        raise
-    holder = server if peer is None else peer  # the process holding the sockets
+    deployment = deploy(design, nodes, node_url, scratch)
+    server, others = deployment.servers[0], deployment.servers[1:]
+    holders = deployment.holders  # the processes holding the sockets
+    peer = deployment.peers[0] if deployment.peers else None
     steps: list[Step] = []
     try:
         settings = Settings(
@@ -360,19 +351,18 @@ def run_design(
             if word is not None:
                 sockets_per_word[word] += tabs
         time.sleep(0.5)  # the users' HTTP connections closed
-        rss_before = holder.ps.memory_info().rss
-        _, log_start = log_warnings(server, 0)
-        subscribers: Subscribers
+        rss_before = sum(holder.ps.memory_info().rss for holder in holders)
+        log_starts = [log_warnings(each, 0)[1] for each in deployment.servers]
         rounds = None if reconnect is None else reconnect.spec(seconds)
-        if peer is None:
-            subscribers = Subscribers(server, cookies, scratch, reconnect=rounds)
-        else:
-            tokens = [peer.token(user_of(cookie)) for cookie in cookies if cookie is not None]
-            subscribers = CentrifugoSockets(peer, tokens, scratch, reconnect=rounds)
+        subscribers = deployment.open_sockets(cookies, scratch, rounds)
+        if peer is not None:
             await_present(server, users, design in PER_USER)
         time.sleep(1.0)  # connected, greeted and idle
-        rss_idle = holder.ps.memory_info().rss
-        warnings, _ = log_warnings(server, log_start)
+        rss_idle = sum(holder.ps.memory_info().rss for holder in holders)
+        warnings = sum(
+            log_warnings(each, start)[0]
+            for each, start in zip(deployment.servers, log_starts, strict=True)
+        )
         connect = subscribers.connect
         idle = {
             "rss_no_sockets_mb": round(rss_before / 2**20, 1),
@@ -385,7 +375,7 @@ def run_design(
             "connect_log_warnings": warnings,
         }
         print(
-            f"  {design}: {len(cookies)} sockets in {idle['connect_seconds']} s "
+            f"  {design}{on_nodes(nodes)}: {len(cookies)} sockets in {idle['connect_seconds']} s "
             f"(greeting p50 {connect['greet_ms'].get('p50')} p99 {connect['greet_ms'].get('p99')}"
             f" max {connect['greet_ms'].get('max')} ms, {connect['greets_over_1s']} over 1 s, "
             f"{connect['dial_retries']} dials retried, {warnings} server warnings); server RSS "
@@ -394,10 +384,14 @@ def run_design(
             flush=True,
         )
         if warnings:
-            print(server.tail_of_log(10), flush=True)
+            for each in deployment.servers:
+                print(each.tail_of_log(10), flush=True)
+        # On two nodes the searches alternate over Percolert's instances.
+        also = others or None
+        marked = "" if nodes == 1 else f"n{nodes}"  # the searches' ids, apart from one node's
         try:
             # Unrecorded warm-up at the first rate: JIT, caches and connection pools.
-            drive(server, rates[0], seconds, f"warm-{design}", scratch)
+            drive(server, rates[0], seconds, f"warm-{design}{marked}", scratch, also=also)
             schedule = [(rate, False) for rate in rates]
             if reconnect is not None:
                 schedule.append((reconnect.rate or rates[0], True))
@@ -411,31 +405,43 @@ def run_design(
                     sockets=len(cookies),
                     rate=rate,
                     load_average=round(os.getloadavg()[0], 2),
+                    instances=nodes,
                     **idle,
                 )
-                processes = (server.ps, subscribers.ps, node, holder.ps)
-                cpu_before = [cpu_seconds(process) for process in processes]
+                # Each role's processes, their CPU summed: Percolert's instances, the load
+                # clients, Elasticsearch, Centrifugo's nodes and the Redis (two nodes).
+                processes = (
+                    [each.ps for each in deployment.servers],
+                    subscribers.processes,
+                    [node],
+                    [each.ps for each in deployment.peers],
+                    [deployment.redis_process] if deployment.redis_process else [],
+                )
+                cpu_before = [sum(cpu_seconds(each) for each in role) for role in processes]
                 before_wall = time.monotonic()
                 metrics_before = (
-                    None if design.startswith("baseline") else scrape_metrics(server.url)
+                    None
+                    if design.startswith("baseline")
+                    else scrape_all([each.url for each in deployment.servers])
                 )
                 es_before = es_stats(node_url)
-                tag = f"{design.split('-')[0][0]}{design.split('-')[-1][0]}{step_number}"
-                round_start = subscribers.drop_some() if reconnecting else 0
-                sent, words, search_ms, errors = drive(server, rate, seconds, tag, scratch)
+                tag = f"{design.split('-')[0][0]}{design.split('-')[-1][0]}{step_number}{marked}"
+                round_start = subscribers.drop_some() if reconnecting else []
+                sent, words, search_ms, errors = drive(
+                    server, rate, seconds, tag, scratch, also=also
+                )
                 if reconnecting and not subscribers.await_round(round_start, 120.0):
                     print("  the reconnect round did not finish within 120 s", flush=True)
                 time.sleep(min(2.0, seconds / 2))  # let the last alerts land
                 wall = time.monotonic() - before_wall
-                server_cpu, client_cpu, es_cpu, peer_cpu = (
-                    round(100 * (cpu_seconds(process) - before) / wall, 1)
-                    for process, before in zip(processes, cpu_before, strict=True)
+                server_cpu, client_cpu, es_cpu, peer_cpu, redis_cpu = (
+                    round(100 * (sum(cpu_seconds(each) for each in role) - before) / wall, 1)
+                    for role, before in zip(processes, cpu_before, strict=True)
                 )
                 step.server_cpu_percent, step.client_cpu_percent = server_cpu, client_cpu
                 step.es_cpu_percent, step.wall_seconds = es_cpu, round(wall, 2)
-                if peer is not None:
-                    step.peer_cpu_percent = peer_cpu
-                step.server_peak_rss_mb = peak_rss_mb(server.ps)
+                step.peer_cpu_percent, step.redis_cpu_percent = peer_cpu, redis_cpu
+                step.server_peak_rss_mb = max(peak_rss_mb(each.ps) for each in deployment.servers)
                 es_change = {
                     name: value - es_before.get(name, 0.0)
                     for name, value in es_stats(node_url).items()
@@ -450,7 +456,7 @@ def run_design(
                     name: round(value / wall, 1) for name, value in es_change.items() if value
                 }
                 if metrics_before is not None:
-                    after = scrape_metrics(server.url)
+                    after = scrape_all([each.url for each in deployment.servers])
                     change = {name: after[name] - metrics_before[name] for name in after}
                     if change["percolates"]:
                         step.percolate_ms_per_batch = round(
@@ -476,7 +482,7 @@ def run_design(
                 received, closed = subscribers.arrivals()
                 step.sockets_closed = sum(1 for at in closed if at >= min(sent.values()))
                 if not subscribers.alive():
-                    print(f"  the load client exited ({subscribers.process.returncode})")
+                    print(f"  the load client exited ({subscribers.exit_codes()})")
                     step.sockets_closed = step.sockets
                 latencies: list[float] = []
                 to_dispatch: list[float] = []  # search sent -> alert dispatched (its seq)
@@ -503,7 +509,8 @@ def run_design(
                     )
                 steps.append(step)
                 print(
-                    f"  {design} {rate:g}/s: alert p50 {step.alert_ms.get('p50')} "
+                    f"  {design}{on_nodes(nodes)} {rate:g}/s: "
+                    f"alert p50 {step.alert_ms.get('p50')} "
                     f"p99 {step.alert_ms.get('p99')} ms "
                     f"(dispatched by p50 {step.dispatch_ms.get('p50')} "
                     f"p99 {step.dispatch_ms.get('p99')}; fan-out p50 "
@@ -520,7 +527,7 @@ def run_design(
                     f"{step.es_watches_ms_per_search}, percolate ms per batch "
                     f"{step.percolate_ms_per_batch}; "
                     f"CPU server {step.server_cpu_percent}% peer {step.peer_cpu_percent}% "
-                    f"client {step.client_cpu_percent}% "
+                    f"redis {step.redis_cpu_percent}% client {step.client_cpu_percent}% "
                     f"es {step.es_cpu_percent}%; load {step.load_average}",
                     flush=True,
                 )
@@ -536,16 +543,28 @@ def run_design(
         finally:
             subscribers.stop()
     finally:
-        server.stop()
-        if peer is not None:
-            peer.stop()
+        deployment.stop()
     return steps
+
+
+def on_nodes(nodes: int) -> str:
+    """A design's mark in the progress lines: none on one node."""
+    return "" if nodes == 1 else f" on {nodes} nodes"
+
+
+def scrape_all(bases: list[str]) -> dict[str, float]:
+    """rig.scrape_metrics summed over Percolert's instances."""
+    summed: dict[str, float] = defaultdict(float)
+    for base in bases:
+        for name, value in scrape_metrics(base).items():
+            summed[name] += value
+    return dict(summed)
 
 
 def measure_reconnect(
     step: Step,
     plan: reconnection.Plan,
-    subscribers: Subscribers,
+    subscribers: SocketGroup,
     sent: dict[str, float],
     words: dict[str, str],
     socket_words: list[str | None],
@@ -570,7 +589,8 @@ def measure_reconnect(
     step.replayed_alert_ms = percentiles(summed.replayed_ms)
     step.reconnect_gap_ms = percentiles(summed.away_ms)
     print(
-        f"  {step.design} reconnect at {step.rate:g}/s: {summed.dropped} sockets dropped, "
+        f"  {step.design}{on_nodes(step.instances)} reconnect at {step.rate:g}/s: "
+        f"{summed.dropped} sockets dropped, "
         f"{summed.resumed} resumed, {summed.recovered} said recovered, {summed.complete} "
         f"missed nothing; drop to greeting p50 {step.reconnect_gap_ms.get('p50')} ms; "
         f"expected while away {summed.expected_away}, received after resuming "
@@ -1054,6 +1074,30 @@ def plan_runs(
     return plan
 
 
+def peer_nodes(text: str) -> list[int]:
+    """`--peer-nodes`: the node counts to run, each once, in order (1, 2 or both)."""
+    counts = [int(part) for part in text.split(",") if part.strip()]
+    if not counts or set(counts) - {1, 2} or len(set(counts)) != len(counts):
+        raise ValueError(f"--peer-nodes: 1, 2 or 1,2, not {text!r}")
+    return counts
+
+
+def peer_schedule(designs: list[str], counts: list[int]) -> list[tuple[str, int]]:
+    """A turn's design runs, (design, nodes): every design on each node count, the counts
+    one after another. Centrifugo's designs publish from one Percolert instance on any
+    count, so their delivery CPU is measured against one instance with alerts off: that
+    reference runs first when they run on two nodes only."""
+    schedule = [(design, nodes) for nodes in counts for design in designs]
+    reference = ("percolert-alerts-off", 1)
+    if (
+        reference[0] in designs
+        and reference not in schedule
+        and any(design.startswith("centrifugo") for design in designs)
+    ):
+        schedule.insert(0, reference)
+    return schedule
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="one small configuration")
@@ -1081,6 +1125,13 @@ def main() -> int:
         choices=("centrifugo",),
         default=None,
         help="side by side with Centrifugo delivering Percolert's alerts (peer-results.*)",
+    )
+    parser.add_argument(
+        "--peer-nodes",
+        default="1",
+        help="--peer: node counts to run, comma-separated: 1 (default), 2 or 1,2. On 2 nodes "
+        "Percolert runs two instances on its Redis broker, Centrifugo two nodes on its Redis "
+        "engine fed by one Percolert, the sockets split over the two (bench/nodes.py)",
     )
     parser.add_argument("--rates", default=None, help="comma-separated searches per second")
     parser.add_argument(
@@ -1133,6 +1184,12 @@ def main() -> int:
     args = parser.parse_args()
     if args.reconnect_share and not args.peer:
         parser.error("--reconnect-share is measured with --peer only")
+    try:
+        node_counts = peer_nodes(args.peer_nodes)
+    except ValueError as error:
+        parser.error(str(error))
+    if node_counts != [1] and not args.peer:
+        parser.error("--peer-nodes is for --peer only (--instances 2 measures Percolert alone)")
     build_wsload()
     if args.instances == 2:
         return run_instances(args)
@@ -1226,8 +1283,9 @@ def main() -> int:
                 warm = min(warm, 20.0)  # the JVM is warm: this warms the new segments
                 # Peer mode: every design once per turn, in turns, so that the machine's
                 # drift falls on every design alike (the report takes medians over turns).
+                counts = [1] if run.reference or not args.peer else node_counts
                 for turn in range(turns):
-                    for design in run.designs:
+                    for design, nodes in peer_schedule(run.designs, counts):
                         asyncio.run(set_default_watch(settings, design in BROADCAST))
                         made = run_design(
                             design,
@@ -1241,6 +1299,7 @@ def main() -> int:
                             seconds,
                             climb=not run.reference,
                             reconnect=None if run.reference else reconnect,
+                            nodes=nodes,
                         )
                         for step in made:
                             step.turn = turn
@@ -1258,6 +1317,7 @@ def main() -> int:
         "reconnect": (
             None if reconnect is None else {**reconnect.spec(seconds), "rate": reconnect.rate}
         ),
+        **({"peer_nodes": node_counts} if args.peer and node_counts != [1] else {}),
     }
     if args.peer:
         write_peer_report(steps, about)

@@ -8,6 +8,12 @@ Centrifugo its own process, and beside it Percolert's cost of publishing to it (
 difference, its server with Centrifugo delivery minus alerts off). Both are divided by the
 alerts delivered in the step.
 
+On two nodes (`--peer-nodes 2`, bench/nodes.py) the delivery's CPU counts the Redis the nodes
+share as well: for Percolert its two instances with alerts on minus its two instances with
+alerts off, plus Redis; for Centrifugo its two nodes plus Redis, and beside it the one
+Percolert instance's cost of publishing (against one instance with alerts off). Their rows
+have `instances: 2` and a table of their own.
+
 Reconnect recovery comes from each design's reconnect step (bench/reconnect.py): the sockets
 dropped mid-step and resumed, what they missed and what came twice, summed over the turns.
 """
@@ -44,21 +50,37 @@ def _per_1000(cpu_percent: float, step: Step) -> float | None:
 
 
 CPU_KEYS = ("percolert", "centrifugo", "total", "server_all")
+# Two nodes: the shared Redis's too.
+SHARED_CPU_KEYS = (*CPU_KEYS, "redis")
+
+
+def percolert_instances(step: Step) -> int:
+    """How many Percolert instances ran the step: Centrifugo's nodes are fed by one."""
+    return 1 if step.design.startswith("centrifugo") else step.instances
 
 
 def delivery_cpu(step: Step, off: Step | None) -> dict[str, float | None]:
     """The step's CPU per 1,000 alerts: `percolert` (Percolert's server with alerts on minus
     alerts off), `centrifugo` (its process) and `total` (what the delivery cost, both);
     `server_all`, all of Percolert's server's (searches included: an upper bound of its
-    share where no alerts-off step ran at that rate)."""
+    share where no alerts-off step ran at that rate). On two nodes the processes of each
+    role are summed, `redis` is the shared Redis's and `total` includes it."""
     publishing = None if off is None else step.server_cpu_percent - off.server_cpu_percent
     own = None if publishing is None else _per_1000(max(0.0, publishing), step)
     server_all = _per_1000(step.server_cpu_percent, step)
+    shared = step.instances > 1
+    redis = _per_1000(step.redis_cpu_percent, step) if shared else None
+    cpu: dict[str, float | None]
     if step.design.startswith("centrifugo"):
         peer = _per_1000(step.peer_cpu_percent, step)
-        total = None if own is None or peer is None else round(own + peer, 1)
-        return {"percolert": own, "centrifugo": peer, "total": total, "server_all": server_all}
-    return {"percolert": own, "centrifugo": None, "total": own, "server_all": server_all}
+        total = None if own is None or peer is None else round(own + peer + (redis or 0.0), 1)
+        cpu = {"percolert": own, "centrifugo": peer, "total": total, "server_all": server_all}
+    else:
+        total = own if own is None or not shared else round(own + (redis or 0.0), 1)
+        cpu = {"percolert": own, "centrifugo": None, "total": total, "server_all": server_all}
+    if shared:
+        cpu["redis"] = redis
+    return cpu
 
 
 def _median(values: list[float | None]) -> float | None:
@@ -80,11 +102,16 @@ def rows(steps: list[Step]) -> list[dict[str, Any]]:
     summed over the turns, every other figure the median of the turns' (CPU per alert each
     turn against that turn's alerts-off step)."""
     steps = [step for step in steps if not step.reconnect_share]  # reconnect_rows' own
-    off = {(s.turn, s.watches, s.sockets, s.rate): s for s in steps if s.design == REFERENCE}
-    ran = {(s.design, s.turn, s.watches, s.sockets, s.rate) for s in steps}
-    ran_any = {(s.design, s.watches, s.sockets, s.rate) for s in steps}
+    # The reference of a step: alerts off on as many Percolert instances, in its turn.
+    off = {
+        (s.turn, s.instances, s.watches, s.sockets, s.rate): s
+        for s in steps
+        if s.design == REFERENCE
+    }
+    ran = {(s.design, s.instances, s.turn, s.watches, s.sockets, s.rate) for s in steps}
+    ran_any = {(s.design, s.instances, s.watches, s.sockets, s.rate) for s in steps}
     peer_of = {ours: theirs for ours, theirs in PAIRS} | {theirs: ours for ours, theirs in PAIRS}
-    turns: dict[tuple[str, int, int, float], list[Step]] = defaultdict(list)
+    turns: dict[tuple[str, int, int, int, float], list[Step]] = defaultdict(list)
     for step in steps:
         if step.design == REFERENCE:
             continue
@@ -92,21 +119,31 @@ def rows(steps: list[Step]) -> list[dict[str, Any]]:
         # climbing after a step far past the bar: the two may differ).
         peer = peer_of.get(step.design, "")
         where = (step.watches, step.sockets, step.rate)
-        if (peer, *where) in ran_any and (peer, step.turn, *where) not in ran:
+        if (peer, step.instances, *where) in ran_any and (
+            peer,
+            step.instances,
+            step.turn,
+            *where,
+        ) not in ran:
             continue
-        turns[(step.design, step.watches, step.sockets, step.rate)].append(step)
+        turns[(step.design, step.instances, *where)].append(step)
     made = []
-    for (design, watches, sockets, rate), taken in turns.items():
-        cpus = [delivery_cpu(s, off.get((s.turn, s.watches, s.sockets, s.rate))) for s in taken]
+    for (design, instances, watches, sockets, rate), taken in turns.items():
+        cpus = [
+            delivery_cpu(s, off.get((s.turn, percolert_instances(s), s.watches, s.sockets, s.rate)))
+            for s in taken
+        ]
+        keys = SHARED_CPU_KEYS if instances > 1 else CPU_KEYS
 
         def middle(read: Callable[[Step], float | None], of: list[Step] = taken) -> float | None:
             return _median([read(s) for s in of])
 
+        shared = {"redis_cpu_percent": middle(lambda s: s.redis_cpu_percent)}
         made.append(
             {
                 "design": design.split("-")[0],
                 "mode": design.split("-", 1)[1],
-                "instances": 1,
+                "instances": instances,
                 "sockets": sockets,
                 "watches": watches,
                 "rate": rate,
@@ -116,12 +153,13 @@ def rows(steps: list[Step]) -> list[dict[str, Any]]:
                 "alert_ms": _quantiles(taken, "alert_ms"),
                 "fanout_ms": _quantiles(taken, "fanout_ms"),
                 "dispatch_ms": _quantiles(taken, "dispatch_ms"),
-                "cpu_ms_per_1000_alerts": {k: _median([cpu[k] for cpu in cpus]) for k in CPU_KEYS},
+                "cpu_ms_per_1000_alerts": {k: _median([cpu[k] for cpu in cpus]) for k in keys},
                 "kb_per_idle_socket": middle(lambda s: s.rss_per_idle_socket_kb),
                 "server_cpu_percent": middle(lambda s: s.server_cpu_percent),
                 "peer_cpu_percent": middle(lambda s: s.peer_cpu_percent),
                 "client_cpu_percent": middle(lambda s: s.client_cpu_percent),
                 "es_cpu_percent": middle(lambda s: s.es_cpu_percent),
+                **(shared if instances > 1 else {}),
                 "search_errors": sum(s.search_errors for s in taken),
                 "sockets_closed": sum(s.sockets_closed for s in taken),
             }
@@ -132,17 +170,19 @@ def rows(steps: list[Step]) -> list[dict[str, Any]]:
 def reconnect_rows(steps: list[Step]) -> list[dict[str, Any]]:
     """One row per design and configuration from its reconnect steps: counts summed over
     the turns, latencies the median of the turns'."""
-    turns: dict[tuple[str, int, int], list[Step]] = defaultdict(list)
+    turns: dict[tuple[str, int, int, int], list[Step]] = defaultdict(list)
     for step in steps:
         if step.reconnect_share:
-            turns[(step.design, step.watches, step.sockets)].append(step)
+            turns[(step.design, step.instances, step.watches, step.sockets)].append(step)
     made = []
-    for (design, watches, sockets), taken in turns.items():
+    for (design, instances, watches, sockets), taken in turns.items():
         said = [s.reconnect_recovered for s in taken if s.reconnect_recovered is not None]
         made.append(
             {
                 "design": design.split("-")[0],
                 "mode": design.split("-", 1)[1],
+                # Marked on two nodes only: a one-node row is as it always was.
+                **({"instances": instances} if instances > 1 else {}),
                 "watches": watches,
                 "sockets": sockets,
                 "rate": _median([s.rate for s in taken]),
@@ -199,14 +239,20 @@ def reconnect_table(table: list[dict[str, Any]], plan: dict[str, Any]) -> list[s
     ]
     for r in table:
         lines.append(
-            f"| {r['design']}-{r['mode']} | {r['watches']:,} | {r['sockets']:,} "
-            f"| {_cell(r['rate'])} | {r['dropped']:,} | {r['resumed']:,} | {_cell(r['recovered'])} "
+            f"| {r['design']}-{r['mode']}{_nodes(r.get('instances', 1))} | {r['watches']:,} "
+            f"| {r['sockets']:,} | {_cell(r['rate'])} | {r['dropped']:,} | {r['resumed']:,} "
+            f"| {_cell(r['recovered'])} "
             f"| {r['complete']:,} | {r['expected_away']:,} | {r['received_after']:,} "
             f"| {r['missed']:,} | {r['twice']:,} | {r['replayed']:,} "
             f"| {_cell(r['replayed_alert_ms']['p99'])} "
             f"| {_cell(r['gap_ms']['p50'])} / {_cell(r['gap_ms']['p99'])} |"
         )
     return lines
+
+
+def _nodes(instances: int) -> str:
+    """A design's mark in a table: none on one node."""
+    return "" if instances == 1 else f" ({instances} nodes)"
 
 
 def _cell(value: object, unit: str = "") -> str:
@@ -219,16 +265,37 @@ def _ratio(ours: float | None, theirs: float | None) -> str:
     return f"{ours / theirs:.2f}x"
 
 
-def comparison(table: list[dict[str, Any]]) -> list[str]:
+def _sum(*values: float | None) -> float | None:
+    return None if any(value is None for value in values) else round(sum(filter(None, values)), 1)
+
+
+def comparison(table: list[dict[str, Any]], instances: int = 1) -> list[str]:
     """Percolert ÷ Centrifugo per configuration and rate: delivery CPU per alert (against
     Centrifugo's process alone, the issue's figure, and against it plus Percolert's
     publishing), fan-out p99, alert p99 and memory per idle socket. Where no alerts-off step
-    ran at the rate, Percolert's figure is all of its server's CPU, marked ≤."""
-    by_key = {(r["design"], r["mode"], r["watches"], r["sockets"], r["rate"]): r for r in table}
+    ran at the rate, Percolert's figure is all of its server's CPU, marked ≤.
+
+    The rows of `instances` nodes only. On two, CPU counts the shared Redis on both sides:
+    Percolert's alert path (its two instances) plus Redis against Centrifugo's two nodes
+    plus Redis, and against that plus Percolert's publishing."""
+    shared = instances > 1
+    by_key = {
+        (r["design"], r["mode"], r["watches"], r["sockets"], r["rate"]): r
+        for r in table
+        if r.get("instances", 1) == instances
+    }
     lines = [
-        "| work | watches | sockets | rate/s | delivered, P / C | CPU ms per 1,000 alerts: "
-        "P alert path / C process + P publishing | P ÷ C process | P ÷ (C + publishing) "
-        "| fan-out p99 ms, P / C | P ÷ C | alert p99 ms, P / C | KB per idle socket, P / C |",
+        (
+            "| work | watches | sockets | rate/s | delivered, P / C | CPU ms per 1,000 alerts: "
+            "P alert path + Redis / C nodes + Redis + P publishing | P ÷ (C + Redis) "
+            "| P ÷ (C + Redis + publishing) | fan-out p99 ms, P / C | P ÷ C "
+            "| alert p99 ms, P / C | KB per idle socket, P / C |"
+            if shared
+            else "| work | watches | sockets | rate/s | delivered, P / C | CPU ms per 1,000 "
+            "alerts: P alert path / C process + P publishing | P ÷ C process "
+            "| P ÷ (C + publishing) | fan-out p99 ms, P / C | P ÷ C | alert p99 ms, P / C "
+            "| KB per idle socket, P / C |"
+        ),
         "|---|---:|---:|---:|---|---|---:|---:|---|---:|---|---|",
     ]
     for ours, _theirs in PAIRS:
@@ -243,13 +310,24 @@ def comparison(table: list[dict[str, Any]]) -> list[str]:
             ours_cpu, bound = p_cpu["total"], ""
             if ours_cpu is None:
                 ours_cpu, bound = p_cpu["server_all"], "≤ "
+                if shared:
+                    ours_cpu = _sum(ours_cpu, p_cpu["redis"])
+            theirs = c_cpu["centrifugo"]
+            spent = f"{bound}{_cell(ours_cpu)} / {_cell(theirs)} + {_cell(c_cpu['percolert'])}"
+            if shared:
+                theirs = _sum(theirs, c_cpu["redis"])
+                path = p_cpu["server_all"] if bound else p_cpu["percolert"]
+                spent = (
+                    f"{bound}{_cell(path)} + {_cell(p_cpu['redis'])} / "
+                    f"{_cell(c_cpu['centrifugo'])} + {_cell(c_cpu['redis'])} + "
+                    f"{_cell(c_cpu['percolert'])}"
+                )
             lines.append(
                 f"| {mode} | {watches:,} | {sockets:,} | {rate:g} "
                 f"| {p['alerts_delivered']:,}/{p['alerts_expected']:,} / "
                 f"{c['alerts_delivered']:,}/{c['alerts_expected']:,} "
-                f"| {bound}{_cell(ours_cpu)} / {_cell(c_cpu['centrifugo'])} + "
-                f"{_cell(c_cpu['percolert'])} "
-                f"| {bound}{_ratio(ours_cpu, c_cpu['centrifugo'])} "
+                f"| {spent} "
+                f"| {bound}{_ratio(ours_cpu, theirs)} "
                 f"| {_ratio(ours_cpu, c_cpu['total']) if not bound else '-'} "
                 f"| {_cell(p['fanout_ms']['p99'])} / {_cell(c['fanout_ms']['p99'])} "
                 f"| {_ratio(p['fanout_ms']['p99'], c['fanout_ms']['p99'])} "
@@ -257,6 +335,40 @@ def comparison(table: list[dict[str, Any]]) -> list[str]:
                 f"| {_cell(p['kb_per_idle_socket'])} / {_cell(c['kb_per_idle_socket'])} |"
             )
     return lines
+
+
+def one_node_section(table: list[dict[str, Any]]) -> list[str]:
+    """The one-node comparison; left out of a run of two nodes only."""
+    if table and all(row.get("instances", 1) != 1 for row in table):
+        return []
+    return ["## Percolert (P) ÷ Centrifugo (C), equal work", "", *comparison(table), ""]
+
+
+def two_node_section(table: list[dict[str, Any]]) -> list[str]:
+    """The two-node comparison, and what it counts; none without two-node rows."""
+    if all(row.get("instances", 1) != 2 for row in table):
+        return []
+    return [
+        "## Two nodes sharing a Redis: Percolert (P) ÷ Centrifugo (C), equal work",
+        "",
+        "The same users, watches, sockets and searches as on one node. P: two Percolert "
+        "instances on its Redis broker, the searches alternating between them. C: two "
+        "Centrifugo nodes on its Redis engine, fed by one Percolert instance through the "
+        "first node's server API (Percolert's Centrifugo delivery takes no Redis broker). "
+        "Socket k is on node k mod 2, so each user's two tabs are on both nodes, and each "
+        "node's sockets have a load client of their own. Each design run has a fresh "
+        "`redis-server` of its own.",
+        "",
+        "- **Delivery CPU per 1,000 alerts** counts Redis's CPU on both sides. P: its two "
+        "instances with alerts on minus its two instances with alerts off, plus Redis. C: "
+        "its two nodes plus Redis; beside it, the Percolert instance's cost of publishing "
+        "(with Centrifugo delivery minus one instance with alerts off).",
+        "- **KB per idle socket**: the RSS growth of both nodes (Redis not counted).",
+        "- In the step table, a two-node step's CPU cell has a fifth figure: Redis.",
+        "",
+        *comparison(table, instances=2),
+        "",
+    ]
 
 
 def write_peer_report(steps: list[Step], run: dict[str, Any]) -> None:
@@ -308,10 +420,8 @@ def write_peer_report(steps: list[Step], run: dict[str, Any]) -> None:
         "designs ran one after another (each over its rates), and again in the next turn; "
         "figures are the median of the turns', counts their sum.",
         "",
-        "## Percolert (P) ÷ Centrifugo (C), equal work",
-        "",
-        *comparison(table),
-        "",
+        *one_node_section(table),
+        *two_node_section(table),
         "## Reconnect recovery",
         "",
         *reconnect_table(reconnects, run.get("reconnect") or {}),
@@ -324,15 +434,19 @@ def write_peer_report(steps: list[Step], run: dict[str, Any]) -> None:
         "|---:|---|---:|---:|---:|---|---|---:|---|---|---:|",
     ]
     for step in steps:
+        # A two-node step's CPU cell ends with the Redis's.
+        redis = f" / {step.redis_cpu_percent:g}" if step.instances > 1 else ""
         lines.append(
-            f"| {step.turn} | {step.design}{' (reconnect)' if step.reconnect_share else ''} "
+            f"| {step.turn} | {step.design}{_nodes(step.instances)}"
+            f"{' (reconnect)' if step.reconnect_share else ''} "
             f"| {step.watches:,} | {step.sockets:,} | {step.rate:g} "
             f"| {step.alerts_delivered:,}/{step.alerts_expected:,} "
             f"| {_cell(step.alert_ms.get('p50'))} / {_cell(step.alert_ms.get('p99'))} "
             f"| {_cell(step.dispatch_ms.get('p99'))} "
             f"| {_cell(step.fanout_ms.get('p50'))} / {_cell(step.fanout_ms.get('p99'))} "
             f"| {step.server_cpu_percent:g} / {step.peer_cpu_percent:g} / "
-            f"{step.client_cpu_percent:g} / {step.es_cpu_percent:g} | {step.load_average:g} |"
+            f"{step.client_cpu_percent:g} / {step.es_cpu_percent:g}{redis} "
+            f"| {step.load_average:g} |"
         )
     lines += ["", "![latency](peer-latency.png) ![cpu](peer-cpu.png)", ""]
     (REPORT_DIR / "peer-results.md").write_text("\n".join(lines))
@@ -349,7 +463,9 @@ def plot(table: list[dict[str, Any]]) -> None:
 
     series: dict[str, list[dict[str, Any]]] = defaultdict(list)
     for row in table:
-        series[f"{row['design']}-{row['mode']} W={row['watches']} S={row['sockets']}"].append(row)
+        nodes = _nodes(row.get("instances", 1))
+        key = f"{row['design']}-{row['mode']}{nodes} W={row['watches']} S={row['sockets']}"
+        series[key].append(row)
     for name, path, label in [
         ("peer-latency.png", ("alert_ms", "p99"), "p99 search-to-alert latency (ms)"),
         ("peer-cpu.png", ("cpu_ms_per_1000_alerts", "total"), "delivery CPU ms per 1,000 alerts"),

@@ -349,7 +349,10 @@ class Subscribers:
     CONNECT_RATE new sockets a second) so that 10k sockets measure the server, not the
     accept queue; `connect` holds wsload's account of it (seconds, greeting times).
     With `reconnect` (wsload's spec: share, delay_s, spread_s, away_s), `drop_some` starts
-    a round that drops that share of the sockets and resumes them (bench/reconnect.py)."""
+    a round that drops that share of the sockets and resumes them (bench/reconnect.py).
+    `numbering` (first, step): these are the run's sockets first, first + step, ... of a
+    run split over several load clients (bench/nodes.py); rounds and the record go by
+    those numbers."""
 
     def __init__(
         self,
@@ -357,6 +360,7 @@ class Subscribers:
         cookies: list[str | None],
         scratch: Path,
         reconnect: dict[str, float] | None = None,
+        numbering: tuple[int, int] = (0, 1),
     ) -> None:
         spec = scratch / f"{server.name}-sockets.json"
         spec.write_text(
@@ -371,6 +375,7 @@ class Subscribers:
                     "greet_timeout_s": GREET_TIMEOUT_SECONDS,
                     "dial_retries": 3,
                     **({"reconnect": reconnect} if reconnect else {}),
+                    **split_numbering(numbering),
                 }
             )
         )
@@ -454,6 +459,12 @@ class Subscribers:
     def stop(self) -> None:
         self.process.send_signal(signal.SIGTERM)
         self.process.wait(timeout=60)
+
+
+def split_numbering(numbering: tuple[int, int]) -> dict[str, int]:
+    """wsload's `first_socket` and `socket_step`, left out for a run's only load client."""
+    first, step = numbering
+    return {} if (first, step) == (0, 1) else {"first_socket": first, "socket_step": step}
 
 
 def scrape_metrics(base: str) -> dict[str, float]:

@@ -13,7 +13,7 @@ import httpx
 import pytest
 
 from bench import rig
-from bench.harness import Run, Step, headline, plan_runs
+from bench.harness import Run, Step, headline, peer_nodes, peer_schedule, plan_runs
 from bench.rig import Subscribers, make_users
 from percolert.core.settings import Settings
 from percolert.web.middleware.sessions import COOKIE_NAME
@@ -178,3 +178,30 @@ def test_the_load_client_paces_the_connect_storm_and_reports_the_greetings(
     assert 0 < connect["greet_ms"]["p50"] <= connect["greet_ms"]["max"]
     assert connect["handshake_ms"]["max"] <= connect["greet_ms"]["max"]
     assert connect["dial_retries"] == 0
+
+
+def test_peer_nodes_are_one_two_or_both() -> None:
+    assert peer_nodes("1") == [1]
+    assert peer_nodes("1,2") == [1, 2]
+    for wrong in ("3", "2,2", "", "0"):
+        with pytest.raises(ValueError, match="--peer-nodes"):
+            peer_nodes(wrong)
+
+
+def test_two_nodes_alone_still_run_centrifugos_reference_on_one_instance() -> None:
+    designs = ["percolert-alerts-off", "percolert-per-user", "centrifugo-per-user"]
+    assert peer_schedule(designs, [1]) == [(design, 1) for design in designs]
+    # Centrifugo's nodes are fed by one Percolert instance: its publishing is measured
+    # against one instance with alerts off, Percolert's two instances against two.
+    assert peer_schedule(designs, [2]) == [
+        ("percolert-alerts-off", 1),
+        ("percolert-alerts-off", 2),
+        ("percolert-per-user", 2),
+        ("centrifugo-per-user", 2),
+    ]
+    assert peer_schedule(designs, [1, 2]) == [
+        *((design, 1) for design in designs),
+        *((design, 2) for design in designs),
+    ]
+    # No reference asked for, none added.
+    assert peer_schedule(["centrifugo-per-user"], [2]) == [("centrifugo-per-user", 2)]

@@ -4,8 +4,18 @@ publishing for Centrifugo, and the comparison pairs equal work only."""
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 from bench.harness import Step
-from bench.peer_report import comparison, delivery_cpu, rows
+from bench.peer_report import (
+    comparison,
+    delivery_cpu,
+    one_node_section,
+    reconnect_rows,
+    reconnect_table,
+    rows,
+    two_node_section,
+)
 
 
 def step(design: str, rate: float, **fields: object) -> Step:
@@ -107,3 +117,75 @@ def test_only_the_turns_both_designs_ran_are_compared() -> None:
     ]
     ours = next(r for r in rows(steps) if r["design"] == "percolert")
     assert (ours["turns"], ours["alert_ms"]["p99"]) == (1, 90.0)
+
+
+def test_two_nodes_count_redis_on_both_sides_against_their_own_references() -> None:
+    steps = [
+        # One Percolert instance with alerts off (Centrifugo's publisher's reference) and two.
+        step("percolert-alerts-off", 50.0, server_cpu_percent=10.0, alerts_delivered=0),
+        step(
+            "percolert-alerts-off", 50.0, instances=2, server_cpu_percent=16.0, alerts_delivered=0
+        ),
+        step(
+            "percolert-per-user",
+            50.0,
+            instances=2,
+            server_cpu_percent=20.0,
+            redis_cpu_percent=3.0,
+            rss_per_idle_socket_kb=30.0,
+        ),
+        step(
+            "centrifugo-per-user",
+            50.0,
+            instances=2,
+            server_cpu_percent=12.0,
+            peer_cpu_percent=6.0,
+            redis_cpu_percent=4.0,
+        ),
+    ]
+    ours, theirs = rows(steps)
+    assert (ours["instances"], theirs["instances"]) == (2, 2)
+    # P: 20 - 16 = 4 % (40 ms per 1,000) plus Redis's 3 % (30 ms).
+    assert ours["cpu_ms_per_1000_alerts"] == {
+        "percolert": 40.0,
+        "centrifugo": None,
+        "total": 70.0,
+        "server_all": 200.0,
+        "redis": 30.0,
+    }
+    # C: its nodes' 60 ms, Redis's 40 and the one instance's publishing, 12 - 10: 20 ms.
+    assert theirs["cpu_ms_per_1000_alerts"]["total"] == 120.0
+    assert theirs["redis_cpu_percent"] == 4.0
+    assert len(comparison(rows(steps))) == 2  # no pair on one node: the header only
+    [header, _, line] = comparison(rows(steps), instances=2)
+    assert "P alert path + Redis / C nodes + Redis + P publishing" in header
+    # 70 against 60 + 40 = 100 (0.70x), and against 100 + 20 (0.58x).
+    assert "| 40 + 30 / 60 + 40 + 20 | 0.70x | 0.58x |" in line
+
+
+def test_a_run_of_one_node_reports_as_before_and_two_nodes_get_their_own_table() -> None:
+    one = [
+        step("percolert-alerts-off", 50.0, server_cpu_percent=10.0, alerts_delivered=0),
+        step("percolert-per-user", 50.0, server_cpu_percent=14.0),
+        step("centrifugo-per-user", 50.0, server_cpu_percent=12.0, peer_cpu_percent=6.0),
+    ]
+    [row, _] = rows(one)
+    assert "redis" not in row["cpu_ms_per_1000_alerts"]
+    assert "redis_cpu_percent" not in row
+    assert one_node_section(rows(one))[0].startswith("## Percolert (P)")
+    assert two_node_section(rows(one)) == []
+    two = [replace(s, instances=2) for s in one[1:]]
+    assert one_node_section(rows(two)) == []
+    assert two_node_section(rows(one + two))[0].startswith("## Two nodes")
+
+
+def test_reconnect_rows_of_two_nodes_are_apart_and_marked() -> None:
+    dropped = {"reconnect_share": 0.1, "reconnect_dropped": 50}
+    steps = [
+        step("percolert-per-user", 50.0, **dropped),
+        step("percolert-per-user", 50.0, instances=2, **dropped),
+    ]
+    one, two = reconnect_rows(steps)
+    assert "instances" not in one
+    assert two["instances"] == 2
+    assert "| percolert-per-user (2 nodes) |" in reconnect_table([two], {})[-1]

@@ -75,6 +75,13 @@ type subscribeSpec struct {
 	Channels string `json:"channels"`
 	// Reconnect rounds, one per SIGUSR1 (reconnect.go); none without it.
 	Reconnect *reconnectSpec `json:"reconnect"`
+	// A run's sockets split over several load clients (one per server node, each holding
+	// every SocketStep-th socket): this client's socket i is the run's socket
+	// FirstSocket + i·SocketStep (step default 1). Rounds choose sockets, and the record
+	// names them, by that number, so that a share drops the same sockets however the run
+	// is split.
+	FirstSocket int `json:"first_socket"`
+	SocketStep  int `json:"socket_step"`
 }
 
 const protocolCentrifugo = "centrifugo"
@@ -155,13 +162,17 @@ func plans(spec subscribeSpec) ([]socketPlan, error) {
 	if centrifugo { // Centrifugo reads the token from the connect command only
 		tokenURL = spec.URL
 	}
+	if spec.FirstSocket < 0 || spec.SocketStep < 0 {
+		return nil, fmt.Errorf("first_socket and socket_step cannot be negative")
+	}
+	step := max(spec.SocketStep, 1)
 	sockets := make([]socketPlan, count)
 	for i := range sockets {
 		header := http.Header{"Origin": {spec.Origin}}
 		if i < len(spec.Cookies) && spec.Cookies[i] != nil {
 			header.Set("Cookie", "percolert_session="+*spec.Cookies[i])
 		}
-		sockets[i] = socketPlan{index: i, url: spec.URL, header: header}
+		sockets[i] = socketPlan{index: spec.FirstSocket + step*i, url: spec.URL, header: header}
 		if tokens != nil {
 			sockets[i].url, sockets[i].token = tokenURL, tokens[i]
 		}
@@ -170,8 +181,8 @@ func plans(spec subscribeSpec) ([]socketPlan, error) {
 		}
 	}
 	if spec.Reconnect != nil {
-		for _, i := range droppedSockets(count, spec.Reconnect.Share) {
-			sockets[i].tracked = true
+		for i := range sockets {
+			sockets[i].tracked = dropsSocket(sockets[i].index, spec.Reconnect.Share)
 		}
 	}
 	return sockets, nil

@@ -3,6 +3,7 @@ package main
 import (
 	"context"
 	"encoding/json"
+	"fmt"
 	"net/http"
 	"net/http/httptest"
 	"os"
@@ -314,6 +315,37 @@ func TestPlansMarkTheSocketsRoundsDrop(t *testing.T) {
 	spec.Reconnect = nil
 	if sockets, _ := plans(spec); sockets[9].tracked {
 		t.Fatal("no rounds, nothing tracked")
+	}
+}
+
+// A run split over two load clients (socket k on client k mod 2) numbers each client's
+// sockets as the run does, and its rounds drop the same sockets as one client's would: at
+// 0.1, the run's sockets 9, 19, 29, ... all of them the second client's.
+func TestASplitRunNumbersAndDropsItsSocketsAsTheWholeRun(t *testing.T) {
+	var whole []int
+	for part := 0; part < 2; part++ {
+		spec := subscribeSpec{
+			URL: "ws://127.0.0.1:1/ws", Cookies: make([]*string, 20), Hello: true,
+			Reconnect: &reconnectSpec{Share: 0.1}, FirstSocket: part, SocketStep: 2,
+		}
+		sockets, err := plans(spec)
+		if err != nil {
+			t.Fatal(err)
+		}
+		for i, socket := range sockets {
+			if socket.index != part+2*i {
+				t.Fatalf("client %d socket %d has index %d", part, i, socket.index)
+			}
+			if socket.tracked {
+				whole = append(whole, socket.index)
+			}
+		}
+	}
+	if fmt.Sprint(whole) != fmt.Sprint(droppedSockets(40, 0.1)) {
+		t.Fatalf("dropped %v, the whole run drops %v", whole, droppedSockets(40, 0.1))
+	}
+	if _, err := plans(subscribeSpec{URL: "ws://h/ws", Cookies: make([]*string, 2), FirstSocket: -1}); err == nil {
+		t.Fatal("a negative first socket must be refused")
 	}
 }
 

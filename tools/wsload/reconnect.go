@@ -48,12 +48,17 @@ const (
 	roundMark     = "!round"
 )
 
-// droppedSockets are the sockets of `count` a round drops: socket i when ⌊(i+1)·share⌋ passes
+// dropsSocket says whether rounds drop the run's socket i: when ⌊(i+1)·share⌋ passes
 // ⌊i·share⌋, which spreads them evenly (every tenth at 0.1).
+func dropsSocket(i int, share float64) bool {
+	return math.Floor(float64(i+1)*share+1e-9) > math.Floor(float64(i)*share+1e-9)
+}
+
+// droppedSockets are the sockets of `count` a round drops.
 func droppedSockets(count int, share float64) []int {
 	var chosen []int
 	for i := 0; i < count; i++ {
-		if math.Floor(float64(i+1)*share+1e-9) > math.Floor(float64(i)*share+1e-9) {
+		if dropsSocket(i, share) {
 			chosen = append(chosen, i)
 		}
 	}
