@@ -2,7 +2,8 @@
 need it: a Redis Cluster of three primaries, each with a replica, and a primary with a
 replica watched by three Sentinels. Every process is the test's own, on free loopback ports,
 with nothing saved to disk; `kill_primary` SIGKILLs the process serving a key (as a crashed
-machine) and waits until a replica has taken its place, `fail_over` does it as planned."""
+machine) and waits until a replica has taken its place, `fail_over` does it as planned. Each
+deployment is a context manager that stops its processes."""
 
 from __future__ import annotations
 
@@ -10,10 +11,9 @@ import contextlib
 import os
 import signal
 import subprocess
-from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Self
 
 import redis
 from redis.backoff import NoBackoff
@@ -106,16 +106,34 @@ class _Processes:
                 self.kill(port)
 
 
-class RedisClusterNodes:
-    """Three primaries and three replicas in one Redis Cluster."""
+class _Deployment:
+    """Redis processes started together (`_start`) and stopped together, also when starting
+    fails part way; a context manager that stops them at its end."""
 
     def __init__(self, home: Path) -> None:
+        self._home = home
         self._processes = _Processes(home)
         try:
             self._start()
         except BaseException:
-            self._processes.stop_all()
+            self.stop()
             raise
+
+    def _start(self) -> None:
+        raise NotImplementedError
+
+    def stop(self) -> None:
+        self._processes.stop_all()
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(self, *_exception: object) -> None:
+        self.stop()
+
+
+class RedisClusterNodes(_Deployment):
+    """Three primaries and three replicas in one Redis Cluster."""
 
     def _start(self) -> None:
         options = [
@@ -194,31 +212,18 @@ class RedisClusterNodes:
         except (redis.RedisError, OSError):
             return False
 
-    def stop(self) -> None:
-        self._processes.stop_all()
 
-
-class RedisSentinels:
+class RedisSentinels(_Deployment):
     """A primary named `primary`, its replica, and three Sentinels (quorum two)."""
 
     name = "primary"
-
-    def __init__(self, home: Path) -> None:
-        self._home = home
-        self._processes = _Processes(home)
-        try:
-            self._start()
-        except BaseException:
-            self._processes.stop_all()
-            raise
+    _link: DroppableProxy | None = None  # the replica's way to the primary, once started
 
     def _start(self) -> None:
         self.primary = self._processes.start("data")
         # The replica follows through a proxy, so that a test can hold the stream back.
-        self._link = DroppableProxy(self.primary)
-        self.replica = self._processes.start(
-            "data", "--replicaof", "127.0.0.1", str(self._link.port)
-        )
+        link = self._link = DroppableProxy(self.primary)
+        self.replica = self._processes.start("data", "--replicaof", "127.0.0.1", str(link.port))
         wait_until_sync(
             lambda: _info(self.replica, "replication").get("master_link_status") == "up",
             what="the replica to sync",
@@ -258,6 +263,7 @@ class RedisSentinels:
     def hold_replication(self) -> None:
         """From now on the replica gets nothing more of what the primary writes (held on
         the way, as on a congested link): a failover then loses that tail."""
+        assert self._link is not None
         self._link.hang()
 
     def kill_primary(self) -> int:
@@ -273,27 +279,11 @@ class RedisSentinels:
             timeout=60,
             what="the Sentinels to promote the replica",
         )
+        assert self._link is not None
         self._link.close()
         return old
 
     def stop(self) -> None:
-        self._processes.stop_all()
-        self._link.close()
-
-
-@contextlib.contextmanager
-def redis_cluster(home: Path) -> Iterator[RedisClusterNodes]:
-    nodes = RedisClusterNodes(home)
-    try:
-        yield nodes
-    finally:
-        nodes.stop()
-
-
-@contextlib.contextmanager
-def redis_sentinels(home: Path) -> Iterator[RedisSentinels]:
-    sentinels = RedisSentinels(home)
-    try:
-        yield sentinels
-    finally:
-        sentinels.stop()
+        super().stop()
+        if self._link is not None:
+            self._link.close()

@@ -28,7 +28,7 @@ from percolert.web.middleware.sessions import COOKIE_NAME
 from tests.alerts.test_recovery import best_hit
 from tests.cluster.test_cluster_faults import Page, in_order_once, logged_for, wait_ready
 from tests.conftest import SAMPLE_CATALOG, delete_indices, make_settings, prepare_indices
-from tests.redis_topologies import redis_cluster, redis_sentinels
+from tests.redis_topologies import RedisClusterNodes, RedisSentinels
 from tests.servers import free_port, metric, run_server
 from tests.shoppers import Shopper
 from tests.web.test_limits import FOREVER, assert_rate_limited, limited
@@ -55,14 +55,14 @@ def settings(
     settings = make_settings(elasticsearch_url, coalesce_seconds=0.0)
     with contextlib.ExitStack() as stack:
         if request.param.startswith("cluster"):
-            nodes = stack.enter_context(redis_cluster(tmp_path))
+            nodes = stack.enter_context(RedisClusterNodes(tmp_path))
             key = f"percolert:{{{settings.index_prefix}}}:meta"  # every key is in its slot
             planned = request.param == "cluster-planned"
             topology = Topology(
                 nodes.url, lambda: (nodes.fail_over if planned else nodes.kill_primary)(key)
             )
         else:
-            sentinels = stack.enter_context(redis_sentinels(tmp_path))
+            sentinels = stack.enter_context(RedisSentinels(tmp_path))
             hold = sentinels.hold_replication if request.param.endswith("lost-tail") else None
             topology = Topology(sentinels.url, sentinels.kill_primary, hold)
         settings = msgspec.structs.replace(settings, redis_url=topology.url)
