@@ -46,7 +46,7 @@ import time
 from collections import defaultdict
 from collections.abc import Callable, Coroutine, Iterator
 from contextlib import contextmanager
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
@@ -168,23 +168,18 @@ class Step:
     dial_retries: int = 0
     # Warning and error lines the server logged while the sockets connected.
     connect_log_warnings: int = 0
-    # A reconnect step (peer mode, after a design's rates): this share of the sockets was
-    # dropped and resumed, each away this long; 0 for the rate steps. The counts are the
-    # dropped sockets' (bench/reconnect.py says what each means); `reconnect_recovered` is
-    # None where the protocol has no word for it (Percolert's).
-    reconnect_share: float = 0.0
-    reconnect_away_s: float = 0.0
-    reconnect_dropped: int = 0
-    reconnect_resumed: int = 0
-    reconnect_recovered: int | None = None
-    reconnect_complete: int = 0
-    reconnect_expected_away: int = 0
-    reconnect_received_after: int = 0
-    reconnect_missed: int = 0
-    reconnect_twice: int = 0
-    reconnect_replayed: int = 0
-    replayed_alert_ms: dict[str, float] = field(default_factory=dict)
-    reconnect_gap_ms: dict[str, float] = field(default_factory=dict)  # dropped -> greeted
+    # A reconnect step (peer mode, after a design's rates): what its dropped and resumed
+    # sockets missed or got twice (bench/reconnect.py); None for the rate steps.
+    reconnect: reconnection.Outcome | None = None
+
+    @classmethod
+    def from_json(cls, saved: dict[str, Any]) -> Step:
+        """A step of a saved report (older reports' flat `reconnect_*` fields too)."""
+        known = {f.name for f in fields(cls)} - {"reconnect"}
+        return cls(
+            **{name: value for name, value in saved.items() if name in known},
+            reconnect=reconnection.Outcome.from_json(saved),
+        )
 
 
 def catalog_words() -> list[str]:
@@ -579,24 +574,16 @@ def measure_reconnect(
         return {rid for rid in sent if words[rid] == socket_words[socket]}
 
     summed = reconnection.recovery(subscribers.dropped(), expected, sent)
-    step.reconnect_share, step.reconnect_away_s = plan.share, plan.away_s
-    step.reconnect_dropped, step.reconnect_resumed = summed.dropped, summed.resumed
-    step.reconnect_recovered, step.reconnect_complete = summed.recovered, summed.complete
-    step.reconnect_expected_away = summed.expected_away
-    step.reconnect_received_after = summed.received_after
-    step.reconnect_missed, step.reconnect_twice = summed.missed, summed.twice
-    step.reconnect_replayed = summed.replayed
-    step.replayed_alert_ms = percentiles(summed.replayed_ms)
-    step.reconnect_gap_ms = percentiles(summed.away_ms)
+    step.reconnect = outcome = reconnection.Outcome.of(plan, summed, percentiles)
     print(
         f"  {step.design}{on_nodes(step.instances)} reconnect at {step.rate:g}/s: "
         f"{summed.dropped} sockets dropped, "
         f"{summed.resumed} resumed, {summed.recovered} said recovered, {summed.complete} "
-        f"missed nothing; drop to greeting p50 {step.reconnect_gap_ms.get('p50')} ms; "
+        f"missed nothing; drop to greeting p50 {outcome.gap_ms.get('p50')} ms; "
         f"expected while away {summed.expected_away}, received after resuming "
         f"{summed.received_after}, "
         f"missed {summed.missed}, twice {summed.twice}; replayed {summed.replayed} "
-        f"(p99 {step.replayed_alert_ms.get('p99')} ms from the search)",
+        f"(p99 {outcome.replayed_alert_ms.get('p99')} ms from the search)",
         flush=True,
     )
 

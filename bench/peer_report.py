@@ -23,11 +23,12 @@ from __future__ import annotations
 import json
 import os
 from collections import defaultdict
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import asdict
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from bench.reconnect import Outcome
 from bench.rig import REPORT_DIR
 
 if TYPE_CHECKING:
@@ -83,7 +84,7 @@ def delivery_cpu(step: Step, off: Step | None) -> dict[str, float | None]:
     return cpu
 
 
-def _median(values: list[float | None]) -> float | None:
+def _median(values: Sequence[float | None]) -> float | None:
     known = sorted(value for value in values if value is not None)
     if not known:
         return None
@@ -92,7 +93,7 @@ def _median(values: list[float | None]) -> float | None:
     return round(found, 2)
 
 
-def _quantiles(taken: list[Step], name: str) -> dict[str, float | None]:
+def _quantiles(taken: Sequence[object], name: str) -> dict[str, float | None]:
     """The medians of the steps' p50 and p99 of the percentiles `name` (alert_ms, ...)."""
     return {k: _median([getattr(s, name).get(k) for s in taken]) for k in ("p50", "p99")}
 
@@ -101,7 +102,7 @@ def rows(steps: list[Step]) -> list[dict[str, Any]]:
     """One row per compared design, configuration and rate, in the issue's format: counts
     summed over the turns, every other figure the median of the turns' (CPU per alert each
     turn against that turn's alerts-off step)."""
-    steps = [step for step in steps if not step.reconnect_share]  # reconnect_rows' own
+    steps = [step for step in steps if step.reconnect is None]  # reconnect_rows' own
     # The reference of a step: alerts off on as many Percolert instances, in its turn.
     off = {
         (s.turn, s.instances, s.watches, s.sockets, s.rate): s
@@ -170,13 +171,16 @@ def rows(steps: list[Step]) -> list[dict[str, Any]]:
 def reconnect_rows(steps: list[Step]) -> list[dict[str, Any]]:
     """One row per design and configuration from its reconnect steps: counts summed over
     the turns, latencies the median of the turns'."""
-    turns: dict[tuple[str, int, int, int], list[Step]] = defaultdict(list)
+    turns: dict[tuple[str, int, int, int], list[Outcome]] = defaultdict(list)
+    rates: dict[tuple[str, int, int, int], list[float]] = defaultdict(list)
     for step in steps:
-        if step.reconnect_share:
-            turns[(step.design, step.instances, step.watches, step.sockets)].append(step)
+        if step.reconnect is not None:
+            key = (step.design, step.instances, step.watches, step.sockets)
+            turns[key].append(step.reconnect)
+            rates[key].append(step.rate)
     made = []
     for (design, instances, watches, sockets), taken in turns.items():
-        said = [s.reconnect_recovered for s in taken if s.reconnect_recovered is not None]
+        said = [s.recovered for s in taken if s.recovered is not None]
         made.append(
             {
                 "design": design.split("-")[0],
@@ -185,21 +189,21 @@ def reconnect_rows(steps: list[Step]) -> list[dict[str, Any]]:
                 **({"instances": instances} if instances > 1 else {}),
                 "watches": watches,
                 "sockets": sockets,
-                "rate": _median([s.rate for s in taken]),
+                "rate": _median(rates[(design, instances, watches, sockets)]),
                 "turns": len(taken),
-                "share": taken[0].reconnect_share,
-                "away_s": taken[0].reconnect_away_s,
-                "dropped": sum(s.reconnect_dropped for s in taken),
-                "resumed": sum(s.reconnect_resumed for s in taken),
+                "share": taken[0].share,
+                "away_s": taken[0].away_s,
+                "dropped": sum(s.dropped for s in taken),
+                "resumed": sum(s.resumed for s in taken),
                 "recovered": sum(said) if said else None,
-                "complete": sum(s.reconnect_complete for s in taken),
-                "expected_away": sum(s.reconnect_expected_away for s in taken),
-                "received_after": sum(s.reconnect_received_after for s in taken),
-                "missed": sum(s.reconnect_missed for s in taken),
-                "twice": sum(s.reconnect_twice for s in taken),
-                "replayed": sum(s.reconnect_replayed for s in taken),
+                "complete": sum(s.complete for s in taken),
+                "expected_away": sum(s.expected_away for s in taken),
+                "received_after": sum(s.received_after for s in taken),
+                "missed": sum(s.missed for s in taken),
+                "twice": sum(s.twice for s in taken),
+                "replayed": sum(s.replayed for s in taken),
                 "replayed_alert_ms": _quantiles(taken, "replayed_alert_ms"),
-                "gap_ms": _quantiles(taken, "reconnect_gap_ms"),
+                "gap_ms": _quantiles(taken, "gap_ms"),
             }
         )
     return made
@@ -438,7 +442,7 @@ def write_peer_report(steps: list[Step], run: dict[str, Any]) -> None:
         redis = f" / {step.redis_cpu_percent:g}" if step.instances > 1 else ""
         lines.append(
             f"| {step.turn} | {step.design}{_nodes(step.instances)}"
-            f"{' (reconnect)' if step.reconnect_share else ''} "
+            f"{' (reconnect)' if step.reconnect is not None else ''} "
             f"| {step.watches:,} | {step.sockets:,} | {step.rate:g} "
             f"| {step.alerts_delivered:,}/{step.alerts_expected:,} "
             f"| {_cell(step.alert_ms.get('p50'))} / {_cell(step.alert_ms.get('p99'))} "
@@ -495,7 +499,7 @@ def main() -> None:
     parser.add_argument("json", nargs="?", default=str(REPORT_DIR / "peer-results.json"))
     args = parser.parse_args()
     saved = json.loads(Path(args.json).read_text())
-    write_peer_report([Step(**step) for step in saved["steps"]], saved["run"])
+    write_peer_report([Step.from_json(step) for step in saved["steps"]], saved["run"])
     print((REPORT_DIR / "peer-results.md").read_text())
 
 

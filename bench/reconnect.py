@@ -19,6 +19,7 @@ from __future__ import annotations
 from collections import Counter
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
+from typing import Any
 
 # wsload's record marks for a dropped socket (reconnect.go).
 DROPPED, RESUMED, UNRESUMED, ROUND = "!dropped", "!resumed", "!unresumed", "!round"
@@ -135,6 +136,66 @@ def recovery(
             said += state.recovered
             summed.recovered = said
     return summed
+
+
+@dataclass
+class Outcome:
+    """A reconnect step's result as its Step carries it (bench/harness.py): the plan's share
+    and time away, the Recovery's counts, and its times as percentiles (`gap_ms`: dropped
+    -> greeted again). `recovered` is None where the protocol has no word for it."""
+
+    share: float
+    away_s: float
+    dropped: int = 0
+    resumed: int = 0
+    recovered: int | None = None
+    complete: int = 0
+    expected_away: int = 0
+    received_after: int = 0
+    missed: int = 0
+    twice: int = 0
+    replayed: int = 0
+    replayed_alert_ms: dict[str, float] = field(default_factory=dict)
+    gap_ms: dict[str, float] = field(default_factory=dict)
+
+    @classmethod
+    def of(
+        cls,
+        plan: Plan,
+        summed: Recovery,
+        percentiles: Callable[[list[float]], dict[str, float]],
+    ) -> Outcome:
+        return cls(
+            share=plan.share,
+            away_s=plan.away_s,
+            dropped=summed.dropped,
+            resumed=summed.resumed,
+            recovered=summed.recovered,
+            complete=summed.complete,
+            expected_away=summed.expected_away,
+            received_after=summed.received_after,
+            missed=summed.missed,
+            twice=summed.twice,
+            replayed=summed.replayed,
+            replayed_alert_ms=percentiles(summed.replayed_ms),
+            gap_ms=percentiles(summed.away_ms),
+        )
+
+    @classmethod
+    def from_json(cls, saved: Mapping[str, Any]) -> Outcome | None:
+        """From a saved step: its `reconnect` object, or the flat `reconnect_*` fields of
+        the reports written before it (None for a rate step)."""
+        nested = saved.get("reconnect")
+        if nested is not None:
+            return cls(**nested)
+        if not saved.get("reconnect_share"):
+            return None
+        flat = {
+            name.removeprefix("reconnect_"): value
+            for name, value in saved.items()
+            if name.startswith("reconnect_") or name == "replayed_alert_ms"
+        }
+        return cls(**flat)
 
 
 @dataclass(frozen=True)

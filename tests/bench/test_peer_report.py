@@ -4,7 +4,8 @@ publishing for Centrifugo, and the comparison pairs equal work only."""
 
 from __future__ import annotations
 
-from dataclasses import replace
+import json
+from dataclasses import asdict, replace
 
 from bench.harness import Step
 from bench.peer_report import (
@@ -16,6 +17,7 @@ from bench.peer_report import (
     rows,
     two_node_section,
 )
+from bench.reconnect import Outcome
 
 
 def step(design: str, rate: float, **fields: object) -> Step:
@@ -180,7 +182,7 @@ def test_a_run_of_one_node_reports_as_before_and_two_nodes_get_their_own_table()
 
 
 def test_reconnect_rows_of_two_nodes_are_apart_and_marked() -> None:
-    dropped = {"reconnect_share": 0.1, "reconnect_dropped": 50}
+    dropped = {"reconnect": Outcome(share=0.1, away_s=1.5, dropped=50)}
     steps = [
         step("percolert-per-user", 50.0, **dropped),
         step("percolert-per-user", 50.0, instances=2, **dropped),
@@ -189,3 +191,46 @@ def test_reconnect_rows_of_two_nodes_are_apart_and_marked() -> None:
     assert "instances" not in one
     assert two["instances"] == 2
     assert "| percolert-per-user (2 nodes) |" in reconnect_table([two], {})[-1]
+
+
+def test_a_saved_step_reads_back_with_its_reconnect_outcome_in_either_form() -> None:
+    """peer-results.json's steps as written now (`reconnect` an object) and as written
+    before (flat `reconnect_*` fields): `peer_report.py` rewrites a report from either."""
+    outcome = Outcome(
+        share=0.1,
+        away_s=1.5,
+        dropped=50,
+        resumed=50,
+        recovered=48,
+        complete=47,
+        expected_away=300,
+        received_after=297,
+        missed=3,
+        twice=1,
+        replayed=120,
+        replayed_alert_ms={"p50": 900.0, "p99": 1500.0},
+        gap_ms={"p50": 1900.0, "p99": 2300.0},
+    )
+    dropped = step("percolert-per-user", 50.0, reconnect=outcome)
+    assert Step.from_json(json.loads(json.dumps(asdict(dropped)))) == dropped
+    plain = step("percolert-per-user", 100.0)
+    assert Step.from_json(json.loads(json.dumps(asdict(plain)))) == plain
+    older = {name: value for name, value in asdict(plain).items() if name != "reconnect"}
+    older |= {
+        "reconnect_share": 0.1,
+        "reconnect_away_s": 1.5,
+        "reconnect_dropped": 50,
+        "reconnect_resumed": 50,
+        "reconnect_recovered": 48,
+        "reconnect_complete": 47,
+        "reconnect_expected_away": 300,
+        "reconnect_received_after": 297,
+        "reconnect_missed": 3,
+        "reconnect_twice": 1,
+        "reconnect_replayed": 120,
+        "replayed_alert_ms": {"p50": 900.0, "p99": 1500.0},
+        "reconnect_gap_ms": {"p50": 1900.0, "p99": 2300.0},
+    }
+    assert Step.from_json(older) == replace(plain, reconnect=outcome)
+    rate_step = {**older, "reconnect_share": 0.0, "reconnect_dropped": 0}
+    assert Step.from_json(rate_step).reconnect is None

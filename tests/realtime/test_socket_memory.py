@@ -7,9 +7,11 @@ from __future__ import annotations
 import asyncio
 import gc
 import json
+from types import MappingProxyType
 from typing import Any
 
 import anyio
+import msgspec
 import pytest
 from websockets.asyncio.client import connect
 from websockets.typing import Origin
@@ -58,6 +60,44 @@ async def test_an_open_socket_is_served_by_one_task(catalog_settings: Settings) 
             await wait_until(lambda: socket_tasks() == 2, what="the closed socket's task to end")
 
 
+def _await_chain(task: asyncio.Task[Any]) -> list[str]:
+    """The qualified names of the coroutines `task` is suspended in, outermost first."""
+    names: list[str] = []
+    awaited: Any = task.get_coro()
+    while awaited is not None:
+        code = getattr(awaited, "cr_code", None) or getattr(awaited, "gi_code", None)
+        if code is not None:
+            names.append(f"{code.co_filename.rsplit('/site-packages/', 1)[-1]}:{code.co_qualname}")
+        awaited = getattr(awaited, "cr_await", None) or getattr(awaited, "gi_yieldfrom", None)
+    return names
+
+
+async def test_an_open_socket_keeps_no_frame_of_the_asgi_stack(catalog_settings: Settings) -> None:
+    """The endpoint detaches its live part (frames.detacher): the socket's task starts at
+    the protocol, not at uvicorn's `run_asgi` twenty coroutines above the endpoint (the
+    middlewares, Starlette's routing), and the user's socket count still ends with it."""
+    settings = msgspec.structs.replace(catalog_settings, max_sockets_per_user=1)
+    with run_server(settings) as server:
+        async with Shopper(server) as a:
+            socket = await a.connect()
+            await wait_until(lambda: socket_tasks() == 1, what="the socket's task")
+            (task,) = [
+                obj
+                for obj in gc.get_objects()
+                if issubclass(type(obj), asyncio.Task) and _in_alert_socket(obj)
+            ]
+            chain = _await_chain(task)
+            assert chain[0].endswith("FrameWritingProtocol._run_rest"), chain
+            assert not [name for name in chain if "starlette" in name or "middleware" in name]
+            assert any(name.endswith("Connection.write") for name in chain)
+            await socket.close()
+            # The session's cap (one socket) was held until the detached part ended, and
+            # is let go then: a new socket opens.
+            await wait_until(lambda: socket_tasks() == 0, what="the closed socket's task to end")
+            again = await a.connect()
+            assert await again.messages_before_pong() == []
+
+
 async def test_a_ping_sent_during_the_greeting_is_answered_after_the_hello(
     catalog_settings: Settings,
 ) -> None:
@@ -79,7 +119,8 @@ async def test_a_ping_sent_during_the_greeting_is_answered_after_the_hello(
 
 async def test_an_idle_socket_holds_no_asyncio_queue_or_event(catalog_settings: Settings) -> None:
     """uvicorn's protocol makes an asyncio queue (three deques of 760 bytes, empty) and an
-    event per socket; and the handshake's request and response are let go once accepted."""
+    event per socket, and copies the lifespan's state into each socket's scope; and the
+    handshake's request and response are let go once accepted."""
     with run_server(catalog_settings) as server:
         async with Shopper(server) as a:
             await a.connect()
@@ -98,6 +139,13 @@ async def test_an_idle_socket_holds_no_asyncio_queue_or_event(catalog_settings: 
             assert not isinstance(protocol.writable, asyncio.Event)
             assert not hasattr(protocol, "request")
             assert not hasattr(protocol, "response")
+            # websockets' parser holds the request it parsed for the connection's life:
+            # its headers, the session cookie among them, are gone.
+            parsed = protocol.conn.parser.gi_frame.f_locals["request"]
+            assert list(parsed.headers.raw_items()) == []
+            # The lifespan's state is read, not copied for each socket.
+            assert isinstance(protocol.scope["state"], MappingProxyType)
+            assert protocol.scope["state"]["hub"].socket_count() == 1
 
 
 # --- the stand-ins for asyncio's queue and event ------------------------------------------------

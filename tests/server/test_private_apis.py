@@ -54,11 +54,30 @@ def test_uvicorn_protocol_module_and_class() -> None:
     except ImportError:
         pytest.fail(moved("uvicorn", f"there is no module {module}", user), pytrace=False)
     protocol = require(sansio, "WebSocketsSansIOProtocol", "uvicorn", user)
-    # Overridden, each calling super(): the protocol's own, not asyncio.Protocol's no-op.
-    for method in ("run_asgi", "connection_lost"):
+    # Overridden: the protocol's own, not asyncio.Protocol's no-op.
+    for method in ("run_asgi", "connection_lost", "send_500_response", "on_task_complete"):
         assert method in vars(protocol), moved(
             "uvicorn", f"WebSocketsSansIOProtocol does not define {method}", user
         )
+    # `run_asgi` is replaced, not extended (a detached socket's rest runs after the app):
+    # FrameWritingProtocol._guarded does what uvicorn's does after the app, line for line.
+    source = inspect.getsource(protocol.run_asgi)
+    for statement in (
+        "result = await self.app(self.scope, self.receive, self.send)",
+        "except ClientDisconnected:",
+        'self.logger.exception("Exception in ASGI application\\n")',
+        "self.send_500_response()",
+        "if not self.handshake_complete:",
+        "elif result is not None:",
+        "if self.close_timer is None:",
+        "self.transport.close()",
+    ):
+        assert statement in source, moved(
+            "uvicorn", f"WebSocketsSansIOProtocol.run_asgi no longer has `{statement}`", user
+        )
+    assert source.count("\n") <= 17, moved(
+        "uvicorn", "WebSocketsSansIOProtocol.run_asgi does more than it did", user
+    )
 
 
 def test_uvicorn_server_hooks() -> None:
@@ -133,6 +152,12 @@ async def test_the_uvicorn_state_the_socket_fast_path_reads() -> None:
                     "read_paused",
                     "close_timer",
                     "loop",
+                    # run_asgi and a detached socket's rest
+                    "app",
+                    "receive",
+                    "send",
+                    "tasks",
+                    "logger",
                 ):
                     require(protocol, name, "uvicorn", user)
                 for name in ("state", "extensions", "parser", "send_close", "data_to_send"):

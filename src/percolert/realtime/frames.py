@@ -9,12 +9,13 @@ here imports a server.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from typing import Any, cast
 
 from websockets.frames import Frame, Opcode
 
-# scope["extensions"][FRAME_WRITER] = {"write_frame": <callable(bytes) -> bool>}
+# scope["extensions"][FRAME_WRITER]: an object with the methods below (the server's protocol:
+# no dict of bound methods made per socket), e.g. `write_frame(bytes) -> bool`.
 FRAME_WRITER = "percolert.websocket.write_frame"
 
 WriteFrame = Callable[[bytes], bool]
@@ -22,6 +23,10 @@ WriteFrame = Callable[[bytes], bool]
 CloseBehind = Callable[[int, str, float], bool]
 # (wake) -> a callable saying whether a receive event is waiting; see `receive_listener`
 Listen = Callable[[Callable[[], None]], Callable[[], bool]]
+# (rest) -> None: the socket's rest runs once the app has returned; see `detacher`
+Detach = Callable[[Callable[[], Awaitable[None]]], None]
+# (release) -> whether it is deferred to the end of a detached socket; see `release_later`
+ReleaseLater = Callable[[Callable[[], None]], bool]
 
 
 def frame_text(text: str) -> bytes:
@@ -46,7 +51,24 @@ def closer(scope: Mapping[str, Any]) -> CloseBehind | None:
     return cast(CloseBehind | None, _offered(scope, "close_behind"))
 
 
+def detacher(scope: Mapping[str, Any]) -> Detach | None:
+    """`detach` of the socket with this ASGI scope, if its server offers it: `detach(rest)`
+    has the server run `rest()` as the socket's task once the app has returned (in the
+    context of the call), instead of the app awaiting it. What an open socket keeps is then
+    that task alone, not the whole ASGI stack above the endpoint suspended for as long as
+    the socket is open (docs/benchmarks/socket-memory.md)."""
+    return cast(Detach | None, _offered(scope, "detach"))
+
+
+def release_later(scope: Mapping[str, Any], release: Callable[[], None]) -> bool:
+    """For a middleware that holds something for as long as a socket is open (its
+    `finally` after the app returns): True if the app detached the socket's rest, and the
+    server calls `release` when that ends; False (the middleware releases now) otherwise."""
+    later = cast(ReleaseLater | None, _offered(scope, "release_later"))
+    return later is not None and later(release)
+
+
 def _offered(scope: Mapping[str, Any], name: str) -> object:
     """`name` of this protocol's scope extension, or None under another server."""
     extension = (scope.get("extensions") or {}).get(FRAME_WRITER)
-    return None if extension is None else extension[name]
+    return None if extension is None else getattr(extension, name)

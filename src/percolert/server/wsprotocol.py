@@ -27,9 +27,12 @@ the versions tested, and tests/server/test_private_apis.py names whatever moves.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable
-from typing import TYPE_CHECKING, Any
+import contextvars
+from collections.abc import Awaitable, Callable
+from types import MappingProxyType
+from typing import TYPE_CHECKING, Any, cast
 
+from uvicorn.protocols.utils import ClientDisconnected
 from uvicorn.protocols.websockets.websockets_sansio_impl import WebSocketsSansIOProtocol
 from websockets.http11 import Response
 from websockets.protocol import State
@@ -146,6 +149,10 @@ class FrameWritingProtocol(WebSocketsSansIOProtocol):
     generator and its connection (docs/benchmarks/README.md)."""
 
     _asgi_done = False
+    # The rest of the app's work on this socket, to run once the app returns (`detach`),
+    # with the context of the call, and what to release when it ends (`release_later`).
+    _rest: tuple[Callable[[], Awaitable[None]], contextvars.Context] | None = None
+    _releases: tuple[Callable[[], None], ...] = ()
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
@@ -158,15 +165,80 @@ class FrameWritingProtocol(WebSocketsSansIOProtocol):
         self.conn.__class__ = _SecureRefusals
 
     async def run_asgi(self) -> None:
-        self.scope["extensions"][FRAME_WRITER] = {
-            "write_frame": self.write_frame,
-            "close_behind": self.close_behind,
-            "listen": self.listen,
-        }
+        """uvicorn's, and the socket's detached rest, if the app left one (`detach`)."""
+        scope = cast(dict[str, Any], self.scope)
+        # The protocol itself (its `write_frame`, `close_behind`, `listen`, `detach` and
+        # `release_later`): not a dict of five bound methods made for every socket.
+        scope["extensions"][FRAME_WRITER] = self
+        # The lifespan's state, read-only, instead of uvicorn's copy of it for every socket
+        # (~0.8 KB each, held for as long as the socket is open): the app reads its
+        # services there and writes nothing (a write would raise, not leak to others).
+        scope["state"] = MappingProxyType(self.app_state)
+        detached = False
         try:
-            await super().run_asgi()
+            ran = await self._guarded(self.app(self.scope, self.receive, self.send))
+            if ran and self._rest is not None:
+                rest, context = self._rest
+                # A task of its own, in the context of the app's call (the middlewares'
+                # context variables: the log's instance), awaited by no one: this task ends,
+                # and with it the ASGI stack's suspended frames.
+                task = self.loop.create_task(self._run_rest(rest), context=context)
+                task.add_done_callback(self.on_task_complete)
+                self.tasks.add(task)  # the server's shutdown waits for it, as for this one
+                detached = True
         finally:
-            self._asgi_done = True
+            self._rest = None
+            if not detached:
+                self._app_over()
+
+    async def _run_rest(self, rest: Callable[[], Awaitable[None]]) -> None:
+        try:
+            await self._guarded(rest())
+        finally:
+            self._app_over()
+
+    async def _guarded(self, running: Awaitable[object]) -> bool:
+        """Await the app (or its rest) as uvicorn's `run_asgi` does: its errors logged, a
+        500 for a handshake never completed; whether it returned (rather than raised). The
+        transport is closed after it unless a close is under way or a rest is to come."""
+        returned = False
+        try:
+            result = await running
+        except ClientDisconnected:
+            pass
+        except BaseException:
+            self.logger.exception("Exception in ASGI application\n")
+            self.send_500_response()
+        else:
+            returned = True
+            if not self.handshake_complete:
+                self.logger.error("ASGI callable returned without completing handshake.")
+                self.send_500_response()
+            elif result is not None:
+                self.logger.error("ASGI callable should return None, but returned '%s'.", result)
+        if self.close_timer is None and not (returned and self._rest is not None):
+            self.transport.close()
+        return returned
+
+    def detach(self, rest: Callable[[], Awaitable[None]]) -> None:
+        """Run `rest()` once the app has returned, as the socket's task (frames.detacher)."""
+        self._rest = (rest, contextvars.copy_context())
+
+    def release_later(self, release: Callable[[], None]) -> bool:
+        """Call `release` when the socket's detached rest ends (frames.release_later)."""
+        if self._rest is None:
+            return False
+        self._releases = (*self._releases, release)
+        return True
+
+    def _app_over(self) -> None:
+        """The app and any rest of it are over: what middlewares held is released."""
+        self._asgi_done = True
+        releases, self._releases = self._releases, ()
+        try:
+            for release in releases:
+                release()
+        finally:
             self._untie()
 
     def connection_lost(self, exc: Exception | None) -> None:
@@ -178,7 +250,11 @@ class FrameWritingProtocol(WebSocketsSansIOProtocol):
         if message["type"] == "websocket.accept" and self.handshake_complete:
             # The handshake's request and response (their headers parsed twice over) are
             # only read until the accept; the app has the request's headers in its scope.
-            vars(self).pop("request", None)
+            request = vars(self).pop("request", None)
+            if request is not None:
+                # websockets' parser keeps the request it parsed in its generator's frame
+                # for the connection's life: its headers (cookie and all) go now.
+                request.headers.clear()
             vars(self).pop("response", None)
         if message["type"] == "websocket.http.response.body" and not message.get("more_body"):
             # A refused handshake's answer is complete: uvicorn would otherwise log "ASGI
@@ -188,7 +264,7 @@ class FrameWritingProtocol(WebSocketsSansIOProtocol):
     def _untie(self) -> None:
         if not (self._asgi_done and self.disconnected):
             return
-        self.scope["extensions"].pop(FRAME_WRITER, None)  # a bound method of self
+        self.scope["extensions"].pop(FRAME_WRITER, None)  # self
         self.queue.listener = None  # the app's, which holds the app's socket
         self.conn.parser.close()  # a generator whose frame holds the connection
         self.transport = None  # type: ignore[assignment]  # it holds this protocol

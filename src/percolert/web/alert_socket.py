@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import functools
 import logging
 import time
 
@@ -12,14 +13,14 @@ import msgspec
 from elastic_transport import TransportError
 from starlette.websockets import WebSocket, WebSocketDisconnect
 
-from percolert.accounts.tokens import Tokens
+from percolert.accounts.tokens import Account, Tokens
 from percolert.alerts.log import Replay
 from percolert.broker.base import TooManySockets
 from percolert.core.exception_groups import first_error
 from percolert.core.jsondepth import TooDeep, check_depth
 from percolert.core.messages import Alert, Auth, ClientMessages, Hello, Ping, Pong, Watch
 from percolert.core.settings import Settings
-from percolert.realtime.frames import closer, frame_writer, receive_listener
+from percolert.realtime.frames import closer, detacher, frame_writer, receive_listener
 from percolert.realtime.hub import (
     GOING_AWAY,
     POLICY_VIOLATION,
@@ -324,8 +325,34 @@ async def alerts_socket(
         hub.remove(connection)
         raise
     connection.release(cut)
-    clock: TokenClock | None = None
     event(logger, "socket_open", user=user_tag(user), sockets=hub.socket_count())
+    session = functools.partial(
+        _session, state, websocket, connection, tokens, account, after, cut, started, everyone_since
+    )
+    detach = detacher(websocket.scope)
+    if detach is None:
+        await session()
+    else:
+        # The server runs it once this returns: an open socket keeps that task alone, not
+        # the ASGI stack's suspended frames above this endpoint.
+        detach(session)
+
+
+async def _session(
+    state: State,
+    websocket: WebSocket,
+    connection: Connection,
+    tokens: Tokens | None,
+    account: Account | None,
+    after: int | None,
+    cut: int,
+    started: float,
+    everyone_since: float | None,
+) -> None:
+    """A socket in the hub from the greeting to its close (the hub, the broker and the log
+    told of its end)."""
+    user, hub, broker = connection.user, state["hub"], state["broker"]
+    clock: TokenClock | None = None
     close_code, reason = 0, ""
     try:
         if account is not None and tokens is not None:

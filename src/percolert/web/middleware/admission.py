@@ -25,6 +25,7 @@ from starlette.requests import HTTPConnection
 from starlette.responses import Response
 from starlette.types import ASGIApp, Receive, Scope, Send
 
+from percolert.realtime.frames import release_later
 from percolert.web.admin_api import PREFIX as ADMIN_PREFIX
 from percolert.web.admin_api import bearer_matches
 from percolert.web.errors import error_response
@@ -187,14 +188,20 @@ class Admission:
             await _deny_handshake(scope, receive, send, 429, "too_many_sockets", message, {})
             return
         self._sockets[user] = open_now + 1
-        try:
-            await app(scope, receive, send)
-        finally:
+
+        def release() -> None:
             left = self._sockets[user] - 1
             if left:
                 self._sockets[user] = left
             else:
                 del self._sockets[user]
+
+        try:
+            await app(scope, receive, send)
+        finally:
+            # A socket whose endpoint detached its live part stays open after the call.
+            if not release_later(scope, release):
+                release()
 
 
 _WHAT = {

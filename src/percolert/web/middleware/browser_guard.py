@@ -71,13 +71,14 @@ class BrowserGuardMiddleware:
         if scope["type"] not in ("http", "websocket"):
             await self.app(scope, receive, send)
             return
-        extra = security_headers(scope, self.frame_ancestors)
 
         async def send_with_headers(message: Message) -> None:
             # A response, or the denial of a WebSocket handshake (429, 403: admission.py).
+            # Made here, not kept in this closure: an accepted socket holds the closure for
+            # as long as it is open, and never sends a response.
             if message["type"] in ("http.response.start", "websocket.http.response.start"):
                 headers = MutableHeaders(scope=message)
-                for name, value in extra.items():
+                for name, value in security_headers(scope, self.frame_ancestors).items():
                     if name not in headers:
                         headers[name] = value
             await send(message)
