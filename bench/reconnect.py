@@ -18,7 +18,7 @@ from __future__ import annotations
 
 from collections import Counter
 from collections.abc import Callable, Iterable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from typing import Any
 
 # wsload's record marks for a dropped socket (reconnect.go).
@@ -49,8 +49,8 @@ class DroppedSocket:
 
 
 @dataclass
-class Recovery:
-    """A round's sockets summed (see the module's docstring)."""
+class Counts:
+    """What a round's dropped sockets add up to (see the module's docstring)."""
 
     dropped: int = 0
     resumed: int = 0
@@ -61,6 +61,12 @@ class Recovery:
     missed: int = 0
     twice: int = 0
     replayed: int = 0
+
+
+@dataclass
+class Recovery(Counts):
+    """A round's sockets summed, with the times behind its percentiles."""
+
     replayed_ms: list[float] = field(default_factory=list)  # search sent -> replayed alert
     away_ms: list[float] = field(default_factory=list)  # dropped -> greeted again
 
@@ -139,22 +145,13 @@ def recovery(
 
 
 @dataclass
-class Outcome:
+class Outcome(Counts):
     """A reconnect step's result as its Step carries it (bench/harness.py): the plan's share
     and time away, the Recovery's counts, and its times as percentiles (`gap_ms`: dropped
     -> greeted again). `recovered` is None where the protocol has no word for it."""
 
-    share: float
-    away_s: float
-    dropped: int = 0
-    resumed: int = 0
-    recovered: int | None = None
-    complete: int = 0
-    expected_away: int = 0
-    received_after: int = 0
-    missed: int = 0
-    twice: int = 0
-    replayed: int = 0
+    share: float = 0.0
+    away_s: float = 0.0
     replayed_alert_ms: dict[str, float] = field(default_factory=dict)
     gap_ms: dict[str, float] = field(default_factory=dict)
 
@@ -166,17 +163,9 @@ class Outcome:
         percentiles: Callable[[list[float]], dict[str, float]],
     ) -> Outcome:
         return cls(
+            **{count.name: getattr(summed, count.name) for count in fields(Counts)},
             share=plan.share,
             away_s=plan.away_s,
-            dropped=summed.dropped,
-            resumed=summed.resumed,
-            recovered=summed.recovered,
-            complete=summed.complete,
-            expected_away=summed.expected_away,
-            received_after=summed.received_after,
-            missed=summed.missed,
-            twice=summed.twice,
-            replayed=summed.replayed,
             replayed_alert_ms=percentiles(summed.replayed_ms),
             gap_ms=percentiles(summed.away_ms),
         )

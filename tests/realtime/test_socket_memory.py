@@ -26,15 +26,25 @@ from tests.waiting import wait_until
 pytestmark = pytest.mark.anyio
 
 
-def _in_alert_socket(task: asyncio.Task[Any]) -> bool:
-    """Whether `task` is suspended inside a coroutine of percolert.web.alert_socket."""
+def _await_chain(task: asyncio.Task[Any]) -> list[str]:
+    """The coroutines `task` is suspended in, outermost first: "file:qualified name", the
+    file's path from site-packages if it is a library's."""
+    names: list[str] = []
     awaited: Any = task.get_coro()
     while awaited is not None:
-        code = getattr(awaited, "cr_code", None)
-        if code is not None and code.co_filename.endswith("percolert/web/alert_socket.py"):
-            return True
+        code = getattr(awaited, "cr_code", None) or getattr(awaited, "gi_code", None)
+        if code is not None:
+            names.append(f"{code.co_filename.rsplit('/site-packages/', 1)[-1]}:{code.co_qualname}")
         awaited = getattr(awaited, "cr_await", None) or getattr(awaited, "gi_yieldfrom", None)
-    return False
+    return names
+
+
+def _in_alert_socket(task: asyncio.Task[Any]) -> bool:
+    """Whether `task` is suspended inside a coroutine of percolert.web.alert_socket."""
+    return any(
+        name.partition(":")[0].endswith("percolert/web/alert_socket.py")
+        for name in _await_chain(task)
+    )
 
 
 def socket_tasks() -> int:
@@ -58,18 +68,6 @@ async def test_an_open_socket_is_served_by_one_task(catalog_settings: Settings) 
             assert socket_tasks() == 3
             await sockets[0].close()
             await wait_until(lambda: socket_tasks() == 2, what="the closed socket's task to end")
-
-
-def _await_chain(task: asyncio.Task[Any]) -> list[str]:
-    """The qualified names of the coroutines `task` is suspended in, outermost first."""
-    names: list[str] = []
-    awaited: Any = task.get_coro()
-    while awaited is not None:
-        code = getattr(awaited, "cr_code", None) or getattr(awaited, "gi_code", None)
-        if code is not None:
-            names.append(f"{code.co_filename.rsplit('/site-packages/', 1)[-1]}:{code.co_qualname}")
-        awaited = getattr(awaited, "cr_await", None) or getattr(awaited, "gi_yieldfrom", None)
-    return names
 
 
 async def test_an_open_socket_keeps_no_frame_of_the_asgi_stack(catalog_settings: Settings) -> None:
