@@ -188,8 +188,16 @@ def node_name(name: str, nodes: int, number: int | None = None) -> str:
     return f"{name}-n{nodes}" + ("" if number is None else f"-{number + 1}")
 
 
-def deploy(design: str, nodes: int, node_url: str, scratch: Path) -> Deployment:
-    """Start `design` on `nodes` nodes (1 or 2); on failure, whatever started is stopped."""
+def deploy(
+    design: str,
+    nodes: int,
+    node_url: str,
+    scratch: Path,
+    *,
+    extra_env: dict[str, str] | None = None,
+) -> Deployment:
+    """Start `design` on `nodes` nodes (1 or 2), Percolert's instances with `extra_env`
+    (say, another source tree's PYTHONPATH); on failure, whatever started is stopped."""
     deployment = Deployment(design, nodes)
     try:
         redis_url = None
@@ -235,6 +243,7 @@ def deploy(design: str, nodes: int, node_url: str, scratch: Path) -> Deployment:
                         scratch,
                         redis_url=redis_url,
                         name=node_name(design, nodes, number if nodes > 1 else None),
+                        extra_env=extra_env,
                     )
                 )
     except BaseException:

@@ -17,6 +17,7 @@ import redis
 from prometheus_client import CollectorRegistry
 
 from percolert.alerts.dispatch import AlertDispatcher, followup_sendings
+from percolert.broker import redis as redis_broker
 from percolert.broker.base import (
     Asked,
     BrokerUnavailable,
@@ -394,19 +395,22 @@ async def test_a_claimed_follow_up_whose_claimer_never_publishes_is_claimed_agai
         await two.close()
 
 
+def _sending_to_u() -> Sending:
+    return Sending(
+        at="2026-01-01T00:00:00.000+00:00",
+        earliest_ms=0,
+        found=(card("q"),),
+        watches={"u": AlertWatch(id="w", terms="q")},
+    )
+
+
 async def test_unwritten_sendings_are_read_from_each_makers_mirror_until_written(
     redis_url: str,
 ) -> None:
     settings = _settings(redis_url)
     one = RedisBroker(settings, Hub(), Log(), url=redis_url, instance_id="one")
     two = RedisBroker(settings, Hub(), Log(), url=redis_url, instance_id="two")
-    watch = AlertWatch(id="w", terms="q")
-    sending = Sending(
-        at="2026-01-01T00:00:00.000+00:00",
-        earliest_ms=0,
-        found=(card("q"),),
-        watches={"u": watch},
-    )
+    sending = _sending_to_u()
     try:
         await one.start()
         await two.start()
@@ -422,6 +426,79 @@ async def test_unwritten_sendings_are_read_from_each_makers_mirror_until_written
     finally:
         await one.close()
         await two.close()
+
+
+async def _all_at_once(
+    broker: RedisBroker, ranges: list[tuple[int, int]]
+) -> list[list[AlertRecord]]:
+    found: list[list[AlertRecord]] = [[] for _ in ranges]
+
+    async def read(number: int) -> None:
+        after, upto = ranges[number]
+        found[number] = sorted(await broker.unwritten(after, upto), key=lambda r: r.seq)
+
+    async with anyio.create_task_group() as readers:
+        for number in range(len(ranges)):
+            readers.start_soon(read, number)
+    return found
+
+
+def _mirror_reads(raw: redis.Redis) -> int:
+    stats = raw.info("commandstats")
+    return int(stats.get("cmdstat_xrevrange", {}).get("calls", 0))
+
+
+async def test_unwritten_asked_at_once_reads_each_mirror_once_for_all(redis_url: str) -> None:
+    """A reconnect storm's greetings: the mirrors are read once for those asking at once,
+    and each gets exactly what it would have alone."""
+    settings = _settings(redis_url)
+    one = RedisBroker(settings, Hub(), Log(), url=redis_url, instance_id="one")
+    two = RedisBroker(settings, Hub(), Log(), url=redis_url, instance_id="two")
+    raw = redis.Redis.from_url(redis_url)
+    sending = _sending_to_u()
+    try:
+        await one.start()
+        await two.start()
+        made = [*await one.publish([sending] * 3), *await two.publish([sending] * 3)]
+        seqs = sorted(r.seq for r in made)
+        ranges = [
+            (0, seqs[-1]),
+            (seqs[1], seqs[4]),
+            (seqs[2], seqs[2]),
+            (0, seqs[0]),
+            (seqs[5], seqs[5] + 9),
+        ]
+        alone = [sorted(await two.unwritten(a, u), key=lambda r: r.seq) for a, u in ranges]
+        assert [len(records) for records in alone] == [6, 3, 0, 1, 0]
+        before = _mirror_reads(raw)
+        assert await _all_at_once(two, ranges) == alone
+        # The first alone (nothing else was waiting), the other four together: two reads
+        # of each of the two mirrors, where one each would have made ten.
+        assert _mirror_reads(raw) - before == 4
+    finally:
+        raw.close()
+        await one.close()
+        await two.close()
+
+
+async def test_unwritten_asked_at_once_past_a_reads_reach_is_read_range_by_range(
+    redis_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Where a mirror holds more than one read takes (its newest REPLAY_COUNT), a range read
+    over all would leave out what a lower range alone gets: each is read on its own."""
+    monkeypatch.setattr(redis_broker, "REPLAY_COUNT", 2)
+    settings = _settings(redis_url)
+    one = RedisBroker(settings, Hub(), Log(), url=redis_url, instance_id="one")
+    sending = _sending_to_u()
+    try:
+        await one.start()
+        seqs = [r.seq for r in await one.publish([sending] * 3)]
+        ranges = [(seqs[2], seqs[2] + 1), (0, seqs[2]), (0, seqs[0])]
+        alone = [sorted(await one.unwritten(a, u), key=lambda r: r.seq) for a, u in ranges]
+        assert [[r.seq for r in records] for records in alone] == [[], seqs[1:], seqs[:1]]
+        assert await _all_at_once(one, ranges) == alone
+    finally:
+        await one.close()
 
 
 async def test_a_reaped_instances_unwritten_sendings_are_written_by_a_survivor(

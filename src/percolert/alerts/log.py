@@ -40,6 +40,7 @@ from percolert.core.messages import Alert, AlertWatch, ProductCard
 from percolert.core.records import AlertRecord
 from percolert.core.times import iso_from_milliseconds, iso_from_seconds, milliseconds_from_iso
 from percolert.engine import bulk, es
+from percolert.engine.reads import DirectReads, Reads
 
 logger = logging.getLogger(__name__)
 
@@ -203,6 +204,7 @@ class AlertLog:
         clock: Any = time.time,
     ) -> None:
         self._client = client
+        self._reads = DirectReads(client)
         self._alias = alias
         self._flush_seconds = flush_seconds
         self._retention = retention
@@ -491,16 +493,17 @@ class AlertLog:
         extra: list[dict[str, Any]],
         limit: int,
         everyone_since_ms: int | None = None,
+        reads: Reads | None = None,
     ) -> list[Alert]:
         # In the body: a user id is never part of a URL, which the client logs.
         session = {"range": {"at": {"gte": since_ms, "format": "epoch_millis"}}}
-        response = await self._client.search(
-            index=self._alias,
-            query=self._stream_query(user, [session, *extra], everyone_since_ms),
-            sort=[{"seq": "desc"}],
-            size=limit,
-            source=source_for(user),
-        )
+        body = {
+            "query": self._stream_query(user, [session, *extra], everyone_since_ms),
+            "sort": [{"seq": "desc"}],
+            "size": limit,
+            "_source": source_for(user),
+        }
+        response = await (reads or self._reads).search(self._alias, body)
         records = (record_from_source(hit["_source"]) for hit in response["hits"]["hits"])
         return _alerts_for(user, records)
 
@@ -545,6 +548,7 @@ class AlertLog:
         since: float,
         everyone_since: float | None = None,
         limit: int = REPLAY_LIMIT,
+        reads: Reads | None = None,
     ) -> Replay:
         """The user's alerts with after < seq <= upto, oldest first (the newest `limit`),
         leaving out any that counts a search made before `since` (epoch seconds: when the
@@ -561,7 +565,7 @@ class AlertLog:
             lambda r: after < r.seq <= upto and _since(r, user, since_ms, everyone_ms),
         )
         positions = {"range": {"seq": {"gt": after, "lte": upto}}}
-        stored = await self._read(user, since_ms, [positions], limit + 1, everyone_ms)
+        stored = await self._read(user, since_ms, [positions], limit + 1, everyone_ms, reads)
         alerts = _merge(stored, unwritten, limit + 1)
         return Replay(alerts[-limit:], complete=len(alerts) <= limit)
 
@@ -573,18 +577,20 @@ class AlertLog:
         since: float,
         everyone_since: float | None = None,
         limit: int = 20,
+        reads: Reads | None = None,
     ) -> list[Alert]:
         """The user's newest alerts with seq <= upto about searches made since `since` (epoch
         seconds: when the user's session began; `everyone_since` as for `missed`), oldest
         first. A greeting passes the position from which its socket gets alerts live, so
-        none is listed and then sent again."""
+        none is listed and then sent again; and `reads`, which sends the reads of the
+        greetings asked at once together."""
         since_ms = _session_ms(since)
         everyone_ms = None if everyone_since is None else _session_ms(everyone_since)
         unwritten = await self._unwritten(
             user, 0, upto, lambda r: r.seq <= upto and _since(r, user, since_ms, everyone_ms)
         )
         stored = await self._read(
-            user, since_ms, [{"range": {"seq": {"lte": upto}}}], limit, everyone_ms
+            user, since_ms, [{"range": {"seq": {"lte": upto}}}], limit, everyone_ms, reads
         )
         return _merge(stored, unwritten, limit)
 

@@ -90,6 +90,7 @@ from percolert.broker.base import (
     UserErased,
 )
 from percolert.broker.connection import connect, disconnect
+from percolert.core.batching import Batches
 from percolert.core.exception_groups import first_error
 from percolert.core.locks import LocalLocks
 from percolert.core.messages import AlertWatch, ProductCard
@@ -284,6 +285,10 @@ class RedisBroker:
                 "erase",
             )
         }
+        # Greetings' reads of the mirrors (`unwritten`): those asked at once, read at once.
+        self._mirror_reads: Batches[tuple[int, int], list[AlertRecord]] = Batches(
+            self._read_mirrors_at_once, width=1, most=1_000
+        )
         self._sending_encoder = msgspec.msgpack.Encoder()
         self._sending_decoder = msgspec.msgpack.Decoder(Sending)
         self._fold_encoder = msgspec.json.Encoder()
@@ -832,12 +837,27 @@ class RedisBroker:
             # lies behind), and replays again from the log with every mirror written.
             return []
         try:
-            return await self._read_mirrors(after, upto)
+            return await self._mirror_reads.ask((after, upto))
         except _REFUSED as error:
             self._mark_down(error)
             return []
 
-    async def _read_mirrors(self, after: int, upto: int) -> list[AlertRecord]:
+    async def _read_mirrors_at_once(self, ranges: list[tuple[int, int]]) -> list[list[AlertRecord]]:
+        """The greetings asking at once (a reconnect storm's) read the mirrors once, over all
+        their ranges, and each takes its own: every entry fetched and decoded once, not once
+        per greeting. Where a mirror holds more than a read takes (REPLAY_COUNT), each range
+        is read on its own, as it would have been alone."""
+        if len(ranges) > 1:
+            low = min(after for after, _ in ranges)
+            high = max(upto for _, upto in ranges)
+            records, whole = await self._read_mirrors(low, high)
+            if whole:
+                return [[r for r in records if after < r.seq <= upto] for after, upto in ranges]
+        return [(await self._read_mirrors(after, upto))[0] for after, upto in ranges]
+
+    async def _read_mirrors(self, after: int, upto: int) -> tuple[list[AlertRecord], bool]:
+        """The unwritten sendings with after < seq <= upto, and whether that is all of them
+        (no mirror held more than one read takes)."""
         async with self._redis.pipeline(transaction=False) as pipe:
             pipe.zrange(f"{self._prefix}:inst", 0, -1)
             pipe.zrange(f"{self._prefix}:orphans", 0, -1)
@@ -850,8 +870,9 @@ class RedisBroker:
                     min=f"{after + 1}-0",
                     count=REPLAY_COUNT,
                 )
-            mirrors = await pipe.execute()
-        return [self._mirrored(*entry) for entries in mirrors for entry in cast(_Entries, entries)]
+            mirrors = cast(list[_Entries], await pipe.execute())
+        records = [self._mirrored(*entry) for entries in mirrors for entry in entries]
+        return records, all(len(entries) < REPLAY_COUNT for entries in mirrors)
 
     async def written(self, seqs: list[int]) -> None:
         """Drop sendings this instance's alert log has written from its mirror (only those:

@@ -9,9 +9,9 @@ from collections.abc import Iterable
 from typing import Any
 
 import msgspec
-from elasticsearch import AsyncElasticsearch
 
 from percolert.core.times import iso_from_seconds
+from percolert.engine.reads import Reads
 from percolert.products.alerts import VISIBLE_WITHIN_MICROS, StoredProductAlert
 from percolert.products.seen import Mark
 
@@ -37,7 +37,7 @@ class Missed(msgspec.Struct, frozen=True, kw_only=True):
 
 
 async def missed_product_alerts(
-    client: AsyncElasticsearch,
+    reads: Reads,
     alias: str,
     user: str,
     mark: Mark,
@@ -50,9 +50,8 @@ async def missed_product_alerts(
     are; None when there are none. One search on the user's own documents: cheap enough
     for every greeting."""
     kept_since = iso_from_seconds(time.time() - retention_days * 86_400)
-    response = await client.search(
-        index=alias,
-        query={
+    body = {
+        "query": {
             "bool": {
                 "filter": [
                     {"term": {"user": user}},
@@ -62,11 +61,11 @@ async def missed_product_alerts(
                 "must_not": [{"ids": {"values": list(mark.shown)}}] if mark.shown else [],
             }
         },
-        sort=[{"seq": "desc"}],
-        size=limit,
-        track_total_hits=True,
+        "sort": [{"seq": "desc"}],
+        "size": limit,
+        "track_total_hits": True,
         # In the same search, so that what the mark moves past is exactly what was counted.
-        aggs={
+        "aggs": {
             "covered": {
                 "top_hits": {
                     "size": COVERED_LIMIT,
@@ -76,7 +75,8 @@ async def missed_product_alerts(
                 }
             }
         },
-    )
+    }
+    response = await reads.search(alias, body)
     hits = response["hits"]
     if not hits["hits"]:
         return None

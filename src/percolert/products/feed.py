@@ -37,6 +37,7 @@ from elasticsearch import AsyncElasticsearch
 from percolert.core.messages import Away, ProductAlert
 from percolert.core.settings import Settings
 from percolert.engine import indices
+from percolert.engine.reads import DirectReads, Reads
 from percolert.products.alerts import VISIBLE_WITHIN_MICROS, StoredProductAlert, max_seq
 from percolert.products.away import decode_alerts, missed_product_alerts
 from percolert.products.seen import Mark, SeenMarks
@@ -83,6 +84,7 @@ class ProductFeed:
         on_delivered: DeliveryObserver | None = None,
     ) -> None:
         self._client = client
+        self._reads = DirectReads(client)
         # Told of each alert sent live to one socket or more here (the demand view counts it).
         self._on_delivered = on_delivered
         self._alias = indices.alias_for(settings, "product_alerts")
@@ -296,18 +298,22 @@ class ProductFeed:
             for alert in away.alerts:
                 self._shown.shown(user, alert.id)
 
-    async def greet(self, user: str, connection: Connection) -> Away | None:
+    async def greet(
+        self, user: str, connection: Connection, reads: Reads | None = None
+    ) -> Away | None:
         """The `away` of a new socket's hello: the product alerts the user's mark does not
         cover, if this greeting wins moving the mark past them (else None, as when there are
         none or Elasticsearch fails). Then the socket takes the live product alerts the
-        mark does not cover."""
+        mark does not cover. The mark and the alerts are read through `reads` (those of
+        the greetings asked at once together)."""
+        reads = reads or self._reads
         away: Away | None = None
         shown: Mark | None = None
         try:
-            mark = await self._seen.read(user)
+            mark = await self._seen.read(user, reads)
             shown = mark
             missed = await missed_product_alerts(
-                self._client, self._alias, user, mark, retention_days=self._retention_days
+                reads, self._alias, user, mark, retention_days=self._retention_days
             )
             if missed is not None:
                 moved = await self._seen.claim(user, mark, missed.covered)

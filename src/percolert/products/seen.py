@@ -15,12 +15,14 @@ Elasticsearch answers in real time: no refresh is awaited.
 from __future__ import annotations
 
 import logging
+from collections.abc import Mapping
 from typing import Any
 
 import msgspec
 from elasticsearch import AsyncElasticsearch
 
 from percolert.engine.bulk import CONFLICT
+from percolert.engine.reads import DirectReads, Reads
 from percolert.products.alerts import VISIBLE_WITHIN_MICROS
 
 logger = logging.getLogger(__name__)
@@ -53,7 +55,7 @@ class Mark(msgspec.Struct, frozen=True):
         return {"upto": self.upto, "shown": self.shown}
 
 
-def _mark(doc: dict[str, Any]) -> Mark:
+def _mark(doc: Mapping[str, Any]) -> Mark:
     source = doc["_source"]
     return Mark(
         upto=int(source["upto"]),
@@ -66,11 +68,12 @@ def _mark(doc: dict[str, Any]) -> Mark:
 class SeenMarks:
     def __init__(self, client: AsyncElasticsearch, alias: str) -> None:
         self._client = client
+        self._reads = DirectReads(client)
         self._alias = alias
 
-    async def read(self, user: str) -> Mark:
+    async def read(self, user: str, reads: Reads | None = None) -> Mark:
         # By mget and bulk, never a URL with the id in it: user ids stay out of request logs.
-        found = (await self._client.mget(index=self._alias, ids=[user]))["docs"][0]
+        found = await (reads or self._reads).get(self._alias, user)
         if not found.get("found"):
             return Mark(upto=0)
         return _mark(found)

@@ -28,6 +28,7 @@ from percolert.core.supervisor import Loop, Supervisor
 from percolert.core.text import TextNormalizer
 from percolert.engine import es, indices
 from percolert.engine.readiness import ClusterReadiness
+from percolert.engine.reads import BatchedReads
 from percolert.insights.activity import ActivityLog
 from percolert.insights.view import DemandView
 from percolert.insights.visits import VisitsSeen
@@ -59,8 +60,9 @@ class State(TypedDict):
     # Product alerts to this instance's sockets (live) and to greetings (`away`).
     product_feed: ProductFeed
     metrics: Metrics
-    # Greetings reading Elasticsearch at once (watches and history of a new socket).
-    greetings: anyio.Semaphore
+    # The greetings' reads (watches and history of a new socket), those asked at once sent
+    # together.
+    greeting_reads: BatchedReads
     # The background loops: which of them are down (readiness).
     background: Supervisor
     # Leases of connected users' watches, which search percolation verifies.
@@ -260,9 +262,12 @@ class Services:
             self.shown,
             on_delivered=self.activity.product_alert_delivered,
         )
-        # A reconnect storm's greetings queue here, leaving three quarters of the client's
-        # connections to searches, percolation and the log.
-        self.greetings = anyio.Semaphore(max(1, settings.elasticsearch_connections // 4))
+        # A reconnect storm's greetings read through at most a quarter of the client's
+        # connections (an eighth for searches, an eighth for documents), leaving the rest to
+        # searches, percolation and the log; each request carries the reads of many.
+        self.greeting_reads = BatchedReads(
+            client, width=max(1, settings.elasticsearch_connections // 8)
+        )
         self.readiness = ClusterReadiness(client, settings, on_timeout=self.cluster.trip)
         self.background = Supervisor(on_restart=self._count_restart)
 
@@ -371,7 +376,7 @@ class Services:
             "product_alerting": self.product_alerting,
             "product_feed": self.product_feed,
             "metrics": self.metrics,
-            "greetings": self.greetings,
+            "greeting_reads": self.greeting_reads,
             "background": self.background,
             "reachability": self.reachability,
             "readiness": self.readiness,

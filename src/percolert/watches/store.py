@@ -41,6 +41,7 @@ from percolert.core.messages import (
 from percolert.core.settings import Settings
 from percolert.core.text import STOP_WORDS, TextNormalizer
 from percolert.core.times import iso_from_milliseconds
+from percolert.engine.reads import DirectReads, Reads
 from percolert.watches import product_watch, reachability
 from percolert.watches.load import BulkLoad, LoadError, LoadReport, Prepared
 
@@ -348,6 +349,7 @@ class WatchStore:
         the catalog's name for a product, None if it has none; without it, no product
         watch can be added (the admin CLI adds default watches only)."""
         self._client = client
+        self._reads = DirectReads(client)
         self._alias = alias
         self._normalizer = normalizer
         self._max_per_user = max_per_user
@@ -636,12 +638,15 @@ class WatchStore:
         }
 
     async def _search(
-        self, query: dict[str, Any], size: int, sort: list[dict[str, str]]
+        self,
+        query: dict[str, Any],
+        size: int,
+        sort: list[dict[str, str]],
+        reads: Reads | None = None,
     ) -> list[tuple[str | None, Watch]]:
         """(owner, watch) for the watches matching `query`."""
-        response = await self._client.search(
-            index=self._alias, query=query, size=size, source_includes=_SOURCE, sort=sort
-        )
+        body = {"query": query, "size": size, "_source": {"includes": _SOURCE}, "sort": sort}
+        response = await (reads or self._reads).search(self._alias, body)
         found = []
         for hit in response["hits"]["hits"]:
             stored = msgspec.convert(hit["_source"], _StoredWatch)
@@ -685,9 +690,10 @@ class WatchStore:
             {"bool": {"filter": [{"term": {"is_default": True}}]}}, _MAX_DEFAULTS
         )
 
-    async def visible_to(self, owner: str) -> list[Watch]:
+    async def visible_to(self, owner: str, reads: Reads | None = None) -> list[Watch]:
         """The user's own watches, newest first, then the default watches — one request,
-        since every socket greeting and every watch change asks for it."""
+        since every socket greeting and every watch change asks for it (a greeting's
+        through `reads`, which sends those asked at once together)."""
         query = {
             "bool": {
                 "should": [{"term": {"owner": owner}}, {"term": {"is_default": True}}],
@@ -696,7 +702,8 @@ class WatchStore:
         }
         own_then_defaults = [{"is_default": "asc"}, {"created_at": "desc"}]
         size = self._max_per_user + _MAX_DEFAULTS
-        return [watch for _, watch in await self._search(query, size, own_then_defaults)]
+        found = await self._search(query, size, own_then_defaults, reads)
+        return [watch for _, watch in found]
 
     async def seed_defaults(self, specs: Iterable[WatchSpec]) -> SeedReport:
         """Make the default watches exactly `specs`: add new ones, drop ones no longer listed."""

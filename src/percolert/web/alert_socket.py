@@ -18,7 +18,16 @@ from percolert.alerts.log import Replay
 from percolert.broker.base import TooManySockets
 from percolert.core.exception_groups import first_error
 from percolert.core.jsondepth import TooDeep, check_depth
-from percolert.core.messages import Alert, Auth, ClientMessages, Hello, Ping, Pong, Watch
+from percolert.core.messages import (
+    Alert,
+    Auth,
+    Away,
+    ClientMessages,
+    Hello,
+    Ping,
+    Pong,
+    Watch,
+)
 from percolert.core.settings import Settings
 from percolert.realtime.frames import closer, detacher, frame_writer, receive_listener
 from percolert.realtime.hub import (
@@ -91,42 +100,54 @@ async def _greeting(
     recent: list[Alert] = []
     replay = Replay([], complete=True)
     log = state["alert_log"]
+    # Through the greetings' reads: a reconnect storm's greetings share their round trips
+    # (engine/reads.py), and leave searches most of the client's connections.
+    reads = state["greeting_reads"]
 
-    # Each read takes one of the greetings' connections (a quarter of them: a reconnect
-    # storm leaves searches room).
     async def read_watches() -> None:
         nonlocal watches
-        async with state["greetings"]:
-            watches = await state["watches"].visible_to(user)
+        watches = await state["watches"].visible_to(user, reads)
 
     async def read_recent() -> None:
         nonlocal recent
-        async with state["greetings"]:
-            recent = await log.recent(user, cut, since=started, everyone_since=everyone_since)
+        recent = await log.recent(
+            user, cut, since=started, everyone_since=everyone_since, reads=reads
+        )
 
     async def read_replay() -> None:
         nonlocal replay
         assert after is not None
-        async with state["greetings"]:
-            replay = await log.replay(
-                user, after, cut, since=started, everyone_since=everyone_since
-            )
+        replay = await log.replay(
+            user, after, cut, since=started, everyone_since=everyone_since, reads=reads
+        )
 
-    try:
-        # The three reads at once: a page resuming under load waits for one round trip,
-        # not three in a row.
-        async with anyio.create_task_group() as reads:
-            reads.start_soon(read_watches)
-            reads.start_soon(read_recent)
-            if after is not None:
-                reads.start_soon(read_replay)
-    except* (TransportError, elasticsearch.ApiError) as failed:
-        logger.warning("greeting without history, Elasticsearch failed: %s", first_error(failed))
-        watches, recent, replay = None, [], Replay([], complete=False)
+    away: Away | None = None
+
+    async def read_history() -> None:
+        nonlocal watches, recent, replay
+        try:
+            async with anyio.create_task_group() as history:
+                history.start_soon(read_watches)
+                history.start_soon(read_recent)
+                if after is not None:
+                    history.start_soon(read_replay)
+        except* (TransportError, elasticsearch.ApiError) as failed:
+            logger.warning(
+                "greeting without history, Elasticsearch failed: %s", first_error(failed)
+            )
+            watches, recent, replay = None, [], Replay([], complete=False)
+
+    async def read_away() -> None:
+        nonlocal away
+        away = await state["product_feed"].greet(user, connection, reads)
+
+    # The reads at once: a page resuming under load waits for the longest (the product
+    # feed's two in a row), not for each in turn. Product alerts fail (to no `away`) on
+    # their own.
+    async with anyio.create_task_group() as reading:
+        reading.start_soon(read_history)
+        reading.start_soon(read_away)
     missed = replay.alerts
-    # Apart from the history: product alerts fail (to no `away`) on their own.
-    async with state["greetings"]:
-        away = await state["product_feed"].greet(user, connection)
     # One alert once (`after=0` asks for both): what is replayed is not listed as well. A
     # resuming page takes the replay and leaves the list it already shows.
     replayed = {alert.id for alert in missed}
