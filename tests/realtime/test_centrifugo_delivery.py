@@ -72,7 +72,11 @@ class CentrifugoClient:
                         self._lines.append(line)
 
     async def next_alert(self) -> dict[str, Any]:
-        push = await self._next(lambda line: "pub" in line.get("push", {}))
+        """The next alert published to the socket, skipping other publications: a watch
+        added just before the socket opened may publish its `watches_changed` after."""
+        push = await self._next(
+            lambda line: line.get("push", {}).get("pub", {}).get("data", {}).get("type") == "alert"
+        )
         alert: dict[str, Any] = push["push"]["pub"]["data"]
         return alert
 
