@@ -142,6 +142,9 @@ async def test_flushed_alerts_are_replayed_from_elasticsearch(
         alert(shared, bobs, ["paperwhite"]),
         alert(to_bob, bobs),
     ]
+    # Each stored sending was fetched whole once; every later read took it from the cache.
+    assert reader.cache.fetched == 3
+    assert reader.cache.hits > 0
 
 
 async def test_a_write_refused_for_now_keeps_the_alerts_for_the_next_flush(

@@ -56,6 +56,13 @@ async def test_metrics_follow_what_happens(server: str) -> None:
         await a.connect()
         during = scrape(server)
         assert during["percolert_connected_sockets"] == before["percolert_connected_sockets"] + 2
+        # Each greeting searched the watches and alerts, in requests of one or more reads.
+        reads = "percolert_greeting_reads_total{kind=search}"
+        requests = "percolert_greeting_read_requests_total{kind=search}"
+        assert during[reads] >= before[reads] + 2
+        assert (
+            before[requests] < during[requests] <= before[requests] + during[reads] - before[reads]
+        )
         await b.search("fitbit charge 6")
         assert await socket_a.next_alert() is not None
         await b.search("fitbit inspire")  # within the window: coalesced

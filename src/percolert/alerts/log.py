@@ -36,6 +36,7 @@ from elastic_transport import TransportError
 from elasticsearch import ApiError as ElasticsearchApiError
 from elasticsearch import AsyncElasticsearch
 
+from percolert.alerts.sending_cache import SendingCache
 from percolert.core.messages import Alert, AlertWatch, ProductCard
 from percolert.core.records import AlertRecord
 from percolert.core.times import iso_from_milliseconds, iso_from_seconds, milliseconds_from_iso
@@ -153,6 +154,11 @@ def source_for(user: str) -> dict[str, list[str]]:
     }
 
 
+# What a search fetches of a stored sending to hold it whole (sending_cache.py): every
+# recipient's part, for the reads of each of them.
+WHOLE_SOURCE = {"includes": ["seq", "at", "recipients", "everyone", "excluded", "alert"]}
+
+
 def record_from_source(source: dict[str, Any]) -> AlertRecord:
     """A sending as the index stores it (its `_source`, or the part of it a search asked for)."""
     return msgspec.convert(source, _Document).record()
@@ -202,7 +208,10 @@ class AlertLog:
         max_buffered: int = 200_000,
         max_batch: int = 50_000,
         clock: Any = time.time,
+        cache: SendingCache | None = None,
     ) -> None:
+        """`cache`: the stored sendings reads share (sending_cache.py); one of its own
+        by default."""
         self._client = client
         self._reads = DirectReads(client)
         self._alias = alias
@@ -227,6 +236,7 @@ class AlertLog:
         self._unmirrored: list[int] = []
         # Set when the write in flight is done.
         self._written: anyio.Event | None = None
+        self.cache = cache if cache is not None else SendingCache()
 
     def mirrored_by(self, mirror: Mirror) -> None:
         """Replay also reads what other instances have not yet written, and `mirror` hears
@@ -268,6 +278,7 @@ class AlertLog:
         those appended for the next `FORGET_SECONDS`. True if a write in flight names them
         (once it is done, `until_written`, the stored log must be scrubbed again)."""
         self._forgotten[user] = self._clock() + FORGET_SECONDS
+        self.cache.forget(user)
         kept = []
         for record in self._buffer:
             scrubbed = record.without(user)
@@ -443,6 +454,7 @@ class AlertLog:
             while True:
                 await anyio.sleep(self._flush_seconds)
                 await self.flush()
+                self.cache.sweep()
                 if time.monotonic() >= next_prune:
                     next_prune = time.monotonic() + 600
                     try:
@@ -495,17 +507,34 @@ class AlertLog:
         everyone_since_ms: int | None = None,
         reads: Reads | None = None,
     ) -> list[Alert]:
+        """Which stored sendings reach `user` is asked of Elasticsearch (their positions
+        only); the sendings themselves come from the cache, each one missing there fetched
+        whole once for all who want it (sending_cache.py)."""
         # In the body: a user id is never part of a URL, which the client logs.
         session = {"range": {"at": {"gte": since_ms, "format": "epoch_millis"}}}
         body = {
             "query": self._stream_query(user, [session, *extra], everyone_since_ms),
             "sort": [{"seq": "desc"}],
             "size": limit,
-            "_source": source_for(user),
+            "_source": False,
         }
-        response = await (reads or self._reads).search(self._alias, body)
-        records = (record_from_source(hit["_source"]) for hit in response["hits"]["hits"])
-        return _alerts_for(user, records)
+        read = reads or self._reads
+        response = await read.search(self._alias, body)
+        seqs = [int(hit["sort"][0]) for hit in response["hits"]["hits"]]
+
+        async def fetch(missing: list[int]) -> list[AlertRecord]:
+            whole = await read.search(
+                self._alias,
+                {
+                    "query": {"terms": {"seq": missing}},
+                    "size": len(missing),
+                    "_source": WHOLE_SOURCE,
+                },
+            )
+            return [record_from_source(hit["_source"]) for hit in whole["hits"]["hits"]]
+
+        held = await self.cache.records(seqs, fetch)
+        return _alerts_for(user, (held[seq] for seq in seqs if seq in held))
 
     async def _unwritten(
         self, user: str, after: int, upto: int, wanted: Callable[[AlertRecord], bool]

@@ -73,6 +73,14 @@ class _Readings(Collector):
                 "searches alert nobody",
             ),
             ("alert_log_rejected", "Alert-log sendings Elasticsearch refused for good (dropped)"),
+            (
+                "alert_log_cache_hits",
+                "Stored sendings a read of the alert log took from the cache (greetings)",
+            ),
+            (
+                "alert_log_cache_fetched",
+                "Stored sendings fetched whole into the cache, once for all who wanted them",
+            ),
             ("product_alerts_sent", "Product alert messages queued to sockets (live)"),
             (
                 "product_feed_failures",
@@ -109,6 +117,23 @@ class _Readings(Collector):
             ("search_log_write_failures", "Failed writes of the search log (retried)"),
         ]:
             yield CounterMetricFamily(f"percolert_{name}", help_text, value=values.get(name, 0.0))
+        if "greeting_searches" in values:
+            # Reads ÷ requests is the greetings' mean batch (engine/reads.py).
+            reads = CounterMetricFamily(
+                "percolert_greeting_reads",
+                "Elasticsearch reads of sockets' greetings (searches, and gets of seen marks)",
+                labels=["kind"],
+            )
+            requests = CounterMetricFamily(
+                "percolert_greeting_read_requests",
+                "Requests (_msearch, _mget) that carried the greetings' reads, batched",
+                labels=["kind"],
+            )
+            for kind, plural in (("search", "searches"), ("get", "gets")):
+                reads.add_metric([kind], values[f"greeting_{plural}"])
+                requests.add_metric([kind], values[f"greeting_{kind}_requests"])
+            yield reads
+            yield requests
         if "centrifugo_present" in values:  # delivery through Centrifugo
             yield GaugeMetricFamily(
                 "percolert_centrifugo_present",

@@ -415,6 +415,13 @@ class Services:
             "search_log_written": self.activity.written,
             "search_log_dropped": self.activity.dropped,
             "search_log_write_failures": self.activity.write_failures,
+            # The greetings' reads, and the requests that carried them: their mean batch.
+            "greeting_searches": self.greeting_reads.searches.requests,
+            "greeting_search_requests": self.greeting_reads.searches.batches,
+            "greeting_gets": self.greeting_reads.gets.requests,
+            "greeting_get_requests": self.greeting_reads.gets.batches,
+            "alert_log_cache_hits": self.alert_log.cache.hits,
+            "alert_log_cache_fetched": self.alert_log.cache.fetched,
         }
         if self.shared is not None:
             readings["broker_spooled"] = self.dispatcher.spooled
