@@ -33,6 +33,7 @@ import httpx
 import jwt
 import psutil
 
+from bench.cpu_budget import CpuBudget
 from bench.rig import (
     CONNECT_CONCURRENCY,
     CONNECT_RATE,
@@ -252,7 +253,8 @@ class CentrifugoSockets(Subscribers):
     subscribed by the server to their user's personal channel, or with `channels` each to
     its own line. Arrivals are read, and `reconnect` rounds run (`numbering`: the sockets'
     numbers in a split run), as rig.Subscribers does for Percolert's (a dropped socket
-    resumes with `recover` from its last offset)."""
+    resumes with `recover` from its last offset). With `budget`, the load client runs
+    inside it (bench/cpu_budget.py)."""
 
     def __init__(
         self,
@@ -262,6 +264,7 @@ class CentrifugoSockets(Subscribers):
         channels: list[str] | None = None,
         reconnect: dict[str, float] | None = None,
         numbering: tuple[int, int] = (0, 1),
+        budget: CpuBudget | None = None,
     ) -> None:
         tokens_file = scratch / f"{server.name}-tokens.txt"
         tokens_file.write_text("\n".join(tokens) + "\n")
@@ -285,15 +288,18 @@ class CentrifugoSockets(Subscribers):
         spec_file.write_text(json.dumps(spec))
         self.record = scratch / f"{server.name}-record.txt"
         self.scratch = scratch
-        self.connect = self.start(server, spec_file, len(tokens))
+        self.connect = self.start(server, spec_file, len(tokens), budget)
 
-    def start(self, server: Centrifugo, spec: Path, sockets: int) -> dict[str, Any]:
+    def start(
+        self, server: Centrifugo, spec: Path, sockets: int, budget: CpuBudget | None = None
+    ) -> dict[str, Any]:
         """Run `wsload subscribe` and wait for its ready file (every socket greeted)."""
         ready = Path(f"{self.record}.ready")
         self.record.unlink(missing_ok=True)
         ready.unlink(missing_ok=True)
         self.process = subprocess.Popen(
-            [str(build_wsload()), "subscribe", str(spec), str(self.record)]
+            [str(build_wsload()), "subscribe", str(spec), str(self.record)],
+            preexec_fn=None if budget is None else budget.join,
         )
         self.ps = psutil.Process(self.process.pid)
         deadline = time.monotonic() + 300 + 3 * sockets / CONNECT_RATE

@@ -5,11 +5,18 @@ The same Elasticsearch node, watches, users, sockets and searches for every desi
 - `percolert-redis-1`: one instance on the Redis broker (isolates what the broker costs);
 - `percolert-redis-2`: two instances sharing that Redis, the sockets split over the two ports
   (socket k on instance k mod 2, so each user's two tabs sit on both instances, the case
-  where every sending goes to both inboxes) and the searches alternating between them.
+  where every sending goes to both inboxes) and the searches alternating between them;
+- `percolert-cluster-2`: the same two instances on a Redis Cluster of three primaries, each
+  with a replica (`redis+cluster://`, the client in cluster mode; tests/redis_topologies.py),
+  as an operator runs it for failover. Every key of the service shares one hash tag, so one
+  primary does the broker's work and its replica follows: what the Cluster costs against
+  one server is the client's cluster mode and the replication (Redis CPU counts all six
+  processes; round trips, the primaries').
 
 The designs take turns (the order rotates every round), so that a machine shared with other
 work slows them alike; `--repeat` rounds, medians in the report. Redis is one real
-`redis-server` (percolert.dev.redisnode), emptied before each Redis design starts.
+`redis-server` (percolert.dev.redisnode), the Cluster six more (started only when its design
+runs), each emptied before its design starts.
 
     python bench/harness.py --instances 2 --quick   # < 3 minutes: 10k watches, 1k sockets
     python bench/harness.py --instances 2           # 100k watches, 5k sockets, 100/s
@@ -47,13 +54,24 @@ from bench.rig import (
     warm_up,
 )
 from percolert.dev.redisnode import RedisNode
+from tests.redis_topologies import RedisClusterNodes
 from tests.servers import free_port
 
-DESIGNS = ("percolert-per-user", "percolert-redis-1", "percolert-redis-2")
+DESIGNS = ("percolert-per-user", "percolert-redis-1", "percolert-redis-2", "percolert-cluster-2")
+# Each design's search ids start with its own tag (a round's files are named by it).
+TAGS = {
+    "percolert-per-user": "u1",
+    "percolert-redis-1": "11",
+    "percolert-redis-2": "22",
+    "percolert-cluster-2": "c2",
+}
+# Run unless --designs names them: the Cluster's own design is asked for.
+DEFAULT_DESIGNS = DESIGNS[:3]
 LABELS = {
     "percolert-per-user": "1 instance, in-process broker",
     "percolert-redis-1": "1 instance, Redis broker",
     "percolert-redis-2": "2 instances, Redis broker",
+    "percolert-cluster-2": "2 instances, Redis Cluster broker (3 primaries, 3 replicas)",
 }
 TABS = 2
 # After the last search, a step waits for its alerts until none has arrived for this long.
@@ -120,9 +138,46 @@ def script_commands() -> set[str]:
     return found
 
 
-def command_calls(client: redis.Redis) -> dict[str, int]:
-    stats = client.info("commandstats")
-    return {name.removeprefix("cmdstat_"): int(value["calls"]) for name, value in stats.items()}
+@dataclass
+class RedisUnderTest:
+    """The Redis a design runs on: its URL for the instances, every process it runs (whose
+    CPU counts) and the primaries that take the instances' commands."""
+
+    url: str
+    processes: list[psutil.Process]
+    primaries: list[redis.Redis]
+
+    @classmethod
+    def server(cls, url: str, pid: int) -> RedisUnderTest:
+        return cls(url, [psutil.Process(pid)], [redis.Redis.from_url(url)])
+
+    @classmethod
+    def cluster(cls, nodes: RedisClusterNodes) -> RedisUnderTest:
+        return cls(
+            nodes.url,
+            [psutil.Process(pid) for pid in nodes.pids()],
+            [redis.Redis(port=port) for port in nodes.primaries()],
+        )
+
+    def empty(self) -> None:
+        for primary in self.primaries:
+            primary.flushall()  # a Cluster's replicas follow their primary
+
+    def command_calls(self) -> dict[str, int]:
+        """Commands run so far, by name, summed over the primaries."""
+        calls: dict[str, int] = defaultdict(int)
+        for primary in self.primaries:
+            for name, value in primary.info("commandstats").items():
+                calls[name.removeprefix("cmdstat_")] += int(value["calls"])
+        return calls
+
+    def used_memory_mb(self) -> float:
+        used = sum(int(primary.info("memory")["used_memory"]) for primary in self.primaries)
+        return round(used / 2**20, 1)
+
+    def close(self) -> None:
+        for primary in self.primaries:
+            primary.close()
 
 
 def wait_for_alerts(subscribers: list[Subscribers], prefix: str, expected: int) -> None:
@@ -175,7 +230,7 @@ def run_design(
     round_number: int,
     node: psutil.Process,
     node_url: str,
-    redis_node: tuple[str, psutil.Process],
+    under_test: RedisUnderTest,
     scratch: Path,
     watches: int,
     cookies: list[str | None],
@@ -183,12 +238,10 @@ def run_design(
     rates: list[float],
     seconds: float,
 ) -> list[ClusterStep]:
-    redis_url, redis_process = redis_node
-    client = redis.Redis.from_url(redis_url)
     on_redis = design != "percolert-per-user"
-    count = 2 if design == "percolert-redis-2" else 1
+    count = 2 if design.endswith("-2") else 1
     if on_redis:
-        client.flushall()  # no presence, inbox or window left by the design before
+        under_test.empty()  # no presence, inbox or window left by the design before
     servers: list[Server] = []
     subscribers: list[Subscribers] = []
     inside_scripts = script_commands()
@@ -201,7 +254,7 @@ def run_design(
                     design,
                     node_url,
                     scratch,
-                    redis_url=redis_url if on_redis else None,
+                    redis_url=under_test.url if on_redis else None,
                     name=f"{design}-{number + 1}",
                 )
             )
@@ -214,7 +267,7 @@ def run_design(
                 raise
         settle(node_url)
         first, others = servers[0], servers[1:]
-        tag = f"{design.split('-')[-1][0]}{count}r{round_number}"
+        tag = f"{TAGS[design]}r{round_number}"
         drive(first, rates[0], seconds, f"warm-{tag}", scratch, also=others)
         for step_number, rate in enumerate(rates):
             step = ClusterStep(
@@ -227,12 +280,12 @@ def run_design(
             )
             processes = [
                 *(server.ps for server in servers),
-                redis_process,
+                *under_test.processes,
                 *(subscriber.ps for subscriber in subscribers),
                 node,
             ]
             cpu_before = [cpu_seconds(process) for process in processes]
-            calls_before = command_calls(client)
+            calls_before = under_test.command_calls()
             metrics_before = [scrape_metrics(server.url) for server in servers]
             es_before = es_stats(node_url)
             started = time.monotonic()
@@ -246,7 +299,7 @@ def run_design(
                 cpu_seconds(process) - before
                 for process, before in zip(processes, cpu_before, strict=True)
             ]
-            calls_after = command_calls(client)
+            calls_after = under_test.command_calls()
             es_change = {
                 name: value - es_before.get(name, 0.0) for name, value in es_stats(node_url).items()
             }
@@ -256,17 +309,18 @@ def run_design(
                 name: round(value / wall, 1) for name, value in es_change.items() if value
             }
             server_cpu = sum(used[:count])
-            redis_cpu = used[count]
+            clients_from = count + len(under_test.processes)
+            redis_cpu = sum(used[count:clients_from])
             step.server_cpu_percent = round(100 * server_cpu / wall, 1)
             step.redis_cpu_percent = round(100 * redis_cpu / wall, 1)
-            step.client_cpu_percent = round(100 * sum(used[count + 1 : -1]) / wall, 1)
+            step.client_cpu_percent = round(100 * sum(used[clients_from:-1]) / wall, 1)
             step.es_cpu_percent = round(100 * used[-1] / wall, 1)
             step.redis_calls = {
                 name: calls - calls_before.get(name, 0)
                 for name, calls in sorted(calls_after.items())
                 if calls - calls_before.get(name, 0) and name not in HARNESS_COMMANDS
             }
-            step.redis_used_memory_mb = round(int(client.info("memory")["used_memory"]) / 2**20, 1)
+            step.redis_used_memory_mb = under_test.used_memory_mb()
             for before, server in zip(metrics_before, servers, strict=True):
                 after = scrape_metrics(server.url)
                 step.loop_lags_over_25ms += int(after["lags_over_25ms"] - before["lags_over_25ms"])
@@ -346,7 +400,6 @@ def run_design(
             subscriber.stop()
         for server in servers:
             server.stop()
-        client.close()
     return steps
 
 
@@ -365,7 +418,12 @@ def run(
     """Every design `rounds` times, in turns, on one configuration already loaded."""
     redis_node = RedisNode(scratch / "redis-state")
     state, _ = redis_node.start(free_port())
+    cluster_nodes = None
+    under_test = {"server": RedisUnderTest.server(state.url, state.pid)}
     try:
+        if "percolert-cluster-2" in designs:
+            cluster_nodes = RedisClusterNodes(scratch / "redis-cluster")
+            under_test["cluster"] = RedisUnderTest.cluster(cluster_nodes)
         # The users (and their watches) once, for every design: the same sockets each time.
         maker = Server("percolert-per-user", node_url, scratch, name="make-users")
         try:
@@ -387,7 +445,7 @@ def run(
                     round_number,
                     node,
                     node_url,
-                    (state.url, psutil.Process(state.pid)),
+                    under_test["cluster" if design == "percolert-cluster-2" else "server"],
                     scratch,
                     watches,
                     cookies,
@@ -397,6 +455,10 @@ def run(
                 )
         return steps
     finally:
+        for each in under_test.values():
+            each.close()
+        if cluster_nodes is not None:
+            cluster_nodes.stop()
         redis_node.stop()
 
 

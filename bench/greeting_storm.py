@@ -197,7 +197,7 @@ def main() -> int:
     if args.report is not None:
         path = args.report if args.report.is_absolute() else REPORT_DIR / args.report
         saved = {"args": {**vars(args), "report": str(path)}, "results": results}
-        path.write_text(json.dumps(saved, indent=1))
+        path.write_text(json.dumps(saved, indent=1, default=str))
     return 0
 
 

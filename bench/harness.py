@@ -45,7 +45,7 @@ import tempfile
 import time
 from collections import defaultdict
 from collections.abc import Callable, Coroutine, Iterator
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
@@ -55,6 +55,7 @@ import psutil
 
 from bench import cluster
 from bench import reconnect as reconnection
+from bench.cpu_budget import BudgetError, CpuBudget, budget_note, throttled_note
 from bench.nodes import SocketGroup, deploy
 from bench.peer_report import write_peer_report
 from bench.rig import (
@@ -128,6 +129,8 @@ class Step:
     redis_cpu_percent: float = 0.0
     wall_seconds: float = 0.0  # the step's length, the drain of the last alerts included
     client_cpu_percent: float = 0.0  # the load client (subscriber sockets)
+    # With `--client-cpus`: how long the load client's budget held it back in the step.
+    client_throttled_ms: float | None = None
     es_cpu_percent: float = 0.0
     server_peak_rss_mb: float = 0.0
     percolate_ms_per_batch: float | None = None
@@ -322,11 +325,13 @@ def run_design(
     climb: bool = True,
     reconnect: reconnection.Plan | None = None,
     nodes: int = 1,
+    budget: CpuBudget | None = None,
 ) -> list[Step]:
     """Every rate of `rates` in turn; with `climb`, no rate after a step far past the bar
     (a reference run measures every rate: its cost per search is what it is for). With
     `reconnect` (not for alerts-off: nothing to miss), a reconnect step at the end. With
-    `nodes` 2, the design runs on two nodes sharing a Redis (bench/nodes.py)."""
+    `nodes` 2, the design runs on two nodes sharing a Redis (bench/nodes.py). With
+    `budget`, the load client (sockets and search driver) runs inside it."""
     if design == "percolert-alerts-off":
         reconnect = None
     # Centrifugo's designs: Percolert percolates and publishes, Centrifugo holds the sockets.
@@ -349,7 +354,7 @@ def run_design(
         rss_before = sum(holder.ps.memory_info().rss for holder in holders)
         log_starts = [log_warnings(each, 0)[1] for each in deployment.servers]
         rounds = None if reconnect is None else reconnect.spec(seconds)
-        subscribers = deployment.open_sockets(cookies, scratch, rounds)
+        subscribers = deployment.open_sockets(cookies, scratch, rounds, budget)
         if peer is not None:
             await_present(server, users, design in PER_USER)
         time.sleep(1.0)  # connected, greeted and idle
@@ -386,7 +391,15 @@ def run_design(
         marked = "" if nodes == 1 else f"n{nodes}"  # the searches' ids, apart from one node's
         try:
             # Unrecorded warm-up at the first rate: JIT, caches and connection pools.
-            drive(server, rates[0], seconds, f"warm-{design}{marked}", scratch, also=also)
+            drive(
+                server,
+                rates[0],
+                seconds,
+                f"warm-{design}{marked}",
+                scratch,
+                also=also,
+                budget=budget,
+            )
             schedule = [(rate, False) for rate in rates]
             if reconnect is not None:
                 schedule.append((reconnect.rate or rates[0], True))
@@ -413,6 +426,7 @@ def run_design(
                     [deployment.redis_process] if deployment.redis_process else [],
                 )
                 cpu_before = [sum(cpu_seconds(each) for each in role) for role in processes]
+                throttled_before = None if budget is None else budget.throttled_seconds()
                 before_wall = time.monotonic()
                 metrics_before = (
                     None
@@ -423,7 +437,7 @@ def run_design(
                 tag = f"{design.split('-')[0][0]}{design.split('-')[-1][0]}{step_number}{marked}"
                 round_start = subscribers.drop_some() if reconnecting else []
                 sent, words, search_ms, errors = drive(
-                    server, rate, seconds, tag, scratch, also=also
+                    server, rate, seconds, tag, scratch, also=also, budget=budget
                 )
                 if reconnecting and not subscribers.await_round(round_start, 120.0):
                     print("  the reconnect round did not finish within 120 s", flush=True)
@@ -434,6 +448,10 @@ def run_design(
                     for role, before in zip(processes, cpu_before, strict=True)
                 )
                 step.server_cpu_percent, step.client_cpu_percent = server_cpu, client_cpu
+                if budget is not None and throttled_before is not None:
+                    step.client_throttled_ms = round(
+                        1000 * (budget.throttled_seconds() - throttled_before), 1
+                    )
                 step.es_cpu_percent, step.wall_seconds = es_cpu, round(wall, 2)
                 step.peer_cpu_percent, step.redis_cpu_percent = peer_cpu, redis_cpu
                 step.server_peak_rss_mb = max(peak_rss_mb(each.ps) for each in deployment.servers)
@@ -522,7 +540,8 @@ def run_design(
                     f"{step.es_watches_ms_per_search}, percolate ms per batch "
                     f"{step.percolate_ms_per_batch}; "
                     f"CPU server {step.server_cpu_percent}% peer {step.peer_cpu_percent}% "
-                    f"redis {step.redis_cpu_percent}% client {step.client_cpu_percent}% "
+                    f"redis {step.redis_cpu_percent}% client {step.client_cpu_percent}%"
+                    f"{throttled_note(step.client_throttled_ms)} "
                     f"es {step.es_cpu_percent}%; load {step.load_average}",
                     flush=True,
                 )
@@ -663,7 +682,8 @@ def write_report(
         f"Run: `{' '.join(['nox -s bench --', *run.get('argv', [])])}`, "
         f"{run.get('minutes', '?')} minutes; Elasticsearch heap {run.get('es_heap', '?')}; "
         f"load average {run.get('load_average_start', '?')} at the start, "
-        f"{run.get('load_average_end', '?')} at the end (1, 5, 15 minutes).",
+        f"{run.get('load_average_end', '?')} at the end (1, 5, 15 minutes)"
+        f"{budget_note(run.get('client_cpus'))}.",
         "",
         *headline(steps, configurations, run, loads),
         "## Highest sustained search rate",
@@ -736,7 +756,8 @@ def write_report(
             f"{a.get('p90', '-')} | {a.get('p99', '-')} | {a.get('max', '-')} | "
             f"{s.alerts_delivered}/{s.alerts_expected}{closed} | {s.alerts_per_s:g} | "
             f"{q.get('p50', '-')} | {q.get('p99', '-')} | {s.server_cpu_percent}% | "
-            f"{s.client_cpu_percent}% | {s.es_cpu_percent}% | "
+            f"{s.client_cpu_percent}%{throttled_note(s.client_throttled_ms)} | "
+            f"{s.es_cpu_percent}% | "
             f"{s.server_peak_rss_mb} MB | {s.percolate_ms_per_batch or '-'} | "
             f"{s.percolate_events_per_batch or '-'} | {s.full_gcs} ({s.full_gc_ms:g}) | "
             f"{'-' if s.es_watches_ms_per_search is None else s.es_watches_ms_per_search} | "
@@ -1099,7 +1120,8 @@ def main() -> int:
         type=int,
         choices=(1, 2),
         default=1,
-        help="2: one instance versus two sharing one Redis (bench/cluster.py)",
+        help="2: one instance versus two sharing one Redis (bench/cluster.py); with --designs "
+        "naming percolert-cluster-2, also two on a Redis Cluster (3 primaries, 3 replicas)",
     )
     parser.add_argument(
         "--repeat",
@@ -1168,6 +1190,13 @@ def main() -> int:
         default=None,
         help="--peer: the reconnect step's searches per second (default: the design's first)",
     )
+    parser.add_argument(
+        "--client-cpus",
+        type=float,
+        default=None,
+        help="hold the load client (sockets and search driver) to this many cores in every "
+        "design, by a cgroup CFS quota (bench/cpu_budget.py; needs a writable cgroup fs)",
+    )
     args = parser.parse_args()
     if args.reconnect_share and not args.peer:
         parser.error("--reconnect-share is measured with --peer only")
@@ -1177,6 +1206,8 @@ def main() -> int:
         parser.error(str(error))
     if node_counts != [1] and not args.peer:
         parser.error("--peer-nodes is for --peer only (--instances 2 measures Percolert alone)")
+    if args.client_cpus is not None and args.instances == 2:
+        parser.error("--client-cpus is not measured with --instances 2 (bench/cluster.py)")
     build_wsload()
     if args.instances == 2:
         return run_instances(args)
@@ -1252,7 +1283,18 @@ def main() -> int:
     steps: list[Step] = []
     loads: list[dict[str, Any]] = []
     loader: Callable[[Settings, int], Coroutine[Any, Any, object]] = load_watches
-    with tempfile.TemporaryDirectory(prefix="percolert-bench-") as scratch_name:
+    budget = None
+    if args.client_cpus is not None:
+        try:
+            budget = CpuBudget(args.client_cpus, f"percolert-bench-{os.getpid()}")
+        except BudgetError as error:
+            parser.error(f"--client-cpus: {error}")
+    with (
+        tempfile.TemporaryDirectory(prefix="percolert-bench-") as scratch_name,
+        ExitStack() as cleanup,
+    ):
+        if budget is not None:
+            cleanup.callback(budget.close)
         scratch = Path(scratch_name)
         with keep_logs(scratch), bench_node(scratch, heap=args.es_heap) as (state, settings):
             loaded = 0
@@ -1287,6 +1329,7 @@ def main() -> int:
                             climb=not run.reference,
                             reconnect=None if run.reference else reconnect,
                             nodes=nodes,
+                            budget=budget,
                         )
                         for step in made:
                             step.turn = turn
@@ -1305,6 +1348,7 @@ def main() -> int:
             None if reconnect is None else {**reconnect.spec(seconds), "rate": reconnect.rate}
         ),
         **({"peer_nodes": node_counts} if args.peer and node_counts != [1] else {}),
+        **({"client_cpus": args.client_cpus} if budget is not None else {}),
     }
     if args.peer:
         write_peer_report(steps, about)
@@ -1357,7 +1401,7 @@ def load(
 def run_instances(args: argparse.Namespace) -> int:
     """`--instances 2`: one instance versus two sharing one Redis (bench/cluster.py)."""
     watches, sockets, rates, seconds, rounds, warm = cluster.configure(args)
-    designs = args.designs.split(",") if args.designs else list(cluster.DESIGNS)
+    designs = args.designs.split(",") if args.designs else list(cluster.DEFAULT_DESIGNS)
     if unknown := set(designs) - set(cluster.DESIGNS):
         raise SystemExit(f"--instances 2 measures {', '.join(cluster.DESIGNS)}, not {unknown}")
     load = ", ".join(f"{value:.2f}" for value in os.getloadavg())

@@ -26,6 +26,7 @@ from typing import Any, TypeVar
 import psutil
 
 from bench.centrifugo import Centrifugo, CentrifugoSockets
+from bench.cpu_budget import CpuBudget
 from bench.reconnect import DroppedSocket
 from bench.rig import Served, Server, Subscribers, user_of
 from percolert.dev.redisnode import RedisNode
@@ -136,10 +137,14 @@ class Deployment:
         return list(self.peers) if self.peers else list(self.servers)
 
     def open_sockets(
-        self, cookies: list[str | None], scratch: Path, reconnect: dict[str, float] | None
+        self,
+        cookies: list[str | None],
+        scratch: Path,
+        reconnect: dict[str, float] | None,
+        budget: CpuBudget | None = None,
     ) -> SocketGroup:
         """The sockets, split over the nodes: with a cookie each on Percolert, with a token
-        naming the cookie's user on Centrifugo."""
+        naming the cookie's user on Centrifugo; the load clients inside `budget`, if any."""
         parts = len(self.holders)
         clients: list[Subscribers] = []
         try:
@@ -151,7 +156,12 @@ class Deployment:
                     tokens = [node.token(user_of(cookie)) for cookie in mine if cookie is not None]
                     clients.append(
                         CentrifugoSockets(
-                            node, tokens, scratch, reconnect=reconnect, numbering=numbering
+                            node,
+                            tokens,
+                            scratch,
+                            reconnect=reconnect,
+                            numbering=numbering,
+                            budget=budget,
                         )
                     )
                 else:
@@ -162,6 +172,7 @@ class Deployment:
                             scratch,
                             reconnect=reconnect,
                             numbering=numbering,
+                            budget=budget,
                         )
                     )
         except BaseException:

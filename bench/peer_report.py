@@ -28,6 +28,7 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from bench.cpu_budget import budget_note, throttled_note
 from bench.reconnect import Outcome
 from bench.rig import REPORT_DIR
 
@@ -422,7 +423,8 @@ def write_peer_report(steps: list[Step], run: dict[str, Any]) -> None:
         f"at the start, {run.get('load_average_end', '?')} at the end; {run.get('turns', 1)} "
         f"turns of {run.get('seconds_per_step', '?')} s steps. In each configuration the "
         "designs ran one after another (each over its rates), and again in the next turn; "
-        "figures are the median of the turns', counts their sum.",
+        "figures are the median of the turns', counts their sum"
+        f"{budget_note(run.get('client_cpus'))}.",
         "",
         *one_node_section(table),
         *two_node_section(table),
@@ -449,7 +451,8 @@ def write_peer_report(steps: list[Step], run: dict[str, Any]) -> None:
             f"| {_cell(step.dispatch_ms.get('p99'))} "
             f"| {_cell(step.fanout_ms.get('p50'))} / {_cell(step.fanout_ms.get('p99'))} "
             f"| {step.server_cpu_percent:g} / {step.peer_cpu_percent:g} / "
-            f"{step.client_cpu_percent:g} / {step.es_cpu_percent:g}{redis} "
+            f"{step.client_cpu_percent:g}{throttled_note(step.client_throttled_ms)} / "
+            f"{step.es_cpu_percent:g}{redis} "
             f"| {step.load_average:g} |"
         )
     lines += ["", "![latency](peer-latency.png) ![cpu](peer-cpu.png)", ""]

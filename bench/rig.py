@@ -23,6 +23,7 @@ from urllib.parse import urlencode, urlsplit
 import httpx
 import psutil
 
+from bench.cpu_budget import CpuBudget
 from bench.reconnect import DroppedSocket, read_record
 from percolert.core.messages import WatchSpec
 from percolert.core.settings import Settings
@@ -352,7 +353,7 @@ class Subscribers:
     a round that drops that share of the sockets and resumes them (bench/reconnect.py).
     `numbering` (first, step): these are the run's sockets first, first + step, ... of a
     run split over several load clients (bench/nodes.py); rounds and the record go by
-    those numbers."""
+    those numbers. With `budget`, the process runs inside it (bench/cpu_budget.py)."""
 
     def __init__(
         self,
@@ -361,6 +362,7 @@ class Subscribers:
         scratch: Path,
         reconnect: dict[str, float] | None = None,
         numbering: tuple[int, int] = (0, 1),
+        budget: CpuBudget | None = None,
     ) -> None:
         spec = scratch / f"{server.name}-sockets.json"
         spec.write_text(
@@ -386,7 +388,10 @@ class Subscribers:
         # this one's (a stale ready file once hid a load client that never connected).
         self.record.unlink(missing_ok=True)
         ready.unlink(missing_ok=True)
-        self.process = subprocess.Popen([str(WSLOAD), "subscribe", str(spec), str(self.record)])
+        self.process = subprocess.Popen(
+            [str(WSLOAD), "subscribe", str(spec), str(self.record)],
+            preexec_fn=None if budget is None else budget.join,
+        )
         self.ps = psutil.Process(self.process.pid)
         # Paced: the storm itself takes len(cookies) / CONNECT_RATE seconds.
         deadline = time.monotonic() + 300 + 3 * len(cookies) / CONNECT_RATE
@@ -470,7 +475,9 @@ def split_numbering(numbering: tuple[int, int]) -> dict[str, int]:
 def scrape_metrics(base: str) -> dict[str, float]:
     """Percolert's percolate and search histograms so far (sums, counts, and how many took
     longer than 100 ms), from its /metrics."""
-    text = httpx.get(f"{base}/metrics", timeout=10).text
+    answer = httpx.get(f"{base}/metrics", timeout=10)
+    answer.raise_for_status()  # else every figure read from it would pass as zero
+    text = answer.text
     values = {}
     for line in text.splitlines():
         if line.startswith(
@@ -557,10 +564,12 @@ def drive(
     scratch: Path,
     *,
     also: Sequence[Target] | None = None,
+    budget: CpuBudget | None = None,
 ) -> tuple[dict[str, float], dict[str, str], list[float], int]:
     """Open-loop searches by `wsload search`: send times and words by search id, search
     latencies (ms) and the number of failed searches. With `also`, the searches alternate
-    between `server` and those (one session: the cookie is the host's, whatever the port)."""
+    between `server` and those (one session: the cookie is the host's, whatever the port).
+    With `budget`, the driver runs inside it, beside the load client's sockets."""
     targets = [server, *(also or [])]
     words: dict[str, str] = {}
     requests = []
@@ -579,7 +588,11 @@ def drive(
     plan.write_text(
         json.dumps({"base": base, "warmup": warmup, "rate": rate, "requests": requests})
     )
-    subprocess.run([str(WSLOAD), "search", str(plan), str(result)], check=True)
+    subprocess.run(
+        [str(WSLOAD), "search", str(plan), str(result)],
+        check=True,
+        preexec_fn=None if budget is None else budget.join,
+    )
     sent: dict[str, float] = {}
     latencies: list[float] = []
     errors = 0

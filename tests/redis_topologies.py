@@ -170,6 +170,15 @@ class RedisClusterNodes(_Deployment):
                 return False
         return True
 
+    def pids(self) -> list[int]:
+        """The running nodes' processes (a benchmark reads their CPU)."""
+        return [process.popen.pid for process in self._processes.running.values()]
+
+    def primaries(self) -> list[int]:
+        """The ports of the nodes serving slots now."""
+        port = next(iter(self._processes.running))
+        return [int(primary[1]) for _start, _end, primary, *_ in _command(port, "CLUSTER", "SLOTS")]
+
     def primary_of(self, key: str) -> int:
         """The port of the primary serving `key`'s slot."""
         port = next(iter(self._processes.running))
