@@ -1,6 +1,6 @@
 """Stored sendings read lately, kept a short while for the reads of other users.
 
-One sending names every recipient of a search: 250 at 10k sockets and 100 searches/s, so
+One sending names every recipient of a search: 250 of the benchmark's 10k sockets, so
 its document runs to tens of KB. A greeting reads the user's newest alerts and what they
 missed, and each hit cost Elasticsearch a parse of that whole document to cut out the
 user's part; a storm of resuming sockets asks for the same recent sendings over and over
