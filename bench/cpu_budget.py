@@ -46,7 +46,6 @@ class CpuBudget:
         if not 0.01 <= cores <= (os.cpu_count() or 1):
             raise BudgetError(f"a CPU budget of {cores:g} cores is outside 0.01-{os.cpu_count()}")
         parent, self._v2 = _hierarchy(root)
-        self.cores = cores
         self.path = parent / name
         quota = int(cores * PERIOD_US)
         try:

@@ -426,7 +426,7 @@ def run_design(
                     [deployment.redis_process] if deployment.redis_process else [],
                 )
                 cpu_before = [sum(cpu_seconds(each) for each in role) for role in processes]
-                throttled_before = None if budget is None else budget.throttled_seconds()
+                throttled_before = 0.0 if budget is None else budget.throttled_seconds()
                 before_wall = time.monotonic()
                 metrics_before = (
                     None
@@ -448,7 +448,7 @@ def run_design(
                     for role, before in zip(processes, cpu_before, strict=True)
                 )
                 step.server_cpu_percent, step.client_cpu_percent = server_cpu, client_cpu
-                if budget is not None and throttled_before is not None:
+                if budget is not None:
                     step.client_throttled_ms = round(
                         1000 * (budget.throttled_seconds() - throttled_before), 1
                     )

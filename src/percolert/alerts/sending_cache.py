@@ -66,7 +66,7 @@ class SendingCache:
             else:
                 missing.append(seq)
         if missing:
-            found |= await self._fetch(missing, fetch, claim=True)
+            found |= await self._fetch(missing, fetch)
         late: list[int] = []
         for seq, event in awaited:
             await event.wait()
@@ -77,22 +77,21 @@ class SendingCache:
                 found[seq] = record
                 self.hits += 1
         if late:
-            found |= await self._fetch(late, fetch, claim=False)
+            found |= await self._fetch(late, fetch)
         return found
 
-    async def _fetch(self, seqs: list[int], fetch: Fetch, *, claim: bool) -> dict[int, AlertRecord]:
+    async def _fetch(self, seqs: list[int], fetch: Fetch) -> dict[int, AlertRecord]:
+        # Claimed while on their way: a read wanting one of them meanwhile waits for this.
         event = anyio.Event()
-        if claim:
-            for seq in seqs:
-                self._fetching[seq] = event
+        for seq in seqs:
+            self._fetching[seq] = event
         try:
             records = await fetch(seqs)
         finally:
-            if claim:
-                for seq in seqs:
-                    if self._fetching.get(seq) is event:
-                        del self._fetching[seq]
-                event.set()
+            for seq in seqs:
+                if self._fetching.get(seq) is event:
+                    del self._fetching[seq]
+            event.set()
         self.fetched += len(records)
         for record in records:
             self._put(record)

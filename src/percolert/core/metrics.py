@@ -117,7 +117,7 @@ class _Readings(Collector):
             ("search_log_write_failures", "Failed writes of the search log (retried)"),
         ]:
             yield CounterMetricFamily(f"percolert_{name}", help_text, value=values.get(name, 0.0))
-        if "greeting_searches" in values:
+        if "greeting_search_reads" in values:
             # Reads ÷ requests is the greetings' mean batch (engine/reads.py).
             reads = CounterMetricFamily(
                 "percolert_greeting_reads",
@@ -129,8 +129,8 @@ class _Readings(Collector):
                 "Requests (_msearch, _mget) that carried the greetings' reads, batched",
                 labels=["kind"],
             )
-            for kind, plural in (("search", "searches"), ("get", "gets")):
-                reads.add_metric([kind], values[f"greeting_{plural}"])
+            for kind in ("search", "get"):
+                reads.add_metric([kind], values[f"greeting_{kind}_reads"])
                 requests.add_metric([kind], values[f"greeting_{kind}_requests"])
             yield reads
             yield requests

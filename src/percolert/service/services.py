@@ -416,9 +416,9 @@ class Services:
             "search_log_dropped": self.activity.dropped,
             "search_log_write_failures": self.activity.write_failures,
             # The greetings' reads, and the requests that carried them: their mean batch.
-            "greeting_searches": self.greeting_reads.searches.requests,
+            "greeting_search_reads": self.greeting_reads.searches.requests,
             "greeting_search_requests": self.greeting_reads.searches.batches,
-            "greeting_gets": self.greeting_reads.gets.requests,
+            "greeting_get_reads": self.greeting_reads.gets.requests,
             "greeting_get_requests": self.greeting_reads.gets.batches,
             "alert_log_cache_hits": self.alert_log.cache.hits,
             "alert_log_cache_fetched": self.alert_log.cache.fetched,
